@@ -1,0 +1,144 @@
+"""The `lr-onnx` command line: parse, call the library, print.
+
+Commands import their implementation inside the function body, so `lr-onnx --help`
+stays fast and the serving commands never load the training side. Library errors
+(`LrOnnxError`) become one `Error: ...` line and exit 1; bad arguments exit 2.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .version import __version__
+
+
+class _Group(click.Group):
+    """A click group that turns lr-onnx errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx):
+        from .runtime.errors import LrOnnxError
+
+        try:
+            return super().invoke(ctx)
+        except LrOnnxError as e:
+            raise click.ClickException(str(e)) from None
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] in _EXPORT_MODULES:
+                raise click.ClickException(
+                    f"this command needs the training extra ({e.name} is not installed): "
+                    f"pip install -e '.[export]'") from None
+            raise
+
+
+_EXPORT_MODULES = {"torch", "onnx", "onnxscript", "sklearn", "skimage", "matplotlib", "safetensors", "tqdm",
+                   "pyarrow", "openpyxl", "optimum", "transformers"}
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, allow_nan=False))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lr-onnx")
+def main():
+    """lr-onnx: pick the multimodal LLM with the best expected utility for an image+question query.
+
+    Training side (pip install -e '.[export]'): data, train, evaluate, export.
+    Serving side (pip install '.[cpu]' or '.[gpu]'): route, info, doctor; no PyTorch.
+    """
+
+
+# ----------------------------------------------------------------------------- data
+@main.group(cls=_Group)
+def data():
+    """Routing datasets in the native format: check, convert, generate the demo benchmark."""
+
+
+@data.command("check")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--strict-images", is_flag=True, help="Treat a missing image file as an error (default: counted).")
+def data_check(directory, as_json, strict_images):
+    """Validate DIRECTORY (queries.jsonl + models.json) and report what it holds.
+
+    Prints queries, models, datasets, images, the split, per-model mean score and
+    cost per split, best single model, oracle, random router and the coverage
+    matrix. For datasets with difficulty metadata (the demo benchmark) it also
+    measures the properties of a fair multimodal routing test.
+    """
+    from .export.check import format_report, summarize
+    from .export.data import load_dataset
+
+    report = summarize(load_dataset(directory, strict_images=strict_images))
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(format_report(report))
+
+
+@data.group("convert", cls=_Group)
+def data_convert():
+    """Convert a published routing benchmark into the native format."""
+
+
+@data_convert.command("mmr")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--mmr-official-split", is_flag=True,
+              help="Reproduce MMR-Bench's split (train_size=0.2, random_state=42, CSV order) "
+                   "instead of the generated 70/10/20 split.")
+def convert_mmr(src, out, mmr_official_split):
+    """MMR-Bench: SRC holds MMR_Bench.csv and the image folders (or images.tar.gz). OUT must not exist."""
+    from .export.convert import convert_mmr as run
+
+    summary = run(src, out, official_split=mmr_official_split)
+    click.echo(f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
+               f"({summary['missing_images']} rows without an image file)")
+
+
+@data_convert.command("vl-routerbench")
+@click.argument("src", type=click.Path(exists=True, path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+def convert_vl(src, out):
+    """VL-RouterBench: SRC is the matrices layout, an extracted vlm_router_data/, or vlm_router_data.tar.gz.
+
+    Archives are extracted member by member (absolute paths, '..', links and device
+    files are refused); pickled registries are read only if they hold plain lists or
+    dicts, and VLMEvalKit .pkl result files are skipped with a warning. OUT must not exist.
+    """
+    from .export.convert import convert_vl_routerbench as run
+
+    summary = run(src, out)
+    click.echo(f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
+               f"(layout {summary['layout']}, cost_mode {summary['cost_mode']})")
+    for w in summary.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+
+
+@data.command("demo")
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--n", "n", type=click.IntRange(min=50), default=12000, show_default=True,
+              help="Number of queries.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for images, questions and outcomes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Rendering processes (default: CPU count).")
+def data_demo(out, n, seed, workers):
+    """Write the multimodal demo routing benchmark to OUT (which must not exist).
+
+    Real rendered and photographed images (documents and receipts, charts,
+    tables, geometry diagrams, photos, spatial layouts) plus text-only queries,
+    each with a correct answer. Model OUTCOMES ARE SIMULATED from a documented
+    latent skill model calibrated to published per-family accuracies of real
+    MLLMs, priced with their published per-token prices (see OUT/README.md).
+    """
+    from .export.demo import build_demo
+
+    summary = build_demo(out, n=n, seed=seed, workers=workers)
+    click.echo(f"wrote {summary['queries']} queries ({summary['images']} images, "
+               f"{summary['mean_image_kb']:.1f} KB mean) x {summary['models']} models to {out} "
+               f"in {summary['seconds']:.1f} s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,267 @@
+"""Load and validate a routing dataset in the native lr-onnx format (method.md §6.2).
+
+A dataset is a folder with `queries.jsonl` (one query per line, with every model's
+observed outcome) and `models.json` (the registry, in routing order). Everything
+else in lr-onnx (converters, demo generator, training, evaluation) meets data
+only through this module. It needs numpy and the standard library, nothing more.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..runtime.errors import DataError
+
+QUERIES_FILE = "queries.jsonl"
+MODELS_FILE = "models.json"
+SPLIT_ALIASES = {"train": "train", "val": "val", "dev": "val", "validation": "val", "test": "test"}
+
+
+@dataclass
+class RoutingData:
+    """The common in-memory table of §6.1: one row per query, one column per model.
+
+    `Y`, `C`, `Lat`, `Tok` are `[N, K]` float64 with NaN where unknown;
+    `A[i, k]` is True when model k's outcome on query i is observed (finite score
+    and cost), i.e. when k may be chosen for i.
+    """
+
+    root: Path
+    ids: list[str]
+    split: list[str | None]
+    dataset: list[str]
+    question: list[str]
+    images: list[list[Path]]
+    models: list[dict]
+    Y: np.ndarray
+    C: np.ndarray
+    A: np.ndarray
+    Lat: np.ndarray
+    Tok: np.ndarray
+    meta: list[dict | None]
+    missing_images: int = 0
+    image_refs: int = 0
+    line_of: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m["name"] for m in self.models]
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def k(self) -> int:
+        return len(self.models)
+
+    @property
+    def has_split(self) -> bool:
+        return any(s is not None for s in self.split)
+
+    def rows(self, mask: np.ndarray) -> np.ndarray:
+        """Indices of rows where `mask` is True (a small helper for readability)."""
+        return np.flatnonzero(mask)
+
+
+def load_models(path: Path) -> list[dict]:
+    """Read `models.json`: a list of `{"name": str, "price_in_per_mtok"?: float, ...}`."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found (a native dataset needs {MODELS_FILE} next to {QUERIES_FILE})")
+    try:
+        models = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({_short(e)})") from None
+    if not isinstance(models, list) or not models:
+        raise DataError(f"{path}: expected a non-empty JSON list of model objects")
+    seen: set[str] = set()
+    for j, m in enumerate(models):
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"].strip():
+            raise DataError(f"{path}: entry {j} needs a non-empty string 'name'")
+        if m["name"] in seen:
+            raise DataError(f"{path}: duplicate model name '{m['name']}'")
+        seen.add(m["name"])
+        for key in ("price_in_per_mtok", "price_out_per_mtok"):
+            v = m.get(key)
+            if v is not None and (not _is_number(v) or not math.isfinite(v) or v < 0):
+                raise DataError(f"{path}: model '{m['name']}': {key} must be a number >= 0, got {v!r}")
+    return models
+
+
+def load_dataset(root: str | os.PathLike, *, strict_images: bool = False) -> RoutingData:
+    """Load and validate a native dataset folder; raise `DataError` with file:line on any fault.
+
+    A missing image file is counted and the query keeps its other images (or
+    becomes text-only); with `strict_images=True` it is an error instead.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such dataset folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (a native dataset is a folder with {QUERIES_FILE} and {MODELS_FILE})")
+    qpath = root / QUERIES_FILE
+    if not qpath.is_file():
+        raise DataError(f"{root}: no {QUERIES_FILE} (expected the native format: {QUERIES_FILE} + {MODELS_FILE})")
+    models = load_models(root / MODELS_FILE)
+    index = {m["name"]: k for k, m in enumerate(models)}
+    K = len(models)
+
+    ids: list[str] = []
+    splits: list[str | None] = []
+    datasets: list[str] = []
+    questions: list[str] = []
+    images: list[list[Path]] = []
+    metas: list[dict | None] = []
+    rows_y: list[np.ndarray] = []
+    rows_c: list[np.ndarray] = []
+    rows_l: list[np.ndarray] = []
+    rows_t: list[np.ndarray] = []
+    line_of: dict[str, int] = {}
+    missing = refs = 0
+    split_first: tuple[int, bool] | None = None
+
+    with open(qpath, "r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{qpath}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+
+            qid = rec.get("id")
+            if not isinstance(qid, str) or not qid:
+                raise DataError(f"{where}: 'id' must be a non-empty string")
+            if qid in line_of:
+                raise DataError(f"{where}: duplicate id '{qid}' (first on line {line_of[qid]})")
+            line_of[qid] = lineno
+            for key in ("question", "dataset"):
+                if not isinstance(rec.get(key), str):
+                    raise DataError(f"{where}: '{key}' must be a string (query '{qid}')")
+
+            has_split = "split" in rec and rec["split"] is not None
+            if split_first is None:
+                split_first = (lineno, has_split)
+            elif split_first[1] != has_split:
+                raise DataError(f"{where}: 'split' must be on every row or on none (line {split_first[0]} "
+                                f"{'has' if split_first[1] else 'lacks'} it)")
+            split = None
+            if has_split:
+                split = SPLIT_ALIASES.get(str(rec["split"]).lower())
+                if split is None:
+                    raise DataError(f"{where}: split '{rec['split']}' is not one of train, val, test")
+
+            paths = rec.get("images")
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise DataError(f"{where}: 'images' must be a list of relative paths (use [] for text-only)")
+            found: list[Path] = []
+            for p in paths:
+                rel = safe_relative_path(p)
+                if rel is None:
+                    raise DataError(f"{where}: image path '{p}' must be relative to the dataset folder, without '..'")
+                refs += 1
+                full = root.joinpath(*rel.parts)
+                if full.is_file():
+                    found.append(full)
+                elif strict_images:
+                    raise DataError(f"{where}: image '{p}' not found under {root}")
+                else:
+                    missing += 1
+
+            y, c, lat, tok = _parse_outcomes(rec.get("outcomes"), index, K, where, qid)
+            ids.append(qid)
+            splits.append(split)
+            datasets.append(rec["dataset"])
+            questions.append(rec["question"])
+            images.append(found)
+            meta = rec.get("meta")
+            metas.append(meta if isinstance(meta, dict) else None)
+            rows_y.append(y)
+            rows_c.append(c)
+            rows_l.append(lat)
+            rows_t.append(tok)
+
+    if not ids:
+        raise DataError(f"{qpath}: no queries")
+    Y = np.vstack(rows_y)
+    C = np.vstack(rows_c)
+    return RoutingData(
+        root=root, ids=ids, split=splits, dataset=datasets, question=questions, images=images,
+        models=models, Y=Y, C=C, A=np.isfinite(Y) & np.isfinite(C), Lat=np.vstack(rows_l),
+        Tok=np.vstack(rows_t), meta=metas, missing_images=missing, image_refs=refs, line_of=line_of,
+    )
+
+
+def _parse_outcomes(outcomes, index: dict[str, int], K: int, where: str, qid: str):
+    """One row of Y, C, latency and tokens from a query's `outcomes` object."""
+    if not isinstance(outcomes, dict) or not outcomes:
+        raise DataError(f"{where}: query '{qid}' has no outcomes (need at least one model's score and cost)")
+    y = np.full(K, np.nan)
+    c = np.full(K, np.nan)
+    lat = np.full(K, np.nan)
+    tok = np.full(K, np.nan)
+    for name, o in outcomes.items():
+        if name not in index:
+            raise DataError(f"{where}: outcome for model '{name}', which is not in {MODELS_FILE}")
+        if o is None:
+            continue
+        if not isinstance(o, dict):
+            raise DataError(f"{where}: outcome of '{name}' must be an object with 'score' and 'cost'")
+        k = index[name]
+        score, cost = o.get("score"), o.get("cost")
+        if score is not None:
+            if not _is_number(score) or math.isnan(score):
+                raise DataError(f"{where}: score {score!r} for model '{name}' is not a number in [0, 1]")
+            if not 0.0 <= score <= 1.0:
+                raise DataError(f"{where}: score {score!r} for model '{name}' is outside [0, 1]")
+            y[k] = float(score)
+        if cost is not None:
+            if not _is_number(cost) or not math.isfinite(cost) or cost < 0:
+                raise DataError(f"{where}: cost {cost!r} for model '{name}' must be a number >= 0 or null")
+            c[k] = float(cost)
+        for key, arr in (("latency_ms", lat), ("tokens", tok)):
+            v = o.get(key)
+            if v is not None:
+                if not _is_number(v) or not math.isfinite(v) or v < 0:
+                    raise DataError(f"{where}: {key} {v!r} for model '{name}' must be a number >= 0")
+                arr[k] = float(v)
+    if not np.any(np.isfinite(y) & np.isfinite(c)):
+        raise DataError(f"{where}: query '{qid}' has no outcomes (every model's score or cost is null)")
+    return y, c, lat, tok
+
+
+def safe_relative_path(p: str) -> PurePosixPath | None:
+    """`p` as a relative POSIX path, or None if it is absolute, empty, or escapes with '..'."""
+    norm = p.replace("\\", "/")
+    rel = PurePosixPath(norm)
+    if not norm or rel.is_absolute() or ".." in rel.parts or (rel.parts and ":" in rel.parts[0]):
+        return None
+    return rel
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:120]
+
+
+def write_dataset(out: Path, models: list[dict], records: list[dict]) -> None:
+    """Write `models.json` and `queries.jsonl` into an (already prepared) folder.
+
+    Callers build the whole dataset in a temporary folder and rename it into
+    place, so a crash never leaves a half-written dataset behind.
+    """
+    (out / MODELS_FILE).write_text(json.dumps(models, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / QUERIES_FILE, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")

@@ -1,0 +1,39 @@
+"""The serving side never loads the training side: proved in fresh interpreters."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+FORBIDDEN = ("torch", "onnx", "optimum", "transformers", "sklearn", "skimage", "matplotlib", "lr_onnx.export")
+
+PROBE = """
+import sys
+{stmt}
+bad = sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in {forbidden!r}))
+print("LOADED:" + ",".join(bad))
+"""
+
+
+def _loaded(stmt: str) -> str:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(stmt=stmt, forbidden=FORBIDDEN)],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.rsplit("LOADED:", 1)[1].strip()
+
+
+def test_runtime_package_imports_nothing_from_the_training_side():
+    assert _loaded("import lr_onnx.runtime, lr_onnx.runtime.errors") == ""
+
+
+def test_cli_help_imports_nothing_heavy():
+    stmt = "from lr_onnx.cli import main\ntry:\n    main(['data', '--help'])\nexcept SystemExit:\n    print()"
+    assert _loaded(stmt) == ""
+
+
+def test_runtime_sources_never_import_export_or_torch():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "runtime"
+    pat = re.compile(r"^\s*(import|from)\s+(torch|onnx\b|optimum|transformers|\.\.export|lr_onnx\.export)", re.M)
+    offenders = [p.name for p in root.rglob("*.py") if pat.search(p.read_text())]
+    assert offenders == []
