@@ -64,3 +64,111 @@ def random_router(Y: np.ndarray, C: np.ndarray, A: np.ndarray) -> tuple[float, f
     q = np.where(A, Y, 0.0).sum(axis=1)[ok] / cnt[ok]
     c = np.where(A, C, 0.0).sum(axis=1)[ok] / cnt[ok]
     return float(q.mean()), float(c.mean())
+
+
+# ----------------------------------------------------------------------------- frontier metrics (§8.3-8.7)
+
+
+def pareto_frontier(points) -> list[tuple[float, float]]:
+    """Non-dominated (cost, quality) points: sort by cost asc, quality desc; keep strict quality gains."""
+    out: list[tuple[float, float]] = []
+    for c, q in sorted(((float(c), float(q)) for c, q in points), key=lambda p: (p[0], -p[1])):
+        if not out or q > out[-1][1]:
+            out.append((c, q))
+    return out
+
+
+def nauc(points) -> float:
+    """Official MMR-Bench nAUC: trapezoid over the Pareto frontier, cost normalised to its span."""
+    F = pareto_frontier(points)
+    if len(F) < 2 or F[-1][0] == F[0][0]:
+        return float("nan")
+    area = sum((c2 - c1) * (q1 + q2) / 2 for (c1, q1), (c2, q2) in zip(F, F[1:]))
+    return area / (F[-1][0] - F[0][0])
+
+
+def nauc_ref(points) -> float:
+    """The reference variant: all distinct costs, running-max quality, trapezoid on [0, 1]-normalised cost."""
+    best: dict[float, float] = {}
+    for c, q in points:
+        best[float(c)] = max(best.get(float(c), -np.inf), float(q))
+    cs = sorted(best)
+    qs = np.maximum.accumulate([best[c] for c in cs])
+    if len(cs) == 1:
+        return float(qs[0])
+    span = cs[-1] - cs[0]
+    if span == 0:
+        return float(qs.max())
+    x = (np.asarray(cs) - cs[0]) / span
+    return float(np.sum((x[1:] - x[:-1]) * (qs[1:] + qs[:-1]) / 2))
+
+
+def peak_score(points) -> float:
+    return max(q for _, q in pareto_frontier(points))
+
+
+def qnc(points, q_best: float, c_best: float, frac: float = 1.0) -> float:
+    """Cheapest frontier cost reaching frac x best-single quality, over the best single's cost."""
+    if c_best <= 0:
+        return float("nan")
+    hits = [c for c, q in pareto_frontier(points) if q >= frac * q_best - 1e-12]
+    return min(hits) / c_best if hits else float("inf")
+
+
+def apgr(points, weak: tuple[float, float], strong: tuple[float, float]) -> float:
+    """RouteLLM's average performance gap recovered, with x = (cost - C_w) / (C_s - C_w)."""
+    (cw, qw), (cs, qs) = weak, strong
+    if qs <= qw or cs == cw:
+        return float("nan")
+    pts = sorted(((c - cw) / (cs - cw), q) for c, q in points)
+    pts = [(x, q) for x, q in pts if 0 <= x <= 1]
+    if len(pts) < 2:
+        return float("nan")
+    x = np.array([p[0] for p in pts])
+    q = np.array([p[1] for p in pts])
+    auc = float(np.sum((x[1:] - x[:-1]) * (q[1:] + q[:-1]) / 2))
+    dx = x[-1] - x[0]
+    return (auc - qw * dx) / (qs * dx - qw * dx)
+
+
+def cpt(points, weak: tuple[float, float], strong: tuple[float, float], p: float) -> float:
+    """Percent of normalised cost at which the frontier first reaches Q_w + p (Q_s - Q_w)."""
+    (cw, qw), (cs, qs) = weak, strong
+    target = qw + p * (qs - qw)
+    F = [((c - cw) / (cs - cw), q) for c, q in pareto_frontier(points)]
+    if not F:
+        return float("inf")
+    if target <= F[0][1]:
+        return 100 * F[0][0]
+    for (x1, q1), (x2, q2) in zip(F, F[1:]):
+        if q1 < target <= q2:
+            return 100 * (x1 + (target - q1) / (q2 - q1) * (x2 - x1))
+    return float("inf")
+
+
+def aiq(points, c_hi: float) -> float:
+    """RouterBench AIQ: area under the non-decreasing upper concave hull, extended flat to c_hi, over c_hi."""
+    pts = sorted(set((float(c), float(q)) for c, q in points))
+    hull: list[tuple[float, float]] = []
+    for p in pts:  # upper hull by monotone chain
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    top = int(np.argmax([q for _, q in hull]))
+    hull = hull[: top + 1]
+    if hull[-1][0] < c_hi:
+        hull.append((c_hi, hull[-1][1]))
+    area = sum((c2 - c1) * (q1 + q2) / 2 for (c1, q1), (c2, q2) in zip(hull, hull[1:]))
+    return area / c_hi
+
+
+def rank_score(acc: float, cost: float, c_min: float, c_max: float, beta: float = 0.1) -> float:
+    """VL-RouterBench rank score S (§8.5)."""
+    a = float(np.clip(acc, 0, 1))
+    c = float(np.clip(cost, c_min, c_max))
+    chat = float(np.clip((np.log2(c_max) - np.log2(c)) / (np.log2(c_max) - np.log2(c_min) + 1e-12), 0, 1))
+    return float(np.clip((1 + beta) * a * chat / (beta * a + chat + 1e-12), 0, 1))

@@ -1,0 +1,54 @@
+"""Routing metrics against the hand-computed anchors of method.md §8.9."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lr_onnx.export.metrics import (aiq, apgr, cpt, nauc, nauc_ref, oracle_choice, pareto_frontier, peak_score, qnc,
+                                    rank_score)
+from lr_onnx.runtime.policy import LAMBDA_GRID, choose
+
+HAND = [(1, .50), (2, .70), (3, .65), (4, .80)]
+
+
+def test_hand_example():
+    assert pareto_frontier(HAND) == [(1, .5), (2, .7), (4, .8)]
+    assert nauc(HAND) == pytest.approx(0.70)
+    assert nauc_ref(HAND) == pytest.approx(0.68333, abs=1e-5)
+    assert peak_score(HAND) == 0.8
+    assert qnc(HAND, 0.8, 4) == pytest.approx(1.0)
+    weak, strong = (1, .5), (4, .8)
+    assert apgr(HAND, weak, strong) == pytest.approx(0.55556, abs=1e-5)
+    assert cpt(HAND, weak, strong, 0.5) == pytest.approx(25.0)
+    assert cpt(HAND, weak, strong, 0.8) == pytest.approx(60.0)
+    assert aiq(HAND, 4) == pytest.approx(0.525)
+
+
+def test_three_point_example_and_degenerate_cases():
+    pts = [(0, .5), (.5, .4), (1, .9)]
+    assert nauc(pts) == pytest.approx(0.70)
+    assert nauc_ref(pts) == pytest.approx(0.60)
+    assert np.isnan(nauc([(1, .5)]))
+    assert nauc_ref([(1, .5)]) == 0.5
+    assert qnc(HAND, 0.9, 4) == float("inf")
+
+
+@pytest.mark.parametrize("acc,cost,expected", [(0.9, 0.009, 0.27817), (0.5, 0.001, 0.51641), (0.9, 0.001, 0.88623)])
+def test_rank_score_check_values(acc, cost, expected):
+    assert rank_score(acc, cost, 5e-4, 0.01) == pytest.approx(expected, abs=1e-5)
+
+
+def test_oracle_breaks_ties_by_cost_then_index():
+    Y = np.array([[1, 1, 1], [0, 0, 0], [0, 1, 1]], float)
+    C = np.array([[3, 1, 1], [2, 1, 5], [1, 2, 2]], float)
+    A = np.array([[1, 1, 1], [1, 1, 1], [0, 0, 0]], bool)
+    assert oracle_choice(Y, C, A).tolist() == [1, 1, -1]
+
+
+def test_policy_masks_ties_and_no_route():
+    s = np.array([[0.9, 0.9, 0.5], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5]])
+    c = np.array([[1.0, 1.0, 0.0]] * 3)
+    a = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0]], bool)
+    assert choose(s, c, a, 0.0).tolist() == [0, 1, -1]
+    assert choose(s, c, a, 1.0).tolist() == [2, 1, -1]
+    assert len(LAMBDA_GRID) == 51 and LAMBDA_GRID[0] == 0 and LAMBDA_GRID[-1] == pytest.approx(1e4)

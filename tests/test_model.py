@@ -1,0 +1,86 @@
+"""LatentRouter shapes, masking and the architecture anchor (method.md §2.8)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lr_onnx.export.model import LatentRouter, RouterConfig  # noqa: E402
+from lr_onnx.runtime.policy import choose  # noqa: E402
+
+
+@pytest.mark.parametrize("D,P", [(1667, 16), (398, 55)])
+def test_parameter_count_formula(D, P):
+    m = LatentRouter(RouterConfig(query_dim=D, model_dim=P, image_slice=(0, 1), has_image_col=0))
+    assert m.core_parameter_count() == 194 * D + 50 * P + 205_261
+    if (D, P) == (398, 55):
+        assert m.core_parameter_count() == 285_223  # the reference toy network
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return LatentRouter(RouterConfig()).eval()
+
+
+def _inputs(B, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, 1667, generator=g)
+    q[:, 1664] = (torch.rand(B, generator=g) > 0.5).float()
+    return q, torch.randn(B, K, 16, generator=g), torch.rand(B, K, generator=g) > 0.3
+
+
+@pytest.mark.parametrize("B,K", [(1, 1), (1, 9), (7, 33), (64, 16)])
+def test_shapes_ranges_and_sentinels(net, B, K):
+    q, mf, a = _inputs(B, K)
+    with torch.no_grad():
+        mu, sigma, delta, mt = net(q, mf, a)
+    for t in (mu, sigma, delta, mt):
+        assert t.shape == (B, K) and torch.isfinite(t).all()
+    assert ((mu[a] > 0) & (mu[a] < 1)).all() and (sigma[a] > 0).all() and (delta.abs() <= 0.05 + 1e-7).all()
+    assert (mu[~a] == -1).all() and (mt[~a] == -1).all() and (sigma[~a] == 1).all() and (delta[~a] == 0).all()
+
+
+def test_fully_masked_rows_are_finite_and_never_routed(net):
+    q, mf, a = _inputs(4, 6)
+    a[1] = False
+    with torch.no_grad():
+        out = net(q, mf, a)
+    assert all(torch.isfinite(t).all() for t in out)
+    choice = choose(out[3].numpy(), np.zeros((4, 6)), a.numpy(), 0.0)
+    assert choice[1] == -1
+    assert all(a[i, c] for i, c in enumerate(choice) if c >= 0)
+
+
+def test_masked_model_never_wins_and_cannot_influence_others(net):
+    q, mf, a = _inputs(8, 5, seed=1)
+    a[:, 2] = False
+    with torch.no_grad():
+        base = net(q, mf, a)[3]
+        mf2 = mf.clone()
+        mf2[:, 2] = 100.0  # anything in an unavailable model's features
+        other = net(q, mf2, a)[3]
+    torch.testing.assert_close(base, other)
+    assert (choose(base.numpy(), np.zeros((8, 5)), a.numpy(), 0.0) != 2).all()
+
+
+def test_removing_a_model_equals_masking_it(net):
+    """Shrinking the pool by deleting a column gives the same scores as masking it."""
+    q, mf, a = _inputs(5, 6, seed=2)
+    a[:] = True
+    a_masked = a.clone()
+    a_masked[:, 3] = False
+    keep = [0, 1, 2, 4, 5]
+    with torch.no_grad():
+        masked = net(q, mf, a_masked)[3][:, keep]
+        removed = net(q, mf[:, keep], a[:, keep])[3]
+    torch.testing.assert_close(masked, removed, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_rows_are_independent(net):
+    q, mf, a = _inputs(6, 4, seed=3)
+    with torch.no_grad():
+        full = net(q, mf, a)[3]
+        one = net(q[2:3], mf[2:3], a[2:3])[3]
+    torch.testing.assert_close(full[2:3], one, atol=1e-6, rtol=1e-5)
