@@ -140,5 +140,31 @@ def data_demo(out, n, seed, workers):
                f"in {summary['seconds']:.1f} s")
 
 
+# ----------------------------------------------------------------------------- training side
+@main.command("train")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Run folder to write.")
+@click.option("--setting", type=click.Choice(["performance", "cost"]), default="performance", show_default=True,
+              help="performance: utility = score; cost: utility = score - 0.03 x normalised cost.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=20260308, show_default=True)
+@click.option("--layers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Latent communication layers (0 = the no-communication ablation).")
+@click.option("--text-only", is_flag=True, help="Ablation: ignore the image part of the query features.")
+def train_cmd(data_dir, out, setting, epochs, seed, layers, text_only):
+    """Train LatentRouter on DATA_DIR's train split with early stopping on validation.
+
+    Writes OUT/weights.safetensors, config.json, profiles.json, preprocessing.json and
+    curves.json. Query features are computed once by the frozen encoders and cached
+    (see LR_ONNX_CACHE). Same seed, same result.
+    """
+    from .export.train import TrainConfig, train
+
+    summary = train(data_dir, out, TrainConfig(setting=setting, epochs=epochs, seed=seed, layers=layers,
+                                               text_only=text_only))
+    click.echo(f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
+               f"best validation utility {summary['best_val_utility']:.4f}; wrote {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

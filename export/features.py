@@ -68,11 +68,17 @@ def encode_dataset(data: RoutingData, *, batch_size: int = 32, progress: bool = 
 def encode_raw(data: RoutingData, *, batch_size: int = 32, progress: bool = True):
     """Raw text vectors `[N, 384]` and pooled image vectors `[N, 1280]` from the torch encoders."""
     import torch
+
+    with torch.no_grad():
+        return _encode(data, batch_size, progress)
+
+
+def _encode(data: RoutingData, batch_size: int, progress: bool):
+    import torch
     from tqdm import tqdm
 
     from .encoders import load_image_encoder, load_text_encoder, minilm_dir
 
-    torch.set_grad_enabled(False)
     text_enc, img_enc = load_text_encoder(), load_image_encoder()
     tok = load_tokenizer(minilm_dir() / "tokenizer.json", TEXT_SPEC)
     text = np.zeros((data.n, TEXT_DIM), np.float32)

@@ -11,7 +11,6 @@ import json
 import multiprocessing as mp
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 

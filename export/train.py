@@ -1,0 +1,237 @@
+"""`lr-onnx train`: fit LatentRouter on a native dataset (method.md §3-4), straight top to bottom.
+
+    data -> split (fit / cal / val / test) -> features (cached) -> profiles from R_cal
+    -> model -> AdamW epochs over R_fit with pool dropout -> early stopping on the
+    validation selected utility -> RUN_DIR (safetensors weights + JSON, no pickle)
+
+Same seed, same result: CPU training is deterministic.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.errors import DataError
+from ..version import __version__
+from .data import RoutingData, load_dataset
+from .files import atomic_write_text
+from .profiles import ProfileSpace, build_profiles
+from .splits import SPLIT_SEED, ensure_splits, split_masks
+
+
+@dataclass
+class TrainConfig:
+    setting: str = "performance"   # performance (w_c = 0) or cost (w_c = 0.03)
+    epochs: int = 10
+    patience: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    clip_norm: float = 5.0
+    seed: int = SPLIT_SEED
+    slices: int = 8
+    pool_dropout: float = 0.5      # §3.4: share of rows that get a random sub-pool
+    text_only: bool = False        # ablation: zero the image part of the query features
+    layers: int = 2                # 0 = no-communication ablation (A0)
+    loss_weights: dict = field(default_factory=lambda: {"nll": 1.0, "pair": 0.35, "list": 0.65, "util": 0.25,
+                                                        "mean": 0.10, "res": 0.05})
+
+    @property
+    def w_c(self) -> float:
+        return 0.03 if self.setting == "cost" else 0.0
+
+
+@dataclass
+class Prepared:
+    """Everything the model and the baselines share: features, outcomes, split, profiles."""
+
+    data: RoutingData
+    q: np.ndarray            # [N, D_q] raw query features
+    masks: dict              # train / val / test / fit / cal row masks
+    space: ProfileSpace
+    raw_profiles: np.ndarray  # [K, S + 7]
+    e_bar: np.ndarray        # [K] expected cost per model (calib_mean)
+    q_mean: np.ndarray
+    q_std: np.ndarray
+
+    @property
+    def cost_hat(self) -> np.ndarray:
+        """[K] normalised expected cost c_hat = e_bar / s_c."""
+        return self.e_bar / self.space.cost_scale
+
+    def model_feat(self, rows: np.ndarray, profiles: np.ndarray | None = None) -> np.ndarray:
+        """[n, K, P_in]: standardised profile of each model, then its normalised expected cost."""
+        prof = self.space.standardise(self.raw_profiles if profiles is None else profiles)
+        per_model = np.concatenate([prof, self.cost_hat[:, None]], axis=1).astype(np.float32)
+        return np.broadcast_to(per_model, (len(rows), *per_model.shape)).copy()
+
+
+def prepare(data_dir: str | Path, *, slices: int = 8, text_only: bool = False, progress: bool = True) -> Prepared:
+    from .features import encode_dataset
+
+    data = load_dataset(data_dir)
+    table = ensure_splits(data)
+    masks = split_masks(data, table)
+    for name in ("fit", "cal", "val"):
+        if not masks[name].any():
+            raise DataError(f"{data_dir}: the split has no '{name}' rows; the dataset is too small to train on")
+    q = encode_dataset(data, progress=progress)
+    if text_only:
+        q = q.copy()
+        q[:, 384:] = 0.0
+        q[:, -1] = np.log1p([len(s.split()) for s in data.question])
+    fit, cal = np.flatnonzero(masks["fit"]), np.flatnonzero(masks["cal"])
+    assert not set(fit) & set(cal), "R_cal and R_fit must be disjoint"
+    train = np.flatnonzero(masks["train"])
+    space, raw, e_bar = build_profiles(q, data.Y, data.C, data.A, data.Lat, data.Tok, train, cal, slices)
+    q_mean = q[train].mean(axis=0)
+    q_std = q[train].std(axis=0)
+    q_std[q_std < 1e-12] = 1.0
+    return Prepared(data, q, masks, space, raw, e_bar, q_mean, q_std)
+
+
+def losses(mu, sigma, delta, mu_t, y, u, avail, chat, w_c: float, weights: dict):
+    """The six loss terms of §4.2 as masked means (an empty set contributes 0)."""
+    import torch
+
+    om = avail.float()
+    n = om.sum().clamp(min=1.0)
+    s = mu_t - w_c * chat                                             # route score [B, K]
+    z = (y - mu) / sigma
+    l_nll = ((0.5 * z * z + torch.log(sigma)) * om).sum() / n
+    # pairwise ranking over ordered pairs of available models
+    ds = s.unsqueeze(2) - s.unsqueeze(1)                              # [B, K, K] s_j - s_k
+    target = (u.unsqueeze(2) > u.unsqueeze(1)).float()
+    pm = (avail.unsqueeze(2) & avail.unsqueeze(1)).float()
+    eye = torch.eye(s.shape[1], device=s.device).unsqueeze(0)
+    pm = pm * (1 - eye)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(ds, target, reduction="none")
+    l_pair = (bce * pm).sum() / pm.sum().clamp(min=1.0)
+    # listwise: soft target from utilities at temperature 0.05
+    NEG = -1e4
+    row = avail.any(dim=1).float()
+    tgt = torch.softmax(torch.where(avail, u / 0.05, torch.full_like(u, NEG)), dim=1)
+    logp = torch.log_softmax(torch.where(avail, s, torch.full_like(s, NEG)), dim=1)
+    l_list = (-(tgt * logp * om).sum(dim=1) * row).sum() / row.sum().clamp(min=1.0)
+    l_util = (((s - u) ** 2) * om).sum() / n
+    l_mean = (((mu - y) ** 2) * om).sum() / n
+    l_res = ((delta ** 2) * om).sum() / n
+    terms = {"nll": l_nll, "pair": l_pair, "list": l_list, "util": l_util, "mean": l_mean, "res": l_res}
+    return sum(weights[k] * v for k, v in terms.items()), terms
+
+
+def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: Prepared | None = None,
+          progress: bool = True) -> dict:
+    """Train and write RUN_DIR; returns the training summary."""
+    import torch
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from .model import LatentRouter, RouterConfig
+
+    t0 = time.perf_counter()
+    P = prepared or prepare(data_dir, slices=cfg.slices, text_only=cfg.text_only, progress=progress)
+    d = P.data
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.space.width + 1, layers=cfg.layers)
+    net = LatentRouter(rcfg)
+    net.q_mean.copy_(torch.from_numpy(P.q_mean))
+    net.q_std.copy_(torch.from_numpy(P.q_std))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    Y = np.nan_to_num(d.Y).astype(np.float32)
+    C = np.nan_to_num(d.C).astype(np.float32)
+    U = Y - cfg.w_c * C / P.space.cost_scale
+    chat = P.cost_hat.astype(np.float32)
+    fit = np.flatnonzero(P.masks["fit"] & d.A.any(axis=1))
+    val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
+    mf_all = torch.from_numpy(P.model_feat(np.arange(1)))[0]                        # [K, P_in]
+    rng = np.random.default_rng(cfg.seed)
+    best, best_state, bad, curves = -np.inf, None, 0, []
+    bar = tqdm(range(cfg.epochs), desc="training", disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        order = rng.permutation(fit)
+        sums: dict[str, float] = {}
+        for s in range(0, len(order), cfg.batch_size):
+            rows = order[s:s + cfg.batch_size]
+            avail = torch.from_numpy(d.A[rows].copy())
+            drop = rng.random(len(rows)) < cfg.pool_dropout                      # §3.4 pool dropout
+            keep = rng.random(avail.shape) < 0.5
+            for i in np.flatnonzero(drop):
+                k = keep[i] & d.A[rows[i]]
+                if k.sum() >= 2:
+                    avail[i] = torch.from_numpy(k)
+            q = torch.from_numpy(P.q[rows])
+            mf = mf_all.unsqueeze(0).expand(len(rows), -1, -1)
+            mu, sigma, delta, mt = net(q, mf, avail)
+            loss, terms = losses(mu, sigma, delta, mt, torch.from_numpy(Y[rows]), torch.from_numpy(U[rows]),
+                                 avail, torch.from_numpy(chat).expand(len(rows), -1), cfg.w_c, cfg.loss_weights)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * len(rows)
+        v_util = validation_utility(net, P, val, U, cfg.w_c)
+        curves.append({"epoch": epoch + 1, "val_utility": v_util, **{k: v / len(fit) for k, v in sums.items()}})
+        bar.set_postfix(loss=f"{sum(cfg.loss_weights[k] * v for k, v in sums.items()) / len(fit):.3f}",
+                        val=f"{v_util:.4f}")
+        if v_util > best + 1e-9:
+            best, bad = v_util, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    bar.close()
+    net.load_state_dict(best_state)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "weights.safetensors"))
+    summary = {"best_val_utility": best, "epochs_run": len(curves), "seconds": time.perf_counter() - t0,
+               "train_rows": int(len(fit)), "val_rows": int(len(val))}
+    atomic_write_text(out / "config.json", json.dumps({
+        "lr_onnx_version": __version__, "data": str(Path(data_dir).resolve()), "router": rcfg.to_dict(),
+        "train": asdict(cfg), "summary": summary}, indent=2) + "\n")
+    atomic_write_text(out / "profiles.json", json.dumps({
+        "models": d.models, "space": P.space.to_dict(), "raw_profiles": P.raw_profiles.tolist(),
+        "e_bar": P.e_bar.tolist(), "cost_estimator": "calib_mean"}, indent=2) + "\n")
+    atomic_write_text(out / "curves.json", json.dumps(curves, indent=2) + "\n")
+    from .features import ENCODER_VERSION, IMAGE_SPEC, TEXT_SPEC
+    atomic_write_text(out / "preprocessing.json", json.dumps({
+        "encoder_version": ENCODER_VERSION, "image": IMAGE_SPEC.to_dict(), "text": TEXT_SPEC.to_dict()}, indent=2) + "\n")
+    return summary
+
+
+def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512):
+    """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad)."""
+    import torch
+
+    net.eval()
+    A = P.data.A[rows] if avail is None else avail
+    mf_all = torch.from_numpy(P.model_feat(np.arange(1)))[0]
+    outs_mt, outs_sig = [], []
+    with torch.no_grad():
+        for s in range(0, len(rows), batch):
+            r = rows[s:s + batch]
+            mu, sigma, delta, mt = net(torch.from_numpy(P.q[r]), mf_all.unsqueeze(0).expand(len(r), -1, -1),
+                                       torch.from_numpy(np.ascontiguousarray(A[s:s + batch])))
+            outs_mt.append(mt.numpy())
+            outs_sig.append(sigma.numpy())
+    return np.concatenate(outs_mt), np.concatenate(outs_sig)
+
+
+def validation_utility(net, P: Prepared, rows: np.ndarray, U: np.ndarray, w_c: float) -> float:
+    """V = mean utility of the routed model on validation rows (§4.3), cost term included."""
+    from ..runtime.policy import choose
+
+    mt, _ = predict(net, P, rows)
+    choice = choose(mt, np.broadcast_to(P.cost_hat, mt.shape), P.data.A[rows], w_c)
+    ok = choice >= 0
+    return float(U[rows[ok], choice[ok]].mean())
