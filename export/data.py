@@ -64,10 +64,6 @@ class RoutingData:
     def has_split(self) -> bool:
         return any(s is not None for s in self.split)
 
-    def rows(self, mask: np.ndarray) -> np.ndarray:
-        """Indices of rows where `mask` is True (a small helper for readability)."""
-        return np.flatnonzero(mask)
-
 
 def load_models(path: Path) -> list[dict]:
     """Read `models.json`: a list of `{"name": str, "price_in_per_mtok"?: float, ...}`."""
