@@ -166,5 +166,66 @@ def train_cmd(data_dir, out, setting, epochs, seed, layers, text_only):
                f"best validation utility {summary['best_val_utility']:.4f}; wrote {out}")
 
 
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
+              help="Dataset folder (default: the one the run was trained on).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--no-ablations", is_flag=True, help="Skip training the no_communication and text_only ablations.")
+def evaluate_cmd(run_dir, data_dir, split, no_ablations):
+    """Compare the trained router with the baselines; write metrics.json, frontier.png, report.md.
+
+    Methods: latentrouter, no_communication, text_only, knn, mf, mlp, random,
+    best_single, all on the same features, split, expected costs and lambda grid.
+    Lambda for the rank score is chosen on validation, never on the test split.
+    """
+    from .export.evaluate import evaluate
+
+    out = evaluate(run_dir, data_dir=data_dir, split=split, ablations=not no_ablations)
+    m = out["methods"]["latentrouter"]
+    b = out["best_single"]
+    click.echo(f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single {b['name']} "
+               f"{b['score']:.4f}), nAUC {m['nauc']}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, "
+               f"frontier.png, report.md")
+
+
+@main.group("models", cls=_Group)
+def models():
+    """Change a run's candidate pool without retraining."""
+
+
+@models.command("add")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--name", required=True, help="Name of the new model.")
+@click.option("--price-in", type=click.FloatRange(min=0), default=None, help="USD per 1M input tokens.")
+@click.option("--price-out", type=click.FloatRange(min=0), default=None, help="USD per 1M output tokens.")
+@click.option("--outcomes", required=True, type=click.Path(exists=True, path_type=str),
+              help="queries.jsonl (or a native folder) with outcomes[NAME] = {score, cost, ...} on labelled queries.")
+def models_add(run_dir, name, price_in, price_out, outcomes):
+    """Add a model to RUN_DIR's pool from a few labelled queries (48 recommended, 24 minimum).
+
+    Builds its capability profile with the run's frozen slices; the network is not retrained.
+    """
+    from .export.pool import add_model
+
+    rep = add_model(run_dir, name, outcomes, price_in=price_in, price_out=price_out)
+    click.echo(f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
+               f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} "
+               f"({rep['cost_estimator']}); queries per slice {rep['slice_counts']}")
+    for w in rep["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+
+
+@models.command("remove")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--name", required=True)
+def models_remove(run_dir, name):
+    """Remove a model from RUN_DIR's pool."""
+    from .export.pool import remove_model
+
+    remove_model(run_dir, name)
+    click.echo(f"removed {name} from {run_dir}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -261,3 +261,50 @@ def write_dataset(out: Path, models: list[dict], records: list[dict]) -> None:
     with open(out / QUERIES_FILE, "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def load_outcomes_for(path: str | os.PathLike, name: str) -> RoutingData:
+    """Labelled queries for ONE model (`models add`): a native folder or a `queries.jsonl` file.
+
+    Only `outcomes[name]` is read (other models' outcomes are ignored); images are
+    relative to the file's folder. Rows where the model has no outcome are dropped.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / QUERIES_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: no such outcomes file (a queries.jsonl or a native dataset folder)")
+    root = path.parent
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
+                raise DataError(f"{where}: expected an object with a 'question' string")
+            outs = rec.get("outcomes") or {}
+            if not isinstance(outs, dict) or outs.get(name) is None:
+                continue
+            y, c, lat, tok = _parse_outcomes({name: outs[name]}, {name: 0}, 1, where, str(rec.get("id", lineno)))
+            imgs = []
+            for p in rec.get("images") or []:
+                rel = safe_relative_path(str(p))
+                if rel is None:
+                    raise DataError(f"{where}: image path '{p}' must be relative, without '..'")
+                full = root.joinpath(*rel.parts)
+                if full.is_file():
+                    imgs.append(full)
+            rows.append((str(rec.get("id", lineno)), rec["question"], imgs, y, c, lat, tok, rec.get("dataset", "")))
+    if not rows:
+        raise DataError(f"{path}: no query has an outcome for model '{name}'")
+    return RoutingData(
+        root=root, ids=[r[0] for r in rows], split=[None] * len(rows), dataset=[r[7] for r in rows],
+        question=[r[1] for r in rows], images=[r[2] for r in rows], models=[{"name": name}],
+        Y=np.vstack([r[3] for r in rows]), C=np.vstack([r[4] for r in rows]),
+        A=np.vstack([np.isfinite(r[3]) & np.isfinite(r[4]) for r in rows]), Lat=np.vstack([r[5] for r in rows]),
+        Tok=np.vstack([r[6] for r in rows]), meta=[None] * len(rows))

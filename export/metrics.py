@@ -128,6 +128,8 @@ def apgr(points, weak: tuple[float, float], strong: tuple[float, float]) -> floa
     q = np.array([p[1] for p in pts])
     auc = float(np.sum((x[1:] - x[:-1]) * (q[1:] + q[:-1]) / 2))
     dx = x[-1] - x[0]
+    if dx <= 0:
+        return float("nan")
     return (auc - qw * dx) / (qs * dx - qw * dx)
 
 

@@ -1,4 +1,4 @@
-"""Fixed-width capability profiles (method.md §3.2-3.5): what the router knows about each model.
+"""Fitting capability profiles on training data (method.md §3.2-3.3); the numpy profile itself is runtime/profiles.py.
 
 A profile summarises a model's observed outcomes on the calibration rows only:
 overall score, shrunk per-slice scores (slices = k-means clusters of query
@@ -8,19 +8,12 @@ or removed without retraining.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..runtime.features import HAS_IMAGE_COL, l2_normalise
+from ..runtime.features import l2_normalise
+from ..runtime.profiles import ProfileSpace, assign_slices, column_floors, slice_embedding
 
-KAPPA = 10.0
 SLICE_SEED = 20260308
-
-
-def slice_embedding(q: np.ndarray) -> np.ndarray:
-    """Text and image vectors of q, concatenated and L2-normalised (§3.3)."""
-    return l2_normalise(np.asarray(q[:, :HAS_IMAGE_COL], np.float64))
 
 
 def fit_slices(q_train: np.ndarray, n_cal: int, S: int = 8, seed: int = SLICE_SEED) -> np.ndarray:
@@ -31,70 +24,6 @@ def fit_slices(q_train: np.ndarray, n_cal: int, S: int = 8, seed: int = SLICE_SE
     km = KMeans(n_clusters=S, init="k-means++", n_init=4, max_iter=100, random_state=seed)
     km.fit(slice_embedding(q_train))
     return l2_normalise(km.cluster_centers_)
-
-
-def assign_slices(q: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Nearest centroid by cosine, per row."""
-    return np.argmax(slice_embedding(q) @ np.asarray(centroids, np.float64).T, axis=1)
-
-
-def raw_profile(y: np.ndarray, cost: np.ndarray, lat: np.ndarray, tok: np.ndarray, slices: np.ndarray, S: int,
-                cost_scale: float, fill_lat: float, fill_tok: float) -> np.ndarray:
-    """One model's raw profile `[S + 7]` from its available calibration rows."""
-    n = len(y)
-    ybar = float(y.mean()) if n else 0.0
-    prof = [ybar]
-    for s in range(S):
-        sel = slices == s
-        ns = int(sel.sum())
-        prof.append((ns * (float(y[sel].mean()) if ns else 0.0) + KAPPA * ybar) / (ns + KAPPA))
-    ebar = float(cost.mean()) if n else 0.0
-    prof.append(np.log(ebar / cost_scale + 1e-3))
-    for v, fill in ((lat, fill_lat), (tok, fill_tok)):
-        known = np.isfinite(v)
-        prof += [np.log1p(float(v[known].mean())), 1.0] if known.any() else [fill, 0.0]
-    prof.append(np.log1p(n))
-    return np.asarray(prof, np.float64)
-
-
-def column_floors(S: int) -> np.ndarray:
-    """Std floors: 0.05 for score columns, 0.5 for log columns, 1 for flags."""
-    return np.array([0.05] * (S + 1) + [0.5, 0.5, 1.0, 0.5, 1.0, 0.5])
-
-
-@dataclass
-class ProfileSpace:
-    """Everything frozen at training time that turns outcomes into standardised profiles."""
-
-    centroids: np.ndarray      # [S, D_e]
-    cost_scale: float          # s_c
-    mean: np.ndarray           # [S + 7]
-    std: np.ndarray            # [S + 7]
-    fill_lat: float
-    fill_tok: float
-
-    @property
-    def S(self) -> int:
-        return len(self.centroids)
-
-    @property
-    def width(self) -> int:
-        return self.S + 7
-
-    def profile(self, y, cost, lat, tok, slices) -> np.ndarray:
-        return raw_profile(y, cost, lat, tok, slices, self.S, self.cost_scale, self.fill_lat, self.fill_tok)
-
-    def standardise(self, raw: np.ndarray) -> np.ndarray:
-        return (raw - self.mean) / self.std
-
-    def to_dict(self) -> dict:
-        return {"centroids": self.centroids.tolist(), "cost_scale": self.cost_scale, "mean": self.mean.tolist(),
-                "std": self.std.tolist(), "fill_lat": self.fill_lat, "fill_tok": self.fill_tok}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProfileSpace":
-        return cls(np.asarray(d["centroids"]), float(d["cost_scale"]), np.asarray(d["mean"]), np.asarray(d["std"]),
-                   float(d["fill_lat"]), float(d["fill_tok"]))
 
 
 def build_profiles(q: np.ndarray, Y, C, A, Lat, Tok, train_rows, cal_rows, S: int = 8):

@@ -19,7 +19,8 @@ from ..runtime.errors import DataError
 from ..version import __version__
 from .data import RoutingData, load_dataset
 from .files import atomic_write_text
-from .profiles import ProfileSpace, build_profiles
+from ..runtime.profiles import ProfileSpace
+from .profiles import build_profiles
 from .splits import SPLIT_SEED, ensure_splits, split_masks
 
 
@@ -207,6 +208,21 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     atomic_write_text(out / "preprocessing.json", json.dumps({
         "encoder_version": ENCODER_VERSION, "image": IMAGE_SPEC.to_dict(), "text": TEXT_SPEC.to_dict()}, indent=2) + "\n")
     return summary
+
+
+def load_router(run_dir: str | Path):
+    """(LatentRouter in eval mode, run config) from a run folder written by `train`."""
+    from safetensors.torch import load_file
+
+    from .model import LatentRouter, RouterConfig
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "weights.safetensors").is_file() or not (run_dir / "config.json").is_file():
+        raise DataError(f"{run_dir}: not a run folder (needs weights.safetensors and config.json from lr-onnx train)")
+    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    net = LatentRouter(RouterConfig.from_dict(cfg["router"]))
+    net.load_state_dict(load_file(str(run_dir / "weights.safetensors")))
+    return net.eval(), cfg
 
 
 def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512):

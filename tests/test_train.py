@@ -1,41 +1,104 @@
-"""Training on a small real-image demo set: runs, writes a complete run folder, and is deterministic."""
+"""Training, evaluation and pool edits on a small real-image demo set (slow: the encoders run once)."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
+def env(tmp_path_factory):
     from lr_onnx.export.demo import build_demo
 
-    root = tmp_path_factory.mktemp("demo") / "d"
-    build_demo(root, n=400, seed=1, workers=1, progress=False)
-    return root
+    base = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LR_ONNX_CACHE", str(base / "cache"))
+        build_demo(base / "demo", n=400, seed=1, workers=1, progress=False)
+        yield base
 
 
-@pytest.mark.slow
-def test_train_writes_run_and_is_deterministic(small_demo, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def run(env):
+    from lr_onnx.export.train import TrainConfig, train
+
+    summary = train(env / "demo", env / "run", TrainConfig(epochs=2, slices=2), progress=False)
+    return env / "run", summary
+
+
+def test_train_writes_run_and_is_deterministic(env, run):
     from safetensors.numpy import load_file
 
     from lr_onnx.export.train import TrainConfig, train
 
-    monkeypatch.setenv("LR_ONNX_CACHE", str(tmp_path / "cache"))
-    cfg = TrainConfig(epochs=2, slices=2)
-    a = train(small_demo, tmp_path / "a", cfg, progress=False)
-    b = train(small_demo, tmp_path / "b", cfg, progress=False)
+    run_dir, a = run
+    b = train(env / "demo", env / "run_b", TrainConfig(epochs=2, slices=2), progress=False)
     for name in ("weights.safetensors", "config.json", "profiles.json", "curves.json", "preprocessing.json"):
-        assert (tmp_path / "a" / name).is_file()
-    wa, wb = load_file(str(tmp_path / "a" / "weights.safetensors")), load_file(str(tmp_path / "b" / "weights.safetensors"))
+        assert (run_dir / name).is_file()
+    wa, wb = load_file(str(run_dir / "weights.safetensors")), load_file(str(env / "run_b" / "weights.safetensors"))
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
     assert a["best_val_utility"] == b["best_val_utility"]
-    prof = json.loads((tmp_path / "a" / "profiles.json").read_text())
-    assert len(prof["raw_profiles"]) == 10 and len(prof["raw_profiles"][0]) == prof_width(prof)
-    assert (small_demo / "splits.csv").is_file()  # the split is written once next to the data
+    prof = json.loads((run_dir / "profiles.json").read_text())
+    assert len(prof["raw_profiles"]) == 10 and len(prof["raw_profiles"][0]) == len(prof["space"]["centroids"]) + 7
+    assert (env / "demo" / "splits.csv").is_file()  # the split is written once next to the data
 
 
-def prof_width(prof):
-    return len(prof["space"]["centroids"]) + 7
+def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
+    """Leak checks of method.md §5: realised cost and `dataset` never reach the router's inputs."""
+    from lr_onnx.export.train import load_router, predict, prepare
+
+    net, _ = load_router(run[0])
+    P = prepare(env / "demo", slices=2, progress=False)
+    rows = np.flatnonzero(P.masks["test"])
+    base = predict(net, P, rows)[0]
+    test_rows = P.masks["test"]
+    perm = np.random.default_rng(0).permutation(np.flatnonzero(test_rows))
+    P.data.C[test_rows] = P.data.C[perm]
+    P.data.dataset = ["relabelled"] * P.data.n
+    np.testing.assert_array_equal(predict(net, P, rows)[0], base)
+
+
+def test_evaluate_writes_metrics_plot_and_report(env, run):
+    from lr_onnx.export.evaluate import METHODS, evaluate
+
+    out = evaluate(run[0], ablations=False, progress=False)
+    m = json.loads((run[0] / "metrics.json").read_text())
+    assert set(m["methods"]) == set(METHODS) - {"no_communication", "text_only"}
+    for row in m["methods"].values():
+        for key in ("nauc", "peak_score", "qnc", "rank_score", "apgr", "cpt50", "cpt80", "score_at_lambda0",
+                    "cost_at_lambda0"):
+            assert key in row
+    assert set(m["best_single"]) == {"name", "score", "cost"} and m["oracle"]["score"] >= m["best_single"]["score"]
+    assert "full" in m["pool_shift"] and "drop_strongest" in m["pool_shift"] and m["collapse"]["share_at_lambda0"] is not None
+    assert (run[0] / "frontier.png").stat().st_size > 10_000
+    assert "| latentrouter |" in (run[0] / "report.md").read_text()
+    assert out["rows"] == m["rows"] > 0
+
+
+def test_models_add_and_remove_without_retraining(env, run, tmp_path):
+    import shutil
+
+    from lr_onnx.export.pool import add_model, remove_model
+    from lr_onnx.runtime.errors import DataError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    weights = (run_dir / "weights.safetensors").read_bytes()
+    rows = [json.loads(ln) for ln in (env / "demo" / "queries.jsonl").read_text().splitlines()][:30]
+    for r in rows:
+        r["outcomes"] = {"NewVLM": {"score": float(len(r["question"]) % 2), "cost": 0.001, "tokens": 50}}
+    (env / "demo" / "new_model.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rep = add_model(run_dir, "NewVLM", env / "demo" / "new_model.jsonl", price_in=0.5, price_out=1.0, progress=False)
+    prof = json.loads((run_dir / "profiles.json").read_text())
+    assert prof["models"][-1]["name"] == "NewVLM" and len(prof["raw_profiles"]) == 11
+    assert rep["queries"] == 30 and 0 <= rep["predicted_score"] <= 1 and sum(rep["slice_counts"]) == 30
+    assert (run_dir / "weights.safetensors").read_bytes() == weights  # no retraining
+    with pytest.raises(DataError, match="already in the pool"):
+        add_model(run_dir, "NewVLM", env / "demo" / "new_model.jsonl", progress=False)
+    remove_model(run_dir, "NewVLM")
+    assert len(json.loads((run_dir / "profiles.json").read_text())["raw_profiles"]) == 10
+    with pytest.raises(DataError, match="not in the pool"):
+        remove_model(run_dir, "NewVLM")

@@ -1,0 +1,311 @@
+"""`lr-onnx evaluate`: LatentRouter against the baselines on one split (method.md §8-9).
+
+Every method is a predicted-score matrix routed by the same policy over the same
+lambda grid with realised costs. Lambda is chosen on validation, never on test.
+Writes RUN_DIR/metrics.json, frontier.png and report.md.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.policy import LAMBDA_GRID, choose
+from . import metrics as M
+from .files import atomic_write_text
+from .train import Prepared, TrainConfig, load_router, predict, prepare, train
+
+METHODS = ["latentrouter", "no_communication", "text_only", "knn", "mf", "mlp", "random", "best_single"]
+
+
+def sweep(scores: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, chat: np.ndarray,
+          grid=LAMBDA_GRID) -> list[dict]:
+    """(lambda, mean score, mean realised cost, choices) for every lambda of the grid."""
+    out = []
+    ok = A.any(axis=1)
+    rows = np.flatnonzero(ok)
+    for lam in grid:
+        ch = choose(scores, np.broadcast_to(chat, scores.shape), A, lam)
+        out.append({"lam": float(lam), "score": float(Y[rows, ch[ok]].mean()), "cost": float(C[rows, ch[ok]].mean()),
+                    "choice": ch})
+    return out
+
+
+def random_points(Y, C, A) -> list[tuple[float, float]]:
+    q, c = M.random_router(np.nan_to_num(Y), np.nan_to_num(C), A)
+    return [(c, q)]
+
+
+def summarise(points: list[tuple[float, float]], ref: dict, at0: tuple[float, float], rank_at: tuple[float, float]
+              ) -> dict:
+    """The metric row of one method."""
+    return {
+        "nauc": _f(M.nauc(points)), "nauc_ref": _f(M.nauc_ref(points)), "peak_score": _f(M.peak_score(points)),
+        "qnc": _f(M.qnc(points, ref["best_q"], ref["best_c"])),
+        "qnc_99": _f(M.qnc(points, ref["best_q"], ref["best_c"], 0.99)),
+        "rank_score": _f(M.rank_score(rank_at[1], rank_at[0], ref["cmin"], ref["cmax"])),
+        "apgr": _f(M.apgr(points, ref["weak"], ref["strong"])),
+        "cpt50": _f(M.cpt(points, ref["weak"], ref["strong"], 0.5)),
+        "cpt80": _f(M.cpt(points, ref["weak"], ref["strong"], 0.8)),
+        "aiq": _f(M.aiq(points, ref["c_hi"])),
+        "score_at_lambda0": _f(at0[1]), "cost_at_lambda0": _f(at0[0]),
+    }
+
+
+def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
+             ablations: bool = True, progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    net, cfg = load_router(run_dir)
+    tcfg = TrainConfig(**{k: v for k, v in cfg["train"].items() if k in TrainConfig.__dataclass_fields__})
+    data_dir = Path(data_dir or cfg["data"])
+    P = prepare(data_dir, slices=tcfg.slices, progress=progress)
+    d = P.data
+    rows = np.flatnonzero(P.masks[split] & d.A.any(axis=1))
+    val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
+    both = np.concatenate([val, rows])
+    chat = P.cost_hat
+
+    scores: dict[str, np.ndarray] = {"latentrouter": predict(net, P, both)[0]}
+    if ablations:
+        for name, over in (("no_communication", {"layers": 0}), ("text_only", {"text_only": True})):
+            sub = run_dir / "ablations" / name
+            abl = TrainConfig(**{**cfg["train"], **over})
+            Pa = prepare(data_dir, slices=tcfg.slices, text_only=True, progress=False) if abl.text_only else P
+            if not (sub / "weights.safetensors").is_file():
+                train(data_dir, sub, abl, prepared=Pa, progress=progress)
+            anet, _ = load_router(sub)
+            scores[name] = predict(anet, Pa, both)[0]
+    from .baselines import best_single_scores, knn_scores, linear_mf_scores, mlp_scores
+
+    scores["knn"] = knn_scores(P, both)
+    scores["mf"] = linear_mf_scores(P, both)
+    scores["mlp"] = mlp_scores(P, both, seed=tcfg.seed)
+    scores["best_single"] = best_single_scores(P, both)
+
+    Yv, Cv, Av = np.nan_to_num(d.Y[val]), np.nan_to_num(d.C[val]), d.A[val]
+    Y, C, A = np.nan_to_num(d.Y[rows]), np.nan_to_num(d.C[rows]), d.A[rows]
+    names = d.model_names
+    train_rows = P.masks["train"]
+    single_train = M.single_models(d.Y[train_rows], d.C[train_rows], d.A[train_rows])
+    bounds = _cost_bounds(data_dir, single_train)
+    cal = P.masks["cal"]
+    single_cal = M.single_models(d.Y[cal], d.C[cal], d.A[cal])
+    single = M.single_models(Y, C, A)
+    weak_k = int(np.nanargmin([s["cost"] for s in single_cal]))
+    strong_k = int(np.nanargmax([s["score"] for s in single_cal]))
+    b = M.best_single(Y, C, A)
+    oq, oc = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
+    all_costs = [s["cost"] for s in single] + [oc]
+    ref = {"best_q": single[b]["score"], "best_c": single[b]["cost"], "cmin": bounds[0], "cmax": bounds[1],
+           "weak": (single[weak_k]["cost"], single[weak_k]["score"]),
+           "strong": (single[strong_k]["cost"], single[strong_k]["score"])}
+
+    nv = len(val)
+    curves, methods, chosen_lam = {}, {}, {}
+    for name, S in scores.items():
+        sv, st = S[:nv], S[nv:]
+        test_curve = sweep(st, Y, C, A, chat)
+        val_curve = sweep(sv, Yv, Cv, Av, chat)
+        curves[name] = test_curve
+        all_costs += [p["cost"] for p in test_curve]
+        # lambda for the rank score: the one maximising S on validation (never test)
+        vs = [M.rank_score(p["score"], p["cost"], *bounds) for p in val_curve]
+        chosen_lam[name] = int(np.argmax(vs))
+    ref["c_hi"] = max(all_costs)
+    for name, curve in curves.items():
+        pts = [(p["cost"], p["score"]) for p in curve]
+        j = chosen_lam[name]
+        methods[name] = summarise(pts, ref, (curve[0]["cost"], curve[0]["score"]), (curve[j]["cost"], curve[j]["score"]))
+        methods[name]["lambda_val"] = float(LAMBDA_GRID[j])
+        methods[name]["score_at_lambda_val"] = _f(curve[j]["score"])
+        methods[name]["cost_at_lambda_val"] = _f(curve[j]["cost"])
+    rq, rc = M.random_router(Y, C, A)
+    methods["random"] = summarise([(rc, rq)], ref, (rc, rq), (rc, rq))
+
+    out = {
+        "split": split, "rows": int(len(rows)), "data": str(data_dir),
+        "n_unroutable": int((P.masks[split] & ~d.A.any(axis=1)).sum()),
+        "methods": methods,
+        "best_single": {"name": names[b], "score": _f(single[b]["score"]), "cost": _f(single[b]["cost"])},
+        "oracle": {"score": _f(oq), "cost": _f(oc)},
+        "single_models": {n: {"score": _f(s["score"]), "cost": _f(s["cost"])} for n, s in zip(names, single)},
+        "rank_score_bounds": {"cmin": bounds[0], "cmax": bounds[1]},
+        "weak_strong": {"weak": names[weak_k], "strong": names[strong_k]},
+        "per_dataset": per_dataset(P, rows, curves["latentrouter"], chosen_lam["latentrouter"]),
+        "pool_shift": pool_shift(net, P, rows, single_cal),
+        "collapse": collapse(curves["latentrouter"], Y, C, A, P, single[b]["cost"]),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_text(run_dir / "metrics.json", json.dumps(out, indent=2, allow_nan=False) + "\n")
+    plot_frontier(run_dir / "frontier.png", curves, out)
+    atomic_write_text(run_dir / "report.md", report(out))
+    return out
+
+
+def per_dataset(P: Prepared, rows, curve, j_val) -> dict:
+    d = P.data
+    ds = np.array(d.dataset)[rows]
+    res = {}
+    for name in sorted(set(ds)):
+        sel = ds == name
+        r = rows[sel]
+        Y, C, A = np.nan_to_num(d.Y[r]), np.nan_to_num(d.C[r]), d.A[r]
+        b = M.best_single(Y, C, A)
+        single = M.single_models(Y, C, A)
+        oq, oc = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
+        res[name] = {"rows": int(sel.sum()), "best_single": {"name": d.model_names[b], "score": _f(single[b]["score"])},
+                     "oracle": _f(oq)}
+        for label, j in (("lambda0", 0), ("lambda_val", j_val)):
+            q, c = M.routed_means(Y, C, curve[j]["choice"][sel])
+            res[name][f"latentrouter_score_{label}"] = _f(q)
+            res[name][f"latentrouter_cost_{label}"] = _f(c)
+    return res
+
+
+def pool_shift(net, P: Prepared, rows, single_cal) -> dict:
+    """Mask models out of the pool (never slice columns) and re-route; specs use R_cal statistics (§8.8)."""
+    d = P.data
+    K = d.k
+    specs = {"full": np.ones(K, bool)}
+    strongest = int(np.nanargmax([s["score"] for s in single_cal]))
+    cheapest = int(np.nanargmin([s["cost"] for s in single_cal]))
+    for label, k in (("drop_strongest", strongest), ("drop_cheapest", cheapest)):
+        keep = np.ones(K, bool)
+        keep[k] = False
+        specs[label] = keep
+    for k, n in enumerate(d.model_names):
+        keep = np.ones(K, bool)
+        keep[k] = False
+        specs[f"leave_one_out:{n}"] = keep
+    rng = np.random.default_rng(20260308)
+    for frac in (0.3, 0.5):
+        for draw in range(5):
+            drop = max(1, int(round(frac * K)))
+            drop = min(drop, K - 2)
+            keep = np.ones(K, bool)
+            keep[rng.choice(K, size=drop, replace=False)] = False
+            specs[f"drop_{int(frac * 100)}pct#{draw}"] = keep
+    Y, C = np.nan_to_num(d.Y[rows]), np.nan_to_num(d.C[rows])
+    full_q = None
+    out = {}
+    for label, keep in specs.items():
+        A = d.A[rows] & keep
+        mt, _ = predict(net, P, rows, avail=A)
+        curve = sweep(mt, Y, C, A, P.cost_hat)
+        b = M.best_single(Y, C, A)
+        oq, _ = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
+        q0 = curve[0]["score"]
+        full_q = q0 if label == "full" else full_q
+        out[label] = {"score_at_lambda0": _f(q0), "nauc": _f(M.nauc([(p["cost"], p["score"]) for p in curve])),
+                      "best_single": _f(M.single_models(Y, C, A)[b]["score"]), "oracle": _f(oq),
+                      "regret_vs_full": _f(full_q - q0)}
+    for prefix in ("drop_30pct", "drop_50pct"):
+        vals = [v["score_at_lambda0"] - v["best_single"] for k, v in out.items() if k.startswith(prefix)]
+        out[f"{prefix}_mean_gain_over_best_single"] = _f(float(np.mean(vals)))
+    return out
+
+
+def collapse(curve, Y, C, A, P: Prepared, c_best: float) -> dict:
+    """Share of queries sent to the most expensive available model, per lambda (§8.8)."""
+    e = P.e_bar
+    rows_ok = A.any(axis=1)
+    priciest = np.array([np.flatnonzero(a)[np.argmax(e[a])] if a.any() else -1 for a in A])
+    shares = [float((p["choice"][rows_ok] == priciest[rows_ok]).mean()) for p in curve]
+    orc = M.oracle_choice(Y, C, A)
+    first = next((j for j, p in enumerate(curve) if p["cost"] <= c_best), None)
+    share_vectors = {f"{p['lam']:.4g}": np.bincount(p["choice"][rows_ok], minlength=A.shape[1]).tolist()
+                     for p in curve[::10]}
+    return {"share_most_expensive_per_lambda": [_f(s) for s in shares],
+            "share_at_lambda0": _f(shares[0]),
+            "oracle_share": _f(float((orc[rows_ok] == priciest[rows_ok]).mean())),
+            "share_at_first_lambda_under_best_single_cost": _f(shares[first]) if first is not None else None,
+            "choice_counts_every_10th_lambda": share_vectors}
+
+
+def _cost_bounds(data_dir: Path, single_train) -> tuple[float, float]:
+    p = Path(data_dir) / "cost_bounds.json"
+    if p.is_file():
+        b = json.loads(p.read_text())
+        return float(b["cmin"]), float(b["cmax"])
+    costs = [s["cost"] for s in single_train if np.isfinite(s["cost"])]
+    pos = [c for c in costs if c > 0]
+    return (min(pos) if pos else 1e-12), max(costs)
+
+
+def plot_frontier(path: Path, curves: dict, out: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, curve in curves.items():
+        pts = sorted((p["cost"], p["score"]) for p in curve)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if name != "latentrouter" else "o",
+                lw=2.5 if name == "latentrouter" else 1.2, label=name)
+    for name, s in out["single_models"].items():
+        ax.scatter(s["cost"], s["score"], marker="x", color="gray")
+        ax.annotate(name, (s["cost"], s["score"]), fontsize=6, color="gray")
+    r = out["methods"]["random"]
+    ax.scatter(r["cost_at_lambda0"], r["score_at_lambda0"], marker="s", color="black", label="random")
+    ax.scatter(out["oracle"]["cost"], out["oracle"]["score"], marker="*", s=150, color="gold", label="oracle")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean realised cost per query (USD, log scale)")
+    ax.set_ylabel("mean score")
+    ax.set_title(f"cost-quality frontier on the {out['split']} split ({out['rows']} queries)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def report(out: dict) -> str:
+    cols = ["nauc", "nauc_ref", "peak_score", "qnc", "rank_score", "apgr", "cpt50", "cpt80", "aiq",
+            "score_at_lambda0", "cost_at_lambda0"]
+    lines = [f"# Evaluation on the {out['split']} split ({out['rows']} queries, {out['data']})", "",
+             f"Best single: {out['best_single']['name']} {out['best_single']['score']:.4f} at "
+             f"{out['best_single']['cost']:.4g}; oracle {out['oracle']['score']:.4f} at {out['oracle']['cost']:.4g}. "
+             "Lambda for the rank score is chosen on validation.", "",
+             "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, m in out["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
+    lines += ["", "## Per dataset (LatentRouter at lambda 0)", "", "| dataset | rows | best single | router | oracle |",
+              "|---|---|---|---|---|"]
+    for ds, v in out["per_dataset"].items():
+        lines.append(f"| {ds} | {v['rows']} | {v['best_single']['name']} {_fmt(v['best_single']['score'])} | "
+                     f"{_fmt(v['latentrouter_score_lambda0'])} | {_fmt(v['oracle'])} |")
+    lines += ["", "## Pool shift (LatentRouter at lambda 0, masked pool)", "",
+              "| spec | router | best single | oracle | regret vs full |", "|---|---|---|---|---|"]
+    for spec, v in out["pool_shift"].items():
+        if isinstance(v, dict):
+            lines.append(f"| {spec} | {_fmt(v['score_at_lambda0'])} | {_fmt(v['best_single'])} | {_fmt(v['oracle'])} | "
+                         f"{_fmt(v['regret_vs_full'])} |")
+    c = out["collapse"]
+    lines += ["", f"Routing collapse: share of queries sent to the most expensive model at lambda 0 "
+              f"{_fmt(c['share_at_lambda0'])} (oracle {_fmt(c['oracle_share'])})."]
+    return "\n".join(lines) + "\n"
+
+
+def _f(x):
+    if x is None:
+        return None
+    x = float(x)
+    if np.isnan(x):
+        return None
+    if np.isinf(x):
+        return "inf" if x > 0 else "-inf"  # JSON has no infinity; e.g. QNC when best-single quality is never reached
+    return float(f"{x:.6g}")
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.4g}"

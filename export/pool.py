@@ -1,0 +1,103 @@
+"""`lr-onnx models add/remove` on a training run: change the candidate pool without retraining (§3.5).
+
+A new model gets a capability profile built from a few labelled queries with the
+frozen slice centroids and standardisation of the run; the network weights are
+not touched, and K simply grows by one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.errors import DataError
+from ..runtime.features import n_words
+from ..runtime.profiles import ProfileSpace, assign_slices
+from .data import load_outcomes_for
+from .files import atomic_write_text
+
+MIN_QUERIES = 24
+
+
+def _read(run_dir: Path) -> dict:
+    p = run_dir / "profiles.json"
+    if not p.is_file():
+        raise DataError(f"{run_dir}: no profiles.json (not a run folder from lr-onnx train)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in: float | None = None,
+              price_out: float | None = None, progress: bool = True) -> dict:
+    """Append `name` to the run's pool; return a report (observed vs predicted score, slice counts, warnings)."""
+    from .features import encode_dataset
+
+    run_dir = Path(run_dir)
+    prof = _read(run_dir)
+    if any(m["name"] == name for m in prof["models"]):
+        raise DataError(f"model '{name}' is already in the pool of {run_dir}; remove it first")
+    data = load_outcomes_for(outcomes, name)
+    ok = data.A[:, 0]
+    if ok.sum() == 0:
+        raise DataError(f"{outcomes}: no query has both a score and a cost for '{name}'")
+    space = ProfileSpace.from_dict(prof["space"])
+    q = encode_dataset(data, progress=progress)[ok]
+    y, c, lat, tok = data.Y[ok, 0], data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0]
+    slices = assign_slices(q, space.centroids)
+    raw = space.profile(y, c, lat, tok, slices)
+    if price_in is not None:
+        t_in = np.mean([1.3 * n_words(data.question[i]) for i in np.flatnonzero(ok)])
+        t_out = float(np.nanmean(tok)) if np.isfinite(tok).any() else 0.0
+        e_bar = (price_in * t_in + (price_out or 0.0) * t_out) / 1e6
+        estimator = "price_tokens"
+    else:
+        e_bar = float(c.mean())
+        estimator = "mean_observed_cost"
+    raw[space.S + 1] = np.log(e_bar / space.cost_scale + 1e-3)  # the log-cost column uses the expected cost
+    warnings = []
+    if ok.sum() < MIN_QUERIES:
+        warnings.append(f"only {int(ok.sum())} labelled queries (< {MIN_QUERIES}): the profile is thin")
+    counts = np.bincount(slices, minlength=space.S)
+    pool_mean = float(np.mean([r[0] for r in prof["raw_profiles"]]))
+    if (counts == 0).any() and abs(float(y.mean()) - pool_mean) > 0.15:
+        warnings.append(f"slices {np.flatnonzero(counts == 0).tolist()} have no labelled query and the model's mean "
+                        f"score {y.mean():.2f} is far from the pool mean {pool_mean:.2f}")
+    prof["models"].append({"name": name, "price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
+                           "added_with": {"queries": int(ok.sum()), "cost_estimator": estimator}})
+    prof["raw_profiles"].append(raw.tolist())
+    prof["e_bar"].append(float(e_bar))
+    predicted = _predicted_mean(run_dir, prof, q)
+    atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")
+    return {"name": name, "queries": int(ok.sum()), "observed_score": float(y.mean()),
+            "predicted_score": predicted, "expected_cost": float(e_bar), "cost_estimator": estimator,
+            "slice_counts": counts.tolist(), "warnings": warnings}
+
+
+def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
+    """Mean mu_tilde of the newest model on its own labelled queries, with the whole pool available."""
+    import torch
+
+    from .train import load_router
+
+    net, _ = load_router(run_dir)
+    space = ProfileSpace.from_dict(prof["space"])
+    chat = np.asarray(prof["e_bar"]) / space.cost_scale
+    feat = np.concatenate([space.standardise(np.asarray(prof["raw_profiles"])), chat[:, None]], axis=1)
+    mf = torch.from_numpy(np.broadcast_to(feat, (len(q), *feat.shape)).astype(np.float32).copy())
+    with torch.no_grad():
+        mt = net(torch.from_numpy(q), mf, torch.ones(len(q), feat.shape[0], dtype=torch.bool))[3]
+    return float(mt[:, -1].mean())
+
+
+def remove_model(run_dir: str | Path, name: str) -> None:
+    run_dir = Path(run_dir)
+    prof = _read(run_dir)
+    names = [m["name"] for m in prof["models"]]
+    if name not in names:
+        raise DataError(f"model '{name}' is not in the pool; pool: {', '.join(names)}")
+    if len(names) == 1:
+        raise DataError("cannot remove the last model of the pool")
+    j = names.index(name)
+    for key in ("models", "raw_profiles", "e_bar"):
+        prof[key].pop(j)
+    atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")
