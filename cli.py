@@ -49,6 +49,80 @@ def main():
     """
 
 
+# ----------------------------------------------------------------------------- serving side
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _load_router(bundle, provider):
+    from .runtime.router import Router
+
+    return Router.load(bundle, provider=provider)
+
+
+class _Lambda(click.ParamType):
+    """A float >= 0 (click's FloatRange lets nan and inf through)."""
+
+    name = "lambda"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v) or v < 0:
+            self.fail(f"{value!r} must be a finite number >= 0", param, ctx)
+        return v
+
+
+_BUNDLE = click.option("--bundle", type=click.Path(path_type=str), default=None,
+                       help="Bundle folder (default: the bundle shipped in assets/).")
+_PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
+                         show_default=True, help="Execution provider; auto = TensorRT > CUDA > CPU, as available.")
+
+
+@main.command("route")
+@click.argument("args", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option("--models", help="Comma-separated allow-list of candidate models.")
+@click.option("--exclude", help="Comma-separated models that may not be chosen.")
+@click.option("--lambda", "lam", type=_Lambda(), default=None,
+              help="Cost weight: utility = predicted quality - lambda x normalised expected cost "
+                   "(default: the bundle's calibrated value).")
+@click.option("--max-cost", type=_Lambda(), default=None, help="Per-query budget in USD (expected cost).")
+@click.option("--explain", is_flag=True, help="Show the closest capability slices and the margins at the top.")
+@_BUNDLE
+@_PROVIDER
+def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, provider):
+    """Route a query: [IMAGE ...] QUESTION (no image = text-only query).
+
+    Prints every candidate sorted by utility with predicted quality mu +/- sigma,
+    expected cost and utility; the chosen model is marked with '*'.
+    """
+    *images, question = args
+    router = _load_router(bundle, provider)
+    d = router.route(images, question, models=_names(models), exclude=_names(exclude), lam=lam, max_cost=max_cost,
+                     explain=explain)
+    if as_json:
+        _echo_json(d.to_dict())
+        return
+    click.echo(f"{'':1s} {'model':28s} {'quality mu +/- sigma':>22s} {'exp. cost $':>12s} {'utility':>9s}")
+    for c in d.candidates:
+        mark = "*" if c.name == d.model else " "
+        click.echo(f"{mark} {c.name[:28]:28s} {c.mu_tilde:>10.3f} +/- {c.sigma:<7.3f} {c.expected_cost:>12.3g} "
+                   f"{c.utility:>9.4f}")
+    click.echo(f"chosen: {d.model} (lambda {d.lam:g}" + (f"; excluded {', '.join(d.excluded)})" if d.excluded else ")"))
+    if explain and d.explain:
+        for s in d.explain["closest_slices"]:
+            click.echo(f"slice {s['slice']} (similarity {s['similarity']:.3f}): " +
+                       ", ".join(f"{k} {v:.2f}" for k, v in s["scores"].items()))
+        for m in d.explain["pairwise_margins"]:
+            click.echo(f"margin {m['between'][0]} over {m['between'][1]}: utility {m['utility_margin']:+.4f}, "
+                       f"z {m['z']:+.2f}")
+
+
 # ----------------------------------------------------------------------------- data
 @main.group(cls=_Group)
 def data():
@@ -187,6 +261,30 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     click.echo(f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single {b['name']} "
                f"{b['score']:.4f}), nAUC {m['nauc']}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, "
                f"frontier.png, report.md")
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Bundle folder (must not exist).")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "int8-text", "fp16"]), default="fp32",
+              show_default=True, help="int8: both encoders int8; int8-text: text encoder only; fp16: for GPUs.")
+@click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)
+def export_cmd(run_dir, out, precision, opset):
+    """Export a trained run to an ONNX bundle and check it (writes OUT/parity.json).
+
+    Graphs: image encoder, text encoder, router (dynamic batch and candidate count),
+    plus tokenizer.json and manifest.json (sha256 of every file, preprocessing, pool,
+    lambda presets, training metrics). The router always stays fp32.
+    """
+    from .export.export import export_bundle
+
+    parity = export_bundle(run_dir, out, precision=precision, opset=opset)
+    h = parity["held_out"]
+    status = "passed" if parity["passed"] else "FAILED"
+    click.echo(f"wrote {out}: parity {status} (max |d mu_tilde| {h['max_abs_diff']['mu_tilde']:.2e}, "
+               f"decision agreement {h['decision_agreement_lambda0']:.1%} at lambda 0)")
+    if not parity["passed"]:
+        raise click.ClickException(f"the exported bundle misses the parity bars; see {out}/parity.json")
 
 
 @main.group("models", cls=_Group)

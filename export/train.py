@@ -38,6 +38,9 @@ class TrainConfig:
     pool_dropout: float = 0.5      # §3.4: share of rows that get a random sub-pool
     text_only: bool = False        # ablation: zero the image part of the query features
     layers: int = 2                # 0 = no-communication ablation (A0)
+    hidden: int = 48               # H (method.md §2.6)
+    query_tokens: int = 4          # Q
+    dropout: float = 0.1
     loss_weights: dict = field(default_factory=lambda: {"nll": 1.0, "pair": 0.35, "list": 0.65, "util": 0.25,
                                                         "mean": 0.10, "res": 0.05})
 
@@ -139,7 +142,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     d = P.data
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.space.width + 1, layers=cfg.layers)
+    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.space.width + 1, layers=cfg.layers, hidden=cfg.hidden,
+                        query_tokens=cfg.query_tokens, dropout=cfg.dropout)
     net = LatentRouter(rcfg)
     net.q_mean.copy_(torch.from_numpy(P.q_mean))
     net.q_std.copy_(torch.from_numpy(P.q_std))

@@ -77,7 +77,7 @@ class ProfileSpace:
         return (raw - self.mean) / self.std
 
     def to_dict(self) -> dict:
-        return {"centroids": self.centroids.tolist(), "cost_scale": self.cost_scale, "mean": self.mean.tolist(),
+        return {"centroids": np.round(self.centroids, 7).tolist(), "cost_scale": self.cost_scale, "mean": self.mean.tolist(),
                 "std": self.std.tolist(), "fill_lat": self.fill_lat, "fill_tok": self.fill_tok}
 
     @classmethod

@@ -1,0 +1,235 @@
+"""`Router`: load a bundle, turn an image+question query into per-model utilities, pick a model.
+
+    from lr_onnx import Router
+    router = Router.load()                      # the bundle shipped in assets/
+    decision = router.route(["receipt.png"], "What is the total?")
+    decision.model, decision.candidates[0].mu
+
+Sessions are created lazily on first use and shared across threads; the pool,
+prices and preprocessing come from the bundle's manifest. No torch anywhere.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import InputError
+from .features import n_words, pool_images, query_features
+from .policy import choose
+from .preprocess import ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
+from .profiles import ProfileSpace, assign_slices
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "bundle"
+MAX_QUESTION_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    mu: float
+    sigma: float
+    mu_tilde: float
+    expected_cost: float
+    utility: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The chosen model (None if no model may be used) and every available candidate, best first."""
+
+    model: str | None
+    lam: float
+    candidates: tuple[Candidate, ...]
+    excluded: tuple[str, ...] = ()
+    explain: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "lambda": self.lam, "excluded": list(self.excluded),
+                "candidates": [c.__dict__ for c in self.candidates], **({"explain": self.explain} if self.explain else {})}
+
+
+class Router:
+    def __init__(self, bundle: Bundle, *, provider: str = "auto", threads: int | None = None, spinning: bool = False):
+        self.bundle = bundle
+        self.provider, self.threads, self.spinning = provider, threads, spinning
+        m = bundle.manifest
+        self.image_spec = ImageSpec.from_dict(m["preprocessing"]["image"])
+        t = m["preprocessing"]["text"]
+        self.text_spec = TextSpec(tokenizer_file=t.get("tokenizer_file", "tokenizer.json"), max_tokens=t["max_tokens"])
+        self.names = [p["name"] for p in m["pool"]]
+        self.expected_cost = np.array([p["expected_cost_usd"] for p in m["pool"]], np.float64)
+        self.cost_hat = np.array([p["cost_hat"] for p in m["pool"]], np.float64)
+        self.model_feat = np.array([p["profile"] + [p["cost_hat"]] for p in m["pool"]], np.float32)  # [K, P_in]
+        self.default_lambda = float(m.get("lambda", {}).get("default", 0.0))
+        self._sessions: dict = {}
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
+             spinning: bool = False, verify: bool = True) -> "Router":
+        """Load a bundle folder (None = the default bundle shipped in assets/); hashes are checked first."""
+        return cls(load_bundle(path or DEFAULT_BUNDLE, verify=verify), provider=provider, threads=threads,
+                   spinning=spinning)
+
+    # ------------------------------------------------------------------ sessions (lazy, thread-safe)
+    def session(self, name: str):
+        s = self._sessions.get(name)
+        if s is None:
+            from .sessions import new_session
+
+            with self._lock:
+                s = self._sessions.get(name)
+                if s is None:
+                    s = new_session(self.bundle.file(self.bundle.manifest["graphs"][name]["file"]),
+                                    provider=self.provider, threads=self.threads, spinning=self.spinning)
+                    self._sessions[name] = s
+        return s
+
+    def bound_providers(self) -> dict[str, list[str]]:
+        return {n: self.session(n).get_providers() for n in ("router", "image_encoder", "text_encoder")}
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    self._tokenizer = load_tokenizer(self.bundle.file(self.text_spec.tokenizer_file), self.text_spec)
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ features
+    def features(self, queries: list[tuple[list, str]]) -> np.ndarray:
+        """Raw query features `[B, D_q]` for (images, question) pairs."""
+        questions = [_clean_question(q) for _, q in queries]
+        ids, mask = tokenize(self.tokenizer(), questions)
+        text = self.session("text_encoder").run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        tensors, owner = [], []
+        for i, (images, _) in enumerate(queries):
+            for img in images:
+                tensors.append(image_tensor(open_image(img, max_pixels=self.image_spec.max_pixels,
+                                                       draft_size=self.image_spec.size), self.image_spec))
+                owner.append(i)
+        image = np.zeros((len(queries), 1280), np.float32)
+        if tensors:
+            per = self.session("image_encoder").run(None, {"pixels": np.stack(tensors)})[0]
+            owner = np.array(owner)
+            for i in range(len(queries)):
+                if (owner == i).any():
+                    image[i] = pool_images(per[owner == i])
+        return query_features(text, image, [len(im) for im, _ in queries], [n_words(q) for q in questions])
+
+    # ------------------------------------------------------------------ scoring and routing
+    def availability(self, models=None, exclude=None, max_cost: float | None = None) -> np.ndarray:
+        """The pool mask `[K]` from an allow-list, a deny-list and a per-query budget (USD)."""
+        keep = np.ones(len(self.names), bool)
+        for label, names in (("models", models), ("exclude", exclude)):
+            if names:
+                unknown = [n for n in names if n not in self.names]
+                if unknown:
+                    raise InputError(f"unknown model(s) {', '.join(unknown)} in {label}; pool: {', '.join(self.names)}")
+        if models:
+            keep &= np.isin(self.names, list(models))
+        if exclude:
+            keep &= ~np.isin(self.names, list(exclude))
+        if not keep.any():
+            raise InputError("every model is excluded: nothing left to route to")
+        if max_cost is not None:
+            if not (isinstance(max_cost, (int, float)) and math.isfinite(max_cost) and max_cost >= 0):
+                raise InputError(f"max_cost must be a finite number >= 0, got {max_cost}")
+            within = self.expected_cost <= max_cost
+            if not (keep & within).any():
+                raise InputError(f"no model's expected cost fits max_cost {max_cost:g} USD "
+                                 f"(cheapest available: {self.expected_cost[keep].min():.3g})")
+            keep &= within
+        return keep
+
+    def score_features(self, q: np.ndarray, avail: np.ndarray) -> dict[str, np.ndarray]:
+        B = q.shape[0]
+        mf = np.broadcast_to(self.model_feat, (B, *self.model_feat.shape)).copy()
+        mu, sigma, delta, mt = self.session("router").run(None, {"query": q.astype(np.float32), "model_feat": mf,
+                                                                  "avail": avail})
+        return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt}
+
+    def score(self, images, question: str, models=None) -> dict:
+        """Per-model mu, sigma, mu_tilde, expected cost and utility at the default lambda (available models only)."""
+        avail = self.availability(models)
+        out = self.score_features(self.features([(_as_list(images), question)]), avail[None])
+        util = out["mu_tilde"][0] - self.default_lambda * self.cost_hat
+        return {n: {"mu": float(out["mu"][0, k]), "sigma": float(out["sigma"][0, k]),
+                    "mu_tilde": float(out["mu_tilde"][0, k]), "expected_cost": float(self.expected_cost[k]),
+                    "utility": float(util[k])} for k, n in enumerate(self.names) if avail[k]}
+
+    def route(self, images, question: str, *, models=None, exclude=None, lam: float | None = None,
+              max_cost: float | None = None, explain: bool = False) -> Decision:
+        return self.route_many([(_as_list(images), question)], models=models, exclude=exclude, lam=lam,
+                               max_cost=max_cost, explain=explain)[0]
+
+    def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | None = None,
+                   max_cost: float | None = None, explain: bool = False) -> list[Decision]:
+        """Route (images, question) pairs in batches; one Decision per query, in order."""
+        lam = self.default_lambda if lam is None else lam
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+            raise InputError(f"lambda must be a finite number >= 0, got {lam}")
+        avail_row = self.availability(models, exclude, max_cost)
+        queries = [(_as_list(im), q) for im, q in queries]
+        out: list[Decision] = []
+        for s in range(0, len(queries), batch_size):
+            chunk = queries[s:s + batch_size]
+            q = self.features(chunk)
+            avail = np.broadcast_to(avail_row, (len(chunk), len(self.names))).copy()
+            sc = self.score_features(q, avail)
+            choice = choose(sc["mu_tilde"], np.broadcast_to(self.cost_hat, avail.shape), avail, lam)
+            for i in range(len(chunk)):
+                cands = sorted((Candidate(n, float(sc["mu"][i, k]), float(sc["sigma"][i, k]),
+                                          float(sc["mu_tilde"][i, k]), float(self.expected_cost[k]),
+                                          float(sc["mu_tilde"][i, k] - lam * self.cost_hat[k]))
+                                for k, n in enumerate(self.names) if avail[i, k]),
+                               key=lambda c: (-c.utility, self.names.index(c.name)))
+                ex = self._explain(q[i], cands) if explain else {}
+                out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(lam), tuple(cands),
+                                    tuple(n for k, n in enumerate(self.names) if not avail[i, k]), ex))
+        return out
+
+    def _explain(self, q: np.ndarray, cands: list[Candidate]) -> dict:
+        """What drove the choice: the query's closest capability slices and the margins at the top."""
+        space = ProfileSpace.from_dict(self.bundle.manifest["profile_space"])
+        from .profiles import slice_embedding
+
+        sims = slice_embedding(q[None]) @ space.centroids.T
+        top = np.argsort(-sims[0])[:3]
+        pool = {p["name"]: p for p in self.bundle.manifest["pool"]}
+        slices = [{"slice": int(s), "similarity": round(float(sims[0, s]), 4),
+                   "scores": {c.name: round(pool[c.name]["raw_profile"][1 + int(s)], 4) for c in cands[:3]}}
+                  for s in top]
+        margins = []
+        for a, b in zip(cands, cands[1:3]):
+            z = (a.mu_tilde - b.mu_tilde) / math.sqrt(a.sigma ** 2 + b.sigma ** 2)
+            margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
+                            "z": round(z, 3)})
+        assert assign_slices(q[None], space.centroids)[0] == top[0]
+        return {"closest_slices": slices, "pairwise_margins": margins}
+
+
+def _as_list(images) -> list:
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
+
+
+def _clean_question(q) -> str:
+    if not isinstance(q, str):
+        raise InputError(f"question must be a string, got {type(q).__name__}")
+    if not q.strip():
+        raise InputError("question is empty")
+    if len(q) > MAX_QUESTION_CHARS:
+        warnings.warn(f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
+                      f"(the text encoder reads at most its first tokens anyway)", UserWarning, stacklevel=3)
+        q = q[:MAX_QUESTION_CHARS]
+    return q

@@ -1,0 +1,108 @@
+"""The only place that creates ONNX Runtime sessions, and it says which providers it bound.
+
+Order for `auto`: TensorRT (fp16, engine cache in the user cache dir) -> CUDA -> CPU,
+filtered by what this onnxruntime offers. An explicit provider that is not offered
+raises `ProviderError` listing the ones that are; one that is offered but does not
+bind (a GPU wheel on a machine without a usable GPU) falls back to CPU with one
+warning line. The truth is read from `session.get_providers()`, never from
+`get_device()`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from .errors import MissingDependencyError, ProviderError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+INSTALL_HINT = ("onnxruntime is not installed: pip install 'lr-onnx[cpu]' (or 'lr-onnx[gpu]' for CUDA); "
+                "install exactly one of them")
+
+
+def ort():
+    """The onnxruntime module, or a one-line install hint."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(INSTALL_HINT) from None
+    if not hasattr(onnxruntime, "InferenceSession"):
+        raise MissingDependencyError("onnxruntime is broken (no InferenceSession): the CPU and GPU wheels were "
+                                     "installed together; pip uninstall -y onnxruntime onnxruntime-gpu, then "
+                                     "install one of lr-onnx[cpu] / lr-onnx[gpu]")
+    return onnxruntime
+
+
+def trt_cache_dir() -> Path:
+    base = os.environ.get("LR_ONNX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lr-onnx")
+    return Path(base) / "tensorrt"
+
+
+def resolve_providers(provider: str = "auto") -> list:
+    """Provider list for `InferenceSession`, most preferred first (CPU always last)."""
+    rt = ort()
+    available = rt.get_available_providers()
+    if provider not in ("auto", *PROVIDERS):
+        raise ProviderError(f"unknown provider '{provider}'; choose auto, cpu, cuda or tensorrt")
+    if provider == "auto":
+        wanted = [p for p in ("tensorrt", "cuda") if PROVIDERS[p] in available]
+    elif provider == "cpu":
+        wanted = []
+    else:
+        if PROVIDERS[provider] not in available:
+            names = ", ".join(k for k, v in PROVIDERS.items() if v in available)
+            raise ProviderError(f"provider '{provider}' is not offered by this onnxruntime (available: {names}); "
+                                f"install lr-onnx[gpu] on a CUDA machine or use --provider cpu")
+        wanted = [provider] + (["cuda"] if provider == "tensorrt" and PROVIDERS["cuda"] in available else [])
+    out: list = []
+    for p in wanted:
+        if p == "tensorrt":
+            cache = trt_cache_dir()
+            out.append((PROVIDERS[p], {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                       "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                                       "trt_timing_cache_path": str(cache)}))
+        else:
+            out.append(PROVIDERS[p])
+    return out + ["CPUExecutionProvider"]
+
+
+def session_options(*, threads: int | None = None, spinning: bool = False):
+    rt = ort()
+    so = rt.SessionOptions()
+    so.log_severity_level = 3  # per session: the host application's ORT logging stays untouched
+    so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return so
+
+
+def new_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+                spinning: bool = False):
+    """An InferenceSession for `path`; warns once if an accelerator was requested but CPU was bound."""
+    rt = ort()
+    providers = resolve_providers(provider)
+    if any(isinstance(p, tuple) and p[0] == PROVIDERS["tensorrt"] for p in providers):
+        trt_cache_dir().mkdir(parents=True, exist_ok=True)
+    sess = rt.InferenceSession(str(path), session_options(threads=threads, spinning=spinning), providers=providers)
+    bound = sess.get_providers()
+    requested = [p[0] if isinstance(p, tuple) else p for p in providers]
+    if requested[0] != "CPUExecutionProvider" and requested[0] not in bound:
+        warnings.warn(f"requested {requested[0]} but onnxruntime bound {bound} for {Path(path).name}; running on CPU",
+                      RuntimeWarning, stacklevel=2)
+    return sess
+
+
+def installed_ort_distributions() -> list[str]:
+    """Names and versions of the installed onnxruntime wheels (two of them is a broken install)."""
+    from importlib import metadata
+
+    out = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            out.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return out
