@@ -17,10 +17,21 @@ class _Group(click.Group):
     """A click group that turns lr-onnx errors into one-line messages instead of tracebacks."""
 
     def invoke(self, ctx):
+        import warnings
+
         from .runtime.errors import LrOnnxError
 
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                warnings.simplefilter("always", RuntimeWarning)
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    for w in caught:  # one plain line each, never Python's two-line warning format
+                        if issubclass(w.category, (UserWarning, RuntimeWarning)) and "lr_onnx" in (w.filename or "") \
+                                or issubclass(w.category, UserWarning):
+                            click.echo(f"warning: {w.message}", err=True)
         except LrOnnxError as e:
             raise click.ClickException(str(e)) from None
         except ModuleNotFoundError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,8 +87,11 @@ def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | N
                 raise InputError(f"{path}: empty file (0 bytes)")
             fh, name = open(path, "rb"), str(path)
         try:
-            img = Image.open(fh)
-            img.size  # noqa: B018  (header parsed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit speaks below
+                img = Image.open(fh)
+        except Image.DecompressionBombError:
+            raise InputError(f"{name}: exceeds the {max_pixels:,}-pixel limit (decompression bomb?)") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise InputError(f"{name}: not a readable image ({type(e).__name__})") from None
         w, h = img.size

@@ -24,6 +24,14 @@ def test_runtime_package_imports_nothing_from_the_training_side():
     assert _loaded("import lr_onnx.runtime, lr_onnx.runtime.errors") == ""
 
 
+def test_routing_a_real_image_loads_no_training_module():
+    """The whole serving path (bundle, sessions, preprocessing, encoders, router) in a fresh interpreter."""
+    stmt = ("from lr_onnx import Router\nimport pathlib\nimport lr_onnx\n"
+            "ex = pathlib.Path(lr_onnx.__file__).parent / 'assets' / 'examples' / 'receipt.jpg'\n"
+            "print(Router.load().route([ex], 'What is the total?').model)")
+    assert _loaded(stmt) == ""
+
+
 def test_cli_help_imports_nothing_heavy():
     stmt = "from lr_onnx.cli import main\ntry:\n    main(['data', '--help'])\nexcept SystemExit:\n    print()"
     assert _loaded(stmt) == ""

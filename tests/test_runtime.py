@@ -1,0 +1,176 @@
+"""The slim runtime against the committed default bundle: API, CLI, and every bad input (issue: runtime)."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from lr_onnx.cli import main
+from lr_onnx.runtime.errors import BundleError, InputError
+from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
+
+EXAMPLES = REPO / "assets" / "examples"
+
+
+@pytest.fixture(scope="module")
+def router():
+    return Router.load()
+
+
+def test_default_bundle_routes_real_examples(router):
+    d = router.route([EXAMPLES / "receipt.jpg"], "What is the total amount on this receipt?")
+    assert d.model in router.names and len(d.candidates) == len(router.names)
+    assert d.candidates[0].name == d.model
+    utils = [c.utility for c in d.candidates]
+    assert utils == sorted(utils, reverse=True)
+    for c in d.candidates:
+        assert 0 <= c.mu_tilde <= 1 and c.sigma > 0 and c.expected_cost > 0
+
+
+def test_text_only_query_and_image_change_the_scores(router):
+    t = router.score(None, "What does this image show?")
+    i = router.score(EXAMPLES / "coffee.jpg", "What does this image show?")
+    assert set(t) == set(i) == set(router.names)
+    assert any(abs(t[n]["mu_tilde"] - i[n]["mu_tilde"]) > 1e-3 for n in t)
+
+
+def test_every_input_form_gives_the_same_decision(router):
+    path = EXAMPLES / "coffee.jpg"
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    forms = [path, str(path), path.read_bytes(), Image.open(path), arr]
+    scores = [router.score(f, "What is this?") for f in forms]
+    for s in scores[1:]:
+        for n in s:
+            assert s[n]["mu_tilde"] == pytest.approx(scores[0][n]["mu_tilde"], abs=1e-6)
+
+
+def test_masking_lambda_and_budget(router):
+    names = router.names
+    d = router.route(None, "What is 12 * 13?", models=names[:2])
+    assert d.model in names[:2] and {c.name for c in d.candidates} == set(names[:2])
+    d = router.route(None, "What is 12 * 13?", exclude=[d.model])
+    assert d.model not in d.excluded and len(d.excluded) == 1
+    cheap = router.route(None, "What is 12 * 13?", lam=1e4)
+    assert cheap.model == names[int(np.argmin(router.cost_hat))]
+    budget = float(np.sort(router.expected_cost)[1])
+    d = router.route(None, "What is 12 * 13?", max_cost=budget)
+    assert router.expected_cost[names.index(d.model)] <= budget
+
+
+def test_route_many_matches_single_routes(router):
+    qs = [([EXAMPLES / "chart.png"], "Which category has the highest bar?"), ([], "What is 3 + 4?"),
+          ([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?")]
+    many = router.route_many(qs, batch_size=2)
+    for (im, q), d in zip(qs, many):
+        one = router.route(im, q)
+        assert d.model == one.model
+        # the int8 text encoder quantises activations per batch, so batch-mates move scores by ~1e-4
+        assert d.candidates[0].mu_tilde == pytest.approx(one.candidates[0].mu_tilde, abs=2e-3)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"models": ["nope"]}, "unknown model"), ({"exclude": "ALL"}, "every model is excluded"),
+    ({"lam": -1.0}, "lambda must be"), ({"lam": float("nan")}, "lambda must be"),
+    ({"max_cost": 1e-12}, "no model's expected cost fits"),
+])
+def test_bad_routing_options(router, kwargs, pattern):
+    if kwargs.get("exclude") == "ALL":
+        kwargs = {"exclude": router.names}
+    with pytest.raises(InputError, match=pattern):
+        router.route(None, "hello?", **kwargs)
+
+
+def _bad_files(tmp):
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(png, "PNG")
+    jpg = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(jpg, "JPEG")
+    (tmp / "empty.png").write_bytes(b"")
+    (tmp / "trunc.png").write_bytes(png.getvalue()[:60])
+    (tmp / "trunc.jpg").write_bytes(jpg.getvalue()[:200])
+    (tmp / "notes.png").write_text("this is not an image")
+    Image.new("1", (12000, 8000)).save(tmp / "bomb.png")
+    (tmp / "dir.png").mkdir()
+    return tmp
+
+
+@pytest.mark.parametrize("name,pattern", [
+    ("missing.png", "no such image file"), ("dir.png", "is a directory"), ("empty.png", "empty file"),
+    ("trunc.png", "not a readable image|truncated"), ("trunc.jpg", "truncated|not a readable"),
+    ("notes.png", "not a readable image"), ("bomb.png", "exceeds the 80,000,000-pixel limit"),
+])
+def test_bad_images_are_one_line_errors(router, runner, tmp_path, name, pattern):
+    _bad_files(tmp_path)
+    with pytest.raises(InputError, match=pattern):
+        router.route([tmp_path / name], "What is this?")
+    res = runner.invoke(main, ["route", str(tmp_path / name), "What is this?"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and res.output.startswith("Error: ")
+
+
+def test_odd_but_valid_images(router, tmp_path):
+    Image.new("RGB", (1, 1), "blue").save(tmp_path / "one.png")
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8))
+    big.save(tmp_path / "big.jpg", quality=80)
+    frames = [Image.new("P", (32, 32), i) for i in (10, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGBA", (40, 30), (255, 0, 0, 0)).save(tmp_path / "rgba.png")
+    Image.new("CMYK", (40, 30)).save(tmp_path / "cmyk.jpg")
+    Image.new("I;16", (40, 30)).save(tmp_path / "sixteen.png")
+    for f in ("one.png", "big.jpg", "anim.gif", "rgba.png", "cmyk.jpg", "sixteen.png"):
+        assert router.route([tmp_path / f], "What is this?").model in router.names
+
+
+def test_questions_empty_and_huge(router, runner):
+    with pytest.raises(InputError, match="question is empty"):
+        router.route(None, "   ")
+    with pytest.warns(UserWarning, match="truncated"):
+        assert router.route(None, "word " * 20_000).model in router.names
+    res = runner.invoke(main, ["route", "word " * 20_000])
+    assert res.exit_code == 0 and "warning: question of" in res.output
+
+
+def test_cli_table_json_and_usage_errors(runner):
+    res = runner.invoke(main, ["route", str(EXAMPLES / "receipt.jpg"), "What is the total?"])
+    assert res.exit_code == 0 and "chosen:" in res.output and res.output.count("\n* ") + res.output.startswith("*") == 1
+    js = json.loads(runner.invoke(main, ["route", "What is 2 + 2?", "--json", "--explain"]).output)
+    assert js["model"] == js["candidates"][0]["name"] and "closest_slices" in js["explain"]
+    for bad in (["route", "q", "--lambda", "-1"], ["route", "q", "--lambda", "nan"], ["route"],
+                ["route", "q", "--provider", "gpu"]):
+        assert runner.invoke(main, bad).exit_code == 2
+    assert runner.invoke(main, ["route", "q", "--models", "nope"]).exit_code == 1
+
+
+def test_corrupted_and_newer_bundles(tmp_path, runner):
+    b = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, b)
+    with open(b / "router.onnx", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02")
+    with pytest.raises(BundleError, match="router.onnx fails its sha256 check"):
+        Router.load(b)
+    res = runner.invoke(main, ["route", "hi there", "--bundle", str(b)])
+    assert res.exit_code == 1 and "sha256" in res.output
+    shutil.copyfile(DEFAULT_BUNDLE / "router.onnx", b / "router.onnx")
+    m = json.loads((b / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="newer than this lr-onnx supports"):
+        Router.load(b)
+    with pytest.raises(BundleError, match="no such bundle"):
+        Router.load(tmp_path / "nothing")
+
+
+def test_console_script_routes_an_example():
+    exe = shutil.which("lr-onnx")
+    assert exe
+    out = subprocess.run([exe, "route", str(EXAMPLES / "chart.png"), "What is the value shown?"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "chosen:" in out.stdout
