@@ -7,6 +7,8 @@ stays fast and the serving commands never load the training side. Library errors
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import click
 
@@ -28,9 +30,8 @@ class _Group(click.Group):
                 try:
                     return super().invoke(ctx)
                 finally:
-                    for w in caught:  # one plain line each, never Python's two-line warning format
-                        if issubclass(w.category, (UserWarning, RuntimeWarning)) and "lr_onnx" in (w.filename or "") \
-                                or issubclass(w.category, UserWarning):
+                    for w in caught:  # ours as one plain line each; other libraries' noise is dropped
+                        if str(w.filename or "").startswith(_PACKAGE_DIR):
                             click.echo(f"warning: {w.message}", err=True)
         except LrOnnxError as e:
             raise click.ClickException(str(e)) from None
@@ -42,6 +43,7 @@ class _Group(click.Group):
             raise
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _EXPORT_MODULES = {"torch", "onnx", "onnxscript", "sklearn", "skimage", "matplotlib", "safetensors", "tqdm",
                    "pyarrow", "openpyxl", "optimum", "transformers"}
 
@@ -300,24 +302,46 @@ def export_cmd(run_dir, out, precision, opset):
 
 @main.group("models", cls=_Group)
 def models():
-    """Change a run's candidate pool without retraining."""
+    """Change a candidate pool without retraining: a bundle (serving side) or a training run."""
+
+
+def _pool_target(run_dir, bundle, out):
+    if bool(run_dir) == bool(bundle):
+        raise click.UsageError("give either RUN_DIR (a training run) or --bundle BUNDLE (with --out)")
+    if bundle and not out:
+        raise click.UsageError("--bundle needs --out: the edited bundle is written as a copy")
 
 
 @models.command("add")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), help="Bundle to extend.")
+@click.option("--out", type=click.Path(path_type=str), help="Where to write the extended copy of --bundle.")
 @click.option("--name", required=True, help="Name of the new model.")
 @click.option("--price-in", type=click.FloatRange(min=0), default=None, help="USD per 1M input tokens.")
 @click.option("--price-out", type=click.FloatRange(min=0), default=None, help="USD per 1M output tokens.")
 @click.option("--outcomes", required=True, type=click.Path(exists=True, path_type=str),
               help="queries.jsonl (or a native folder) with outcomes[NAME] = {score, cost, ...} on labelled queries.")
-def models_add(run_dir, name, price_in, price_out, outcomes):
-    """Add a model to RUN_DIR's pool from a few labelled queries (48 recommended, 24 minimum).
+def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes):
+    """Add a model from a few labelled queries (48 recommended, 24 minimum); the network is not retrained.
 
-    Builds its capability profile with the run's frozen slices; the network is not retrained.
+    Its capability profile is built with the frozen slices and standardisation, so it
+    routes immediately. With --bundle this needs no torch.
     """
-    from .export.pool import add_model
+    _pool_target(run_dir, bundle, out)
+    if run_dir:
+        from .export.pool import add_model
 
-    rep = add_model(run_dir, name, outcomes, price_in=price_in, price_out=price_out)
+        rep = add_model(run_dir, name, outcomes, price_in=price_in, price_out=price_out)
+    else:
+        from .export.data import load_outcomes_for
+        from .runtime.manage import add_model as add_to_bundle
+
+        data = load_outcomes_for(outcomes, name)
+        ok = data.A[:, 0]
+        router = _load_router(bundle, "auto")
+        rep = add_to_bundle(router, out, name, [(data.images[i], data.question[i]) for i in range(data.n) if ok[i]],
+                            data.Y[ok, 0], data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
+                            price_in=price_in, price_out=price_out)
     click.echo(f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
                f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} "
                f"({rep['cost_estimator']}); queries per slice {rep['slice_counts']}")
@@ -326,14 +350,166 @@ def models_add(run_dir, name, price_in, price_out, outcomes):
 
 
 @models.command("remove")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", type=click.Path(path_type=str), help="Where to write the reduced copy of --bundle.")
 @click.option("--name", required=True)
-def models_remove(run_dir, name):
-    """Remove a model from RUN_DIR's pool."""
-    from .export.pool import remove_model
+def models_remove(run_dir, bundle, out, name):
+    """Remove a model from a pool (RUN_DIR in place, or a copy of --bundle at --out)."""
+    _pool_target(run_dir, bundle, out)
+    if run_dir:
+        from .export.pool import remove_model
 
-    remove_model(run_dir, name)
-    click.echo(f"removed {name} from {run_dir}")
+        remove_model(run_dir, name)
+    else:
+        from .runtime.manage import remove_model as remove_from_bundle
+
+        remove_from_bundle(bundle, out, name)
+    click.echo(f"removed {name}" + (f"; wrote {out}" if out else ""))
+
+
+@main.command("route-batch")
+@click.argument("inp", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="JSONL of decisions; appended to, so a rerun resumes where it stopped.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("--models", help="Comma-separated allow-list of candidate models.")
+@click.option("--exclude", help="Comma-separated models that may not be chosen.")
+@click.option("--lambda", "lam", type=_Lambda(), default=None, help="Cost weight (default: the bundle's).")
+@click.option("--max-cost", type=_Lambda(), default=None, help="Per-query budget in USD (expected cost).")
+@_BUNDLE
+@_PROVIDER
+def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, bundle, provider):
+    """Route every query of INP (.jsonl: {"id", "question", "images"}; .csv: id,question,images with ';').
+
+    Each decision is flushed to OUT as soon as it is made; ids already in OUT are
+    skipped, so an interrupted run loses nothing and resumes. Malformed lines are
+    reported with their line numbers and the rest is processed.
+    """
+    from .runtime.batch import read_queries, route_batch
+
+    router = _load_router(bundle, provider)
+    total = sum(1 for _ in read_queries(Path(inp)))
+    with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:
+        res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update,
+                          models=_names(models), exclude=_names(exclude), lam=lam, max_cost=max_cost)
+    for p in res["problems"]:
+        click.echo(f"skipped {p}", err=True)
+    click.echo(f"routed {res['routed']}, already done {res['skipped_done']}, failed {res['failed']}; wrote {out}")
+    if res["failed"]:
+        sys.exit(1)
+
+
+@main.command("info")
+@_BUNDLE
+def info_cmd(bundle):
+    """Show a bundle: pool and prices, graphs, preprocessing, lambda, available providers."""
+    from .runtime.bundle import load_bundle
+    from .runtime.router import DEFAULT_BUNDLE
+    from .runtime.sessions import ort
+
+    b = load_bundle(bundle or DEFAULT_BUNDLE)
+    m = b.manifest
+    click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m['precision']}, opset {m['opset']}, "
+               f"setting {m['setting']}, encoders {m['encoder_version']})")
+    click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}")
+    for p in m["pool"]:
+        pi, po = p.get("price_in_per_mtok"), p.get("price_out_per_mtok")
+        click.echo(f"{p['name'][:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} {'-' if po is None else f'{po:g}':>8s} "
+                   f"{p['expected_cost_usd']:>12.3g}")
+    for name, g in m["graphs"].items():
+        f = m["files"][g["file"]]
+        click.echo(f"graph {name}: {g['file']} {f['bytes'] / 1e6:.1f} MB, inputs {g['inputs']}")
+    im = m["preprocessing"]["image"]
+    click.echo(f"image: letterbox {im['size']} px, {im['resample']}, mean {im['mean']}, std {im['std']}; "
+               f"text: {m['preprocessing']['text']['tokenizer_file']}, max {m['preprocessing']['text']['max_tokens']} tokens")
+    lam = m.get("lambda", {})
+    click.echo(f"lambda: default {lam.get('default', 0):g}" +
+               (f" (calibrated: {lam['calibrated']['target']})" if "calibrated" in lam else ""))
+    click.echo(f"providers available: {', '.join(ort().get_available_providers())}")
+
+
+@main.command("doctor")
+@_BUNDLE
+@_PROVIDER
+def doctor_cmd(bundle, provider):
+    """Check the installation: ONNX Runtime wheels, providers bound, bundle hashes, golden parity."""
+    from .runtime.manage import check_golden
+    from .runtime.sessions import installed_ort_distributions, ort
+
+    problems = 0
+    dists = installed_ort_distributions()
+    click.echo(f"onnxruntime wheels: {', '.join(dists) or 'none'}")
+    if len(dists) > 1:
+        problems += 1
+        click.echo("  PROBLEM: several onnxruntime wheels are installed and overwrite each other; "
+                   "pip uninstall them all, then install one of lr-onnx[cpu] / lr-onnx[gpu]")
+    rt = ort()
+    click.echo(f"providers available: {', '.join(rt.get_available_providers())}")
+    router = _load_router(bundle, provider)  # verifies every sha256
+    click.echo(f"bundle {router.bundle.path}: {len(router.bundle.manifest['files'])} files, sha256 verified")
+    for name, bound in router.bound_providers().items():
+        click.echo(f"  {name}: bound {', '.join(bound)}")
+    g = check_golden(router)
+    status = "ok" if g["passed"] else "PROBLEM"
+    problems += not g["passed"]
+    click.echo(f"golden parity: max |d mu_tilde| {g['max_abs_diff']:.2e} (tolerance {g['tolerance']:g}) {status}")
+    if problems:
+        raise click.ClickException(f"{problems} problem(s) found")
+    click.echo("all checks passed")
+
+
+@main.command("calibrate")
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Your labelled queries in the native format (outcomes of the bundle's models).")
+@click.option("--max-avg-cost", type=_Lambda(), default=None, help="Target: mean cost per query (USD) at most X.")
+@click.option("--max-share", default=None, help="Target: MODEL:P, at most a share P of queries sent to MODEL.")
+@click.option("--split", type=click.Choice(["all", "val", "test", "train"]), default="all", show_default=True,
+              help="Which rows of DATA to calibrate on (a `split` field is needed for val/test/train).")
+def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
+    """Pick lambda on your labelled data for one budget target and record it in the bundle's manifest.
+
+    The feasible lambda with the highest mean score wins; the manifest is rewritten
+    atomically and `route` uses the new default from then on.
+    """
+    import numpy as np
+
+    from .export.data import load_dataset
+    from .runtime.manage import calibrate
+
+    share = None
+    if max_share:
+        model, _, p = max_share.rpartition(":")
+        try:
+            share = (model, float(p))
+        except ValueError:
+            raise click.BadParameter("expected MODEL:P with P in [0, 1]", param_hint="--max-share") from None
+        if not model or not 0 <= share[1] <= 1:
+            raise click.BadParameter("expected MODEL:P with P in [0, 1]", param_hint="--max-share")
+    router = _load_router(bundle, "auto")
+    data = load_dataset(data_dir)
+    rows = [i for i in range(data.n) if split == "all" or data.split[i] == split]
+    if not rows:
+        raise click.ClickException(f"{data_dir}: no rows in split '{split}'")
+    cols = [data.model_names.index(n) if n in data.model_names else -1 for n in router.names]
+    if all(c < 0 for c in cols):
+        raise click.ClickException(f"{data_dir}: none of the bundle's models has outcomes in this data")
+
+    def take(M, fill):
+        return np.stack([M[rows, c] if c >= 0 else np.full(len(rows), fill) for c in cols], axis=1)
+
+    qs = [(data.images[i], data.question[i]) for i in rows]
+    feats = []
+    with click.progressbar(range(0, len(qs), 64), label="encoding", file=sys.stderr) as bar:
+        for s in bar:
+            feats.append(router.features(qs[s:s + 64]))
+    res = calibrate(router, np.concatenate(feats), take(data.Y, np.nan), take(data.C, np.nan), take(data.A, False),
+                    max_avg_cost=max_avg_cost, max_share=share)
+    if res["warning"]:
+        click.echo(f"warning: {res['warning']}", err=True)
+    click.echo(f"lambda {res['lambda']:g}: mean score {res['score']:.4f}, mean cost {res['cost']:.4g} on "
+               f"{res['queries']} queries; recorded in {bundle}/manifest.json")
 
 
 if __name__ == "__main__":  # pragma: no cover

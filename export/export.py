@@ -179,6 +179,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
             "training_metrics": metrics,
         }
         parity = check_parity(net, tmp, manifest, held_out, precision)
+        write_golden(net, tmp, manifest, precision)
         parity["export_seconds"] = round(time.perf_counter() - t0, 1)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest["files"] = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
@@ -315,6 +316,38 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     else:
         rep["passed"] = bool(router_ok and agree[0] >= 0.98)
     return rep
+
+
+GOLDEN_QUESTIONS = [("What is 12 * 13?", False), ("What does this image show?", True),
+                    ("What is the value shown?", True), ("Which city is the capital of France?", False)]
+GOLDEN_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "int8-text": 0.1, "int8": 0.3}
+
+
+def write_golden(net, bundle: Path, manifest: dict, precision: str) -> None:
+    """golden.json: PyTorch's mu_tilde on fixed queries, for `lr-onnx doctor` to re-check with ONNX Runtime."""
+    import torch
+
+    from ..runtime.features import n_words, pool_images, query_features
+    from ..runtime.manage import _golden_image
+    from ..runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
+    from .encoders import load_image_encoder, load_text_encoder
+
+    spec = ImageSpec.from_dict(manifest["preprocessing"]["image"])
+    tok = load_tokenizer(bundle / "tokenizer.json", TextSpec(max_tokens=manifest["preprocessing"]["text"]["max_tokens"]))
+    qs = [q for q, _ in GOLDEN_QUESTIONS]
+    ids, mask = tokenize(tok, qs)
+    with torch.no_grad():
+        text = load_text_encoder()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        px = image_tensor(open_image(_golden_image()), spec)[None]
+        img_vec = pool_images(load_image_encoder()(torch.from_numpy(px)).numpy())
+        image = np.stack([img_vec if has else np.zeros_like(img_vec) for _, has in GOLDEN_QUESTIONS])
+        q = query_features(text, image, [int(h) for _, h in GOLDEN_QUESTIONS], [n_words(x) for x in qs])
+        feat = np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
+        mf = torch.from_numpy(np.broadcast_to(feat, (len(qs), *feat.shape)).copy())
+        mt = net(torch.from_numpy(q), mf, torch.ones(len(qs), len(feat), dtype=torch.bool))[3].numpy()
+    golden = {"queries": [{"question": x, "image": h} for x, h in GOLDEN_QUESTIONS], "mu_tilde": mt.tolist(),
+              "pool": [p["name"] for p in manifest["pool"]], "tolerance": GOLDEN_TOLERANCE[precision]}
+    atomic_write_text(bundle / "golden.json", json.dumps(golden, indent=2) + "\n")
 
 
 def _cos(a, b):

@@ -1,0 +1,165 @@
+"""Bundle maintenance without torch: add or remove a model, calibrate lambda to a budget.
+
+Every change writes a manifest through a temporary file and a rename; `models add`
+and `models remove` write a new bundle folder (a copy) and never touch the source.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import MANIFEST, load_bundle
+from .errors import BundleError, InputError
+from .features import n_words
+from .policy import LAMBDA_GRID, choose
+from .profiles import ProfileSpace, assign_slices
+
+MIN_QUERIES = 24
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2)
+        fh.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _copy_bundle(src: Path, out: Path) -> Path:
+    out = Path(out)
+    if out.exists():
+        raise InputError(f"{out}: already exists; choose a new folder for the edited bundle")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists() else None))
+    shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    return tmp
+
+
+def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[list, str]], y: np.ndarray,
+              cost: np.ndarray, lat: np.ndarray, tok: np.ndarray, *, price_in: float | None = None,
+              price_out: float | None = None) -> dict:
+    """A copy of the router's bundle with `name` appended to the pool (method.md §3.5)."""
+    m = router.bundle.manifest
+    if name in router.names:
+        raise InputError(f"model '{name}' is already in the pool; remove it first or pick another name")
+    if len(queries) == 0:
+        raise InputError(f"no labelled query for '{name}'")
+    space = ProfileSpace.from_dict(m["profile_space"])
+    q = router.features(queries)
+    slices = assign_slices(q, space.centroids)
+    raw = space.profile(y, cost, lat, tok, slices)
+    if price_in is not None:
+        t_in = float(np.mean([1.3 * n_words(qq) for _, qq in queries]))
+        t_out = float(np.nanmean(tok)) if np.isfinite(tok).any() else 0.0
+        e_bar, estimator = (price_in * t_in + (price_out or 0.0) * t_out) / 1e6, "price_tokens"
+    else:
+        e_bar, estimator = float(np.mean(cost)), "mean_observed_cost"
+    raw[space.S + 1] = np.log(e_bar / space.cost_scale + 1e-3)
+    entry = {"name": name, "price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
+             "expected_cost_usd": float(e_bar), "cost_hat": float(e_bar / space.cost_scale),
+             "raw_profile": raw.tolist(), "profile": space.standardise(raw).tolist(),
+             "added_with": {"queries": len(queries), "cost_estimator": estimator}}
+    warnings = []
+    if len(queries) < MIN_QUERIES:
+        warnings.append(f"only {len(queries)} labelled queries (< {MIN_QUERIES}): the profile is thin")
+    counts = np.bincount(slices, minlength=space.S)
+    pool_mean = float(np.mean([p["raw_profile"][0] for p in m["pool"]]))
+    if (counts == 0).any() and abs(float(np.mean(y)) - pool_mean) > 0.15:
+        warnings.append(f"slices {np.flatnonzero(counts == 0).tolist()} have no labelled query and the model's "
+                        f"mean score {np.mean(y):.2f} is far from the pool mean {pool_mean:.2f}")
+    tmp = _copy_bundle(router.bundle.path, out)
+    new = dict(m, pool=m["pool"] + [entry])
+    write_manifest(tmp, new)
+    os.replace(tmp, out)
+    from .router import Router
+
+    grown = Router.load(out, provider=router.provider)
+    sc = grown.score_features(q, np.ones((len(q), len(grown.names)), bool))
+    return {"name": name, "queries": len(queries), "observed_score": float(np.mean(y)),
+            "predicted_score": float(sc["mu_tilde"][:, -1].mean()), "expected_cost": float(e_bar),
+            "cost_estimator": estimator, "slice_counts": counts.tolist(), "warnings": warnings}
+
+
+def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: str) -> None:
+    b = load_bundle(bundle_path)
+    names = b.model_names
+    if name not in names:
+        raise InputError(f"model '{name}' is not in the pool; pool: {', '.join(names)}")
+    if len(names) == 1:
+        raise InputError("cannot remove the last model of the pool")
+    tmp = _copy_bundle(b.path, out)
+    write_manifest(tmp, dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name]))
+    os.replace(tmp, out)
+
+
+def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *,
+              max_avg_cost: float | None = None, max_share: tuple[str, float] | None = None) -> dict:
+    """Pick lambda on the user's labelled queries for one budget target and record it in the manifest.
+
+    Y, C, A are `[N, K]` in the bundle's pool order (realised scores, costs, availability).
+    Among the feasible lambdas of the grid, the one with the highest mean score wins
+    (ties: lower cost, then larger lambda); none feasible -> the cheapest point, with a warning.
+    """
+    if (max_avg_cost is None) == (max_share is None):
+        raise InputError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
+    if max_share is not None and max_share[0] not in router.names:
+        raise InputError(f"unknown model '{max_share[0]}'; pool: {', '.join(router.names)}")
+    ok = A.any(axis=1)
+    if not ok.any():
+        raise InputError("no labelled query has an outcome for any model of the bundle's pool")
+    q, Y, C, A = q[ok], np.nan_to_num(Y[ok]), np.nan_to_num(C[ok]), A[ok]
+    mt = router.score_features(q, A)["mu_tilde"]
+    rows = np.arange(len(q))
+    points = []
+    for lam in LAMBDA_GRID:
+        ch = choose(mt, np.broadcast_to(router.cost_hat, mt.shape), A, lam)
+        score, cost = float(Y[rows, ch].mean()), float(C[rows, ch].mean())
+        share = float((ch == router.names.index(max_share[0])).mean()) if max_share else None
+        feasible = cost <= max_avg_cost if max_avg_cost is not None else share <= max_share[1]
+        points.append({"lambda": float(lam), "score": score, "cost": cost, "share": share, "feasible": feasible})
+    feas = [p for p in points if p["feasible"]]
+    warning = None
+    if feas:
+        best = max(feas, key=lambda p: (p["score"], -p["cost"], p["lambda"]))
+    else:
+        best = min(points, key=lambda p: (p["cost"], -p["score"]))
+        warning = "no lambda meets the target on this data; using the cheapest operating point"
+    target = {"max_avg_cost": max_avg_cost} if max_avg_cost is not None else \
+        {"max_share": {"model": max_share[0], "share": max_share[1]}}
+    m = dict(router.bundle.manifest)
+    lam = dict(m.get("lambda", {}))
+    lam["default"] = best["lambda"]
+    lam["calibrated"] = {"target": target, "queries": int(len(q)), "operating_point": best}
+    m["lambda"] = lam
+    write_manifest(router.bundle.path, m)
+    return {"lambda": best["lambda"], "score": best["score"], "cost": best["cost"], "share": best["share"],
+            "queries": int(len(q)), "warning": warning}
+
+
+def check_golden(router) -> dict:
+    """Re-run the bundle's golden fixture (recorded by the exporter with PyTorch) through ONNX Runtime."""
+    path = router.bundle.file("golden.json")
+    if not path.is_file():
+        raise BundleError(f"{router.bundle.path}: no golden.json (re-export the bundle to get one)")
+    g = json.loads(path.read_text(encoding="utf-8"))
+    queries = [([_golden_image()] if item["image"] else [], item["question"]) for item in g["queries"]]
+    q = router.features(queries)
+    mt = router.score_features(q, np.ones((len(q), len(router.names)), bool))["mu_tilde"]
+    ref = np.asarray(g["mu_tilde"])
+    k = min(ref.shape[1], mt.shape[1])
+    diff = float(np.abs(mt[:, :k] - ref[:, :k]).max())
+    return {"max_abs_diff": diff, "tolerance": g["tolerance"], "passed": diff <= g["tolerance"],
+            "same_choice": bool((mt[:, :k].argmax(1) == ref[:, :k].argmax(1)).all())}
+
+
+def _golden_image() -> np.ndarray:
+    """A deterministic 64x48 test picture (gradient and stripes), made in numpy so no file ships."""
+    y, x = np.mgrid[0:48, 0:64]
+    img = np.stack([x * 4, y * 5, ((x // 8 + y // 8) % 2) * 255], axis=-1)
+    return img.astype(np.uint8)

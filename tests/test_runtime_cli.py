@@ -1,0 +1,154 @@
+"""route-batch, info, doctor, models add/remove on bundles, calibrate, and provider selection."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from lr_onnx.cli import main
+from lr_onnx.runtime.errors import ProviderError
+from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
+from lr_onnx.runtime.sessions import new_session, resolve_providers
+
+EX = REPO / "assets" / "examples"
+
+
+def _write_batch(path, n=5, bad_line=True):
+    lines = [json.dumps({"id": f"q{i}", "question": f"What is {i} + {i}?", "images": []}) for i in range(n)]
+    lines.insert(2, json.dumps({"id": "img", "question": "What is the total?", "images": [str(EX / "receipt.jpg")]}))
+    if bad_line:
+        lines.insert(4, "{not json")
+        lines.insert(5, json.dumps({"id": "missing", "question": "x", "images": ["nope.png"]}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_route_batch_reports_bad_lines_and_resumes(runner, tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_batch(inp)
+    res = runner.invoke(main, ["route-batch", str(inp), "--out", str(out), "--batch-size", "3"])
+    assert res.exit_code == 1
+    assert "in.jsonl:5: malformed JSON" in res.output and "in.jsonl:6:" in res.output and "no such image" in res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted([f"q{i}" for i in range(5)] + ["img"])
+    assert all(r["model"] == r["candidates"][0]["name"] for r in rows)
+    # resume after a crash that tore the last line: nothing done is lost or duplicated
+    text = out.read_text().splitlines()
+    out.write_text("\n".join(text[:3]) + "\n" + text[3][:20])
+    _write_batch(inp, n=7, bad_line=False)
+    res = runner.invoke(main, ["route-batch", str(inp), "--out", str(out)])
+    assert res.exit_code == 0 and "already done 3" in res.output
+    ids = [json.loads(x)["id"] for x in out.read_text().splitlines() if x.strip().endswith("}")]
+    assert sorted(ids) == sorted([f"q{i}" for i in range(7)] + ["img"])
+
+
+def test_route_batch_csv(runner, tmp_path):
+    (tmp_path / "in.csv").write_text(f"id,question,images\na,What is 1+1?,\nb,What is shown?,{EX / 'chart.png'}\n")
+    res = runner.invoke(main, ["route-batch", str(tmp_path / "in.csv"), "--out", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+
+
+def test_info_and_doctor(runner):
+    res = runner.invoke(main, ["info"])
+    assert res.exit_code == 0 and "GPT4o" in res.output and "graph router" in res.output
+    res = runner.invoke(main, ["doctor"])
+    assert res.exit_code == 0, res.output
+    assert "sha256 verified" in res.output and "golden parity" in res.output and "bound CPUExecutionProvider" in res.output
+
+
+def test_provider_selection_and_fallback():
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ProviderError, match="not offered by this onnxruntime"):
+            resolve_providers("cuda")
+        assert resolve_providers("auto") == ["CPUExecutionProvider"]
+    s = new_session(DEFAULT_BUNDLE / "router.onnx", provider="auto")
+    assert s.get_providers()[-1] == "CPUExecutionProvider"
+
+
+def test_requested_accelerator_that_does_not_bind_warns(monkeypatch):
+    """The GPU wheel on a CPU-only host lists CUDA but binds CPU: one warning, no crash."""
+    import lr_onnx.runtime.sessions as sessions
+
+    monkeypatch.setattr(sessions, "resolve_providers", lambda p: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def fake(path, so, providers):
+        return real(path, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", fake)
+    with pytest.warns(RuntimeWarning, match="requested CUDAExecutionProvider but onnxruntime bound"):
+        sessions.new_session(DEFAULT_BUNDLE / "router.onnx", provider="cuda")
+
+
+def test_cli_unavailable_provider_is_one_line(runner):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine offers CUDA")
+    res = runner.invoke(main, ["route", "hello?", "--provider", "cuda"])
+    assert res.exit_code == 1 and res.output.startswith("Error: provider 'cuda' is not offered")
+
+
+def _labelled(tmp_path, name="NewVLM", n=30):
+    recs = []
+    for i in range(n):
+        recs.append({"id": f"n{i}", "question": f"What is {i} * 3?", "images": [], "dataset": "x",
+                     "outcomes": {name: {"score": float(i % 3 == 0), "cost": 0.0004, "tokens": 40}}})
+    (tmp_path / "new.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return tmp_path / "new.jsonl"
+
+
+def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
+    before = (DEFAULT_BUNDLE / "manifest.json").read_bytes()
+    res = runner.invoke(main, ["models", "add", "--bundle", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "b2"),
+                               "--name", "NewVLM", "--price-in", "0.3", "--price-out", "0.6",
+                               "--outcomes", str(_labelled(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert (DEFAULT_BUNDLE / "manifest.json").read_bytes() == before  # the source bundle is untouched
+    r = Router.load(tmp_path / "b2")
+    assert r.names[-1] == "NewVLM" and len(r.names) == 11
+    d = r.route(None, "What is 4 * 3?", models=["NewVLM", "GPT4o"])
+    assert d.model in ("NewVLM", "GPT4o") and len(d.candidates) == 2
+    res = runner.invoke(main, ["models", "remove", "--bundle", str(tmp_path / "b2"), "--out", str(tmp_path / "b3"),
+                               "--name", "GPT4o"])
+    assert res.exit_code == 0 and "GPT4o" not in Router.load(tmp_path / "b3").names
+    assert runner.invoke(main, ["models", "remove", "--bundle", str(tmp_path / "b3"), "--out",
+                                str(tmp_path / "b4"), "--name", "GPT4o"]).exit_code == 1
+    assert runner.invoke(main, ["models", "add", "--name", "x", "--outcomes", str(tmp_path / "new.jsonl")]).exit_code == 2
+
+
+def test_calibrate_records_lambda_atomically(runner, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, b)
+    r0 = Router.load(b)
+    pool, exp_cost = r0.names, r0.expected_cost
+    budget = float(np.median(exp_cost))
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(40):
+        outs = {m: {"score": float(rng.random() < 0.5 + 0.04 * k), "cost": float(exp_cost[k])}
+                for k, m in enumerate(pool)}
+        recs.append({"id": f"c{i}", "question": f"What is {i} - 2?", "images": [], "dataset": "d", "outcomes": outs})
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    (tmp_path / "d" / "models.json").write_text(json.dumps([{"name": m} for m in pool]))
+    res = runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"), "--max-avg-cost", str(budget)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((b / "manifest.json").read_text())
+    cal = m["lambda"]["calibrated"]
+    assert cal["operating_point"]["cost"] <= budget and m["lambda"]["default"] == cal["operating_point"]["lambda"]
+    assert Router.load(b).default_lambda == m["lambda"]["default"]
+    res = runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"),
+                               "--max-share", f"{pool[0]}:0.1"])
+    assert res.exit_code == 0 and json.loads((b / "manifest.json").read_text())["lambda"]["calibrated"]["target"][
+        "max_share"]["share"] == 0.1
+    assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d")]).exit_code == 1
+    assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"),
+                                "--max-share", "GPT4o:7"]).exit_code == 2
