@@ -102,3 +102,63 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     assert len(json.loads((run_dir / "profiles.json").read_text())["raw_profiles"]) == 10
     with pytest.raises(DataError, match="not in the pool"):
         remove_model(run_dir, "NewVLM")
+
+
+@pytest.fixture(scope="module")
+def bundle(env, run):
+    from lr_onnx.export.export import export_bundle
+
+    parity = export_bundle(run[0], env / "bundle", precision="fp32", parity_queries=48)
+    return env / "bundle", parity
+
+
+def test_export_parity_meets_the_bars(bundle):
+    path, parity = bundle
+    assert parity["passed"] is True
+    assert json.loads((path / "parity.json").read_text()) == parity
+    assert {(s["B"], s["K"]) for s in parity["router_shapes"]} >= {(1, 1), (64, 16), (7, 33)}
+    assert all(s["max_abs_diff"] <= 1e-4 and s["finite"] and s["masked_row_sentinels_ok"]
+               for s in parity["router_shapes"])
+    assert parity["reference_evaluator_max_abs_diff"] <= 1e-4
+    assert max(parity["held_out"]["max_abs_diff"].values()) <= 1e-4
+    assert parity["held_out"]["decision_agreement_min_over_grid"] == 1.0
+
+
+def test_manifest_schema(bundle):
+    from lr_onnx.runtime.bundle import SCHEMA_VERSION, load_bundle
+
+    b = load_bundle(bundle[0])
+    m = b.manifest
+    assert m["schema_version"] == SCHEMA_VERSION and m["precision"] == "fp32"
+    for key in ("graphs", "preprocessing", "pool", "profile_space", "lambda", "created_by", "files"):
+        assert key in m
+    assert m["graphs"]["router"]["inputs"] == {"query": ["batch", 1667], "model_feat": ["batch", "models", m["model_dim"]],
+                                               "avail": ["batch", "models"]}
+    assert m["graphs"]["text_encoder"]["inputs"]["input_ids"] == ["batch", "tokens"]
+    assert set(m["files"]) == {"image_encoder.onnx", "text_encoder.onnx", "router.onnx", "tokenizer.json",
+                               "golden.json"}
+    for p in m["pool"]:
+        assert len(p["profile"]) == len(m["profile_space"]["mean"]) == len(m["profile_space"]["centroids"]) + 7
+        assert p["expected_cost_usd"] > 0 and p["cost_hat"] > 0
+
+
+def test_runtime_scores_equal_training_side_scores(env, run, bundle):
+    """The served router (PIL + tokenizers + ONNX Runtime) reproduces the torch pipeline on real queries."""
+    from lr_onnx.export.train import load_router, predict, prepare
+    from lr_onnx.runtime.router import Router
+
+    net, _ = load_router(run[0])
+    P = prepare(env / "demo", slices=2, progress=False)
+    rows = np.flatnonzero(P.masks["test"])[:20]
+    torch_mt = predict(net, P, rows)[0]
+    r = Router.load(bundle[0], provider="cpu")
+    q = r.features([(P.data.images[i], P.data.question[i]) for i in rows])
+    onnx_mt = r.score_features(q, P.data.A[rows])["mu_tilde"]
+    np.testing.assert_allclose(onnx_mt, torch_mt, atol=1e-4)
+
+
+def test_doctor_on_the_exported_bundle(runner, bundle):
+    from lr_onnx.cli import main
+
+    res = runner.invoke(main, ["doctor", "--bundle", str(bundle[0])])
+    assert res.exit_code == 0 and "golden parity" in res.output and "ok" in res.output
