@@ -512,5 +512,21 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
                f"{res['queries']} queries; recorded in {bundle}/manifest.json")
 
 
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="Fewer repeats: under 3 minutes on 2 cores.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="JSON output (default: benchmarks/results/<host>.json); a .md table is written beside it.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per engine (default: all cores).")
+def bench_cmd(quick, out, threads):
+    """Latency, throughput, memory and cold start: ONNX Runtime fp32 / int8 vs PyTorch eager, side by side.
+
+    Needs the training extra (torch) for the PyTorch rows. Same weights and inputs for
+    every engine; the shipped default bundle is measured for cold start and memory.
+    """
+    from .export.bench import run_bench, table
+
+    click.echo(table(run_bench(out, quick=quick, threads=threads)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
