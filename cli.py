@@ -21,17 +21,17 @@ class _Group(click.Group):
     def invoke(self, ctx):
         import warnings
 
-        from .runtime.errors import LrOnnxError
+        from .runtime.errors import LrOnnxError, LrOnnxWarning
 
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                warnings.simplefilter("always", RuntimeWarning)
+                warnings.simplefilter("ignore", UserWarning)  # other libraries' noise (exporter, quantiser)
+                warnings.simplefilter("always", LrOnnxWarning)  # added last, so it takes precedence
                 try:
                     return super().invoke(ctx)
                 finally:
-                    for w in caught:  # ours as one plain line each; other libraries' noise is dropped
-                        if str(w.filename or "").startswith(_PACKAGE_DIR):
+                    for w in caught:  # ours as one plain line each
+                        if issubclass(w.category, LrOnnxWarning):
                             click.echo(f"warning: {w.message}", err=True)
         except LrOnnxError as e:
             raise click.ClickException(str(e)) from None
@@ -43,7 +43,6 @@ class _Group(click.Group):
             raise
 
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _EXPORT_MODULES = {"torch", "onnx", "onnxscript", "sklearn", "skimage", "matplotlib", "safetensors", "tqdm",
                    "pyarrow", "openpyxl", "optimum", "transformers"}
 

@@ -27,3 +27,7 @@ class ProviderError(LrOnnxError):
 
 class MissingDependencyError(LrOnnxError):
     """An optional extra (e.g. `[export]`, `[cpu]`) is needed for this command."""
+
+
+class LrOnnxWarning(UserWarning):
+    """Works, but not as asked (a question truncated, a provider that did not bind): the CLI prints one line."""

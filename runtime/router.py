@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import InputError
+from .errors import InputError, LrOnnxWarning
 from .features import n_words, pool_images, query_features
 from .policy import choose
 from .preprocess import ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
@@ -230,6 +230,6 @@ def _clean_question(q) -> str:
         raise InputError("question is empty")
     if len(q) > MAX_QUESTION_CHARS:
         warnings.warn(f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
-                      f"(the text encoder reads at most its first tokens anyway)", UserWarning, stacklevel=3)
+                      f"(the text encoder reads at most its first tokens anyway)", LrOnnxWarning, stacklevel=3)
         q = q[:MAX_QUESTION_CHARS]
     return q

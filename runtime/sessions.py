@@ -13,7 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .errors import MissingDependencyError, ProviderError
+from .errors import LrOnnxWarning, MissingDependencyError, ProviderError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 INSTALL_HINT = ("onnxruntime is not installed: pip install 'lr-onnx[cpu]' (or 'lr-onnx[gpu]' for CUDA); "
@@ -91,7 +91,7 @@ def new_session(path: str | os.PathLike, *, provider: str = "auto", threads: int
     requested = [p[0] if isinstance(p, tuple) else p for p in providers]
     if requested[0] != "CPUExecutionProvider" and requested[0] not in bound:
         warnings.warn(f"requested {requested[0]} but onnxruntime bound {bound} for {Path(path).name}; running on CPU",
-                      RuntimeWarning, stacklevel=2)
+                      LrOnnxWarning, stacklevel=2)
     return sess
 
 

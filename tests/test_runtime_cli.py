@@ -83,7 +83,7 @@ def test_requested_accelerator_that_does_not_bind_warns(monkeypatch):
         return real(path, so, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(ort, "InferenceSession", fake)
-    with pytest.warns(RuntimeWarning, match="requested CUDAExecutionProvider but onnxruntime bound"):
+    with pytest.warns(UserWarning, match="requested CUDAExecutionProvider but onnxruntime bound"):
         sessions.new_session(DEFAULT_BUNDLE / "router.onnx", provider="cuda")
 
 
