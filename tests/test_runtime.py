@@ -174,3 +174,26 @@ def test_console_script_routes_an_example():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "chosen:" in out.stdout
+
+
+def test_one_router_serves_many_threads():
+    """Lazy sessions are created once and shared; concurrent routes agree with a sequential one."""
+    import threading
+
+    r = Router.load()
+    qs = [([EXAMPLES / "coffee.jpg"], "What does this image show?"), ([], "What is 6 * 7?")] * 4
+    expected = [r2.model for r2 in Router.load().route_many(qs, batch_size=1)]
+    got = [None] * len(qs)
+    barrier = threading.Barrier(len(qs))
+
+    def work(i):
+        barrier.wait()
+        got[i] = r.route(*qs[i]).model
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(qs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == expected
+    assert len(r._sessions) == 3
