@@ -26,6 +26,17 @@ def _num(x):
     return float("inf") if x == "inf" else (np.nan if x is None else float(x))
 
 
+def clean(x):
+    """JSON has no inf or NaN: write "inf" (e.g. QNC when best-single quality is never reached) and null."""
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [clean(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None if np.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
 def run(data_dir: Path, out: Path, seeds: int, kind: str, slices: int, epochs: int) -> dict:
     per_seed = []
     for i in range(seeds):
@@ -56,7 +67,7 @@ def run(data_dir: Path, out: Path, seeds: int, kind: str, slices: int, epochs: i
     result = {"data": str(data_dir), "kind": kind, "seeds": [BASE_SEED + i for i in range(seeds)],
               "slices": slices, "epochs": epochs, "best_single": bs, "oracle": per_seed[0]["oracle"],
               "methods": agg, "targets": checks}
-    atomic_write_text(out / "targets.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "targets.json", json.dumps(clean(result), indent=2, allow_nan=False) + "\n")
     return result
 
 
