@@ -281,7 +281,8 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
 @click.option("--precision", type=click.Choice(["fp32", "int8", "int8-text", "fp16"]), default="fp32",
               show_default=True, help="int8: both encoders int8; int8-text: text encoder only; fp16: for GPUs.")
 @click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)
-def export_cmd(run_dir, out, precision, opset):
+@click.option("--fused", is_flag=True, help="Also write fused.onnx: pixels + token ids + pool -> scores in one graph.")
+def export_cmd(run_dir, out, precision, opset, fused):
     """Export a trained run to an ONNX bundle and check it (writes OUT/parity.json).
 
     Graphs: image encoder, text encoder, router (dynamic batch and candidate count),
@@ -290,7 +291,7 @@ def export_cmd(run_dir, out, precision, opset):
     """
     from .export.export import export_bundle
 
-    parity = export_bundle(run_dir, out, precision=precision, opset=opset)
+    parity = export_bundle(run_dir, out, precision=precision, opset=opset, fused=fused)
     h = parity["held_out"]
     status = "passed" if parity["passed"] else "FAILED"
     click.echo(f"wrote {out}: parity {status} (max |d mu_tilde| {h['max_abs_diff']['mu_tilde']:.2e}, "

@@ -78,6 +78,54 @@ def export_graphs(net, out: Path, opset: int = OPSET) -> None:
                     raise RuntimeError(f"{name}: input {inp} axis {ax} was exported static ({dims[inp]})")
 
 
+class FusedRouter:
+    """Builds the optional end-to-end graph: pixels + token ids + pool -> scores (for GPU serving).
+
+    One image per query (`has_image` 0 means text-only; its pixels are ignored); the query
+    features are assembled in-graph exactly as `runtime.features.query_features` does.
+    """
+
+    @staticmethod
+    def module(net):
+        import torch
+        from torch import nn
+
+        from .encoders import load_image_encoder, load_text_encoder
+
+        class Fused(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.img, self.txt, self.router = load_image_encoder(), load_text_encoder(), net
+
+            def forward(self, pixels, has_image, input_ids, attention_mask, n_words, model_feat, avail):
+                t = self.txt(input_ids, attention_mask)
+                t = t / torch.clamp(t.norm(dim=1, keepdim=True), min=1e-12)
+                i = self.img(pixels)
+                i = i / torch.clamp(i.norm(dim=1, keepdim=True), min=1e-12)
+                i = i / torch.clamp(i.norm(dim=1, keepdim=True), min=1e-12)  # pooled over one image, re-normalised
+                h = has_image.unsqueeze(1)
+                side = torch.cat([h, torch.log1p(h), torch.log1p(n_words.unsqueeze(1))], dim=1)
+                q = torch.cat([t, i * h, side], dim=1)
+                return self.router(q, model_feat, avail)
+
+        return Fused().eval()
+
+    @staticmethod
+    def export(net, path: Path, opset: int) -> None:
+        import torch
+        from torch.export import Dim
+
+        B, K, T = Dim("batch"), Dim("models"), Dim("tokens", min=2, max=512)
+        ids = torch.randint(0, 1000, (3, 7))
+        args = (torch.randn(3, 3, 224, 224), torch.tensor([1.0, 0.0, 1.0]), ids, torch.ones_like(ids),
+                torch.tensor([5.0, 7.0, 3.0]), torch.randn(3, 5, net.cfg.model_dim), torch.rand(3, 5) > 0.2)
+        with torch.no_grad():
+            _export(FusedRouter.module(net), args, path,
+                    ["pixels", "has_image", "input_ids", "attention_mask", "n_words", "model_feat", "avail"],
+                    ["mu", "sigma", "delta", "mu_tilde"],
+                    ({0: B}, {0: B}, {0: B, 1: T}, {0: B, 1: T}, {0: B}, {0: B, 1: K}, {0: B, 1: K}), opset)
+
+
 def quantize_encoders(out: Path, calib_pixels: np.ndarray, *, image: bool = True) -> None:
     """int8 encoders: dynamic (MatMul) for MiniLM, static QDQ per-channel for the CNN (if `image`)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -129,7 +177,7 @@ def to_fp16(out: Path) -> None:
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp32", opset: int = OPSET,
-                  parity_queries: int = 256, progress: bool = True) -> dict:
+                  parity_queries: int = 256, fused: bool = False, progress: bool = True) -> dict:
     """Export `run_dir` to the bundle folder `out` (must not exist); returns parity.json's content."""
     import onnx
     import torch
@@ -146,13 +194,16 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
     t0 = time.perf_counter()
     with staged_output(out) as tmp:
         export_graphs(net, tmp, opset)
+        if fused:
+            FusedRouter.export(net, tmp / "fused.onnx", opset)
         held_out = _held_out(cfg, parity_queries)
         if precision in ("int8", "int8-text"):
             quantize_encoders(tmp, held_out["calib_pixels"], image=precision == "int8")
         elif precision == "fp16":
             to_fp16(tmp)
         shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
-        for name in ("router.onnx", "image_encoder.onnx", "text_encoder.onnx"):
+        graph_files = ["router.onnx", "image_encoder.onnx", "text_encoder.onnx"] + (["fused.onnx"] if fused else [])
+        for name in graph_files:
             onnx.checker.check_model(str(tmp / name), full_check=True)
         space = ProfileSpace.from_dict(prof["space"])
         chat = np.asarray(prof["e_bar"], float) / space.cost_scale
@@ -164,8 +215,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
                            "onnxruntime": _ort_version(), "python": platform.python_version()},
             "precision": precision, "opset": opset, "setting": cfg["train"]["setting"],
             "encoder_version": ENCODER_VERSION,
-            "graphs": {name.removesuffix(".onnx"): {"file": name, **_dims(tmp / name)}
-                       for name in ("image_encoder.onnx", "text_encoder.onnx", "router.onnx")},
+            "graphs": {name.removesuffix(".onnx"): {"file": name, **_dims(tmp / name)} for name in graph_files},
             "preprocessing": {"image": IMAGE_SPEC.to_dict(), "text": {**TEXT_SPEC.to_dict(),
                                                                        "tokenizer_file": "tokenizer.json"}},
             "query_dim": net.cfg.query_dim, "model_dim": net.cfg.model_dim,
@@ -179,6 +229,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
             "training_metrics": metrics,
         }
         parity = check_parity(net, tmp, manifest, held_out, precision)
+        if fused:
+            parity["fused"] = check_fused(tmp, manifest)
         write_golden(net, tmp, manifest, precision)
         parity["export_seconds"] = round(time.perf_counter() - t0, 1)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
@@ -316,6 +368,38 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     else:
         rep["passed"] = bool(router_ok and agree[0] >= 0.98)
     return rep
+
+
+def check_fused(bundle: Path, manifest: dict) -> dict:
+    """The fused graph against the three separate graphs (same pixels, tokens and pool)."""
+    import onnxruntime as ort
+
+    from ..runtime.features import n_words, pool_images, query_features
+    from ..runtime.manage import _golden_image
+    from ..runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = {n: ort.InferenceSession(str(bundle / f"{n}.onnx"), so, providers=["CPUExecutionProvider"])
+         for n in ("fused", "image_encoder", "text_encoder", "router")}
+    qs = [q for q, _ in GOLDEN_QUESTIONS]
+    has = np.array([float(h) for _, h in GOLDEN_QUESTIONS], np.float32)
+    tok = load_tokenizer(bundle / "tokenizer.json", TextSpec(max_tokens=manifest["preprocessing"]["text"]["max_tokens"]))
+    ids, mask = tokenize(tok, qs)
+    px = np.repeat(image_tensor(open_image(_golden_image()), ImageSpec.from_dict(manifest["preprocessing"]["image"]))[None],
+                   len(qs), 0)
+    feat = np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
+    mf = np.broadcast_to(feat, (len(qs), *feat.shape)).copy()
+    avail = np.ones((len(qs), len(feat)), bool)
+    words = np.array([n_words(q) for q in qs], np.float32)
+    fused = s["fused"].run(None, {"pixels": px, "has_image": has, "input_ids": ids, "attention_mask": mask,
+                                  "n_words": words, "model_feat": mf, "avail": avail})[3]
+    text = s["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    img = s["image_encoder"].run(None, {"pixels": px[:1]})[0]
+    image = np.stack([pool_images(img) if h else np.zeros(1280, np.float32) for h in has])
+    q = query_features(text, image, has.astype(int), words)
+    sep = s["router"].run(None, {"query": q, "model_feat": mf, "avail": avail})[3]
+    return {"max_abs_diff_vs_separate_graphs": float(np.abs(fused - sep).max())}
 
 
 GOLDEN_QUESTIONS = [("What is 12 * 13?", False), ("What does this image show?", True),

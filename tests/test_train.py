@@ -108,7 +108,7 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
 def bundle(env, run):
     from lr_onnx.export.export import export_bundle
 
-    parity = export_bundle(run[0], env / "bundle", precision="fp32", parity_queries=48)
+    parity = export_bundle(run[0], env / "bundle", precision="fp32", parity_queries=48, fused=True)
     return env / "bundle", parity
 
 
@@ -122,6 +122,7 @@ def test_export_parity_meets_the_bars(bundle):
     assert parity["reference_evaluator_max_abs_diff"] <= 1e-4
     assert max(parity["held_out"]["max_abs_diff"].values()) <= 1e-4
     assert parity["held_out"]["decision_agreement_min_over_grid"] == 1.0
+    assert parity["fused"]["max_abs_diff_vs_separate_graphs"] <= 1e-4  # the end-to-end graph agrees
 
 
 def test_manifest_schema(bundle):
@@ -135,8 +136,9 @@ def test_manifest_schema(bundle):
     assert m["graphs"]["router"]["inputs"] == {"query": ["batch", 1667], "model_feat": ["batch", "models", m["model_dim"]],
                                                "avail": ["batch", "models"]}
     assert m["graphs"]["text_encoder"]["inputs"]["input_ids"] == ["batch", "tokens"]
-    assert set(m["files"]) == {"image_encoder.onnx", "text_encoder.onnx", "router.onnx", "tokenizer.json",
-                               "golden.json"}
+    assert set(m["files"]) == {"image_encoder.onnx", "text_encoder.onnx", "router.onnx", "fused.onnx",
+                               "tokenizer.json", "golden.json"}
+    assert m["graphs"]["fused"]["inputs"]["pixels"] == ["batch", 3, 224, 224]
     for p in m["pool"]:
         assert len(p["profile"]) == len(m["profile_space"]["mean"]) == len(m["profile_space"]["centroids"]) + 7
         assert p["expected_cost_usd"] > 0 and p["cost_hat"] > 0
