@@ -49,6 +49,21 @@ def _dims(path: Path) -> dict:
     return {"inputs": {i.name: shape(i) for i in m.graph.input}, "outputs": {o.name: shape(o) for o in m.graph.output}}
 
 
+def optimize_offline(path: Path) -> None:
+    """Save the graph as ONNX Runtime optimises it at the BASIC level (constant folding, redundant-node
+    elimination): plain ONNX ops only, so the file stays portable across machines and providers.
+    Hardware-specific levels (EXTENDED / ALL layouts, fusions) are left to each session at load time."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path.with_suffix(".opt.onnx")
+    so.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    tmp.replace(path)
+
+
 def export_graphs(net, out: Path, opset: int = OPSET) -> None:
     """Write the three fp32 graphs; assert that B (and K, T) stayed symbolic."""
     import torch
@@ -68,6 +83,8 @@ def export_graphs(net, out: Path, opset: int = OPSET) -> None:
         ids = torch.randint(0, 1000, (2, 7))
         _export(load_text_encoder(), (ids, torch.ones_like(ids)), out / "text_encoder.onnx",
                 ["input_ids", "attention_mask"], ["text_features"], ({0: B, 1: T}, {0: B, 1: T}), opset)
+    for name in ("router.onnx", "image_encoder.onnx", "text_encoder.onnx"):
+        optimize_offline(out / name)
     for name, sym in (("router.onnx", {"query": [0], "model_feat": [0, 1], "avail": [0, 1]}),
                       ("image_encoder.onnx", {"pixels": [0]}),
                       ("text_encoder.onnx", {"input_ids": [0, 1], "attention_mask": [0, 1]})):
