@@ -12,12 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import DataError
-from ..runtime.features import n_words
-from ..runtime.profiles import ProfileSpace, assign_slices
+from ..runtime.profiles import ProfileSpace, new_model_profile
 from .data import load_outcomes_for
 from .files import atomic_write_text
-
-MIN_QUERIES = 24
 
 
 def _read(run_dir: Path) -> dict:
@@ -42,26 +39,11 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
         raise DataError(f"{outcomes}: no query has both a score and a cost for '{name}'")
     space = ProfileSpace.from_dict(prof["space"])
     q = encode_dataset(data, progress=progress)[ok]
-    y, c, lat, tok = data.Y[ok, 0], data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0]
-    slices = assign_slices(q, space.centroids)
-    raw = space.profile(y, c, lat, tok, slices)
-    if price_in is not None:
-        t_in = np.mean([1.3 * n_words(data.question[i]) for i in np.flatnonzero(ok)])
-        t_out = float(np.nanmean(tok)) if np.isfinite(tok).any() else 0.0
-        e_bar = (price_in * t_in + (price_out or 0.0) * t_out) / 1e6
-        estimator = "price_tokens"
-    else:
-        e_bar = float(c.mean())
-        estimator = "mean_observed_cost"
-    raw[space.S + 1] = np.log(e_bar / space.cost_scale + 1e-3)  # the log-cost column uses the expected cost
-    warnings = []
-    if ok.sum() < MIN_QUERIES:
-        warnings.append(f"only {int(ok.sum())} labelled queries (< {MIN_QUERIES}): the profile is thin")
-    counts = np.bincount(slices, minlength=space.S)
-    pool_mean = float(np.mean([r[0] for r in prof["raw_profiles"]]))
-    if (counts == 0).any() and abs(float(y.mean()) - pool_mean) > 0.15:
-        warnings.append(f"slices {np.flatnonzero(counts == 0).tolist()} have no labelled query and the model's mean "
-                        f"score {y.mean():.2f} is far from the pool mean {pool_mean:.2f}")
+    y = data.Y[ok, 0]
+    new = new_model_profile(space, q, y, data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
+                            [data.question[i] for i in np.flatnonzero(ok)], price_in=price_in, price_out=price_out,
+                            pool_mean=float(np.mean([r[0] for r in prof["raw_profiles"]])))
+    raw, e_bar, estimator = new["raw"], new["e_bar"], new["estimator"]
     prof["models"].append({"name": name, "price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
                            "added_with": {"queries": int(ok.sum()), "cost_estimator": estimator}})
     prof["raw_profiles"].append(raw.tolist())
@@ -70,7 +52,7 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
     atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")
     return {"name": name, "queries": int(ok.sum()), "observed_score": float(y.mean()),
             "predicted_score": predicted, "expected_cost": float(e_bar), "cost_estimator": estimator,
-            "slice_counts": counts.tolist(), "warnings": warnings}
+            "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
 
 
 def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:

@@ -15,11 +15,8 @@ import numpy as np
 
 from .bundle import MANIFEST, load_bundle
 from .errors import BundleError, InputError
-from .features import n_words
 from .policy import LAMBDA_GRID, choose
-from .profiles import ProfileSpace, assign_slices
-
-MIN_QUERIES = 24
+from .profiles import ProfileSpace, new_model_profile
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -52,30 +49,15 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
         raise InputError(f"no labelled query for '{name}'")
     space = ProfileSpace.from_dict(m["profile_space"])
     q = router.features(queries)
-    slices = assign_slices(q, space.centroids)
-    raw = space.profile(y, cost, lat, tok, slices)
-    if price_in is not None:
-        t_in = float(np.mean([1.3 * n_words(qq) for _, qq in queries]))
-        t_out = float(np.nanmean(tok)) if np.isfinite(tok).any() else 0.0
-        e_bar, estimator = (price_in * t_in + (price_out or 0.0) * t_out) / 1e6, "price_tokens"
-    else:
-        e_bar, estimator = float(np.mean(cost)), "mean_observed_cost"
-    raw[space.S + 1] = np.log(e_bar / space.cost_scale + 1e-3)
+    new = new_model_profile(space, q, y, cost, lat, tok, [x for _, x in queries], price_in=price_in,
+                            price_out=price_out, pool_mean=float(np.mean([p["raw_profile"][0] for p in m["pool"]])))
+    raw, e_bar, estimator = new["raw"], new["e_bar"], new["estimator"]
     entry = {"name": name, "price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
-             "expected_cost_usd": float(e_bar), "cost_hat": float(e_bar / space.cost_scale),
+             "expected_cost_usd": e_bar, "cost_hat": e_bar / space.cost_scale,
              "raw_profile": raw.tolist(), "profile": space.standardise(raw).tolist(),
              "added_with": {"queries": len(queries), "cost_estimator": estimator}}
-    warnings = []
-    if len(queries) < MIN_QUERIES:
-        warnings.append(f"only {len(queries)} labelled queries (< {MIN_QUERIES}): the profile is thin")
-    counts = np.bincount(slices, minlength=space.S)
-    pool_mean = float(np.mean([p["raw_profile"][0] for p in m["pool"]]))
-    if (counts == 0).any() and abs(float(np.mean(y)) - pool_mean) > 0.15:
-        warnings.append(f"slices {np.flatnonzero(counts == 0).tolist()} have no labelled query and the model's "
-                        f"mean score {np.mean(y):.2f} is far from the pool mean {pool_mean:.2f}")
     tmp = _copy_bundle(router.bundle.path, out)
-    new = dict(m, pool=m["pool"] + [entry])
-    write_manifest(tmp, new)
+    write_manifest(tmp, dict(m, pool=m["pool"] + [entry]))
     os.replace(tmp, out)
     from .router import Router
 
@@ -83,7 +65,7 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     sc = grown.score_features(q, np.ones((len(q), len(grown.names)), bool))
     return {"name": name, "queries": len(queries), "observed_score": float(np.mean(y)),
             "predicted_score": float(sc["mu_tilde"][:, -1].mean()), "expected_cost": float(e_bar),
-            "cost_estimator": estimator, "slice_counts": counts.tolist(), "warnings": warnings}
+            "cost_estimator": estimator, "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
 
 
 def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: str) -> None:

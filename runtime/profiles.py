@@ -84,3 +84,36 @@ class ProfileSpace:
     def from_dict(cls, d: dict) -> "ProfileSpace":
         return cls(np.asarray(d["centroids"]), float(d["cost_scale"]), np.asarray(d["mean"]), np.asarray(d["std"]),
                    float(d["fill_lat"]), float(d["fill_tok"]))
+
+
+MIN_NEW_MODEL_QUERIES = 24
+
+
+def new_model_profile(space: ProfileSpace, q: np.ndarray, y, cost, lat, tok, questions: list[str], *,
+                      price_in: float | None, price_out: float | None, pool_mean: float) -> dict:
+    """Raw profile, expected cost and warnings for a model added from labelled queries (§3.5).
+
+    Expected cost: `price_tokens` when prices are given (1.3 tokens per word in, the observed mean
+    output tokens out), else the mean observed cost; it also fills the profile's log-cost column.
+    """
+    from .features import n_words
+
+    slices = assign_slices(q, space.centroids)
+    raw = space.profile(np.asarray(y), np.asarray(cost), np.asarray(lat), np.asarray(tok), slices)
+    tok = np.asarray(tok, float)
+    if price_in is not None:
+        t_in = float(np.mean([1.3 * n_words(x) for x in questions]))
+        t_out = float(np.nanmean(tok)) if np.isfinite(tok).any() else 0.0
+        e_bar, estimator = (price_in * t_in + (price_out or 0.0) * t_out) / 1e6, "price_tokens"
+    else:
+        e_bar, estimator = float(np.mean(cost)), "mean_observed_cost"
+    raw[space.S + 1] = np.log(e_bar / space.cost_scale + 1e-3)
+    counts = np.bincount(slices, minlength=space.S)
+    warnings = []
+    if len(y) < MIN_NEW_MODEL_QUERIES:
+        warnings.append(f"only {len(y)} labelled queries (< {MIN_NEW_MODEL_QUERIES}): the profile is thin")
+    if (counts == 0).any() and abs(float(np.mean(y)) - pool_mean) > 0.15:
+        warnings.append(f"slices {np.flatnonzero(counts == 0).tolist()} have no labelled query and the model's mean "
+                        f"score {np.mean(y):.2f} is far from the pool mean {pool_mean:.2f}")
+    return {"raw": raw, "e_bar": float(e_bar), "estimator": estimator, "slice_counts": counts.tolist(),
+            "warnings": warnings}
