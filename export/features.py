@@ -23,10 +23,9 @@ TEXT_SPEC = TextSpec()
 
 
 def cache_dir() -> Path:
-    """`$LR_ONNX_CACHE`, else `$XDG_CACHE_HOME/lr-onnx`, else `~/.cache/lr-onnx` (never the temp dir)."""
-    base = os.environ.get("LR_ONNX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lr-onnx")
-    return Path(base) / "features"
+    from ..runtime.sessions import cache_root
+
+    return cache_root() / "features"
 
 
 def content_keys(data: RoutingData) -> tuple[list[str], list[list[str]]]:

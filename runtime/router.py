@@ -23,7 +23,7 @@ from .errors import InputError, LrOnnxWarning
 from .features import n_words, pool_images, query_features
 from .policy import choose
 from .preprocess import ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
-from .profiles import ProfileSpace, assign_slices
+from .profiles import ProfileSpace
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "bundle"
 MAX_QUESTION_CHARS = 20_000
@@ -211,7 +211,6 @@ class Router:
             z = (a.mu_tilde - b.mu_tilde) / math.sqrt(a.sigma ** 2 + b.sigma ** 2)
             margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
                             "z": round(z, 3)})
-        assert assign_slices(q[None], space.centroids)[0] == top[0]
         return {"closest_slices": slices, "pairwise_margins": margins}
 
 

@@ -33,10 +33,14 @@ def ort():
     return onnxruntime
 
 
+def cache_root() -> Path:
+    """`$LR_ONNX_CACHE`, else `$XDG_CACHE_HOME/lr-onnx`, else `~/.cache/lr-onnx` (never the temp dir)."""
+    return Path(os.environ.get("LR_ONNX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lr-onnx"))
+
+
 def trt_cache_dir() -> Path:
-    base = os.environ.get("LR_ONNX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lr-onnx")
-    return Path(base) / "tensorrt"
+    return cache_root() / "tensorrt"
 
 
 def resolve_providers(provider: str = "auto") -> list:
