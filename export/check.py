@@ -181,13 +181,9 @@ def format_report(s: dict) -> str:
             detail = {k: v for k, v in p.items() if k not in ("holds", "best_per_cell", "per_dataset")}
             lines.append(f"  [{mark}] {key}: {detail}")
         lines.append("  best model per (dataset/difficulty) cell:")
-        for cell, v in p_cells(s).items():
+        for cell, v in s["properties"]["no_model_best_everywhere"]["best_per_cell"].items():
             lines.append(f"    {cell:28s} {v['model']:28s} {v['score']:.3f} (n={v['n']})")
     return "\n".join(lines)
-
-
-def p_cells(s: dict) -> dict:
-    return s["properties"]["no_model_best_everywhere"]["best_per_cell"]
 
 
 def _r(x: float) -> float | None:

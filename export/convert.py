@@ -139,29 +139,30 @@ def _write_manifest(out: Path, **fields) -> None:
     (out / "dataset_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def _model_order(src: Path, found: list[str]) -> list[str]:
-    """Registry order: a `models.json` in SRC fixes it (names first, others appended sorted)."""
+def _models_spec(src: Path) -> list:
+    """Entries of an optional `models.json` in SRC (a list, or {"models": [...]}); [] if absent."""
     path = src / "models.json"
     if not path.is_file():
-        return sorted(found)
+        return []
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({str(e).splitlines()[0]})") from None
     if isinstance(spec, dict):
         spec = spec.get("models", [])
-    names = [m["name"] if isinstance(m, dict) else str(m) for m in spec]
+    if not isinstance(spec, list):
+        raise DataError(f"{path}: expected a list of models or {{\"models\": [...]}}")
+    return spec
+
+
+def _model_order(src: Path, found: list[str]) -> list[str]:
+    """Registry order: a `models.json` in SRC fixes it (names first, others appended sorted)."""
+    names = [m["name"] if isinstance(m, dict) else str(m) for m in _models_spec(src)]
     return [n for n in names if n in found] + sorted(set(found) - set(names))
 
 
 def _model_prices(src: Path) -> dict[str, dict]:
-    path = src / "models.json"
-    if not path.is_file():
-        return {}
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(spec, dict):
-        spec = spec.get("models", [])
-    return {m["name"]: m for m in spec if isinstance(m, dict) and "name" in m}
+    return {m["name"]: m for m in _models_spec(src) if isinstance(m, dict) and "name" in m}
 
 
 # ----------------------------------------------------------------------------- MMR-Bench (§6.3)

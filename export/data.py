@@ -89,6 +89,26 @@ def load_models(path: Path) -> list[dict]:
     return models
 
 
+def jsonl_objects(path: Path):
+    """(line number, "file:line", object) for each non-blank line; malformed lines raise `DataError`."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            yield lineno, where, rec
+
+
 def load_dataset(root: str | os.PathLike, *, strict_images: bool = False) -> RoutingData:
     """Load and validate a native dataset folder; raise `DataError` with file:line on any fault.
 
@@ -121,69 +141,58 @@ def load_dataset(root: str | os.PathLike, *, strict_images: bool = False) -> Rou
     missing = refs = 0
     split_first: tuple[int, bool] | None = None
 
-    with open(qpath, "r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{qpath}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for lineno, where, rec in jsonl_objects(qpath):
+        qid = rec.get("id")
+        if not isinstance(qid, str) or not qid:
+            raise DataError(f"{where}: 'id' must be a non-empty string")
+        if qid in line_of:
+            raise DataError(f"{where}: duplicate id '{qid}' (first on line {line_of[qid]})")
+        line_of[qid] = lineno
+        for key in ("question", "dataset"):
+            if not isinstance(rec.get(key), str):
+                raise DataError(f"{where}: '{key}' must be a string (query '{qid}')")
 
-            qid = rec.get("id")
-            if not isinstance(qid, str) or not qid:
-                raise DataError(f"{where}: 'id' must be a non-empty string")
-            if qid in line_of:
-                raise DataError(f"{where}: duplicate id '{qid}' (first on line {line_of[qid]})")
-            line_of[qid] = lineno
-            for key in ("question", "dataset"):
-                if not isinstance(rec.get(key), str):
-                    raise DataError(f"{where}: '{key}' must be a string (query '{qid}')")
+        has_split = "split" in rec and rec["split"] is not None
+        if split_first is None:
+            split_first = (lineno, has_split)
+        elif split_first[1] != has_split:
+            raise DataError(f"{where}: 'split' must be on every row or on none (line {split_first[0]} "
+                            f"{'has' if split_first[1] else 'lacks'} it)")
+        split = None
+        if has_split:
+            split = SPLIT_ALIASES.get(str(rec["split"]).lower())
+            if split is None:
+                raise DataError(f"{where}: split '{rec['split']}' is not one of train, val, test")
 
-            has_split = "split" in rec and rec["split"] is not None
-            if split_first is None:
-                split_first = (lineno, has_split)
-            elif split_first[1] != has_split:
-                raise DataError(f"{where}: 'split' must be on every row or on none (line {split_first[0]} "
-                                f"{'has' if split_first[1] else 'lacks'} it)")
-            split = None
-            if has_split:
-                split = SPLIT_ALIASES.get(str(rec["split"]).lower())
-                if split is None:
-                    raise DataError(f"{where}: split '{rec['split']}' is not one of train, val, test")
+        paths = rec.get("images")
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise DataError(f"{where}: 'images' must be a list of relative paths (use [] for text-only)")
+        found: list[Path] = []
+        for p in paths:
+            rel = safe_relative_path(p)
+            if rel is None:
+                raise DataError(f"{where}: image path '{p}' must be relative to the dataset folder, without '..'")
+            refs += 1
+            full = root.joinpath(*rel.parts)
+            if full.is_file():
+                found.append(full)
+            elif strict_images:
+                raise DataError(f"{where}: image '{p}' not found under {root}")
+            else:
+                missing += 1
 
-            paths = rec.get("images")
-            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-                raise DataError(f"{where}: 'images' must be a list of relative paths (use [] for text-only)")
-            found: list[Path] = []
-            for p in paths:
-                rel = safe_relative_path(p)
-                if rel is None:
-                    raise DataError(f"{where}: image path '{p}' must be relative to the dataset folder, without '..'")
-                refs += 1
-                full = root.joinpath(*rel.parts)
-                if full.is_file():
-                    found.append(full)
-                elif strict_images:
-                    raise DataError(f"{where}: image '{p}' not found under {root}")
-                else:
-                    missing += 1
-
-            y, c, lat, tok = _parse_outcomes(rec.get("outcomes"), index, K, where, qid)
-            ids.append(qid)
-            splits.append(split)
-            datasets.append(rec["dataset"])
-            questions.append(rec["question"])
-            images.append(found)
-            meta = rec.get("meta")
-            metas.append(meta if isinstance(meta, dict) else None)
-            rows_y.append(y)
-            rows_c.append(c)
-            rows_l.append(lat)
-            rows_t.append(tok)
+        y, c, lat, tok = _parse_outcomes(rec.get("outcomes"), index, K, where, qid)
+        ids.append(qid)
+        splits.append(split)
+        datasets.append(rec["dataset"])
+        questions.append(rec["question"])
+        images.append(found)
+        meta = rec.get("meta")
+        metas.append(meta if isinstance(meta, dict) else None)
+        rows_y.append(y)
+        rows_c.append(c)
+        rows_l.append(lat)
+        rows_t.append(tok)
 
     if not ids:
         raise DataError(f"{qpath}: no queries")
@@ -276,30 +285,22 @@ def load_outcomes_for(path: str | os.PathLike, name: str) -> RoutingData:
         raise DataError(f"{path}: no such outcomes file (a queries.jsonl or a native dataset folder)")
     root = path.parent
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
-                raise DataError(f"{where}: expected an object with a 'question' string")
-            outs = rec.get("outcomes") or {}
-            if not isinstance(outs, dict) or outs.get(name) is None:
-                continue
-            y, c, lat, tok = _parse_outcomes({name: outs[name]}, {name: 0}, 1, where, str(rec.get("id", lineno)))
-            imgs = []
-            for p in rec.get("images") or []:
-                rel = safe_relative_path(str(p))
-                if rel is None:
-                    raise DataError(f"{where}: image path '{p}' must be relative, without '..'")
-                full = root.joinpath(*rel.parts)
-                if full.is_file():
-                    imgs.append(full)
-            rows.append((str(rec.get("id", lineno)), rec["question"], imgs, y, c, lat, tok, rec.get("dataset", "")))
+    for lineno, where, rec in jsonl_objects(path):
+        if not isinstance(rec.get("question"), str):
+            raise DataError(f"{where}: expected an object with a 'question' string")
+        outs = rec.get("outcomes") or {}
+        if not isinstance(outs, dict) or outs.get(name) is None:
+            continue
+        y, c, lat, tok = _parse_outcomes({name: outs[name]}, {name: 0}, 1, where, str(rec.get("id", lineno)))
+        imgs = []
+        for p in rec.get("images") or []:
+            rel = safe_relative_path(str(p))
+            if rel is None:
+                raise DataError(f"{where}: image path '{p}' must be relative, without '..'")
+            full = root.joinpath(*rel.parts)
+            if full.is_file():
+                imgs.append(full)
+        rows.append((str(rec.get("id", lineno)), rec["question"], imgs, y, c, lat, tok, rec.get("dataset", "")))
     if not rows:
         raise DataError(f"{path}: no query has an outcome for model '{name}'")
     return RoutingData(

@@ -33,11 +33,6 @@ def sweep(scores: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, chat:
     return out
 
 
-def random_points(Y, C, A) -> list[tuple[float, float]]:
-    q, c = M.random_router(np.nan_to_num(Y), np.nan_to_num(C), A)
-    return [(c, q)]
-
-
 def summarise(points: list[tuple[float, float]], ref: dict, at0: tuple[float, float], rank_at: tuple[float, float]
               ) -> dict:
     """The metric row of one method."""

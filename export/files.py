@@ -1,13 +1,13 @@
 """Crash-safe file writing: whole files and whole folders appear atomically or not at all."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..runtime.bundle import sha256_file  # noqa: F401  (re-exported for the training side)
 from ..runtime.errors import DataError
 
 
@@ -53,11 +53,3 @@ def staged_output(out: str | os.PathLike):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -67,11 +67,10 @@ class Prepared:
         """[K] normalised expected cost c_hat = e_bar / s_c."""
         return self.e_bar / self.space.cost_scale
 
-    def model_feat(self, rows: np.ndarray, profiles: np.ndarray | None = None) -> np.ndarray:
-        """[n, K, P_in]: standardised profile of each model, then its normalised expected cost."""
-        prof = self.space.standardise(self.raw_profiles if profiles is None else profiles)
-        per_model = np.concatenate([prof, self.cost_hat[:, None]], axis=1).astype(np.float32)
-        return np.broadcast_to(per_model, (len(rows), *per_model.shape)).copy()
+    def model_feat(self) -> np.ndarray:
+        """[K, P_in]: each model's standardised profile, then its normalised expected cost (same for every row)."""
+        prof = self.space.standardise(self.raw_profiles)
+        return np.concatenate([prof, self.cost_hat[:, None]], axis=1).astype(np.float32)
 
 
 def prepare(data_dir: str | Path, *, slices: int = 8, text_only: bool = False, progress: bool = True) -> Prepared:
@@ -155,7 +154,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     chat = P.cost_hat.astype(np.float32)
     fit = np.flatnonzero(P.masks["fit"] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
-    mf_all = torch.from_numpy(P.model_feat(np.arange(1)))[0]                        # [K, P_in]
+    mf_all = torch.from_numpy(P.model_feat())                                      # [K, P_in]
     rng = np.random.default_rng(cfg.seed)
     best, best_state, bad, curves = -np.inf, None, 0, []
     bar = tqdm(range(cfg.epochs), desc="training", disable=not progress, leave=False)
@@ -235,7 +234,7 @@ def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None,
 
     net.eval()
     A = P.data.A[rows] if avail is None else avail
-    mf_all = torch.from_numpy(P.model_feat(np.arange(1)))[0]
+    mf_all = torch.from_numpy(P.model_feat())
     outs_mt, outs_sig = [], []
     with torch.no_grad():
         for s in range(0, len(rows), batch):

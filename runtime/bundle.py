@@ -33,7 +33,8 @@ class Bundle:
         return self.path / name
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -63,6 +64,6 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
         f = path / name
         if not f.is_file():
             raise BundleError(f"{path}: {name} is missing; re-export the bundle or restore the file")
-        if verify and _sha256(f) != info["sha256"]:
+        if verify and sha256_file(f) != info["sha256"]:
             raise BundleError(f"{path}: {name} fails its sha256 check; re-export the bundle or restore the file")
     return Bundle(path, manifest)
