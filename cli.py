@@ -232,12 +232,15 @@ def data_demo(out, n, seed, workers):
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Run folder to write.")
 @click.option("--setting", type=click.Choice(["performance", "cost"]), default="performance", show_default=True,
               help="performance: utility = score; cost: utility = score - 0.03 x normalised cost.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="At most this many epochs; early stopping (patience 5) on the validation utility.")
 @click.option("--seed", type=int, default=20260308, show_default=True)
+@click.option("--no-few-shot", is_flag=True, help="Ablation: no few-shot profile simulation (method.md 3.4).")
+@click.option("--no-pool-dropout", is_flag=True, help="Ablation: no random sub-pools in training (method.md 3.4).")
 @click.option("--layers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Latent communication layers (0 = the no-communication ablation).")
 @click.option("--text-only", is_flag=True, help="Ablation: ignore the image part of the query features.")
-def train_cmd(data_dir, out, setting, epochs, seed, layers, text_only):
+def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout, layers, text_only):
     """Train LatentRouter on DATA_DIR's train split with early stopping on validation.
 
     Writes OUT/weights.safetensors, config.json, profiles.json, preprocessing.json and
@@ -246,8 +249,12 @@ def train_cmd(data_dir, out, setting, epochs, seed, layers, text_only):
     """
     from .export.train import TrainConfig, train
 
-    summary = train(data_dir, out, TrainConfig(setting=setting, epochs=epochs, seed=seed, layers=layers,
-                                               text_only=text_only))
+    cfg = TrainConfig(setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only)
+    if no_few_shot:
+        cfg.few_shot = 0.0
+    if no_pool_dropout:
+        cfg.pool_dropout = 0.0
+    summary = train(data_dir, out, cfg)
     click.echo(f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
                f"best validation utility {summary['best_val_utility']:.4f}; wrote {out}")
 

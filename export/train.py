@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import DataError
+from ..runtime.features import HAS_IMAGE_COL, TEXT_DIM
 from ..version import __version__
 from .data import RoutingData, load_dataset
 from .files import atomic_write_text
@@ -27,8 +28,8 @@ from .splits import SPLIT_SEED, ensure_splits, split_masks
 @dataclass
 class TrainConfig:
     setting: str = "performance"   # performance (w_c = 0) or cost (w_c = 0.03)
-    epochs: int = 10
-    patience: int = 3
+    epochs: int = 20               # method.md: 10 / 3; the weight average needs a few more epochs to settle
+    patience: int = 5
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -36,11 +37,14 @@ class TrainConfig:
     seed: int = SPLIT_SEED
     slices: int = 8
     pool_dropout: float = 0.5      # §3.4: share of rows that get a random sub-pool
+    few_shot: float = 0.25         # §3.4: per-batch chance that a model's profile is a small-sample bootstrap
     text_only: bool = False        # ablation: zero the image part of the query features
     layers: int = 2                # 0 = no-communication ablation (A0)
     hidden: int = 48               # H (method.md §2.6)
     query_tokens: int = 4          # Q
     dropout: float = 0.1
+    std_floor: float = 0.5         # floor each block's feature std at this quantile of the block (0 = method.md)
+    ema: float = 0.99              # validate and keep an exponential moving average of the weights (0 = off)
     loss_weights: dict = field(default_factory=lambda: {"nll": 1.0, "pair": 0.35, "list": 0.65, "util": 0.25,
                                                         "mean": 0.10, "res": 0.05})
 
@@ -97,6 +101,49 @@ def prepare(data_dir: str | Path, *, slices: int = 8, text_only: bool = False, p
     return Prepared(data, q, masks, space, raw, e_bar, q_mean, q_std)
 
 
+def floored_std(q_std: np.ndarray, quantile: float) -> np.ndarray:
+    """Per-dimension std for the router's standardisation, floored at a quantile of its block (text, image).
+
+    EfficientNet features span 200x in std (5e-4 to 0.1); dividing by the smallest amplifies
+    dimensions that carry little but noise. Flooring at the block median improves routing on the
+    demo benchmark (README, "Routing quality"); the raw features and the baselines are unchanged.
+    """
+    out = q_std.astype(np.float32).copy()
+    if quantile > 0:
+        for block in (slice(0, TEXT_DIM), slice(TEXT_DIM, HAS_IMAGE_COL)):
+            out[block] = np.maximum(out[block], np.quantile(out[block], quantile))
+    return out
+
+
+FEW_SHOT_DRAWS, FEW_SHOT_SIZES = 8, (25, 50, 100)
+
+
+def few_shot_profiles(P: Prepared, seed: int) -> np.ndarray:
+    """`[K, 8, P_in]` model features from bootstrap profiles on random R_cal subsets of 25, 50 or 100 rows (§3.4).
+
+    Swapping them in during training teaches the network how far to trust a thin profile,
+    which is what a model added later with 24-96 labelled queries has.
+    """
+    from ..runtime.profiles import assign_slices
+
+    d = P.data
+    rng = np.random.default_rng(seed + 2)
+    cal = np.flatnonzero(P.masks["cal"])
+    slices = assign_slices(P.q[cal], P.space.centroids)
+    out = np.repeat(P.model_feat()[:, None, :], FEW_SHOT_DRAWS, axis=1)
+    for k in range(d.k):
+        have = np.flatnonzero(d.A[cal, k])
+        for b in range(FEW_SHOT_DRAWS):
+            n = min(int(rng.choice(FEW_SHOT_SIZES)), len(have))
+            if n == 0:
+                continue
+            pick = np.sort(rng.choice(have, n, replace=False))
+            r = cal[pick]
+            raw = P.space.profile(d.Y[r, k], d.C[r, k], d.Lat[r, k], d.Tok[r, k], slices[pick])
+            out[k, b, :-1] = P.space.standardise(raw)
+    return out.astype(np.float32)
+
+
 def losses(mu, sigma, delta, mu_t, y, u, avail, chat, w_c: float, weights: dict):
     """The six loss terms of §4.2 as masked means (an empty set contributes 0)."""
     import torch
@@ -141,11 +188,11 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     d = P.data
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.space.width + 1, layers=cfg.layers, hidden=cfg.hidden,
+    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.model_feat().shape[1], layers=cfg.layers, hidden=cfg.hidden,
                         query_tokens=cfg.query_tokens, dropout=cfg.dropout)
     net = LatentRouter(rcfg)
     net.q_mean.copy_(torch.from_numpy(P.q_mean))
-    net.q_std.copy_(torch.from_numpy(P.q_std))
+    net.q_std.copy_(torch.from_numpy(floored_std(P.q_std, cfg.std_floor)))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     Y = np.nan_to_num(d.Y).astype(np.float32)
@@ -155,6 +202,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     fit = np.flatnonzero(P.masks["fit"] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
     mf_all = torch.from_numpy(P.model_feat())                                      # [K, P_in]
+    boot = torch.from_numpy(few_shot_profiles(P, cfg.seed)) if cfg.few_shot > 0 else None
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if cfg.ema > 0 else None
     rng = np.random.default_rng(cfg.seed)
     best, best_state, bad, curves = -np.inf, None, 0, []
     bar = tqdm(range(cfg.epochs), desc="training", disable=not progress, leave=False)
@@ -172,7 +221,14 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
                 if k.sum() >= 2:
                     avail[i] = torch.from_numpy(k)
             q = torch.from_numpy(P.q[rows])
-            mf = mf_all.unsqueeze(0).expand(len(rows), -1, -1)
+            mf = mf_all
+            if boot is not None:                                                  # §3.4 few-shot profiles
+                swap = rng.random(d.k) < cfg.few_shot
+                draw = rng.integers(0, FEW_SHOT_DRAWS, d.k)
+                if swap.any():
+                    thin = boot[torch.arange(d.k), torch.from_numpy(draw)]                    # [K, P_in]
+                    mf = torch.where(torch.from_numpy(swap)[:, None], thin, mf_all)
+            mf = mf.unsqueeze(0).expand(len(rows), -1, -1)
             mu, sigma, delta, mt = net(q, mf, avail)
             loss, terms = losses(mu, sigma, delta, mt, torch.from_numpy(Y[rows]), torch.from_numpy(U[rows]),
                                  avail, torch.from_numpy(chat).expand(len(rows), -1), cfg.w_c, cfg.loss_weights)
@@ -180,8 +236,14 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)
             opt.step()
+            if ema is not None:                      # exponential moving average of the weights
+                for k, v in net.state_dict().items():
+                    ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() * len(rows)
+        if ema is not None:
+            live = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.load_state_dict(ema)
         v_util = validation_utility(net, P, val, U, cfg.w_c)
         curves.append({"epoch": epoch + 1, "val_utility": v_util, **{k: v / len(fit) for k, v in sums.items()}})
         bar.set_postfix(loss=f"{sum(cfg.loss_weights[k] * v for k, v in sums.items()) / len(fit):.3f}",
@@ -191,8 +253,10 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:
             bad += 1
-            if bad >= cfg.patience:
-                break
+        if ema is not None:
+            net.load_state_dict(live)
+        if bad >= cfg.patience:
+            break
     bar.close()
     net.load_state_dict(best_state)
     out = Path(out)

@@ -61,6 +61,50 @@ def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
     np.testing.assert_array_equal(predict(net, P, rows)[0], base)
 
 
+def test_floored_std_lifts_only_the_small_stds_of_each_block():
+    from lr_onnx.export.train import floored_std
+
+    rng = np.random.default_rng(0)
+    std = np.concatenate([rng.uniform(0.01, 0.05, 384), rng.uniform(5e-4, 0.1, 1280), [0.2, 0.3, 0.25]])
+    out = floored_std(std, 0.5)
+    for block in (slice(0, 384), slice(384, 1664)):
+        med = np.median(std[block])
+        np.testing.assert_allclose(out[block], np.maximum(std[block], med), rtol=1e-6)
+        assert (out[block] >= med * (1 - 1e-6)).all()
+    np.testing.assert_allclose(out[1664:], std[1664:], rtol=1e-6)          # side features untouched
+    np.testing.assert_allclose(floored_std(std, 0.0), std, rtol=1e-6)      # 0 = the method's s_q
+
+
+def test_few_shot_profiles_are_thin_bootstraps_of_the_calibration_rows(env):
+    """§3.4: 8 bootstrap profiles per model from R_cal subsets of 25, 50 or 100 rows, seeded."""
+    from lr_onnx.export.train import FEW_SHOT_DRAWS, few_shot_profiles, prepare
+
+    P = prepare(env / "demo", slices=2, progress=False)
+    boot = few_shot_profiles(P, seed=7)
+    full = P.model_feat()
+    assert boot.shape == (P.data.k, FEW_SHOT_DRAWS, full.shape[1])
+    np.testing.assert_array_equal(boot, few_shot_profiles(P, seed=7))            # seeded
+    assert not np.array_equal(boot, few_shot_profiles(P, seed=8))
+    np.testing.assert_array_equal(boot[..., -1], np.broadcast_to(full[:, None, -1], boot.shape[:2]))  # cost kept
+    n_cal = P.data.A[P.masks["cal"]].sum(axis=0)
+    evidence = np.expm1(boot[..., -2] * P.space.std[-1] + P.space.mean[-1])      # log1p(n) column, unstandardised
+    allowed = [{min(s, n) for s in (25, 50, 100)} for n in n_cal]
+    assert all(round(float(e)) in allowed[k] for k in range(P.data.k) for e in evidence[k])
+    assert not np.allclose(boot[:, :, 1:-2], full[:, None, 1:-2])                  # thin profiles differ
+
+
+def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
+    from lr_onnx.cli import main
+
+    out = env / "run_cli"
+    res = runner.invoke(main, ["train", str(env / "demo"), "--out", str(out), "--epochs", "1", "--no-few-shot",
+                               "--no-pool-dropout"])
+    assert res.exit_code == 0, res.output
+    assert "best validation utility" in res.output
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["few_shot"] == 0.0 and cfg["pool_dropout"] == 0.0 and cfg["epochs"] == 1
+
+
 def test_evaluate_writes_metrics_plot_and_report(env, run):
     from lr_onnx.export.evaluate import METHODS, evaluate
 
@@ -157,6 +201,24 @@ def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     q = r.features([(P.data.images[i], P.data.question[i]) for i in rows])
     onnx_mt = r.score_features(q, P.data.A[rows])["mu_tilde"]
     np.testing.assert_allclose(onnx_mt, torch_mt, atol=1e-4)
+
+
+def test_int8_text_encoder_stays_close_to_fp32(env, bundle):
+    """8-bit MiniLM (MatMulNBits weights, int8 embedding table): a quarter of the size, cosine >= 0.995."""
+    import onnxruntime as ort
+
+    from lr_onnx.export.export import quantize_text_encoder
+    from lr_onnx.runtime.preprocess import TextSpec, load_tokenizer, tokenize
+
+    src, dst = bundle[0] / "text_encoder.onnx", env / "text_int8.onnx"
+    quantize_text_encoder(src, dst)
+    assert dst.stat().st_size < 0.3 * src.stat().st_size
+    questions = [json.loads(ln)["question"] for ln in (env / "demo" / "queries.jsonl").read_text().splitlines()][:64]
+    ids, mask = tokenize(load_tokenizer(bundle[0] / "tokenizer.json", TextSpec()), questions)
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0] for p in (src, dst))
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.995, cos.min()
 
 
 def test_doctor_on_the_exported_bundle(runner, bundle):
