@@ -36,6 +36,18 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes,
     prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, input_names=input_names,
                              output_names=output_names, opset_version=opset, external_data=False, verbose=False)
     prog.save(str(path))
+    _strip_provenance(path)
+
+
+def _strip_provenance(path: Path) -> None:
+    """Drop the exporter's per-node metadata (Python stack traces with absolute paths of this machine):
+    it leaks local paths into shipped bundles and makes rebuilds from another folder differ byte-wise."""
+    import onnx
+
+    m = onnx.load(str(path))
+    for node in m.graph.node:
+        del node.metadata_props[:]
+    onnx.save(m, str(path))
 
 
 def _dims(path: Path) -> dict:

@@ -169,6 +169,17 @@ def test_export_parity_meets_the_bars(bundle):
     assert parity["fused"]["max_abs_diff_vs_separate_graphs"] <= 1e-4  # the end-to-end graph agrees
 
 
+def test_exported_graphs_hold_no_local_paths(bundle):
+    """Rebuilds from another folder are byte-identical, and a shipped bundle does not leak the builder's paths."""
+    from pathlib import Path
+
+    import lr_onnx
+
+    repo = str(Path(lr_onnx.__file__).resolve().parent).encode()
+    for graph in bundle[0].glob("*.onnx"):
+        assert repo not in graph.read_bytes(), graph.name
+
+
 def test_manifest_schema(bundle):
     from lr_onnx.runtime.bundle import SCHEMA_VERSION, load_bundle
 
