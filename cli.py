@@ -286,8 +286,11 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Bundle folder (must not exist).")
 @click.option("--precision", type=click.Choice(["fp32", "int8", "int8-text", "fp16"]), default="fp32",
-              show_default=True, help="int8: both encoders int8; int8-text: text encoder only; fp16: for GPUs.")
-@click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True)
+              show_default=True,
+              help="int8: both encoders 8-bit (MiniLM 8-bit weights, CNN static QDQ); int8-text: the text encoder "
+                   "only (the default bundle's choice); fp16: for GPUs.")
+@click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True,
+              help="ONNX opset (torch 2.13's exporter implements 18 and later).")
 @click.option("--fused", is_flag=True, help="Also write fused.onnx: pixels + token ids + pool -> scores in one graph.")
 def export_cmd(run_dir, out, precision, opset, fused):
     """Export a trained run to an ONNX bundle and check it (writes OUT/parity.json).
