@@ -27,7 +27,7 @@ import numpy as np
 
 from ..runtime.errors import DataError
 from ..version import __version__
-from .data import safe_relative_path, write_dataset
+from .data import jsonl_objects, safe_relative_path, write_dataset
 from .files import sha256_file, staged_output
 
 FORMAT_VERSION = 1
@@ -406,10 +406,12 @@ def _read_table_ids(path: Path) -> list[str]:
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
             return [r.get("sample_id") or r.get("id") for r in csv.DictReader(fh)]
-    if path.suffix == ".json":
+    if path.suffix != ".json":
+        return [str(rec.get("sample_id", rec.get("id"))) for _, _, rec in jsonl_objects(path)]
+    try:
         items = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        items = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({str(e).splitlines()[0]})") from None
     return [str(it.get("sample_id", it.get("id"))) if isinstance(it, dict) else str(it) for it in items]
 
 
@@ -518,13 +520,7 @@ def _benchmark_records(root: Path) -> tuple[dict[str, str], dict[str, list]]:
     if not bench.is_dir():
         return text, assets
     for f in sorted(bench.rglob("*_samples.jsonl")):
-        for lineno, ln in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-            if not ln.strip():
-                continue
-            try:
-                r = json.loads(ln)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{f}:{lineno}: malformed JSON ({e})") from None
+        for _, _, r in jsonl_objects(f):
             sid = str(r.get("sample_id"))
             text[sid] = r.get("prompt") or ""
             assets[sid] = r.get("assets") or []

@@ -250,6 +250,16 @@ def test_layout_a_rejects_out_of_range_scores_and_object_pickles(tmp_path):
     assert convert_vl_routerbench(root2, tmp_path / "out3")["models"] == 2
 
 
+@pytest.mark.parametrize("rel", ["SPLITS/dev.jsonl", "BENCHMARKS/general/mmstar_samples.jsonl"])
+def test_layout_a_malformed_jsonl_line_is_a_one_line_error(tmp_path, rel):
+    root = write_layout_a(tmp_path / "vl")
+    with open(root / rel, "a") as fh:
+        fh.write('{"sample_id": \n')
+    with pytest.raises(DataError, match=r"\.jsonl:\d+: malformed JSON"):
+        convert_vl_routerbench(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- VL-RouterBench Layout B
 
 
