@@ -188,7 +188,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     d = P.data
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.model_feat().shape[1], layers=cfg.layers, hidden=cfg.hidden,
+    mf_all = torch.from_numpy(P.model_feat())                                      # [K, P_in]
+    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=mf_all.shape[1], layers=cfg.layers, hidden=cfg.hidden,
                         query_tokens=cfg.query_tokens, dropout=cfg.dropout)
     net = LatentRouter(rcfg)
     net.q_mean.copy_(torch.from_numpy(P.q_mean))
@@ -201,7 +202,6 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     chat = P.cost_hat.astype(np.float32)
     fit = np.flatnonzero(P.masks["fit"] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
-    mf_all = torch.from_numpy(P.model_feat())                                      # [K, P_in]
     boot = torch.from_numpy(few_shot_profiles(P, cfg.seed)) if cfg.few_shot > 0 else None
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if cfg.ema > 0 else None
     rng = np.random.default_rng(cfg.seed)
