@@ -25,9 +25,11 @@ from .files import atomic_write_text, sha256_file, staged_output
 
 OPSET = 18  # the torch 2.13 dynamo exporter implements >= 18; 17 needs a lossy down-conversion
 PARITY_SHAPES = [(1, 1), (1, 10), (64, 16), (7, 33)]
-# int8: both encoders quantised; int8-text: only MiniLM (the image encoder stays fp32) -- measured on the demo
-# router, int8 image features changed 5-6% of routing decisions, int8 text features 0.4%.
-PRECISIONS = ("fp32", "int8", "int8-text", "fp16")
+# int8: MiniLM 8-bit, the CNN stays fp32; int8-full: the CNN too. Measured on 1000 demo test queries, the 8-bit
+# text encoder alone changes 1.0% of the lambda-0 decisions, a static int8 CNN 4.4%, and even 5 of its 49 convs
+# in int8 (feature cosine 0.99991) 0.9%: a quarter of the router's decisions are near-ties (top-2 mu_tilde
+# within 0.01), which any encoder error flips. So `int8` keeps the CNN (13 MB, 3.7 ms) in fp32 to hold 98%.
+PRECISIONS = ("fp32", "int8", "int8-full", "fp16")
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int) -> None:
@@ -262,8 +264,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         if fused:
             FusedRouter.export(net, tmp / "fused.onnx", opset)
         held_out = _held_out(cfg, parity_queries)
-        if precision in ("int8", "int8-text"):
-            quantize_encoders(tmp, held_out["calib_pixels"], image=precision == "int8")
+        if precision in ("int8", "int8-full"):
+            quantize_encoders(tmp, held_out["calib_pixels"], image=precision == "int8-full")
         elif precision == "fp16":
             to_fp16(tmp)
         shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
@@ -410,6 +412,14 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     chat = feat[:, -1]
     agree = [float((choose(ref[3], np.broadcast_to(chat, ref[3].shape), avail, lam) ==
                     choose(got[3], np.broadcast_to(chat, got[3].shape), avail, lam)).mean()) for lam in LAMBDA_GRID]
+    # what a changed decision costs, in PyTorch's own utility at lambda 0: near-ties flip cheaply
+    rows_b = np.arange(sub.n)
+    best, took = choose(ref[3], np.broadcast_to(chat, ref[3].shape), avail, 0.0), \
+        choose(got[3], np.broadcast_to(chat, got[3].shape), avail, 0.0)
+    changed = (best >= 0) & (best != took)
+    regret = (ref[3][rows_b, best] - ref[3][rows_b, np.maximum(took, 0)])[changed]
+    top2 = np.sort(np.where(avail, ref[3], -np.inf), axis=1)[:, -2:]
+    near_tie = float(np.mean((top2[:, 1] - top2[:, 0])[avail.sum(1) > 1] < 0.01)) if (avail.sum(1) > 1).any() else 0.0
     from .evaluate import sweep
     from .metrics import nauc
 
@@ -424,6 +434,9 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
         "image_feature_cosine_min": float(_cos(image_t[np.array(nimg) > 0], image_o[np.array(nimg) > 0]).min())
         if any(nimg) else None,
         "decision_agreement_lambda0": agree[0], "decision_agreement_min_over_grid": min(agree),
+        "changed_decision_regret_lambda0": {"mean": float(regret.mean()) if len(regret) else 0.0,
+                                            "max": float(regret.max()) if len(regret) else 0.0},
+        "near_tie_share_lambda0": near_tie,
     }
     rep["bars"] = {"max_abs_diff": 1e-4 if precision == "fp32" else None,
                    "agreement": 1.0 if precision == "fp32" else 0.98}
@@ -469,7 +482,7 @@ def check_fused(bundle: Path, manifest: dict) -> dict:
 
 GOLDEN_QUESTIONS = [("What is 12 * 13?", False), ("What does this image show?", True),
                     ("What is the value shown?", True), ("Which city is the capital of France?", False)]
-GOLDEN_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "int8-text": 0.1, "int8": 0.3}
+GOLDEN_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.1, "int8-full": 0.3}
 
 
 def write_golden(net, bundle: Path, manifest: dict, precision: str) -> None:

@@ -10,7 +10,7 @@ echo "working in $WORK"
 [ -f "$WORK/run/weights.safetensors" ] || lr-onnx train "$WORK/demo" --out "$WORK/run"
 [ -f "$WORK/run/metrics.json" ] || lr-onnx evaluate "$WORK/run"
 rm -rf "$WORK/bundle"
-lr-onnx export "$WORK/run" --out "$WORK/bundle" --precision int8-text
+lr-onnx export "$WORK/run" --out "$WORK/bundle" --precision int8
 python -m lr_onnx.export.examples assets/examples
 rm -rf assets/bundle.old
 [ -d assets/bundle ] && mv assets/bundle assets/bundle.old

@@ -166,6 +166,8 @@ def test_export_parity_meets_the_bars(bundle):
     assert parity["reference_evaluator_max_abs_diff"] <= 1e-4
     assert max(parity["held_out"]["max_abs_diff"].values()) <= 1e-4
     assert parity["held_out"]["decision_agreement_min_over_grid"] == 1.0
+    assert parity["held_out"]["changed_decision_regret_lambda0"] == {"mean": 0.0, "max": 0.0}  # nothing changed
+    assert 0.0 <= parity["held_out"]["near_tie_share_lambda0"] <= 1.0
     assert parity["fused"]["max_abs_diff_vs_separate_graphs"] <= 1e-4  # the end-to-end graph agrees
 
 
@@ -230,6 +232,27 @@ def test_int8_text_encoder_stays_close_to_fp32(env, bundle):
         None, {"input_ids": ids, "attention_mask": mask})[0] for p in (src, dst))
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.995, cos.min()
+
+
+@pytest.mark.slow
+def test_int8_keeps_the_cnn_fp32_and_int8_full_quantises_it(env, bundle):
+    """`int8` touches only MiniLM (the CNN's int8 error flips near-tied decisions); `int8-full` adds QDQ to the CNN."""
+    import shutil
+
+    import onnx
+
+    from lr_onnx.export.export import quantize_encoders
+
+    calib = np.random.default_rng(0).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
+    for precision, cnn_int8 in (("int8", False), ("int8-full", True)):
+        d = env / f"q_{precision}"
+        shutil.copytree(bundle[0], d)
+        quantize_encoders(d, calib, image=cnn_int8)
+        ops = {n.op_type for n in onnx.load(str(d / "image_encoder.onnx")).graph.node}
+        assert ("QuantizeLinear" in ops) is cnn_int8, precision
+        assert (d / "image_encoder.onnx").read_bytes() != (bundle[0] / "image_encoder.onnx").read_bytes() or not cnn_int8
+        assert "MatMulNBits" in {n.op_type for n in onnx.load(str(d / "text_encoder.onnx")).graph.node}
+        assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in bundle[0].iterdir())  # no temp files left
 
 
 def test_doctor_on_the_exported_bundle(runner, bundle):
