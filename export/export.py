@@ -232,15 +232,36 @@ def quantize_encoders(out: Path, calib_pixels: np.ndarray, *, image: bool = True
 
 
 def to_fp16(out: Path) -> None:
-    """fp16 graphs for GPU serving; LayerNorm, Softmax, Sigmoid and softplus pieces stay fp32."""
+    """fp16 encoders for GPU serving (the router stays fp32, as for int8); LayerNorm, Softmax, Sigmoid and
+    the softplus/GELU pieces stay fp32. The converter appends its input casts after their consumers, so
+    the nodes are put back in topological order before saving (`onnx.checker` rejects the graph otherwise)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    for name in ("router.onnx", "image_encoder.onnx", "text_encoder.onnx"):
+    for name in ("image_encoder.onnx", "text_encoder.onnx"):
         m = onnx.load(str(out / name))
         m16 = convert_float_to_float16(m, keep_io_types=True, op_block_list=[
             "LayerNormalization", "Softmax", "Sigmoid", "Softplus", "Log", "Exp", "Erf"])
+        _sort_nodes(m16.graph)
+        del m16.graph.value_info[:]  # some stale fp16 annotations around the kept-fp32 ops; types are re-inferred
         onnx.save(m16, str(out / name))
+
+
+def _sort_nodes(graph) -> None:
+    """Kahn's algorithm over the graph's nodes (stable: keeps the original order where it is free)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    nodes, done = list(graph.node), []
+    while nodes:
+        rest = []
+        for n in nodes:
+            (done if all(i in ready for i in n.input) else rest).append(n)
+            if done and done[-1] is n:
+                ready.update(n.output)
+        if len(rest) == len(nodes):
+            raise RuntimeError(f"graph has a cycle or a dangling input near node {rest[0].name}")
+        nodes = rest
+    del graph.node[:]
+    graph.node.extend(done)
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp32", opset: int = OPSET,

@@ -255,6 +255,33 @@ def test_int8_keeps_the_cnn_fp32_and_int8_full_quantises_it(env, bundle):
         assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in bundle[0].iterdir())  # no temp files left
 
 
+@pytest.mark.slow
+def test_fp16_encoders_pass_the_checker_and_stay_close(env, bundle):
+    """fp16 converts the encoders only; the graphs stay valid ONNX (sorted, consistent types) and close to fp32."""
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+
+    from lr_onnx.export.export import to_fp16
+
+    d = env / "fp16"
+    shutil.copytree(bundle[0], d)
+    to_fp16(d)
+    assert (d / "router.onnx").read_bytes() == (bundle[0] / "router.onnx").read_bytes()
+    px = np.random.default_rng(1).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
+    for name, feed in (("image_encoder.onnx", {"pixels": px}),
+                       ("text_encoder.onnx", {"input_ids": np.array([[101, 2054, 2003, 102]]),
+                                              "attention_mask": np.ones((1, 4), np.int64)})):
+        onnx.checker.check_model(str(d / name), full_check=True)
+        assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(d / name)).graph.initializer)
+        a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+                for p in (bundle[0] / name, d / name))
+        assert a.dtype == b.dtype == np.float32
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cos.min() >= 0.999, (name, cos.min())
+
+
 def test_doctor_on_the_exported_bundle(runner, bundle):
     from lr_onnx.cli import main
 
