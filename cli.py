@@ -73,9 +73,12 @@ def _load_router(bundle, provider):
 
 
 class _Lambda(click.ParamType):
-    """A float >= 0 (click's FloatRange lets nan and inf through)."""
+    """A float >= 0 (click's FloatRange lets nan and inf through), or a preset name when `presets` is set."""
 
     name = "lambda"
+
+    def __init__(self, presets: bool = False):
+        self.presets = presets
 
     def convert(self, value, param, ctx):
         import math
@@ -83,6 +86,8 @@ class _Lambda(click.ParamType):
         try:
             v = float(value)
         except (TypeError, ValueError):
+            if self.presets and isinstance(value, str) and value.replace("_", "").isalnum():
+                return value  # checked against the bundle's presets when it is loaded
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(v) or v < 0:
             self.fail(f"{value!r} must be a finite number >= 0", param, ctx)
@@ -100,9 +105,10 @@ _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda",
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @click.option("--models", help="Comma-separated allow-list of candidate models.")
 @click.option("--exclude", help="Comma-separated models that may not be chosen.")
-@click.option("--lambda", "lam", type=_Lambda(), default=None,
-              help="Cost weight: utility = predicted quality - lambda x normalised expected cost "
-                   "(default: the bundle's calibrated value).")
+@click.option("--lambda", "lam", type=_Lambda(presets=True), default=None,
+              help="Cost weight: utility = predicted quality - lambda x normalised expected cost; a number or "
+                   "a preset of the bundle (quality, balanced, budget_50, budget_25, budget_10; `lr-onnx info` "
+                   "lists them). Default: the bundle's calibrated value.")
 @click.option("--max-cost", type=_Lambda(), default=None, help="Per-query budget in USD (expected cost).")
 @click.option("--explain", is_flag=True, help="Show the closest capability slices and the margins at the top.")
 @_BUNDLE
@@ -115,6 +121,7 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
     """
     *images, question = args
     router = _load_router(bundle, provider)
+    lam = router.resolve_lambda(lam)
     d = router.route(images, question, models=_names(models), exclude=_names(exclude), lam=lam, max_cost=max_cost,
                      explain=explain)
     if as_json:
@@ -387,7 +394,8 @@ def models_remove(run_dir, bundle, out, name):
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--models", help="Comma-separated allow-list of candidate models.")
 @click.option("--exclude", help="Comma-separated models that may not be chosen.")
-@click.option("--lambda", "lam", type=_Lambda(), default=None, help="Cost weight (default: the bundle's).")
+@click.option("--lambda", "lam", type=_Lambda(presets=True), default=None,
+              help="Cost weight: a number or a preset name (default: the bundle's).")
 @click.option("--max-cost", type=_Lambda(), default=None, help="Per-query budget in USD (expected cost).")
 @_BUNDLE
 @_PROVIDER
@@ -401,6 +409,7 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, bundle
     from .runtime.batch import read_queries, route_batch
 
     router = _load_router(bundle, provider)
+    lam = router.resolve_lambda(lam)
     total = sum(1 for _ in read_queries(Path(inp)))
     with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:
         res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update,
@@ -438,6 +447,9 @@ def info_cmd(bundle):
     lam = m.get("lambda", {})
     click.echo(f"lambda: default {lam.get('default', 0):g}" +
                (f" (calibrated: {lam['calibrated']['target']})" if "calibrated" in lam else ""))
+    for name, p in lam.get("presets", {}).items():
+        score = f", validation score {p['val_score']:.3f} at ${p['val_cost']:.2e}/query" if "val_score" in p else ""
+        click.echo(f"  --lambda {name}: {p['lambda']:g}{score}")
     click.echo(f"providers available: {', '.join(ort().get_available_providers())}")
 
 

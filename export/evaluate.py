@@ -109,6 +109,8 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
         # lambda for the rank score: the one maximising S on validation (never test)
         vs = [M.rank_score(p["score"], p["cost"], *bounds) for p in val_curve]
         chosen_lam[name] = int(np.argmax(vs))
+        if name == "latentrouter":
+            presets = budget_presets(val_curve, test_curve, Yv, Cv, Av, chosen_lam[name])
     ref["c_hi"] = max(all_costs)
     for name, curve in curves.items():
         pts = [(p["cost"], p["score"]) for p in curve]
@@ -117,6 +119,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
         methods[name]["lambda_val"] = float(LAMBDA_GRID[j])
         methods[name]["score_at_lambda_val"] = _f(curve[j]["score"])
         methods[name]["cost_at_lambda_val"] = _f(curve[j]["cost"])
+    methods["latentrouter"]["presets"] = presets
     rq, rc = M.random_router(Y, C, A)
     methods["random"] = summarise([(rc, rq)], ref, (rc, rq), (rc, rq))
 
@@ -137,6 +140,28 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     atomic_write_text(run_dir / "metrics.json", json.dumps(out, indent=2, allow_nan=False) + "\n")
     plot_frontier(run_dir / "frontier.png", curves, out)
     atomic_write_text(run_dir / "report.md", report(out))
+    return out
+
+
+BUDGET_FRACTIONS = (0.5, 0.25, 0.1)
+
+
+def budget_presets(val_curve, test_curve, Yv, Cv, Av, j_val: int) -> dict:
+    """Named operating points for the bundle, all chosen on validation (test score and cost only recorded):
+    `quality` (lambda 0), `balanced` (the rank-score lambda) and `budget_P`: the best validation score
+    among the lambdas whose validation cost stays within P% of the best single model's cost."""
+    def point(j, **extra):
+        return {"lambda": float(LAMBDA_GRID[j]), **extra, "val_score": _f(val_curve[j]["score"]),
+                "val_cost": _f(val_curve[j]["cost"]), "test_score": _f(test_curve[j]["score"]),
+                "test_cost": _f(test_curve[j]["cost"])}
+
+    cap = M.single_models(Yv, Cv, Av)[M.best_single(Yv, Cv, Av)]["cost"]
+    out = {"quality": point(0), "balanced": point(j_val)}
+    for f in BUDGET_FRACTIONS:
+        ok = [j for j, p in enumerate(val_curve) if p["cost"] <= f * cap]
+        if ok:
+            j = max(ok, key=lambda j: (val_curve[j]["score"], -val_curve[j]["cost"]))
+            out[f"budget_{round(100 * f)}"] = point(j, max_cost_fraction_of_best_single=f)
     return out
 
 
@@ -281,6 +306,11 @@ def report(out: dict) -> str:
         if isinstance(v, dict):
             lines.append(f"| {spec} | {_fmt(v['score_at_lambda0'])} | {_fmt(v['best_single'])} | {_fmt(v['oracle'])} | "
                          f"{_fmt(v['regret_vs_full'])} |")
+    lines += ["", "## Lambda presets (chosen on validation; shipped in the bundle, `lr-onnx route --lambda NAME`)", "",
+              "| preset | lambda | validation score | validation cost | test score | test cost |", "|---|---|---|---|---|---|"]
+    for name, p in out["methods"]["latentrouter"].get("presets", {}).items():
+        lines.append(f"| {name} | {p['lambda']:.4g} | {_fmt(p['val_score'])} | {_fmt(p['val_cost'])} | "
+                     f"{_fmt(p['test_score'])} | {_fmt(p['test_cost'])} |")
     c = out["collapse"]
     lines += ["", f"Routing collapse: share of queries sent to the most expensive model at lambda 0 "
               f"{_fmt(c['share_at_lambda0'])} (oracle {_fmt(c['oracle_share'])})."]

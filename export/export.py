@@ -313,7 +313,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
                      for m, e, c, r, s in zip(prof["models"], prof["e_bar"], chat, prof["raw_profiles"], std)],
             "profile_space": space.to_dict(),
             "cost_estimator": prof.get("cost_estimator", "calib_mean"),
-            "lambda": {"default": metrics.get("lambda_val", 0.0), "presets": metrics.get("presets", {})},
+            "lambda": {"default": metrics.get("lambda_val", 0.0), "presets": metrics.pop("presets", {})},
             "training_metrics": metrics,
         }
         parity = check_parity(net, tmp, manifest, held_out, precision)
@@ -344,7 +344,7 @@ def _metrics_summary(run_dir: Path) -> dict:
     m = json.loads(p.read_text())
     lr = m["methods"]["latentrouter"]
     return {"split": m["split"], "score_at_lambda0": lr["score_at_lambda0"], "cost_at_lambda0": lr["cost_at_lambda0"],
-            "nauc": lr["nauc"], "qnc": lr["qnc"], "lambda_val": lr.get("lambda_val", 0.0),
+            "nauc": lr["nauc"], "qnc": lr["qnc"], "lambda_val": lr.get("lambda_val", 0.0), "presets": lr.get("presets", {}),
             "best_single": m["best_single"], "oracle": m["oracle"]}
 
 

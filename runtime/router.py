@@ -67,6 +67,7 @@ class Router:
         self.cost_hat = np.array([p["cost_hat"] for p in m["pool"]], np.float64)
         self.model_feat = np.array([p["profile"] + [p["cost_hat"]] for p in m["pool"]], np.float32)  # [K, P_in]
         self.default_lambda = float(m.get("lambda", {}).get("default", 0.0))
+        self.presets = {k: float(v["lambda"]) for k, v in m.get("lambda", {}).get("presets", {}).items()}
         self._sessions: dict = {}
         self._tokenizer = None
         self._lock = threading.Lock()
@@ -164,15 +165,27 @@ class Router:
                     "mu_tilde": float(out["mu_tilde"][0, k]), "expected_cost": float(self.expected_cost[k]),
                     "utility": float(util[k])} for k, n in enumerate(self.names) if avail[k]}
 
-    def route(self, images, question: str, *, models=None, exclude=None, lam: float | None = None,
+    def resolve_lambda(self, lam: float | str | None) -> float:
+        """None -> the bundle's default; a name -> that preset of the manifest (`quality`, `balanced`,
+        `budget_50`, ...: points calibrated on validation at export); a number passes through."""
+        if lam is None:
+            return self.default_lambda
+        if isinstance(lam, str):
+            if lam not in self.presets:
+                known = ", ".join(self.presets) or "none in this bundle"
+                raise InputError(f"unknown lambda preset '{lam}'; presets: {known}")
+            return self.presets[lam]
+        return lam
+
+    def route(self, images, question: str, *, models=None, exclude=None, lam: float | str | None = None,
               max_cost: float | None = None, explain: bool = False) -> Decision:
         return self.route_many([(_as_list(images), question)], models=models, exclude=exclude, lam=lam,
                                max_cost=max_cost, explain=explain)[0]
 
-    def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | None = None,
+    def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | str | None = None,
                    max_cost: float | None = None, explain: bool = False) -> list[Decision]:
         """Route (images, question) pairs in batches; one Decision per query, in order."""
-        lam = self.default_lambda if lam is None else lam
+        lam = self.resolve_lambda(lam)
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
             raise InputError(f"lambda must be a finite number >= 0, got {lam}")
         avail_row = self.availability(models, exclude, max_cost)

@@ -136,6 +136,26 @@ def test_questions_empty_and_huge(router, runner):
     assert res.exit_code == 0 and "warning: question of" in res.output
 
 
+def test_lambda_presets_from_the_manifest(router, runner):
+    """Named operating points calibrated at export: cheaper presets never pick a costlier model on average."""
+    presets = router.bundle.manifest["lambda"]["presets"]
+    assert {"quality", "balanced", "budget_50", "budget_25"} <= set(presets)
+    assert router.resolve_lambda("quality") == 0.0 and router.resolve_lambda(None) == router.default_lambda
+    assert router.resolve_lambda(0.3) == 0.3
+    qs = [(None, "What is 12 * 13?"), ([EXAMPLES / "receipt.jpg"], "What is the total?"),
+          ([EXAMPLES / "coffee.jpg"], "What is in the cup?")]
+    cost = {name: np.mean([router.expected_cost[router.names.index(d.model)]
+                           for d in router.route_many(qs, lam=name)]) for name in ("quality", "budget_25")}
+    assert cost["budget_25"] <= cost["quality"]
+    with pytest.raises(InputError, match="unknown lambda preset 'cheapest'; presets: quality"):
+        router.resolve_lambda("cheapest")
+    res = runner.invoke(main, ["route", "What is 2 + 2?", "--lambda", "budget_25", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["lambda"] == pytest.approx(presets["budget_25"]["lambda"])
+    res = runner.invoke(main, ["route", "What is 2 + 2?", "--lambda", "cheapest"])
+    assert res.exit_code == 1 and "unknown lambda preset" in res.output and "Traceback" not in res.output
+    assert "--lambda budget_25:" in runner.invoke(main, ["info"]).output
+
+
 def test_cli_table_json_and_usage_errors(runner):
     res = runner.invoke(main, ["route", str(EXAMPLES / "receipt.jpg"), "What is the total?"])
     assert res.exit_code == 0 and "chosen:" in res.output and res.output.count("\n* ") + res.output.startswith("*") == 1

@@ -117,6 +117,20 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
             assert key in row
     assert set(m["best_single"]) == {"name", "score", "cost"} and m["oracle"]["score"] >= m["best_single"]["score"]
     assert "full" in m["pool_shift"] and "drop_strongest" in m["pool_shift"] and m["collapse"]["share_at_lambda0"] is not None
+    presets = m["methods"]["latentrouter"]["presets"]
+    assert presets["quality"]["lambda"] == 0.0 and presets["balanced"]["lambda"] == m["methods"]["latentrouter"]["lambda_val"]
+    from lr_onnx.export import metrics as M
+    from lr_onnx.export.data import load_dataset
+    from lr_onnx.export.splits import ensure_splits, split_masks
+
+    d = load_dataset(env / "demo")
+    v = split_masks(d, ensure_splits(d))["val"]
+    Yv, Cv, Av = np.nan_to_num(d.Y[v]), np.nan_to_num(d.C[v]), d.A[v]
+    val_single = M.single_models(Yv, Cv, Av)[M.best_single(Yv, Cv, Av)]["cost"]
+    assert any(name.startswith("budget_") for name in presets)
+    for name, p in presets.items():
+        if name.startswith("budget_"):  # chosen on validation within the budget
+            assert p["val_cost"] <= p["max_cost_fraction_of_best_single"] * val_single * (1 + 1e-5)
     assert (run[0] / "frontier.png").stat().st_size > 10_000
     assert "| latentrouter |" in (run[0] / "report.md").read_text()
     assert out["rows"] == m["rows"] > 0
