@@ -24,6 +24,7 @@ from .features import n_words, pool_images, query_features
 from .policy import choose
 from .preprocess import ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
 from .profiles import ProfileSpace
+from .sessions import run
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "bundle"
 MAX_QUESTION_CHARS = 20_000
@@ -108,7 +109,7 @@ class Router:
         """Raw query features `[B, D_q]` for (images, question) pairs."""
         questions = [_clean_question(q) for _, q in queries]
         ids, mask = tokenize(self.tokenizer(), questions)
-        text = self.session("text_encoder").run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
         tensors, owner = [], []
         for i, (images, _) in enumerate(queries):
             for img in images:
@@ -117,7 +118,7 @@ class Router:
                 owner.append(i)
         image = np.zeros((len(queries), 1280), np.float32)
         if tensors:
-            per = self.session("image_encoder").run(None, {"pixels": np.stack(tensors)})[0]
+            per = run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
             owner = np.array(owner)
             for i in range(len(queries)):
                 if (owner == i).any():
@@ -152,8 +153,8 @@ class Router:
     def score_features(self, q: np.ndarray, avail: np.ndarray) -> dict[str, np.ndarray]:
         B = q.shape[0]
         mf = np.broadcast_to(self.model_feat, (B, *self.model_feat.shape)).copy()
-        mu, sigma, delta, mt = self.session("router").run(None, {"query": q.astype(np.float32), "model_feat": mf,
-                                                                  "avail": avail})
+        mu, sigma, delta, mt = run(self.session("router"), {"query": q.astype(np.float32), "model_feat": mf,
+                                                            "avail": avail})
         return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt}
 
     def score(self, images, question: str, models=None) -> dict:

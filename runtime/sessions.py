@@ -1,7 +1,7 @@
 """The only place that creates ONNX Runtime sessions, and it says which providers it bound.
 
 Order for `auto`: TensorRT (fp16, engine cache in the user cache dir) -> CUDA -> CPU,
-filtered by what this onnxruntime offers. An explicit provider that is not offered
+filtered by what this onnxruntime offers; batches on a GPU provider run through an IO binding. An explicit provider that is not offered
 raises `ProviderError` listing the ones that are; one that is offered but does not
 bind (a GPU wheel on a machine without a usable GPU) falls back to CPU with one
 warning line. The truth is read from `session.get_providers()`, never from
@@ -97,6 +97,33 @@ def new_session(path: str | os.PathLike, *, provider: str = "auto", threads: int
         warnings.warn(f"requested {requested[0]} but onnxruntime bound {bound} for {Path(path).name}; running on CPU",
                       LrOnnxWarning, stacklevel=2)
     return sess
+
+
+ACCELERATORS = (PROVIDERS["tensorrt"], PROVIDERS["cuda"])
+
+
+def run(sess, feeds: dict) -> list:
+    """`sess.run`, except for batches on a GPU provider: there through an IO binding (`run_bound`)."""
+    batch = len(next(iter(feeds.values())))
+    if batch > 1 and sess.get_providers()[0] in ACCELERATORS:
+        return run_bound(sess, feeds, "cuda")
+    return sess.run(None, feeds)
+
+
+def run_bound(sess, feeds: dict, device: str = "cuda") -> list:
+    """Run with an IO binding: each input copied to `device` once as an OrtValue, every output allocated
+    on the device and copied back once, with no host staging buffers in between (the CUDA path for batches;
+    on this CPU-only project it is tested with device "cpu", never run on a GPU)."""
+    import numpy as np
+
+    rt = ort()
+    binding = sess.io_binding()
+    for name, arr in feeds.items():
+        binding.bind_ortvalue_input(name, rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), device, 0))
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, device)
+    sess.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
 
 
 def installed_ort_distributions() -> list[str]:

@@ -87,6 +87,33 @@ def test_requested_accelerator_that_does_not_bind_warns(monkeypatch):
         sessions.new_session(DEFAULT_BUNDLE / "router.onnx", provider="cuda")
 
 
+def test_io_binding_path_matches_plain_run(monkeypatch):
+    """Batches on a GPU provider go through an IO binding; here the same code runs with device "cpu"."""
+    import numpy as np
+
+    import lr_onnx.runtime.sessions as sessions
+
+    s = new_session(DEFAULT_BUNDLE / "router.onnx", provider="cpu")
+    rng = np.random.default_rng(0)
+    k, p_in = 5, s.get_inputs()[1].shape[2]
+    feeds = {"query": rng.standard_normal((7, 1667)).astype(np.float32),
+             "model_feat": rng.standard_normal((7, k, p_in)).astype(np.float32),
+             "avail": rng.random((7, k)) > 0.3}
+    plain = s.run(None, feeds)
+    for a, b in zip(plain, sessions.run_bound(s, feeds, "cpu")):
+        np.testing.assert_array_equal(a, b)
+    calls = []
+    monkeypatch.setattr(sessions, "run_bound", lambda sess, f, device: calls.append(device) or plain)
+
+    class OnCuda:  # what a CUDA-bound session reports
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    assert sessions.run(OnCuda(), feeds) is plain and calls == ["cuda"]
+    one = {n: v[:1] for n, v in feeds.items()}
+    assert len(sessions.run(s, one)) == 4 and calls == ["cuda"]  # B=1 on CPU: plain run
+
+
 def test_cli_unavailable_provider_is_one_line(runner):
     import onnxruntime as ort
 
