@@ -45,6 +45,8 @@ class TrainConfig:
     dropout: float = 0.1
     std_floor: float = 0.5         # floor each block's feature std at this quantile of the block (0 = method.md)
     ema: float = 0.99              # validate and keep an exponential moving average of the weights (0 = off)
+    nll_sigma_floor: float = 0.05  # method.md clamps sigma at 1e-4 in the NLL; on 0/1 outcomes sigma then
+    #                                collapses and the NLL explodes (dcrouter: 0.5 -> 6,800 by epoch 13)
     loss_weights: dict = field(default_factory=lambda: {"nll": 1.0, "pair": 0.35, "list": 0.65, "util": 0.25,
                                                         "mean": 0.10, "res": 0.05})
 
@@ -144,15 +146,17 @@ def few_shot_profiles(P: Prepared, seed: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def losses(mu, sigma, delta, mu_t, y, u, avail, chat, w_c: float, weights: dict):
-    """The six loss terms of §4.2 as masked means (an empty set contributes 0)."""
+def losses(mu, sigma, delta, mu_t, y, u, avail, chat, w_c: float, weights: dict, sigma_floor: float = 1e-4):
+    """The six loss terms of §4.2 as masked means (an empty set contributes 0); sigma is clamped at
+    `sigma_floor` inside the NLL only (the model's own sigma output is untouched)."""
     import torch
 
     om = avail.float()
     n = om.sum().clamp(min=1.0)
     s = mu_t - w_c * chat                                             # route score [B, K]
-    z = (y - mu) / sigma
-    l_nll = ((0.5 * z * z + torch.log(sigma)) * om).sum() / n
+    sig = sigma.clamp(min=sigma_floor)
+    z = (y - mu) / sig
+    l_nll = ((0.5 * z * z + torch.log(sig)) * om).sum() / n
     # pairwise ranking over ordered pairs of available models
     ds = s.unsqueeze(2) - s.unsqueeze(1)                              # [B, K, K] s_j - s_k
     target = (u.unsqueeze(2) > u.unsqueeze(1)).float()
@@ -231,7 +235,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
             mf = mf.unsqueeze(0).expand(len(rows), -1, -1)
             mu, sigma, delta, mt = net(q, mf, avail)
             loss, terms = losses(mu, sigma, delta, mt, torch.from_numpy(Y[rows]), torch.from_numpy(U[rows]),
-                                 avail, torch.from_numpy(chat).expand(len(rows), -1), cfg.w_c, cfg.loss_weights)
+                                 avail, torch.from_numpy(chat).expand(len(rows), -1), cfg.w_c, cfg.loss_weights,
+                                 cfg.nll_sigma_floor)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)

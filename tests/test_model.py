@@ -84,3 +84,25 @@ def test_batch_rows_are_independent(net):
         full = net(q, mf, a)[3]
         one = net(q[2:3], mf[2:3], a[2:3])[3]
     torch.testing.assert_close(full[2:3], one, atol=1e-6, rtol=1e-5)
+
+
+def test_nll_clamps_sigma_at_the_floor_and_nowhere_else():
+    """A collapsed sigma cannot blow the NLL up: hand-computed value at the floor, and the default floor is 0.05."""
+    import math
+
+    from lr_onnx.export.train import TrainConfig, losses
+
+    mu = torch.tensor([[0.0, 0.5]])
+    sigma = torch.tensor([[1e-4, 0.3]], requires_grad=True)
+    y = torch.tensor([[1.0, 0.5]])
+    avail = torch.tensor([[True, True]])
+    w = {"nll": 1.0, "pair": 0.0, "list": 0.0, "util": 0.0, "mean": 0.0, "res": 0.0}
+    args = (mu, sigma, torch.zeros(1, 2), mu, y, y, avail, torch.zeros(1, 2), 0.0, w)
+    _, t = losses(*args, sigma_floor=0.05)
+    want = ((0.5 * (1 / 0.05) ** 2 + math.log(0.05)) + (0 + math.log(0.3))) / 2
+    assert float(t["nll"].detach()) == pytest.approx(want, rel=1e-5)
+    _, raw = losses(*args)                        # the method's 1e-4: 5e7
+    assert float(raw["nll"].detach()) > 1e7
+    t["nll"].backward()
+    assert sigma.grad[0, 0] == 0 and sigma.grad[0, 1] != 0    # below the floor: no pull further down
+    assert TrainConfig().nll_sigma_floor == 0.05
