@@ -331,6 +331,29 @@ def _pool_target(run_dir, bundle, out):
         raise click.UsageError("--bundle needs --out: the edited bundle is written as a copy")
 
 
+@models.command("propose")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(path_type=str),
+              help="Folder to write (must not exist): queries.jsonl and images/.")
+@click.option("--n", "n", type=click.IntRange(min=24), default=48, show_default=True,
+              help="Queries to propose (at least 24); ceil(n / slices) from each capability slice.")
+@click.option("--seed", type=int, default=20260308, show_default=True, help="Seed of the draw.")
+def models_propose(run_dir, out, n, seed):
+    """Pick calibration queries for a new model from RUN_DIR's calibration rows.
+
+    Run the new model on OUT/queries.jsonl, fill each query's outcomes with
+    {"NAME": {"score": ..., "cost": ...}}, then: lr-onnx models add RUN_DIR
+    --name NAME --outcomes OUT (or --bundle B --out B2 for a bundle).
+    """
+    from .export.pool import propose_queries
+
+    rep = propose_queries(run_dir, out, n=n, seed=seed)
+    short = [s for s, c in enumerate(rep["per_slice"]) if c < rep["target_per_slice"]]
+    click.echo(f"wrote {out}: {rep['queries']} queries, {rep['per_slice']} per slice over {rep['slices']} slices"
+               + (f" (slices {short} have fewer calibration rows)" if short else "") +
+               f"; fill in outcomes[NAME], then: lr-onnx models add {run_dir} --name NAME --outcomes {out}")
+
+
 @models.command("add")
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), help="Bundle to extend.")

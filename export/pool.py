@@ -1,12 +1,15 @@
-"""`lr-onnx models add/remove` on a training run: change the candidate pool without retraining (§3.5).
+"""`lr-onnx models propose/add/remove` on a training run: change the candidate pool without retraining (§3.5).
 
-A new model gets a capability profile built from a few labelled queries with the
-frozen slice centroids and standardisation of the run; the network weights are
-not touched, and K simply grows by one.
+`propose` picks calibration queries spread over the capability slices for a new
+model to answer; `add` builds that model's capability profile from its labelled
+answers with the frozen slice centroids and standardisation of the run. The
+network weights are not touched, and K simply grows by one.
 """
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import numpy as np
 from ..runtime.errors import DataError
 from ..runtime.profiles import ProfileSpace, new_model_profile
 from .data import load_outcomes_for
-from .files import atomic_write_text
+from .files import atomic_write_text, staged_output
 
 
 def _read(run_dir: Path) -> dict:
@@ -53,6 +56,54 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
     return {"name": name, "queries": int(ok.sum()), "observed_score": float(y.mean()),
             "predicted_score": predicted, "expected_cost": float(e_bar), "cost_estimator": estimator,
             "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
+
+
+def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: int = 20260308,
+                    progress: bool = True) -> dict:
+    """§3.5 step 1: ceil(n / S) calibration queries per capability slice, drawn (seeded) from the run's R_cal
+    rows, written to the new folder `out` as queries.jsonl plus copies of their images, ready for the new
+    model's outcomes and `models add --outcomes out`. A slice with fewer R_cal rows gives all it has."""
+    from ..runtime.profiles import assign_slices
+    from .data import load_dataset
+    from .features import encode_dataset
+    from .splits import ensure_splits, split_masks
+
+    if n < 24:
+        raise DataError(f"propose at least 24 queries (method.md §3.5), got {n}")
+    run_dir = Path(run_dir)
+    prof = _read(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise DataError(f"{run_dir}: no config.json (not a run folder from lr-onnx train)")
+    data_dir = json.loads(cfg_path.read_text(encoding="utf-8"))["data"]
+    if not Path(data_dir).is_dir():
+        raise DataError(f"{run_dir} was trained on {data_dir}, which is gone; the proposal draws from its "
+                        f"calibration rows")
+    data = load_dataset(data_dir)
+    cal = np.flatnonzero(split_masks(data, ensure_splits(data))["cal"])
+    space = ProfileSpace.from_dict(prof["space"])
+    slices = assign_slices(encode_dataset(data, progress=progress)[cal], space.centroids)
+    S, per = len(space.centroids), math.ceil(n / len(space.centroids))
+    rng = np.random.default_rng(seed)
+    picked, counts = [], []
+    for s in range(S):
+        rows = cal[slices == s]
+        take = np.sort(rng.permutation(rows)[:per])
+        picked += [(int(i), s) for i in take]
+        counts.append(int(len(take)))
+    with staged_output(out) as tmp:
+        (tmp / "images").mkdir()
+        lines = []
+        for i, s in picked:
+            imgs = []
+            for j, src in enumerate(data.images[i]):
+                rel = f"images/{len(lines):03d}_{j}{Path(src).suffix.lower()}"
+                shutil.copyfile(src, tmp / rel)
+                imgs.append(rel)
+            lines.append(json.dumps({"id": data.ids[i], "question": data.question[i], "images": imgs,
+                                     "dataset": data.dataset[i], "slice": s, "outcomes": {}}))
+        atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
+    return {"queries": len(picked), "per_slice": counts, "slices": S, "target_per_slice": per}
 
 
 def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:

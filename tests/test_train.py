@@ -136,6 +136,40 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
     assert out["rows"] == m["rows"] > 0
 
 
+def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
+    """§3.5: ceil(n/S) calibration queries per slice from R_cal, seeded, as a folder `models add` reads back."""
+    import shutil
+
+    from lr_onnx.cli import main
+    from lr_onnx.export.data import load_dataset
+    from lr_onnx.export.pool import propose_queries
+    from lr_onnx.export.splits import ensure_splits
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    rep = propose_queries(run_dir, tmp_path / "cal", n=24, progress=False)
+    S = len(json.loads((run_dir / "profiles.json").read_text())["space"]["centroids"])
+    assert rep["slices"] == S and rep["target_per_slice"] == -(-24 // S)
+    assert rep["queries"] == sum(rep["per_slice"]) and all(c <= rep["target_per_slice"] for c in rep["per_slice"])
+    recs = [json.loads(ln) for ln in (tmp_path / "cal" / "queries.jsonl").read_text().splitlines()]
+    table = ensure_splits(load_dataset(env / "demo"))
+    assert len(recs) == rep["queries"] and all(table[r["id"]] == ("train", "cal") for r in recs)  # R_cal only
+    assert [sum(r["slice"] == s for r in recs) for s in range(S)] == rep["per_slice"]
+    for r in recs:
+        assert all((tmp_path / "cal" / p).is_file() and not p.startswith("/") for p in r["images"])
+    propose_queries(run_dir, tmp_path / "again", n=24, progress=False)
+    assert (tmp_path / "again" / "queries.jsonl").read_text() == (tmp_path / "cal" / "queries.jsonl").read_text()
+    for r in recs:  # the new model answers them
+        r["outcomes"] = {"NewVLM": {"score": float(len(r["question"]) % 2), "cost": 0.002}}
+    (tmp_path / "cal" / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    res = runner.invoke(main, ["models", "add", str(run_dir), "--name", "NewVLM", "--outcomes", str(tmp_path / "cal")])
+    assert res.exit_code == 0, res.output
+    assert f"added NewVLM: {len(recs)} labelled queries" in res.output
+    res = runner.invoke(main, ["models", "propose", str(run_dir), "--out", str(tmp_path / "cal")])
+    assert res.exit_code == 1 and "already exists" in res.output                # nothing overwritten
+    assert runner.invoke(main, ["models", "propose", str(run_dir), "--out", str(tmp_path / "x"), "--n", "5"]).exit_code == 2
+
+
 def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     import shutil
 
