@@ -307,7 +307,8 @@ def report(out: dict) -> str:
             lines.append(f"| {spec} | {_fmt(v['score_at_lambda0'])} | {_fmt(v['best_single'])} | {_fmt(v['oracle'])} | "
                          f"{_fmt(v['regret_vs_full'])} |")
     lines += ["", "## Lambda presets (chosen on validation; shipped in the bundle, `lr-onnx route --lambda NAME`)", "",
-              "| preset | lambda | validation score | validation cost | test score | test cost |", "|---|---|---|---|---|---|"]
+              "| preset | lambda | validation score | validation cost | test score | test cost |",
+              "|---|---|---|---|---|---|"]
     for name, p in out["methods"]["latentrouter"].get("presets", {}).items():
         lines.append(f"| {name} | {p['lambda']:.4g} | {_fmt(p['val_score'])} | {_fmt(p['val_cost'])} | "
                      f"{_fmt(p['test_score'])} | {_fmt(p['test_cost'])} |")

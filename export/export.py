@@ -344,7 +344,8 @@ def _metrics_summary(run_dir: Path) -> dict:
     m = json.loads(p.read_text())
     lr = m["methods"]["latentrouter"]
     return {"split": m["split"], "score_at_lambda0": lr["score_at_lambda0"], "cost_at_lambda0": lr["cost_at_lambda0"],
-            "nauc": lr["nauc"], "qnc": lr["qnc"], "lambda_val": lr.get("lambda_val", 0.0), "presets": lr.get("presets", {}),
+            "nauc": lr["nauc"], "qnc": lr["qnc"], "lambda_val": lr.get("lambda_val", 0.0),
+            "presets": lr.get("presets", {}),
             "best_single": m["best_single"], "oracle": m["oracle"]}
 
 
