@@ -237,31 +237,15 @@ def to_fp16(out: Path) -> None:
     the nodes are put back in topological order before saving (`onnx.checker` rejects the graph otherwise)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     for name in ("image_encoder.onnx", "text_encoder.onnx"):
         m = onnx.load(str(out / name))
         m16 = convert_float_to_float16(m, keep_io_types=True, op_block_list=[
             "LayerNormalization", "Softmax", "Sigmoid", "Softplus", "Log", "Exp", "Erf"])
-        _sort_nodes(m16.graph)
+        OnnxModel(m16).topological_sort()
         del m16.graph.value_info[:]  # some stale fp16 annotations around the kept-fp32 ops; types are re-inferred
         onnx.save(m16, str(out / name))
-
-
-def _sort_nodes(graph) -> None:
-    """Kahn's algorithm over the graph's nodes (stable: keeps the original order where it is free)."""
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    nodes, done = list(graph.node), []
-    while nodes:
-        rest = []
-        for n in nodes:
-            (done if all(i in ready for i in n.input) else rest).append(n)
-            if done and done[-1] is n:
-                ready.update(n.output)
-        if len(rest) == len(nodes):
-            raise RuntimeError(f"graph has a cycle or a dangling input near node {rest[0].name}")
-        nodes = rest
-    del graph.node[:]
-    graph.node.extend(done)
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp32", opset: int = OPSET,
@@ -297,6 +281,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         chat = np.asarray(prof["e_bar"], float) / space.cost_scale
         std = space.standardise(np.asarray(prof["raw_profiles"], float))
         metrics = _metrics_summary(run_dir)
+        presets = metrics.pop("presets", {})
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "created_by": {"lr_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -313,7 +298,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
                      for m, e, c, r, s in zip(prof["models"], prof["e_bar"], chat, prof["raw_profiles"], std)],
             "profile_space": space.to_dict(),
             "cost_estimator": prof.get("cost_estimator", "calib_mean"),
-            "lambda": {"default": metrics.get("lambda_val", 0.0), "presets": metrics.pop("presets", {})},
+            "lambda": {"default": metrics.get("lambda_val", 0.0), "presets": presets},
             "training_metrics": metrics,
         }
         parity = check_parity(net, tmp, manifest, held_out, precision)
@@ -432,13 +417,13 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
         ref = [t.numpy() for t in net(torch.from_numpy(q_t), torch.from_numpy(mf), torch.from_numpy(avail))]
     got = sess["router"].run(None, {"query": q_o, "model_feat": mf, "avail": avail})
     chat = feat[:, -1]
-    agree = [float((choose(ref[3], np.broadcast_to(chat, ref[3].shape), avail, lam) ==
-                    choose(got[3], np.broadcast_to(chat, got[3].shape), avail, lam)).mean()) for lam in LAMBDA_GRID]
-    # what a changed decision costs, in PyTorch's own utility at lambda 0: near-ties flip cheaply
-    rows_b = np.arange(sub.n)
-    best, took = choose(ref[3], np.broadcast_to(chat, ref[3].shape), avail, 0.0), \
-        choose(got[3], np.broadcast_to(chat, got[3].shape), avail, 0.0)
+    decisions = [(choose(ref[3], np.broadcast_to(chat, ref[3].shape), avail, lam),
+                  choose(got[3], np.broadcast_to(chat, got[3].shape), avail, lam)) for lam in LAMBDA_GRID]
+    agree = [float((a == b).mean()) for a, b in decisions]
+    # what a changed decision costs, in PyTorch's own utility at lambda 0 (LAMBDA_GRID[0]): near-ties flip cheaply
+    best, took = decisions[0]
     changed = (best >= 0) & (best != took)
+    rows_b = np.arange(sub.n)
     regret = (ref[3][rows_b, best] - ref[3][rows_b, np.maximum(took, 0)])[changed]
     top2 = np.sort(np.where(avail, ref[3], -np.inf), axis=1)[:, -2:]
     near_tie = float(np.mean((top2[:, 1] - top2[:, 0])[avail.sum(1) > 1] < 0.01)) if (avail.sum(1) > 1).any() else 0.0
