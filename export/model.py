@@ -29,6 +29,8 @@ class RouterConfig:
     dropout: float = 0.1
     residual_bound: float = 0.05   # b, bound of the capsule correction delta
     feedback_temperature: float = 0.25  # tau_fb
+    slices: int = 0                # S of the slice prior (lr-onnx addition, `SlicePrior`); 0 = off, as in method.md
+    slice_temperature: float = 0.05  # tau_s of the soft slice membership
     image_slice: tuple[int, int] = (384, 1664)  # where the image vector sits in q (for the no-image embedding)
     has_image_col: int = 1664
 
@@ -87,6 +89,32 @@ class CapsuleSeeding(nn.Module):
         v = heads_split(F.linear(T, Wv, bv), self.h)
         att = self.drop(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1))
         return self.out_proj(heads_merge(att @ v))                       # [B, C, H]
+
+
+class SlicePrior(nn.Module):
+    """Each model's calibration score on the query's own slices, as one logit per (query, model).
+
+    A profile holds a model's shrunk score on every k-means slice (§3.2-3.3), but the network
+    is never told which slice the query is in. This block says so: the query's soft membership
+    (cosine to the frozen centroids at temperature tau_s) mixes the model's slice scores into a
+    prior. It reads only the profile, so a model added later (§3.5) gets a prior with no retraining.
+    """
+
+    def __init__(self, cfg: RouterConfig):
+        super().__init__()
+        S, self.dim, self.tau = cfg.slices, cfg.has_image_col, cfg.slice_temperature
+        self.register_buffer("centroids", torch.zeros(S, self.dim))   # [S, D_e], unit length
+        self.register_buffer("score_mean", torch.zeros(S))            # standardisation of the profile's
+        self.register_buffer("score_std", torch.ones(S))              # slice-score columns 2..S+1
+
+    def forward(self, query: torch.Tensor, model_feat: torch.Tensor) -> torch.Tensor:  # -> [B, K]
+        e = query[:, :self.dim]
+        e = e / e.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        w = torch.softmax(e @ self.centroids.T / self.tau, dim=-1)                      # [B, S]
+        S = self.centroids.shape[0]
+        scores = model_feat[..., 1:S + 1] * self.score_std + self.score_mean           # [B, K, S] raw shrunk scores
+        p = torch.clamp((scores * w.unsqueeze(1)).sum(dim=-1), 1e-3, 1 - 1e-3)
+        return torch.log(p) - torch.log1p(-p)
 
 
 class CommunicationLayer(nn.Module):
@@ -165,6 +193,10 @@ class LatentRouter(nn.Module):
         self.query_proj = nn.Linear(D, cfg.query_tokens * H)
         self.seeding = CapsuleSeeding(cfg)
         self.model_mlp = mlp(P, H, H, cfg.dropout)
+        if cfg.slices:
+            self.slice_prior = SlicePrior(cfg)
+            self.prior_proj = nn.Linear(1, H)                  # the prior enters each model token ...
+            self.prior_gain = nn.Parameter(torch.tensor(1.0))  # ... and the mu logit directly
         self.layers = nn.ModuleList(CommunicationLayer(cfg) for _ in range(cfg.layers))
         self.dist_head = mlp(H, H, 2, cfg.dropout)
         self.corr_head = mlp(2 * H, H, 1, cfg.dropout)
@@ -187,11 +219,14 @@ class LatentRouter(nn.Module):
         Z = self.seeding(T)                                              # [B, C, H]
         a = avail.unsqueeze(-1)
         M = self.model_mlp(model_feat)
+        if cfg.slices:
+            prior = self.slice_prior(query, model_feat)                  # [B, K] logit
+            M = M + self.prior_proj(prior.unsqueeze(-1))
         M = torch.where(a, M, torch.zeros_like(M))                       # [B, K, H]
         for layer in self.layers:
             Z, M = layer(Z, M, avail)
         r = self.dist_head(M)                                            # [B, K, 2]
-        mu = torch.sigmoid(r[..., 0])
+        mu = torch.sigmoid(r[..., 0] + self.prior_gain * prior) if cfg.slices else torch.sigmoid(r[..., 0])
         sigma = stable_softplus(r[..., 1]) + 1e-4
         zbar = Z.mean(dim=1, keepdim=True).expand(-1, M.shape[1], -1)    # [B, K, H]
         delta = cfg.residual_bound * torch.tanh(self.corr_head(torch.cat([M, zbar], dim=-1)).squeeze(-1))

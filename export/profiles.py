@@ -14,9 +14,10 @@ from ..runtime.features import l2_normalise
 from ..runtime.profiles import ProfileSpace, assign_slices, column_floors, slice_embedding
 
 SLICE_SEED = 20260308
+SLICES = 64  # default S before the |R_cal| / 50 cap; method.md's 8 is too coarse once the slice prior reads them
 
 
-def fit_slices(q_train: np.ndarray, n_cal: int, S: int = 8, seed: int = SLICE_SEED) -> np.ndarray:
+def fit_slices(q_train: np.ndarray, n_cal: int, S: int = SLICES, seed: int = SLICE_SEED) -> np.ndarray:
     """k-means++ centroids `[S, D_e]` (unit length) on training rows; S shrinks for small R_cal."""
     from sklearn.cluster import KMeans
 
@@ -26,7 +27,7 @@ def fit_slices(q_train: np.ndarray, n_cal: int, S: int = 8, seed: int = SLICE_SE
     return l2_normalise(km.cluster_centers_)
 
 
-def build_profiles(q: np.ndarray, Y, C, A, Lat, Tok, train_rows, cal_rows, S: int = 8):
+def build_profiles(q: np.ndarray, Y, C, A, Lat, Tok, train_rows, cal_rows, S: int = SLICES):
     """Fit slices and standardisation on training data; return (space, raw profiles [K, S+7], e_bar [K])."""
     centroids = fit_slices(q[train_rows], len(cal_rows), S)
     slices = assign_slices(q[cal_rows], centroids)

@@ -66,7 +66,8 @@ def run(data_dir: Path, out: Path, seeds: int, kind: str, slices: int, epochs: i
         checks["score_at_lambda0_above_best_single"] = lr["score_at_lambda0"]["mean"] > bs["score"]
         checks["nauc_>=_knn_and_mf"] = lr["nauc"]["mean"] >= max(agg["knn"]["nauc"]["mean"], agg["mf"]["nauc"]["mean"])
     result = {"data": str(data_dir), "kind": kind, "seeds": [BASE_SEED + i for i in range(seeds)],
-              "slices": slices, "epochs": epochs, "setting": setting, "best_single": bs, "oracle": per_seed[0]["oracle"],
+              "slices": slices, "slices_used": len(json.loads((out / "seed0" / "profiles.json").read_text())["space"]["centroids"]),
+              "epochs": epochs, "setting": setting, "best_single": bs, "oracle": per_seed[0]["oracle"],
               "methods": agg, "targets": checks}
     atomic_write_text(out / "targets.json", json.dumps(clean(result), indent=2, allow_nan=False) + "\n")
     return result
@@ -78,7 +79,8 @@ def main(argv=None) -> None:
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--kind", choices=["demo", "dcrouter"], default="demo")
-    ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--slices", type=int, default=TrainConfig().slices,
+                    help="k-means slices before the |R_cal| / 50 cap (the used count is written as slices_used)")
     ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     ap.add_argument("--setting", choices=["performance", "cost"], default="performance",
                     help="training utility: score, or score - 0.03 x normalised realised cost (method.md §4.1)")

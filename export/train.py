@@ -21,7 +21,7 @@ from ..version import __version__
 from .data import RoutingData, load_dataset
 from .files import atomic_write_text
 from ..runtime.profiles import ProfileSpace
-from .profiles import build_profiles
+from .profiles import SLICES, build_profiles
 from .splits import SPLIT_SEED, ensure_splits, split_masks
 
 
@@ -35,7 +35,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     clip_norm: float = 5.0
     seed: int = SPLIT_SEED
-    slices: int = 8
+    slices: int = SLICES           # k-means slices; capped at |R_cal| / 50 (method.md says 8, see `SlicePrior`)
+    slice_prior: bool = True       # give the network each model's score on the query's slices (lr-onnx addition)
     pool_dropout: float = 0.5      # §3.4: share of rows that get a random sub-pool
     few_shot: float = 0.25         # §3.4: per-batch chance that a model's profile is a small-sample bootstrap
     text_only: bool = False        # ablation: zero the image part of the query features
@@ -79,7 +80,7 @@ class Prepared:
         return np.concatenate([prof, self.cost_hat[:, None]], axis=1).astype(np.float32)
 
 
-def prepare(data_dir: str | Path, *, slices: int = 8, text_only: bool = False, progress: bool = True) -> Prepared:
+def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = False, progress: bool = True) -> Prepared:
     from .features import encode_dataset
 
     data = load_dataset(data_dir)
@@ -194,10 +195,15 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     torch.use_deterministic_algorithms(True)
     mf_all = torch.from_numpy(P.model_feat())                                      # [K, P_in]
     rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=mf_all.shape[1], layers=cfg.layers, hidden=cfg.hidden,
-                        query_tokens=cfg.query_tokens, dropout=cfg.dropout)
+                        query_tokens=cfg.query_tokens, dropout=cfg.dropout, slices=P.space.S if cfg.slice_prior else 0)
     net = LatentRouter(rcfg)
     net.q_mean.copy_(torch.from_numpy(P.q_mean))
     net.q_std.copy_(torch.from_numpy(floored_std(P.q_std, cfg.std_floor)))
+    if rcfg.slices:                        # the frozen slices and profile standardisation, inside the graph
+        cols = slice(1, P.space.S + 1)
+        net.slice_prior.centroids.copy_(torch.from_numpy(P.space.centroids))
+        net.slice_prior.score_mean.copy_(torch.from_numpy(P.space.mean[cols]))
+        net.slice_prior.score_std.copy_(torch.from_numpy(P.space.std[cols]))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     Y = np.nan_to_num(d.Y).astype(np.float32)

@@ -18,10 +18,59 @@ def test_parameter_count_formula(D, P):
         assert m.core_parameter_count() == 285_223  # the reference toy network
 
 
-@pytest.fixture(scope="module")
-def net():
+def test_slice_prior_adds_its_projection_and_gain_only():
+    H = RouterConfig().hidden
+    base = LatentRouter(RouterConfig()).core_parameter_count()
+    assert LatentRouter(RouterConfig(slices=5)).core_parameter_count() == base + 2 * H + 1  # buffers are not parameters
+
+
+@pytest.fixture(scope="module", params=[0, 4], ids=["plain", "slice-prior"])
+def net(request):
     torch.manual_seed(0)
-    return LatentRouter(RouterConfig()).eval()
+    m = LatentRouter(RouterConfig(slices=request.param)).eval()
+    if request.param:
+        c = torch.randn(request.param, 1664)
+        m.slice_prior.centroids.copy_(c / c.norm(dim=1, keepdim=True))
+        m.slice_prior.score_mean.fill_(0.6)
+        m.slice_prior.score_std.fill_(0.1)
+    return m
+
+
+def _prior_net(S=3):
+    m = LatentRouter(RouterConfig(slices=S)).eval()
+    m.slice_prior.centroids.copy_(torch.eye(S, 1664))            # slice s = direction s of the embedding
+    m.slice_prior.score_mean.fill_(0.5)
+    m.slice_prior.score_std.fill_(0.1)
+    return m
+
+
+def test_slice_prior_is_the_models_score_on_the_querys_slice():
+    """Hand-computed: a query on slice 1 gets logit(score on slice 1); half-way between 0 and 1, the mean of both."""
+    m = _prior_net()
+    raw = torch.tensor([[0.2, 0.9, 0.4], [0.7, 0.3, 0.5]])       # [K=2, S=3] raw shrunk slice scores
+    mf = torch.zeros(2, 2, 16)
+    mf[:, :, 1:4] = (raw - 0.5) / 0.1                             # standardised, as in model_feat
+    q = torch.zeros(2, 1667)
+    q[0, 1] = 3.0                                                 # exactly slice 1 (the norm does not matter)
+    q[1, 0] = q[1, 1] = 1.0                                       # cosine 0.707 to slices 0 and 1, 0 to slice 2
+    with torch.no_grad():
+        prior = m.slice_prior(q, mf)
+    logit = lambda p: torch.log(p / (1 - p))                      # noqa: E731
+    torch.testing.assert_close(prior[0], logit(raw[:, 1]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prior[1], logit((raw[:, 0] + raw[:, 1]) / 2), atol=1e-4, rtol=1e-4)
+
+
+def test_slice_prior_reads_the_profile_so_an_added_model_gets_one():
+    """Raising a model's score on the query's slice raises its prior (and nobody else's): no retraining needed."""
+    m = _prior_net()
+    mf = torch.zeros(1, 3, 16)
+    q = torch.zeros(1, 1667)
+    q[0, 2] = 1.0
+    with torch.no_grad():
+        before = m.slice_prior(q, mf)
+        mf[0, 1, 3] = 2.0                                         # model 1, slice 2: 0.5 -> 0.7
+        after = m.slice_prior(q, mf)
+    assert after[0, 1] > before[0, 1] + 0.8 and torch.equal(after[0, [0, 2]], before[0, [0, 2]])
 
 
 def _inputs(B, K, seed=0):
