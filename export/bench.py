@@ -70,7 +70,11 @@ class Pipelines:
 
         torch.manual_seed(0)
         torch.set_num_threads(threads)
-        self.net = LatentRouter(RouterConfig()).eval()
+        S = 58                                       # the default bundle's router: slice prior over 58 slices
+        self.P = S + 8                               # profile (S + 7) + normalised cost
+        self.net = LatentRouter(RouterConfig(model_dim=self.P, slices=S)).eval()
+        c = torch.randn(S, self.net.slice_prior.centroids.shape[1])
+        self.net.slice_prior.centroids.copy_(c / c.norm(dim=1, keepdim=True))
         self.img_t, self.txt_t = load_image_encoder(), load_text_encoder()
         self.spec, tspec = ImageSpec(), TextSpec()
         self.tok = load_tokenizer(minilm_dir() / "tokenizer.json", tspec)
@@ -82,7 +86,7 @@ class Pipelines:
         # spinning off: six sessions spinning on 2 cores slow each other and the torch rows (onnx-notes 4.5)
         self.sess = {v: {g: new_session(tmp / v / f"{g}.onnx", provider="cpu", threads=threads, spinning=False)
                          for g in ("image_encoder", "text_encoder", "router")} for v in ("fp32", "int8")}
-        self.model_feat = np.random.default_rng(0).normal(size=(10, 16)).astype(np.float32)
+        self.model_feat = np.random.default_rng(0).normal(size=(10, self.P)).astype(np.float32)
 
     # one stage at a time, so the breakdown and the end-to-end path share code
     def decode(self, data: bytes):
@@ -109,7 +113,7 @@ class Pipelines:
         return self.sess[variant]["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     def router(self, variant: str, q: np.ndarray, K: int = 10) -> np.ndarray:
-        mf = np.broadcast_to(np.resize(self.model_feat, (K, 16)), (len(q), K, 16)).copy()
+        mf = np.broadcast_to(np.resize(self.model_feat, (K, self.P)), (len(q), K, self.P)).copy()
         avail = np.ones((len(q), K), bool)
         if variant == "torch":
             import torch
