@@ -135,6 +135,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
         "per_dataset": per_dataset(P, rows, curves["latentrouter"], chosen_lam["latentrouter"]),
         "pool_shift": pool_shift(net, P, rows, single_cal),
         "collapse": collapse(curves["latentrouter"], Y, C, A, P, single[b]["cost"]),
+        "uncertainty": uncertainty_quality(net, P, rows),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(out, indent=2, allow_nan=False) + "\n")
@@ -163,6 +164,14 @@ def budget_presets(val_curve, test_curve, Yv, Cv, Av, j_val: int) -> dict:
             j = max(ok, key=lambda j: (val_curve[j]["score"], -val_curve[j]["cost"]))
             out[f"budget_{round(100 * f)}"] = point(j, max_cost_fraction_of_best_single=f)
     return out
+
+
+def uncertainty_quality(net, P: Prepared, rows) -> dict:
+    """§8.8 uncertainty quality of LatentRouter's head on the binary (query, model) entries of `rows`."""
+    mt, sigma, mu = predict(net, P, rows, with_mu=True)
+    Y = P.data.Y[rows]
+    ok = P.data.A[rows] & np.isin(Y, (0.0, 1.0))
+    return {k: (_f(v) if isinstance(v, float) else v) for k, v in M.uncertainty(mt[ok], mu[ok], sigma[ok], Y[ok]).items()}
 
 
 def per_dataset(P: Prepared, rows, curve, j_val) -> dict:
@@ -315,6 +324,11 @@ def report(out: dict) -> str:
     c = out["collapse"]
     lines += ["", f"Routing collapse: share of queries sent to the most expensive model at lambda 0 "
               f"{_fmt(c['share_at_lambda0'])} (oracle {_fmt(c['oracle_share'])})."]
+    u = out.get("uncertainty", {})
+    if u.get("entries"):
+        lines += ["", f"Uncertainty ({u['entries']} binary entries): ECE {_fmt(u['ece'])}, Brier {_fmt(u['brier'])}, "
+                  f"Gaussian NLL {_fmt(u['gaussian_nll'])}, coverage of mu +/- 1.96 sigma "
+                  f"{_fmt(u['coverage_1.96sigma'])}, Spearman(sigma, |y - mu|) {_fmt(u['spearman_sigma_abs_error'])}."]
     return "\n".join(lines) + "\n"
 
 

@@ -174,3 +174,40 @@ def rank_score(acc: float, cost: float, c_min: float, c_max: float, beta: float 
     c = float(np.clip(cost, c_min, c_max))
     chat = float(np.clip((np.log2(c_max) - np.log2(c)) / (np.log2(c_max) - np.log2(c_min) + 1e-12), 0, 1))
     return float(np.clip((1 + beta) * a * chat / (beta * a + chat + 1e-12), 0, 1))
+
+
+# ----------------------------------------------------------------------------- uncertainty quality (§8.8)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), for Spearman's rho."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=float)
+    _, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(inv, weights=r) / cnt)[inv]
+
+
+def uncertainty(mu_t: np.ndarray, mu: np.ndarray, sigma: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
+    """How honest the distributional head is, on binary entries (flat arrays, one per (query, model)).
+
+    ECE over `bins` equal-width bins of mu_tilde, Brier score of mu_tilde, Gaussian NLL of y under
+    N(mu, sigma) (with the 0.5 ln 2 pi constant), coverage of mu +/- 1.96 sigma, and Spearman's rho
+    between sigma and |y - mu| (does a wider sigma mean a larger error?).
+    """
+    mu_t, mu, sigma, y = (np.asarray(a, float).ravel() for a in (mu_t, mu, sigma, y))
+    n = len(y)
+    if n == 0:
+        return {"entries": 0}
+    b = np.clip((mu_t * bins).astype(int), 0, bins - 1)
+    cnt = np.bincount(b, minlength=bins)
+    gap = np.abs(np.bincount(b, weights=y, minlength=bins) - np.bincount(b, weights=mu_t, minlength=bins))
+    err = np.abs(y - mu)
+    z = (y - mu) / sigma
+    rs, re = _ranks(sigma), _ranks(err)
+    sd = rs.std() * re.std()
+    return {"entries": int(n), "ece": float(gap.sum() / n), "brier": float(np.mean((mu_t - y) ** 2)),
+            "gaussian_nll": float(np.mean(0.5 * z * z + np.log(sigma) + 0.5 * np.log(2 * np.pi))),
+            "coverage_1.96sigma": float(np.mean(err <= 1.96 * sigma)),
+            "spearman_sigma_abs_error": float(np.mean((rs - rs.mean()) * (re - re.mean())) / sd) if sd > 0 else None,
+            "bin_counts": cnt.tolist()}

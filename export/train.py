@@ -80,10 +80,14 @@ class Prepared:
         return np.concatenate([prof, self.cost_hat[:, None]], axis=1).astype(np.float32)
 
 
-def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = False, progress: bool = True) -> Prepared:
+def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = False, progress: bool = True,
+            exclude: tuple[str, ...] = ()) -> Prepared:
+    """Load, split, encode (cached) and build the profiles; `exclude` drops models from the pool entirely."""
     from .features import encode_dataset
 
     data = load_dataset(data_dir)
+    if exclude:
+        data = data.without(exclude)
     table = ensure_splits(data)
     masks = split_masks(data, table)
     for name in ("fit", "cal", "val"):
@@ -303,14 +307,15 @@ def load_router(run_dir: str | Path):
     return net.eval(), cfg
 
 
-def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512):
-    """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad)."""
+def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512,
+            with_mu: bool = False):
+    """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad); mu too with `with_mu`."""
     import torch
 
     net.eval()
     A = P.data.A[rows] if avail is None else avail
     mf_all = torch.from_numpy(P.model_feat())
-    outs_mt, outs_sig = [], []
+    outs_mt, outs_sig, outs_mu = [], [], []
     with torch.no_grad():
         for s in range(0, len(rows), batch):
             r = rows[s:s + batch]
@@ -318,7 +323,9 @@ def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None,
                                        torch.from_numpy(np.ascontiguousarray(A[s:s + batch])))
             outs_mt.append(mt.numpy())
             outs_sig.append(sigma.numpy())
-    return np.concatenate(outs_mt), np.concatenate(outs_sig)
+            outs_mu.append(mu.numpy())
+    out = np.concatenate(outs_mt), np.concatenate(outs_sig)
+    return (*out, np.concatenate(outs_mu)) if with_mu else out
 
 
 def validation_utility(net, P: Prepared, rows: np.ndarray, U: np.ndarray, w_c: float) -> float:

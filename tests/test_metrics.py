@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lr_onnx.export.metrics import (aiq, apgr, cpt, nauc, nauc_ref, oracle_choice, pareto_frontier, peak_score, qnc,
-                                    rank_score)
+                                    rank_score, uncertainty)
 from lr_onnx.runtime.policy import LAMBDA_GRID, choose
 
 HAND = [(1, .50), (2, .70), (3, .65), (4, .80)]
@@ -52,3 +52,17 @@ def test_policy_masks_ties_and_no_route():
     assert choose(s, c, a, 0.0).tolist() == [0, 1, -1]
     assert choose(s, c, a, 1.0).tolist() == [2, 1, -1]
     assert len(LAMBDA_GRID) == 51 and LAMBDA_GRID[0] == 0 and LAMBDA_GRID[-1] == pytest.approx(1e4)
+
+
+def test_uncertainty_quality_by_hand():
+    """§8.8: ECE, Brier, NLL, coverage and Spearman on four entries worked out on paper."""
+    mu = np.array([0.25, 0.15, 0.75, 0.92])
+    y = np.array([0.0, 1.0, 1.0, 1.0])
+    sigma = np.array([0.15, 0.2, 0.15, 0.5])
+    u = uncertainty(mu, mu, sigma, y)
+    assert u["bin_counts"] == [0, 1, 1, 0, 0, 0, 0, 1, 0, 1]
+    assert u["ece"] == pytest.approx((0.25 + 0.85 + 0.25 + 0.08) / 4)     # one entry per bin here
+    assert u["brier"] == pytest.approx((0.0625 + 0.7225 + 0.0625 + 0.0064) / 4)
+    assert u["coverage_1.96sigma"] == 0.75                                 # 0.85 > 1.96 x 0.2
+    assert u["spearman_sigma_abs_error"] == pytest.approx(-1 / 3)          # ranks [.5 2 .5 3] vs [1.5 3 1.5 0]
+    assert u["gaussian_nll"] == pytest.approx(2.35019, abs=1e-5)
