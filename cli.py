@@ -336,7 +336,8 @@ def _pool_target(run_dir, bundle, out):
 @click.option("--out", required=True, type=click.Path(path_type=str),
               help="Folder to write (must not exist): queries.jsonl and images/.")
 @click.option("--n", "n", type=click.IntRange(min=24), default=48, show_default=True,
-              help="Queries to propose (at least 24); ceil(n / slices) from each capability slice.")
+              help="Queries to propose (at least 24): ceil(n / slices) from each capability slice, then a seeded draw "
+                   "of n of them when that is more.")
 @click.option("--seed", type=int, default=20260308, show_default=True, help="Seed of the draw.")
 def models_propose(run_dir, out, n, seed):
     """Pick calibration queries for a new model from RUN_DIR's calibration rows.
@@ -348,9 +349,11 @@ def models_propose(run_dir, out, n, seed):
     from .export.pool import propose_queries
 
     rep = propose_queries(run_dir, out, n=n, seed=seed)
-    short = [s for s, c in enumerate(rep["per_slice"]) if c < rep["target_per_slice"]]
-    click.echo(f"wrote {out}: {rep['queries']} queries, {rep['per_slice']} per slice over {rep['slices']} slices"
-               + (f" (slices {short} have fewer calibration rows)" if short else "") +
+    covered = sum(c > 0 for c in rep["per_slice"])
+    short = rep["short_slices"]
+    click.echo(f"wrote {out}: {rep['queries']} queries from {covered} of {rep['slices']} slices "
+               f"(at most {rep['target_per_slice']} per slice)"
+               + (f"; slices {short} have fewer calibration rows" if short else "") +
                f"; fill in outcomes[NAME], then: lr-onnx models add {run_dir} --name NAME --outcomes {out}")
 
 

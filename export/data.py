@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -63,6 +63,15 @@ class RoutingData:
     @property
     def has_split(self) -> bool:
         return any(s is not None for s in self.split)
+
+    def without(self, names) -> "RoutingData":
+        """The same queries with the named models' columns removed (the new-model protocol trains this way)."""
+        unknown = set(names) - set(self.model_names)
+        if unknown:
+            raise DataError(f"not in the pool: {', '.join(sorted(unknown))}")
+        keep = [j for j, m in enumerate(self.model_names) if m not in set(names)]
+        return replace(self, models=[self.models[j] for j in keep],
+                       **{f: getattr(self, f)[:, keep] for f in ("Y", "C", "A", "Lat", "Tok")})
 
 
 def load_models(path: Path) -> list[dict]:

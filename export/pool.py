@@ -58,6 +58,18 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
             "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
 
 
+def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """(row, slice) pairs: ceil(n / S) rows drawn (seeded) from each slice (all of a slice's rows if it has
+    fewer); when that makes more than n (S does not divide n, or S > n), a seeded draw keeps n of them."""
+    per, rng = math.ceil(n / S), np.random.default_rng(seed)
+    picked = []
+    for s in range(S):
+        picked += [(int(i), s) for i in np.sort(rng.permutation(rows[slices == s])[:per])]
+    if len(picked) > n:
+        picked = [picked[j] for j in np.sort(rng.choice(len(picked), n, replace=False))]
+    return picked
+
+
 def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: int = 20260308,
                     progress: bool = True) -> dict:
     """§3.5 step 1: ceil(n / S) calibration queries per capability slice, drawn (seeded) from the run's R_cal
@@ -84,13 +96,8 @@ def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: 
     space = ProfileSpace.from_dict(prof["space"])
     slices = assign_slices(encode_dataset(data, progress=progress)[cal], space.centroids)
     S, per = len(space.centroids), math.ceil(n / len(space.centroids))
-    rng = np.random.default_rng(seed)
-    picked, counts = [], []
-    for s in range(S):
-        rows = cal[slices == s]
-        take = np.sort(rng.permutation(rows)[:per])
-        picked += [(int(i), s) for i in take]
-        counts.append(int(len(take)))
+    picked = spread_over_slices(cal, slices, S, n, seed)
+    counts = np.bincount([s for _, s in picked], minlength=S).tolist()
     with staged_output(out) as tmp:
         (tmp / "images").mkdir()
         lines = []
@@ -103,7 +110,8 @@ def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: 
             lines.append(json.dumps({"id": data.ids[i], "question": data.question[i], "images": imgs,
                                      "dataset": data.dataset[i], "slice": s, "outcomes": {}}))
         atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
-    return {"queries": len(picked), "per_slice": counts, "slices": S, "target_per_slice": per}
+    short = [s for s in range(S) if (slices == s).sum() < per]
+    return {"queries": len(picked), "per_slice": counts, "slices": S, "target_per_slice": per, "short_slices": short}
 
 
 def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:

@@ -117,6 +117,9 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
             assert key in row
     assert set(m["best_single"]) == {"name", "score", "cost"} and m["oracle"]["score"] >= m["best_single"]["score"]
     assert "full" in m["pool_shift"] and "drop_strongest" in m["pool_shift"] and m["collapse"]["share_at_lambda0"] is not None
+    u = m["uncertainty"]                                  # §8.8 uncertainty quality on the binary test entries
+    assert u["entries"] == sum(u["bin_counts"]) > 0 and 0 <= u["ece"] <= 1 and 0 <= u["coverage_1.96sigma"] <= 1
+    assert "Uncertainty (" in (run[0] / "report.md").read_text()
     presets = m["methods"]["latentrouter"]["presets"]
     assert presets["quality"]["lambda"] == 0.0 and presets["balanced"]["lambda"] == m["methods"]["latentrouter"]["lambda_val"]
     from lr_onnx.export import metrics as M
@@ -136,6 +139,22 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
     assert out["rows"] == m["rows"] > 0
 
 
+def test_spread_over_slices_takes_n_queries_spread_over_the_slices():
+    """ceil(n/S) per slice; a thin slice gives what it has; more slices than n: n rows from n different slices."""
+    from lr_onnx.export.pool import spread_over_slices
+
+    slices = np.repeat(np.arange(8), 10)
+    slices[slices == 7] = 6                                           # slice 7 empty, slice 6 has 20 rows
+    rows = np.arange(1000, 1080)
+    got = spread_over_slices(rows, slices, 8, 48, seed=1)
+    per = np.bincount([s for _, s in got], minlength=8)
+    assert per.tolist() == [6, 6, 6, 6, 6, 6, 6, 0] and all(slices[r - 1000] == s for r, s in got)
+    assert got == spread_over_slices(rows, slices, 8, 48, seed=1)     # seeded
+    many = np.arange(58).repeat(3)
+    got = spread_over_slices(np.arange(len(many)), many, 58, 24, seed=2)
+    assert len(got) == 24 and len({s for _, s in got}) == 24
+
+
 def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
     """§3.5: ceil(n/S) calibration queries per slice from R_cal, seeded, as a folder `models add` reads back."""
     import shutil
@@ -150,7 +169,7 @@ def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
     rep = propose_queries(run_dir, tmp_path / "cal", n=24, progress=False)
     S = len(json.loads((run_dir / "profiles.json").read_text())["space"]["centroids"])
     assert rep["slices"] == S and rep["target_per_slice"] == -(-24 // S)
-    assert rep["queries"] == sum(rep["per_slice"]) and all(c <= rep["target_per_slice"] for c in rep["per_slice"])
+    assert rep["queries"] == sum(rep["per_slice"]) <= 24 and all(c <= rep["target_per_slice"] for c in rep["per_slice"])
     recs = [json.loads(ln) for ln in (tmp_path / "cal" / "queries.jsonl").read_text().splitlines()]
     table = ensure_splits(load_dataset(env / "demo"))
     assert len(recs) == rep["queries"] and all(table[r["id"]] == ("train", "cal") for r in recs)  # R_cal only
@@ -335,3 +354,36 @@ def test_doctor_on_the_exported_bundle(runner, bundle):
 
     res = runner.invoke(main, ["doctor", "--bundle", str(bundle[0])])
     assert res.exit_code == 0 and "golden parity" in res.output and "ok" in res.output
+
+
+def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
+    """§8.8: each held-out model is absent from its training run, then added back from n R_cal queries."""
+    from lr_onnx.export import metrics as M
+    from lr_onnx.export.newmodel import added_model_feat, run as protocol
+    from lr_onnx.export.train import TrainConfig, prepare
+
+    res = protocol(env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2),
+                   progress=False)
+    assert json.loads((tmp_path / "newmodel.json").read_text())["sizes"] == [24]
+    full = prepare(env / "demo", slices=2, progress=False)
+    d, cal = full.data, full.masks["cal"]
+    single = M.single_models(d.Y[cal], d.C[cal], d.A[cal])
+    why = {e["why"]: name for name, e in res["models"].items()}
+    assert set(why) == {"strongest", "cheapest", "random"}
+    assert why["strongest"] == d.model_names[int(np.nanargmax([s["score"] for s in single]))]
+    assert why["cheapest"] == d.model_names[int(np.nanargmin([s["cost"] for s in single]))]
+    for name, e in res["models"].items():
+        models = [m["name"] for m in json.loads((tmp_path / f"without_{name}" / "profiles.json").read_text())["models"]]
+        assert name not in models and len(models) == d.k - 1               # trained with no column, no profile
+        added = e["added"]["24"]
+        assert 0 < added["queries"] <= 24 and 0.0 <= added["share_routed_to_model_at_lambda0"] <= 1.0
+        assert 0.0 <= e["lower_without"]["score_at_lambda0"] <= e["upper"]["score_at_lambda0"] + 0.5
+    # the added model's profile is built from its own outcomes on the chosen rows (overall score = their mean)
+    name = why["cheapest"]
+    k = d.model_names.index(name)
+    P_wo = prepare(env / "demo", slices=2, progress=False, exclude=(name,))
+    rows = np.flatnonzero(cal & d.A[:, k])[:30]
+    feat, chat = added_model_feat(P_wo, full, k, rows)
+    assert feat.shape == (d.k, P_wo.model_feat().shape[1]) and np.allclose(feat[:-1], P_wo.model_feat())
+    raw0 = feat[-1, 0] * P_wo.space.std[0] + P_wo.space.mean[0]
+    assert raw0 == pytest.approx(d.Y[rows, k].mean(), abs=1e-5)

@@ -1,0 +1,144 @@
+"""The new-model protocol of method.md §8.8: how well does adding a model without retraining work?
+
+For three held-out models (the strongest and the cheapest by R_cal, plus one seeded random
+other), train with the model excluded (no column, no profile), add it back from n in {24, 48, 96}
+of its labelled R_cal queries (spread over the slices as `models propose` picks them, profiled by
+the same code as `models add`), and route the full test pool. The router trained with the
+model is the upper reference, the one without it (routing the pool minus the model) the lower.
+
+    python -m lr_onnx.export.newmodel DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96]
+
+Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR and reused on a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.policy import choose
+from ..runtime.profiles import assign_slices, new_model_profile
+from . import metrics as M
+from .evaluate import sweep
+from .files import atomic_write_text
+from .pool import spread_over_slices
+from .train import Prepared, TrainConfig, load_router, predict, prepare, train
+
+SIZES = (24, 48, 96)
+PICK_SEED = 20260308
+
+
+def held_out_models(P: Prepared, seed: int = PICK_SEED) -> dict[str, str]:
+    """{model: why}: strongest and cheapest by R_cal mean score / cost, plus one seeded random other."""
+    d, cal = P.data, P.masks["cal"]
+    single = M.single_models(d.Y[cal], d.C[cal], d.A[cal])
+    strong = int(np.nanargmax([s["score"] for s in single]))
+    cheap = int(np.nanargmin([s["cost"] for s in single]))
+    rest = [k for k in range(d.k) if k not in (strong, cheap)]
+    pick = {d.model_names[strong]: "strongest", d.model_names[cheap]: "cheapest"}
+    if rest:
+        pick[d.model_names[int(np.random.default_rng(seed).choice(rest))]] = "random"
+    return pick
+
+
+def _route(mt: np.ndarray, Y, C, A, chat) -> dict:
+    curve = sweep(mt, Y, C, A, chat)
+    return {"nauc": M.nauc([(p["cost"], p["score"]) for p in curve]), "score_at_lambda0": curve[0]["score"],
+            "cost_at_lambda0": curve[0]["cost"], "choice_at_lambda0": curve[0]["choice"]}
+
+
+def _summary(r: dict, share_of: int | None = None) -> dict:
+    out = {k: round(float(r[k]), 6) for k in ("nauc", "score_at_lambda0", "cost_at_lambda0")}
+    if share_of is not None:
+        out["share_routed_to_model_at_lambda0"] = round(float(np.mean(r["choice_at_lambda0"] == share_of)), 4)
+    return out
+
+
+def added_model_feat(P_wo: Prepared, full: Prepared, k_full: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Model features `[K, P_in]` and normalised costs `[K]`: the trained pool plus the held-out model profiled
+    from its outcomes on `rows` (§3.5 with the frozen slices and standardisation; cost = mean observed cost)."""
+    d, space = full.data, P_wo.space
+    ok = rows[d.A[rows, k_full]]
+    new = new_model_profile(space, full.q[ok], d.Y[ok, k_full], d.C[ok, k_full], d.Lat[ok, k_full],
+                            d.Tok[ok, k_full], [d.question[i] for i in ok], price_in=None, price_out=None,
+                            pool_mean=float(np.mean(P_wo.raw_profiles[:, 0])))
+    chat = np.append(P_wo.cost_hat, new["e_bar"] / space.cost_scale)
+    feat = np.concatenate([space.standardise(np.vstack([P_wo.raw_profiles, new["raw"]])), chat[:, None]], axis=1)
+    return feat.astype(np.float32), chat
+
+
+def _predict_with(net, q: np.ndarray, feat: np.ndarray, A: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        mf = torch.from_numpy(np.broadcast_to(feat, (len(q), *feat.shape)).copy())
+        return net(torch.from_numpy(q), mf, torch.from_numpy(np.ascontiguousarray(A)))[3].numpy()
+
+
+def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES, cfg: TrainConfig | None = None,
+        progress: bool = True) -> dict:
+    cfg = cfg or TrainConfig()
+    full = prepare(data_dir, slices=cfg.slices, progress=progress)
+    d = full.data
+    test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
+    Y, C, A = np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
+    full_run = full_run or out / "full"
+    if not (full_run / "weights.safetensors").is_file():
+        train(data_dir, full_run, cfg, prepared=full, progress=progress)
+    upper = _route(predict(load_router(full_run)[0], full, test)[0], Y, C, A, full.cost_hat)
+    result = {"data": str(data_dir), "test_rows": int(len(test)), "sizes": list(sizes), "full_run": str(full_run),
+              "upper_all_models": _summary(upper), "models": {}}
+    for name, why in held_out_models(full).items():
+        k = d.model_names.index(name)
+        keep = [j for j in range(d.k) if j != k]
+        P_wo = prepare(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
+        sub = out / f"without_{name}"
+        if not (sub / "weights.safetensors").is_file():
+            train(data_dir, sub, cfg, prepared=P_wo, progress=progress)
+        net = load_router(sub)[0]
+        lower = _route(predict(net, P_wo, test)[0], Y[:, keep], C[:, keep], A[:, keep], P_wo.cost_hat)
+        order = keep + [k]                                     # the added model is the last column
+        cal = np.flatnonzero(full.masks["cal"])
+        slices = assign_slices(full.q[cal], P_wo.space.centroids)
+        entry = {"why": why, "upper": _summary(upper, share_of=k), "lower_without": _summary(lower), "added": {}}
+        for n in sizes:
+            have = cal[d.A[cal, k]]
+            rows = np.array([i for i, _ in spread_over_slices(have, slices[d.A[cal, k]], P_wo.space.S, n, PICK_SEED)])
+            feat, chat = added_model_feat(P_wo, full, k, rows)
+            mt = _predict_with(net, full.q[test], feat, A[:, order])
+            r = _route(mt, Y[:, order], C[:, order], A[:, order], chat)
+            entry["added"][str(n)] = {"queries": int(len(rows)), **_summary(r, share_of=len(keep)),
+                                      "observed_score": round(float(d.Y[rows, k].mean()), 4),
+                                      "mean_mu_tilde_on_test": round(float(mt[:, -1][A[:, k]].mean()), 4),
+                                      "observed_score_on_test": round(float(Y[A[:, k], k].mean()), 4)}
+        result["models"][name] = entry
+    atomic_write_text(out / "newmodel.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--run", type=Path, default=None, help="a run trained on all models with the default config "
+                    "(the upper reference); trained into OUT_DIR/full when absent")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    a = ap.parse_args(argv)
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes)
+    up = res["upper_all_models"]
+    print(f"all models (upper): nAUC {up['nauc']:.4f}  score@0 {up['score_at_lambda0']:.4f}")
+    for name, e in res["models"].items():
+        lo = e["lower_without"]
+        print(f"{name} ({e['why']}): without nAUC {lo['nauc']:.4f} score@0 {lo['score_at_lambda0']:.4f}; "
+              f"trained with it: share {e['upper']['share_routed_to_model_at_lambda0']:.3f}")
+        for n, r in e["added"].items():
+            print(f"  added from {r['queries']:3d} queries: nAUC {r['nauc']:.4f} score@0 {r['score_at_lambda0']:.4f} "
+                  f"share {r['share_routed_to_model_at_lambda0']:.3f}  mean mu_tilde {r['mean_mu_tilde_on_test']:.3f} "
+                  f"(observed {r['observed_score_on_test']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
