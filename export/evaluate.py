@@ -171,7 +171,8 @@ def uncertainty_quality(net, P: Prepared, rows) -> dict:
     mt, sigma, mu = predict(net, P, rows, with_mu=True)
     Y = P.data.Y[rows]
     ok = P.data.A[rows] & np.isin(Y, (0.0, 1.0))
-    return {k: (_f(v) if isinstance(v, float) else v) for k, v in M.uncertainty(mt[ok], mu[ok], sigma[ok], Y[ok]).items()}
+    u = M.uncertainty(mt[ok], mu[ok], sigma[ok], Y[ok])
+    return {k: (_f(v) if isinstance(v, float) else v) for k, v in u.items()}
 
 
 def per_dataset(P: Prepared, rows, curve, j_val) -> dict:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.policy import choose
 from ..runtime.profiles import assign_slices, new_model_profile
 from . import metrics as M
 from .evaluate import sweep
@@ -100,12 +99,11 @@ def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES,
         net = load_router(sub)[0]
         lower = _route(predict(net, P_wo, test)[0], Y[:, keep], C[:, keep], A[:, keep], P_wo.cost_hat)
         order = keep + [k]                                     # the added model is the last column
-        cal = np.flatnonzero(full.masks["cal"])
+        cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])       # R_cal rows the held-out model answered
         slices = assign_slices(full.q[cal], P_wo.space.centroids)
         entry = {"why": why, "upper": _summary(upper, share_of=k), "lower_without": _summary(lower), "added": {}}
         for n in sizes:
-            have = cal[d.A[cal, k]]
-            rows = np.array([i for i, _ in spread_over_slices(have, slices[d.A[cal, k]], P_wo.space.S, n, PICK_SEED)])
+            rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED)])
             feat, chat = added_model_feat(P_wo, full, k, rows)
             mt = _predict_with(net, full.q[test], feat, A[:, order])
             r = _route(mt, Y[:, order], C[:, order], A[:, order], chat)
