@@ -27,13 +27,21 @@ def _read(run_dir: Path) -> dict:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
+def _run_config(run_dir: Path) -> dict:
+    p = run_dir / "config.json"
+    if not p.is_file():
+        raise DataError(f"{run_dir}: no config.json (not a run folder from lr-onnx train)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
 def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in: float | None = None,
               price_out: float | None = None, progress: bool = True) -> dict:
     """Append `name` to the run's pool; return a report (observed vs predicted score, slice counts, warnings)."""
-    from .features import encode_dataset
+    from .train import run_features
 
     run_dir = Path(run_dir)
     prof = _read(run_dir)
+    text_only = _run_config(run_dir)["train"].get("text_only", False)
     if any(m["name"] == name for m in prof["models"]):
         raise DataError(f"model '{name}' is already in the pool of {run_dir}; remove it first")
     data = load_outcomes_for(outcomes, name)
@@ -41,7 +49,7 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
     if ok.sum() == 0:
         raise DataError(f"{outcomes}: no query has both a score and a cost for '{name}'")
     space = ProfileSpace.from_dict(prof["space"])
-    q = encode_dataset(data, progress=progress)[ok]
+    q = run_features(data, text_only, progress=progress)[ok]
     y = data.Y[ok, 0]
     new = new_model_profile(space, q, y, data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
                             [data.question[i] for i in np.flatnonzero(ok)], price_in=price_in, price_out=price_out,
@@ -77,24 +85,23 @@ def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: 
     model's outcomes and `models add --outcomes out`. A slice with fewer R_cal rows gives all it has."""
     from ..runtime.profiles import assign_slices
     from .data import load_dataset
-    from .features import encode_dataset
     from .splits import ensure_splits, split_masks
+    from .train import run_features
 
     if n < 24:
         raise DataError(f"propose at least 24 queries (method.md §3.5), got {n}")
     run_dir = Path(run_dir)
     prof = _read(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise DataError(f"{run_dir}: no config.json (not a run folder from lr-onnx train)")
-    data_dir = json.loads(cfg_path.read_text(encoding="utf-8"))["data"]
+    cfg = _run_config(run_dir)
+    data_dir = cfg["data"]
     if not Path(data_dir).is_dir():
         raise DataError(f"{run_dir} was trained on {data_dir}, which is gone; the proposal draws from its "
                         f"calibration rows")
     data = load_dataset(data_dir)
     cal = np.flatnonzero(split_masks(data, ensure_splits(data))["cal"])
     space = ProfileSpace.from_dict(prof["space"])
-    slices = assign_slices(encode_dataset(data, progress=progress)[cal], space.centroids)
+    slices = assign_slices(run_features(data, cfg["train"].get("text_only", False), progress=progress)[cal],
+                           space.centroids)
     S, per = len(space.centroids), math.ceil(n / len(space.centroids))
     picked = spread_over_slices(cal, slices, S, n, seed)
     counts = np.bincount([s for _, s in picked], minlength=S).tolist()

@@ -80,11 +80,23 @@ class Prepared:
         return np.concatenate([prof, self.cost_hat[:, None]], axis=1).astype(np.float32)
 
 
+def run_features(data: RoutingData, text_only: bool, *, progress: bool = True) -> np.ndarray:
+    """Query features `[N, D_q]` as a run's router sees them: the `--text-only` ablation zeroes everything
+    after the text vector (image, flag, side features) and keeps only log(1 + words) in the last column.
+    Training, `models propose` and `models add` all go through here, so their slices agree."""
+    from .features import encode_dataset
+
+    q = encode_dataset(data, progress=progress)
+    if text_only:
+        q = q.copy()
+        q[:, TEXT_DIM:] = 0.0
+        q[:, -1] = np.log1p([len(s.split()) for s in data.question])
+    return q
+
+
 def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = False, progress: bool = True,
             exclude: tuple[str, ...] = ()) -> Prepared:
     """Load, split, encode (cached) and build the profiles; `exclude` drops models from the pool entirely."""
-    from .features import encode_dataset
-
     data = load_dataset(data_dir)
     if exclude:
         data = data.without(exclude)
@@ -93,11 +105,7 @@ def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = Fal
     for name in ("fit", "cal", "val"):
         if not masks[name].any():
             raise DataError(f"{data_dir}: the split has no '{name}' rows; the dataset is too small to train on")
-    q = encode_dataset(data, progress=progress)
-    if text_only:
-        q = q.copy()
-        q[:, 384:] = 0.0
-        q[:, -1] = np.log1p([len(s.split()) for s in data.question])
+    q = run_features(data, text_only, progress=progress)
     fit, cal = np.flatnonzero(masks["fit"]), np.flatnonzero(masks["cal"])
     assert not set(fit) & set(cal), "R_cal and R_fit must be disjoint"
     train = np.flatnonzero(masks["train"])

@@ -155,6 +155,40 @@ def test_spread_over_slices_takes_n_queries_spread_over_the_slices():
     assert len(got) == 24 and len({s for _, s in got}) == 24
 
 
+def test_text_only_runs_use_their_own_features_for_slices_and_cannot_be_exported(env, run, tmp_path, runner):
+    """A --text-only ablation's slices were fit on features without the image: propose must assign with those."""
+    import shutil
+
+    from lr_onnx.cli import main
+    from lr_onnx.export.data import load_dataset
+    from lr_onnx.export.pool import propose_queries
+    from lr_onnx.export.train import run_features
+    from lr_onnx.runtime.profiles import assign_slices
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["train"]["text_only"] = True
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    data = load_dataset(env / "demo")
+    full, text = run_features(data, False, progress=False), run_features(data, True, progress=False)
+    assert (text[:, 384:-1] == 0).all() and np.array_equal(text[:, :384], full[:, :384])
+    # two slices: "the image looks like the average image" and "the text looks like the average text"
+    prof = json.loads((run_dir / "profiles.json").read_text())
+    c = np.zeros((2, full.shape[1] - 3))
+    c[0, 384:] = full[:, 384:-3].mean(axis=0)
+    c[1, :384] = full[:, :384].mean(axis=0)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    prof["space"]["centroids"] = c.tolist()
+    (run_dir / "profiles.json").write_text(json.dumps(prof))
+    assert (assign_slices(full, c) == 0).any()                   # with the image, some queries are slice 0 ...
+    rep = propose_queries(run_dir, tmp_path / "cal", n=24, progress=False)
+    recs = [json.loads(ln) for ln in (tmp_path / "cal" / "queries.jsonl").read_text().splitlines()]
+    assert rep["per_slice"][0] == 0 and {r["slice"] for r in recs} == {1}   # ... never for the text-only run
+    res = runner.invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "--text-only ablation" in res.output and not (tmp_path / "b").exists()
+
+
 def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
     """§3.5: ceil(n/S) calibration queries per slice from R_cal, seeded, as a folder `models add` reads back."""
     import shutil
