@@ -278,6 +278,8 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     Methods: latentrouter, no_communication, text_only, knn, mf, mlp, random,
     best_single, all on the same features, split, expected costs and lambda grid.
     Lambda for the rank score is chosen on validation, never on the test split.
+    Also written: per-dataset results, pool shift, the routing-collapse diagnostic,
+    the uncertainty quality of mu / sigma and the named lambda presets.
     """
     from .export.evaluate import evaluate
 
