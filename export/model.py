@@ -20,7 +20,7 @@ NEG = -1e4  # finite mask value, representable in fp16 (§2.4)
 @dataclass
 class RouterConfig:
     query_dim: int = 1667          # D_q: text 384 + image 1280 + 3 side features (§2.1)
-    model_dim: int = 16            # P_in: standardised profile (S + 7 = 15) + normalised expected cost
+    model_dim: int = 16            # P_in: standardised profile (S + 7) + normalised cost; 16 for method.md S = 8
     hidden: int = 48               # H (§2.6; the reference class default is 96)
     query_tokens: int = 4          # Q
     capsules: int = 7              # C
