@@ -25,10 +25,11 @@ from .files import atomic_write_text, sha256_file, staged_output
 
 OPSET = 18  # the torch 2.13 dynamo exporter implements >= 18; 17 needs a lossy down-conversion
 PARITY_SHAPES = [(1, 1), (1, 10), (64, 16), (7, 33)]
-# int8: MiniLM 8-bit, the CNN stays fp32; int8-full: the CNN too. Measured on 1000 demo test queries, the 8-bit
-# text encoder alone changes 1.0% of the lambda-0 decisions, a static int8 CNN 4.4%, and even 5 of its 49 convs
-# in int8 (feature cosine 0.99991) 0.9%: a quarter of the router's decisions are near-ties (top-2 mu_tilde
-# within 0.01), which any encoder error flips. So `int8` keeps the CNN (13 MB, 3.7 ms) in fp32 to hold 98%.
+# int8: MiniLM 8-bit, the CNN stays fp32; int8-full: the CNN too. Measured with the 8-slice router on 1000 demo
+# test queries, the 8-bit text encoder alone changes 1.0% of the lambda-0 decisions, a static int8 CNN 4.4%, and
+# even 5 of its 49 convs in int8 (feature cosine 0.99991) 0.9%: a quarter of the router's decisions are near-ties
+# (top-2 mu_tilde within 0.01), which any encoder error flips (the slice-prior router: a fifth, int8-full 2.3% on
+# 256 held-out queries). So `int8` keeps the CNN (13 MB, 3.7 ms) in fp32 to hold 98%.
 PRECISIONS = ("fp32", "int8", "int8-full", "fp16")
 
 

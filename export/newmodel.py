@@ -63,17 +63,8 @@ def added_model_feat(P_wo: Prepared, full: Prepared, k_full: int, rows: np.ndarr
     new = new_model_profile(space, full.q[ok], d.Y[ok, k_full], d.C[ok, k_full], d.Lat[ok, k_full],
                             d.Tok[ok, k_full], [d.question[i] for i in ok], price_in=None, price_out=None,
                             pool_mean=float(np.mean(P_wo.raw_profiles[:, 0])))
-    chat = np.append(P_wo.cost_hat, new["e_bar"] / space.cost_scale)
-    feat = np.concatenate([space.standardise(np.vstack([P_wo.raw_profiles, new["raw"]])), chat[:, None]], axis=1)
-    return feat.astype(np.float32), chat
-
-
-def _predict_with(net, q: np.ndarray, feat: np.ndarray, A: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        mf = torch.from_numpy(np.broadcast_to(feat, (len(q), *feat.shape)).copy())
-        return net(torch.from_numpy(q), mf, torch.from_numpy(np.ascontiguousarray(A)))[3].numpy()
+    e_bar = np.append(P_wo.e_bar, new["e_bar"])
+    return space.model_feat(np.vstack([P_wo.raw_profiles, new["raw"]]), e_bar), e_bar / space.cost_scale
 
 
 def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES, cfg: TrainConfig | None = None,
@@ -105,7 +96,7 @@ def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES,
         for n in sizes:
             rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED)])
             feat, chat = added_model_feat(P_wo, full, k, rows)
-            mt = _predict_with(net, full.q[test], feat, A[:, order])
+            mt = predict(net, full, test, avail=A[:, order], model_feat=feat)[0]
             r = _route(mt, Y[:, order], C[:, order], A[:, order], chat)
             entry["added"][str(n)] = {"queries": int(len(rows)), **_summary(r, share_of=len(keep)),
                                       "observed_score": round(float(d.Y[rows, k].mean()), 4),

@@ -80,9 +80,9 @@ def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, see
 
 def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: int = 20260308,
                     progress: bool = True) -> dict:
-    """§3.5 step 1: ceil(n / S) calibration queries per capability slice, drawn (seeded) from the run's R_cal
-    rows, written to the new folder `out` as queries.jsonl plus copies of their images, ready for the new
-    model's outcomes and `models add --outcomes out`. A slice with fewer R_cal rows gives all it has."""
+    """§3.5 step 1: n calibration queries from the run's R_cal rows, spread over the capability slices by
+    `spread_over_slices`, written to the new folder `out` as queries.jsonl plus copies of their images,
+    ready for the new model's outcomes and `models add --outcomes out`."""
     from ..runtime.profiles import assign_slices
     from .data import load_dataset
     from .splits import ensure_splits, split_masks
@@ -128,10 +128,8 @@ def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
     from .train import load_router
 
     net, _ = load_router(run_dir)
-    space = ProfileSpace.from_dict(prof["space"])
-    chat = np.asarray(prof["e_bar"]) / space.cost_scale
-    feat = np.concatenate([space.standardise(np.asarray(prof["raw_profiles"])), chat[:, None]], axis=1)
-    mf = torch.from_numpy(np.broadcast_to(feat, (len(q), *feat.shape)).astype(np.float32).copy())
+    feat = ProfileSpace.from_dict(prof["space"]).model_feat(prof["raw_profiles"], prof["e_bar"])
+    mf = torch.from_numpy(np.broadcast_to(feat, (len(q), *feat.shape)).copy())
     with torch.no_grad():
         mt = net(torch.from_numpy(q), mf, torch.ones(len(q), feat.shape[0], dtype=torch.bool))[3]
     return float(mt[:, -1].mean())

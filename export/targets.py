@@ -65,9 +65,10 @@ def run(data_dir: Path, out: Path, seeds: int, kind: str, slices: int, epochs: i
     else:
         checks["score_at_lambda0_above_best_single"] = lr["score_at_lambda0"]["mean"] > bs["score"]
         checks["nauc_>=_knn_and_mf"] = lr["nauc"]["mean"] >= max(agg["knn"]["nauc"]["mean"], agg["mf"]["nauc"]["mean"])
+    used = len(json.loads((out / "seed0" / "profiles.json").read_text(encoding="utf-8"))["space"]["centroids"])
     result = {"data": str(data_dir), "kind": kind, "seeds": [BASE_SEED + i for i in range(seeds)],
-              "slices": slices, "slices_used": len(json.loads((out / "seed0" / "profiles.json").read_text())["space"]["centroids"]),
-              "epochs": epochs, "setting": setting, "best_single": bs, "oracle": per_seed[0]["oracle"],
+              "slices": slices, "slices_used": used, "epochs": epochs, "setting": setting, "best_single": bs,
+              "oracle": per_seed[0]["oracle"],
               "methods": agg, "targets": checks}
     atomic_write_text(out / "targets.json", json.dumps(clean(result), indent=2, allow_nan=False) + "\n")
     return result

@@ -76,8 +76,7 @@ class Prepared:
 
     def model_feat(self) -> np.ndarray:
         """[K, P_in]: each model's standardised profile, then its normalised expected cost (same for every row)."""
-        prof = self.space.standardise(self.raw_profiles)
-        return np.concatenate([prof, self.cost_hat[:, None]], axis=1).astype(np.float32)
+        return self.space.model_feat(self.raw_profiles, self.e_bar)
 
 
 def run_features(data: RoutingData, text_only: bool, *, progress: bool = True) -> np.ndarray:
@@ -316,13 +315,14 @@ def load_router(run_dir: str | Path):
 
 
 def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512,
-            with_mu: bool = False):
-    """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad); mu too with `with_mu`."""
+            with_mu: bool = False, model_feat: np.ndarray | None = None):
+    """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad); mu too with `with_mu`.
+    `model_feat` `[K, P_in]` replaces the run's own pool (with `avail` to match), e.g. after adding a model."""
     import torch
 
     net.eval()
     A = P.data.A[rows] if avail is None else avail
-    mf_all = torch.from_numpy(P.model_feat())
+    mf_all = torch.from_numpy(P.model_feat() if model_feat is None else model_feat)
     outs_mt, outs_sig, outs_mu = [], [], []
     with torch.no_grad():
         for s in range(0, len(rows), batch):

@@ -76,6 +76,13 @@ class ProfileSpace:
     def standardise(self, raw: np.ndarray) -> np.ndarray:
         return (raw - self.mean) / self.std
 
+    def model_feat(self, raw: np.ndarray, e_bar: np.ndarray) -> np.ndarray:
+        """The router's `model_feat` rows `[K, S + 8]`: standardised profiles, then the normalised expected
+        cost e_bar / s_c."""
+        chat = np.asarray(e_bar, np.float64) / self.cost_scale
+        prof = self.standardise(np.asarray(raw, np.float64))
+        return np.concatenate([prof, chat[:, None]], axis=1).astype(np.float32)
+
     def to_dict(self) -> dict:
         return {"centroids": np.round(self.centroids, 7).tolist(), "cost_scale": self.cost_scale, "mean": self.mean.tolist(),
                 "std": self.std.tolist(), "fill_lat": self.fill_lat, "fill_tok": self.fill_tok}

@@ -4,8 +4,8 @@ Order for `auto`: TensorRT (fp16, engine cache in the user cache dir) -> CUDA ->
 filtered by what this onnxruntime offers. An explicit provider that is not offered
 raises `ProviderError` listing the ones that are; one that is offered but does not
 bind (a GPU wheel on a machine without a usable GPU) falls back to CPU with one
-warning line. Batches on a GPU provider run through an IO binding (`run`). The truth is read from `session.get_providers()`, never from
-`get_device()`.
+warning line. Batches on a GPU provider run through an IO binding (`run`). The
+truth is read from `session.get_providers()`, never from `get_device()`.
 """
 from __future__ import annotations
 
