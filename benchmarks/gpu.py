@@ -35,7 +35,7 @@ def main(out_path: str) -> None:
     import torch
 
     from lr_onnx.export.encoders import EfficientNetLite0, MiniLM
-    from lr_onnx.export.model import LatentRouter, RouterConfig
+    from lr_onnx.export.bench import shipped_shape_router
     from lr_onnx.runtime.router import Router
 
     B, K = 256, 10
@@ -43,11 +43,12 @@ def main(out_path: str) -> None:
     minilm_cfg = {"hidden_size": 384, "layer_norm_eps": 1e-12, "vocab_size": 30522, "max_position_embeddings": 512,
                   "type_vocab_size": 2, "num_attention_heads": 12, "intermediate_size": 1536, "num_hidden_layers": 6}
     torch.manual_seed(0)
-    img, txt, router = EfficientNetLite0().eval(), MiniLM(minilm_cfg).eval(), LatentRouter(RouterConfig()).eval()
+    img, txt = EfficientNetLite0().eval(), MiniLM(minilm_cfg).eval()
+    router, P_in = shipped_shape_router()
     px = torch.randn(B, 3, 224, 224)
     ids = torch.randint(1000, 5000, (B, 24))
     mask = torch.ones_like(ids)
-    mf = torch.randn(B, K, 16)
+    mf = torch.randn(B, K, P_in)
     avail = torch.ones(B, K, dtype=torch.bool)
 
     def pipeline(dtype, dev):

@@ -57,6 +57,19 @@ def _jpeg_640x480() -> bytes:
     return b.getvalue()
 
 
+def shipped_shape_router(S: int = 58):
+    """An untrained LatentRouter of the default bundle's shape (slice prior over S = 58 slices, P_in = S + 8)
+    with random unit centroids: timings need the shape, not the weights. Returns (router, P_in)."""
+    import torch
+
+    from .model import LatentRouter, RouterConfig
+
+    net = LatentRouter(RouterConfig(model_dim=S + 8, slices=S)).eval()
+    c = torch.randn(S, net.slice_prior.centroids.shape[1])
+    net.slice_prior.centroids.copy_(c / c.norm(dim=1, keepdim=True))
+    return net, S + 8
+
+
 class Pipelines:
     """The same model three ways: ORT fp32 graphs, ORT int8-encoder graphs, PyTorch eager."""
 
@@ -66,15 +79,10 @@ class Pipelines:
         from ..runtime.sessions import new_session
         from .encoders import load_image_encoder, load_text_encoder, minilm_dir
         from .export import export_graphs, quantize_encoders
-        from .model import LatentRouter, RouterConfig
 
         torch.manual_seed(0)
         torch.set_num_threads(threads)
-        S = 58                                       # the default bundle's router: slice prior over 58 slices
-        self.P = S + 8                               # profile (S + 7) + normalised cost
-        self.net = LatentRouter(RouterConfig(model_dim=self.P, slices=S)).eval()
-        c = torch.randn(S, self.net.slice_prior.centroids.shape[1])
-        self.net.slice_prior.centroids.copy_(c / c.norm(dim=1, keepdim=True))
+        self.net, self.P = shipped_shape_router()
         self.img_t, self.txt_t = load_image_encoder(), load_text_encoder()
         self.spec, tspec = ImageSpec(), TextSpec()
         self.tok = load_tokenizer(minilm_dir() / "tokenizer.json", tspec)
