@@ -234,6 +234,27 @@ def data_demo(out, n, seed, workers):
 
 
 # ----------------------------------------------------------------------------- training side
+@data.command("merge")
+@click.argument("out", type=click.Path(path_type=str))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
+def data_merge(out, sources):
+    """Merge native datasets SOURCES... into OUT (which must not exist).
+
+    The pool is the union of the sources' models by name; a model a source never ran is
+    unavailable on that source's queries (a ragged pool, which training, evaluation and every
+    baseline handle). Labels get their source's folder name as prefix (kept if already there),
+    colliding ids get `<source>:`, images are linked or copied into OUT/images/<source>/, and
+    each source's own split is kept. A model must have the same prices in every source.
+    """
+    from .export.merge import merge_datasets
+
+    s = merge_datasets(out, list(sources))
+    click.echo(f"wrote {s['queries']} queries x {s['models']} models to {out}")
+    for name, v in s["per_source"].items():
+        click.echo(f"  {name}: {v['queries']} queries, {len(v['models'])} models, split {v['split']}"
+                   + (f", {v['ids_prefixed']} ids prefixed" if v["ids_prefixed"] else ""))
+
+
 @main.command("train")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Run folder to write.")

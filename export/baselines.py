@@ -23,6 +23,28 @@ def best_single_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
     return np.broadcast_to(means * 1e9, (len(rows), P.data.k)).copy()
 
 
+def task_lookup_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
+    """Each model's mean training score on the row's `dataset` label: the per-task lookup.
+
+    It reads the `dataset` label, metadata the router never sees, so it is the bar a router must clear
+    on real data rather than a method it competes with on equal terms. At lambda 0 it routes every query
+    to the best training model of its label; a label unseen in training, and ties, fall back to the
+    best single model (the training means break ties by a negligible amount).
+    """
+    d, train = P.data, P.masks["train"]
+    labels = np.array(d.dataset)
+    Y = np.nan_to_num(d.Y)
+    overall = np.array([Y[train & d.A[:, k], k].mean() if (train & d.A[:, k]).any() else 0.0 for k in range(d.k)])
+    table: dict[str, np.ndarray] = {}
+    for lab in np.unique(labels[train]):
+        sel = train & (labels == lab)
+        cnt = (d.A[sel]).sum(axis=0)
+        means = np.where(cnt > 0, (Y[sel] * d.A[sel]).sum(axis=0) / np.maximum(cnt, 1), overall)
+        table[lab] = means
+    out = np.array([table.get(lab, overall) for lab in labels[rows]], dtype=np.float64)
+    return out + 1e-9 * overall
+
+
 def knn_scores(P: Prepared, rows: np.ndarray, k: int = 50) -> np.ndarray:
     """Mean outcome of the k nearest training queries by cosine (MMR-Bench `knn`)."""
     train = np.flatnonzero(P.masks["train"])

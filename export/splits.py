@@ -1,9 +1,9 @@
 """Train/val/test splits and the calibration part of train (method.md §3.2, §7).
 
-Every method sees the same split because it is written once next to the data
-(`splits.csv` + `splits.meta.json`) and reused afterwards. A generated split
-depends only on the ids, their `dataset` labels and the seed: never on file
-row order, machine or run.
+Every method sees the same split because it is a pure function of the ids, their
+`dataset` labels, the dataset's own `split` column and the seed: never of file row
+order, machine or run. Nothing is written into a data folder; training records the
+split it used in its run folder (`splits.csv` + `splits.meta.json`).
 """
 from __future__ import annotations
 
@@ -109,16 +109,27 @@ def ids_digest(ids) -> str:
 
 def ensure_splits(data: RoutingData, seed: int = SPLIT_SEED, directory: Path | None = None
                   ) -> dict[str, tuple[str, str]]:
-    """Return the dataset's split, creating `splits.csv` next to the data on first use.
+    """Return the dataset's split; write it (`splits.csv` + meta) into `directory` when one is given.
 
-    An existing split file is always reused; if its ids do not match the data the
-    split is refused rather than silently regenerated.
+    The split is a pure function of the ids, their labels, the dataset's own `split` column and the
+    seed, so it is recomputed on every load and never written into the data folder (data folders may be
+    read-only). A `splits.csv` the user put next to the data is honoured; if its ids do not match the
+    data the split is refused rather than silently regenerated. Training writes the split it used into
+    its run folder, for the record.
     """
-    directory = Path(directory or data.root)
-    path = directory / SPLITS_FILE
-    if path.exists():
-        return read_splits(path, data.ids)
-    table, policy = make_splits(data, seed)
+    user_file = Path(data.root) / SPLITS_FILE
+    if user_file.is_file():
+        table, policy = read_splits(user_file, data.ids), f"from {user_file}"
+    else:
+        table, policy = make_splits(data, seed)
+    if directory is not None:
+        write_splits(Path(directory), data, table, policy, seed)
+    return table
+
+
+def write_splits(directory: Path, data: RoutingData, table: dict[str, tuple[str, str]], policy: str,
+                 seed: int) -> None:
+    """`splits.csv` (id, split, part) and `splits.meta.json` into `directory`, atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "split", "part"])
@@ -130,9 +141,9 @@ def ensure_splits(data: RoutingData, seed: int = SPLIT_SEED, directory: Path | N
         "policy": policy, "ids_sha256": ids_digest(data.ids), "n": len(table), "lr_onnx_version": __version__,
         "counts": {s: sum(1 for v in table.values() if v[0] == s) for s in ("train", "val", "test")},
     }
-    atomic_write_text(path, buf.getvalue())
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / SPLITS_FILE, buf.getvalue())
     atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
-    return table
 
 
 def read_splits(path: Path, ids: list[str]) -> dict[str, tuple[str, str]]:

@@ -158,6 +158,33 @@ def few_shot_profiles(P: Prepared, seed: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+class WeightAverage:
+    """Bias-corrected exponential moving average of the weights (as Adam corrects its moments).
+
+    A plain EMA started from the initial weights keeps decay**t of them: with decay 0.99 and the ~43
+    steps of one epoch on 6,000 demo queries, 65% of each averaged weight was still the random
+    initialisation, so early stopping compared mostly-untrained snapshots and could keep one. Here the
+    average starts from zero and is divided by 1 - decay**t: a weighted mean of the trained weights only.
+    """
+
+    def __init__(self, net, decay: float):
+        self.net, self.decay, self.steps = net, decay, 0
+        self.sums = {k: v.detach().clone().zero_() for k, v in net.named_parameters()}
+
+    def update(self, net) -> None:
+        self.steps += 1
+        for k, v in net.named_parameters():
+            self.sums[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+
+    def averaged(self) -> dict:
+        """A full state dict: averaged parameters, the live buffers (constants such as the standardisation)."""
+        scale = 1.0 / (1.0 - self.decay ** max(self.steps, 1))
+        state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        state.update({k: v * scale for k, v in self.sums.items()})
+        return state
+
+
+
 def losses(mu, sigma, delta, mu_t, y, u, avail, chat, w_c: float, weights: dict, sigma_floor: float = 1e-4):
     """The six loss terms of §4.2 as masked means (an empty set contributes 0); sigma is clamped at
     `sigma_floor` inside the NLL only (the model's own sigma output is untouched)."""
@@ -224,7 +251,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     fit = np.flatnonzero(P.masks["fit"] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
     boot = torch.from_numpy(few_shot_profiles(P, cfg.seed)) if cfg.few_shot > 0 else None
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if cfg.ema > 0 else None
+    ema = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
     rng = np.random.default_rng(cfg.seed)
     best, best_state, bad, curves = -np.inf, None, 0, []
     bar = tqdm(range(cfg.epochs), desc="training", disable=not progress, leave=False)
@@ -258,14 +285,13 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)
             opt.step()
-            if ema is not None:                      # exponential moving average of the weights
-                for k, v in net.state_dict().items():
-                    ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+            if ema is not None:
+                ema.update(net)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() * len(rows)
         if ema is not None:
             live = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            net.load_state_dict(ema)
+            net.load_state_dict(ema.averaged())
         v_util = validation_utility(net, P, val, U, cfg.w_c)
         curves.append({"epoch": epoch + 1, "val_utility": v_util, **{k: v / len(fit) for k, v in sums.items()}})
         bar.set_postfix(loss=f"{sum(cfg.loss_weights[k] * v for k, v in sums.items()) / len(fit):.3f}",
@@ -283,6 +309,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     net.load_state_dict(best_state)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    ensure_splits(d, directory=out)                      # the split this run used, for the record
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "weights.safetensors"))
     summary = {"best_val_utility": best, "epochs_run": len(curves), "seconds": time.perf_counter() - t0,
                "train_rows": int(len(fit)), "val_rows": int(len(val))}

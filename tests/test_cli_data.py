@@ -12,6 +12,7 @@ from conftest import DCROUTER, rec, write_native
 from lr_onnx.cli import main
 
 
+@pytest.mark.shared_data("dcrouter")
 def test_check_json_has_the_documented_keys(runner):
     res = runner.invoke(main, ["data", "check", str(DCROUTER), "--json"])
     assert res.exit_code == 0, res.output
@@ -23,6 +24,7 @@ def test_check_json_has_the_documented_keys(runner):
     assert "properties" not in rep  # dcrouter has no difficulty metadata
 
 
+@pytest.mark.shared_data("dcrouter")
 def test_check_table_is_readable(runner):
     res = runner.invoke(main, ["data", "check", str(DCROUTER)])
     assert res.exit_code == 0

@@ -12,6 +12,7 @@ from lr_onnx.export.metrics import best_single, oracle_choice, random_router, ro
 from lr_onnx.runtime.errors import DataError
 
 
+@pytest.mark.shared_data("dcrouter")
 def test_dcrouter_loads_with_published_test_statistics():
     d = load_dataset(DCROUTER)
     assert (d.n, d.k) == (6108, 9)
@@ -28,6 +29,7 @@ def test_dcrouter_loads_with_published_test_statistics():
     assert random_router(Y, C, A) == pytest.approx((0.37548, 3.2242e-05), rel=1e-4)
 
 
+@pytest.mark.shared_data("dcrouter")
 def test_dcrouter_costs_are_input_price_times_words():
     d = load_dataset(DCROUTER)
     price = np.array([m["price_in_per_mtok"] for m in d.models])

@@ -47,13 +47,22 @@ def test_calibration_part_is_disjoint_and_35_percent_of_train(tmp_path):
     assert all(p == "" for s, p in table.values() if s != "train")
 
 
-def test_split_file_is_written_once_and_reused(tmp_path):
+def test_split_is_never_written_into_the_data_folder_but_into_the_given_one(tmp_path):
     d = _dataset(tmp_path)
     first = ensure_splits(d)
-    text = (d.root / SPLITS_FILE).read_text()
+    assert not (d.root / SPLITS_FILE).exists() and not (d.root / META_FILE).exists()
+    run = tmp_path / "run"
+    assert ensure_splits(d, directory=run) == first
+    text = (run / SPLITS_FILE).read_text()
     assert text.splitlines()[0] == "id,split,part"
-    meta = json.loads((d.root / META_FILE).read_text())
+    meta = json.loads((run / META_FILE).read_text())
     assert meta["policy"] == "generated" and meta["seed"] == 20260308 and len(meta["ids_sha256"]) == 64
+
+
+def test_a_users_split_file_next_to_the_data_is_honoured(tmp_path):
+    d = _dataset(tmp_path)
+    first = ensure_splits(d, directory=d.root)
+    text = (d.root / SPLITS_FILE).read_text()
     (d.root / SPLITS_FILE).write_text(text.replace("q0,test", "q0,val").replace("q0,train", "q0,val"))
     again = ensure_splits(d)
     assert again["q0"][0] == "val" and len(again) == len(first)
@@ -61,13 +70,14 @@ def test_split_file_is_written_once_and_reused(tmp_path):
 
 def test_split_file_with_other_ids_is_refused(tmp_path):
     d = _dataset(tmp_path)
-    ensure_splits(d)
+    ensure_splits(d, directory=d.root)
     p = d.root / SPLITS_FILE
     p.write_text(p.read_text().replace("q1,", "zz,"))
     with pytest.raises(DataError, match="split file does not match the data"):
         ensure_splits(d)
 
 
+@pytest.mark.shared_data("dcrouter")
 def test_official_split_with_carved_validation_on_dcrouter():
     d = load_dataset(DCROUTER)
     table, policy = make_splits(d)

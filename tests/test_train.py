@@ -18,7 +18,18 @@ def env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LR_ONNX_CACHE", str(base / "cache"))
         build_demo(base / "demo", n=400, seed=1, workers=1, progress=False)
+        _make_read_only(base / "demo")   # data folders may be read-only: every test below trains on this one
         yield base
+
+
+def _make_read_only(root):
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+
+
+def _snapshot(root):
+    """Every path under root with its size and mtime: root ignores write bits, so compare instead."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +46,7 @@ def test_train_writes_run_and_is_deterministic(env, run):
     from lr_onnx.export.train import TrainConfig, train
 
     run_dir, a = run
+    before = _snapshot(env / "demo")
     b = train(env / "demo", env / "run_b", TrainConfig(epochs=2, slices=2), progress=False)
     for name in ("weights.safetensors", "config.json", "profiles.json", "curves.json", "preprocessing.json"):
         assert (run_dir / name).is_file()
@@ -43,7 +55,9 @@ def test_train_writes_run_and_is_deterministic(env, run):
     assert a["best_val_utility"] == b["best_val_utility"]
     prof = json.loads((run_dir / "profiles.json").read_text())
     assert len(prof["raw_profiles"]) == 10 and len(prof["raw_profiles"][0]) == len(prof["space"]["centroids"]) + 7
-    assert (env / "demo" / "splits.csv").is_file()  # the split is written once next to the data
+    assert _snapshot(env / "demo") == before          # nothing is written into the (read-only) data folder
+    assert not (env / "demo" / "splits.csv").exists()
+    assert (run_dir / "splits.csv").read_text() == (env / "run_b" / "splits.csv").read_text()
 
 
 def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
