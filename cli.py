@@ -2,11 +2,13 @@
 
 Commands import their implementation inside the function body, so `lr-onnx --help`
 stays fast and the serving commands never load the training side. Library errors
-(`LrOnnxError`) become one `Error: ...` line and exit 1; bad arguments exit 2.
+(`LrOnnxError`) become one `Error: ...` line and exit 1; bad arguments, and options
+that name something the bundle does not have (`OptionError`), exit 2.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         import warnings
 
-        from .runtime.errors import LrOnnxError, LrOnnxWarning
+        from .runtime.errors import LrOnnxError, LrOnnxWarning, OptionError
 
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -33,14 +35,25 @@ class _Group(click.Group):
                     for w in caught:  # ours as one plain line each
                         if issubclass(w.category, LrOnnxWarning):
                             click.echo(f"warning: {w.message}", err=True)
+        except OptionError as e:
+            raise _OneLine(str(e), exit_code=2) from None
         except LrOnnxError as e:
-            raise click.ClickException(str(e)) from None
+            raise _OneLine(str(e)) from None
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in _EXPORT_MODULES:
                 raise click.ClickException(
                     f"this command needs the training extra ({e.name} is not installed): "
                     f"pip install -e '.[export]'") from None
             raise
+
+
+class _OneLine(click.ClickException):
+    """`Error: ...` on one line, whatever the message holds (lone surrogates from argv, newlines)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        clean = " ".join(message.encode("utf-8", "backslashreplace").decode("utf-8").split())
+        super().__init__(clean)
+        self.exit_code = exit_code
 
 
 _EXPORT_MODULES = {"torch", "onnx", "onnxscript", "sklearn", "skimage", "matplotlib", "safetensors", "tqdm",
@@ -62,8 +75,13 @@ def main():
 
 
 # ----------------------------------------------------------------------------- serving side
-def _names(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _names(value: str | None, option: str = "--models") -> list[str] | None:
+    if value is None:
+        return None
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    if not out:
+        raise click.UsageError(f"{option} {value!r} names no model; leave the option out to allow every model")
+    return out
 
 
 def _load_router(bundle, provider):
@@ -72,29 +90,53 @@ def _load_router(bundle, provider):
     return Router.load(bundle, provider=provider)
 
 
-class _Lambda(click.ParamType):
-    """A float >= 0 (click's FloatRange lets nan and inf through), or a preset name when `presets` is set."""
+class _Number(click.ParamType):
+    """A finite float in [0, hi] (click's FloatRange lets nan, inf and 400-digit numbers through), or a preset
+    name when `presets` is set. The bounds are the library's own, so CLI and API refuse the same values."""
 
-    name = "lambda"
+    name = "number"
 
-    def __init__(self, presets: bool = False):
-        self.presets = presets
+    def __init__(self, hi: float, presets: bool = False):
+        self.hi, self.presets = hi, presets
 
     def convert(self, value, param, ctx):
-        import math
-
+        if isinstance(value, float):
+            return value
         try:
             v = float(value)
         except (TypeError, ValueError):
-            if self.presets and isinstance(value, str) and value.replace("_", "").isalnum():
+            if self.presets and isinstance(value, str) and value.replace("_", "").isalnum() and value.isascii():
                 return value  # checked against the bundle's presets when it is loaded
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(v) or v < 0:
-            self.fail(f"{value!r} must be a finite number >= 0", param, ctx)
+            self.fail(f"{_safe(value)!r} is not a number", param, ctx)
+        if not math.isfinite(v) or not 0 <= v <= self.hi:
+            self.fail(f"{_safe(value)[:40]!r} must be a finite number between 0 and {self.hi:g}", param, ctx)
         return v
 
 
-_BUNDLE = click.option("--bundle", type=click.Path(path_type=str), default=None,
+def _is_file(s: str) -> bool:
+    try:
+        return len(s) < 4096 and Path(s).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _safe(value) -> str:
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_LAMBDA = _Number(1e9, presets=True)
+_USD = _Number(1e6)
+_PRICE = _Number(1e6)
+
+
+def _bundle_path(ctx, param, value):
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty; leave the option out for the default bundle")
+    return value
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+_BUNDLE = click.option("--bundle", type=click.Path(path_type=str), default=None, callback=_bundle_path,
                        help="Bundle folder (default: the bundle shipped in assets/).")
 _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
                          show_default=True, help="Execution provider; auto = TensorRT > CUDA > CPU, as available.")
@@ -105,11 +147,11 @@ _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda",
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @click.option("--models", help="Comma-separated allow-list of candidate models.")
 @click.option("--exclude", help="Comma-separated models that may not be chosen.")
-@click.option("--lambda", "lam", type=_Lambda(presets=True), default=None,
+@click.option("--lambda", "lam", type=_LAMBDA, default=None,
               help="Cost weight: utility = predicted quality - lambda x normalised expected cost; a number or "
                    "a preset of the bundle (quality, balanced, budget_50, budget_25, budget_10; `lr-onnx info` "
                    "lists them). Default: the bundle's calibrated value.")
-@click.option("--max-cost", type=_Lambda(), default=None, help="Per-query budget in USD (expected cost).")
+@click.option("--max-cost", type=_USD, default=None, help="Per-query budget in USD (expected cost).")
 @click.option("--explain", is_flag=True, help="Show the closest capability slices and the margins at the top.")
 @_BUNDLE
 @_PROVIDER
@@ -120,9 +162,13 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
     expected cost and utility; the chosen model is marked with '*'.
     """
     *images, question = args
+    if _is_file(question) or (not images and Path(question).suffix.lower() in _IMAGE_SUFFIXES):
+        raise click.UsageError(f"the last argument must be the question; {_safe(question)!r} looks like an image "
+                               f"file (usage: lr-onnx route [IMAGE ...] QUESTION)")
     router = _load_router(bundle, provider)
     lam = router.resolve_lambda(lam)
-    d = router.route(images, question, models=_names(models), exclude=_names(exclude), lam=lam, max_cost=max_cost,
+    d = router.route(images, question, models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam,
+                     max_cost=max_cost,
                      explain=explain)
     if as_json:
         _echo_json(d.to_dict())
@@ -385,8 +431,8 @@ def models_propose(run_dir, out, n, seed):
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), help="Bundle to extend.")
 @click.option("--out", type=click.Path(path_type=str), help="Where to write the extended copy of --bundle.")
 @click.option("--name", required=True, help="Name of the new model.")
-@click.option("--price-in", type=click.FloatRange(min=0), default=None, help="USD per 1M input tokens.")
-@click.option("--price-out", type=click.FloatRange(min=0), default=None, help="USD per 1M output tokens.")
+@click.option("--price-in", type=_PRICE, default=None, help="USD per 1M input tokens.")
+@click.option("--price-out", type=_PRICE, default=None, help="USD per 1M output tokens.")
 @click.option("--outcomes", required=True, type=click.Path(exists=True, path_type=str),
               help="queries.jsonl (or a native folder) with outcomes[NAME] = {score, cost, ...} on labelled queries.")
 def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes):
@@ -437,36 +483,43 @@ def models_remove(run_dir, bundle, out, name):
 
 
 @main.command("route-batch")
-@click.argument("inp", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("inp", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=str))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="JSONL of decisions; appended to, so a rerun resumes where it stopped.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--models", help="Comma-separated allow-list of candidate models.")
 @click.option("--exclude", help="Comma-separated models that may not be chosen.")
-@click.option("--lambda", "lam", type=_Lambda(presets=True), default=None,
+@click.option("--lambda", "lam", type=_LAMBDA, default=None,
               help="Cost weight: a number or a preset name (default: the bundle's).")
-@click.option("--max-cost", type=_Lambda(), default=None, help="Per-query budget in USD (expected cost).")
+@click.option("--max-cost", type=_USD, default=None, help="Per-query budget in USD (expected cost).")
 @_BUNDLE
 @_PROVIDER
 def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, bundle, provider):
     """Route every query of INP (.jsonl: {"id", "question", "images"}; .csv: id,question,images with ';').
 
-    Each decision is flushed to OUT as soon as it is made; ids already in OUT are
-    skipped, so an interrupted run loses nothing and resumes. Malformed lines are
-    reported with their line numbers and the rest is processed.
+    INP may be '-' (JSONL on standard input) or a FIFO (waited on for 30 s). Each
+    batch's decisions are appended to OUT as whole lines as soon as it is routed; ids
+    already in OUT are skipped, so an interrupted run resumes where it stopped, and a
+    torn last line (a crash, a full disk) is cut off first. OUT is locked while a run
+    writes it. Bad records (malformed JSON or CSV, invalid UTF-8, wrong types, an
+    unreadable image) and duplicate ids are reported with their line numbers and
+    skipped; the rest is processed, and the exit status is then 1.
     """
-    from .runtime.batch import read_queries, route_batch
+    from .runtime.batch import count_records, route_batch
 
     router = _load_router(bundle, provider)
-    lam = router.resolve_lambda(lam)
-    total = sum(1 for _ in read_queries(Path(inp)))
-    with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:
-        res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update,
-                          models=_names(models), exclude=_names(exclude), lam=lam, max_cost=max_cost)
+    kw = dict(models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam, max_cost=max_cost)
+    total = count_records(Path(inp)) if inp != "-" and Path(inp).is_file() else None
+    if total is None:
+        res = route_batch(router, inp, out, batch_size=batch_size, **kw)
+    else:
+        with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:
+            res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update, **kw)
     for p in res["problems"]:
-        click.echo(f"skipped {p}", err=True)
-    click.echo(f"routed {res['routed']}, already done {res['skipped_done']}, failed {res['failed']}; wrote {out}")
-    if res["failed"]:
+        click.echo(f"skipped {_safe(p)}", err=True)
+    click.echo(f"routed {res['routed']}, already done {res['skipped_done']}, failed {res['failed']}, "
+               f"duplicate ids {res['duplicates']}; wrote {out}")
+    if res["failed"] or res["duplicates"]:
         sys.exit(1)
 
 
@@ -480,24 +533,27 @@ def info_cmd(bundle):
 
     b = load_bundle(bundle or DEFAULT_BUNDLE)
     m = b.manifest
-    click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m['precision']}, opset {m['opset']}, "
-               f"setting {m['setting']}, encoders {m['encoder_version']})")
+    click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m.get('precision', '?')}, opset {m.get('opset', '?')}, "
+               f"setting {m.get('setting', '?')}, encoders {m.get('encoder_version', '?')})")
     click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}")
     for p in m["pool"]:
         pi, po = p.get("price_in_per_mtok"), p.get("price_out_per_mtok")
         click.echo(f"{p['name'][:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} {'-' if po is None else f'{po:g}':>8s} "
                    f"{p['expected_cost_usd']:>12.3g}")
     for name, g in m["graphs"].items():
-        f = m["files"][g["file"]]
-        click.echo(f"graph {name}: {g['file']} {f['bytes'] / 1e6:.1f} MB, inputs {g['inputs']}")
+        size = b.file(g["file"]).stat().st_size
+        click.echo(f"graph {name}: {g['file']} {size / 1e6:.1f} MB, inputs {g.get('inputs', '?')}")
     im = m["preprocessing"]["image"]
     click.echo(f"image: letterbox {im['size']} px, {im['resample']}, mean {im['mean']}, std {im['std']}; "
                f"text: {m['preprocessing']['text']['tokenizer_file']}, max {m['preprocessing']['text']['max_tokens']} tokens")
     lam = m.get("lambda", {})
+    calibrated = lam.get("calibrated")
     click.echo(f"lambda: default {lam.get('default', 0):g}" +
-               (f" (calibrated: {lam['calibrated']['target']})" if "calibrated" in lam else ""))
+               (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else ""))
     for name, p in lam.get("presets", {}).items():
-        score = f", validation score {p['val_score']:.3f} at ${p['val_cost']:.2e}/query" if "val_score" in p else ""
+        p = p if isinstance(p, dict) else {"lambda": p}
+        score = (f", validation score {p['val_score']:.3f} at ${p['val_cost']:.2e}/query"
+                 if isinstance(p.get("val_score"), (int, float)) and isinstance(p.get("val_cost"), (int, float)) else "")
         click.echo(f"  --lambda {name}: {p['lambda']:g}{score}")
     click.echo(f"providers available: {', '.join(ort().get_available_providers())}")
 
@@ -520,7 +576,8 @@ def doctor_cmd(bundle, provider):
     rt = ort()
     click.echo(f"providers available: {', '.join(rt.get_available_providers())}")
     router = _load_router(bundle, provider)  # verifies every sha256
-    click.echo(f"bundle {router.bundle.path}: {len(router.bundle.manifest['files'])} files, sha256 verified")
+    click.echo(f"bundle {router.bundle.path}: closed, {len(router.bundle.manifest['files'])} listed files, "
+               f"sha256 verified")
     for name, bound in router.bound_providers().items():
         click.echo(f"  {name}: bound {', '.join(bound)}")
     g = check_golden(router)
@@ -536,7 +593,7 @@ def doctor_cmd(bundle, provider):
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
               help="Your labelled queries in the native format (outcomes of the bundle's models).")
-@click.option("--max-avg-cost", type=_Lambda(), default=None, help="Target: mean cost per query (USD) at most X.")
+@click.option("--max-avg-cost", type=_USD, default=None, help="Target: mean cost per query (USD) at most X.")
 @click.option("--max-share", default=None, help="Target: MODEL:P, at most a share P of queries sent to MODEL.")
 @click.option("--split", type=click.Choice(["all", "val", "test", "train"]), default="all", show_default=True,
               help="Which rows of DATA to calibrate on (a `split` field is needed for val/test/train).")

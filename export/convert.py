@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import base64
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -21,11 +22,15 @@ import re
 import shutil
 import tarfile
 import warnings
+import zipfile
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.errors import DataError
+from ..runtime.validate import loads_json
 from ..version import __version__
 from .data import jsonl_objects, safe_relative_path, write_dataset
 from .files import sha256_file, staged_output
@@ -35,6 +40,40 @@ MAX_MEMBERS = 2_000_000
 MAX_TOTAL_BYTES = 200 * 1024**3
 
 # ----------------------------------------------------------------------------- shared helpers
+@contextmanager
+def source_errors(src: Path):
+    """How a published source's files can be broken, each as one `DataError` line: text that is not UTF-8,
+    a truncated or corrupt archive, a broken zip (.npz), an array file that holds a pickle, a broken CSV."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise DataError(f"{src}: a file is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{src}: archive truncated or corrupt ({type(e).__name__}: {str(e)[:120]})") from None
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{src}: a .npz/.zip file is corrupt ({str(e)[:120]})") from None
+    except csv.Error as e:
+        raise DataError(f"{src}: malformed CSV ({str(e)[:120]})") from None
+
+
+def load_array(path: Path, key: str | None = None) -> np.ndarray:
+    """A numeric array from .npy / .npz, never unpickling: object arrays are refused with one line."""
+    try:
+        with open(path, "rb") as fh:
+            z = np.load(fh, allow_pickle=False)
+            if isinstance(z, np.lib.npyio.NpzFile):
+                with z:
+                    if not z.files:
+                        raise DataError(f"{path}: an empty .npz")
+                    a = z[key] if key in z.files else z[z.files[0]]
+            else:
+                a = z
+            return np.asarray(a, dtype=float)
+    except (ValueError, TypeError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a numeric array file ({str(e).splitlines()[0][:120]}); "
+                        f"pickled or object arrays are never loaded") from None
+
+
 
 
 def safe_extract(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
@@ -144,10 +183,7 @@ def _models_spec(src: Path) -> list:
     path = src / "models.json"
     if not path.is_file():
         return []
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: malformed JSON ({str(e).splitlines()[0]})") from None
+    spec = loads_json(path.read_bytes(), str(path), err=DataError)
     if isinstance(spec, dict):
         spec = spec.get("models", [])
     if not isinstance(spec, list):
@@ -192,7 +228,7 @@ def convert_mmr(src: str | os.PathLike, out: str | os.PathLike, *, official_spli
     csv_path = next((src / n for n in ("MMR_Bench.csv", "MMR-Bench.csv") if (src / n).is_file()), None)
     if csv_path is None:
         raise DataError(f"{src}: no MMR_Bench.csv (or MMR-Bench.csv); is this the MMR-Bench folder?")
-    with staged_output(out) as tmp:
+    with staged_output(out) as tmp, source_errors(src):
         image_root = src
         if not any((src / f).is_dir() for f in MMR_PREFIXES.values()) and (src / "images.tar.gz").is_file():
             image_root = tmp / ".extracted"
@@ -355,7 +391,7 @@ SPLIT_NAMES = {"train": "train", "training": "train", "dev": "val", "val": "val"
 def convert_vl_routerbench(src: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Convert VL-RouterBench (Layout A matrices, Layout B raw folder or archive) to the native format."""
     src = Path(src)
-    with staged_output(out) as tmp:
+    with staged_output(out) as tmp, source_errors(src):
         root = src
         if src.is_file():
             if not src.name.endswith((".tar.gz", ".tgz", ".tar")):
@@ -389,8 +425,12 @@ def _load_model_names(reg: Path) -> list[str]:
     if (reg / "models.txt").is_file():
         return [ln.strip() for ln in (reg / "models.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
     if (reg / "models.json").is_file():
-        spec = json.loads((reg / "models.json").read_text(encoding="utf-8"))
-        return [m["name"] if isinstance(m, dict) else str(m) for m in spec.get("models", spec)]
+        spec = loads_json((reg / "models.json").read_bytes(), str(reg / "models.json"), err=DataError)
+        spec = spec.get("models", []) if isinstance(spec, dict) else spec
+        if not isinstance(spec, list) or not all(isinstance(m, (str, dict)) and (isinstance(m, str) or
+                                                 isinstance(m.get("name"), str)) for m in spec):
+            raise DataError(f"{reg / 'models.json'}: expected a list of model names or {{'name': ...}} objects")
+        return [m["name"] if isinstance(m, dict) else m for m in spec]
     if (reg / "model_index.pkl").is_file():
         obj = load_plain_pickle(reg / "model_index.pkl")
         if isinstance(obj, dict):
@@ -408,10 +448,7 @@ def _read_table_ids(path: Path) -> list[str]:
             return [r.get("sample_id") or r.get("id") for r in csv.DictReader(fh)]
     if path.suffix != ".json":
         return [str(rec.get("sample_id", rec.get("id"))) for _, _, rec in jsonl_objects(path)]
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: malformed JSON ({str(e).splitlines()[0]})") from None
+    items = loads_json(path.read_bytes(), str(path), err=DataError)
     return [str(it.get("sample_id", it.get("id"))) if isinstance(it, dict) else str(it) for it in items]
 
 
@@ -432,13 +469,11 @@ def _convert_layout_a(root: Path, tmp: Path, warn: list[str]) -> dict:
     mat, reg = root / "data" / "matrices", root / "data" / "registry"
     if not (mat / "Y.npz").is_file():
         raise DataError(f"{mat}: no Y.npz")
-    with np.load(mat / "Y.npz", allow_pickle=False) as z:
-        Y = np.asarray(z["Y"] if "Y" in z.files else z[z.files[0]], dtype=float)
+    Y = load_array(mat / "Y.npz", "Y")
     if (mat / "C.npy").is_file():
-        C = np.load(mat / "C.npy", allow_pickle=False).astype(float)
+        C = load_array(mat / "C.npy")
     elif (mat / "C.npz").is_file():
-        with np.load(mat / "C.npz", allow_pickle=False) as z:
-            C = np.asarray(z["C"] if "C" in z.files else z[z.files[0]], dtype=float)
+        C = load_array(mat / "C.npz", "C")
     else:
         raise DataError(f"{mat}: no C.npy or C.npz")
     bad = np.isfinite(Y) & ((Y < 0) | (Y > 1))

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..runtime.errors import DataError
+from ..runtime.validate import loads_json, text
 
 QUERIES_FILE = "queries.jsonl"
 MODELS_FILE = "models.json"
@@ -78,16 +79,14 @@ def load_models(path: Path) -> list[dict]:
     """Read `models.json`: a list of `{"name": str, "price_in_per_mtok"?: float, ...}`."""
     if not path.is_file():
         raise DataError(f"{path}: not found (a native dataset needs {MODELS_FILE} next to {QUERIES_FILE})")
-    try:
-        models = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: malformed JSON ({_short(e)})") from None
+    models = loads_json(path.read_bytes(), str(path), err=DataError)
     if not isinstance(models, list) or not models:
         raise DataError(f"{path}: expected a non-empty JSON list of model objects")
     seen: set[str] = set()
     for j, m in enumerate(models):
         if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"].strip():
             raise DataError(f"{path}: entry {j} needs a non-empty string 'name'")
+        text(m["name"], f"{path}: entry {j} 'name'", err=DataError)
         if m["name"] in seen:
             raise DataError(f"{path}: duplicate model name '{m['name']}'")
         seen.add(m["name"])
@@ -103,16 +102,9 @@ def jsonl_objects(path: Path):
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{where}: not UTF-8 text") from None
-            if not line.strip():
+            if not raw.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
+            rec = loads_json(raw, where, err=DataError)
             if not isinstance(rec, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
             yield lineno, where, rec
@@ -154,12 +146,14 @@ def load_dataset(root: str | os.PathLike, *, strict_images: bool = False) -> Rou
         qid = rec.get("id")
         if not isinstance(qid, str) or not qid:
             raise DataError(f"{where}: 'id' must be a non-empty string")
+        text(qid, f"{where}: 'id'", err=DataError)
         if qid in line_of:
             raise DataError(f"{where}: duplicate id '{qid}' (first on line {line_of[qid]})")
         line_of[qid] = lineno
         for key in ("question", "dataset"):
             if not isinstance(rec.get(key), str):
                 raise DataError(f"{where}: '{key}' must be a string (query '{qid}')")
+            text(rec[key], f"{where}: '{key}' (query '{qid}')", empty_ok=True, err=DataError)
 
         has_split = "split" in rec and rec["split"] is not None
         if split_first is None:
@@ -295,8 +289,7 @@ def load_outcomes_for(path: str | os.PathLike, name: str) -> RoutingData:
     root = path.parent
     rows = []
     for lineno, where, rec in jsonl_objects(path):
-        if not isinstance(rec.get("question"), str):
-            raise DataError(f"{where}: expected an object with a 'question' string")
+        text(rec.get("question"), f"{where}: 'question'", err=DataError)
         outs = rec.get("outcomes") or {}
         if not isinstance(outs, dict) or outs.get(name) is None:
             continue

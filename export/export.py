@@ -309,12 +309,13 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         if fused:
             parity["fused"] = check_fused(tmp, manifest)
         write_golden(net, tmp, manifest, precision)
-        parity["export_seconds"] = round(time.perf_counter() - t0, 1)
+        # parity.json is written before the hashes, so the manifest lists it too (a closed bundle: every file
+        # the runtime may open is listed and verified); it holds no timings, so rebuilds stay byte-identical
+        atomic_write_text(tmp / "parity.json", json.dumps(parity, indent=2) + "\n")
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest["files"] = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
-        atomic_write_text(tmp / "parity.json", json.dumps(parity, indent=2) + "\n")
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return parity
+    return dict(parity, export_seconds=round(time.perf_counter() - t0, 1))
 
 
 def _ort_version() -> str | None:

@@ -1,84 +1,254 @@
 """`lr-onnx route-batch`: route a JSONL or CSV file of queries, resumably.
 
-Each finished decision is appended to OUT as one JSON line and flushed at once, so
-a crash or Ctrl-C loses nothing already routed; a rerun skips the ids already in
-OUT. Malformed input lines are reported with their line numbers and skipped; the
-rest of the file is still processed.
+Guarantees (the README repeats them):
+- one bad record (malformed JSON, invalid UTF-8, wrong types, an oversized CSV field, an
+  unreadable image) is reported with its line number and skipped; it never stops the run
+  or costs the good records of its batch;
+- a duplicate id is reported and skipped, never silently taken for "already done";
+- OUT is locked while a run writes it (a second run on the same OUT is refused), and OUT
+  may not be the input;
+- OUT is always valid JSONL: each batch is appended as whole lines; a write that fails
+  (disk full, file size limit) is rolled back to the last whole line, and a torn last line
+  left by a crash (kill -9) is cut off when the next run opens OUT. A rerun skips the
+  ids already in OUT, so it resumes exactly where the last whole line ended.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
 import os
+import select
+import stat
+import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from .errors import InputError, LrOnnxError
+from .validate import loads_json, text
+
+FIFO_WAIT_S = 30.0
+STDIN = "-"
 
 
-def read_queries(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line number, {"id", "question", "images"} or None, error or None) per input line."""
-    base = path.parent
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "question" not in reader.fieldnames:
-                raise InputError(f"{path}: a CSV input needs a 'question' column (optional: id, images)")
-            for row in reader:
-                imgs = [p for p in (row.get("images") or "").replace("|", ";").split(";") if p.strip()]
-                yield reader.line_num, _query(row, imgs, base, reader.line_num), None
+# ----------------------------------------------------------------------------- input
+def open_input(inp: str | os.PathLike, *, fifo_wait_s: float = FIFO_WAIT_S) -> tuple[BinaryIO, Path, bool]:
+    """(binary stream, folder that relative image paths start from, whether it is a regular file).
+
+    `-` is standard input (refused when it is a terminal); a FIFO waits up to `fifo_wait_s` for a writer.
+    """
+    if str(inp) == STDIN:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise InputError("no input on standard input: pipe JSONL into `-` or give a file")
+        return sys.stdin.buffer, Path.cwd(), False
+    path = Path(inp)
+    try:
+        st = path.stat()
+    except OSError:
+        raise InputError(f"{path}: no such input file") from None
+    if stat.S_ISFIFO(st.st_mode):
+        return _open_fifo(path, fifo_wait_s), path.parent, False
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file, FIFO or '-'")
+    try:
+        return open(path, "rb"), path.parent, True
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def _open_fifo(path: Path, wait_s: float) -> BinaryIO:
+    """Open a FIFO without hanging forever when nobody writes to it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    if not poller.poll(int(wait_s * 1000)):
+        os.close(fd)
+        raise InputError(f"{path}: no writer opened this FIFO within {wait_s:g} s")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def count_records(path: Path) -> int:
+    """Non-blank lines of a regular file (the progress bar's length; a CSV's header is not a record)."""
+    with open(path, "rb") as fh:
+        n = sum(1 for line in fh if line.strip())
+    return max(0, n - 1) if path.suffix.lower() == ".csv" else n
+
+
+def read_queries(fh: BinaryIO, base: Path, *, csv_format: bool = False,
+                 name: str = "input") -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, {"id", "question", "images"} or None, problem or None) per record; never raises on a record."""
+    if csv_format:
+        yield from _read_csv(fh, base, name)
         return
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, None, f"malformed JSON ({str(e).splitlines()[0]})"
-                continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
-                yield lineno, None, "expected an object with a 'question' string"
-                continue
-            imgs = rec.get("images") or []
-            if isinstance(imgs, str):
-                imgs = [imgs]
-            yield lineno, _query(rec, imgs, base, lineno), None
+    for lineno, raw in enumerate(fh, start=1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        try:
+            rec = loads_json(raw, "line")
+            if not isinstance(rec, dict):
+                raise InputError("expected a JSON object with a 'question' string")
+            yield lineno, _record(rec, lineno, base, id_given="id" in rec), None
+        except InputError as e:
+            yield lineno, None, str(e).removeprefix("line: ")
 
 
-def _query(rec: dict, images: list, base: Path, lineno: int) -> dict:
-    paths = [p if os.path.isabs(str(p)) else str(base / str(p).strip()) for p in images]
-    return {"id": str(rec.get("id") or f"line-{lineno}"), "question": rec.get("question") or "", "images": paths}
+def _read_csv(fh: BinaryIO, base: Path, name: str):
+    textio = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(textio)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as e:
+        raise InputError(f"{name}: malformed CSV header ({e})") from None
+    if "question" not in header:
+        raise InputError(f"{name}: a CSV input needs a 'question' column (optional: id, images)")
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield reader.line_num, None, f"malformed CSV record ({e})"
+            continue
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield reader.line_num, None, f"expected {len(header)} fields, got {len(row)}"
+            continue
+        rec = dict(zip(header, row))
+        images = [p for p in rec.get("images", "").replace("|", ";").split(";") if p.strip()]
+        try:
+            yield reader.line_num, _record({**rec, "images": images}, reader.line_num, base,
+                                           id_given="id" in header), None
+        except InputError as e:
+            yield reader.line_num, None, str(e)
 
 
-def done_ids(out: Path) -> set[str]:
-    """Ids already routed in OUT (a torn last line from a crash is ignored and redone)."""
+def _record(rec: dict, lineno: int, base: Path, *, id_given: bool) -> dict:
+    """One validated query; raises `InputError` naming the field."""
+    question = text(rec.get("question"), "'question'")
+    if not id_given:
+        qid = f"line-{lineno}"
+    else:
+        raw = rec.get("id")
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            qid = str(raw)
+        elif isinstance(raw, str) and raw.strip():
+            qid = text(raw, "'id'")
+        else:
+            raise InputError(f"'id' must be a non-empty string or an integer, got {json.dumps(raw)[:40]}")
+    images = rec.get("images")
+    if images is None:
+        images = []
+    elif isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
+        raise InputError("'images' must be a path or a list of paths")
+    paths = []
+    for p in images:
+        p = text(p, "image path").strip()
+        paths.append(p if os.path.isabs(p) else str(base / p))
+    return {"id": qid, "question": question, "images": paths}
+
+
+# ----------------------------------------------------------------------------- output
+def _open_out(out: Path, inp_path: Path | None) -> int:
+    """OUT opened for appending, exclusively locked; refused when it is the input or not a regular file."""
+    if not str(out).strip():
+        raise InputError("--out is empty")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: the folder {out.parent} does not exist")
+    if inp_path is not None and out.exists() and os.path.samefile(out, inp_path):
+        raise InputError(f"{out}: OUT is the input file; write the decisions somewhere else")
+    if out.exists() and not out.is_file():
+        raise InputError(f"{out}: OUT must be a regular file")
+    try:
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as e:
+        raise InputError(f"{out}: cannot be written ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise InputError(f"{out}: another route-batch is writing this file; wait for it or choose another OUT") \
+            from None
+    return fd
+
+
+def _repair_and_read_ids(fd: int, out: Path) -> set[str]:
+    """Cut a torn last line (a crash mid-write) and return the ids of the whole lines."""
+    size = os.fstat(fd).st_size
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        fh.seek(0)
+        data = fh.read()
+    end = data.rfind(b"\n") + 1
+    if end != size:
+        try:
+            os.ftruncate(fd, end)
+        except OSError as e:
+            raise InputError(f"{out}: cannot cut its torn last line ({e.strerror})") from None
     ids: set[str] = set()
-    if out.is_file():
-        with open(out, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    ids.add(str(json.loads(line)["id"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+    for line in data[:end].splitlines():
+        try:
+            ids.add(str(json.loads(line)["id"]))
+        except (ValueError, KeyError, TypeError, RecursionError):
+            continue
     return ids
 
 
+def _append(fd: int, out: Path, payload: bytes, written: int) -> None:
+    """Append whole lines; on failure roll OUT back to its last whole line and stop with one line."""
+    start = os.fstat(fd).st_size
+    view = memoryview(payload)
+    try:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError as e:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise LrOnnxError(f"{out}: write failed ({e.strerror}); {written} decisions were written before it and "
+                          f"OUT ends on a whole line: rerun to resume") from None
+
+
 def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 64,
-                on_progress: Callable[[int], None] | None = None, **route_kw) -> dict:
-    """Route every query of `inp` not yet in `out`; returns counts and the per-line problems."""
-    inp, out = Path(inp), Path(out)
-    if not inp.is_file():
-        raise InputError(f"{inp}: no such input file")
-    skip = done_ids(out)
-    if out.is_file() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
-        with open(out, "ab") as fh:  # close a line torn by a crash so the next record starts cleanly
-            fh.write(b"\n")
+                on_progress: Callable[[int], None] | None = None, fifo_wait_s: float = FIFO_WAIT_S,
+                **route_kw) -> dict:
+    """Route every query of `inp` (a path, a FIFO or `-`) not yet in `out`; returns counts and per-line problems.
+
+    Options (`models`, `exclude`, `lam`, `max_cost`) are checked once, before any record is read.
+    """
+    route_kw["lam"] = router.resolve_lambda(route_kw.get("lam"))
+    router.availability(route_kw.get("models"), route_kw.get("exclude"), route_kw.get("max_cost"))
+    out = Path(out)
+    fh, base, regular = open_input(inp, fifo_wait_s=fifo_wait_s)
+    name = str(inp)
+    try:
+        fd = _open_out(out, Path(inp) if regular else None)
+        try:
+            skip = _repair_and_read_ids(fd, out)
+            return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw)
+        finally:
+            os.close(fd)
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
+
+
+def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw) -> dict:
     problems: list[str] = []
-    counts = {"routed": 0, "skipped_done": 0, "failed": 0}
+    counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0}
+    first_line: dict[str, int] = {}
     pending: list[dict] = []
 
-    def flush(fh):
+    def flush():
         if not pending:
             return
         try:
@@ -91,29 +261,32 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
                 try:
                     results.append((q, router.route(q["images"], q["question"], **route_kw)))
                 except LrOnnxError as e:
-                    problems.append(f"{inp}:{q['_line']}: {e}")
+                    problems.append(f"{name}:{q['_line']}: {e}")
                     counts["failed"] += 1
-        for q, d in results:
-            fh.write(json.dumps({"id": q["id"], **d.to_dict()}) + "\n")
-            fh.flush()
-            counts["routed"] += 1
+        payload = "".join(json.dumps({"id": q["id"], **d.to_dict()}, allow_nan=False) + "\n" for q, d in results)
+        _append(fd, out, payload.encode("utf-8"), counts["routed"])
+        counts["routed"] += len(results)
         if on_progress:
             on_progress(len(pending))
         pending.clear()
 
-    with open(out, "a", encoding="utf-8") as fh:
-        for lineno, q, err in read_queries(inp):
-            if err:
-                problems.append(f"{inp}:{lineno}: {err}")
-                counts["failed"] += 1
-                continue
-            if q["id"] in skip:
-                counts["skipped_done"] += 1
-                continue
-            skip.add(q["id"])
-            q["_line"] = lineno
-            pending.append(q)
-            if len(pending) >= batch_size:
-                flush(fh)
-        flush(fh)
+    for lineno, q, err in read_queries(fh, base, csv_format=name.lower().endswith(".csv"), name=name):
+        if err:
+            problems.append(f"{name}:{lineno}: {err}")
+            counts["failed"] += 1
+            continue
+        if q["id"] in first_line:
+            problems.append(f"{name}:{lineno}: duplicate id '{q['id']}' (first on line {first_line[q['id']]}); "
+                            f"give every record its own id")
+            counts["duplicates"] += 1
+            continue
+        first_line[q["id"]] = lineno
+        if q["id"] in skip:
+            counts["skipped_done"] += 1
+            continue
+        q["_line"] = lineno
+        pending.append(q)
+        if len(pending) >= batch_size:
+            flush()
+    flush()
     return {**counts, "problems": problems}

@@ -1,25 +1,37 @@
 """A bundle on disk: `manifest.json` plus the files it lists, each verified by sha256.
 
 A bundle is data only (ONNX graphs, JSON, tokenizer.json): loading one never runs code.
+It is *closed*: the runtime opens a file of the bundle only through `Bundle.read`, which
+accepts names listed in `manifest["files"]` with a sha256, resolving inside the bundle
+folder (symlinks followed), and checks the hash of the very bytes it returns. The
+manifest itself is validated here, once, so the rest of the runtime can trust its types.
 """
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError
+from .features import HAS_IMAGE_COL
+from .validate import integer, loads_json, number, text
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
+GRAPHS = ("router", "image_encoder", "text_encoder")
+MAX_MANIFEST_BYTES = 64 << 20
+RESAMPLE_NAMES = ("bilinear", "bicubic", "nearest")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class Bundle:
     path: Path
     manifest: dict
+    verify: bool = True
 
     @property
     def pool(self) -> list[dict]:
@@ -30,7 +42,24 @@ class Bundle:
         return [m["name"] for m in self.pool]
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        """The path of a listed file, inside the bundle folder (anything else is a `BundleError`)."""
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.path}: {name} is not listed in {MANIFEST}'s files; the bundle is not closed")
+        return inside(self.path, name, "files")
+
+    def read(self, name: str) -> bytes:
+        """The bytes of a listed file, hash-checked (when verification is on) on exactly these bytes."""
+        path = self.file(name)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"{self.path}: {name} cannot be read ({e.strerror or type(e).__name__})") from None
+        if self.verify and hashlib.sha256(data).hexdigest() != self.manifest["files"][name]["sha256"]:
+            raise BundleError(f"{self.path}: {name} fails its sha256 check; re-export the bundle or restore the file")
+        return data
+
+    def read_json(self, name: str):
+        return loads_json(self.read(name), f"{self.path / name}", err=BundleError)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -42,8 +71,23 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def inside(folder: Path, name, entry: str) -> Path:
+    """`folder / name`, refused unless it is a relative path that resolves inside `folder` (symlinks followed)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BundleError(f"{folder}: manifest entry {entry} has an invalid file name {name!r}")
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise BundleError(f"{folder}: manifest entry {entry} names {name!r}, outside the bundle folder")
+    root = folder.resolve()
+    target = (folder / name).resolve()
+    if target != root and root not in target.parents:
+        raise BundleError(f"{folder}: manifest entry {entry} names {name!r}, which resolves outside the bundle folder")
+    return folder / name
+
+
 def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
-    """Read and check a bundle folder: schema version, presence and sha256 of every listed file."""
+    """Read and check a bundle folder: the manifest's shape and numbers, the closed file list, every sha256."""
+    if isinstance(path, str) and not path.strip():
+        raise BundleError("bundle path is empty")
     path = Path(path)
     mpath = path / MANIFEST
     if not path.is_dir():
@@ -51,19 +95,143 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
     if not mpath.is_file():
         raise BundleError(f"{path}: no {MANIFEST}; not an lr-onnx bundle (create one with lr-onnx export)")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mpath}: malformed JSON ({str(e).splitlines()[0]})") from None
-    version = manifest.get("schema_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{mpath}: missing schema_version")
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath}: larger than {MAX_MANIFEST_BYTES >> 20} MB; not an lr-onnx manifest")
+        raw = mpath.read_bytes()
+    except OSError as e:
+        raise BundleError(f"{mpath}: cannot be read ({e.strerror or type(e).__name__})") from None
+    manifest = loads_json(raw, str(mpath), err=BundleError)
+    validate_manifest(manifest, path)
+    for name in manifest["files"]:
+        f = inside(path, name, f"files[{name!r}]")
+        if not f.is_file():
+            raise BundleError(f"{path}: {name} is missing; re-export the bundle or restore the file")
+        if verify and sha256_file(f) != manifest["files"][name]["sha256"]:
+            raise BundleError(f"{path}: {name} fails its sha256 check; re-export the bundle or restore the file")
+    return Bundle(path, manifest, verify)
+
+
+# ----------------------------------------------------------------------------- manifest schema
+def validate_manifest(m, path: Path) -> None:
+    """Refuse, with one line naming the entry, any manifest the runtime could not route with safely."""
+    where = f"{path / MANIFEST}"
+
+    def need(obj, key, kind, ctx):
+        if not isinstance(obj, dict) or key not in obj:
+            raise BundleError(f"{where}: missing '{ctx}{key}'")
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise BundleError(f"{where}: '{ctx}{key}' must be {_KIND_NAMES.get(kind, 'of another type')}")
+        return obj[key]
+
+    def num(v, field, lo=0.0, hi=1e12):
+        return number(v, f"{where}: {field}", lo=lo, hi=hi, err=BundleError)
+
+    if not isinstance(m, dict):
+        raise BundleError(f"{where}: expected a JSON object, got {type(m).__name__}")
+    version = m.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(f"{where}: schema_version must be a positive integer, got {version!r}")
     if version > SCHEMA_VERSION:
         raise BundleError(f"{path}: bundle schema version {version} is newer than this lr-onnx supports "
                           f"({SCHEMA_VERSION}); upgrade lr-onnx")
-    for name, info in manifest.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise BundleError(f"{path}: {name} is missing; re-export the bundle or restore the file")
-        if verify and sha256_file(f) != info["sha256"]:
-            raise BundleError(f"{path}: {name} fails its sha256 check; re-export the bundle or restore the file")
-    return Bundle(path, manifest)
+
+    files = need(m, "files", dict, "")
+    if not files:
+        raise BundleError(f"{where}: 'files' is empty; a bundle lists every file it holds with its sha256")
+    for name, info in files.items():
+        inside(path, name, f"files[{name!r}]")
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not _HEX64.fullmatch(info["sha256"]):
+            raise BundleError(f"{where}: files[{name!r}] needs a 'sha256' of 64 lowercase hex digits")
+
+    graphs = need(m, "graphs", dict, "")
+    for g in GRAPHS:
+        entry = need(graphs, g, dict, "graphs.")
+        fname = need(entry, "file", str, f"graphs.{g}.")
+        inside(path, fname, f"graphs.{g}.file")
+        if fname not in files:
+            raise BundleError(f"{where}: graphs.{g}.file {fname!r} is not listed in 'files'; the bundle is not closed")
+
+    pre = need(m, "preprocessing", dict, "")
+    image = need(pre, "image", dict, "preprocessing.")
+    integer(image.get("size"), f"{where}: preprocessing.image.size", lo=16, hi=2048, err=BundleError)
+    if image.get("resample") not in RESAMPLE_NAMES:
+        raise BundleError(f"{where}: preprocessing.image.resample must be one of {', '.join(RESAMPLE_NAMES)}, "
+                          f"got {image.get('resample')!r}")
+    for key, lo, hi in (("mean", -1e3, 1e3), ("std", 1e-6, 1e3), ("pad", 0, 255)):
+        v = image.get(key)
+        if not isinstance(v, list) or len(v) != 3:
+            raise BundleError(f"{where}: preprocessing.image.{key} must be a list of 3 numbers")
+        for x in v:
+            (integer if key == "pad" else number)(x, f"{where}: preprocessing.image.{key}", lo=lo, hi=hi,
+                                                  err=BundleError)
+    integer(image.get("max_pixels", 1), f"{where}: preprocessing.image.max_pixels", lo=1, hi=1 << 40, err=BundleError)
+    unknown = set(image) - {"size", "resample", "mean", "std", "pad", "max_pixels"}
+    if unknown:
+        raise BundleError(f"{where}: preprocessing.image has unknown keys {sorted(unknown)}")
+    textspec = need(pre, "text", dict, "preprocessing.")
+    integer(textspec.get("max_tokens"), f"{where}: preprocessing.text.max_tokens", lo=1, hi=4096, err=BundleError)
+    tok = textspec.get("tokenizer_file", "tokenizer.json")
+    inside(path, tok, "preprocessing.text.tokenizer_file")
+    if tok not in files:
+        raise BundleError(f"{where}: tokenizer {tok!r} is not listed in 'files'; the bundle is not closed")
+
+    pool = need(m, "pool", list, "")
+    if not pool:
+        raise BundleError(f"{where}: 'pool' is empty")
+    seen: set[str] = set()
+    width = None
+    for j, p in enumerate(pool):
+        ctx = f"pool[{j}]."
+        name = text(need(p, "name", str, ctx), f"{where}: {ctx}name", err=BundleError)
+        if name in seen:
+            raise BundleError(f"{where}: duplicate model name {name!r} in 'pool'")
+        seen.add(name)
+        num(p.get("expected_cost_usd"), f"{ctx}expected_cost_usd (model {name!r})", hi=1e6)
+        num(p.get("cost_hat"), f"{ctx}cost_hat (model {name!r})", hi=1e9)
+        for key in ("price_in_per_mtok", "price_out_per_mtok"):
+            if p.get(key) is not None:
+                num(p[key], f"{ctx}{key} (model {name!r})", hi=1e6)
+        for key in ("profile", "raw_profile"):
+            vec = need(p, key, list, ctx)
+            for x in vec:
+                num(x, f"{ctx}{key} (model {name!r})", lo=-1e9, hi=1e9)
+        if width is None:
+            width = len(p["profile"])
+        if len(p["profile"]) != width or len(p["raw_profile"]) != width:
+            raise BundleError(f"{where}: model {name!r} has a profile of another width than pool[0] ({width})")
+    dim = m.get("model_dim")
+    if dim is not None and dim != width + 1:
+        raise BundleError(f"{where}: profiles of width {width} do not match model_dim {dim!r} (expected {width + 1})")
+
+    space = need(m, "profile_space", dict, "")
+    cents = need(space, "centroids", list, "profile_space.")
+    if not cents or not all(isinstance(c, list) and len(c) == len(cents[0]) and c for c in cents):
+        raise BundleError(f"{where}: profile_space.centroids must be a non-empty matrix")
+    if len(cents[0]) != HAS_IMAGE_COL or len(cents) + 7 != width:
+        raise BundleError(f"{where}: profile_space.centroids must be {width - 7} x {HAS_IMAGE_COL}")
+    if not all(_finite_list(c) for c in cents):
+        raise BundleError(f"{where}: profile_space.centroids must hold finite numbers")
+    for key in ("mean", "std"):
+        vec = need(space, key, list, "profile_space.")
+        if len(vec) != width or not _finite_list(vec):
+            raise BundleError(f"{where}: profile_space.{key} must be {width} finite numbers")
+    num(space.get("cost_scale"), "profile_space.cost_scale", lo=1e-300, hi=1e9)
+    for key in ("fill_lat", "fill_tok"):
+        num(space.get(key), f"profile_space.{key}", lo=-1e9, hi=1e9)
+
+    lam = m.get("lambda", {})
+    if not isinstance(lam, dict):
+        raise BundleError(f"{where}: 'lambda' must be an object")
+    num(lam.get("default", 0.0), "lambda.default", hi=1e9)
+    presets = lam.get("presets", {})
+    if not isinstance(presets, dict):
+        raise BundleError(f"{where}: lambda.presets must be an object")
+    for key, p in presets.items():
+        num(p.get("lambda") if isinstance(p, dict) else None, f"lambda.presets.{key}.lambda", hi=1e9)
+
+
+_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
+def _finite_list(v) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)

@@ -13,6 +13,11 @@ class InputError(LrOnnxError):
     """A user-supplied input (image, question, option value) is unusable."""
 
 
+class OptionError(InputError):
+    """An option names something that does not exist here (a preset, a model) or leaves nothing to do:
+    a usage error, so the CLI exits 2 for it."""
+
+
 class DataError(LrOnnxError):
     """A routing dataset on disk is malformed; the message carries file and line."""
 

@@ -9,12 +9,14 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import MANIFEST, load_bundle
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, OptionError
+from .validate import number, text
 from .policy import LAMBDA_GRID, choose
 from .profiles import ProfileSpace, new_model_profile
 
@@ -28,14 +30,30 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     os.replace(tmp, folder / MANIFEST)
 
 
-def _copy_bundle(src: Path, out: Path) -> Path:
+@contextmanager
+def _edited_copy(src: Path, out: str | os.PathLike):
+    """Yield a temporary copy of bundle `src` beside `out`; it becomes `out` only if the block succeeds,
+    and is removed on every failure path (nothing is left in OUT's folder or in /tmp)."""
     out = Path(out)
+    if not str(out).strip():
+        raise OptionError("--out is empty")
     if out.exists():
         raise InputError(f"{out}: already exists; choose a new folder for the edited bundle")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists() else None))
-    shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    return tmp
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: the folder {out.parent} does not exist")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise InputError(f"{out.parent}: cannot be written ({e.strerror})") from None
+    try:
+        shutil.rmtree(tmp)
+        shutil.copytree(src, tmp)
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as e:
+        raise InputError(f"{out}: cannot be written ({e.strerror or type(e).__name__})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[list, str]], y: np.ndarray,
@@ -47,6 +65,9 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
         raise InputError(f"model '{name}' is already in the pool; remove it first or pick another name")
     if len(queries) == 0:
         raise InputError(f"no labelled query for '{name}'")
+    name = text(name, "model name").strip()
+    price_in = None if price_in is None else number(price_in, "price_in (USD per 1M tokens)", hi=1e6)
+    price_out = None if price_out is None else number(price_out, "price_out (USD per 1M tokens)", hi=1e6)
     space = ProfileSpace.from_dict(m["profile_space"])
     q = router.features(queries)
     new = new_model_profile(space, q, y, cost, lat, tok, [x for _, x in queries], price_in=price_in,
@@ -56,9 +77,8 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
              "expected_cost_usd": e_bar, "cost_hat": e_bar / space.cost_scale,
              "raw_profile": raw.tolist(), "profile": space.standardise(raw).tolist(),
              "added_with": {"queries": len(queries), "cost_estimator": estimator}}
-    tmp = _copy_bundle(router.bundle.path, out)
-    write_manifest(tmp, dict(m, pool=m["pool"] + [entry]))
-    os.replace(tmp, out)
+    with _edited_copy(router.bundle.path, out) as tmp:
+        write_manifest(tmp, dict(m, pool=m["pool"] + [entry]))
     from .router import Router
 
     grown = Router.load(out, provider=router.provider)
@@ -72,12 +92,11 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
     b = load_bundle(bundle_path)
     names = b.model_names
     if name not in names:
-        raise InputError(f"model '{name}' is not in the pool; pool: {', '.join(names)}")
+        raise OptionError(f"model '{name}' is not in the pool; pool: {', '.join(names)}")
     if len(names) == 1:
-        raise InputError("cannot remove the last model of the pool")
-    tmp = _copy_bundle(b.path, out)
-    write_manifest(tmp, dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name]))
-    os.replace(tmp, out)
+        raise OptionError("cannot remove the last model of the pool")
+    with _edited_copy(b.path, out) as tmp:
+        write_manifest(tmp, dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name]))
 
 
 def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *,
@@ -89,9 +108,9 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
     (ties: lower cost, then larger lambda); none feasible -> the cheapest point, with a warning.
     """
     if (max_avg_cost is None) == (max_share is None):
-        raise InputError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
+        raise OptionError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
     if max_share is not None and max_share[0] not in router.names:
-        raise InputError(f"unknown model '{max_share[0]}'; pool: {', '.join(router.names)}")
+        raise OptionError(f"unknown model '{max_share[0]}'; pool: {', '.join(router.names)}")
     ok = A.any(axis=1)
     if not ok.any():
         raise InputError("no labelled query has an outcome for any model of the bundle's pool")
@@ -126,10 +145,9 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
 
 def check_golden(router) -> dict:
     """Re-run the bundle's golden fixture (recorded by the exporter with PyTorch) through ONNX Runtime."""
-    path = router.bundle.file("golden.json")
-    if not path.is_file():
+    if "golden.json" not in router.bundle.manifest["files"]:
         raise BundleError(f"{router.bundle.path}: no golden.json (re-export the bundle to get one)")
-    g = json.loads(path.read_text(encoding="utf-8"))
+    g = router.bundle.read_json("golden.json")
     queries = [([_golden_image()] if item["image"] else [], item["question"]) for item in g["queries"]]
     q = router.features(queries)
     mt = router.score_features(q, np.ones((len(q), len(router.names)), bool))["mu_tilde"]

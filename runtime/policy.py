@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import LrOnnxError
+
 LAMBDA_GRID = np.concatenate([[0.0], 10.0 ** (-4 + 8 * np.arange(50) / 49)])  # §8.1: 0 and 1e-4 .. 1e4
 
 
@@ -24,5 +26,7 @@ def utilities(scores: np.ndarray, cost_hat: np.ndarray, avail: np.ndarray, lam: 
 def choose(scores: np.ndarray, cost_hat: np.ndarray, avail: np.ndarray, lam: float | np.ndarray) -> np.ndarray:
     """Chosen model index per row (`[B]` int64), -1 where no model is available."""
     u = utilities(scores, cost_hat, avail, lam)
+    if np.isnan(u).any() or np.isposinf(u).any():
+        raise LrOnnxError("a utility is NaN or infinite: the scores or costs behind it are broken; refusing to route")
     choice = np.argmax(u, axis=1)  # first maximum = lowest index
     return np.where(np.asarray(avail, bool).any(axis=1), choice, -1).astype(np.int64)

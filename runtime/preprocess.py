@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import BundleError, InputError
 
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb limit, checked per image (global PIL state untouched)
 
@@ -61,67 +62,127 @@ class TextSpec:
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
-    """Open a path, bytes, PIL image or HxW(x3/4) uint8 array as an upright RGB image.
+# The decoders lr-onnx lets Pillow run, and nothing else: Pillow otherwise probes every plugin it has,
+# and some hand the bytes to external programs (EPS to Ghostscript) whatever the file is called.
+# MPO is how Pillow names a JPEG that carries extra preview pictures (most phone photos).
+DECODERS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+ALLOWED_FORMATS = DECODERS + ("MPO",)
 
-    Applies EXIF orientation, converts P/L/LA/RGBA/CMYK/I;16 to RGB, keeps the first frame
-    of animations, refuses images above `max_pixels`, and lets the JPEG decoder downscale
-    large photos (`draft`) when `draft_size` is given.
+
+def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Open a path, bytes, PIL image or HxW(x3/4) array as an upright RGB image held in memory.
+
+    Only the ALLOWED_FORMATS decoders run. Applies EXIF orientation, converts P/L/LA/RGBA/CMYK/I;16
+    to RGB, keeps the first frame of animations, refuses empty images and images above `max_pixels`,
+    and lets the JPEG decoder downscale large photos (`draft`) when `draft_size` is given. Every file
+    it opens is closed before it returns; anything unusable is an `InputError`.
     """
     if isinstance(src, Image.Image):
-        img = src
+        if src.format is not None and src.format not in ALLOWED_FORMATS:
+            raise InputError(f"image: {src.format} images are not accepted (allowed: {', '.join(ALLOWED_FORMATS)})")
+        img = _first_frame(src, "image")
+        name = "image"
     elif isinstance(src, np.ndarray):
-        img = _from_array(src)
-    else:
-        if isinstance(src, (bytes, bytearray)):
-            if not src:
-                raise InputError("image: empty bytes")
-            fh, name = io.BytesIO(src), "<bytes>"
-        else:
-            path = Path(os.fspath(src))
-            if path.is_dir():
-                raise InputError(f"{path}: is a directory, not an image")
-            if not path.is_file():
-                raise InputError(f"{path}: no such image file")
-            if path.stat().st_size == 0:
-                raise InputError(f"{path}: empty file (0 bytes)")
-            fh, name = open(path, "rb"), str(path)
+        img, name = _from_array(src, max_pixels), "image array"
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        if not len(src):
+            raise InputError("image: empty bytes")
+        return _decode(io.BytesIO(bytes(src)), "<bytes>", max_pixels, draft_size)
+    elif isinstance(src, (str, os.PathLike)):
+        path = Path(os.fspath(src))
+        if isinstance(src, str) and not src:
+            raise InputError("image path is empty")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit speaks below
-                img = Image.open(fh)
-        except Image.DecompressionBombError:
-            raise InputError(f"{name}: exceeds the {max_pixels:,}-pixel limit (decompression bomb?)") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise InputError(f"{name}: not a readable image ({type(e).__name__})") from None
+            st = path.stat()
+        except OSError:
+            raise InputError(f"{path}: no such image file") from None
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, not an image")
+        if not path.is_file():
+            raise InputError(f"{path}: not a regular file")
+        if st.st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
+        try:
+            fh = open(path, "rb")
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+        with fh:
+            return _decode(fh, str(path), max_pixels, draft_size)
+    else:
+        raise InputError(f"an image must be a path, bytes, a PIL image or a numpy array, got {type(src).__name__}")
+    return _finish(img, name, max_pixels)
+
+
+def _decode(fh, name: str, max_pixels: int, draft_size: int | None) -> Image.Image:
+    """Decode one image from an open binary file with the allowed decoders only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit speaks below
+            img = Image.open(fh, formats=DECODERS)
+    except Image.DecompressionBombError:
+        raise InputError(f"{name}: exceeds the {max_pixels:,}-pixel limit (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not a readable image in an accepted format ({', '.join(DECODERS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
+        raise InputError(f"{name}: not a readable image ({type(e).__name__})") from None
+    try:
         w, h = img.size
         if w * h > max_pixels:
             raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit (decompression bomb?)")
-        if draft_size and img.format == "JPEG" and min(w, h) > 2 * draft_size:
+        if draft_size and img.format in ("JPEG", "MPO") and min(w, h) > 2 * draft_size:
             img.draft("RGB", (draft_size * 2, draft_size * 2))
         try:
             img.load()
-        except (OSError, SyntaxError, ValueError) as e:
-            raise InputError(f"{name}: truncated or corrupt image data ({e})") from None
-    if getattr(img, "is_animated", False):
-        img.seek(0)
-    w, h = img.size
-    if w * h > max_pixels:
-        raise InputError(f"image: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit")
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
+                ZeroDivisionError, MemoryError) as e:
+            raise InputError(f"{name}: truncated or corrupt image data ({type(e).__name__})") from None
+        return _finish(img, name, max_pixels)
+    finally:
+        img.close()
+
+
+def _first_frame(img: Image.Image, name: str) -> Image.Image:
+    """Frame 0 of an animation; never asks Pillow how many frames there are (that parses every frame)."""
     try:
-        img = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError):
-        pass  # a broken EXIF block is not worth refusing the picture for
-    return _to_rgb(img)
+        if img.tell() != 0:
+            img.seek(0)
+    except (OSError, EOFError, ValueError, struct.error, IndexError) as e:
+        raise InputError(f"{name}: cannot read the first frame ({type(e).__name__})") from None
+    return img
 
 
-def _from_array(a: np.ndarray) -> Image.Image:
+def _finish(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    """Size checks, EXIF orientation and RGB conversion; the result owns its pixels (no file behind it)."""
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise InputError(f"{name}: empty image ({w}x{h} pixels)")
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit")
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, struct.error, ZeroDivisionError):
+        upright = img  # a broken EXIF block is not worth refusing the picture for
+    try:
+        rgb = _to_rgb(upright if upright is not None else img)
+    except (OSError, ValueError, SyntaxError, struct.error, IndexError) as e:
+        raise InputError(f"{name}: cannot be converted to RGB ({type(e).__name__})") from None
+    return rgb.copy() if rgb is img else rgb
+
+
+def _from_array(a: np.ndarray, max_pixels: int) -> Image.Image:
     if a.ndim == 2:
         a = np.stack([a] * 3, axis=-1)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise InputError(f"image array must be HxW, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"image array is empty (shape {a.shape})")
+    if a.shape[0] * a.shape[1] > max_pixels:
+        raise InputError(f"image array of {a.shape[1]}x{a.shape[0]} pixels exceeds the {max_pixels:,}-pixel limit")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == bool):
+        raise InputError(f"image array must hold integers or floats, got dtype {a.dtype}")
     if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
+        a = a.astype(np.float64)
+        if a.size and float(np.nanmax(a)) <= 1.0:
             a = a * 255.0
         a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(a[..., :3]))
@@ -159,11 +220,18 @@ def preprocess_image(src, spec: ImageSpec) -> np.ndarray:
     return image_tensor(open_image(src, max_pixels=spec.max_pixels, draft_size=spec.size), spec)
 
 
-def load_tokenizer(path: str | os.PathLike, spec: TextSpec):
-    """A `tokenizers.Tokenizer` set to pad to the longest question and truncate at `max_tokens`."""
+def load_tokenizer(src: bytes | str | os.PathLike, spec: TextSpec):
+    """A `tokenizers.Tokenizer` (from tokenizer.json's bytes or path) set to pad to the longest question and
+    truncate at `max_tokens`."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
+    if isinstance(src, (bytes, bytearray)):
+        try:
+            tok = Tokenizer.from_buffer(bytes(src))
+        except Exception as e:  # the Rust side raises a plain Exception for a malformed file
+            raise BundleError(f"tokenizer.json cannot be loaded ({str(e).splitlines()[0][:160]})") from None
+    else:
+        tok = Tokenizer.from_file(str(src))
     tok.no_padding()
     tok.enable_truncation(spec.max_tokens)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")

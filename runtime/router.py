@@ -19,15 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import InputError, LrOnnxWarning
-from .features import n_words, pool_images, query_features
+from .errors import BundleError, InputError, LrOnnxWarning, OptionError
+from .features import QUERY_DIM, n_words, pool_images, query_features
 from .policy import choose
 from .preprocess import ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
 from .profiles import ProfileSpace
 from .sessions import run
+from .validate import integer, names as valid_names, number, text
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "bundle"
 MAX_QUESTION_CHARS = 20_000
+MAX_LAMBDA = 1e9
+MAX_COST_USD = 1e6
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ class Router:
     def load(cls, path: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
              spinning: bool = False, verify: bool = True) -> "Router":
         """Load a bundle folder (None = the default bundle shipped in assets/); hashes are checked first."""
-        return cls(load_bundle(path or DEFAULT_BUNDLE, verify=verify), provider=provider, threads=threads,
-                   spinning=spinning)
+        return cls(load_bundle(DEFAULT_BUNDLE if path is None else path, verify=verify), provider=provider,
+                   threads=threads, spinning=spinning)
 
     # ------------------------------------------------------------------ sessions (lazy, thread-safe)
     def session(self, name: str):
@@ -89,10 +92,21 @@ class Router:
             with self._lock:
                 s = self._sessions.get(name)
                 if s is None:
-                    s = new_session(self.bundle.file(self.bundle.manifest["graphs"][name]["file"]),
-                                    provider=self.provider, threads=self.threads, spinning=self.spinning)
+                    file = self.bundle.manifest["graphs"][name]["file"]
+                    s = new_session(self.bundle.read(file), name=file, provider=self.provider, threads=self.threads,
+                                    spinning=self.spinning)
+                    if name == "router":
+                        self._check_router_inputs(s)
                     self._sessions[name] = s
         return s
+
+    def _check_router_inputs(self, sess) -> None:
+        """The manifest's pool must fit the router graph (a hand-edited profile of another width would not)."""
+        want = {"query": QUERY_DIM, "model_feat": self.model_feat.shape[1]}
+        for inp in sess.get_inputs():
+            if inp.name in want and isinstance(inp.shape[-1], int) and inp.shape[-1] != want[inp.name]:
+                raise BundleError(f"{self.bundle.path}: router graph input {inp.name} has width {inp.shape[-1]}, "
+                                  f"the manifest gives {want[inp.name]}")
 
     def bound_providers(self) -> dict[str, list[str]]:
         return {n: self.session(n).get_providers() for n in ("router", "image_encoder", "text_encoder")}
@@ -101,7 +115,7 @@ class Router:
         if self._tokenizer is None:
             with self._lock:
                 if self._tokenizer is None:
-                    self._tokenizer = load_tokenizer(self.bundle.file(self.text_spec.tokenizer_file), self.text_spec)
+                    self._tokenizer = load_tokenizer(self.bundle.read(self.text_spec.tokenizer_file), self.text_spec)
         return self._tokenizer
 
     # ------------------------------------------------------------------ features
@@ -129,24 +143,24 @@ class Router:
     def availability(self, models=None, exclude=None, max_cost: float | None = None) -> np.ndarray:
         """The pool mask `[K]` from an allow-list, a deny-list and a per-query budget (USD)."""
         keep = np.ones(len(self.names), bool)
+        models, exclude = valid_names(models, "models"), valid_names(exclude, "exclude")
         for label, names in (("models", models), ("exclude", exclude)):
             if names:
                 unknown = [n for n in names if n not in self.names]
                 if unknown:
-                    raise InputError(f"unknown model(s) {', '.join(unknown)} in {label}; pool: {', '.join(self.names)}")
+                    raise OptionError(f"unknown model(s) {', '.join(unknown)} in {label}; pool: {', '.join(self.names)}")
         if models:
             keep &= np.isin(self.names, list(models))
         if exclude:
             keep &= ~np.isin(self.names, list(exclude))
         if not keep.any():
-            raise InputError("every model is excluded: nothing left to route to")
+            raise OptionError("every model is excluded: nothing left to route to")
         if max_cost is not None:
-            if not (isinstance(max_cost, (int, float)) and math.isfinite(max_cost) and max_cost >= 0):
-                raise InputError(f"max_cost must be a finite number >= 0, got {max_cost}")
+            max_cost = number(max_cost, "max_cost", hi=MAX_COST_USD)
             within = self.expected_cost <= max_cost
             if not (keep & within).any():
-                raise InputError(f"no model's expected cost fits max_cost {max_cost:g} USD "
-                                 f"(cheapest available: {self.expected_cost[keep].min():.3g})")
+                raise OptionError(f"no model's expected cost fits max_cost {max_cost:g} USD "
+                                  f"(cheapest available: {self.expected_cost[keep].min():.3g})")
             keep &= within
         return keep
 
@@ -155,6 +169,12 @@ class Router:
         mf = np.broadcast_to(self.model_feat, (B, *self.model_feat.shape)).copy()
         mu, sigma, delta, mt = run(self.session("router"), {"query": q.astype(np.float32), "model_feat": mf,
                                                             "avail": avail})
+        for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
+            bad = avail & ~np.isfinite(v)
+            if bad.any():  # never a decision: a broken graph or profile must not pick "the first model"
+                k = int(np.flatnonzero(bad.any(axis=0))[0])
+                raise BundleError(f"{self.bundle.path}: the router produced a non-finite {label} for model "
+                                  f"{self.names[k]!r}; the bundle's graph or profiles are broken")
         return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt}
 
     def score(self, images, question: str, models=None) -> dict:
@@ -174,9 +194,9 @@ class Router:
         if isinstance(lam, str):
             if lam not in self.presets:
                 known = ", ".join(self.presets) or "none in this bundle"
-                raise InputError(f"unknown lambda preset '{lam}'; presets: {known}")
+                raise OptionError(f"unknown lambda preset '{lam}'; presets: {known}")
             return self.presets[lam]
-        return lam
+        return number(lam, "lambda", hi=MAX_LAMBDA)
 
     def route(self, images, question: str, *, models=None, exclude=None, lam: float | str | None = None,
               max_cost: float | None = None, explain: bool = False) -> Decision:
@@ -187,10 +207,9 @@ class Router:
                    max_cost: float | None = None, explain: bool = False) -> list[Decision]:
         """Route (images, question) pairs in batches; one Decision per query, in order."""
         lam = self.resolve_lambda(lam)
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise InputError(f"lambda must be a finite number >= 0, got {lam}")
+        batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
         avail_row = self.availability(models, exclude, max_cost)
-        queries = [(_as_list(im), q) for im, q in queries]
+        queries = [_as_query(x) for x in _as_iterable(queries)]
         out: list[Decision] = []
         for s in range(0, len(queries), batch_size):
             chunk = queries[s:s + batch_size]
@@ -236,11 +255,20 @@ def _as_list(images) -> list:
     return [images]
 
 
+def _as_iterable(queries):
+    if isinstance(queries, (str, bytes)) or not hasattr(queries, "__iter__"):
+        raise InputError(f"queries must be a list of (images, question) pairs, got {type(queries).__name__}")
+    return queries
+
+
+def _as_query(x) -> tuple[list, str]:
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise InputError("each query must be an (images, question) pair")
+    return _as_list(x[0]), x[1]
+
+
 def _clean_question(q) -> str:
-    if not isinstance(q, str):
-        raise InputError(f"question must be a string, got {type(q).__name__}")
-    if not q.strip():
-        raise InputError("question is empty")
+    q = text(q, "question")
     if len(q) > MAX_QUESTION_CHARS:
         warnings.warn(f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
                       f"(the text encoder reads at most its first tokens anyway)", LrOnnxWarning, stacklevel=3)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import LrOnnxWarning, MissingDependencyError, ProviderError
+from .errors import BundleError, LrOnnxWarning, MissingDependencyError, ProviderError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 INSTALL_HINT = ("onnxruntime is not installed: pip install 'lr-onnx[cpu]' (or 'lr-onnx[gpu]' for CUDA); "
@@ -83,18 +84,22 @@ def session_options(*, threads: int | None = None, spinning: bool = False):
     return so
 
 
-def new_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
-                spinning: bool = False):
-    """An InferenceSession for `path`; warns once if an accelerator was requested but CPU was bound."""
+def new_session(model: bytes | str | os.PathLike, *, name: str | None = None, provider: str = "auto",
+                threads: int | None = None, spinning: bool = False):
+    """An InferenceSession for a graph (its bytes, as `Bundle.read` returns them, or a path); warns once if an
+    accelerator was requested but CPU was bound. A graph ONNX Runtime refuses is a `BundleError`."""
     rt = ort()
+    name = name or (Path(model).name if not isinstance(model, (bytes, bytearray)) else "graph")
     providers = resolve_providers(provider)
     if any(isinstance(p, tuple) and p[0] == PROVIDERS["tensorrt"] for p in providers):
         trt_cache_dir().mkdir(parents=True, exist_ok=True)
-    sess = rt.InferenceSession(str(path), session_options(threads=threads, spinning=spinning), providers=providers)
+    src = bytes(model) if isinstance(model, (bytes, bytearray)) else str(model)
+    with _ort_errors(f"{name} cannot be loaded"):
+        sess = rt.InferenceSession(src, session_options(threads=threads, spinning=spinning), providers=providers)
     bound = sess.get_providers()
     requested = [p[0] if isinstance(p, tuple) else p for p in providers]
     if requested[0] != "CPUExecutionProvider" and requested[0] not in bound:
-        warnings.warn(f"requested {requested[0]} but onnxruntime bound {bound} for {Path(path).name}; running on CPU",
+        warnings.warn(f"requested {requested[0]} but onnxruntime bound {bound} for {name}; running on CPU",
                       LrOnnxWarning, stacklevel=2)
     return sess
 
@@ -102,12 +107,24 @@ def new_session(path: str | os.PathLike, *, provider: str = "auto", threads: int
 ACCELERATORS = (PROVIDERS["tensorrt"], PROVIDERS["cuda"])
 
 
+@contextmanager
+def _ort_errors(what: str):
+    """ONNX Runtime's own exceptions (a graph that does not fit its inputs, a corrupt model) as `BundleError`."""
+    try:
+        yield
+    except Exception as e:  # ORT's pybind exceptions share no base class beyond Exception
+        if type(e).__module__.split(".")[0] != "onnxruntime":
+            raise
+        raise BundleError(f"{what}: {str(e).splitlines()[0][:200]}") from None
+
+
 def run(sess, feeds: dict) -> list:
     """`sess.run`, except for batches on a GPU provider: there through an IO binding (`run_bound`)."""
     batch = len(next(iter(feeds.values())))
-    if batch > 1 and sess.get_providers()[0] in ACCELERATORS:
-        return run_bound(sess, feeds, "cuda")
-    return sess.run(None, feeds)
+    with _ort_errors("a bundle graph failed to run"):
+        if batch > 1 and sess.get_providers()[0] in ACCELERATORS:
+            return run_bound(sess, feeds, "cuda")
+        return sess.run(None, feeds)
 
 
 def run_bound(sess, feeds: dict, device: str = "cuda") -> list:

@@ -152,7 +152,7 @@ def test_lambda_presets_from_the_manifest(router, runner):
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--lambda", "budget_25", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["lambda"] == pytest.approx(presets["budget_25"]["lambda"])
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--lambda", "cheapest"])
-    assert res.exit_code == 1 and "unknown lambda preset" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "unknown lambda preset" in res.output and "Traceback" not in res.output
     assert "--lambda budget_25:" in runner.invoke(main, ["info"]).output
 
 
@@ -164,7 +164,7 @@ def test_cli_table_json_and_usage_errors(runner):
     for bad in (["route", "q", "--lambda", "-1"], ["route", "q", "--lambda", "nan"], ["route"],
                 ["route", "q", "--provider", "gpu"]):
         assert runner.invoke(main, bad).exit_code == 2
-    assert runner.invoke(main, ["route", "q", "--models", "nope"]).exit_code == 1
+    assert runner.invoke(main, ["route", "q", "--models", "nope"]).exit_code == 2  # a usage error
 
 
 def test_corrupted_and_newer_bundles(tmp_path, runner):

@@ -147,7 +147,7 @@ def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
                                "--name", "GPT4o"])
     assert res.exit_code == 0 and "GPT4o" not in Router.load(tmp_path / "b3").names
     assert runner.invoke(main, ["models", "remove", "--bundle", str(tmp_path / "b3"), "--out",
-                                str(tmp_path / "b4"), "--name", "GPT4o"]).exit_code == 1
+                                str(tmp_path / "b4"), "--name", "GPT4o"]).exit_code == 2  # not in the pool: usage
     assert runner.invoke(main, ["models", "add", "--name", "x", "--outcomes", str(tmp_path / "new.jsonl")]).exit_code == 2
 
 
@@ -176,6 +176,6 @@ def test_calibrate_records_lambda_atomically(runner, tmp_path):
                                "--max-share", f"{pool[0]}:0.1"])
     assert res.exit_code == 0 and json.loads((b / "manifest.json").read_text())["lambda"]["calibrated"]["target"][
         "max_share"]["share"] == 0.1
-    assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d")]).exit_code == 1
+    assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d")]).exit_code == 2
     assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"),
                                 "--max-share", "GPT4o:7"]).exit_code == 2
