@@ -576,11 +576,14 @@ class _TsvImages:
             rows, by_index = [], {}
             path = self.dir / Path(name).name if self.dir else None
             if path is not None and path.is_file():
-                csv.field_size_limit(1 << 30)
-                with open(path, newline="", encoding="utf-8") as fh:
-                    for j, r in enumerate(csv.DictReader(fh, delimiter="\t")):
-                        rows.append(r)
-                        by_index[str(r.get("index"))] = j
+                previous = csv.field_size_limit(1 << 30)  # base64 images; the global limit is restored below
+                try:
+                    with open(path, newline="", encoding="utf-8") as fh:
+                        for j, r in enumerate(csv.DictReader(fh, delimiter="\t")):
+                            rows.append(r)
+                            by_index[str(r.get("index"))] = j
+                finally:
+                    csv.field_size_limit(previous)
             elif path is not None:
                 self.warn.append(f"TSV file {name} not found")
             self.cache[name] = (rows, by_index)

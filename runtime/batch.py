@@ -29,6 +29,7 @@ from .errors import InputError, LrOnnxError
 from .validate import loads_json, text
 
 FIFO_WAIT_S = 30.0
+MAX_CSV_FIELD = 131_072  # characters: the csv module's default limit, enforced per record here
 STDIN = "-"
 
 
@@ -116,6 +117,9 @@ def _read_csv(fh: BinaryIO, base: Path, name: str):
             yield reader.line_num, None, f"malformed CSV record ({e})"
             continue
         if not any(cell.strip() for cell in row):
+            continue
+        if any(len(cell) > MAX_CSV_FIELD for cell in row):  # the csv module's limit is global state: ours is not
+            yield reader.line_num, None, f"malformed CSV record (field larger than field limit ({MAX_CSV_FIELD}))"
             continue
         if len(row) != len(header):
             yield reader.line_num, None, f"expected {len(header)} fields, got {len(row)}"
