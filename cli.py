@@ -262,7 +262,10 @@ def convert_vl(src, out):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for images, questions and outcomes.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Rendering processes (default: CPU count).")
-def data_demo(out, n, seed, workers):
+@click.option("--skills", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="The published-accuracy table (default: ../shared/data/mllm-skills/skills.json beside the "
+                   "checkout, or $LR_ONNX_SKILLS).")
+def data_demo(out, n, seed, workers, skills):
     """Write the multimodal demo routing benchmark to OUT (which must not exist).
 
     Real rendered and photographed images (documents and receipts, charts,
@@ -273,7 +276,7 @@ def data_demo(out, n, seed, workers):
     """
     from .export.demo import build_demo
 
-    summary = build_demo(out, n=n, seed=seed, workers=workers)
+    summary = build_demo(out, n=n, seed=seed, workers=workers, skills=skills)
     click.echo(f"wrote {summary['queries']} queries ({summary['images']} images, "
                f"{summary['mean_image_kb']:.1f} KB mean) x {summary['models']} models to {out} "
                f"in {summary['seconds']:.1f} s")

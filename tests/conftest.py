@@ -18,6 +18,7 @@ SHARED_DATA = Path(os.environ.get("LR_ONNX_SHARED_DATA") or REPO.parent / "share
 DCROUTER = SHARED_DATA / "dcrouter"
 BLINDTEST = SHARED_DATA / "blindtest"
 DYNAMATH = SHARED_DATA / "dynamath"
+os.environ.setdefault("LR_ONNX_SHARED_DATA", str(SHARED_DATA))  # the demo generator reads mllm-skills there
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,7 +27,8 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("shared_data")
         if marker is None:
             continue
-        missing = [n for n in (marker.args or ("dcrouter",)) if not (SHARED_DATA / n / "queries.jsonl").is_file()]
+        missing = [n for n in (marker.args or ("dcrouter",)) if not any((SHARED_DATA / n / f).is_file()
+                                                                        for f in ("queries.jsonl", "skills.json"))]
         if not missing:
             continue
         why = f"needs {', '.join(str(SHARED_DATA / n) for n in missing)} (the project's shared data)"

@@ -71,6 +71,7 @@ def _digest(folder):
     return h.hexdigest()
 
 
+@pytest.mark.shared_data("mllm-skills")
 def test_demo_is_deterministic_and_independent_of_workers(tmp_path):
     from lr_onnx.export.demo import build_demo
 
@@ -81,6 +82,13 @@ def test_demo_is_deterministic_and_independent_of_workers(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_demo_needs_the_skills_table_and_says_where(runner, tmp_path):
+    res = runner.invoke(main, ["data", "demo", str(tmp_path / "out"), "--n", "60", "--skills", str(tmp_path / "no.json")])
+    assert res.exit_code == 1 and "no.json: no such file" in res.output and "mllm-skills" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.shared_data("mllm-skills")
 def test_demo_refuses_to_overwrite(runner, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep").write_text("x")
@@ -90,6 +98,7 @@ def test_demo_refuses_to_overwrite(runner, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data("mllm-skills")
 def test_demo_2000_has_the_fair_routing_properties(tmp_path):
     """The issue's acceptance command, through the real console script."""
     exe = shutil.which("lr-onnx")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shared_data("mllm-skills")]  # the demo reads the skills table
 
 
 @pytest.fixture(scope="module")

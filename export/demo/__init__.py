@@ -48,10 +48,13 @@ def _render_one(args) -> dict:
 
 
 def build_demo(out: str | os.PathLike, *, n: int = 12000, seed: int = 0, workers: int | None = None,
-               progress: bool = True) -> dict:
-    """Generate the benchmark into `out` (must not exist); return a summary of what was written."""
+               progress: bool = True, skills: str | os.PathLike | None = None) -> dict:
+    """Generate the benchmark into `out` (must not exist); return a summary of what was written.
+
+    `skills`: the mllm-skills table (default: `default_skills_path()`, the project's shared data)."""
     from tqdm import tqdm
 
+    table = load_skills(skills)  # read (and refused, if missing) before any rendering
     t0 = time.perf_counter()
     workers = workers or os.cpu_count() or 1
     with staged_output(out) as tmp:
@@ -75,7 +78,7 @@ def build_demo(out: str | os.PathLike, *, n: int = 12000, seed: int = 0, workers
         d_clutter = np.array([r["d_clutter"] for r in recs])
         words = np.array([len(r["question"].split()) for r in recs], dtype=float)
         names, Y, C, Tok, Lat, report = simulate(fam, [r["subtype"] for r in recs], d_text, d_clutter, words,
-                                                 [r["size"] for r in recs], seed)
+                                                 [r["size"] for r in recs], seed, table)
         records = []
         for i, r in enumerate(recs):
             d = r["d_clutter"] if r["family"] == "text" else (r["d_text"] + r["d_clutter"]) / 2
@@ -88,17 +91,17 @@ def build_demo(out: str | os.PathLike, *, n: int = 12000, seed: int = 0, workers
                          "level": level_of(d), "difficulty": round(d, 4), "d_text": r["d_text"],
                          "d_clutter": r["d_clutter"], **r["attrs"]},
             })
-        write_dataset(tmp, pool_registry(), records)
+        write_dataset(tmp, pool_registry(table), records)
         calib = {k: v for k, v in report.items() if k != "P"}
         (tmp / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_readme(n, seed, report), encoding="utf-8")
+        (tmp / "README.md").write_text(_readme(n, seed, report, table), encoding="utf-8")
         n_img = sum(1 for r in recs if r["images"])
         mean_kb = sum(r["bytes"] for r in recs) / max(n_img, 1) / 1024
     return {"queries": n, "images": n_img, "mean_image_kb": mean_kb, "models": len(names),
             "seconds": time.perf_counter() - t0}
 
 
-def _readme(n: int, seed: int, report: dict) -> str:
+def _readme(n: int, seed: int, report: dict, skills: dict) -> str:
     from . import skills as sk
 
     rows = []
@@ -109,7 +112,6 @@ def _readme(n: int, seed: int, report: dict) -> str:
             cells.append(f"{t:.2f}{'*' if report['imputed'][m][f] else ''} / {report['realised'][m][f]:.2f}")
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     head = "| model | " + " | ".join(sk.FAMILY_SOURCE) + " |\n|---|" + "---|" * len(sk.FAMILY_SOURCE)
-    skills = load_skills()
     prices = "\n".join(f"| {m} | {skills['models'][m]['price_in_per_mtok']} | {skills['models'][m]['price_out_per_mtok']}"
                        f" | {POOL[m]['read']} | {POOL[m]['out_tokens']} |" for m in POOL)
     return f"""# lr-onnx demo routing benchmark ({n} queries, seed {seed})

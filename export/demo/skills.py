@@ -26,11 +26,14 @@ per-token prices with approximate per-model image-token counts and output length
 """
 from __future__ import annotations
 
-import json
 import math
-from importlib import resources
+import os
+from pathlib import Path
 
 import numpy as np
+
+from ...runtime.errors import DataError
+from ...runtime.validate import loads_json
 
 # skills.json family feeding each demo family ("tables" has no public family: mean of docs and charts).
 FAMILY_SOURCE = {
@@ -59,9 +62,29 @@ QUERY_SD = 0.7
 LINEAGE_SD = 0.5
 
 
-def load_skills() -> dict:
-    """The published-accuracy table shipped with the package (`mllm_skills/skills.json`)."""
-    return json.loads(resources.files(__package__).joinpath("mllm_skills", "skills.json").read_text("utf-8"))
+def default_skills_path() -> Path:
+    """Where the published-accuracy table is read from: `$LR_ONNX_SKILLS`, else
+    `$LR_ONNX_SHARED_DATA/mllm-skills/skills.json`, else `../shared/data/mllm-skills/skills.json` beside the
+    checkout. The table is the project's shared data, read in place and never copied into the package."""
+    if os.environ.get("LR_ONNX_SKILLS"):
+        return Path(os.environ["LR_ONNX_SKILLS"])
+    shared = os.environ.get("LR_ONNX_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(shared) / "mllm-skills" / "skills.json"
+
+
+def load_skills(path: str | os.PathLike | None = None) -> dict:
+    """The published-accuracy table (`mllm-skills/skills.json`: per-benchmark accuracies and prices)."""
+    path = Path(path) if path is not None else default_skills_path()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; the demo benchmark needs the mllm-skills table "
+                        f"(../shared/data/mllm-skills/skills.json, or --skills PATH / $LR_ONNX_SKILLS)")
+    skills = loads_json(path.read_bytes(), str(path), err=DataError)
+    if not isinstance(skills, dict) or not isinstance(skills.get("models"), dict) or "families" not in skills:
+        raise DataError(f"{path}: not an mllm-skills table (expected 'models' and 'families')")
+    missing = [m for m in POOL if m not in skills["models"]]
+    if missing:
+        raise DataError(f"{path}: the demo pool's models {missing} are not in this table")
+    return skills
 
 
 def published_family_means(skills: dict) -> dict[str, dict[str, float]]:
@@ -128,13 +151,13 @@ def _sigmoid(x):
 
 
 def simulate(families: list[str], subtypes: list[str], d_text: np.ndarray, d_clutter: np.ndarray,
-             words: np.ndarray, sizes: list[tuple[int, int] | None], seed: int):
+             words: np.ndarray, sizes: list[tuple[int, int] | None], seed: int, skills: dict | None = None):
     """Draw scores, costs, output tokens and latencies for every (query, pool model).
 
     Returns (names, Y, C, Tok, Lat, report) where report holds the calibration
     targets, imputation flags, realised family means and the probability table.
     """
-    skills = load_skills()
+    skills = skills or load_skills()
     names = list(POOL)
     targets, imputed = family_targets(skills)
     rng = np.random.default_rng([seed, 7])
