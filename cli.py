@@ -526,6 +526,34 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, bundle
         sys.exit(1)
 
 
+@main.command("serve")
+@_BUNDLE
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything beyond loopback warns unless a gateway key is set.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="TOML file: upstreams per pool model ([models.NAME] base_url, api_key_env, upstream_model), "
+                   "limits, batching, retries (README, 'Serving'). Without it: /v1/route only, every default.")
+@click.option("--api-key-env", default=None, metavar="NAME",
+              help="Environment variable holding the gateway key clients must send (Authorization: Bearer ...).")
+@_PROVIDER
+def serve_cmd(bundle, host, port, config_path, api_key_env, provider):
+    """Serve the router over HTTP: an OpenAI-compatible gateway (pip install ".[cpu,serve]").
+
+    POST /v1/route answers what `route --json` prints; POST /v1/chat/completions with model
+    lr-onnx/auto (or lr-onnx/<preset>) routes the last user message and forwards the request
+    to the chosen model's upstream, falling back down the ranking when it fails; GET
+    /v1/models, /healthz, /readyz, /metrics (Prometheus). SIGTERM or Ctrl-C stops accepting,
+    answers what is in flight and exits 0.
+    """
+    try:
+        from .serve.server import serve
+    except ModuleNotFoundError as e:
+        raise click.ClickException(f"serving needs the serve extra ({e.name} is not installed): "
+                                   f"pip install '.[cpu,serve]'") from None
+    serve(bundle=bundle, host=host, port=port, config_path=config_path, api_key_env=api_key_env, provider=provider)
+
+
 @main.command("info")
 @_BUNDLE
 def info_cmd(bundle):

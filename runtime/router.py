@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,15 @@ class Candidate:
     mu_tilde: float
     expected_cost: float
     utility: float
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """One request's validated options: which models may be chosen, lambda as a number, explain or not."""
+
+    avail: np.ndarray
+    lam: float
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,17 +129,20 @@ class Router:
         return self._tokenizer
 
     # ------------------------------------------------------------------ features
-    def features(self, queries: list[tuple[list, str]]) -> np.ndarray:
-        """Raw query features `[B, D_q]` for (images, question) pairs."""
+    def features(self, queries: list[tuple[list, str]], timings: dict | None = None) -> np.ndarray:
+        """Raw query features `[B, D_q]` for (images, question) pairs; `timings` (if given) collects the
+        seconds spent decoding images and running the encoders."""
+        t0 = time.perf_counter()
         questions = [_clean_question(q) for _, q in queries]
-        ids, mask = tokenize(self.tokenizer(), questions)
-        text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
         tensors, owner = [], []
         for i, (images, _) in enumerate(queries):
             for img in images:
                 tensors.append(image_tensor(open_image(img, max_pixels=self.image_spec.max_pixels,
                                                        draft_size=self.image_spec.size), self.image_spec))
                 owner.append(i)
+        ids, mask = tokenize(self.tokenizer(), questions)
+        t1 = time.perf_counter()
+        text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
         image = np.zeros((len(queries), 1280), np.float32)
         if tensors:
             per = run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
@@ -137,6 +150,9 @@ class Router:
             for i in range(len(queries)):
                 if (owner == i).any():
                     image[i] = pool_images(per[owner == i])
+        if timings is not None:
+            timings["decode"] = timings.get("decode", 0.0) + t1 - t0
+            timings["encoders"] = timings.get("encoders", 0.0) + time.perf_counter() - t1
         return query_features(text, image, [len(im) for im, _ in queries], [n_words(q) for q in questions])
 
     # ------------------------------------------------------------------ scoring and routing
@@ -206,26 +222,42 @@ class Router:
     def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | str | None = None,
                    max_cost: float | None = None, explain: bool = False) -> list[Decision]:
         """Route (images, question) pairs in batches; one Decision per query, in order."""
-        lam = self.resolve_lambda(lam)
+        opts = self.options(models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain)
         batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
-        avail_row = self.availability(models, exclude, max_cost)
         queries = [_as_query(x) for x in _as_iterable(queries)]
         out: list[Decision] = []
         for s in range(0, len(queries), batch_size):
             chunk = queries[s:s + batch_size]
-            q = self.features(chunk)
-            avail = np.broadcast_to(avail_row, (len(chunk), len(self.names))).copy()
-            sc = self.score_features(q, avail)
-            choice = choose(sc["mu_tilde"], np.broadcast_to(self.cost_hat, avail.shape), avail, lam)
-            for i in range(len(chunk)):
-                cands = sorted((Candidate(n, float(sc["mu"][i, k]), float(sc["sigma"][i, k]),
-                                          float(sc["mu_tilde"][i, k]), float(self.expected_cost[k]),
-                                          float(sc["mu_tilde"][i, k] - lam * self.cost_hat[k]))
-                                for k, n in enumerate(self.names) if avail[i, k]),
-                               key=lambda c: (-c.utility, self.names.index(c.name)))
-                ex = self._explain(q[i], cands) if explain else {}
-                out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(lam), tuple(cands),
-                                    tuple(n for k, n in enumerate(self.names) if not avail[i, k]), ex))
+            out += self.decide(self.features(chunk), [opts] * len(chunk))
+        return out
+
+    def options(self, *, models=None, exclude=None, lam: float | str | None = None, max_cost: float | None = None,
+                explain: bool = False) -> "RouteOptions":
+        """Validate one request's routing options once: the pool mask, lambda resolved to a number."""
+        lam = self.resolve_lambda(lam)
+        return RouteOptions(self.availability(models, exclude, max_cost), lam, bool(explain))
+
+    def decide(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None) -> list[Decision]:
+        """Decisions for feature rows `q [B, D_q]`, each row with its own options, in ONE router call
+        (how the server batches requests that ask for different pools and lambdas)."""
+        t0 = time.perf_counter()
+        avail = np.stack([o.avail for o in opts])
+        lam = np.array([o.lam for o in opts], np.float64)
+        sc = self.score_features(q, avail)
+        chat = np.broadcast_to(self.cost_hat, avail.shape)
+        choice = choose(sc["mu_tilde"], chat, avail, lam)
+        out = []
+        for i, o in enumerate(opts):
+            cands = sorted((Candidate(n, float(sc["mu"][i, k]), float(sc["sigma"][i, k]),
+                                      float(sc["mu_tilde"][i, k]), float(self.expected_cost[k]),
+                                      float(sc["mu_tilde"][i, k] - o.lam * self.cost_hat[k]))
+                            for k, n in enumerate(self.names) if avail[i, k]),
+                           key=lambda c: (-c.utility, self.names.index(c.name)))
+            ex = self._explain(q[i], cands) if o.explain else {}
+            out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(o.lam), tuple(cands),
+                                tuple(n for k, n in enumerate(self.names) if not avail[i, k]), ex))
+        if timings is not None:
+            timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
         return out
 
     def _explain(self, q: np.ndarray, cands: list[Candidate]) -> dict:
@@ -241,7 +273,7 @@ class Router:
                   for s in top]
         margins = []
         for a, b in zip(cands, cands[1:3]):
-            z = (a.mu_tilde - b.mu_tilde) / math.sqrt(a.sigma ** 2 + b.sigma ** 2)
+            z = (a.mu_tilde - b.mu_tilde) / max(math.sqrt(a.sigma ** 2 + b.sigma ** 2), 1e-12)
             margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
                             "z": round(z, 3)})
         return {"closest_slices": slices, "pairwise_margins": margins}

@@ -68,7 +68,8 @@ def names(value, field: str, *, err: type[LrOnnxError] = InputError) -> list[str
     return out
 
 
-def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputError):
+def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputError,
+               max_depth: int = MAX_JSON_DEPTH):
     """Parse one JSON document; every way it can be malformed is one `err` line naming `where`.
 
     Integers longer than MAX_INT_DIGITS become floats (so a 400-digit number is inf and the field's
@@ -85,8 +86,8 @@ def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputE
         raise err(f"{where}: JSON nested too deeply") from None
     except ValueError as e:  # JSONDecodeError and the interpreter's digit limit
         raise err(f"{where}: malformed JSON ({str(e).splitlines()[0][:120]})") from None
-    if _depth(doc) > MAX_JSON_DEPTH:
-        raise err(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if _depth(doc, max_depth) > max_depth:
+        raise err(f"{where}: JSON nested deeper than {max_depth} levels")
     return doc
 
 
@@ -94,11 +95,11 @@ def _parse_int(s: str):
     return int(s) if len(s) <= MAX_INT_DIGITS else float(s)
 
 
-def _depth(doc) -> int:
+def _depth(doc, limit: int) -> int:
     depth, level = 0, [doc]
     while level:
         depth += 1
-        if depth > MAX_JSON_DEPTH:
+        if depth > limit:
             return depth
         nxt = []
         for v in level:

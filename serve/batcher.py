@@ -1,0 +1,115 @@
+"""Micro-batching: concurrent requests are decoded and encoded together, off the event loop.
+
+Requests wait in a bounded queue (full: `QueueFull`, answered 503 with Retry-After, so the backlog and
+the memory it holds stay bounded under any load). A dispatcher takes the first waiting request, waits
+up to `max_wait_ms` for more (at most `max_batch`), and runs the batch in a pool of `threads`
+inference threads: the encoders once for all of them, then ONE router call in which each row keeps
+its own options (`Router.decide`). A request whose own input is bad fails alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..runtime.errors import LrOnnxError
+from ..runtime.router import Decision, RouteOptions, Router
+from .metrics import Metrics
+
+
+class QueueFull(Exception):
+    """The backlog is at its limit: answer 503 with Retry-After."""
+
+
+@dataclass
+class _Job:
+    images: list
+    question: str
+    opts: RouteOptions
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    def __init__(self, router: Router, metrics: Metrics, *, max_batch: int, max_wait_ms: float, threads: int,
+                 queue_size: int):
+        self.router, self.metrics = router, metrics
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lr-onnx-infer")
+        self.slots = asyncio.Semaphore(threads)
+        self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def stop(self) -> None:
+        """Finish every admitted request, then stop."""
+        while not self.queue.empty() or self._running:
+            await asyncio.sleep(0.01)
+        if self._task:
+            self._task.cancel()
+        self.pool.shutdown(wait=True)
+
+    async def route(self, images: list, question: str, opts: RouteOptions) -> Decision:
+        job = _Job(images, question, opts, asyncio.get_running_loop().create_future())
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.rejected.inc()
+            raise QueueFull() from None
+        self.metrics.queue.set(self.queue.qsize())
+        return await job.future
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self.slots.acquire()
+            first = await self.queue.get()
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                left = deadline - time.monotonic()
+                try:
+                    batch.append(self.queue.get_nowait() if left <= 0 else
+                                 await asyncio.wait_for(self.queue.get(), left))
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+            self.metrics.queue.set(self.queue.qsize())
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Job]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self.pool, self._infer, batch)
+            for job, res in zip(batch, results):
+                if job.future.done():
+                    continue  # the client went away
+                if isinstance(res, BaseException):
+                    job.future.set_exception(res)
+                else:
+                    job.future.set_result(res)
+        finally:
+            self.slots.release()
+
+    def _infer(self, batch: list[_Job]) -> list:
+        """Runs in an inference thread: the whole batch at once, or one by one if one request is bad."""
+        self.metrics.batch.observe(len(batch))
+        timings: dict = {}
+        try:
+            q = self.router.features([(j.images, j.question) for j in batch], timings)
+            out = self.router.decide(q, [j.opts for j in batch], timings)
+        except LrOnnxError:
+            out = []
+            for j in batch:
+                try:
+                    out.append(self.router.decide(self.router.features([(j.images, j.question)]), [j.opts])[0])
+                except LrOnnxError as e:
+                    out.append(e)
+        except Exception as e:  # never leave a waiting request without an answer
+            out = [e] * len(batch)
+        for stage, secs in timings.items():
+            self.metrics.stage.labels(stage).observe(secs)
+        return out

@@ -1,0 +1,159 @@
+"""`lr-onnx serve --config FILE`: one TOML file, validated once at start-up with one-line errors.
+
+    [limits]                       # every limit answers 4xx with one line when exceeded
+    max_body_mb = 20
+    max_images = 8
+    max_question_chars = 20000
+    max_json_depth = 32
+    queue_size = 64                # requests waiting for the router; beyond it: 503 + Retry-After
+    allow_image_urls = false       # http(s) image_url parts are refused unless true
+    image_url_max_mb = 10
+    image_url_timeout_s = 5
+
+    [batching]
+    max_batch = 32                 # requests encoded together
+    max_wait_ms = 5                # how long the first request of a batch waits for company
+    threads = 1                    # inference threads (a bounded pool, off the event loop)
+
+    [upstream]
+    timeout_s = 60
+    retries = 2                    # on a connection error, 5xx or timeout: the next candidate by utility
+
+    [models."GPT4o"]               # one table per model of the bundle's pool that may be called
+    base_url = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY" # the NAME of an environment variable; the key itself never goes here
+    upstream_model = "gpt-4o"
+
+Models of the pool without a `[models.NAME]` table leave the pool at start-up (logged once).
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..runtime.errors import InputError
+from ..runtime.validate import integer, number, text
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_mb: float = 20.0
+    max_images: int = 8
+    max_question_chars: int = 20_000
+    max_json_depth: int = 32
+    queue_size: int = 64
+    allow_image_urls: bool = False
+    image_url_max_mb: float = 10.0
+    image_url_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class UpstreamPolicy:
+    timeout_s: float = 60.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where one pool model is answered: an OpenAI-compatible base URL, the model name there, the key's env var."""
+
+    name: str
+    base_url: str
+    upstream_model: str
+    api_key_env: str | None = None
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    limits: Limits = field(default_factory=Limits)
+    batching: Batching = field(default_factory=Batching)
+    upstream: UpstreamPolicy = field(default_factory=UpstreamPolicy)
+    models: dict[str, Upstream] = field(default_factory=dict)
+
+
+_BOUNDS = {  # field -> (kind, lo, hi)
+    "max_body_mb": (float, 0.001, 1024), "max_images": (int, 0, 64), "max_question_chars": (int, 1, 1_000_000),
+    "max_json_depth": (int, 2, 64), "queue_size": (int, 1, 100_000), "allow_image_urls": (bool, 0, 1),
+    "image_url_max_mb": (float, 0.001, 1024), "image_url_timeout_s": (float, 0.01, 600),
+    "max_batch": (int, 1, 1024), "max_wait_ms": (float, 0, 10_000), "threads": (int, 1, 256),
+    "timeout_s": (float, 0.01, 3600), "retries": (int, 0, 16),
+}
+
+
+def _section(raw: dict, name: str, cls, where: str):
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: [{name}] must be a table")
+    known = {f.name for f in fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} in [{name}]; known: "
+                         f"{', '.join(sorted(known))}")
+    values = {}
+    for key, v in table.items():
+        kind, lo, hi = _BOUNDS[key]
+        label = f"{where}: {name}.{key}"
+        if kind is bool:
+            if not isinstance(v, bool):
+                raise InputError(f"{label} must be true or false")
+            values[key] = v
+        elif kind is int:
+            values[key] = integer(v, label, lo=lo, hi=hi)
+        else:
+            values[key] = number(v, label, lo=lo, hi=hi)
+    return cls(**values)
+
+
+def load_config(path: str | os.PathLike | None) -> ServeConfig:
+    """The validated configuration (None: every default, no upstreams: `/v1/route` only)."""
+    if path is None:
+        return ServeConfig()
+    where = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{where}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{where}: cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{where}: malformed TOML ({e})") from None
+    unknown = set(raw) - {"limits", "batching", "upstream", "models"}
+    if unknown:
+        raise InputError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: limits, batching, "
+                         f"upstream, models")
+    models = raw.get("models", {})
+    if not isinstance(models, dict):
+        raise InputError(f"{where}: [models] must hold one table per model")
+    ups = {}
+    for name, spec in models.items():
+        label = f"{where}: models.{name}"
+        if not isinstance(spec, dict):
+            raise InputError(f"{label} must be a table with base_url, upstream_model and api_key_env")
+        unknown = set(spec) - {"base_url", "upstream_model", "api_key_env"}
+        if unknown:
+            raise InputError(f"{label}: unknown key(s) {', '.join(sorted(unknown))}")
+        if "api_key" in spec or any("key" in k and k != "api_key_env" for k in spec):
+            raise InputError(f"{label}: put the key in an environment variable and name it with api_key_env")
+        base = text(spec.get("base_url"), f"{label}.base_url").rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise InputError(f"{label}.base_url must start with http:// or https://")
+        env = spec.get("api_key_env")
+        if env is not None:
+            env = text(env, f"{label}.api_key_env")
+            if not env.replace("_", "").isalnum():
+                raise InputError(f"{label}.api_key_env must be the NAME of an environment variable")
+        ups[name] = Upstream(name, base, text(spec.get("upstream_model", name), f"{label}.upstream_model"), env)
+    return ServeConfig(_section(raw, "limits", Limits, where), _section(raw, "batching", Batching, where),
+                       _section(raw, "upstream", UpstreamPolicy, where), ups)

@@ -1,0 +1,78 @@
+"""`lr-onnx serve`: load the bundle and the config, reduce the pool to the models with an upstream, run uvicorn.
+
+SIGTERM / SIGINT: uvicorn stops accepting, every admitted request is answered (up to
+`GRACE_S`), then the process exits 0.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+
+from ..runtime.bundle import Bundle
+from ..runtime.errors import InputError
+from ..runtime.router import Router
+from .config import ServeConfig, load_config
+
+GRACE_S = 30
+log = logging.getLogger("lr_onnx.serve")
+
+
+def served_router(router: Router, config: ServeConfig) -> tuple[Router, list[str]]:
+    """The router restricted to the models that have an upstream (all of them when no [models] is configured),
+    and the names that left. A config naming a model outside the pool is refused."""
+    unknown = sorted(set(config.models) - set(router.names))
+    if unknown:
+        raise InputError(f"config names model(s) {', '.join(unknown)} that are not in the bundle's pool "
+                         f"({', '.join(router.names)})")
+    if not config.models:
+        return router, []
+    gone = [n for n in router.names if n not in config.models]
+    m = router.bundle.manifest
+    bundle = Bundle(router.bundle.path, dict(m, pool=[p for p in m["pool"] if p["name"] in config.models]),
+                    router.bundle.verify)
+    return Router(bundle, provider=router.provider, threads=router.threads, spinning=router.spinning), gone
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, api_key_env: str | None,
+          provider: str = "auto", echo=None) -> None:
+    import click
+    import uvicorn
+
+    from .app import create_app
+
+    echo = echo or click.echo
+    config = load_config(config_path)
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise InputError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    router, gone = served_router(Router.load(bundle, provider=provider), config)
+    if gone:
+        echo(f"warning: no upstream configured for {', '.join(gone)}: left out of the served pool", err=True)
+    if not is_loopback(host) and key is None:
+        echo(f"warning: listening on {host}, beyond this machine, without a gateway key (--api-key-env)", err=True)
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    app = create_app(router, config, api_key=key)
+    shown = f"[{host}]" if ":" in host else host
+    echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({len(router.names)} models"
+         f"{', ' + str(len(config.models)) + ' upstreams' if config.models else ', route only'}"
+         f"{', gateway key required' if key else ''}); Ctrl-C stops")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                timeout_graceful_shutdown=GRACE_S)

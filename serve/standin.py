@@ -1,0 +1,101 @@
+"""A stand-in OpenAI-compatible upstream, for `lr-onnx bench serve` and the tests: no network, no keys.
+
+Its behaviour is chosen by the first path segment of the base URL, so one process plays many models:
+`http://HOST:PORT/ok/v1` answers at once (JSON or SSE), `/fail/v1` answers 500, `/hang/v1` never
+answers, `/slowstream/v1` streams one chunk every 50 ms for a minute (to test disconnects). Every
+request it received is kept in `seen` (behaviour, body) and every stream it closed early in `closed`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+
+def completion(model: str, text: str) -> dict:
+    return {"id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def chunks(model: str, text: str) -> list[bytes]:
+    out = []
+    for word in text.split(" "):
+        delta = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0, "model": model,
+                 "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+        out.append(f"data: {json.dumps(delta)}\n\n".encode())
+    return out + [b"data: [DONE]\n\n"]
+
+
+def standin_app() -> Starlette:
+    seen: list[tuple[str, dict]] = []
+    closed: list[str] = []
+
+    async def chat(request: Request):
+        kind = request.path_params["kind"]
+        body = await request.json()
+        seen.append((kind, body))
+        model = body.get("model", "?")
+        if kind == "fail":
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
+        if kind == "hang":
+            await asyncio.sleep(3600)
+        text = f"answer from {model}"
+        if kind == "slowstream":
+            async def slow():
+                try:
+                    for i in range(1200):
+                        yield f"data: {json.dumps({'n': i})}\n\n".encode()
+                        await asyncio.sleep(0.05)
+                finally:
+                    closed.append(model)
+            return StreamingResponse(slow(), media_type="text/event-stream")
+        if body.get("stream"):
+            async def gen():
+                for c in chunks(model, text):
+                    yield c
+            return StreamingResponse(gen(), media_type="text/event-stream")
+        return JSONResponse(completion(model, text))
+
+    app = Starlette(routes=[Route("/{kind}/v1/chat/completions", chat, methods=["POST"])])
+    app.state.seen, app.state.closed = seen, closed
+    return app
+
+
+class BackgroundServer:
+    """An ASGI app served by uvicorn in a thread on 127.0.0.1 (a free port unless given); a context manager."""
+
+    def __init__(self, app, port: int = 0):
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    access_log=False, lifespan="on"))
+
+    def __enter__(self) -> "BackgroundServer":
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server on {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

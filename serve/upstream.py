@@ -1,0 +1,109 @@
+"""Forwarding a chat completion to the chosen model's upstream, with fallback down the utility ranking.
+
+The upstream's answer goes back unchanged (status, body, streamed SSE bytes). A connection error, a
+5xx or a timeout moves to the next candidate, up to `retries` more; which model answered and which
+failed is said in headers, never silently. A client that disconnects mid-stream closes the upstream
+call. Keys come from the environment at call time and never appear in a log, an error or a header
+sent back.
+"""
+from __future__ import annotations
+
+import time
+
+import httpx
+from starlette.responses import Response, StreamingResponse
+
+from .config import ServeConfig
+from .metrics import Metrics
+from .schema import HTTPError
+
+_PASS_HEADERS = ("content-type", "openai-processing-ms", "x-request-id")
+
+
+class Upstreams:
+    def __init__(self, config: ServeConfig, metrics: Metrics):
+        self.config, self.metrics = config, metrics
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(config.upstream.timeout_s),
+                                        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def fetch_image(self, url: str) -> bytes:
+        """An http(s) image URL (only when the config allows it), within the size and time limits."""
+        lim = self.config.limits
+        cap = int(lim.image_url_max_mb * 1024 * 1024)
+        try:
+            async with self.client.stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
+                if resp.status_code != 200:
+                    raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
+                data = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    data += chunk
+                    if len(data) > cap:
+                        raise HTTPError(413, f"image URL is larger than {lim.image_url_max_mb:g} MB",
+                                        code="image_too_large")
+                return bytes(data)
+        except httpx.HTTPError as e:
+            raise HTTPError(400, f"image URL could not be fetched ({type(e).__name__})",
+                            code="image_url_failed") from None
+
+    async def forward(self, body: dict, candidates: list[tuple[str, float]], *, stream: bool,
+                      headers: dict[str, str]) -> Response:
+        """Try `candidates` ([(pool model, utility)], best first) until one answers; `headers` are ours to add."""
+        failed: list[str] = []
+        for name, utility in candidates[: 1 + self.config.upstream.retries]:
+            up = self.config.models[name]
+            send = {"content-type": "application/json", "accept-encoding": "identity"}
+            key = up.api_key()
+            if key:
+                send["authorization"] = f"Bearer {key}"
+            req = self.client.build_request("POST", f"{up.base_url}/chat/completions",
+                                            json=dict(body, model=up.upstream_model), headers=send)
+            t0 = time.perf_counter()
+            try:
+                resp = await self.client.send(req, stream=True)
+            except httpx.TimeoutException:
+                failed.append(self._fail(name, "timeout"))
+                continue
+            except httpx.HTTPError:
+                failed.append(self._fail(name, "connection"))
+                continue
+            if resp.status_code >= 500:
+                await resp.aclose()
+                failed.append(self._fail(name, str(resp.status_code)))
+                continue
+            ours = dict(headers, **{"x-lr-onnx-model": name, "x-lr-onnx-utility": f"{utility:.6f}"})
+            if failed:
+                ours["x-lr-onnx-failed"] = ", ".join(failed)
+            passed = {k: v for k, v in resp.headers.items() if k.lower() in _PASS_HEADERS}
+            if stream:
+                return StreamingResponse(self._relay(resp, t0), status_code=resp.status_code,
+                                         headers={**passed, **ours}, media_type=resp.headers.get("content-type"))
+            try:
+                content = await resp.aread()
+            except httpx.TimeoutException:
+                failed.append(self._fail(name, "timeout"))
+                continue
+            except httpx.HTTPError:
+                failed.append(self._fail(name, "connection"))
+                continue
+            finally:
+                await resp.aclose()
+            self.metrics.stage.labels("upstream").observe(time.perf_counter() - t0)
+            return Response(content, status_code=resp.status_code, headers={**passed, **ours})
+        raise HTTPError(502, f"no upstream answered: {', '.join(failed) or 'no candidate'}", type="upstream_error",
+                        code="upstream_failed", headers={**headers, "x-lr-onnx-failed": ", ".join(failed)})
+
+    async def _relay(self, resp: httpx.Response, t0: float):
+        """The upstream's bytes as they come; closing on the way out (also when the client went away)."""
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        finally:
+            await resp.aclose()
+            self.metrics.stage.labels("upstream").observe(time.perf_counter() - t0)
+
+    def _fail(self, name: str, reason: str) -> str:
+        self.metrics.upstream_errors.labels(name, reason).inc()
+        return f"{name} ({reason})"
