@@ -5,9 +5,11 @@ SIGTERM / SIGINT: uvicorn stops accepting, every admitted request is answered (u
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 
 from ..runtime.bundle import Bundle
@@ -70,9 +72,29 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror})") from None
     app = create_app(router, config, api_key=key)
+    _Server = _server_class()
     shown = f"[{host}]" if ":" in host else host
     echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({len(router.names)} models"
          f"{', ' + str(len(config.models)) + ' upstreams' if config.models else ', route only'}"
          f"{', gateway key required' if key else ''}); Ctrl-C stops")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                timeout_graceful_shutdown=GRACE_S)
+    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                           timeout_graceful_shutdown=GRACE_S)).run()
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (exit status -15 / 130); a finished
+        shutdown is a success here, so the signal is handled and not re-raised: exit 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in previous.items():
+                    signal.signal(s, h)
+
+    return Server

@@ -32,6 +32,14 @@ def test_routing_a_real_image_loads_no_training_module():
     assert _loaded(stmt) == ""
 
 
+def test_serving_gateway_imports_nothing_from_the_training_side():
+    """`lr-onnx serve`'s whole app, its upstream client and the stand-in, in a fresh interpreter."""
+    stmt = ("import lr_onnx.serve.app, lr_onnx.serve.server, lr_onnx.serve.upstream, lr_onnx.serve.standin\n"
+            "from lr_onnx.serve.app import create_app\nfrom lr_onnx.serve.config import ServeConfig\n"
+            "from lr_onnx import Router\ncreate_app(Router.load(), ServeConfig())")
+    assert _loaded(stmt) == ""
+
+
 def test_cli_help_imports_nothing_heavy():
     stmt = "from lr_onnx.cli import main\ntry:\n    main(['data', '--help'])\nexcept SystemExit:\n    print()"
     assert _loaded(stmt) == ""
@@ -41,7 +49,8 @@ def test_runtime_sources_never_import_export_or_torch():
     import pathlib
     import re
 
-    root = pathlib.Path(__file__).resolve().parents[1] / "runtime"
+    repo = pathlib.Path(__file__).resolve().parents[1]
     pat = re.compile(r"^\s*(import|from)\s+(torch|onnx\b|optimum|transformers|\.\.export|lr_onnx\.export)", re.M)
-    offenders = [p.name for p in root.rglob("*.py") if pat.search(p.read_text())]
+    offenders = [p.name for root in (repo / "runtime", repo / "serve") for p in root.rglob("*.py")
+                 if pat.search(p.read_text())]
     assert offenders == []

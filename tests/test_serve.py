@@ -1,0 +1,294 @@
+"""`lr-onnx serve` (issue 15): a real server on 127.0.0.1, a real HTTP client, a stand-in upstream on another port."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+
+from conftest import REPO  # noqa: E402
+from lr_onnx.runtime.router import Router  # noqa: E402
+from lr_onnx.serve.app import create_app  # noqa: E402
+from lr_onnx.serve.config import Batching, Limits, ServeConfig, Upstream, UpstreamPolicy, load_config  # noqa: E402
+from lr_onnx.serve.server import served_router  # noqa: E402
+from lr_onnx.serve.standin import BackgroundServer, standin_app  # noqa: E402
+
+EXAMPLES = REPO / "assets" / "examples"
+CHART = (EXAMPLES / "chart.png").read_bytes()
+DATA_URL = "data:image/png;base64," + base64.b64encode(CHART).decode()
+QUESTION = "What is the highest bar in this chart?"
+
+
+def _tiny_png() -> str:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+TINY = _tiny_png()
+
+
+@pytest.fixture(scope="module")
+def router():
+    return Router.load()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    app = standin_app()
+    with BackgroundServer(app) as s:
+        s.app = app
+        yield s
+
+
+def ranked(router, question=QUESTION, images=(), lam=None) -> list[str]:
+    return [c.name for c in router.route(list(images), question, lam=lam).candidates]
+
+
+def make_server(router, standin, behaviours: dict[str, str], **cfg):
+    """A served app in which pool model NAME is answered by the stand-in behaving as behaviours[NAME] (ok)."""
+    models = {n: Upstream(n, f"{standin.url}/{behaviours.get(n, 'ok')}/v1", f"up-{n.lower()}", "LR_TEST_KEY")
+              for n in router.names}
+    config = ServeConfig(limits=cfg.pop("limits", Limits()), batching=cfg.pop("batching", Batching()),
+                         upstream=cfg.pop("upstream", UpstreamPolicy(timeout_s=1.0, retries=2)), models=models)
+    served, _ = served_router(router, config)
+    return BackgroundServer(create_app(served, config, **cfg))
+
+
+@pytest.fixture(scope="module")
+def server(router, upstream):
+    with make_server(router, upstream, {}) as s:
+        yield s
+
+
+def chat(text, model="lr-onnx/auto", stream=False, images=()):
+    content = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": u}} for u in images]
+    return {"model": model, "stream": stream, "messages": [{"role": "system", "content": "be brief"},
+                                                           {"role": "user", "content": content}]}
+
+
+def test_route_endpoint_equals_router_route(router, server):
+    with httpx.Client(base_url=server.url) as c:
+        assert c.get("/readyz").json()["status"] == "ready" and c.get("/healthz").status_code == 200
+        for body, kw in (({"question": QUESTION, "images": [DATA_URL]}, {}),
+                         ({"question": QUESTION, "images": [base64.b64encode(CHART).decode()], "lambda": "budget_25",
+                           "exclude": ["GPT4o"], "explain": True}, {"lam": "budget_25", "exclude": ["GPT4o"],
+                                                                    "explain": True}),
+                         ({"question": "What is 7 * 6?", "models": ["GPT4o", "SmolVLM2"], "lambda": 0.3}, None)):
+            res = c.post("/v1/route", json=body)
+            assert res.status_code == 200, res.text
+            images = [CHART] if body.get("images") else []
+            kw = kw if kw is not None else {"models": ["GPT4o", "SmolVLM2"], "lam": 0.3}
+            assert res.json() == json.loads(json.dumps(router.route(images, body["question"], **kw).to_dict()))
+
+
+def test_concurrent_requests_are_batched_and_still_exact(router, server):
+    bodies = [{"question": f"What is {i} + {i}?", "lambda": float(i % 3) / 10} for i in range(24)]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server.url) as c:
+            return await asyncio.gather(*(c.post("/v1/route", json=b) for b in bodies))
+
+    results = asyncio.run(fire())
+    for b, r in zip(bodies, results):
+        assert r.status_code == 200
+        assert r.json()["model"] == router.route([], b["question"], lam=b["lambda"]).model
+    metrics = httpx.get(f"{server.url}/metrics").text
+    sizes = [ln for ln in metrics.splitlines() if ln.startswith("lr_onnx_batch_size_count")]
+    count = float(sizes[0].split()[-1])
+    total = float([ln for ln in metrics.splitlines() if ln.startswith("lr_onnx_batch_size_sum")][0].split()[-1])
+    assert total / count > 1.0  # some requests shared a batch
+    for stage in ("decode", "encoders", "router"):
+        assert f'lr_onnx_stage_seconds_count{{stage="{stage}"}}' in metrics
+
+
+def test_chat_completion_forwarded_unchanged_with_headers(router, upstream, server):
+    top = ranked(router, "What is 2 + 2?")[0]
+    res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("What is 2 + 2?"))
+    assert res.status_code == 200
+    assert res.headers["x-lr-onnx-model"] == top and "x-lr-onnx-failed" not in res.headers
+    assert float(res.headers["x-lr-onnx-lambda"]) == pytest.approx(router.default_lambda, rel=1e-5)
+    assert res.json()["choices"][0]["message"]["content"] == f"answer from up-{top.lower()}"
+    kind, body = upstream.app.state.seen[-1]
+    assert body["model"] == f"up-{top.lower()}" and body["messages"] == chat("What is 2 + 2?")["messages"]
+
+
+def test_chat_completion_streams_sse(router, server):
+    top = ranked(router, QUESTION, [CHART], lam="quality")[0]
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions",
+                      json=chat(QUESTION, "lr-onnx/quality", True, [DATA_URL])) as res:
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+        data = res.read().decode()
+    assert res.headers["x-lr-onnx-model"] == top and data.endswith("data: [DONE]\n\n")
+    assert f"up-{top.lower()}" in data
+
+
+def test_failing_and_hanging_upstreams_fall_back_to_the_next_candidate(router, upstream):
+    order = ranked(router, "What is 9 * 9?")
+    with make_server(router, upstream, {order[0]: "fail", order[1]: "hang"}) as s:
+        t0 = time.monotonic()
+        res = httpx.post(f"{s.url}/v1/chat/completions", json=chat("What is 9 * 9?"), timeout=30)
+        assert res.status_code == 200 and res.headers["x-lr-onnx-model"] == order[2]
+        assert res.headers["x-lr-onnx-failed"] == f"{order[0]} (500), {order[1]} (timeout)"
+        assert time.monotonic() - t0 < 10
+        with httpx.stream("POST", f"{s.url}/v1/chat/completions", json=chat("What is 9 * 9?", stream=True),
+                          timeout=30) as r:
+            assert r.status_code == 200 and r.headers["x-lr-onnx-model"] == order[2]
+        m = httpx.get(f"{s.url}/metrics").text
+        assert f'lr_onnx_upstream_errors_total{{model="{order[0]}",reason="500"}}' in m
+    with make_server(router, upstream, {n: "fail" for n in router.names},
+                     upstream=UpstreamPolicy(timeout_s=1.0, retries=1)) as s:
+        res = httpx.post(f"{s.url}/v1/chat/completions", json=chat("What is 9 * 9?"))
+        assert res.status_code == 502 and res.json()["error"]["code"] == "upstream_failed"
+        assert res.headers["x-lr-onnx-failed"] == f"{order[0]} (500), {order[1]} (500)"
+
+
+def test_passthrough_models_and_unknown_models(router, server):
+    res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("hi", "up-gpt4o"))
+    assert res.status_code == 200 and res.headers["x-lr-onnx-routed"] == "false"
+    assert res.headers["x-lr-onnx-model"] == "GPT4o"
+    res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("hi", "gpt-5-imaginary"))
+    assert res.status_code == 400 and res.json()["error"]["code"] == "model_not_found"
+    ids = [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
+    assert "lr-onnx/auto" in ids and "lr-onnx/budget_25" in ids and "up-gpt4o" in ids
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream(router, upstream):
+    top = ranked(router, "Stream forever?")[0]
+    with make_server(router, upstream, {top: "slowstream"}) as s:
+        with httpx.stream("POST", f"{s.url}/v1/chat/completions", json=chat("Stream forever?", stream=True)) as r:
+            assert r.status_code == 200
+            next(r.iter_raw())
+        deadline = time.monotonic() + 10
+        while f"up-{top.lower()}" not in upstream.app.state.closed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"up-{top.lower()}" in upstream.app.state.closed
+
+
+@pytest.fixture(scope="module")
+def limited(router, upstream):
+    limits = Limits(max_body_mb=0.002, max_images=2, max_question_chars=100, max_json_depth=6)
+    with make_server(router, upstream, {}, limits=limits) as s:
+        yield s
+
+
+@pytest.mark.parametrize("send,status,code", [
+    (lambda: {"content": b"{not json"}, 400, "invalid_json"),
+    (lambda: {"json": {"question": "q", "colour": 1}}, 400, "unknown_field"),
+    (lambda: {"json": {"question": ""}}, 400, "invalid_value"),
+    (lambda: {"json": {"question": "q", "lambda": "cheapest"}}, 400, "invalid_value"),
+    (lambda: {"json": {"question": "q", "models": ["nope"]}}, 400, "invalid_value"),
+    (lambda: {"json": {"question": "q", "images": ["http://example.invalid/a.png"]}}, 400, "image_url_not_allowed"),
+    (lambda: {"json": {"question": "q", "images": ["data:image/png;base64,@@@"]}}, 400, "invalid_value"),
+    (lambda: {"json": {"question": "q", "images": ["data:image/png;base64," + base64.b64encode(b"%!PS").decode()]}},
+     400, "invalid_value"),
+    (lambda: {"json": {"question": "q", "images": [TINY] * 3}}, 413, "too_many_images"),
+    (lambda: {"json": {"question": "x" * 101}}, 413, "question_too_long"),
+    (lambda: {"content": json.dumps({"question": "q", "explain": [[[[[[[[[[1]]]]]]]]]]})}, 400, "invalid_json"),
+    (lambda: {"content": b"{" + b" " * 3000 + b"}"}, 413, "body_too_large"),
+])
+def test_limits_and_malformed_requests_are_one_line_4xx(limited, send, status, code):
+    res = httpx.post(f"{limited.url}/v1/route", headers={"content-type": "application/json"}, **send())
+    err = res.json()["error"]
+    assert res.status_code == status and err["code"] == code and "\n" not in err["message"] and err["type"]
+
+
+def test_gateway_key(router, upstream):
+    os.environ["LR_TEST_KEY"] = "upstream-secret-123"
+    with make_server(router, upstream, {}, api_key="gw-key") as s:
+        assert httpx.post(f"{s.url}/v1/route", json={"question": "q"}).status_code == 401
+        bad = httpx.post(f"{s.url}/v1/route", json={"question": "q"}, headers={"authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
+        ok = httpx.post(f"{s.url}/v1/route", json={"question": "q"}, headers={"authorization": "Bearer gw-key"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{s.url}/healthz").status_code == 200  # probes need no key
+        res = httpx.post(f"{s.url}/v1/chat/completions", json=chat("hi", "up-nope-unknown"),
+                         headers={"authorization": "Bearer gw-key"})
+        assert "upstream-secret-123" not in res.text and "upstream-secret-123" not in str(res.headers)
+
+
+def test_full_queue_answers_503_with_retry_after_and_nothing_else(router, upstream):
+    with make_server(router, upstream, {}, limits=Limits(queue_size=2),
+                     batching=Batching(max_batch=1, max_wait_ms=0, threads=1)) as s:
+        async def flood():
+            async with httpx.AsyncClient(base_url=s.url, timeout=60) as c:
+                return await asyncio.gather(*(c.post("/v1/route", json={"question": f"What is {i}?"})
+                                              for i in range(40)))
+
+        codes = [r.status_code for r in asyncio.run(flood())]
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+        r503 = next(r for r in asyncio.run(flood()) if r.status_code == 503)
+        assert r503.headers["retry-after"] == "1" and r503.json()["error"]["code"] == "queue_full"
+
+
+def test_config_file_is_validated_with_one_line(tmp_path, runner):
+    from lr_onnx.cli import main
+
+    good = tmp_path / "ok.toml"
+    good.write_text('[limits]\nmax_images = 4\n[batching]\nmax_batch = 8\n[models.GPT4o]\n'
+                    'base_url = "http://127.0.0.1:9/v1"\napi_key_env = "OPENAI_API_KEY"\nupstream_model = "gpt-4o"\n')
+    cfg = load_config(good)
+    assert cfg.limits.max_images == 4 and cfg.batching.max_batch == 8 and cfg.models["GPT4o"].upstream_model == "gpt-4o"
+    for bad, msg in (('[limits]\nmax_images = -1\n', "between"), ('[limitz]\n', "unknown section"),
+                     ('[models.X]\nbase_url = "ftp://x"\n', "http"), ('[models.GPT4o]\nbase_url = "http://x"\n'
+                                                                     'api_key = "sk-123"\n', "unknown key"),
+                     ("not toml [", "malformed TOML")):
+        p = tmp_path / "bad.toml"
+        p.write_text(bad)
+        res = runner.invoke(main, ["serve", "--config", str(p), "--port", "1"])
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
+    p.write_text('[models.NotInPool]\nbase_url = "http://127.0.0.1:9/v1"\n')
+    res = runner.invoke(main, ["serve", "--config", str(p)])
+    assert res.exit_code == 1 and "not in the bundle's pool" in res.output
+
+
+def test_sigterm_answers_every_admitted_request_then_exits_0(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+
+        async def in_flight():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                tasks = [asyncio.create_task(c.post("/v1/route", json={"question": f"What is {i} * {i}?",
+                                                                        "images": [DATA_URL]}))
+                         for i in range(16)]
+                await asyncio.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks, return_exceptions=True)
+
+        results = asyncio.run(in_flight())
+        admitted = [r for r in results if not isinstance(r, Exception)]
+        assert admitted and all(r.status_code == 200 for r in admitted)
+        assert proc.wait(timeout=60) == 0
+        assert "http://127.0.0.1:" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
