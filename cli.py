@@ -495,9 +495,13 @@ def models_remove(run_dir, bundle, out, name):
 @click.option("--lambda", "lam", type=_LAMBDA, default=None,
               help="Cost weight: a number or a preset name (default: the bundle's).")
 @click.option("--max-cost", type=_USD, default=None, help="Per-query budget in USD (expected cost).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: Ray Data over an actor pool, one Router per actor (pip install '.[cpu,ray]'); reads "
+                   "JSONL, CSV or Parquet, writes JSONL (resumable) or Parquet (OUT ending in .parquet).")
+@click.option("--address", default=None, help="Ray cluster address (with --engine ray; default: a local Ray).")
 @_BUNDLE
 @_PROVIDER
-def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, bundle, provider):
+def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine, address, bundle, provider):
     """Route every query of INP (.jsonl: {"id", "question", "images"}; .csv: id,question,images with ';').
 
     INP may be '-' (JSONL on standard input) or a FIFO (waited on for 30 s). Each
@@ -507,13 +511,25 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, bundle
     writes it. Bad records (malformed JSON or CSV, invalid UTF-8, wrong types, an
     unreadable image) and duplicate ids are reported with their line numbers and
     skipped; the rest is processed, and the exit status is then 1.
+
+    --engine ray runs the same routing on Ray Data (local, or a cluster with --address):
+    every record needs an id there, image paths must be readable by the actors (shared
+    file system or s3:// / gs:// URIs), and decisions are identical to the local engine.
     """
     from .runtime.batch import count_records, route_batch
 
     router = _load_router(bundle, provider)
     kw = dict(models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam, max_cost=max_cost)
+    if address and engine != "ray":
+        raise click.UsageError("--address is for --engine ray")
     total = count_records(Path(inp)) if inp != "-" and Path(inp).is_file() else None
-    if total is None:
+    if engine == "ray":
+        from .runtime.ray_engine import route_batch_ray
+
+        if inp == "-":
+            raise click.UsageError("--engine ray reads files (JSONL, CSV, Parquet), not standard input")
+        res = route_batch_ray(router, inp, out, bundle=bundle, address=address, batch_size=batch_size, **kw)
+    elif total is None:
         res = route_batch(router, inp, out, batch_size=batch_size, **kw)
     else:
         with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:

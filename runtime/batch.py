@@ -156,7 +156,7 @@ def _record(rec: dict, lineno: int, base: Path, *, id_given: bool) -> dict:
     paths = []
     for p in images:
         p = text(p, "image path").strip()
-        paths.append(p if os.path.isabs(p) else str(base / p))
+        paths.append(p if os.path.isabs(p) or "://" in p else str(base / p))  # URIs: the ray engine reads them
     return {"id": qid, "question": question, "images": paths}
 
 

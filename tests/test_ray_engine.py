@@ -1,0 +1,65 @@
+"""`route-batch --engine ray` (issue 15 §7): a local Ray with 2 CPUs gives exactly the local engine's decisions."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # starting Ray costs ~5 s
+
+from conftest import REPO  # noqa: E402
+from lr_onnx.cli import main  # noqa: E402
+
+EX = REPO / "assets" / "examples"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _rows(n):
+    return [{"id": f"q{i}", "question": f"What is {i} plus {i}?",
+             "images": [str(EX / "chart.png")] if i % 3 == 0 else []} for i in range(n)]
+
+
+def test_ray_engine_matches_the_local_engine(local_ray, runner, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(json.dumps(r) for r in _rows(14)) + "\nnot json\n" +
+                   json.dumps({"id": "q1", "question": "a duplicate"}) + "\n")
+    res_local = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "local.jsonl"),
+                                     "--lambda", "budget_25"])
+    res_ray = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray",
+                                   "--lambda", "budget_25", "--batch-size", "4"])
+    assert res_local.exit_code == res_ray.exit_code == 1, res_ray.output
+    local = {d["id"]: d for d in map(json.loads, (tmp_path / "local.jsonl").read_text().splitlines())}
+    dist = {d["id"]: d for d in map(json.loads, (tmp_path / "ray.jsonl").read_text().splitlines())}
+    assert len(local) == 14 and dist == local
+    assert "malformed JSON" in res_ray.output and "duplicate id" in res_ray.output
+    # resumable like the local engine: a rerun on the same OUT routes nothing new
+    again = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray",
+                                 "--lambda", "budget_25"])
+    assert "routed 0" in again.output and len((tmp_path / "ray.jsonl").read_text().splitlines()) == 14
+
+
+def test_ray_engine_reads_csv_and_parquet_and_writes_parquet(local_ray, runner, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows(6)
+    pq.write_table(pa.table({"id": [r["id"] for r in rows], "question": [r["question"] for r in rows],
+                             "images": [r["images"] for r in rows]}), tmp_path / "in.parquet")
+    res = runner.invoke(main, ["route-batch", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "o.parquet"),
+                               "--engine", "ray"])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    (tmp_path / "in.csv").write_text("id,question,images\n" + "".join(
+        f"{r['id']},{r['question']},{';'.join(r['images'])}\n" for r in rows))
+    res = runner.invoke(main, ["route-batch", str(tmp_path / "in.csv"), "--out", str(tmp_path / "c.jsonl"),
+                               "--engine", "ray"])
+    assert res.exit_code == 0, res.output
+    csv_out = {d["id"]: d["model"] for d in map(json.loads, (tmp_path / "c.jsonl").read_text().splitlines())}
+    assert {r["id"]: r["model"] for r in table} == csv_out and len(csv_out) == 6
