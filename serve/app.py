@@ -41,6 +41,9 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
     upstreams = Upstreams(config, metrics)
     upstream_names = {u.upstream_model: name for name, u in config.models.items() if name in router.names}
     max_body = int(config.limits.max_body_mb * 1024 * 1024)
+    # requests between arrival and decision (reading, decoding, queued, in a batch): bounded, so a flood is
+    # answered 503 at once instead of piling up in front of the queue; the upstream phase is not counted
+    routing = {"now": 0, "max": config.limits.queue_size + config.batching.max_batch * config.batching.threads}
 
     def endpoint(name: str, *, auth: bool = True):
         def wrap(fn):
@@ -53,6 +56,7 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
                 except HTTPError as e:
                     resp = JSONResponse(e.body(), status_code=e.status, headers=e.headers)
                 except QueueFull:
+                    metrics.rejected.inc()
                     resp = JSONResponse(HTTPError(503, "the router's queue is full; retry shortly",
                                                   type="overloaded", code="queue_full").body(),
                                         status_code=503, headers={"retry-after": "1"})
@@ -81,6 +85,11 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
                                 code="body_too_large")
         return parse_json(bytes(data), config.limits)
 
+    def admit() -> None:
+        if routing["now"] >= routing["max"]:
+            raise QueueFull()
+        routing["now"] += 1
+
     async def decide(req: RouteRequest):
         opts = router.options(models=req.models, exclude=req.exclude, lam=req.lam, max_cost=req.max_cost,
                               explain=req.explain)
@@ -92,18 +101,27 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
 
     @endpoint("route")
     async def route(request: Request) -> Response:
-        return JSONResponse((await decide(route_request(await body_json(request), config.limits))).to_dict())
+        admit()
+        try:
+            d = await decide(route_request(await body_json(request), config.limits))
+        finally:
+            routing["now"] -= 1
+        return JSONResponse(d.to_dict())
 
     @endpoint("chat_completions")
     async def chat(request: Request) -> Response:
         if not config.models:
             raise HTTPError(503, "no upstream is configured (serve --config FILE with [models.NAME] tables); "
                                  "/v1/route still answers", type="server_error", code="no_upstream")
-        req = chat_request(await body_json(request), config.limits, list(router.presets), upstream_names)
-        if req.route is None:  # a real upstream model name: no routing
+        admit()
+        try:
+            req = chat_request(await body_json(request), config.limits, list(router.presets), upstream_names)
+            d = None if req.route is None else await decide(req.route)
+        finally:
+            routing["now"] -= 1
+        if d is None:  # a real upstream model name: no routing
             return await upstreams.forward(req.body, [(req.passthrough, float("nan"))], stream=req.stream,
                                            headers={"x-lr-onnx-routed": "false"})
-        d = await decide(req.route)
         ranked = [(c.name, c.utility) for c in d.candidates]
         return await upstreams.forward(req.body, ranked, stream=req.stream,
                                        headers={"x-lr-onnx-lambda": f"{d.lam:g}", "x-lr-onnx-routed": "true"})

@@ -57,7 +57,6 @@ class MicroBatcher:
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
-            self.metrics.rejected.inc()
             raise QueueFull() from None
         self.metrics.queue.set(self.queue.qsize())
         return await job.future

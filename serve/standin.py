@@ -99,3 +99,19 @@ class BackgroundServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def main(argv=None) -> None:
+    """`python -m lr_onnx.serve.standin --port P`: the stand-in in its own process (the serve benchmark)."""
+    import argparse
+
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--port", type=int, required=True)
+    a = ap.parse_args(argv)
+    uvicorn.run(standin_app(), host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

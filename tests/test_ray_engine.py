@@ -37,7 +37,12 @@ def test_ray_engine_matches_the_local_engine(local_ray, runner, tmp_path):
     assert res_local.exit_code == res_ray.exit_code == 1, res_ray.output
     local = {d["id"]: d for d in map(json.loads, (tmp_path / "local.jsonl").read_text().splitlines())}
     dist = {d["id"]: d for d in map(json.loads, (tmp_path / "ray.jsonl").read_text().splitlines())}
-    assert len(local) == 14 and dist == local
+    assert len(local) == 14 and local.keys() == dist.keys()
+    for k in local:  # the same choice; scores equal up to float rounding (batches are cut differently)
+        assert dist[k]["model"] == local[k]["model"] and dist[k]["lambda"] == local[k]["lambda"]
+        a = {c["name"]: c["utility"] for c in local[k]["candidates"]}
+        b = {c["name"]: c["utility"] for c in dist[k]["candidates"]}
+        assert a.keys() == b.keys() and max(abs(a[n] - b[n]) for n in a) < 1e-5
     assert "malformed JSON" in res_ray.output and "duplicate id" in res_ray.output
     # resumable like the local engine: a rerun on the same OUT routes nothing new
     again = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray",
