@@ -78,10 +78,12 @@ class _StandIn:
 class _Served:
     """`lr-onnx serve` in a subprocess, every pool model answered by the stand-in."""
 
-    def __init__(self, upstream_url: str, names: list[str], *, queue_size: int, max_batch: int, bundle):
+    def __init__(self, upstream_url: str, names: list[str], *, queue_size: int, max_batch: int, bundle,
+                 threads: int = int(os.environ.get("LR_ONNX_BENCH_THREADS", "1"))):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = [f"[limits]\nqueue_size = {queue_size}\n[batching]\nmax_batch = {max_batch}\nmax_wait_ms = 2\n"
+               f"threads = {threads}\n"
                f"[upstream]\ntimeout_s = 30\nretries = 0\n"]
         cfg += [f'[models."{n}"]\nbase_url = "{upstream_url}/ok/v1"\nupstream_model = "{n}"\n' for n in names]
         fd, self.cfg = tempfile.mkstemp(suffix=".toml")
@@ -124,57 +126,101 @@ class _Served:
         os.unlink(self.cfg)
 
 
-_JSON = {"content-type": "application/json"}
+class _Conn:
+    """A minimal keep-alive HTTP/1.1 client connection: requests are pre-encoded bytes, so the load generator
+    spends its CPU on almost nothing (as wrk would) and the server, which shares the 2 cores, gets the rest."""
+
+    def __init__(self, port: int):
+        self.port, self.reader, self.writer = port, None, None
+
+    async def post(self, path: str, body: bytes, timeout: float) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode()
+        try:
+            self.writer.write(head + body)
+            return await asyncio.wait_for(self._response(), timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _response(self) -> int:
+        status_line = await self.reader.readuntil(b"\r\n")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
 
 
 async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, path: str = "/v1/chat/completions") -> dict:
-    """Keep `concurrency` requests in flight until every body was sent once."""
-    import httpx
-
+    """Keep `concurrency` requests in flight (one connection each) until every body was sent once."""
     lat, status, lost = [], {}, 0
     it = iter(bodies)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=concurrency)) as c:
-        async def worker():
-            nonlocal lost
-            for body in it:
-                t0 = time.perf_counter()
-                try:
-                    r = await c.post(path, content=body, headers=_JSON)
-                    status[r.status_code] = status.get(r.status_code, 0) + 1
-                    lat.append(time.perf_counter() - t0)
-                except httpx.HTTPError:
-                    lost += 1
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return _summary(lat, status, lost, wall, len(bodies))
+    async def worker():
+        nonlocal lost
+        conn = _Conn(_port(url))
+        for body in it:
+            t0 = time.perf_counter()
+            try:
+                code = await conn.post(path, body, 60)
+                status[code] = status.get(code, 0) + 1
+                lat.append(time.perf_counter() - t0)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                lost += 1
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _summary(lat, status, lost, time.perf_counter() - t0, len(bodies))
 
 
 async def _open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict:
-    """Send at a fixed arrival rate (not waiting for answers) for `seconds`; every request is awaited."""
-    import httpx
-
+    """Send at a fixed arrival rate for `seconds` (each arrival on a free keep-alive connection, a new one if
+    none is free: arrivals never wait for answers); every request is awaited, 30 s at most."""
     lat_ok, status, lost = [], {}, 0
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=1000)) as c:
-        async def one(body):
-            nonlocal lost
-            t0 = time.perf_counter()
-            try:
-                r = await c.post("/v1/chat/completions", content=body, headers=_JSON)
-                status[r.status_code] = status.get(r.status_code, 0) + 1
-                if r.status_code == 200:
-                    lat_ok.append(time.perf_counter() - t0)
-            except httpx.HTTPError:
-                lost += 1
+    idle: list[_Conn] = []
 
-        tasks, t0 = [], time.perf_counter()
-        while (elapsed := time.perf_counter() - t0) < seconds:
-            while len(tasks) < elapsed * rate:  # catch up: arrivals do not wait for a busy client
-                tasks.append(asyncio.create_task(one(bodies[len(tasks) % len(bodies)])))
-            await asyncio.sleep(0.002)
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
+    async def one(body):
+        nonlocal lost
+        conn = idle.pop() if idle else _Conn(_port(url))
+        t0 = time.perf_counter()
+        try:
+            code = await conn.post("/v1/chat/completions", body, 30)
+            status[code] = status.get(code, 0) + 1
+            if code == 200:
+                lat_ok.append(time.perf_counter() - t0)
+            idle.append(conn)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            lost += 1
+
+    tasks, t0 = [], time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        while len(tasks) < elapsed * rate:  # catch up: arrivals do not wait for a busy client
+            tasks.append(asyncio.create_task(one(bodies[len(tasks) % len(bodies)])))
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    for c in idle:
+        c.close()
     out = _summary(lat_ok, status, lost, wall, len(tasks))
     out["offered_qps"] = round(len(tasks) / seconds, 1)
     return out
@@ -226,6 +272,9 @@ def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False
             # the same queries through /v1/route: the gateway without the upstream hop
             result["route_endpoint_c32"] = asyncio.run(_closed_loop(srv.url, route_bodies, 32, "/v1/route"))
             result["server_peak_rss_mb"] = srv.peak_rss_mb()
+        with _Served(up.url, router.names, queue_size=256, max_batch=1, bundle=bundle) as srv:
+            asyncio.run(_closed_loop(srv.url, bodies[:16], 4))
+            result["no_batching_c32"] = asyncio.run(_closed_loop(srv.url, bodies, 32))  # max_batch = 1
         sustainable = result["levels"]["32"]["qps"]
         with _Served(up.url, router.names, queue_size=16, max_batch=32, bundle=bundle) as srv:
             over = asyncio.run(_open_loop(srv.url, bodies, rate=4 * sustainable, seconds=3 if quick else 5))
@@ -238,6 +287,7 @@ def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False
     result["targets"] = {
         "c32_throughput_ratio": round(ratio, 3),
         "c32_route_endpoint_ratio": round(result["route_endpoint_c32"]["qps"] / ref_qps, 3),
+        "micro_batching_gain_c32": round(c32["qps"] / result["no_batching_c32"]["qps"], 2),
         "c32_at_least_0.8x_in_process": ratio >= 0.8,
         "zero_errors_and_lost": all(v["errors"] == 0 and v["lost"] == 0 for v in result["levels"].values()),
         "overload_only_200_or_503": over["errors"] == 0 and over["lost"] == 0 and "503" in over["status"],
@@ -263,5 +313,6 @@ def table(r: dict) -> str:
                  f"the server, errors {o['errors']}, lost {o['lost']}")
     rt = r["route_endpoint_c32"]
     lines.append(f"/v1/route at concurrency 32 (no upstream hop): {rt['qps']} q/s, p99 {rt['p99_ms']} ms")
+    lines.append(f"without micro-batching (max_batch 1) at concurrency 32: {r['no_batching_c32']['qps']} q/s")
     lines.append(f"server peak RSS {r['server_peak_rss_mb']} MB; targets {r['targets']}")
     return "\n".join(lines)
