@@ -339,7 +339,8 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
 @main.command("evaluate")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
-              help="Dataset folder (default: the one the run was trained on).")
+              help="Dataset folder (default: the one the run was trained on). Another dataset: transfer "
+                   "evaluation, the run as trained, on the models both pools share (RUN/transfer_NAME.json).")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--no-ablations", is_flag=True, help="Skip training the no_communication and text_only ablations.")
 def evaluate_cmd(run_dir, data_dir, split, no_ablations):
@@ -353,6 +354,18 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     """
     from .export.evaluate import evaluate
 
+    trained_on = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8")).get("data") \
+        if (Path(run_dir) / "config.json").is_file() else None
+    if data_dir and trained_on and Path(data_dir).resolve() != Path(trained_on).resolve():
+        from .export.transfer import transfer_evaluate
+
+        t = transfer_evaluate(run_dir, data_dir, split=split)
+        lr, b = t["latentrouter"], t["best_single"]
+        click.echo(f"transfer to {data_dir} ({t['rows']} queries, {t['split']}; shared models: "
+                   f"{', '.join(t['shared_models'])}): latentrouter {lr['score_at_lambda0']:.4f} at lambda 0, nAUC "
+                   f"{lr['nauc']}; best single {b['name']} {b['score']:.4f}; oracle {t['oracle']['score']:.4f}; "
+                   f"wrote {run_dir}/transfer_{Path(data_dir).resolve().name}.json")
+        return
     out = evaluate(run_dir, data_dir=data_dir, split=split, ablations=not no_ablations)
     m = out["methods"]["latentrouter"]
     b = out["best_single"]

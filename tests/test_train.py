@@ -263,6 +263,35 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
         remove_model(run_dir, "NewVLM")
 
 
+def test_transfer_evaluation_on_another_pool(env, run, runner, tmp_path):
+    """evaluate RUN --data OTHER: the run as trained, on the models both pools share; < 2 shared is refused."""
+    import json as _json
+
+    from conftest import write_native
+    from lr_onnx.cli import main
+    from lr_onnx.export.data import load_dataset
+
+    demo = load_dataset(env / "demo")
+    keep = demo.model_names[:3]
+    recs = []
+    for i in range(40):
+        outs = {(m if j < 2 else "SomeOtherModel"): {"score": float((i + j) % 2), "cost": 1e-4 * (j + 1)}
+                for j, m in enumerate(keep)}
+        recs.append({"id": f"t{i}", "question": demo.question[i], "images": [], "dataset": "other",
+                     "split": "test", "outcomes": outs})
+    other = write_native(tmp_path / "other", recs, [{"name": keep[0]}, {"name": keep[1]}, {"name": "SomeOtherModel"}])
+    res = runner.invoke(main, ["evaluate", str(run[0]), "--data", str(other)])
+    assert res.exit_code == 0, res.output
+    t = _json.loads((run[0] / "transfer_other.json").read_text())
+    assert t["shared_models"] == keep[:2] and t["rows"] == 40 and t["not_shared"]["data_only"] == ["SomeOtherModel"]
+    assert 0.0 <= t["latentrouter"]["score_at_lambda0"] <= t["oracle"]["score"] <= 1.0
+    assert sum(t["latentrouter"]["choices_at_lambda0"].values()) == 40
+    lone = write_native(tmp_path / "lone", [{**r, "outcomes": {keep[0]: r["outcomes"][keep[0]]}} for r in recs],
+                        [{"name": keep[0]}])
+    res = runner.invoke(main, ["evaluate", str(run[0]), "--data", str(lone)])
+    assert res.exit_code == 1 and "transfer evaluation needs at least two" in res.output
+
+
 @pytest.fixture(scope="module")
 def bundle(env, run):
     from lr_onnx.export.export import export_bundle
