@@ -179,6 +179,9 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
         click.echo(f"{mark} {c.name[:28]:28s} {c.mu_tilde:>10.3f} +/- {c.sigma:<7.3f} {c.expected_cost:>12.3g} "
                    f"{c.utility:>9.4f}")
     click.echo(f"chosen: {d.model} (lambda {d.lam:g}" + (f"; excluded {', '.join(d.excluded)})" if d.excluded else ")"))
+    if d.coverage and d.coverage["out_of_coverage"]:
+        click.echo(f"note: out of coverage: this query is unlike the router's training queries (similarity "
+                   f"{d.coverage['similarity']:.3f} < {d.coverage['threshold']:.3f}); treat the scores as guesses")
     if explain and d.explain:
         for s in d.explain["closest_slices"]:
             click.echo(f"slice {s['slice']} (similarity {s['similarity']:.3f}): " +
@@ -550,7 +553,7 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
     for p in res["problems"]:
         click.echo(f"skipped {_safe(p)}", err=True)
     click.echo(f"routed {res['routed']}, already done {res['skipped_done']}, failed {res['failed']}, "
-               f"duplicate ids {res['duplicates']}; wrote {out}")
+               f"duplicate ids {res['duplicates']}, out of coverage {res['out_of_coverage']}; wrote {out}")
     if res["failed"] or res["duplicates"]:
         sys.exit(1)
 

@@ -303,6 +303,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
             "profile_space": space.to_dict(),
             "cost_estimator": prof.get("cost_estimator", "calib_mean"),
             "lambda": {"default": metrics.get("lambda_val", 0.0), "presets": presets},
+            "coverage": coverage_threshold(held_out, space),
             "training_metrics": metrics,
         }
         parity = check_parity(net, tmp, manifest, held_out, precision)
@@ -352,7 +353,23 @@ def _held_out(cfg: dict, n: int) -> dict:
     calib = [i for i in np.flatnonzero(masks["train"]) if data.images[i]][:128]  # quantisation never sees test
     pixels = np.stack([preprocess_image(data.images[i][0], IMAGE_SPEC) for i in calib]) if calib \
         else np.zeros((1, 3, 224, 224), np.float32)
-    return {"data": data, "rows": rows, "calib_pixels": pixels}
+    return {"data": data, "rows": rows, "calib_pixels": pixels, "train_rows": np.flatnonzero(masks["train"])}
+
+
+COVERAGE_PERCENTILE = 1.0
+
+
+def coverage_threshold(held: dict, space: ProfileSpace) -> dict:
+    """The out-of-coverage threshold: the 1st percentile of the training queries' best cosine similarity to
+    the slice centroids (their own distribution; test rows never enter), with a few quantiles for the record."""
+    from ..runtime.profiles import slice_embedding
+    from .features import encode_dataset
+
+    q = encode_dataset(held["data"], progress=False)[held["train_rows"]]
+    best = (slice_embedding(q) @ space.centroids.T).max(axis=1)
+    return {"threshold": float(np.percentile(best, COVERAGE_PERCENTILE)), "percentile": COVERAGE_PERCENTILE,
+            "train_similarity": {f"p{p}": round(float(np.percentile(best, p)), 4) for p in (1, 5, 50)},
+            "train_queries": int(len(best))}
 
 
 def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) -> dict:

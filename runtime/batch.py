@@ -248,7 +248,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
 
 def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw) -> dict:
     problems: list[str] = []
-    counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0}
+    counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0, "out_of_coverage": 0}
     first_line: dict[str, int] = {}
     pending: list[dict] = []
 
@@ -270,6 +270,7 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
         payload = "".join(json.dumps({"id": q["id"], **d.to_dict()}, allow_nan=False) + "\n" for q, d in results)
         _append(fd, out, payload.encode("utf-8"), counts["routed"])
         counts["routed"] += len(results)
+        counts["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
         if on_progress:
             on_progress(len(pending))
         pending.clear()

@@ -219,6 +219,12 @@ def validate_manifest(m, path: Path) -> None:
     for key in ("fill_lat", "fill_tok"):
         num(space.get(key), f"profile_space.{key}", lo=-1e9, hi=1e9)
 
+    cov = m.get("coverage")
+    if cov is not None:
+        if not isinstance(cov, dict):
+            raise BundleError(f"{where}: 'coverage' must be an object with a 'threshold'")
+        num(cov.get("threshold"), "coverage.threshold", lo=-1.0, hi=1.0)
+
     lam = m.get("lambda", {})
     if not isinstance(lam, dict):
         raise BundleError(f"{where}: 'lambda' must be an object")

@@ -159,7 +159,7 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
 
 
 def _write(ds, out: Path, fd, parquet: bool, done: frozenset, on_progress) -> dict:
-    counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0}
+    counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0, "out_of_coverage": 0}
     problems: list[str] = []
     seen: set[str] = set(done)
     rows_out: list[dict] = []
@@ -176,6 +176,7 @@ def _write(ds, out: Path, fd, parquet: bool, done: frozenset, on_progress) -> di
                 continue
             seen.add(qid)
             rec = {"id": qid, **json.loads(decision)}
+            counts["out_of_coverage"] += bool(rec.get("coverage") and rec["coverage"]["out_of_coverage"])
             if parquet:
                 rows_out.append(rec)
             else:

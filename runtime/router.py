@@ -62,10 +62,12 @@ class Decision:
     candidates: tuple[Candidate, ...]
     excluded: tuple[str, ...] = ()
     explain: dict = field(default_factory=dict)
+    coverage: dict | None = None  # {similarity, threshold, out_of_coverage}; None if the bundle has no threshold
 
     def to_dict(self) -> dict:
         return {"model": self.model, "lambda": self.lam, "excluded": list(self.excluded),
-                "candidates": [c.__dict__ for c in self.candidates], **({"explain": self.explain} if self.explain else {})}
+                "candidates": [c.__dict__ for c in self.candidates], "coverage": self.coverage,
+                **({"explain": self.explain} if self.explain else {})}
 
 
 class Router:
@@ -82,6 +84,9 @@ class Router:
         self.model_feat = np.array([p["profile"] + [p["cost_hat"]] for p in m["pool"]], np.float32)  # [K, P_in]
         self.default_lambda = float(m.get("lambda", {}).get("default", 0.0))
         self.presets = {k: float(v["lambda"]) for k, v in m.get("lambda", {}).get("presets", {}).items()}
+        self.space = ProfileSpace.from_dict(m["profile_space"])
+        cov = m.get("coverage")
+        self.coverage_threshold = float(cov["threshold"]) if isinstance(cov, dict) else None
         self._sessions: dict = {}
         self._tokenizer = None
         self._lock = threading.Lock()
@@ -244,6 +249,7 @@ class Router:
         avail = np.stack([o.avail for o in opts])
         lam = np.array([o.lam for o in opts], np.float64)
         sc = self.score_features(q, avail)
+        cover = self.coverage(q)
         chat = np.broadcast_to(self.cost_hat, avail.shape)
         choice = choose(sc["mu_tilde"], chat, avail, lam)
         out = []
@@ -255,17 +261,28 @@ class Router:
                            key=lambda c: (-c.utility, self.names.index(c.name)))
             ex = self._explain(q[i], cands) if o.explain else {}
             out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(o.lam), tuple(cands),
-                                tuple(n for k, n in enumerate(self.names) if not avail[i, k]), ex))
+                                tuple(n for k, n in enumerate(self.names) if not avail[i, k]), ex, cover[i]))
         if timings is not None:
             timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
         return out
 
-    def _explain(self, q: np.ndarray, cands: list[Candidate]) -> dict:
-        """What drove the choice: the query's closest capability slices and the margins at the top."""
-        space = ProfileSpace.from_dict(self.bundle.manifest["profile_space"])
+    def coverage(self, q: np.ndarray) -> list[dict | None]:
+        """Per row: the best cosine similarity of the query to the capability slices' centroids, and whether
+        it falls below the bundle's threshold (set at export: the 1st percentile of the training queries' own
+        similarities): a query unlike anything the router was trained on, whose scores are guesses."""
+        if self.coverage_threshold is None:
+            return [None] * len(q)
         from .profiles import slice_embedding
 
-        sims = slice_embedding(q[None]) @ space.centroids.T
+        best = (slice_embedding(q) @ self.space.centroids.T).max(axis=1)
+        return [{"similarity": round(float(b), 4), "threshold": round(self.coverage_threshold, 4),
+                 "out_of_coverage": bool(b < self.coverage_threshold)} for b in best]
+
+    def _explain(self, q: np.ndarray, cands: list[Candidate]) -> dict:
+        """What drove the choice: the query's closest capability slices and the margins at the top."""
+        from .profiles import slice_embedding
+
+        sims = slice_embedding(q[None]) @ self.space.centroids.T
         top = np.argsort(-sims[0])[:3]
         pool = {p["name"]: p for p in self.bundle.manifest["pool"]}
         slices = [{"slice": int(s), "similarity": round(float(sims[0, s]), 4),

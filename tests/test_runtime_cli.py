@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO
 from lr_onnx.cli import main
+from lr_onnx.runtime.bundle import load_bundle
 from lr_onnx.runtime.errors import ProviderError
 from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
 from lr_onnx.runtime.sessions import new_session, resolve_providers
@@ -179,3 +180,29 @@ def test_calibrate_records_lambda_atomically(runner, tmp_path):
     assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d")]).exit_code == 2
     assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"),
                                 "--max-share", "GPT4o:7"]).exit_code == 2
+
+
+def test_out_of_coverage_flag_in_route_json_api_and_batch(runner, tmp_path):
+    """A query less similar to the slice centroids than the bundle's threshold is flagged everywhere."""
+    b = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["coverage"] = {"threshold": 0.999, "percentile": 1.0}
+    (b / "manifest.json").write_text(json.dumps(m))
+    r = Router.load(b)
+    d = r.route([], "What is 2 + 2?")
+    assert d.coverage["out_of_coverage"] is True and d.coverage["threshold"] == 0.999
+    assert -1.0 <= d.coverage["similarity"] < 0.999 and d.to_dict()["coverage"] == d.coverage
+    res = runner.invoke(main, ["route", "What is 2 + 2?", "--bundle", str(b)])
+    assert res.exit_code == 0 and "note: out of coverage" in res.output
+    m["coverage"]["threshold"] = -1.0
+    (b / "manifest.json").write_text(json.dumps(m))
+    assert Router.load(b).route([], "What is 2 + 2?").coverage["out_of_coverage"] is False
+    assert "out of coverage" not in runner.invoke(main, ["route", "What is 2 + 2?", "--bundle", str(b)]).output
+    m["coverage"]["threshold"] = 0.999
+    (b / "manifest.json").write_text(json.dumps(m))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i}?"}) + "\n" for i in range(3)))
+    res = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "o.jsonl"), "--bundle", str(b)])
+    assert res.exit_code == 0 and "out of coverage 3" in res.output
+    assert Router.load(DEFAULT_BUNDLE).route([], "q").coverage is None or "coverage" in load_bundle(DEFAULT_BUNDLE).manifest

@@ -305,7 +305,10 @@ def test_export_parity_meets_the_bars(bundle):
     assert parity["passed"] is True
     on_disk = json.loads((path / "parity.json").read_text())
     assert on_disk == {k: v for k, v in parity.items() if k != "export_seconds"}  # no timings: rebuilds byte-identical
-    assert "parity.json" in json.loads((path / "manifest.json").read_text())["files"]  # a closed bundle lists it
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert "parity.json" in manifest["files"]  # a closed bundle lists it
+    cov = manifest["coverage"]  # the out-of-coverage threshold: 1st percentile of the training queries' similarity
+    assert cov["percentile"] == 1.0 and -1 <= cov["threshold"] <= cov["train_similarity"]["p5"] <= 1
     assert {(s["B"], s["K"]) for s in parity["router_shapes"]} >= {(1, 1), (64, 16), (7, 33)}
     assert all(s["max_abs_diff"] <= 1e-4 and s["finite"] and s["masked_row_sentinels_ok"]
                for s in parity["router_shapes"])
