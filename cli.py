@@ -454,13 +454,26 @@ def models_propose(run_dir, out, n, seed):
 @click.option("--price-out", type=_PRICE, default=None, help="USD per 1M output tokens.")
 @click.option("--outcomes", required=True, type=click.Path(exists=True, path_type=str),
               help="queries.jsonl (or a native folder) with outcomes[NAME] = {score, cost, ...} on labelled queries.")
-def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes):
+@click.option("--image-tokens", default=None, metavar="RULE",
+              help="The model's image-token rule, for per-query expected costs (with --bundle and --price-in): "
+                   "openai-high-detail, claude-pixels-div-750, gemini-258, qwen2-vl-28px, internvl2-448-tiles, "
+                   "llava-next-anyres, mllama-560-tiles, fixed-576, or JSON such as '{\"rule\": \"fixed\", "
+                   "\"tokens\": 300}'.")
+def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_tokens):
     """Add a model from a few labelled queries (48 recommended, 24 minimum); the network is not retrained.
 
     Its capability profile is built with the frozen slices and standardisation, so it
     routes immediately. With --bundle this needs no torch.
     """
     _pool_target(run_dir, bundle, out)
+    if image_tokens and image_tokens.lstrip().startswith("{"):
+        try:
+            image_tokens = json.loads(image_tokens)
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"not valid JSON ({e})", param_hint="--image-tokens") from None
+    if run_dir and image_tokens:
+        raise click.UsageError("--image-tokens applies to a bundle (--bundle B --out B2); a training run takes the "
+                               "rule from its dataset's models.json")
     if run_dir:
         from .export.pool import add_model
 
@@ -474,7 +487,7 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes):
         router = _load_router(bundle, "auto")
         rep = add_to_bundle(router, out, name, [(data.images[i], data.question[i]) for i in range(data.n) if ok[i]],
                             data.Y[ok, 0], data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
-                            price_in=price_in, price_out=price_out)
+                            price_in=price_in, price_out=price_out, image_tokens=image_tokens)
     click.echo(f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
                f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} "
                f"({rep['cost_estimator']}); queries per slice {rep['slice_counts']}")

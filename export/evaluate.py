@@ -62,7 +62,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     rows = np.flatnonzero(P.masks[split] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
     both = np.concatenate([val, rows])
-    chat = P.cost_hat
+    chat_test, chat_val = P.chat_rows(rows), P.chat_rows(val)   # per-query expected costs where there is a rule
 
     scores: dict[str, np.ndarray] = {"latentrouter": predict(net, P, both)[0]}
     if ablations:
@@ -107,8 +107,8 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     curves, methods, chosen_lam = {}, {}, {}
     for name, S in scores.items():
         sv, st = S[:nv], S[nv:]
-        test_curve = sweep(st, Y, C, A, chat)
-        val_curve = sweep(sv, Yv, Cv, Av, chat)
+        test_curve = sweep(st, Y, C, A, chat_test)
+        val_curve = sweep(sv, Yv, Cv, Av, chat_val)
         curves[name] = test_curve
         all_costs += [p["cost"] for p in test_curve]
         # lambda for the rank score: the one maximising S on validation (never test)
@@ -143,6 +143,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
         "pool_shift": pool_shift(net, P, rows, single_cal),
         "collapse": collapse(curves["latentrouter"], Y, C, A, P, single[b]["cost"]),
         "uncertainty": uncertainty_quality(net, P, rows),
+        "per_query_cost": per_query_cost(P, rows, scores["latentrouter"][nv:], Y, C, A, ref, names),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(out, indent=2, allow_nan=False) + "\n")
@@ -170,6 +171,25 @@ def budget_presets(val_curve, test_curve, Yv, Cv, Av, j_val: int) -> dict:
         if ok:
             j = max(ok, key=lambda j: (val_curve[j]["score"], -val_curve[j]["cost"]))
             out[f"budget_{round(100 * f)}"] = point(j, max_cost_fraction_of_best_single=f)
+    return out
+
+
+def per_query_cost(P: Prepared, rows, mt, Y, C, A, ref: dict, names: list[str]) -> dict:
+    """How good the per-query cost prediction is (MAPE against the recorded costs, per model), and whether
+    routing on it changes LatentRouter's frontier against the per-model constant (same scores, policy only)."""
+    if P.row_cost is None:
+        return {"used": False, "why": "no model of this dataset has an image-token rule and prices"}
+    from .pricing import cost_error
+
+    out = {"used": True, "models_with_a_rule": [n for n, e in zip(names, P.cost_model) if e["output_tokens"] is not None],
+           "output_tokens": {n: e["output_tokens"] for n, e in zip(names, P.cost_model) if e["output_tokens"] is not None},
+           "mape_per_model": cost_error(P.row_cost[rows], P.data.C[rows], P.data.A[rows], names),
+           "mape_per_model_constant": cost_error(np.broadcast_to(P.e_bar, (len(rows), len(names))),
+                                                 P.data.C[rows], P.data.A[rows], names)}
+    for label, chat in (("per_query", P.chat_rows(rows)), ("constant", np.broadcast_to(P.cost_hat, A.shape))):
+        curve = sweep(mt, Y, C, A, chat)
+        pts = [(p["cost"], p["score"]) for p in curve]
+        out[label] = {"nauc": _f(M.nauc(pts)), "qnc": _f(M.qnc(pts, ref["best_q"], ref["best_c"]))}
     return out
 
 
@@ -238,7 +258,7 @@ def pool_shift(net, P: Prepared, rows, single_cal) -> dict:
     for label, keep in specs.items():
         A = d.A[rows] & keep
         mt, _ = predict(net, P, rows, avail=A)
-        curve = sweep(mt, Y, C, A, P.cost_hat)
+        curve = sweep(mt, Y, C, A, P.chat_rows(rows))
         b = M.best_single(Y, C, A)
         oq, _ = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
         q0 = curve[0]["score"]

@@ -298,8 +298,11 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
             "query_dim": net.cfg.query_dim, "model_dim": net.cfg.model_dim,
             "pool": [{"name": m["name"], "price_in_per_mtok": m.get("price_in_per_mtok"),
                       "price_out_per_mtok": m.get("price_out_per_mtok"), "expected_cost_usd": float(e),
-                      "cost_hat": float(c), "raw_profile": r, "profile": s.tolist()}
-                     for m, e, c, r, s in zip(prof["models"], prof["e_bar"], chat, prof["raw_profiles"], std)],
+                      "cost_hat": float(c), "raw_profile": r, "profile": s.tolist(),
+                      **({"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
+                         if cm and cm.get("output_tokens") is not None else {})}
+                     for m, e, c, r, s, cm in zip(prof["models"], prof["e_bar"], chat, prof["raw_profiles"], std,
+                                                  prof.get("cost_model") or [None] * len(prof["models"]))],
             "profile_space": space.to_dict(),
             "cost_estimator": prof.get("cost_estimator", "calib_mean"),
             "lambda": {"default": metrics.get("lambda_val", 0.0), "presets": presets},

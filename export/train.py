@@ -68,11 +68,26 @@ class Prepared:
     e_bar: np.ndarray        # [K] expected cost per model (calib_mean)
     q_mean: np.ndarray
     q_std: np.ndarray
+    cost_model: list | None = None   # per model: prices, image-token rule, output tokens (runtime.costs)
+    row_cost: np.ndarray | None = None  # [N, K] predicted USD per query (None: per-model constants only)
 
     @property
     def cost_hat(self) -> np.ndarray:
-        """[K] normalised expected cost c_hat = e_bar / s_c."""
+        """[K] normalised expected cost c_hat = e_bar / s_c (the per-model constant)."""
         return self.e_bar / self.space.cost_scale
+
+    def chat_rows(self, rows: np.ndarray) -> np.ndarray:
+        """[n, K] normalised expected cost of each query: predicted per query where a model has a cost rule,
+        the per-model constant otherwise. The router's cost input and the policy both use it."""
+        if self.row_cost is None:
+            return np.broadcast_to(self.cost_hat, (len(rows), len(self.e_bar))).astype(np.float32)
+        return (self.row_cost[rows] / self.space.cost_scale).astype(np.float32)
+
+    def feat_rows(self, rows: np.ndarray) -> np.ndarray:
+        """[n, K, P_in] model features per query: the profiles, then that query's normalised expected cost."""
+        out = np.repeat(self.model_feat()[None], len(rows), axis=0)
+        out[..., -1] = self.chat_rows(rows)
+        return out
 
     def model_feat(self) -> np.ndarray:
         """[K, P_in]: each model's standardised profile, then its normalised expected cost (same for every row)."""
@@ -112,7 +127,11 @@ def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = Fal
     q_mean = q[train].mean(axis=0)
     q_std = q[train].std(axis=0)
     q_std[q_std < 1e-12] = 1.0
-    return Prepared(data, q, masks, space, raw, e_bar, q_mean, q_std)
+    from .pricing import cost_entries, image_sizes, needs_sizes, row_costs
+
+    sizes = image_sizes(data) if needs_sizes(data) else None
+    entries = cost_entries(data, cal, sizes)
+    return Prepared(data, q, masks, space, raw, e_bar, q_mean, q_std, entries, row_costs(data, entries, sizes, e_bar))
 
 
 def floored_std(q_std: np.ndarray, quantile: float) -> np.ndarray:
@@ -247,7 +266,6 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     Y = np.nan_to_num(d.Y).astype(np.float32)
     C = np.nan_to_num(d.C).astype(np.float32)
     U = Y - cfg.w_c * C / P.space.cost_scale
-    chat = P.cost_hat.astype(np.float32)
     fit = np.flatnonzero(P.masks["fit"] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
     boot = torch.from_numpy(few_shot_profiles(P, cfg.seed)) if cfg.few_shot > 0 else None
@@ -269,17 +287,17 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
                 if k.sum() >= 2:
                     avail[i] = torch.from_numpy(k)
             q = torch.from_numpy(P.q[rows])
-            mf = mf_all
+            mf = torch.from_numpy(P.feat_rows(rows))                              # [B, K, P_in], per-query cost
             if boot is not None:                                                  # §3.4 few-shot profiles
                 swap = rng.random(d.k) < cfg.few_shot
                 draw = rng.integers(0, FEW_SHOT_DRAWS, d.k)
                 if swap.any():
                     thin = boot[torch.arange(d.k), torch.from_numpy(draw)]                    # [K, P_in]
-                    mf = torch.where(torch.from_numpy(swap)[:, None], thin, mf_all)
-            mf = mf.unsqueeze(0).expand(len(rows), -1, -1)
+                    sw = torch.from_numpy(swap)
+                    mf[:, sw, :-1] = thin[sw, :-1]                                # the profile, not the cost
             mu, sigma, delta, mt = net(q, mf, avail)
             loss, terms = losses(mu, sigma, delta, mt, torch.from_numpy(Y[rows]), torch.from_numpy(U[rows]),
-                                 avail, torch.from_numpy(chat).expand(len(rows), -1), cfg.w_c, cfg.loss_weights,
+                                 avail, torch.from_numpy(P.chat_rows(rows)), cfg.w_c, cfg.loss_weights,
                                  cfg.nll_sigma_floor)
             opt.zero_grad()
             loss.backward()
@@ -318,7 +336,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
         "train": asdict(cfg), "summary": summary}, indent=2) + "\n")
     atomic_write_text(out / "profiles.json", json.dumps({
         "models": d.models, "space": P.space.to_dict(), "raw_profiles": P.raw_profiles.tolist(),
-        "e_bar": P.e_bar.tolist(), "cost_estimator": "calib_mean"}, indent=2) + "\n")
+        "e_bar": P.e_bar.tolist(), "cost_estimator": "calib_mean", "cost_model": P.cost_model}, indent=2) + "\n")
     atomic_write_text(out / "curves.json", json.dumps(curves, indent=2) + "\n")
     from .features import ENCODER_VERSION, IMAGE_SPEC, TEXT_SPEC
     atomic_write_text(out / "preprocessing.json", json.dumps({
@@ -349,12 +367,13 @@ def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None,
 
     net.eval()
     A = P.data.A[rows] if avail is None else avail
-    mf_all = torch.from_numpy(P.model_feat() if model_feat is None else model_feat)
+    mf_all = None if model_feat is None else torch.from_numpy(model_feat)
     outs_mt, outs_sig, outs_mu = [], [], []
     with torch.no_grad():
         for s in range(0, len(rows), batch):
             r = rows[s:s + batch]
-            mu, sigma, delta, mt = net(torch.from_numpy(P.q[r]), mf_all.unsqueeze(0).expand(len(r), -1, -1),
+            mf = torch.from_numpy(P.feat_rows(r)) if mf_all is None else mf_all.unsqueeze(0).expand(len(r), -1, -1)
+            mu, sigma, delta, mt = net(torch.from_numpy(P.q[r]), mf,
                                        torch.from_numpy(np.ascontiguousarray(A[s:s + batch])))
             outs_mt.append(mt.numpy())
             outs_sig.append(sigma.numpy())
@@ -368,6 +387,6 @@ def validation_utility(net, P: Prepared, rows: np.ndarray, U: np.ndarray, w_c: f
     from ..runtime.policy import choose
 
     mt, _ = predict(net, P, rows)
-    choice = choose(mt, np.broadcast_to(P.cost_hat, mt.shape), P.data.A[rows], w_c)
+    choice = choose(mt, P.chat_rows(rows), P.data.A[rows], w_c)
     ok = choice >= 0
     return float(U[rows[ok], choice[ok]].mean())

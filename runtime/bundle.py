@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .costs import rule_spec
 from .errors import BundleError
 from .features import HAS_IMAGE_COL
 from .validate import integer, loads_json, number, text
@@ -191,6 +192,13 @@ def validate_manifest(m, path: Path) -> None:
         for key in ("price_in_per_mtok", "price_out_per_mtok"):
             if p.get(key) is not None:
                 num(p[key], f"{ctx}{key} (model {name!r})", hi=1e6)
+        if p.get("image_tokens") is not None:
+            try:
+                rule_spec(p["image_tokens"])
+            except (ValueError, TypeError) as e:
+                raise BundleError(f"{where}: {ctx}image_tokens (model {name!r}): {e}") from None
+        if p.get("output_tokens") is not None:
+            num(p["output_tokens"], f"{ctx}output_tokens (model {name!r})", hi=1e7)
         for key in ("profile", "raw_profile"):
             vec = need(p, key, list, ctx)
             for x in vec:

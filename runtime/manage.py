@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import MANIFEST, load_bundle
+from .costs import query_cost, rule_spec
 from .errors import BundleError, InputError, OptionError
 from .validate import number, text
 from .policy import LAMBDA_GRID, choose
@@ -58,7 +59,7 @@ def _edited_copy(src: Path, out: str | os.PathLike):
 
 def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[list, str]], y: np.ndarray,
               cost: np.ndarray, lat: np.ndarray, tok: np.ndarray, *, price_in: float | None = None,
-              price_out: float | None = None) -> dict:
+              price_out: float | None = None, image_tokens: str | dict | None = None) -> dict:
     """A copy of the router's bundle with `name` appended to the pool (method.md §3.5)."""
     m = router.bundle.manifest
     if name in router.names:
@@ -69,7 +70,8 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     price_in = None if price_in is None else number(price_in, "price_in (USD per 1M tokens)", hi=1e6)
     price_out = None if price_out is None else number(price_out, "price_out (USD per 1M tokens)", hi=1e6)
     space = ProfileSpace.from_dict(m["profile_space"])
-    q = router.features(queries)
+    meta: list = []
+    q = router.features(queries, meta=meta)
     new = new_model_profile(space, q, y, cost, lat, tok, [x for _, x in queries], price_in=price_in,
                             price_out=price_out, pool_mean=float(np.mean([p["raw_profile"][0] for p in m["pool"]])))
     raw, e_bar, estimator = new["raw"], new["e_bar"], new["estimator"]
@@ -77,6 +79,14 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
              "expected_cost_usd": e_bar, "cost_hat": e_bar / space.cost_scale,
              "raw_profile": raw.tolist(), "profile": space.standardise(raw).tolist(),
              "added_with": {"queries": len(queries), "cost_estimator": estimator}}
+    if image_tokens is not None:
+        if price_in is None:
+            raise OptionError("--image-tokens needs --price-in (and --price-out): a per-query cost is priced tokens")
+        try:
+            entry["image_tokens"] = rule_spec(image_tokens)
+        except ValueError as e:
+            raise OptionError(str(e)) from None
+        entry["output_tokens"] = _output_tokens(entry, meta, np.asarray(cost, float), np.asarray(tok, float))
     with _edited_copy(router.bundle.path, out) as tmp:
         write_manifest(tmp, dict(m, pool=m["pool"] + [entry]))
     from .router import Router
@@ -86,6 +96,17 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     return {"name": name, "queries": len(queries), "observed_score": float(np.mean(y)),
             "predicted_score": float(sc["mu_tilde"][:, -1].mean()), "expected_cost": float(e_bar),
             "cost_estimator": estimator, "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
+
+
+def _output_tokens(entry: dict, meta: list, cost: np.ndarray, tok: np.ndarray) -> float:
+    """The new model's mean output tokens on its labelled queries: recorded tokens, else recovered from the
+    recorded costs and the input tokens its rule predicts."""
+    if np.isfinite(tok).any():
+        return round(float(np.nanmean(tok)), 2)
+    if not entry.get("price_out_per_mtok"):
+        return 0.0
+    tin = np.array([query_cost({**entry, "output_tokens": 0.0}, qn, sizes) for qn, sizes in meta])
+    return round(float(np.clip((cost - tin) * 1e6 / entry["price_out_per_mtok"], 0, None).mean()), 2)
 
 
 def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: str) -> None:

@@ -110,7 +110,7 @@ def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | N
             return _decode(fh, str(path), max_pixels, draft_size)
     else:
         raise InputError(f"an image must be a path, bytes, a PIL image or a numpy array, got {type(src).__name__}")
-    return _finish(img, name, max_pixels)
+    return _finish(img, name, max_pixels, img.size)
 
 
 def _decode(fh, name: str, max_pixels: int, draft_size: int | None) -> Image.Image:
@@ -129,6 +129,7 @@ def _decode(fh, name: str, max_pixels: int, draft_size: int | None) -> Image.Ima
         w, h = img.size
         if w * h > max_pixels:
             raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit (decompression bomb?)")
+        original = (w, h)
         if draft_size and img.format in ("JPEG", "MPO") and min(w, h) > 2 * draft_size:
             img.draft("RGB", (draft_size * 2, draft_size * 2))
         try:
@@ -136,7 +137,7 @@ def _decode(fh, name: str, max_pixels: int, draft_size: int | None) -> Image.Ima
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
                 ZeroDivisionError, MemoryError) as e:
             raise InputError(f"{name}: truncated or corrupt image data ({type(e).__name__})") from None
-        return _finish(img, name, max_pixels)
+        return _finish(img, name, max_pixels, original)
     finally:
         img.close()
 
@@ -151,8 +152,13 @@ def _first_frame(img: Image.Image, name: str) -> Image.Image:
     return img
 
 
-def _finish(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
-    """Size checks, EXIF orientation and RGB conversion; the result owns its pixels (no file behind it)."""
+ORIGINAL_SIZE = "lr_onnx_original_size"
+
+
+def _finish(img: Image.Image, name: str, max_pixels: int, original: tuple[int, int]) -> Image.Image:
+    """Size checks, EXIF orientation and RGB conversion; the result owns its pixels (no file behind it) and
+    carries the image's original size (before any draft decoding) in `info[ORIGINAL_SIZE]`: what a vendor
+    counts image tokens on."""
     w, h = img.size
     if w == 0 or h == 0:
         raise InputError(f"{name}: empty image ({w}x{h} pixels)")
@@ -166,7 +172,9 @@ def _finish(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
         rgb = _to_rgb(upright if upright is not None else img)
     except (OSError, ValueError, SyntaxError, struct.error, IndexError) as e:
         raise InputError(f"{name}: cannot be converted to RGB ({type(e).__name__})") from None
-    return rgb.copy() if rgb is img else rgb
+    out = rgb.copy() if rgb is img else rgb
+    out.info[ORIGINAL_SIZE] = tuple(original)
+    return out
 
 
 def _from_array(a: np.ndarray, max_pixels: int) -> Image.Image:

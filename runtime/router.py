@@ -23,7 +23,8 @@ from .bundle import Bundle, load_bundle
 from .errors import BundleError, InputError, LrOnnxWarning, OptionError
 from .features import QUERY_DIM, n_words, pool_images, query_features
 from .policy import choose
-from .preprocess import ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
+from .costs import query_cost
+from .preprocess import ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
 from .profiles import ProfileSpace
 from .sessions import run
 from .validate import integer, names as valid_names, number, text
@@ -51,6 +52,7 @@ class RouteOptions:
     avail: np.ndarray
     lam: float
     explain: bool = False
+    max_cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Router:
         self.expected_cost = np.array([p["expected_cost_usd"] for p in m["pool"]], np.float64)
         self.cost_hat = np.array([p["cost_hat"] for p in m["pool"]], np.float64)
         self.model_feat = np.array([p["profile"] + [p["cost_hat"]] for p in m["pool"]], np.float32)  # [K, P_in]
+        self.pool = m["pool"]
+        self.per_query_cost = any(p.get("output_tokens") is not None and p.get("image_tokens") for p in m["pool"])
         self.default_lambda = float(m.get("lambda", {}).get("default", 0.0))
         self.presets = {k: float(v["lambda"]) for k, v in m.get("lambda", {}).get("presets", {}).items()}
         self.space = ProfileSpace.from_dict(m["profile_space"])
@@ -134,17 +138,23 @@ class Router:
         return self._tokenizer
 
     # ------------------------------------------------------------------ features
-    def features(self, queries: list[tuple[list, str]], timings: dict | None = None) -> np.ndarray:
+    def features(self, queries: list[tuple[list, str]], timings: dict | None = None,
+                 meta: list | None = None) -> np.ndarray:
         """Raw query features `[B, D_q]` for (images, question) pairs; `timings` (if given) collects the
-        seconds spent decoding images and running the encoders."""
+        seconds spent decoding images and running the encoders, `meta` (if given) each query's
+        (question, original image sizes), which per-query expected costs need (`decide`)."""
         t0 = time.perf_counter()
         questions = [_clean_question(q) for _, q in queries]
         tensors, owner = [], []
         for i, (images, _) in enumerate(queries):
+            sizes = []
             for img in images:
-                tensors.append(image_tensor(open_image(img, max_pixels=self.image_spec.max_pixels,
-                                                       draft_size=self.image_spec.size), self.image_spec))
+                pil = open_image(img, max_pixels=self.image_spec.max_pixels, draft_size=self.image_spec.size)
+                sizes.append(pil.info.get(ORIGINAL_SIZE, pil.size))
+                tensors.append(image_tensor(pil, self.image_spec))
                 owner.append(i)
+            if meta is not None:
+                meta.append((questions[i], sizes))
         ids, mask = tokenize(self.tokenizer(), questions)
         t1 = time.perf_counter()
         text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
@@ -176,7 +186,7 @@ class Router:
             keep &= ~np.isin(self.names, list(exclude))
         if not keep.any():
             raise OptionError("every model is excluded: nothing left to route to")
-        if max_cost is not None:
+        if max_cost is not None and not self.per_query_cost:
             max_cost = number(max_cost, "max_cost", hi=MAX_COST_USD)
             within = self.expected_cost <= max_cost
             if not (keep & within).any():
@@ -185,9 +195,27 @@ class Router:
             keep &= within
         return keep
 
-    def score_features(self, q: np.ndarray, avail: np.ndarray) -> dict[str, np.ndarray]:
+    def query_costs(self, meta: list | None, n: int) -> np.ndarray:
+        """`[B, K]` expected USD per query and model: the model's image-token rule on each image's original
+        size, its prices and its mean output tokens (`runtime.costs`); the per-model constant where a model
+        has no rule, or when `meta` is not known."""
+        out = np.broadcast_to(self.expected_cost, (n, len(self.names))).copy()
+        if self.per_query_cost and meta is not None:
+            for i, (question, sizes) in enumerate(meta):
+                for k, entry in enumerate(self.pool):
+                    if entry.get("output_tokens") is not None:
+                        c = query_cost(entry, question, sizes)
+                        if c is not None:
+                            out[i, k] = c
+        return out
+
+    def score_features(self, q: np.ndarray, avail: np.ndarray, chat: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The router graph on feature rows; `chat` `[B, K]` (normalised per-query expected costs) replaces the
+        per-model constant in the model features' cost column."""
         B = q.shape[0]
         mf = np.broadcast_to(self.model_feat, (B, *self.model_feat.shape)).copy()
+        if chat is not None:
+            mf[..., -1] = chat
         mu, sigma, delta, mt = run(self.session("router"), {"query": q.astype(np.float32), "model_feat": mf,
                                                             "avail": avail})
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
@@ -201,10 +229,14 @@ class Router:
     def score(self, images, question: str, models=None) -> dict:
         """Per-model mu, sigma, mu_tilde, expected cost and utility at the default lambda (available models only)."""
         avail = self.availability(models)
-        out = self.score_features(self.features([(_as_list(images), question)]), avail[None])
-        util = out["mu_tilde"][0] - self.default_lambda * self.cost_hat
+        meta: list = []
+        q = self.features([(_as_list(images), question)], meta=meta)
+        cost = self.query_costs(meta, 1)
+        chat = cost / self.space.cost_scale
+        out = self.score_features(q, avail[None], chat)
+        util = out["mu_tilde"][0] - self.default_lambda * chat[0]
         return {n: {"mu": float(out["mu"][0, k]), "sigma": float(out["sigma"][0, k]),
-                    "mu_tilde": float(out["mu_tilde"][0, k]), "expected_cost": float(self.expected_cost[k]),
+                    "mu_tilde": float(out["mu_tilde"][0, k]), "expected_cost": float(cost[0, k]),
                     "utility": float(util[k])} for k, n in enumerate(self.names) if avail[k]}
 
     def resolve_lambda(self, lam: float | str | None) -> float:
@@ -232,31 +264,39 @@ class Router:
         queries = [_as_query(x) for x in _as_iterable(queries)]
         out: list[Decision] = []
         for s in range(0, len(queries), batch_size):
-            chunk = queries[s:s + batch_size]
-            out += self.decide(self.features(chunk), [opts] * len(chunk))
+            chunk, meta = queries[s:s + batch_size], []
+            out += self.decide(self.features(chunk, meta=meta), [opts] * len(chunk), meta=meta)
         return out
 
     def options(self, *, models=None, exclude=None, lam: float | str | None = None, max_cost: float | None = None,
                 explain: bool = False) -> "RouteOptions":
         """Validate one request's routing options once: the pool mask, lambda resolved to a number."""
         lam = self.resolve_lambda(lam)
-        return RouteOptions(self.availability(models, exclude, max_cost), lam, bool(explain))
+        avail = self.availability(models, exclude, max_cost)
+        budget = None if max_cost is None else number(max_cost, "max_cost", hi=MAX_COST_USD)
+        return RouteOptions(avail, lam, bool(explain), budget)
 
-    def decide(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None) -> list[Decision]:
+    def decide(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None,
+               meta: list | None = None) -> list[Decision]:
         """Decisions for feature rows `q [B, D_q]`, each row with its own options, in ONE router call
-        (how the server batches requests that ask for different pools and lambdas)."""
+        (how the server batches requests that ask for different pools and lambdas). `meta` (from `features`)
+        gives per-query expected costs; without it every model costs its per-model constant."""
         t0 = time.perf_counter()
         avail = np.stack([o.avail for o in opts])
         lam = np.array([o.lam for o in opts], np.float64)
-        sc = self.score_features(q, avail)
+        cost = self.query_costs(meta, len(q))
+        for i, o in enumerate(opts):  # a per-query budget: models whose expected cost for THIS query exceeds it
+            if o.max_cost is not None:
+                avail[i] &= cost[i] <= o.max_cost
+        chat = cost / self.space.cost_scale
+        sc = self.score_features(q, avail, chat)
         cover = self.coverage(q)
-        chat = np.broadcast_to(self.cost_hat, avail.shape)
         choice = choose(sc["mu_tilde"], chat, avail, lam)
         out = []
         for i, o in enumerate(opts):
             cands = sorted((Candidate(n, float(sc["mu"][i, k]), float(sc["sigma"][i, k]),
-                                      float(sc["mu_tilde"][i, k]), float(self.expected_cost[k]),
-                                      float(sc["mu_tilde"][i, k] - o.lam * self.cost_hat[k]))
+                                      float(sc["mu_tilde"][i, k]), float(cost[i, k]),
+                                      float(sc["mu_tilde"][i, k] - o.lam * chat[i, k]))
                             for k, n in enumerate(self.names) if avail[i, k]),
                            key=lambda c: (-c.utility, self.names.index(c.name)))
             ex = self._explain(q[i], cands) if o.explain else {}

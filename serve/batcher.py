@@ -98,13 +98,16 @@ class MicroBatcher:
         self.metrics.batch.observe(len(batch))
         timings: dict = {}
         try:
-            q = self.router.features([(j.images, j.question) for j in batch], timings)
-            out = self.router.decide(q, [j.opts for j in batch], timings)
+            meta: list = []
+            q = self.router.features([(j.images, j.question) for j in batch], timings, meta)
+            out = self.router.decide(q, [j.opts for j in batch], timings, meta)
         except LrOnnxError:
             out = []
             for j in batch:
                 try:
-                    out.append(self.router.decide(self.router.features([(j.images, j.question)]), [j.opts])[0])
+                    meta = []
+                    q = self.router.features([(j.images, j.question)], meta=meta)
+                    out.append(self.router.decide(q, [j.opts], meta=meta)[0])
                 except LrOnnxError as e:
                     out.append(e)
         except Exception as e:  # never leave a waiting request without an answer
