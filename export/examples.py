@@ -19,6 +19,8 @@ LICENSES = """# Example images
 | coffee.jpg | a photo of a cup of coffee | `skimage.data.coffee()`, photograph by Rachel Michetti, scikit-image sample data (same README) |
 | chart.png | a bar chart of real share prices | rendered by lr-onnx from matplotlib's `Stocks.csv` sample data (MIT, this project) |
 | receipt.jpg | a shop receipt | rendered by lr-onnx (MIT, this project) |
+| plot.png | the graph of a function on a grid (a math-diagram question, as in DynaMath) | rendered by lr-onnx with matplotlib (MIT, this project) |
+| lines.png | two line plots that may cross (a low-level perception question, as in BlindTest) | rendered by lr-onnx with matplotlib (MIT, this project) |
 """
 
 
@@ -45,7 +47,44 @@ def write_examples(out: Path) -> None:
             s.image.save(out / "receipt.jpg", quality=85)
             break
         seed += 1
+    _plot(out / "plot.png")
+    _lines(out / "lines.png")
     (out / "LICENSES.md").write_text(LICENSES, encoding="utf-8")
+
+
+def _plot(path: Path) -> None:
+    """y = 2 sin(3x) on a grid: what is its period? (the default bundle's training data covers such diagrams)"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.linspace(-np.pi, np.pi, 600)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    ax.plot(x, 2 * np.sin(3 * x), color="tab:blue")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.grid(True, alpha=0.4)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _lines(path: Path) -> None:
+    """Two piecewise-linear plots that cross twice: how many times do they intersect?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.12, 5.12), dpi=100)
+    ax.plot([0, 1, 2], [1, 4, 1], color="tab:red", linewidth=3)
+    ax.plot([0, 1, 2], [3, 1, 3], color="tab:blue", linewidth=3)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
 
 
 if __name__ == "__main__":

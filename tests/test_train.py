@@ -343,7 +343,7 @@ def test_manifest_schema(bundle):
                                                "avail": ["batch", "models"]}
     assert m["graphs"]["text_encoder"]["inputs"]["input_ids"] == ["batch", "tokens"]
     assert set(m["files"]) == {"image_encoder.onnx", "text_encoder.onnx", "router.onnx", "fused.onnx",
-                               "tokenizer.json", "golden.json"}
+                               "tokenizer.json", "golden.json", "parity.json"}  # closed: everything it holds
     assert m["graphs"]["fused"]["inputs"]["pixels"] == ["batch", 3, 224, 224]
     for p in m["pool"]:
         assert len(p["profile"]) == len(m["profile_space"]["mean"]) == len(m["profile_space"]["centroids"]) + 7
