@@ -66,10 +66,11 @@ def _priced_bundle(tmp_path):
     b = tmp_path / "b"
     shutil.copytree(DEFAULT_BUNDLE, b)
     m = json.loads((b / "manifest.json").read_text())
-    for p in m["pool"]:
-        if p.get("price_in_per_mtok") is not None:
-            p["image_tokens"] = {"rule": "openai-high-detail"} if p["name"] == "GPT4o" else "fixed-576"
-            p["output_tokens"] = 50
+    for j, p in enumerate(m["pool"]):
+        p["price_in_per_mtok"] = p.get("price_in_per_mtok") or 1.0
+        p["price_out_per_mtok"] = p.get("price_out_per_mtok") or 1.0
+        p["image_tokens"] = {"rule": "openai-high-detail"} if j == 0 else "fixed-576"
+        p["output_tokens"] = 50
     (b / "manifest.json").write_text(json.dumps(m))
     return b, m
 
@@ -83,25 +84,26 @@ def _png(w, h):
 def test_router_prices_each_query(tmp_path, runner):
     b, m = _priced_bundle(tmp_path)
     r = Router.load(b)
-    gpt = next(p for p in m["pool"] if p["name"] == "GPT4o")
+    gpt = m["pool"][0]
+    G = gpt["name"]
     text = r.route([], "What is two plus two?")
     small = r.route([_png(512, 512)], "What is two plus two?")
     big = r.route([_png(2000, 1000)], "What is two plus two?")
     text, small, big = ({c.name: c.expected_cost for c in d.candidates} for d in (text, small, big))
     cost = {"text": text, "small": small, "big": big}
     want = lambda sizes: costs.query_cost(gpt, "What is two plus two?", sizes)  # noqa: E731
-    assert cost["text"]["GPT4o"] == pytest.approx(want([]))
-    assert cost["small"]["GPT4o"] == pytest.approx(want([(512, 512)]))
-    assert cost["big"]["GPT4o"] == pytest.approx(want([(2000, 1000)]))
-    assert cost["text"]["GPT4o"] < cost["small"]["GPT4o"] < cost["big"]["GPT4o"]
+    assert cost["text"][G] == pytest.approx(want([]))
+    assert cost["small"][G] == pytest.approx(want([(512, 512)]))
+    assert cost["big"][G] == pytest.approx(want([(2000, 1000)]))
+    assert cost["text"][G] < cost["small"][G] < cost["big"][G]
     # the utility uses the same per-query cost, and --max-cost is a per-query budget
     lam = 1.0
     d = r.route([_png(2000, 1000)], "What is two plus two?", lam=lam)
     for c in d.candidates:
         assert c.utility == pytest.approx(c.mu_tilde - lam * c.expected_cost / r.space.cost_scale, abs=1e-6)
-    budget = (cost["text"]["GPT4o"] + cost["big"]["GPT4o"]) / 2
-    assert "GPT4o" in {c.name for c in r.route([], "What is two plus two?", max_cost=budget).candidates}
-    assert "GPT4o" not in {c.name for c in r.route([_png(2000, 1000)], "What is two plus two?",
+    budget = (cost["text"][G] + cost["big"][G]) / 2
+    assert G in {c.name for c in r.route([], "What is two plus two?", max_cost=budget).candidates}
+    assert G not in {c.name for c in r.route([_png(2000, 1000)], "What is two plus two?",
                                                      max_cost=budget).candidates}
     res = runner.invoke(main, ["route", "What is two plus two?", "--bundle", str(b), "--json"])
     assert json.loads(res.output)["candidates"]

@@ -448,7 +448,8 @@ def test_models_add_and_remove_clean_up_on_failure(runner, tmp_path, monkeypatch
     out = tmp_path / "missing" / "b2"
     for cmd in (["models", "add", "--bundle", str(DEFAULT_BUNDLE), "--out", str(out), "--name", "NewVLM",
                  "--outcomes", str(outcomes)],
-                ["models", "remove", "--bundle", str(DEFAULT_BUNDLE), "--out", str(out), "--name", "GPT4o"]):
+                ["models", "remove", "--bundle", str(DEFAULT_BUNDLE), "--out", str(out), "--name",
+                 load_bundle(DEFAULT_BUNDLE).model_names[0]]):
         res = runner.invoke(main, cmd)
         assert res.exit_code == 1 and "does not exist" in res.output and one_error_line(res)
     assert list(scratch.iterdir()) == [] and not out.parent.exists()

@@ -39,6 +39,7 @@ def _tiny_png() -> str:
 
 
 TINY = _tiny_png()
+FIRST, LAST = Router.load().names[0], Router.load().names[-1]  # any two models of the default bundle
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +86,13 @@ def test_route_endpoint_equals_router_route(router, server):
         assert c.get("/readyz").json()["status"] == "ready" and c.get("/healthz").status_code == 200
         for body, kw in (({"question": QUESTION, "images": [DATA_URL]}, {}),
                          ({"question": QUESTION, "images": [base64.b64encode(CHART).decode()], "lambda": "budget_25",
-                           "exclude": ["GPT4o"], "explain": True}, {"lam": "budget_25", "exclude": ["GPT4o"],
+                           "exclude": [FIRST], "explain": True}, {"lam": "budget_25", "exclude": [FIRST],
                                                                     "explain": True}),
-                         ({"question": "What is 7 * 6?", "models": ["GPT4o", "SmolVLM2"], "lambda": 0.3}, None)):
+                         ({"question": "What is 7 * 6?", "models": [FIRST, LAST], "lambda": 0.3}, None)):
             res = c.post("/v1/route", json=body)
             assert res.status_code == 200, res.text
             images = [CHART] if body.get("images") else []
-            kw = kw if kw is not None else {"models": ["GPT4o", "SmolVLM2"], "lam": 0.3}
+            kw = kw if kw is not None else {"models": [FIRST, LAST], "lam": 0.3}
             assert res.json() == json.loads(json.dumps(router.route(images, body["question"], **kw).to_dict()))
 
 
@@ -157,13 +158,13 @@ def test_failing_and_hanging_upstreams_fall_back_to_the_next_candidate(router, u
 
 
 def test_passthrough_models_and_unknown_models(router, server):
-    res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("hi", "up-gpt4o"))
+    res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("hi", f"up-{FIRST.lower()}"))
     assert res.status_code == 200 and res.headers["x-lr-onnx-routed"] == "false"
-    assert res.headers["x-lr-onnx-model"] == "GPT4o"
+    assert res.headers["x-lr-onnx-model"] == FIRST
     res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("hi", "gpt-5-imaginary"))
     assert res.status_code == 400 and res.json()["error"]["code"] == "model_not_found"
     ids = [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
-    assert "lr-onnx/auto" in ids and "lr-onnx/budget_25" in ids and "up-gpt4o" in ids
+    assert "lr-onnx/auto" in ids and "lr-onnx/budget_25" in ids and f"up-{FIRST.lower()}" in ids
 
 
 def test_client_disconnect_mid_stream_cancels_the_upstream(router, upstream):
@@ -238,12 +239,12 @@ def test_config_file_is_validated_with_one_line(tmp_path, runner):
     from lr_onnx.cli import main
 
     good = tmp_path / "ok.toml"
-    good.write_text('[limits]\nmax_images = 4\n[batching]\nmax_batch = 8\n[models.GPT4o]\n'
+    good.write_text(f'[limits]\nmax_images = 4\n[batching]\nmax_batch = 8\n[models."{FIRST}"]\n'
                     'base_url = "http://127.0.0.1:9/v1"\napi_key_env = "OPENAI_API_KEY"\nupstream_model = "gpt-4o"\n')
     cfg = load_config(good)
-    assert cfg.limits.max_images == 4 and cfg.batching.max_batch == 8 and cfg.models["GPT4o"].upstream_model == "gpt-4o"
+    assert cfg.limits.max_images == 4 and cfg.batching.max_batch == 8 and cfg.models[FIRST].upstream_model == "gpt-4o"
     for bad, msg in (('[limits]\nmax_images = -1\n', "between"), ('[limitz]\n', "unknown section"),
-                     ('[models.X]\nbase_url = "ftp://x"\n', "http"), ('[models.GPT4o]\nbase_url = "http://x"\n'
+                     ('[models.X]\nbase_url = "ftp://x"\n', "http"), (f'[models."{FIRST}"]\nbase_url = "http://x"\n'
                                                                      'api_key = "sk-123"\n', "unknown key"),
                      ("not toml [", "malformed TOML")):
         p = tmp_path / "bad.toml"
