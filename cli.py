@@ -611,11 +611,15 @@ def info_cmd(bundle):
     m = b.manifest
     click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m.get('precision', '?')}, opset {m.get('opset', '?')}, "
                f"setting {m.get('setting', '?')}, encoders {m.get('encoder_version', '?')})")
-    click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}")
+    click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost")
     for p in m["pool"]:
         pi, po = p.get("price_in_per_mtok"), p.get("price_out_per_mtok")
+        rule = p.get("image_tokens")
+        rule = (rule if isinstance(rule, str) else (rule or {}).get("rule"))
+        how = f"{rule}, {p['output_tokens']:g} output tokens" if rule and p.get("output_tokens") is not None \
+            else "- (the constant)"
         click.echo(f"{p['name'][:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} {'-' if po is None else f'{po:g}':>8s} "
-                   f"{p['expected_cost_usd']:>12.3g}")
+                   f"{p['expected_cost_usd']:>12.3g}  {how}")
     for name, g in m["graphs"].items():
         size = b.file(g["file"]).stat().st_size
         click.echo(f"graph {name}: {g['file']} {size / 1e6:.1f} MB, inputs {g.get('inputs', '?')}")
@@ -623,6 +627,10 @@ def info_cmd(bundle):
     click.echo(f"image: letterbox {im['size']} px, {im['resample']}, mean {im['mean']}, std {im['std']}; "
                f"text: {m['preprocessing']['text']['tokenizer_file']}, max {m['preprocessing']['text']['max_tokens']} tokens")
     lam = m.get("lambda", {})
+    cov = m.get("coverage")
+    if isinstance(cov, dict):
+        click.echo(f"coverage: queries whose best similarity to the slice centroids is below {cov['threshold']:.4f} "
+                   f"(the training queries' {cov.get('percentile', 1):g}st percentile) are flagged out of coverage")
     calibrated = lam.get("calibrated")
     click.echo(f"lambda: default {lam.get('default', 0):g}" +
                (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else ""))

@@ -287,7 +287,11 @@ class Router:
         cost = self.query_costs(meta, len(q))
         for i, o in enumerate(opts):  # a per-query budget: models whose expected cost for THIS query exceeds it
             if o.max_cost is not None:
-                avail[i] &= cost[i] <= o.max_cost
+                within = avail[i] & (cost[i] <= o.max_cost)
+                if not within.any():
+                    raise OptionError(f"no model's expected cost fits max_cost {o.max_cost:g} USD for this query "
+                                      f"(cheapest available: {cost[i][avail[i]].min():.3g})")
+                avail[i] = within
         chat = cost / self.space.cost_scale
         sc = self.score_features(q, avail, chat)
         cover = self.coverage(q)
