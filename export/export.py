@@ -315,11 +315,16 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         write_golden(net, tmp, manifest, precision)
         # parity.json is written before the hashes, so the manifest lists it too (a closed bundle: every file
         # the runtime may open is listed and verified); it holds no timings, so rebuilds stay byte-identical
-        atomic_write_text(tmp / "parity.json", json.dumps(parity, indent=2) + "\n")
+        atomic_write_text(tmp / "parity.json", json.dumps(parity, indent=2, allow_nan=False) + "\n")
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest["files"] = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return dict(parity, export_seconds=round(time.perf_counter() - t0, 1))
+
+
+def _finite(x):
+    """A float for JSON, or None where it is undefined (a degenerate frontier has no nAUC)."""
+    return float(x) if x is not None and np.isfinite(x) else None
 
 
 def _ort_version() -> str | None:
@@ -352,7 +357,9 @@ def _held_out(cfg: dict, n: int) -> dict:
 
     data = load_dataset(cfg["data"])
     masks = split_masks(data, ensure_splits(data))
-    rows = np.flatnonzero(masks["test"])[:n]
+    test = np.flatnonzero(masks["test"])
+    rows = test[np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))] if len(test) else test
+    # spread over the whole test split: merged data lists its sources one after the other
     calib = [i for i in np.flatnonzero(masks["train"]) if data.images[i]][:128]  # quantisation never sees test
     pixels = np.stack([preprocess_image(data.images[i][0], IMAGE_SPEC) for i in calib]) if calib \
         else np.zeros((1, 3, 224, 224), np.float32)
@@ -459,7 +466,7 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     n_t = nauc([(p["cost"], p["score"]) for p in sweep(ref[3], Yh, Ch, avail, chat)])
     n_o = nauc([(p["cost"], p["score"]) for p in sweep(got[3], Yh, Ch, avail, chat)])
     rep["held_out"] = {
-        "nauc_torch": n_t, "nauc_onnx": n_o, "nauc_change": n_o - n_t,
+        "nauc_torch": _finite(n_t), "nauc_onnx": _finite(n_o), "nauc_change": _finite(n_o - n_t),
         "queries": int(sub.n), "with_images": int(sum(1 for p in sub.images if p)),
         "max_abs_diff": {n: float(np.abs(x - y).max()) for n, x, y in zip(("mu", "sigma", "delta", "mu_tilde"), got, ref)},
         "text_feature_cosine_min": float(_cos(text_t, text_o).min()),

@@ -13,6 +13,7 @@ with images) falls back to its per-model constant `expected_cost_usd`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -67,10 +68,8 @@ def internvl2_tiles(w: float, h: float, *, tile: int = 448, max_num: int = 12, p
     """InternVL2 dynamic_preprocess: the tile grid (<= 12) closest to the image's aspect ratio, plus a
     thumbnail tile when there is more than one; 256 tokens per tile."""
     aspect = w / h
-    ratios = sorted({(i, j) for n in range(1, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-                     if i * j <= max_num}, key=lambda r: r[0] * r[1])
     best, best_diff = (1, 1), float("inf")
-    for r in ratios:
+    for r in _grids(max_num):
         diff = abs(aspect - r[0] / r[1])
         if diff < best_diff:
             best, best_diff = r, diff
@@ -78,6 +77,13 @@ def internvl2_tiles(w: float, h: float, *, tile: int = 448, max_num: int = 12, p
             best = r
     blocks = best[0] * best[1]
     return per_tile * (blocks + (1 if thumbnail and blocks != 1 else 0))
+
+
+@functools.lru_cache(maxsize=8)
+def _grids(max_num: int) -> tuple[tuple[int, int], ...]:
+    """InternVL2's candidate tile grids (i x j <= max_num), smallest first, as its code orders them."""
+    return tuple(sorted({(i, j) for n in range(1, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                         if i * j <= max_num}, key=lambda r: r[0] * r[1]))
 
 
 LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
