@@ -259,11 +259,14 @@ def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False
                     for im, q in queries]
     router = Router.load(bundle)
     router.route_many(queries[:8], batch_size=8)  # warm the sessions
-    t0 = time.perf_counter()
-    router.route_many(queries, batch_size=32)
-    ref_qps = n / (time.perf_counter() - t0)
+    best = float("inf")
+    for _ in range(3):  # the reference at its best of three passes: the harder bar for the server
+        t0 = time.perf_counter()
+        router.route_many(queries, batch_size=32)
+        best = min(best, time.perf_counter() - t0)
+    ref_qps = n / best
     result = {"host": platform.node(), "cpus": os.cpu_count(), "queries": n, "mix": "half with an image",
-              "in_process_route_many": {"batch_size": 32, "qps": round(ref_qps, 1)}, "levels": {}}
+              "in_process_route_many": {"batch_size": 32, "qps": round(ref_qps, 1), "passes": "best of 3"}, "levels": {}}
     with _StandIn() as up:
         with _Served(up.url, router.names, queue_size=256, max_batch=32, bundle=bundle) as srv:
             asyncio.run(_closed_loop(srv.url, bodies[:16], 4))  # warm-up
