@@ -28,7 +28,7 @@ from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
 from .metrics import Metrics
 from .schema import AUTO, PREFIX, HTTPError, RouteRequest, chat_request, parse_json, route_request
-from .upstream import Upstreams
+from .upstream import Upstreams, read_capped
 
 
 def create_app(router: Router, config: ServeConfig, *, api_key: str | None = None) -> Starlette:
@@ -74,16 +74,11 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
         return wrap
 
     async def body_json(request: Request):
+        too_large = HTTPError(413, f"request body larger than {config.limits.max_body_mb:g} MB", code="body_too_large")
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body):
-            raise HTTPError(413, f"request body larger than {config.limits.max_body_mb:g} MB", code="body_too_large")
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_body:
-                raise HTTPError(413, f"request body larger than {config.limits.max_body_mb:g} MB",
-                                code="body_too_large")
-        return parse_json(bytes(data), config.limits)
+            raise too_large
+        return parse_json(await read_capped(request.stream(), max_body, too_large), config.limits)
 
     def admit() -> None:
         if routing["now"] >= routing["max"]:

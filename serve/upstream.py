@@ -37,13 +37,8 @@ class Upstreams:
             async with self.client.stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
                 if resp.status_code != 200:
                     raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
-                data = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    data += chunk
-                    if len(data) > cap:
-                        raise HTTPError(413, f"image URL is larger than {lim.image_url_max_mb:g} MB",
-                                        code="image_too_large")
-                return bytes(data)
+                return await read_capped(resp.aiter_bytes(), cap, HTTPError(
+                    413, f"image URL is larger than {lim.image_url_max_mb:g} MB", code="image_too_large"))
         except httpx.HTTPError as e:
             raise HTTPError(400, f"image URL could not be fetched ({type(e).__name__})",
                             code="image_url_failed") from None
@@ -63,11 +58,8 @@ class Upstreams:
             t0 = time.perf_counter()
             try:
                 resp = await self.client.send(req, stream=True)
-            except httpx.TimeoutException:
-                failed.append(self._fail(name, "timeout"))
-                continue
-            except httpx.HTTPError:
-                failed.append(self._fail(name, "connection"))
+            except httpx.HTTPError as e:
+                failed.append(self._fail(name, _reason(e)))
                 continue
             if resp.status_code >= 500:
                 await resp.aclose()
@@ -82,11 +74,8 @@ class Upstreams:
                                          headers={**passed, **ours}, media_type=resp.headers.get("content-type"))
             try:
                 content = await resp.aread()
-            except httpx.TimeoutException:
-                failed.append(self._fail(name, "timeout"))
-                continue
-            except httpx.HTTPError:
-                failed.append(self._fail(name, "connection"))
+            except httpx.HTTPError as e:
+                failed.append(self._fail(name, _reason(e)))
                 continue
             finally:
                 await resp.aclose()
@@ -107,3 +96,18 @@ class Upstreams:
     def _fail(self, name: str, reason: str) -> str:
         self.metrics.upstream_errors.labels(name, reason).inc()
         return f"{name} ({reason})"
+
+
+def _reason(e: httpx.HTTPError) -> str:
+    return "timeout" if isinstance(e, httpx.TimeoutException) else "connection"
+
+
+async def read_capped(chunks, cap: int, too_large: Exception) -> bytes:
+    """Bytes from an async stream of chunks, refused (with `too_large`) as soon as they pass `cap`: a large
+    body never sits in memory whole before it is refused."""
+    data = bytearray()
+    async for chunk in chunks:
+        data += chunk
+        if len(data) > cap:
+            raise too_large
+    return bytes(data)
