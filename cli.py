@@ -70,7 +70,8 @@ def main():
     """lr-onnx: pick the multimodal LLM with the best expected utility for an image+question query.
 
     Training side (pip install -e '.[export]'): data, train, evaluate, export.
-    Serving side (pip install '.[cpu]' or '.[gpu]'): route, info, doctor; no PyTorch.
+    Serving side (pip install '.[cpu]' or '.[gpu]'): route, route-batch, info, doctor; no PyTorch.
+    HTTP gateway (pip install '.[cpu,serve]'): serve. Ray batch routing ('.[cpu,ray]'): route-batch --engine ray.
     """
 
 
@@ -159,7 +160,9 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
     """Route a query: [IMAGE ...] QUESTION (no image = text-only query).
 
     Prints every candidate sorted by utility with predicted quality mu +/- sigma,
-    expected cost and utility; the chosen model is marked with '*'.
+    expected cost for THIS query (the model's image-token rule and prices, where the
+    bundle has them) and utility; the chosen model is marked with '*'. A query unlike
+    the bundle's training queries gets a one-line out-of-coverage note.
     """
     *images, question = args
     if _is_file(question) or (not images and Path(question).suffix.lower() in _IMAGE_SUFFIXES):
