@@ -92,7 +92,7 @@ def read_queries(fh: BinaryIO, base: Path, *, csv_format: bool = False,
             rec = loads_json(raw, "line")
             if not isinstance(rec, dict):
                 raise InputError("expected a JSON object with a 'question' string")
-            yield lineno, _record(rec, lineno, base, id_given="id" in rec), None
+            yield lineno, parse_record(rec, lineno, base, id_given="id" in rec), None
         except InputError as e:
             yield lineno, None, str(e).removeprefix("line: ")
 
@@ -127,13 +127,13 @@ def _read_csv(fh: BinaryIO, base: Path, name: str):
         rec = dict(zip(header, row))
         images = [p for p in rec.get("images", "").replace("|", ";").split(";") if p.strip()]
         try:
-            yield reader.line_num, _record({**rec, "images": images}, reader.line_num, base,
+            yield reader.line_num, parse_record({**rec, "images": images}, reader.line_num, base,
                                            id_given="id" in header), None
         except InputError as e:
             yield reader.line_num, None, str(e)
 
 
-def _record(rec: dict, lineno: int, base: Path, *, id_given: bool) -> dict:
+def parse_record(rec: dict, lineno: int, base: Path, *, id_given: bool) -> dict:
     """One validated query; raises `InputError` naming the field."""
     question = text(rec.get("question"), "'question'")
     if not id_given:
@@ -161,7 +161,7 @@ def _record(rec: dict, lineno: int, base: Path, *, id_given: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- output
-def _open_out(out: Path, inp_path: Path | None) -> int:
+def open_out(out: Path, inp_path: Path | None) -> int:
     """OUT opened for appending, exclusively locked; refused when it is the input or not a regular file."""
     if not str(out).strip():
         raise InputError("--out is empty")
@@ -184,7 +184,7 @@ def _open_out(out: Path, inp_path: Path | None) -> int:
     return fd
 
 
-def _repair_and_read_ids(fd: int, out: Path) -> set[str]:
+def repair_and_read_ids(fd: int, out: Path) -> set[str]:
     """Cut a torn last line (a crash mid-write) and return the ids of the whole lines."""
     size = os.fstat(fd).st_size
     with os.fdopen(os.dup(fd), "rb") as fh:
@@ -205,7 +205,7 @@ def _repair_and_read_ids(fd: int, out: Path) -> set[str]:
     return ids
 
 
-def _append(fd: int, out: Path, payload: bytes, written: int) -> None:
+def append_lines(fd: int, out: Path, payload: bytes, written: int) -> None:
     """Append whole lines; on failure roll OUT back to its last whole line and stop with one line."""
     start = os.fstat(fd).st_size
     view = memoryview(payload)
@@ -235,9 +235,9 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
     fh, base, regular = open_input(inp, fifo_wait_s=fifo_wait_s)
     name = str(inp)
     try:
-        fd = _open_out(out, Path(inp) if regular else None)
+        fd = open_out(out, Path(inp) if regular else None)
         try:
-            skip = _repair_and_read_ids(fd, out)
+            skip = repair_and_read_ids(fd, out)
             return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw)
         finally:
             os.close(fd)
@@ -268,7 +268,7 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
                     problems.append(f"{name}:{q['_line']}: {e}")
                     counts["failed"] += 1
         payload = "".join(json.dumps({"id": q["id"], **d.to_dict()}, allow_nan=False) + "\n" for q, d in results)
-        _append(fd, out, payload.encode("utf-8"), counts["routed"])
+        append_lines(fd, out, payload.encode("utf-8"), counts["routed"])
         counts["routed"] += len(results)
         counts["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
         if on_progress:

@@ -5,7 +5,7 @@
     which writes OUT: JSONL (appended, resumable exactly like the local engine) or Parquet (written
     whole, through a temporary file and a rename).
 
-Every record is validated by the local engine's own `_record`, so a record means the same thing on
+Every record is validated by the local engine's own `parse_record`, so a record means the same thing on
 both engines and the decisions are identical. A bad record becomes a reported row, never a failed
 job. Ids are required here (no line numbers across a cluster); duplicates are reported and skipped.
 Image paths must be readable where the actors run: absolute paths on a shared file system, or URIs
@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .batch import _append, _open_out, _record, _repair_and_read_ids
+from .batch import append_lines, open_out, parse_record, repair_and_read_ids
 from .errors import InputError, LrOnnxError
 from .validate import loads_json
 
@@ -55,7 +55,7 @@ class RouterActor:
                     row["images"] = None
                 elif isinstance(imgs, str) and not from_jsonl:  # a CSV cell, split as the local engine does
                     row["images"] = [p for p in imgs.replace("|", ";").split(";") if p.strip()]
-                q = _record(row, 0, self.base, id_given=True)
+                q = parse_record(row, 0, self.base, id_given=True)
             except InputError as e:
                 ids.append(str(row.get("id", "?")) if isinstance(row, dict) else "?")
                 decisions.append("")
@@ -135,9 +135,9 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
         raise InputError(f"{inp}: no such input")
     out = Path(out)
     parquet = out.suffix.lower() == ".parquet"
-    fd = None if parquet else _open_out(out, Path(inp) if Path(inp).is_file() else None)
+    fd = None if parquet else open_out(out, Path(inp) if Path(inp).is_file() else None)
     try:
-        done = frozenset() if parquet else frozenset(_repair_and_read_ids(fd, out))
+        done = frozenset() if parquet else frozenset(repair_and_read_ids(fd, out))
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         for name in ("ray", "ray.data"):
@@ -182,7 +182,7 @@ def _write(ds, out: Path, fd, parquet: bool, done: frozenset, on_progress) -> di
             else:
                 lines.append(json.dumps(rec, allow_nan=False) + "\n")
         if lines:
-            _append(fd, out, "".join(lines).encode("utf-8"), counts["routed"])
+            append_lines(fd, out, "".join(lines).encode("utf-8"), counts["routed"])
         counts["routed"] += len(lines) if not parquet else 0
         if on_progress:
             on_progress(len(batch["id"]))
