@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.costs import query_cost, rule_spec, text_tokens
+from ..runtime.costs import mean_output_tokens, query_cost, rule_spec, text_tokens
 from ..runtime.errors import DataError
 from .data import RoutingData
 
@@ -47,16 +47,8 @@ def cost_entries(data: RoutingData, cal: np.ndarray, sizes: list | None) -> list
         entry = {"price_in_per_mtok": pin, "price_out_per_mtok": pout, "image_tokens": spec, "output_tokens": None}
         if spec is not None and pin is not None and sizes is not None:
             rows = cal[data.A[cal, k]]
-            tok = data.Tok[rows, k]
-            if np.isfinite(tok).any():
-                out = float(np.nanmean(tok))
-            elif pout:
-                base = {**entry, "output_tokens": 0.0}
-                tin_cost = np.array([query_cost(base, data.question[i], sizes[i]) for i in rows])
-                out = float(np.clip((data.C[rows, k] - tin_cost) * 1e6 / pout, 0, None).mean()) if len(rows) else 0.0
-            else:
-                out = 0.0
-            entry["output_tokens"] = round(out, 2)
+            entry["output_tokens"] = mean_output_tokens(entry, [(data.question[i], sizes[i]) for i in rows],
+                                                        data.C[rows, k], data.Tok[rows, k])
         entries.append(entry)
     return entries
 

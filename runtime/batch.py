@@ -229,8 +229,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
 
     Options (`models`, `exclude`, `lam`, `max_cost`) are checked once, before any record is read.
     """
-    route_kw["lam"] = router.resolve_lambda(route_kw.get("lam"))
-    router.availability(route_kw.get("models"), route_kw.get("exclude"), route_kw.get("max_cost"))
+    route_kw["lam"] = router.options(**route_kw).lam  # every option checked once, before any record is read
     out = Path(out)
     fh, base, regular = open_input(inp, fifo_wait_s=fifo_wait_s)
     name = str(inp)

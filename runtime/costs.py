@@ -162,3 +162,17 @@ def query_cost(entry: dict, question: str, sizes: list[tuple[int, int]]) -> floa
         spec = {"rule": spec}
     tokens_in = text_tokens(question) + sum(image_tokens(spec, w, h) for w, h in sizes)
     return (pin * tokens_in + (pout or 0.0) * float(entry.get("output_tokens") or 0.0)) / 1e6
+
+
+def mean_output_tokens(entry: dict, queries: list[tuple[str, list]], cost, tokens) -> float:
+    """A model's mean output tokens on labelled queries ((question, image sizes) each): the recorded tokens
+    where there are any, else recovered from the recorded costs minus what its rule says the input cost."""
+    import numpy as np
+
+    tokens, cost = np.asarray(tokens, float), np.asarray(cost, float)
+    if np.isfinite(tokens).any():
+        return round(float(np.nanmean(tokens)), 2)
+    if not entry.get("price_out_per_mtok") or not len(queries):
+        return 0.0
+    tin = np.array([query_cost({**entry, "output_tokens": 0.0}, q, sizes) for q, sizes in queries])
+    return round(float(np.clip((cost - tin) * 1e6 / entry["price_out_per_mtok"], 0, None).mean()), 2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import MANIFEST, load_bundle
-from .costs import query_cost, rule_spec
+from .costs import mean_output_tokens, rule_spec
 from .errors import BundleError, InputError, OptionError
 from .validate import number, text
 from .policy import LAMBDA_GRID, choose
@@ -86,7 +86,7 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
             entry["image_tokens"] = rule_spec(image_tokens)
         except ValueError as e:
             raise OptionError(str(e)) from None
-        entry["output_tokens"] = _output_tokens(entry, meta, np.asarray(cost, float), np.asarray(tok, float))
+        entry["output_tokens"] = mean_output_tokens(entry, meta, cost, tok)
     with _edited_copy(router.bundle.path, out) as tmp:
         write_manifest(tmp, dict(m, pool=m["pool"] + [entry]))
     from .router import Router
@@ -96,17 +96,6 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     return {"name": name, "queries": len(queries), "observed_score": float(np.mean(y)),
             "predicted_score": float(sc["mu_tilde"][:, -1].mean()), "expected_cost": float(e_bar),
             "cost_estimator": estimator, "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
-
-
-def _output_tokens(entry: dict, meta: list, cost: np.ndarray, tok: np.ndarray) -> float:
-    """The new model's mean output tokens on its labelled queries: recorded tokens, else recovered from the
-    recorded costs and the input tokens its rule predicts."""
-    if np.isfinite(tok).any():
-        return round(float(np.nanmean(tok)), 2)
-    if not entry.get("price_out_per_mtok"):
-        return 0.0
-    tin = np.array([query_cost({**entry, "output_tokens": 0.0}, qn, sizes) for qn, sizes in meta])
-    return round(float(np.clip((cost - tin) * 1e6 / entry["price_out_per_mtok"], 0, None).mean()), 2)
 
 
 def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: str) -> None:

@@ -129,8 +129,7 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
         import ray
     except ModuleNotFoundError:
         raise InputError("--engine ray needs the ray extra: pip install '.[cpu,ray]'") from None
-    route_kw["lam"] = router.resolve_lambda(route_kw.get("lam"))
-    router.availability(route_kw.get("models"), route_kw.get("exclude"), route_kw.get("max_cost"))
+    route_kw["lam"] = router.options(**route_kw).lam  # every option checked once, before any record is read
     if not (inp.startswith(_SCHEMES) or Path(inp).exists()):
         raise InputError(f"{inp}: no such input")
     out = Path(out)

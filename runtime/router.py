@@ -171,8 +171,8 @@ class Router:
         return query_features(text, image, [len(im) for im, _ in queries], [n_words(q) for q in questions])
 
     # ------------------------------------------------------------------ scoring and routing
-    def availability(self, models=None, exclude=None, max_cost: float | None = None) -> np.ndarray:
-        """The pool mask `[K]` from an allow-list, a deny-list and a per-query budget (USD)."""
+    def availability(self, models=None, exclude=None) -> np.ndarray:
+        """The pool mask `[K]` from an allow-list and a deny-list (a budget is per query: see `decide`)."""
         keep = np.ones(len(self.names), bool)
         models, exclude = valid_names(models, "models"), valid_names(exclude, "exclude")
         for label, names in (("models", models), ("exclude", exclude)):
@@ -186,13 +186,6 @@ class Router:
             keep &= ~np.isin(self.names, list(exclude))
         if not keep.any():
             raise OptionError("every model is excluded: nothing left to route to")
-        if max_cost is not None and not self.per_query_cost:
-            max_cost = number(max_cost, "max_cost", hi=MAX_COST_USD)
-            within = self.expected_cost <= max_cost
-            if not (keep & within).any():
-                raise OptionError(f"no model's expected cost fits max_cost {max_cost:g} USD "
-                                  f"(cheapest available: {self.expected_cost[keep].min():.3g})")
-            keep &= within
         return keep
 
     def query_costs(self, meta: list | None, n: int) -> np.ndarray:
@@ -228,16 +221,9 @@ class Router:
 
     def score(self, images, question: str, models=None) -> dict:
         """Per-model mu, sigma, mu_tilde, expected cost and utility at the default lambda (available models only)."""
-        avail = self.availability(models)
-        meta: list = []
-        q = self.features([(_as_list(images), question)], meta=meta)
-        cost = self.query_costs(meta, 1)
-        chat = cost / self.space.cost_scale
-        out = self.score_features(q, avail[None], chat)
-        util = out["mu_tilde"][0] - self.default_lambda * chat[0]
-        return {n: {"mu": float(out["mu"][0, k]), "sigma": float(out["sigma"][0, k]),
-                    "mu_tilde": float(out["mu_tilde"][0, k]), "expected_cost": float(cost[0, k]),
-                    "utility": float(util[k])} for k, n in enumerate(self.names) if avail[k]}
+        d = self.route(images, question, models=models)
+        return {c.name: {"mu": c.mu, "sigma": c.sigma, "mu_tilde": c.mu_tilde, "expected_cost": c.expected_cost,
+                         "utility": c.utility} for c in sorted(d.candidates, key=lambda c: self.names.index(c.name))}
 
     def resolve_lambda(self, lam: float | str | None) -> float:
         """None -> the bundle's default; a name -> that preset of the manifest (`quality`, `balanced`,
@@ -272,7 +258,7 @@ class Router:
                 explain: bool = False) -> "RouteOptions":
         """Validate one request's routing options once: the pool mask, lambda resolved to a number."""
         lam = self.resolve_lambda(lam)
-        avail = self.availability(models, exclude, max_cost)
+        avail = self.availability(models, exclude)
         budget = None if max_cost is None else number(max_cost, "max_cost", hi=MAX_COST_USD)
         return RouteOptions(avail, lam, bool(explain), budget)
 

@@ -126,7 +126,7 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
         ids = [AUTO] + [PREFIX + p for p in router.presets] + sorted(upstream_names)
         return JSONResponse({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "lr-onnx"}
                                                          for i in ids],
-                             "pool": router.names, "presets": {k: v for k, v in router.presets.items()}})
+                             "pool": router.names, "presets": dict(router.presets)})
 
     @endpoint("healthz", auth=False)
     async def healthz(request: Request) -> Response:

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.router import DEFAULT_BUNDLE, Router
+from .standin import free_port
 
 EXAMPLES = DEFAULT_BUNDLE.parent / "examples"
 QUESTIONS = ["What is the total amount?", "Which bar is the highest?", "What does this picture show?",
@@ -44,19 +44,13 @@ def _chat_body(images: list[bytes], question: str) -> bytes:
     return json.dumps({"model": "lr-onnx/auto", "messages": [{"role": "user", "content": parts}]}).encode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _StandIn:
     """The stand-in upstream in its own process, so it does not share the load generator's interpreter."""
 
     def __enter__(self):
         import httpx
 
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.serve.standin", "--port", str(port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -80,7 +74,7 @@ class _Served:
 
     def __init__(self, upstream_url: str, names: list[str], *, queue_size: int, max_batch: int, bundle,
                  threads: int = int(os.environ.get("LR_ONNX_BENCH_THREADS", "1"))):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = [f"[limits]\nqueue_size = {queue_size}\n[batching]\nmax_batch = {max_batch}\nmax_wait_ms = 2\n"
                f"threads = {threads}\n"

@@ -78,19 +78,22 @@ def standin_app(*, record: bool = True) -> Starlette:
     return app
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class BackgroundServer:
     """An ASGI app served by uvicorn in a thread on 127.0.0.1 (a free port unless given); a context manager."""
 
     def __init__(self, app, port: int = 0):
-        import socket
-
         import uvicorn
 
-        if port == 0:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        self.port = port
+        self.port = port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                     access_log=False, lifespan="on"))

@@ -5,7 +5,6 @@ import io
 import json
 import shutil
 
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -10,12 +10,10 @@ import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
