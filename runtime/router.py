@@ -72,6 +72,19 @@ class Decision:
                 **({"explain": self.explain} if self.explain else {})}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A query after CPU preprocessing (`Router.prepare`): ready for the encoders."""
+
+    question: str
+    tensors: tuple[np.ndarray, ...]  # one [3, H, W] per image
+    sizes: tuple[tuple[int, int], ...]  # each image's original size (per-query image-token costs)
+
+    @property
+    def meta(self) -> tuple[str, tuple]:
+        return self.question, self.sizes
+
+
 class Router:
     def __init__(self, bundle: Bundle, *, provider: str = "auto", threads: int | None = None, spinning: bool = False):
         self.bundle = bundle
@@ -138,37 +151,49 @@ class Router:
         return self._tokenizer
 
     # ------------------------------------------------------------------ features
+    def prepare(self, images: list, question: str) -> "Prepared":
+        """One query's CPU-side preprocessing, before any graph runs: the question checked, each image decoded
+        (allow-listed decoders, pixel limit) and turned into its tensor. Separate from `encode` so a server
+        can decode requests as they arrive while the previous batch is in the encoders."""
+        question = _clean_question(question)
+        tensors, sizes = [], []
+        for img in images:
+            pil = open_image(img, max_pixels=self.image_spec.max_pixels, draft_size=self.image_spec.size)
+            sizes.append(pil.info.get(ORIGINAL_SIZE, pil.size))
+            tensors.append(image_tensor(pil, self.image_spec))
+        return Prepared(question, tuple(tensors), tuple(sizes))
+
+    def encode(self, prepared: list["Prepared"]) -> np.ndarray:
+        """Raw query features `[B, D_q]` of prepared queries: the text and image encoders once for the batch."""
+        questions = [p.question for p in prepared]
+        ids, mask = tokenize(self.tokenizer(), questions)
+        text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
+        image = np.zeros((len(prepared), 1280), np.float32)
+        tensors = [t for p in prepared for t in p.tensors]
+        if tensors:
+            per = run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
+            start = 0
+            for i, p in enumerate(prepared):
+                if p.tensors:
+                    image[i] = pool_images(per[start:start + len(p.tensors)])
+                    start += len(p.tensors)
+        return query_features(text, image, [len(p.tensors) for p in prepared], [n_words(q) for q in questions])
+
     def features(self, queries: list[tuple[list, str]], timings: dict | None = None,
                  meta: list | None = None) -> np.ndarray:
         """Raw query features `[B, D_q]` for (images, question) pairs; `timings` (if given) collects the
         seconds spent decoding images and running the encoders, `meta` (if given) each query's
         (question, original image sizes), which per-query expected costs need (`decide`)."""
         t0 = time.perf_counter()
-        questions = [_clean_question(q) for _, q in queries]
-        tensors, owner = [], []
-        for i, (images, _) in enumerate(queries):
-            sizes = []
-            for img in images:
-                pil = open_image(img, max_pixels=self.image_spec.max_pixels, draft_size=self.image_spec.size)
-                sizes.append(pil.info.get(ORIGINAL_SIZE, pil.size))
-                tensors.append(image_tensor(pil, self.image_spec))
-                owner.append(i)
-            if meta is not None:
-                meta.append((questions[i], sizes))
-        ids, mask = tokenize(self.tokenizer(), questions)
+        prepared = [self.prepare(images, q) for images, q in queries]
         t1 = time.perf_counter()
-        text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
-        image = np.zeros((len(queries), 1280), np.float32)
-        if tensors:
-            per = run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
-            owner = np.array(owner)
-            for i in range(len(queries)):
-                if (owner == i).any():
-                    image[i] = pool_images(per[owner == i])
+        q = self.encode(prepared)
+        if meta is not None:
+            meta.extend(p.meta for p in prepared)
         if timings is not None:
             timings["decode"] = timings.get("decode", 0.0) + t1 - t0
             timings["encoders"] = timings.get("encoders", 0.0) + time.perf_counter() - t1
-        return query_features(text, image, [len(im) for im, _ in queries], [n_words(q) for q in questions])
+        return q
 
     # ------------------------------------------------------------------ scoring and routing
     def availability(self, models=None, exclude=None) -> np.ndarray:

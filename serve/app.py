@@ -37,7 +37,7 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
     state = {"ready": False}
     batcher = MicroBatcher(router, metrics, max_batch=config.batching.max_batch,
                            max_wait_ms=config.batching.max_wait_ms, threads=config.batching.threads,
-                           queue_size=config.limits.queue_size)
+                           queue_size=config.limits.queue_size, decode_threads=config.batching.decode_threads)
     upstreams = Upstreams(config, metrics)
     upstream_names = {u.upstream_model: name for name, u in config.models.items() if name in router.names}
     max_body = int(config.limits.max_body_mb * 1024 * 1024)

@@ -1,10 +1,13 @@
-"""Micro-batching: concurrent requests are decoded and encoded together, off the event loop.
+"""Micro-batching: concurrent requests are encoded together, off the event loop, in a two-stage pipeline.
 
-Requests wait in a bounded queue (full: `QueueFull`, answered 503 with Retry-After, so the backlog and
-the memory it holds stay bounded under any load). A dispatcher takes the first waiting request, waits
-up to `max_wait_ms` for more (at most `max_batch`), and runs the batch in a pool of `threads`
-inference threads: the encoders once for all of them, then ONE router call in which each row keeps
-its own options (`Router.decide`). A request whose own input is bad fails alone.
+Stage 1, on arrival: a request's images are decoded and turned into tensors (`Router.prepare`) in a
+small pool of `decode_threads`, while the previous batch is still in the encoders (Pillow and ONNX
+Runtime both release the GIL, so the stages really overlap). A request whose own input is bad fails
+here, alone. Stage 2: prepared requests wait in a bounded queue (full: `QueueFull`, answered 503 with
+Retry-After, so the backlog and the memory it holds stay bounded under any load). A dispatcher takes
+the first waiting request, waits up to `max_wait_ms` for more (at most `max_batch`), and runs the batch
+in a pool of `threads` inference threads: the encoders once for all of them, then ONE router call in
+which each row keeps its own options (`Router.decide`).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..runtime.errors import LrOnnxError
-from ..runtime.router import Decision, RouteOptions, Router
+from ..runtime.router import Decision, Prepared, RouteOptions, Router
 from .metrics import Metrics
 
 
@@ -24,19 +27,19 @@ class QueueFull(Exception):
 
 @dataclass
 class _Job:
-    images: list
-    question: str
+    prepared: Prepared
     opts: RouteOptions
     future: asyncio.Future
 
 
 class MicroBatcher:
     def __init__(self, router: Router, metrics: Metrics, *, max_batch: int, max_wait_ms: float, threads: int,
-                 queue_size: int):
+                 queue_size: int, decode_threads: int = 1):
         self.router, self.metrics = router, metrics
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lr-onnx-infer")
+        self.decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lr-onnx-decode")
         self.slots = asyncio.Semaphore(threads)
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -51,9 +54,17 @@ class MicroBatcher:
         if self._task:
             self._task.cancel()
         self.pool.shutdown(wait=True)
+        self.decoders.shutdown(wait=True)
 
     async def route(self, images: list, question: str, opts: RouteOptions) -> Decision:
-        job = _Job(images, question, opts, asyncio.get_running_loop().create_future())
+        if self.queue.full():  # refuse before decoding: no work spent on a request that cannot be queued
+            raise QueueFull()
+        loop = asyncio.get_running_loop()
+        if images:
+            prepared = await loop.run_in_executor(self.decoders, self._prepare, images, question)
+        else:
+            prepared = self.router.prepare([], question)  # nothing to decode: no thread hop
+        job = _Job(prepared, opts, loop.create_future())
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -93,21 +104,29 @@ class MicroBatcher:
         finally:
             self.slots.release()
 
+    def _prepare(self, images: list, question: str) -> Prepared:
+        """Runs in a decode thread (stage 1)."""
+        t0 = time.perf_counter()
+        prepared = self.router.prepare(images, question)
+        self.metrics.stage.labels("decode").observe(time.perf_counter() - t0)
+        return prepared
+
     def _infer(self, batch: list[_Job]) -> list:
-        """Runs in an inference thread: the whole batch at once, or one by one if one request is bad."""
+        """Runs in an inference thread (stage 2): the whole batch at once, or one by one if one request fails
+        (a per-query budget no model fits, say), so that only that request gets the error."""
         self.metrics.batch.observe(len(batch))
         timings: dict = {}
         try:
-            meta: list = []
-            q = self.router.features([(j.images, j.question) for j in batch], timings, meta)
-            out = self.router.decide(q, [j.opts for j in batch], timings, meta)
+            t0 = time.perf_counter()
+            q = self.router.encode([j.prepared for j in batch])
+            timings["encoders"] = time.perf_counter() - t0
+            out = self.router.decide(q, [j.opts for j in batch], timings, [j.prepared.meta for j in batch])
         except LrOnnxError:
             out = []
             for j in batch:
                 try:
-                    meta = []
-                    q = self.router.features([(j.images, j.question)], meta=meta)
-                    out.append(self.router.decide(q, [j.opts], meta=meta)[0])
+                    out.append(self.router.decide(self.router.encode([j.prepared]), [j.opts],
+                                                  meta=[j.prepared.meta])[0])
                 except LrOnnxError as e:
                     out.append(e)
         except Exception as e:  # never leave a waiting request without an answer

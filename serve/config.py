@@ -14,6 +14,7 @@
     max_batch = 32                 # requests encoded together
     max_wait_ms = 5                # how long the first request of a batch waits for company
     threads = 1                    # inference threads (a bounded pool, off the event loop)
+    decode_threads = 1             # image-decoding threads: requests are decoded as they arrive
 
     [upstream]
     timeout_s = 60
@@ -54,6 +55,7 @@ class Batching:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     threads: int = 1
+    decode_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ _BOUNDS = {  # field -> (kind, lo, hi)
     "max_json_depth": (int, 2, 64), "queue_size": (int, 1, 100_000), "allow_image_urls": (bool, 0, 1),
     "image_url_max_mb": (float, 0.001, 1024), "image_url_timeout_s": (float, 0.01, 600),
     "max_batch": (int, 1, 1024), "max_wait_ms": (float, 0, 10_000), "threads": (int, 1, 256),
+    "decode_threads": (int, 1, 256),
     "timeout_s": (float, 0.01, 3600), "retries": (int, 0, 16),
 }
 

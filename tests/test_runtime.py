@@ -63,6 +63,21 @@ def test_masking_lambda_and_budget(router):
     assert router.expected_cost[names.index(d.model)] <= budget
 
 
+def test_prepare_then_encode_is_features(router):
+    """The server decodes on arrival (`prepare`) and encodes later in a batch (`encode`): the same features, with
+    images of several queries (one with two, one with none) pooled back to their own query."""
+    qs = [([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?"), ([], "What is 3 + 4?"),
+          ([EXAMPLES / "chart.png"], "Which bar is highest?")]
+    meta: list = []
+    whole = router.features(qs, meta=meta)
+    prepared = [router.prepare(im, q) for im, q in qs]
+    np.testing.assert_array_equal(router.encode(prepared), whole)
+    assert [p.meta for p in prepared] == meta and [len(p.tensors) for p in prepared] == [2, 0, 1]
+    alone = router.encode([prepared[2]])[0]  # image features of row 2 belong to row 2, not to row 0
+    np.testing.assert_allclose(whole[2, 384:1664], alone[384:1664], atol=1e-5)
+    assert not np.allclose(whole[0, 384:1664], alone[384:1664], atol=1e-3)
+
+
 def test_route_many_matches_single_routes(router):
     qs = [([EXAMPLES / "chart.png"], "Which category has the highest bar?"), ([], "What is 3 + 4?"),
           ([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?")]

@@ -116,6 +116,23 @@ def test_concurrent_requests_are_batched_and_still_exact(router, server):
         assert f'lr_onnx_stage_seconds_count{{stage="{stage}"}}' in metrics
 
 
+def test_a_bad_image_in_a_burst_fails_alone(router, server):
+    """Images are decoded as requests arrive, before batching: a broken one is that request's 400, and the
+    requests around it are still batched and exact."""
+    broken = "data:image/png;base64," + base64.b64encode(CHART[: len(CHART) // 3]).decode()
+    bodies = [{"question": f"What is bar {i}?", "images": [broken if i == 5 else DATA_URL]} for i in range(12)]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/v1/route", json=b) for b in bodies))
+
+    for i, r in enumerate(asyncio.run(fire())):
+        if i == 5:
+            assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], r.text
+        else:
+            assert r.status_code == 200 and r.json()["model"] == router.route([CHART], bodies[i]["question"]).model
+
+
 def test_chat_completion_forwarded_unchanged_with_headers(router, upstream, server):
     top = ranked(router, "What is 2 + 2?")[0]
     res = httpx.post(f"{server.url}/v1/chat/completions", json=chat("What is 2 + 2?"))
