@@ -85,7 +85,7 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
 def single_threaded_blas():
     """numpy's BLAS limited to one thread while serving. The router's only matmul (coverage: [B, 1664] by the
     slice centroids) is tiny, but OpenBLAS wakes its worker for it and that worker then spins, taking a core
-    from ONNX Runtime and the event loop: measured on 2 cores, 0.75x -> 0.85x of in-process throughput
+    from ONNX Runtime and the event loop: measured on 2 cores, 0.76-0.78x -> 0.81-0.86x of in-process throughput
     (`lr-onnx bench serve`)."""
     from threadpoolctl import threadpool_limits
 

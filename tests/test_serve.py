@@ -310,3 +310,22 @@ def test_sigterm_answers_every_admitted_request_then_exits_0(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_serve_benchmark_quick_run_is_complete_and_clean(tmp_path):
+    """`lr-onnx bench serve --quick` end to end: every level answered, nothing lost, only 200/503 under
+    overload, and the numbers written where the README says (throughput itself is the benchmark's job)."""
+    from lr_onnx.serve.bench import run_serve_bench, table
+
+    out = tmp_path / "serve.json"
+    r = run_serve_bench(out, quick=True)
+    assert json.loads(out.read_text()) == r and not list(tmp_path.glob("*.tmp"))
+    for level in ("1", "8", "32"):
+        v = r["levels"][level]
+        assert v["status"] == {"200": 96} and v["lost"] == 0 and v["qps"] > 0, v
+    o = r["overload_4x"]
+    assert set(o["status"]) <= {"200", "503"} and o["lost"] == 0 and o["status"].get("503", 0) > 0, o
+    assert r["targets"]["zero_errors_and_lost"] and r["server_peak_rss_mb"] > 0
+    assert r["in_process_route_many"]["qps"] == max(r["in_process_route_many"]["qps_by_blas"].values())
+    assert "concurrency" in table(r)
