@@ -252,6 +252,17 @@ def test_full_queue_answers_503_with_retry_after_and_nothing_else(router, upstre
         assert r503.headers["retry-after"] == "1" and r503.json()["error"]["code"] == "queue_full"
 
 
+def test_serving_keeps_numpy_blas_single_threaded():
+    from threadpoolctl import threadpool_info
+
+    from lr_onnx.serve.server import single_threaded_blas
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas, "numpy's BLAS not found by threadpoolctl: the limit would silently do nothing"
+    with single_threaded_blas():
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+
+
 def test_config_file_is_validated_with_one_line(tmp_path, runner):
     from lr_onnx.cli import main
 
