@@ -717,12 +717,12 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
         return np.stack([M[rows, c] if c >= 0 else np.full(len(rows), fill) for c in cols], axis=1)
 
     qs = [(data.images[i], data.question[i]) for i in rows]
-    feats = []
+    feats, meta = [], []
     with click.progressbar(range(0, len(qs), 64), label="encoding", file=sys.stderr) as bar:
         for s in bar:
-            feats.append(router.features(qs[s:s + 64]))
+            feats.append(router.features(qs[s:s + 64], meta=meta))
     res = calibrate(router, np.concatenate(feats), take(data.Y, np.nan), take(data.C, np.nan), take(data.A, False),
-                    max_avg_cost=max_avg_cost, max_share=share)
+                    meta=meta, max_avg_cost=max_avg_cost, max_share=share)
     if res["warning"]:
         click.echo(f"warning: {res['warning']}", err=True)
     click.echo(f"lambda {res['lambda']:g}: mean score {res['score']:.4f}, mean cost {res['cost']:.4g} on "

@@ -109,11 +109,13 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
         write_manifest(tmp, dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name]))
 
 
-def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *,
+def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *, meta: list | None = None,
               max_avg_cost: float | None = None, max_share: tuple[str, float] | None = None) -> dict:
     """Pick lambda on the user's labelled queries for one budget target and record it in the manifest.
 
-    Y, C, A are `[N, K]` in the bundle's pool order (realised scores, costs, availability).
+    Y, C, A are `[N, K]` in the bundle's pool order (realised scores, costs, availability); `meta`
+    (from `Router.features`) gives each query's expected costs per model exactly as `route` computes
+    them, so each lambda of the grid is judged by the choices `route` will make with it.
     Among the feasible lambdas of the grid, the one with the highest mean score wins
     (ties: lower cost, then larger lambda); none feasible -> the cheapest point, with a warning.
     """
@@ -124,12 +126,13 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
     ok = A.any(axis=1)
     if not ok.any():
         raise InputError("no labelled query has an outcome for any model of the bundle's pool")
+    chat = router.query_costs(meta, len(q))[ok] / router.space.cost_scale  # as Router.decide scales them
     q, Y, C, A = q[ok], np.nan_to_num(Y[ok]), np.nan_to_num(C[ok]), A[ok]
-    mt = router.score_features(q, A)["mu_tilde"]
+    mt = router.score_features(q, A, chat)["mu_tilde"]
     rows = np.arange(len(q))
     points = []
     for lam in LAMBDA_GRID:
-        ch = choose(mt, np.broadcast_to(router.cost_hat, mt.shape), A, lam)
+        ch = choose(mt, chat, A, lam)
         score, cost = float(Y[rows, ch].mean()), float(C[rows, ch].mean())
         share = float((ch == router.names.index(max_share[0])).mean()) if max_share else None
         feasible = cost <= max_avg_cost if max_avg_cost is not None else share <= max_share[1]

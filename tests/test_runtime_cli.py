@@ -164,7 +164,8 @@ def test_calibrate_records_lambda_atomically(runner, tmp_path):
     for i in range(40):
         outs = {m: {"score": float(rng.random() < 0.5 + 0.04 * k), "cost": float(exp_cost[k])}
                 for k, m in enumerate(pool)}
-        recs.append({"id": f"c{i}", "question": f"What is {i} - 2?", "images": [], "dataset": "d", "outcomes": outs})
+        question = f"What is {i} - 2?" + " Explain each step in detail." * (i % 7) * 40  # per-query costs vary
+        recs.append({"id": f"c{i}", "question": question, "images": [], "dataset": "d", "outcomes": outs})
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     (tmp_path / "d" / "models.json").write_text(json.dumps([{"name": m} for m in pool]))
@@ -174,6 +175,11 @@ def test_calibrate_records_lambda_atomically(runner, tmp_path):
     cal = m["lambda"]["calibrated"]
     assert cal["operating_point"]["cost"] <= budget and m["lambda"]["default"] == cal["operating_point"]["lambda"]
     assert Router.load(b).default_lambda == m["lambda"]["default"]
+    # the recorded operating point is what `route` then does: same choices, so the same mean cost and score
+    routed = Router.load(b).route_many([([], r["question"]) for r in recs])
+    got = [recs[i]["outcomes"][d.model] for i, d in enumerate(routed)]
+    assert np.mean([o["cost"] for o in got]) == pytest.approx(cal["operating_point"]["cost"], rel=1e-9)
+    assert np.mean([o["score"] for o in got]) == pytest.approx(cal["operating_point"]["score"], rel=1e-9)
     res = runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"),
                                "--max-share", f"{pool[0]}:0.1"])
     assert res.exit_code == 0 and json.loads((b / "manifest.json").read_text())["lambda"]["calibrated"]["target"][
