@@ -36,8 +36,7 @@ class Upstreams:
                         for _ in range(POOLS)]
         self._turn = itertools.count()
 
-    @property
-    def client(self) -> httpx.AsyncClient:
+    def next_client(self) -> httpx.AsyncClient:
         return self.clients[next(self._turn) % POOLS]
 
     async def close(self) -> None:
@@ -49,7 +48,7 @@ class Upstreams:
         lim = self.config.limits
         cap = int(lim.image_url_max_mb * 1024 * 1024)
         try:
-            async with self.client.stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
+            async with self.next_client().stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
                 if resp.status_code != 200:
                     raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
                 return await read_capped(resp.aiter_bytes(), cap, HTTPError(
@@ -68,7 +67,7 @@ class Upstreams:
             key = up.api_key()
             if key:
                 send["authorization"] = f"Bearer {key}"
-            client = self.client
+            client = self.next_client()
             req = client.build_request("POST", f"{up.base_url}/chat/completions",
                                        json=dict(body, model=up.upstream_model), headers=send)
             t0 = time.perf_counter()
