@@ -8,6 +8,7 @@ sent back.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -44,15 +45,20 @@ class Upstreams:
             await c.aclose()
 
     async def fetch_image(self, url: str) -> bytes:
-        """An http(s) image URL (only when the config allows it), within the size and time limits."""
+        """An http(s) image URL (only when the config allows it), within the size limit and within the time
+        limit as a whole (a server that drips bytes slowly is cut off too, not only one that stalls)."""
         lim = self.config.limits
         cap = int(lim.image_url_max_mb * 1024 * 1024)
         try:
-            async with self.next_client().stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
-                if resp.status_code != 200:
-                    raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
-                return await read_capped(resp.aiter_bytes(), cap, HTTPError(
-                    413, f"image URL is larger than {lim.image_url_max_mb:g} MB", code="image_too_large"))
+            async with asyncio.timeout(lim.image_url_timeout_s):
+                async with self.next_client().stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
+                    if resp.status_code != 200:
+                        raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
+                    return await read_capped(resp.aiter_bytes(), cap, HTTPError(
+                        413, f"image URL is larger than {lim.image_url_max_mb:g} MB", code="image_too_large"))
+        except (TimeoutError, httpx.TimeoutException):
+            raise HTTPError(400, f"image URL not fetched within {lim.image_url_timeout_s:g} s",
+                            code="image_url_failed") from None
         except httpx.HTTPError as e:
             raise HTTPError(400, f"image URL could not be fetched ({type(e).__name__})",
                             code="image_url_failed") from None

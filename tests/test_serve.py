@@ -196,6 +196,42 @@ def test_client_disconnect_mid_stream_cancels_the_upstream(router, upstream):
         assert f"up-{top.lower()}" in upstream.app.state.closed
 
 
+def test_image_urls_when_allowed_are_fetched_within_size_and_time_limits(router, upstream):
+    """limits.allow_image_urls: a good URL routes like the same bytes sent inline; a too-large one is 413; one that
+    answers 404, stalls, or drips bytes slower than the time limit allows is a one-line 400, in about that time."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def drip():
+        for _ in range(100):
+            yield b"x"
+            await asyncio.sleep(0.2)
+
+    async def stall():
+        await asyncio.sleep(30)
+        yield b""
+
+    images = Starlette(routes=[
+        Route("/chart.png", lambda r: Response(CHART, media_type="image/png")),
+        Route("/big.png", lambda r: Response(b"\0" * 200_000, media_type="image/png")),
+        Route("/missing.png", lambda r: Response(b"no", status_code=404)),
+        Route("/drip.png", lambda r: StreamingResponse(drip(), media_type="image/png")),
+        Route("/stall.png", lambda r: StreamingResponse(stall(), media_type="image/png"))])
+    limits = Limits(allow_image_urls=True, image_url_max_mb=0.05, image_url_timeout_s=1.0)
+    with BackgroundServer(images) as img, make_server(router, upstream, {}, limits=limits) as s:
+        res = httpx.post(f"{s.url}/v1/route", json={"question": QUESTION, "images": [f"{img.url}/chart.png"]})
+        assert res.status_code == 200 and res.json()["model"] == router.route([CHART], QUESTION).model
+        for name, status, code in (("big", 413, "image_too_large"), ("missing", 400, "image_url_failed"),
+                                   ("drip", 400, "image_url_failed"), ("stall", 400, "image_url_failed")):
+            t0 = time.monotonic()
+            res = httpx.post(f"{s.url}/v1/route", json={"question": "q", "images": [f"{img.url}/{name}.png"]},
+                             timeout=30)
+            err = res.json()["error"]
+            assert res.status_code == status and err["code"] == code and "\n" not in err["message"], (name, res.text)
+            assert time.monotonic() - t0 < 5, name
+
+
 @pytest.fixture(scope="module")
 def limited(router, upstream):
     limits = Limits(max_body_mb=0.002, max_images=2, max_question_chars=100, max_json_depth=6)
