@@ -38,6 +38,19 @@ def _tiny_png() -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _bomb_png() -> str:
+    """69 bytes whose header claims 60,000 x 60,000 pixels: refused by the runtime's pixel limit before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 TINY = _tiny_png()
 FIRST, LAST = Router.load().names[0], Router.load().names[-1]  # any two models of the default bundle
 
@@ -258,6 +271,12 @@ def test_limits_and_malformed_requests_are_one_line_4xx(limited, send, status, c
     res = httpx.post(f"{limited.url}/v1/route", headers={"content-type": "application/json"}, **send())
     err = res.json()["error"]
     assert res.status_code == status and err["code"] == code and "\n" not in err["message"] and err["type"]
+
+
+def test_the_runtime_pixel_limit_holds_over_http(limited):
+    res = httpx.post(f"{limited.url}/v1/route", json={"question": "q", "images": [_bomb_png()]})
+    err = res.json()["error"]
+    assert res.status_code == 400 and err["code"] == "invalid_value" and "pixel limit" in err["message"], res.text
 
 
 def test_gateway_key(router, upstream):
