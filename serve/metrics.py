@@ -14,8 +14,8 @@ class Metrics:
                                 ["endpoint", "status"], registry=r)
         self.latency = Histogram("lr_onnx_request_seconds", "Request latency by endpoint", ["endpoint"],
                                  buckets=_LATENCY, registry=r)
-        self.stage = Histogram("lr_onnx_stage_seconds", "Seconds per stage: decode, encoders, router (per batch), "
-                               "upstream (per call)", ["stage"], buckets=_LATENCY, registry=r)
+        self.stage = Histogram("lr_onnx_stage_seconds", "Seconds per stage: decode (per request with "
+                               "images), encoders and router (per batch), upstream (per call)", ["stage"], buckets=_LATENCY, registry=r)
         self.batch = Histogram("lr_onnx_batch_size", "Requests encoded together", buckets=(1, 2, 4, 8, 16, 32, 64,
                                                                                              128), registry=r)
         self.chosen = Counter("lr_onnx_chosen_total", "Decisions by chosen model", ["model"], registry=r)

@@ -155,6 +155,9 @@ def test_chat_completion_forwarded_unchanged_with_headers(router, upstream, serv
     assert res.json()["choices"][0]["message"]["content"] == f"answer from up-{top.lower()}"
     kind, body = upstream.app.state.seen[-1]
     assert body["model"] == f"up-{top.lower()}" and body["messages"] == chat("What is 2 + 2?")["messages"]
+    m = httpx.get(f"{server.url}/metrics").text
+    assert f'lr_onnx_chosen_total{{model="{top}"}}' in m and 'lr_onnx_stage_seconds_count{stage="upstream"}' in m
+    assert 'lr_onnx_requests_total{endpoint="chat_completions",status="200"}' in m
 
 
 def test_chat_completion_streams_sse(router, server):
