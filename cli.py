@@ -762,7 +762,8 @@ def bench_serve_cmd(quick, out, bundle):
     """
     from .serve.bench import run_serve_bench, table
 
-    click.echo(table(run_serve_bench(out, quick=quick, bundle=bundle)))
+    result = run_serve_bench(out, quick=quick, bundle=bundle, progress=lambda m: click.echo(f"bench serve: {m}", err=True))
+    click.echo(table(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

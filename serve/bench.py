@@ -247,13 +247,16 @@ def _summary(lat: list[float], status: dict, lost: int, wall: float, sent: int) 
             "errors": sum(v for k, v in status.items() if k not in (200, 503)), "lost": lost}
 
 
-def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False, bundle=None) -> dict:
+def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False, bundle=None,
+                    progress=lambda message: None) -> dict:
+    """Run every phase (`progress` hears of each as it starts) and write the JSON atomically."""
     n = 96 if quick else 256
     queries = workload(n)
     bodies = [_chat_body(im, q) for im, q in queries]
     route_bodies = [json.dumps({"question": q, "images": [base64.b64encode(b).decode() for b in im]}).encode()
                     for im, q in queries]
     router = Router.load(bundle)
+    progress(f"in-process reference: Router.route_many on {n} queries, 2 x 3 passes")
     router.route_many(queries[:8], batch_size=8)  # warm the sessions
     best = {}
     for blas in ("default", "single_threaded"):  # as the server runs it, and as numpy comes
@@ -270,17 +273,22 @@ def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False
                                         "qps_by_blas": {k: round(n / v, 1) for k, v in best.items()}},
               "levels": {}}
     with _StandIn() as up:
+        progress("starting the stand-in upstream and lr-onnx serve")
         with _Served(up.url, router.names, queue_size=256, max_batch=32, bundle=bundle) as srv:
             asyncio.run(_closed_loop(srv.url, bodies[:16], 4))  # warm-up
             for c in (1, 8, 32):
+                progress(f"concurrency {c}: {n} chat completions")
                 result["levels"][str(c)] = asyncio.run(_closed_loop(srv.url, bodies, c))
             # the same queries through /v1/route: the gateway without the upstream hop
+            progress(f"concurrency 32 on /v1/route: {n} requests")
             result["route_endpoint_c32"] = asyncio.run(_closed_loop(srv.url, route_bodies, 32, "/v1/route"))
             result["server_peak_rss_mb"] = srv.peak_rss_mb()
+        progress("concurrency 32 without micro-batching (a server with max_batch = 1)")
         with _Served(up.url, router.names, queue_size=256, max_batch=1, bundle=bundle) as srv:
             asyncio.run(_closed_loop(srv.url, bodies[:16], 4))
             result["no_batching_c32"] = asyncio.run(_closed_loop(srv.url, bodies, 32))  # max_batch = 1
         sustainable = result["levels"]["32"]["qps"]
+        progress(f"overload: {4 * sustainable:.0f} q/s offered for {3 if quick else 5} s to a server with a queue of 16")
         with _Served(up.url, router.names, queue_size=16, max_batch=32, bundle=bundle) as srv:
             over = asyncio.run(_open_loop(srv.url, bodies, rate=4 * sustainable, seconds=3 if quick else 5))
             over["queue_size"] = 16
