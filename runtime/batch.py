@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from .errors import InputError, LrOnnxError
+from .prefetch import prefetched
 from .validate import loads_json, text
 
 FIFO_WAIT_S = 30.0
@@ -248,21 +249,60 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
 def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw) -> dict:
     problems: list[str] = []
     counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0, "out_of_coverage": 0}
-    first_line: dict[str, int] = {}
-    pending: list[dict] = []
+    opts = router.options(**route_kw)
 
-    def flush():
-        if not pending:
-            return
+    def batches() -> Iterator[list[dict]]:
+        """The records still to route, batch_size at a time; bad, duplicate and done records counted here."""
+        first_line: dict[str, int] = {}
+        pending: list[dict] = []
+        for lineno, q, err in read_queries(fh, base, csv_format=name.lower().endswith(".csv"), name=name):
+            if err:
+                problems.append(f"{name}:{lineno}: {err}")
+                counts["failed"] += 1
+                continue
+            if q["id"] in first_line:
+                problems.append(f"{name}:{lineno}: duplicate id '{q['id']}' (first on line {first_line[q['id']]}); "
+                                f"give every record its own id")
+                counts["duplicates"] += 1
+                continue
+            first_line[q["id"]] = lineno
+            if q["id"] in skip:
+                counts["skipped_done"] += 1
+                continue
+            q["_line"] = lineno
+            pending.append(q)
+            if len(pending) >= batch_size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    def prepare(batch: list[dict]) -> list:
+        """Each record decoded on its own (in the background, while the batch before is routed): an unreadable
+        image is that record's error, not its batch's."""
+        out = []
+        for q in batch:
+            try:
+                out.append(router.prepare(q["images"], q["question"]))
+            except LrOnnxError as e:
+                out.append(e)
+        return out
+
+    for batch, prepared in prefetched(batches(), prepare):
+        good = []
+        for q, p in zip(batch, prepared):
+            if isinstance(p, LrOnnxError):
+                problems.append(f"{name}:{q['_line']}: {p}")
+                counts["failed"] += 1
+            else:
+                good.append((q, p))
         try:
-            decisions = router.route_many([(q["images"], q["question"]) for q in pending],
-                                          batch_size=len(pending), **route_kw)
-            results = list(zip(pending, decisions))
-        except LrOnnxError:  # one bad query in the batch: route them one by one to find it
+            results = list(zip([q for q, _ in good], router.route_prepared([p for _, p in good], opts)))
+        except LrOnnxError:  # a per-query failure in the router step (no model fits max_cost): one by one
             results = []
-            for q in pending:
+            for q, p in good:
                 try:
-                    results.append((q, router.route(q["images"], q["question"], **route_kw)))
+                    results.append((q, router.route_prepared([p], opts)[0]))
                 except LrOnnxError as e:
                     problems.append(f"{name}:{q['_line']}: {e}")
                     counts["failed"] += 1
@@ -271,26 +311,5 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
         counts["routed"] += len(results)
         counts["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
         if on_progress:
-            on_progress(len(pending))
-        pending.clear()
-
-    for lineno, q, err in read_queries(fh, base, csv_format=name.lower().endswith(".csv"), name=name):
-        if err:
-            problems.append(f"{name}:{lineno}: {err}")
-            counts["failed"] += 1
-            continue
-        if q["id"] in first_line:
-            problems.append(f"{name}:{lineno}: duplicate id '{q['id']}' (first on line {first_line[q['id']]}); "
-                            f"give every record its own id")
-            counts["duplicates"] += 1
-            continue
-        first_line[q["id"]] = lineno
-        if q["id"] in skip:
-            counts["skipped_done"] += 1
-            continue
-        q["_line"] = lineno
-        pending.append(q)
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+            on_progress(len(batch))
     return {**counts, "problems": problems}

@@ -23,6 +23,7 @@ from .bundle import Bundle, load_bundle
 from .errors import BundleError, InputError, LrOnnxWarning, OptionError
 from .features import QUERY_DIM, n_words, pool_images, query_features
 from .policy import choose
+from .prefetch import prefetched
 from .costs import query_cost
 from .preprocess import ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
 from .profiles import ProfileSpace
@@ -273,11 +274,15 @@ class Router:
         opts = self.options(models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain)
         batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
         queries = [_as_query(x) for x in _as_iterable(queries)]
+        chunks = [queries[s:s + batch_size] for s in range(0, len(queries), batch_size)]
         out: list[Decision] = []
-        for s in range(0, len(queries), batch_size):
-            chunk, meta = queries[s:s + batch_size], []
-            out += self.decide(self.features(chunk, meta=meta), [opts] * len(chunk), meta=meta)
+        for _, prepared in prefetched(chunks, lambda chunk: [self.prepare(im, q) for im, q in chunk]):
+            out += self.route_prepared(prepared, opts)
         return out
+
+    def route_prepared(self, prepared: list[Prepared], opts: "RouteOptions") -> list[Decision]:
+        """Decisions for prepared queries (`prepare`), one options for all: the encoders and ONE router call."""
+        return self.decide(self.encode(prepared), [opts] * len(prepared), meta=[p.meta for p in prepared])
 
     def options(self, *, models=None, exclude=None, lam: float | str | None = None, max_cost: float | None = None,
                 explain: bool = False) -> "RouteOptions":
@@ -327,17 +332,17 @@ class Router:
         similarities): a query unlike anything the router was trained on, whose scores are guesses."""
         if self.coverage_threshold is None:
             return [None] * len(q)
-        from .profiles import slice_embedding
+        from .profiles import centroid_similarity
 
-        best = (slice_embedding(q) @ self.space.centroids.T).max(axis=1)
+        best = centroid_similarity(q, self.space.centroids).max(axis=1)
         return [{"similarity": round(float(b), 4), "threshold": round(self.coverage_threshold, 4),
                  "out_of_coverage": bool(b < self.coverage_threshold)} for b in best]
 
     def _explain(self, q: np.ndarray, cands: list[Candidate]) -> dict:
         """What drove the choice: the query's closest capability slices and the margins at the top."""
-        from .profiles import slice_embedding
+        from .profiles import centroid_similarity
 
-        sims = slice_embedding(q[None]) @ self.space.centroids.T
+        sims = centroid_similarity(q[None], self.space.centroids)
         top = np.argsort(-sims[0])[:3]
         pool = {p["name"]: p for p in self.bundle.manifest["pool"]}
         slices = [{"slice": int(s), "similarity": round(float(sims[0, s]), 4),

@@ -77,19 +77,8 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
     echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({len(router.names)} models"
          f"{', ' + str(len(config.models)) + ' upstreams' if config.models else ', route only'}"
          f"{', gateway key required' if key else ''}); Ctrl-C stops")
-    with single_threaded_blas():
-        _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                               timeout_graceful_shutdown=GRACE_S)).run()
-
-
-def single_threaded_blas():
-    """numpy's BLAS limited to one thread while serving. The router's only matmul (coverage: [B, 1664] by the
-    slice centroids) is tiny, but OpenBLAS wakes its worker for it and that worker then spins, taking a core
-    from ONNX Runtime and the event loop: measured on 2 cores, 0.76-0.78x -> 0.81-0.86x of in-process throughput
-    (`lr-onnx bench serve`)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
+    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                           timeout_graceful_shutdown=GRACE_S)).run()
 
 
 def _server_class():

@@ -36,8 +36,7 @@ def test_serving_gateway_imports_nothing_from_the_training_side():
     """`lr-onnx serve`'s whole app, its upstream client and the stand-in, in a fresh interpreter."""
     stmt = ("import lr_onnx.serve.app, lr_onnx.serve.server, lr_onnx.serve.upstream, lr_onnx.serve.standin\n"
             "from lr_onnx.serve.app import create_app\nfrom lr_onnx.serve.config import ServeConfig\n"
-            "from lr_onnx import Router\ncreate_app(Router.load(), ServeConfig())\n"
-            "from lr_onnx.serve.server import single_threaded_blas\nsingle_threaded_blas().unregister()")
+            "from lr_onnx import Router\ncreate_app(Router.load(), ServeConfig())")
     assert _loaded(stmt) == ""
 
 

@@ -310,17 +310,6 @@ def test_full_queue_answers_503_with_retry_after_and_nothing_else(router, upstre
         assert r503.headers["retry-after"] == "1" and r503.json()["error"]["code"] == "queue_full"
 
 
-def test_serving_keeps_numpy_blas_single_threaded():
-    from threadpoolctl import threadpool_info
-
-    from lr_onnx.serve.server import single_threaded_blas
-
-    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
-    assert blas, "numpy's BLAS not found by threadpoolctl: the limit would silently do nothing"
-    with single_threaded_blas():
-        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
-
-
 def test_config_file_is_validated_with_one_line(tmp_path, runner):
     from lr_onnx.cli import main
 
@@ -396,5 +385,5 @@ def test_serve_benchmark_quick_run_is_complete_and_clean(tmp_path):
     o = r["overload_4x"]
     assert set(o["status"]) <= {"200", "503"} and o["lost"] == 0 and o["status"].get("503", 0) > 0, o
     assert r["targets"]["zero_errors_and_lost"] and r["server_peak_rss_mb"] > 0
-    assert r["in_process_route_many"]["qps"] == max(r["in_process_route_many"]["qps_by_blas"].values())
+    assert r["in_process_route_many"]["qps"] > 0
     assert "concurrency" in table(r)
