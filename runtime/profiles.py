@@ -27,7 +27,7 @@ def centroid_similarity(q: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
     A plain einsum loop, not a BLAS matmul, on purpose: this is the only matmul on the routing path, and
     OpenBLAS wakes a worker thread for it that then spins, taking a core from ONNX Runtime (measured on 2
-    cores: route_many 152 -> 174 q/s with it gone). The loop costs ~40 us per query at S = 64."""
+    cores: route_many 149 -> 174 q/s with it gone). The loop costs ~40 us per query at S = 64."""
     return np.einsum("bd,sd->bs", slice_embedding(q), np.asarray(centroids, np.float64))
 
 

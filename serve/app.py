@@ -42,8 +42,10 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
     upstream_names = {u.upstream_model: name for name, u in config.models.items() if name in router.names}
     max_body = int(config.limits.max_body_mb * 1024 * 1024)
     # requests between arrival and decision (reading, decoding, queued, in a batch): bounded, so a flood is
-    # answered 503 at once instead of piling up in front of the queue; the upstream phase is not counted
-    routing = {"now": 0, "max": config.limits.queue_size + config.batching.max_batch * config.batching.threads}
+    # answered 503 at once instead of piling up in front of the queue; the upstream phase is not counted.
+    # One batch beyond the queue, whatever the inference threads: under overload an admitted request waits
+    # for at most that many before it (a second thread overlaps work, it adds no throughput to wait for).
+    routing = {"now": 0, "max": config.limits.queue_size + config.batching.max_batch}
 
     def endpoint(name: str, *, auth: bool = True):
         def wrap(fn):

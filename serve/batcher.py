@@ -5,7 +5,8 @@ small pool of `decode_threads`, while the previous batch is still in the encoder
 Runtime both release the GIL, so the stages really overlap). A request whose own input is bad fails
 here, alone. Stage 2: prepared requests wait in a bounded queue (full: `QueueFull`, answered 503 with
 Retry-After, so the backlog and the memory it holds stay bounded under any load). A dispatcher takes
-the first waiting request, waits up to `max_wait_ms` for more (at most `max_batch`), and runs the batch
+the first waiting request, waits up to `max_wait_ms` for more (at most `max_batch`; only while others are
+being decoded or a batch is running: an idle server answers a lone request at once), and runs the batch
 in a pool of `threads` inference threads: the encoders once for all of them, then ONE router call in
 which each row keeps its own options (`Router.decide`).
 """
@@ -43,6 +44,7 @@ class MicroBatcher:
         self.slots = asyncio.Semaphore(threads)
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._decoding = 0  # requests whose images are being decoded: they will be queued shortly
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._dispatch())
@@ -61,7 +63,11 @@ class MicroBatcher:
             raise QueueFull()
         loop = asyncio.get_running_loop()
         if images:
-            prepared = await loop.run_in_executor(self.decoders, self._prepare, images, question)
+            self._decoding += 1
+            try:
+                prepared = await loop.run_in_executor(self.decoders, self._prepare, images, question)
+            finally:
+                self._decoding -= 1
         else:
             prepared = self.router.prepare([], question)  # nothing to decode: no thread hop
         job = _Job(prepared, opts, loop.create_future())
@@ -79,11 +85,15 @@ class MicroBatcher:
             batch = [first]
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    continue
                 left = deadline - time.monotonic()
+                if left <= 0 or not (self._decoding or self._running):
+                    break  # nothing is on its way (an idle server): waiting would only add latency
                 try:
-                    batch.append(self.queue.get_nowait() if left <= 0 else
-                                 await asyncio.wait_for(self.queue.get(), left))
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
                     break
             self.metrics.queue.set(self.queue.qsize())
             task = asyncio.get_running_loop().create_task(self._run(batch))

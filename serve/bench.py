@@ -72,12 +72,11 @@ class _StandIn:
 class _Served:
     """`lr-onnx serve` in a subprocess, every pool model answered by the stand-in."""
 
-    def __init__(self, upstream_url: str, names: list[str], *, queue_size: int, max_batch: int, bundle,
-                 threads: int = int(os.environ.get("LR_ONNX_BENCH_THREADS", "1"))):
+    def __init__(self, upstream_url: str, names: list[str], *, queue_size: int, max_batch: int, bundle):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = [f"[limits]\nqueue_size = {queue_size}\n[batching]\nmax_batch = {max_batch}\nmax_wait_ms = 2\n"
-               f"threads = {threads}\n"
+        # the shipped defaults, but for the queue and the batch size each phase sets
+        cfg = [f"[limits]\nqueue_size = {queue_size}\n[batching]\nmax_batch = {max_batch}\n"
                f"[upstream]\ntimeout_s = 30\nretries = 0\n"]
         cfg += [f'[models."{n}"]\nbase_url = "{upstream_url}/ok/v1"\nupstream_model = "{n}"\n' for n in names]
         fd, self.cfg = tempfile.mkstemp(suffix=".toml")

@@ -13,7 +13,7 @@
     [batching]
     max_batch = 32                 # requests encoded together
     max_wait_ms = 5                # how long the first request of a batch waits for company
-    threads = 1                    # inference threads (a bounded pool, off the event loop)
+    threads = 2                    # inference threads: one batch's Python work overlaps another's encoders
     decode_threads = 1             # image-decoding threads: requests are decoded as they arrive
 
     [upstream]
@@ -54,7 +54,7 @@ class Limits:
 class Batching:
     max_batch: int = 32
     max_wait_ms: float = 5.0
-    threads: int = 1
+    threads: int = 2
     decode_threads: int = 1
 
 

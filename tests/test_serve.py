@@ -129,6 +129,26 @@ def test_concurrent_requests_are_batched_and_still_exact(router, server):
         assert f'lr_onnx_stage_seconds_count{{stage="{stage}"}}' in metrics
 
 
+def test_an_idle_server_does_not_hold_a_lone_request_for_company(router, upstream):
+    """max_wait_ms is how long a batch waits for company while others are on their way; a lone request on an
+    idle server is routed at once (here the wait would be 3 s), and a burst is still batched."""
+    with make_server(router, upstream, {}, batching=Batching(max_batch=32, max_wait_ms=3000)) as s:
+        for images in ([], [DATA_URL]):
+            t0 = time.monotonic()
+            assert httpx.post(f"{s.url}/v1/route", json={"question": QUESTION, "images": images}).status_code == 200
+            assert time.monotonic() - t0 < 1.5
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=s.url, timeout=60) as c:
+                return await asyncio.gather(*(c.post("/v1/route", json={"question": QUESTION, "images": [DATA_URL]})
+                                              for _ in range(16)))
+
+        assert all(r.status_code == 200 for r in asyncio.run(burst()))
+        m = httpx.get(f"{s.url}/metrics").text
+        count = float(next(ln for ln in m.splitlines() if ln.startswith("lr_onnx_batch_size_count")).split()[-1])
+        assert count < 2 + 16  # the burst shared batches
+
+
 def test_a_bad_image_in_a_burst_fails_alone(router, server):
     """Images are decoded as requests arrive, before batching: a broken one is that request's 400, and the
     requests around it are still batched and exact."""
