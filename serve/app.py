@@ -43,8 +43,8 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
     max_body = int(config.limits.max_body_mb * 1024 * 1024)
     # requests between arrival and decision (reading, decoding, queued, in a batch): bounded, so a flood is
     # answered 503 at once instead of piling up in front of the queue; the upstream phase is not counted.
-    # One batch beyond the queue, whatever the inference threads: under overload an admitted request waits
-    # for at most that many before it (a second thread overlaps work, it adds no throughput to wait for).
+    # One batch beyond the queue, whatever the number of inference threads: a second thread still finds
+    # work in the queue, and an admitted request never has more than queue + one batch ahead of it.
     routing = {"now": 0, "max": config.limits.queue_size + config.batching.max_batch}
 
     def endpoint(name: str, *, auth: bool = True):
