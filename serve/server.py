@@ -77,8 +77,20 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
     echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({len(router.names)} models"
          f"{', ' + str(len(config.models)) + ' upstreams' if config.models else ', route only'}"
          f"{', gateway key required' if key else ''}); Ctrl-C stops")
+    _log_to_stderr()
     _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                            timeout_graceful_shutdown=GRACE_S)).run()
+
+
+def _log_to_stderr() -> None:
+    """The gateway's own warnings (failed upstreams) on stderr, beside uvicorn's; set up by `serve` only, never
+    by `create_app`, so an app that embeds the gateway keeps its own logging."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("lr-onnx serve: %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _server_class():

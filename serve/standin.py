@@ -95,8 +95,9 @@ class BackgroundServer:
 
         self.port = port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
+        # a stand-in's hanging requests are cut after 2 s at shutdown instead of holding the thread
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+                                                    access_log=False, lifespan="on", timeout_graceful_shutdown=2))
 
     def __enter__(self) -> "BackgroundServer":
         import threading

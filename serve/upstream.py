@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 
 import httpx
@@ -21,6 +22,8 @@ from .schema import HTTPError
 
 _PASS_HEADERS = ("content-type", "openai-processing-ms", "x-request-id")
 POOLS, CONNECTIONS_PER_POOL, KEEPALIVE_PER_POOL = 8, 32, 8
+LOG_EVERY_S = 60.0
+log = logging.getLogger("lr_onnx.serve")
 
 
 class Upstreams:
@@ -36,6 +39,7 @@ class Upstreams:
                                                               max_keepalive_connections=KEEPALIVE_PER_POOL))
                         for _ in range(POOLS)]
         self._turn = itertools.count()
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}  # (model, reason) -> (last line, quiet since)
 
     def next_client(self) -> httpx.AsyncClient:
         return self.clients[next(self._turn) % POOLS]
@@ -115,7 +119,16 @@ class Upstreams:
             self.metrics.stage.labels("upstream").observe(time.perf_counter() - t0)
 
     def _fail(self, name: str, reason: str) -> str:
+        """Count a failed call, and log it: the first of each (model, reason), then at most one line a
+        minute with how many it stands for, so an upstream outage does not flood the log."""
         self.metrics.upstream_errors.labels(name, reason).inc()
+        now, (last, quiet) = time.monotonic(), self._logged.get((name, reason), (float("-inf"), 0))
+        if now - last >= LOG_EVERY_S:
+            more = f" ({quiet} more since the last line)" if quiet else ""
+            log.warning("upstream of %s failed: %s%s; trying the next candidate", name, reason, more)
+            self._logged[(name, reason)] = (now, 0)
+        else:
+            self._logged[(name, reason)] = (last, quiet + 1)
         return f"{name} ({reason})"
 
 

@@ -190,7 +190,27 @@ def test_chat_completion_streams_sse(router, server):
     assert f"up-{top.lower()}" in data
 
 
-def test_failing_and_hanging_upstreams_fall_back_to_the_next_candidate(router, upstream):
+@pytest.fixture
+def logged():
+    """The gateway's log records (its logger may not propagate to the root once `serve` has run)."""
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    keep, log = Keep(), logging.getLogger("lr_onnx.serve")
+    log.addHandler(keep)
+    yield keep
+    log.removeHandler(keep)
+
+
+def test_failing_and_hanging_upstreams_fall_back_to_the_next_candidate(router, upstream, logged, monkeypatch):
+    monkeypatch.setenv("LR_TEST_KEY", "sk-secret-for-the-test")
     order = ranked(router, "What is 9 * 9?")
     with make_server(router, upstream, {order[0]: "fail", order[1]: "hang"}) as s:
         t0 = time.monotonic()
@@ -203,6 +223,11 @@ def test_failing_and_hanging_upstreams_fall_back_to_the_next_candidate(router, u
             assert r.status_code == 200 and r.headers["x-lr-onnx-model"] == order[2]
         m = httpx.get(f"{s.url}/metrics").text
         assert f'lr_onnx_upstream_errors_total{{model="{order[0]}",reason="500"}}' in m
+    lines = [r.getMessage() for r in logged.records]
+    assert any(order[0] in ln and "500" in ln for ln in lines) and any(order[1] in ln and "timeout" in ln
+                                                                       for ln in lines)
+    assert len([ln for ln in lines if order[0] in ln]) == 1  # two failures of the same kind: one line a minute
+    assert not any("sk-" in ln or "Bearer" in ln for ln in lines)
     with make_server(router, upstream, {n: "fail" for n in router.names},
                      upstream=UpstreamPolicy(timeout_s=1.0, retries=1)) as s:
         res = httpx.post(f"{s.url}/v1/chat/completions", json=chat("What is 9 * 9?"))
