@@ -74,12 +74,16 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
     app = create_app(router, config, api_key=key)
     _Server = _server_class()
     shown = f"[{host}]" if ":" in host else host
-    echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({len(router.names)} models"
-         f"{', ' + str(len(config.models)) + ' upstreams' if config.models else ', route only'}"
+    echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({_count(len(router.names), 'model')}"
+         f"{', ' + _count(len(config.models), 'upstream') if config.models else ', route only'}"
          f"{', gateway key required' if key else ''}); Ctrl-C stops")
     _log_to_stderr()
     _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                            timeout_graceful_shutdown=GRACE_S)).run()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _log_to_stderr() -> None:

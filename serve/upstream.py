@@ -125,7 +125,7 @@ class Upstreams:
         now, (last, quiet) = time.monotonic(), self._logged.get((name, reason), (float("-inf"), 0))
         if now - last >= LOG_EVERY_S:
             more = f" ({quiet} more since the last line)" if quiet else ""
-            log.warning("upstream of %s failed: %s%s; trying the next candidate", name, reason, more)
+            log.warning("upstream of %s failed: %s%s", name, reason, more)
             self._logged[(name, reason)] = (now, 0)
         else:
             self._logged[(name, reason)] = (last, quiet + 1)
