@@ -180,21 +180,13 @@ class Router:
                     start += len(p.tensors)
         return query_features(text, image, [len(p.tensors) for p in prepared], [n_words(q) for q in questions])
 
-    def features(self, queries: list[tuple[list, str]], timings: dict | None = None,
-                 meta: list | None = None) -> np.ndarray:
-        """Raw query features `[B, D_q]` for (images, question) pairs; `timings` (if given) collects the
-        seconds spent decoding images and running the encoders, `meta` (if given) each query's
+    def features(self, queries: list[tuple[list, str]], meta: list | None = None) -> np.ndarray:
+        """Raw query features `[B, D_q]` for (images, question) pairs; `meta` (if given) collects each query's
         (question, original image sizes), which per-query expected costs need (`decide`)."""
-        t0 = time.perf_counter()
         prepared = [self.prepare(images, q) for images, q in queries]
-        t1 = time.perf_counter()
-        q = self.encode(prepared)
         if meta is not None:
             meta.extend(p.meta for p in prepared)
-        if timings is not None:
-            timings["decode"] = timings.get("decode", 0.0) + t1 - t0
-            timings["encoders"] = timings.get("encoders", 0.0) + time.perf_counter() - t1
-        return q
+        return self.encode(prepared)
 
     # ------------------------------------------------------------------ scoring and routing
     def availability(self, models=None, exclude=None) -> np.ndarray:
