@@ -223,6 +223,39 @@ def append_lines(fd: int, out: Path, payload: bytes, written: int) -> None:
                           f"OUT ends on a whole line: rerun to resume") from None
 
 
+# ----------------------------------------------------------------------------- routing records (both engines)
+def prepare_records(router, records: list[dict]) -> list:
+    """Each record's images decoded on its own (`Router.prepare`): a record whose image cannot be read gets its
+    error in its place, and its batch-mates are unaffected."""
+    out = []
+    for q in records:
+        try:
+            out.append(router.prepare(q["images"], q["question"]))
+        except LrOnnxError as e:
+            out.append(e)
+    return out
+
+
+def route_records(router, records: list[dict], prepared: list, opts) -> list[tuple[dict, object, str]]:
+    """(record, Decision or None, problem) per record, in order: the good ones in one batch; if the router step
+    itself fails for one of them (no model's cost fits max_cost), one by one, so only that one fails."""
+    good = [(q, p) for q, p in zip(records, prepared) if not isinstance(p, LrOnnxError)]
+    try:
+        decided = dict(zip((id(q) for q, _ in good), router.route_prepared([p for _, p in good], opts)))
+    except LrOnnxError:
+        decided = {}
+        for q, p in good:
+            try:
+                decided[id(q)] = router.route_prepared([p], opts)[0]
+            except LrOnnxError as e:
+                decided[id(q)] = e
+    out = []
+    for q, p in zip(records, prepared):
+        r = p if isinstance(p, LrOnnxError) else decided[id(q)]
+        out.append((q, None, str(r)) if isinstance(r, LrOnnxError) else (q, r, ""))
+    return out
+
+
 def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 64,
                 on_progress: Callable[[int], None] | None = None, fifo_wait_s: float = FIFO_WAIT_S,
                 **route_kw) -> dict:
@@ -277,35 +310,14 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
         if pending:
             yield pending
 
-    def prepare(batch: list[dict]) -> list:
-        """Each record decoded on its own (in the background, while the batch before is routed): an unreadable
-        image is that record's error, not its batch's."""
-        out = []
-        for q in batch:
-            try:
-                out.append(router.prepare(q["images"], q["question"]))
-            except LrOnnxError as e:
-                out.append(e)
-        return out
-
-    for batch, prepared in prefetched(batches(), prepare):
-        good = []
-        for q, p in zip(batch, prepared):
-            if isinstance(p, LrOnnxError):
-                problems.append(f"{name}:{q['_line']}: {p}")
+    for batch, prepared in prefetched(batches(), lambda records: prepare_records(router, records)):
+        results = []
+        for q, d, problem in route_records(router, batch, prepared, opts):
+            if d is None:
+                problems.append(f"{name}:{q['_line']}: {problem}")
                 counts["failed"] += 1
             else:
-                good.append((q, p))
-        try:
-            results = list(zip([q for q, _ in good], router.route_prepared([p for _, p in good], opts)))
-        except LrOnnxError:  # a per-query failure in the router step (no model fits max_cost): one by one
-            results = []
-            for q, p in good:
-                try:
-                    results.append((q, router.route_prepared([p], opts)[0]))
-                except LrOnnxError as e:
-                    problems.append(f"{name}:{q['_line']}: {e}")
-                    counts["failed"] += 1
+                results.append((q, d))
         payload = "".join(json.dumps({"id": q["id"], **d.to_dict()}, allow_nan=False) + "\n" for q, d in results)
         append_lines(fd, out, payload.encode("utf-8"), counts["routed"])
         counts["routed"] += len(results)

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from .batch import append_lines, open_out, parse_record, repair_and_read_ids
-from .errors import InputError, LrOnnxError
+from .batch import append_lines, open_out, parse_record, prepare_records, repair_and_read_ids, route_records
+from .errors import InputError
 from .validate import loads_json
 
 _SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
@@ -36,7 +36,7 @@ class RouterActor:
         from .router import Router
 
         self.router = Router.load(bundle, provider="cpu")
-        self.kw, self.base, self.done = route_kw, Path(base), done
+        self.opts, self.base, self.done = self.router.options(**route_kw), Path(base), done
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
@@ -56,31 +56,19 @@ class RouterActor:
                 elif isinstance(imgs, str) and not from_jsonl:  # a CSV cell, split as the local engine does
                     row["images"] = [p for p in imgs.replace("|", ";").split(";") if p.strip()]
                 q = parse_record(row, 0, self.base, id_given=True)
+                if q["id"] in self.done:
+                    continue
+                q["images"] = [_read_uri(p) if p.startswith(_SCHEMES) else p for p in q["images"]]
             except InputError as e:
                 ids.append(str(row.get("id", "?")) if isinstance(row, dict) else "?")
                 decisions.append("")
                 problems.append(str(e).removeprefix("line: "))
                 continue
-            if q["id"] in self.done:
-                continue
-            q["images"] = [_read_uri(p) if p.startswith(_SCHEMES) else p for p in q["images"]]
             todo.append(q)
-        if todo:
-            try:
-                ds = self.router.route_many([(q["images"], q["question"]) for q in todo], batch_size=len(todo),
-                                            **self.kw)
-                results = [(q, d, "") for q, d in zip(todo, ds)]
-            except LrOnnxError:
-                results = []
-                for q in todo:
-                    try:
-                        results.append((q, self.router.route(q["images"], q["question"], **self.kw), ""))
-                    except LrOnnxError as e:
-                        results.append((q, None, str(e)))
-            for q, d, err in results:
-                ids.append(q["id"])
-                decisions.append(json.dumps(d.to_dict(), allow_nan=False) if d is not None else "")
-                problems.append(err)
+        for q, d, err in route_records(self.router, todo, prepare_records(self.router, todo), self.opts):
+            ids.append(q["id"])
+            decisions.append(json.dumps(d.to_dict(), allow_nan=False) if d is not None else "")
+            problems.append(err)
         return {"id": np.array(ids, dtype=object), "decision": np.array(decisions, dtype=object),
                 "problem": np.array(problems, dtype=object)}
 

@@ -28,7 +28,12 @@ def _rows(n):
 
 def test_ray_engine_matches_the_local_engine(local_ray, runner, tmp_path):
     inp = tmp_path / "in.jsonl"
-    inp.write_text("\n".join(json.dumps(r) for r in _rows(14)) + "\nnot json\n" +
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    bad = [{"id": "bad-uri", "question": "q", "images": ["file:///nonexistent/nowhere.png"]},
+           {"id": "bad-image", "question": "q", "images": [str(tmp_path / "broken.png")]}]
+    rows = _rows(14)
+    rows[3:3] = bad  # in the middle of a batch: its batch-mates are still routed, and the job goes on
+    inp.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n" +
                    json.dumps({"id": "q1", "question": "a duplicate"}) + "\n")
     res_local = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "local.jsonl"),
                                      "--lambda", "budget_25"])
@@ -44,6 +49,7 @@ def test_ray_engine_matches_the_local_engine(local_ray, runner, tmp_path):
         b = {c["name"]: c["utility"] for c in dist[k]["candidates"]}
         assert a.keys() == b.keys() and max(abs(a[n] - b[n]) for n in a) < 1e-5
     assert "malformed JSON" in res_ray.output and "duplicate id" in res_ray.output
+    assert "bad-uri" in res_ray.output and "nowhere.png" in res_ray.output and "bad-image" in res_ray.output
     # resumable like the local engine: a rerun on the same OUT routes nothing new
     again = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray",
                                  "--lambda", "budget_25"])
