@@ -280,8 +280,11 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
 
 
 def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw) -> dict:
-    problems: list[str] = []
-    counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0, "out_of_coverage": 0}
+    # reading (in the prefetch thread) and routing (here) keep their own counts and problems: no shared writes
+    read = {"failed": 0, "duplicates": 0, "skipped_done": 0}
+    routed = {"routed": 0, "failed": 0, "out_of_coverage": 0}
+    read_problems: list[tuple[int, str]] = []
+    route_problems: list[tuple[int, str]] = []
     opts = router.options(**route_kw)
 
     def batches() -> Iterator[list[dict]]:
@@ -290,17 +293,17 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
         pending: list[dict] = []
         for lineno, q, err in read_queries(fh, base, csv_format=name.lower().endswith(".csv"), name=name):
             if err:
-                problems.append(f"{name}:{lineno}: {err}")
-                counts["failed"] += 1
+                read_problems.append((lineno, f"{name}:{lineno}: {err}"))
+                read["failed"] += 1
                 continue
             if q["id"] in first_line:
-                problems.append(f"{name}:{lineno}: duplicate id '{q['id']}' (first on line {first_line[q['id']]}); "
-                                f"give every record its own id")
-                counts["duplicates"] += 1
+                read_problems.append((lineno, f"{name}:{lineno}: duplicate id '{q['id']}' (first on line "
+                                              f"{first_line[q['id']]}); give every record its own id"))
+                read["duplicates"] += 1
                 continue
             first_line[q["id"]] = lineno
             if q["id"] in skip:
-                counts["skipped_done"] += 1
+                read["skipped_done"] += 1
                 continue
             q["_line"] = lineno
             pending.append(q)
@@ -314,14 +317,17 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
         results = []
         for q, d, problem in route_records(router, batch, prepared, opts):
             if d is None:
-                problems.append(f"{name}:{q['_line']}: {problem}")
-                counts["failed"] += 1
+                route_problems.append((q["_line"], f"{name}:{q['_line']}: {problem}"))
+                routed["failed"] += 1
             else:
                 results.append((q, d))
         payload = "".join(json.dumps({"id": q["id"], **d.to_dict()}, allow_nan=False) + "\n" for q, d in results)
-        append_lines(fd, out, payload.encode("utf-8"), counts["routed"])
-        counts["routed"] += len(results)
-        counts["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
+        append_lines(fd, out, payload.encode("utf-8"), routed["routed"])
+        routed["routed"] += len(results)
+        routed["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
         if on_progress:
             on_progress(len(batch))
-    return {**counts, "problems": problems}
+    counts = {"routed": routed["routed"], "skipped_done": read["skipped_done"],
+              "failed": read["failed"] + routed["failed"], "duplicates": read["duplicates"],
+              "out_of_coverage": routed["out_of_coverage"]}
+    return {**counts, "problems": [m for _, m in sorted(read_problems + route_problems, key=lambda p: p[0])]}

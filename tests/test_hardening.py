@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import warnings
 from pathlib import Path
 
@@ -321,6 +322,29 @@ def test_route_batch_reads_stdin_and_never_hangs_on_a_fifo(tmp_path, router):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="no writer"):
         route_batch(router, fifo, tmp_path / "f.jsonl", fifo_wait_s=0.2)
+
+
+def test_route_batch_writes_each_batch_as_soon_as_a_slow_stream_completes_it(tmp_path):
+    """Reading ahead (to decode the next batch while this one is encoded) happens off the main thread: a
+    producer that writes slowly on standard input sees batch 1 in OUT before it sends batch 2."""
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(LR_ONNX + ["route-batch", "-", "--out", str(out), "--batch-size", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for i in range(2):
+            proc.stdin.write((json.dumps({"id": f"s{i}", "question": f"What is {i}?"}) + "\n").encode())
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        while not (out.exists() and len(_decisions(out)) == 2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(d["id"] for d in _decisions(out)) == ["s0", "s1"]  # while stdin is still open
+        proc.stdin.write((json.dumps({"id": "s2", "question": "What is 2?"}) + "\n").encode())
+        proc.stdin.close()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        assert sorted(d["id"] for d in _decisions(out)) == ["s0", "s1", "s2"]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # ----------------------------------------------------------------------------- 4. the error contract

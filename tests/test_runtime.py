@@ -281,3 +281,38 @@ def test_centroid_similarity_is_the_cosine_matmul():
     rng = np.random.default_rng(0)
     q, c = rng.normal(size=(5, 1667)).astype(np.float32), rng.normal(size=(7, 1664))
     np.testing.assert_allclose(centroid_similarity(q, c), slice_embedding(q) @ c.T, rtol=1e-12, atol=1e-12)
+
+
+def test_prefetched_keeps_order_raises_in_turn_and_never_waits_on_a_blocked_source():
+    import threading
+    import time
+
+    from lr_onnx.runtime.prefetch import prefetched
+
+    assert list(prefetched(iter(range(5)), lambda x: x * 10)) == [(i, i * 10) for i in range(5)]
+    assert list(prefetched([7], lambda x: -x)) == [(7, -7)] and list(prefetched([], str)) == []
+
+    def boom(x):
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    got = []
+    with pytest.raises(ValueError, match="three"):
+        for x, _ in prefetched(iter(range(6)), boom):
+            got.append(x)
+    assert got == [0, 1, 2]  # the error comes when its item's turn comes, not earlier
+
+    never = threading.Event()
+
+    def slow_source():
+        yield "first"
+        never.wait()  # a pipe nobody writes to
+        yield "second"
+
+    t0 = time.monotonic()
+    for x, _ in prefetched(slow_source(), str.upper):
+        assert x == "first"
+        break  # the caller stops early: it is not kept waiting on the blocked source
+    assert time.monotonic() - t0 < 5
+    never.set()
