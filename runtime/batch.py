@@ -271,7 +271,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
         fd = open_out(out, Path(inp) if regular else None)
         try:
             skip = repair_and_read_ids(fd, out)
-            return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw)
+            return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular)
         finally:
             os.close(fd)
     finally:
@@ -279,8 +279,8 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
             fh.close()
 
 
-def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw) -> dict:
-    # reading (in the prefetch thread) and routing (here) keep their own counts and problems: no shared writes
+def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular: bool) -> dict:
+    # reading (in the prefetch thread, for a regular file) and routing (here) keep their own counts and problems
     read = {"failed": 0, "duplicates": 0, "skipped_done": 0}
     routed = {"routed": 0, "failed": 0, "out_of_coverage": 0}
     read_problems: list[tuple[int, str]] = []
@@ -313,7 +313,13 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
         if pending:
             yield pending
 
-    for batch, prepared in prefetched(batches(), lambda records: prepare_records(router, records)):
+    def prepare(records: list[dict]) -> list:
+        return prepare_records(router, records)
+
+    # a regular file: the next batch is read and decoded while this one is routed; a stream (stdin, a FIFO):
+    # each batch is routed and written as soon as it is complete, never held back waiting for the next
+    ahead = prefetched(batches(), prepare) if regular else ((b, prepare(b)) for b in batches())
+    for batch, prepared in ahead:
         results = []
         for q, d, problem in route_records(router, batch, prepared, opts):
             if d is None:

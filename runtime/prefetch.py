@@ -14,14 +14,16 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 T = TypeVar("T")
 U = TypeVar("U")
 _END = object()
+JOIN_S = 60.0  # at most one item's read and preparation
 
 
 def prefetched(items: Iterable[T], prepare: Callable[[T], U]) -> Iterator[tuple[T, U]]:
     """(item, prepare(item)) in order, exactly one item ahead: while the caller works on one, a background
-    thread takes the next from `items` and prepares it. Taking it happens in that thread too, so a slow
-    source (a pipe, standard input) never holds back the item already in hand; an exception from `items`
-    or `prepare` surfaces when its turn comes. The thread is a daemon: a caller that stops early (an error,
-    Ctrl-C) is never kept waiting on a source that blocks. A sequence of fewer than two runs inline."""
+    thread takes the next from `items` and prepares it; an exception from `items` or `prepare` surfaces when
+    its turn comes. `items` must not block for long (a list, a regular file): it is read in that thread, and
+    a caller that stops early (an error, Ctrl-C) waits for the thread's current step to end, so that no
+    thread is left inside a file read when the interpreter shuts down. A stream that may block (a pipe,
+    standard input) is read without this helper. A sequence of fewer than two runs inline."""
     if isinstance(items, Sequence) and len(items) < 2:
         for x in items:
             yield x, prepare(x)
@@ -39,7 +41,8 @@ def prefetched(items: Iterable[T], prepare: Callable[[T], U]) -> Iterator[tuple[
                 answers.put((None, None, e))
                 return
 
-    threading.Thread(target=work, name="lr-onnx-prepare", daemon=True).start()
+    worker = threading.Thread(target=work, name="lr-onnx-prepare", daemon=True)
+    worker.start()
     asks.put(True)
     try:
         while True:
@@ -52,3 +55,4 @@ def prefetched(items: Iterable[T], prepare: Callable[[T], U]) -> Iterator[tuple[
             yield x, prepared
     finally:
         asks.put(False)
+        worker.join(timeout=JOIN_S)
