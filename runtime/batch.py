@@ -239,21 +239,18 @@ def prepare_records(router, records: list[dict]) -> list:
 def route_records(router, records: list[dict], prepared: list, opts) -> list[tuple[dict, object, str]]:
     """(record, Decision or None, problem) per record, in order: the good ones in one batch; if the router step
     itself fails for one of them (no model's cost fits max_cost), one by one, so only that one fails."""
-    good = [(q, p) for q, p in zip(records, prepared) if not isinstance(p, LrOnnxError)]
+    good = [i for i, p in enumerate(prepared) if not isinstance(p, LrOnnxError)]
+    results = list(prepared)  # a record whose images failed keeps its error
     try:
-        decided = dict(zip((id(q) for q, _ in good), router.route_prepared([p for _, p in good], opts)))
+        for i, d in zip(good, router.route_prepared([prepared[i] for i in good], opts)):
+            results[i] = d
     except LrOnnxError:
-        decided = {}
-        for q, p in good:
+        for i in good:
             try:
-                decided[id(q)] = router.route_prepared([p], opts)[0]
+                results[i] = router.route_prepared([prepared[i]], opts)[0]
             except LrOnnxError as e:
-                decided[id(q)] = e
-    out = []
-    for q, p in zip(records, prepared):
-        r = p if isinstance(p, LrOnnxError) else decided[id(q)]
-        out.append((q, None, str(r)) if isinstance(r, LrOnnxError) else (q, r, ""))
-    return out
+                results[i] = e
+    return [(q, None, str(r)) if isinstance(r, LrOnnxError) else (q, r, "") for q, r in zip(records, results)]
 
 
 def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 64,

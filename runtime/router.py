@@ -166,6 +166,8 @@ class Router:
 
     def encode(self, prepared: list["Prepared"]) -> np.ndarray:
         """Raw query features `[B, D_q]` of prepared queries: the text and image encoders once for the batch."""
+        if not prepared:
+            return np.zeros((0, QUERY_DIM), np.float32)
         questions = [p.question for p in prepared]
         ids, mask = tokenize(self.tokenizer(), questions)
         text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
@@ -274,6 +276,8 @@ class Router:
 
     def route_prepared(self, prepared: list[Prepared], opts: "RouteOptions") -> list[Decision]:
         """Decisions for prepared queries (`prepare`), one options for all: the encoders and ONE router call."""
+        if not prepared:
+            return []
         return self.decide(self.encode(prepared), [opts] * len(prepared), meta=[p.meta for p in prepared])
 
     def options(self, *, models=None, exclude=None, lam: float | str | None = None, max_cost: float | None = None,

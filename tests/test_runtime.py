@@ -78,6 +78,7 @@ def test_prepare_then_encode_is_features(router):
     alone = router.encode([prepared[2]])[0]  # image features of row 2 belong to row 2, not to row 0
     np.testing.assert_allclose(whole[2, 384:1664], alone[384:1664], atol=1e-5)
     assert not np.allclose(whole[0, 384:1664], alone[384:1664], atol=1e-3)
+    assert router.route_prepared([], router.options()) == [] and router.encode([]).shape == (0, whole.shape[1])
 
 
 def test_route_many_matches_single_routes(router):
