@@ -237,19 +237,18 @@ def prepare_records(router, records: list[dict]) -> list:
 
 
 def route_records(router, records: list[dict], prepared: list, opts) -> list[tuple[dict, object, str]]:
-    """(record, Decision or None, problem) per record, in order: the good ones in one batch; if the router step
-    itself fails for one of them (no model's cost fits max_cost), one by one, so only that one fails."""
+    """(record, Decision or None, problem) per record, in order: the good ones encoded in one batch and decided
+    with `Router.decide_each`, so a record whose budget no model fits fails alone."""
     good = [i for i, p in enumerate(prepared) if not isinstance(p, LrOnnxError)]
     results = list(prepared)  # a record whose images failed keeps its error
-    try:
-        for i, d in zip(good, router.route_prepared([prepared[i] for i in good], opts)):
+    if good:
+        try:
+            feats = router.encode([prepared[i] for i in good])
+            decided = router.decide_each(feats, [opts] * len(good), meta=[prepared[i].meta for i in good])
+        except LrOnnxError as e:  # the encoders themselves failed: every record of the batch says so
+            decided = [e] * len(good)
+        for i, d in zip(good, decided):
             results[i] = d
-    except LrOnnxError:
-        for i in good:
-            try:
-                results[i] = router.route_prepared([prepared[i]], opts)[0]
-            except LrOnnxError as e:
-                results[i] = e
     return [(q, None, str(r)) if isinstance(r, LrOnnxError) else (q, r, "") for q, r in zip(records, results)]
 
 

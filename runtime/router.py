@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import BundleError, InputError, LrOnnxWarning, OptionError
+from .errors import BundleError, InputError, LrOnnxError, LrOnnxWarning, OptionError
 from .features import QUERY_DIM, n_words, pool_images, query_features
 from .policy import choose
 from .prefetch import prefetched
@@ -321,6 +321,22 @@ class Router:
         if timings is not None:
             timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
         return out
+
+    def decide_each(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None,
+                    meta: list | None = None) -> list:
+        """`decide` for batches of independent requests: a row whose own options fail (no model's expected cost
+        fits its max_cost) gets its error in its place, and the other rows keep their decisions. The rows are
+        encoded already, so a failure costs router calls, never the encoders again."""
+        try:
+            return self.decide(q, opts, timings, meta)
+        except LrOnnxError:
+            out: list = []
+            for i, o in enumerate(opts):
+                try:
+                    out.append(self.decide(q[i:i + 1], [o], meta=None if meta is None else [meta[i]])[0])
+                except LrOnnxError as e:
+                    out.append(e)
+            return out
 
     def coverage(self, q: np.ndarray) -> list[dict | None]:
         """Per row: the best cosine similarity of the query to the capability slices' centroids, and whether

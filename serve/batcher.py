@@ -17,7 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..runtime.errors import LrOnnxError
 from ..runtime.router import Decision, Prepared, RouteOptions, Router
 from .metrics import Metrics
 
@@ -122,23 +121,15 @@ class MicroBatcher:
         return prepared
 
     def _infer(self, batch: list[_Job]) -> list:
-        """Runs in an inference thread (stage 2): the whole batch at once, or one by one if one request fails
-        (a per-query budget no model fits, say), so that only that request gets the error."""
+        """Runs in an inference thread (stage 2): the encoders once for the batch, then the decisions, in which
+        a request whose own options fail (a per-query budget no model fits, say) gets the error alone."""
         self.metrics.batch.observe(len(batch))
         timings: dict = {}
         try:
             t0 = time.perf_counter()
             q = self.router.encode([j.prepared for j in batch])
             timings["encoders"] = time.perf_counter() - t0
-            out = self.router.decide(q, [j.opts for j in batch], timings, [j.prepared.meta for j in batch])
-        except LrOnnxError:
-            out = []
-            for j in batch:
-                try:
-                    out.append(self.router.decide(self.router.encode([j.prepared]), [j.opts],
-                                                  meta=[j.prepared.meta])[0])
-                except LrOnnxError as e:
-                    out.append(e)
+            out = self.router.decide_each(q, [j.opts for j in batch], timings, [j.prepared.meta for j in batch])
         except Exception as e:  # never leave a waiting request without an answer
             out = [e] * len(batch)
         for stage, secs in timings.items():

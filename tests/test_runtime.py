@@ -81,6 +81,22 @@ def test_prepare_then_encode_is_features(router):
     assert router.route_prepared([], router.options()) == [] and router.encode([]).shape == (0, whole.shape[1])
 
 
+def test_decide_each_keeps_a_failing_row_to_itself(router):
+    """One request whose budget no model fits, batched with others: only it gets the error."""
+    from lr_onnx.runtime.errors import OptionError
+
+    qs = [([], "What is 3 + 4?"), ([EXAMPLES / "chart.png"], "Which bar is highest?"), ([], "Name a prime.")]
+    meta: list = []
+    q = router.features(qs, meta=meta)
+    opts = [router.options(), router.options(max_cost=1e-12), router.options(lam="quality")]
+    out = router.decide_each(q, opts, meta=meta)
+    assert isinstance(out[1], OptionError) and "max_cost" in str(out[1])
+    for i in (0, 2):
+        assert out[i] == router.decide(q[i:i + 1], [opts[i]], meta=[meta[i]])[0]
+    assert router.decide_each(q, [router.options()] * 3, meta=meta) == router.decide(q, [router.options()] * 3,
+                                                                                     meta=meta)
+
+
 def test_route_many_matches_single_routes(router):
     qs = [([EXAMPLES / "chart.png"], "Which category has the highest bar?"), ([], "What is 3 + 4?"),
           ([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?")]

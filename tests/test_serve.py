@@ -154,14 +154,16 @@ def test_a_bad_image_in_a_burst_fails_alone(router, server):
     requests around it are still batched and exact."""
     broken = "data:image/png;base64," + base64.b64encode(CHART[: len(CHART) // 3]).decode()
     bodies = [{"question": f"What is bar {i}?", "images": [broken if i == 5 else DATA_URL]} for i in range(12)]
+    bodies[8]["max_cost"] = 1e-12  # and one whose budget no model fits: it fails in the batch's decision, alone
 
     async def fire():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
             return await asyncio.gather(*(c.post("/v1/route", json=b) for b in bodies))
 
     for i, r in enumerate(asyncio.run(fire())):
-        if i == 5:
-            assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], r.text
+        if i in (5, 8):
+            msg = r.json()["error"]["message"]
+            assert r.status_code == 400 and "\n" not in msg and ("max_cost" in msg) == (i == 8), r.text
         else:
             assert r.status_code == 200 and r.json()["model"] == router.route([CHART], bodies[i]["question"]).model
 
