@@ -146,9 +146,9 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
             raise InputError(f"{label} must be a table with base_url, upstream_model and api_key_env")
         unknown = set(spec) - {"base_url", "upstream_model", "api_key_env"}
         if unknown:
-            raise InputError(f"{label}: unknown key(s) {', '.join(sorted(unknown))}")
-        if "api_key" in spec or any("key" in k and k != "api_key_env" for k in spec):
-            raise InputError(f"{label}: put the key in an environment variable and name it with api_key_env")
+            hint = ("; put the key in an environment variable and name it with api_key_env"
+                    if any("key" in k for k in unknown) else "")
+            raise InputError(f"{label}: unknown key(s) {', '.join(sorted(unknown))}{hint}")
         base = text(spec.get("base_url"), f"{label}.base_url").rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise InputError(f"{label}.base_url must start with http:// or https://")

@@ -10,7 +10,7 @@ import binascii
 from dataclasses import dataclass, field
 
 from ..runtime.errors import InputError
-from ..runtime.validate import loads_json, names, number, text
+from ..runtime.validate import loads_json, text
 from .config import Limits
 
 AUTO = "lr-onnx/auto"
@@ -36,10 +36,10 @@ class RouteRequest:
 
     question: str
     images: list = field(default_factory=list)
-    lam: float | str | None = None
-    models: list[str] | None = None
-    exclude: list[str] | None = None
-    max_cost: float | None = None
+    lam: object = None  # these four as sent: Router.options validates them
+    models: object = None
+    exclude: object = None
+    max_cost: object = None
     explain: bool = False
 
 
@@ -105,19 +105,12 @@ def route_request(doc, limits: Limits) -> RouteRequest:
     images = doc.get("images") or []
     if not isinstance(images, list):
         raise _bad("images must be a list of data: URLs or base64 strings")
-    lam = doc.get("lambda")
     explain = doc.get("explain", False)
     if not isinstance(explain, bool):
         raise _bad("explain must be true or false")
-    try:
-        if lam is not None and not isinstance(lam, str):
-            lam = number(lam, "lambda", hi=1e9)
-        max_cost = None if doc.get("max_cost") is None else number(doc["max_cost"], "max_cost", hi=1e6)
-        models, exclude = names(doc.get("models"), "models"), names(doc.get("exclude"), "exclude")
-    except InputError as e:
-        raise _bad(str(e)) from None
-    return RouteRequest(_question(doc.get("question"), limits), _images(images, limits), lam, models, exclude,
-                        max_cost, explain)
+    # lambda, models, exclude and max_cost are checked by Router.options, the one place for routing options
+    return RouteRequest(_question(doc.get("question"), limits), _images(images, limits), doc.get("lambda"),
+                        doc.get("models"), doc.get("exclude"), doc.get("max_cost"), explain)
 
 
 @dataclass
