@@ -9,27 +9,8 @@ from pathlib import Path
 
 from ..runtime.bundle import sha256_file  # noqa: F401  (re-exported for the training side)
 from ..runtime.errors import DataError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file via a temporary sibling and a rename, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from ..runtime.files import atomic_write_text  # noqa: F401  (re-exported for the training side)
+from ..runtime.files import umask as _umask
 
 
 @contextmanager

@@ -6,7 +6,10 @@ Guarantees (the README repeats them):
   or costs the good records of its batch;
 - a duplicate id is reported and skipped, never silently taken for "already done";
 - OUT is locked while a run writes it (a second run on the same OUT is refused), and OUT
-  may not be the input;
+  may not be the input (a file given as `-` on standard input included);
+- OUT records what made it in a sidecar, OUT.lr-onnx.json (lr-onnx, the bundle's digest, the
+  input), written before the first decision: a non-empty OUT without one, or made with another
+  bundle or from another input, is refused, so no file is ever taken for "already done" by accident;
 - OUT is always valid JSONL: each batch is appended as whole lines; a write that fails
   (disk full, file size limit) is rolled back to the last whole line, and a torn last line
   left by a crash (kill -9) is cut off when the next run opens OUT. A rerun skips the
@@ -26,8 +29,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from .errors import InputError, LrOnnxError
+from .files import atomic_write_bytes
 from .prefetch import prefetched
-from .validate import loads_json, text
+from .validate import loads_json, read_regular_file, text
 
 FIFO_WAIT_S = 30.0
 MAX_CSV_FIELD = 131_072  # characters: the csv module's default limit, enforced per record here
@@ -185,6 +189,52 @@ def open_out(out: Path, inp_path: Path | None) -> int:
     return fd
 
 
+SIDECAR = ".lr-onnx.json"
+TOOL = "lr-onnx route-batch"
+
+
+def sidecar(out: Path) -> Path:
+    return out.with_name(out.name + SIDECAR)
+
+
+def input_label(inp) -> str:
+    """How a run's input is named in OUT's sidecar: `-`, or the input file's absolute path."""
+    return STDIN if str(inp) == STDIN else str(Path(inp).resolve())
+
+
+def claim_out(fd: int, out: Path, *, bundle: str, input_name: str) -> None:
+    """OUT is empty (its sidecar is written now, before any decision) or the output of an earlier route-batch
+    with this bundle and this input (resumed); anything else is refused with one line."""
+    want = {"tool": TOOL, "bundle_sha256": bundle, "input": input_name}
+    if input_name == STDIN and sys.stdin is not None:
+        try:
+            fin, fout = os.fstat(sys.stdin.fileno()), os.fstat(fd)
+            if (fin.st_dev, fin.st_ino) == (fout.st_dev, fout.st_ino):
+                raise InputError(f"{out}: OUT is the input file (standard input); write the decisions somewhere else")
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+    side = sidecar(out)
+    if os.fstat(fd).st_size == 0:
+        try:
+            atomic_write_bytes(side, (json.dumps(want, indent=2) + "\n").encode("utf-8"))
+        except OSError as e:
+            raise InputError(f"{side}: cannot be written ({e.strerror})") from None
+        return
+    try:
+        got = loads_json(read_regular_file(side, 1 << 16, "route-batch sidecar"), str(side))
+    except InputError:
+        raise InputError(f"{out}: holds data but is not the output of an lr-onnx route-batch run (no readable "
+                         f"{side.name} beside it); choose a new OUT, nothing was written") from None
+    if not isinstance(got, dict) or got.get("tool") != TOOL:
+        raise InputError(f"{side}: not an lr-onnx route-batch sidecar; choose a new OUT, nothing was written")
+    if got.get("bundle_sha256") != bundle:
+        raise InputError(f"{out}: was written with another bundle (digest {str(got.get('bundle_sha256'))[:12]}, this "
+                         f"one {bundle[:12]}); choose a new OUT to route with this bundle")
+    if got.get("input") != input_name:
+        raise InputError(f"{out}: was written from the input {got.get('input')!r}, not {input_name!r}; choose a new "
+                         f"OUT for this input")
+
+
 def repair_and_read_ids(fd: int, out: Path) -> set[str]:
     """Cut a torn last line (a crash mid-write) and return the ids of the whole lines."""
     size = os.fstat(fd).st_size
@@ -266,6 +316,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
     try:
         fd = open_out(out, Path(inp) if regular else None)
         try:
+            claim_out(fd, out, bundle=router.bundle.digest, input_name=input_label(inp))
             skip = repair_and_read_ids(fd, out)
             return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular)
         finally:

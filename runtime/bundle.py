@@ -9,6 +9,7 @@ manifest itself is validated here, once, so the rest of the runtime can trust it
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -41,6 +42,11 @@ class Bundle:
     @property
     def model_names(self) -> list[str]:
         return [m["name"] for m in self.pool]
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest as loaded (which holds every file's sha256): names this bundle, pool included."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode("utf-8")).hexdigest()
 
     def file(self, name: str) -> Path:
         """The path of a listed file, inside the bundle folder (anything else is a `BundleError`)."""

@@ -17,18 +17,14 @@ import numpy as np
 from .bundle import MANIFEST, load_bundle
 from .costs import mean_output_tokens, rule_spec
 from .errors import BundleError, InputError, OptionError
+from .files import atomic_write_text
 from .validate import number, text
 from .policy import LAMBDA_GRID, choose
 from .profiles import ProfileSpace, new_model_profile
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 @contextmanager

@@ -6,6 +6,7 @@ So a served query is preprocessed exactly like the training queries were.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -19,6 +20,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import BundleError, InputError
 
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb limit, checked per image (global PIL state untouched)
+# What one decoded image may hold in memory (width x height x bands x bytes per sample, from its header,
+# before any pixel is decoded): 80 MP of RGBA. The gateway's default is lower (serve/config.py).
+DEFAULT_MAX_IMAGE_BYTES = 320 << 20
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
+                    "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4,
+                    "CMYK": 4, "I": 4, "F": 4}
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,17 @@ DECODERS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 ALLOWED_FORMATS = DECODERS + ("MPO",)
 
 
-def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+               max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, budget: list[int] | None = None) -> Image.Image:
     """Open a path, bytes, PIL image or HxW(x3/4) array as an upright RGB image held in memory.
 
     Only the ALLOWED_FORMATS decoders run. Applies EXIF orientation, converts P/L/LA/RGBA/CMYK/I;16
     to RGB, keeps the first frame of animations, refuses empty images and images above `max_pixels`,
-    and lets the JPEG decoder downscale large photos (`draft`) when `draft_size` is given. Every file
-    it opens is closed before it returns; anything unusable is an `InputError`.
+    and lets the JPEG decoder downscale photos (`draft`) when `draft_size` is given. What the decoded
+    image will hold (`decoded_bytes`, read from the header after any draft scaling) must fit `max_bytes`
+    and, when a one-element `budget` list is given (a request's images share it), what is left of it:
+    an image is refused before a single pixel is decoded. Every file it opens is closed before it
+    returns; anything unusable is an `InputError`.
     """
     if isinstance(src, Image.Image):
         if src.format is not None and src.format not in ALLOWED_FORMATS:
@@ -87,11 +98,14 @@ def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | N
     elif isinstance(src, (bytes, bytearray, memoryview)):
         if not len(src):
             raise InputError("image: empty bytes")
-        return _decode(io.BytesIO(bytes(src)), "<bytes>", max_pixels, draft_size)
+        return _decode(io.BytesIO(bytes(src)), "<bytes>", max_pixels, draft_size, max_bytes, budget)
     elif isinstance(src, (str, os.PathLike)):
-        path = Path(os.fspath(src))
+        raw = os.fspath(src)
         if isinstance(src, str) and not src:
             raise InputError("image path is empty")
+        if "\x00" in (raw if isinstance(raw, str) else raw.decode("latin-1")):
+            raise InputError(f"image path {str(raw)[:80]!r} holds a NUL byte")
+        path = Path(raw)
         try:
             st = path.stat()
         except OSError:
@@ -107,13 +121,32 @@ def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | N
         except OSError as e:
             raise InputError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
         with fh:
-            return _decode(fh, str(path), max_pixels, draft_size)
+            return _decode(fh, str(path), max_pixels, draft_size, max_bytes, budget)
     else:
         raise InputError(f"an image must be a path, bytes, a PIL image or a numpy array, got {type(src).__name__}")
     return _finish(img, name, max_pixels, img.size)
 
 
-def _decode(fh, name: str, max_pixels: int, draft_size: int | None) -> Image.Image:
+def decoded_bytes(img: Image.Image) -> int:
+    """What `img` holds once decoded, from its header: width x height x bytes per pixel of its mode."""
+    w, h = img.size
+    return w * h * _BYTES_PER_PIXEL.get(img.mode, 8)
+
+
+def declared_bytes(data: bytes) -> int:
+    """What encoded image bytes say they will decode to (header only, no pixel decoded; 0 when the header
+    cannot be read: the real decode reports that). Lets a server send costly images down a lane of their own."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=DECODERS) as img:
+                return decoded_bytes(img)
+    except Exception:  # any unreadable header: the decode that follows gives the one-line error
+        return 0
+
+
+def _decode(fh, name: str, max_pixels: int, draft_size: int | None, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+            budget: list[int] | None = None) -> Image.Image:
     """Decode one image from an open binary file with the allowed decoders only."""
     try:
         with warnings.catch_warnings():
@@ -130,14 +163,25 @@ def _decode(fh, name: str, max_pixels: int, draft_size: int | None) -> Image.Ima
         if w * h > max_pixels:
             raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit (decompression bomb?)")
         original = (w, h)
-        if draft_size and img.format in ("JPEG", "MPO") and min(w, h) > 2 * draft_size:
-            img.draft("RGB", (draft_size * 2, draft_size * 2))
+        if draft_size and img.format in ("JPEG", "MPO") and min(w, h) >= 2 * draft_size:
+            # the DCT-domain downscale (1/2, 1/4, 1/8) that keeps the short side >= draft_size: a 640x480
+            # photo decodes as 320x240 in a third of the time, and letterboxing only needs the long side
+            img.draft("RGB", (draft_size, draft_size))
+        cost = decoded_bytes(img)
+        if cost > max_bytes:
+            raise InputError(f"{name}: {w}x{h} {img.mode} pixels decode to {cost / 2**20:,.0f} MiB, over the "
+                             f"{max_bytes / 2**20:,.0f} MiB per image")
+        if budget is not None:
+            if cost > budget[0]:
+                raise InputError(f"{name}: {w}x{h} {img.mode} pixels decode to {cost / 2**20:,.0f} MiB, over what is "
+                                 f"left of the request's image budget ({budget[0] / 2**20:,.0f} MiB)")
+            budget[0] -= cost
         try:
             img.load()
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
                 ZeroDivisionError, MemoryError) as e:
             raise InputError(f"{name}: truncated or corrupt image data ({type(e).__name__})") from None
-        return _finish(img, name, max_pixels, original)
+        return _finish(img, name, max_pixels, original, decoded=True)
     finally:
         img.close()
 
@@ -155,7 +199,8 @@ def _first_frame(img: Image.Image, name: str) -> Image.Image:
 ORIGINAL_SIZE = "lr_onnx_original_size"
 
 
-def _finish(img: Image.Image, name: str, max_pixels: int, original: tuple[int, int]) -> Image.Image:
+def _finish(img: Image.Image, name: str, max_pixels: int, original: tuple[int, int], decoded: bool = False
+            ) -> Image.Image:
     """Size checks, EXIF orientation and RGB conversion; the result owns its pixels (no file behind it) and
     carries the image's original size (before any draft decoding) in `info[ORIGINAL_SIZE]`: what a vendor
     counts image tokens on."""
@@ -164,15 +209,24 @@ def _finish(img: Image.Image, name: str, max_pixels: int, original: tuple[int, i
         raise InputError(f"{name}: empty image ({w}x{h} pixels)")
     if w * h > max_pixels:
         raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels:,}-pixel limit")
-    try:
-        upright = ImageOps.exif_transpose(img)
+    try:  # a decoded image is ours to turn in place (exif_transpose otherwise copies even an upright one)
+        if decoded:
+            ImageOps.exif_transpose(img, in_place=True)
+            upright = img
+        else:
+            upright = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError, TypeError, KeyError, struct.error, ZeroDivisionError):
         upright = img  # a broken EXIF block is not worth refusing the picture for
     try:
         rgb = _to_rgb(upright if upright is not None else img)
     except (OSError, ValueError, SyntaxError, struct.error, IndexError) as e:
         raise InputError(f"{name}: cannot be converted to RGB ({type(e).__name__})") from None
-    out = rgb.copy() if rgb is img else rgb
+    if rgb is not img:
+        out = rgb
+    elif decoded:  # a new owner of the same decoded pixels (`img` is closed right after): no copy of them
+        out = img._new(img.im)
+    else:  # the caller's own image: copied, never shared
+        out = img.copy()
     out.info[ORIGINAL_SIZE] = tuple(original)
     return out
 
@@ -200,27 +254,61 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        top = a.max() if a.size and a.max() > 0 else 1.0
-        return Image.fromarray((a / top * 255).astype(np.uint8)).convert("RGB")
+        a = np.asarray(img)
+        top = float(a.max()) if a.size and a.max() > 0 else 1.0
+        out = np.empty(a.shape, np.uint8)  # scaled in row blocks: never a float copy of the whole image
+        for r in range(0, a.shape[0], 256):
+            out[r:r + 256] = (a[r:r + 256].astype(np.float32) * np.float32(255.0 / top)).astype(np.uint8)
+        return Image.fromarray(out).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
+        return _on_white(img if img.mode == "RGBA" else img.convert("RGBA"))
     return img.convert("RGB")
 
 
-def image_tensor(img: Image.Image, spec: ImageSpec) -> np.ndarray:
-    """Letterbox to `spec.size` and normalise: RGB PIL image -> float32 `[3, size, size]`."""
+def _on_white(rgba: Image.Image, strip_pixels: int = 1 << 20) -> Image.Image:
+    """Transparency flattened onto white, strip by strip: the same per-pixel `alpha_composite`, but the only
+    full-size copy made is the RGB result (a whole-image composite made three more RGBA copies)."""
+    w, h = rgba.size
+    out = Image.new("RGB", (w, h))
+    step = max(1, strip_pixels // w)
+    for y in range(0, h, step):
+        strip = rgba.crop((0, y, w, min(h, y + step)))
+        white = Image.new("RGBA", strip.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(white, strip).convert("RGB"), (0, y))
+    return out
+
+
+def image_tensor(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Letterbox to `spec.size` and normalise: RGB PIL image -> float32 `[3, size, size]`.
+
+    One resize straight to the target, then one pass per channel through a 256-entry table of
+    `(v / 255 - mean) / std` (float32, the same arithmetic as normalising the whole canvas, so the
+    result is bit-identical to it) into `out` (allocated when not given) with the padding pre-filled.
+    """
     w, h = img.size
-    s = spec.size / max(w, h)
+    size = spec.size
+    s = size / max(w, h)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
-    resized = img.resize((nw, nh), _RESAMPLE[spec.resample])
-    canvas = Image.new("RGB", (spec.size, spec.size), tuple(spec.pad))
-    canvas.paste(resized, ((spec.size - nw) // 2, (spec.size - nh) // 2))
-    x = np.asarray(canvas, dtype=np.float32) / 255.0
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    resized = img if (nw, nh) == (w, h) else img.resize((nw, nh), _RESAMPLE[spec.resample])
+    a = np.asarray(resized if resized.mode == "RGB" else resized.convert("RGB"))
+    lut, pad = _normaliser(spec)
+    x = np.empty((3, size, size), np.float32) if out is None else out
+    x[...] = pad[:, None, None]
+    y0, x0 = (size - nh) // 2, (size - nw) // 2
+    for c in range(3):
+        np.take(lut[c], a[:, :, c], out=x[c, y0:y0 + nh, x0:x0 + nw], mode="clip")  # uint8: never clips
+    return x
+
+
+@functools.lru_cache(maxsize=8)
+def _normaliser(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel lookup tables `[3, 256]` of normalised values, and the normalised padding `[3]`."""
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    v = np.arange(256, dtype=np.float32) / 255.0
+    lut = (v[None, :] - mean[:, None]) / std[:, None]
+    pad = lut[np.arange(3), np.asarray(spec.pad, np.intp)]
+    lut.flags.writeable = pad.flags.writeable = False
+    return lut, pad
 
 
 def preprocess_image(src, spec: ImageSpec) -> np.ndarray:

@@ -22,7 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from .batch import append_lines, open_out, parse_record, prepare_records, repair_and_read_ids, route_records
+from .batch import (append_lines, claim_out, input_label, open_out, parse_record, prepare_records, repair_and_read_ids,
+                    route_records)
 from .errors import InputError
 from .validate import loads_json
 
@@ -124,6 +125,9 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
     parquet = out.suffix.lower() == ".parquet"
     fd = None if parquet else open_out(out, Path(inp) if Path(inp).is_file() else None)
     try:
+        if not parquet:
+            claim_out(fd, out, bundle=router.bundle.digest,
+                      input_name=inp if inp.startswith(_SCHEMES) else input_label(inp))
         done = frozenset() if parquet else frozenset(repair_and_read_ids(fd, out))
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)

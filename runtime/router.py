@@ -25,7 +25,7 @@ from .features import QUERY_DIM, n_words, pool_images, query_features
 from .policy import choose
 from .prefetch import prefetched
 from .costs import query_cost
-from .preprocess import ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
+from .preprocess import DEFAULT_MAX_IMAGE_BYTES, ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
 from .profiles import ProfileSpace
 from .sessions import run
 from .validate import integer, names as valid_names, number, text
@@ -86,6 +86,9 @@ class Prepared:
         return self.question, self.sizes
 
 
+SMALL_BATCH = 4  # router batches up to this size run single-threaded on the CPU (`Router.session`)
+
+
 class Router:
     def __init__(self, bundle: Bundle, *, provider: str = "auto", threads: int | None = None, spinning: bool = False):
         self.bundle = bundle
@@ -117,29 +120,62 @@ class Router:
                    threads=threads, spinning=spinning)
 
     # ------------------------------------------------------------------ sessions (lazy, thread-safe)
-    def session(self, name: str):
-        s = self._sessions.get(name)
+    def session(self, name: str, *, small: bool = False):
+        """The graph's session, created on first use. `small`: the router's single-threaded twin for batches of
+        at most SMALL_BATCH rows on the CPU, where the graph is dispatch-bound (396 small nodes) and handing
+        each node to a second thread costs more than it saves (0.75 ms against 1.0 ms at B=1, 2 cores)."""
+        key = name + (":small" if small else "")
+        s = self._sessions.get(key)
         if s is None:
             from .sessions import new_session
 
             with self._lock:
-                s = self._sessions.get(name)
+                s = self._sessions.get(key)
                 if s is None:
                     file = self.bundle.manifest["graphs"][name]["file"]
-                    s = new_session(self.bundle.read(file), name=file, provider=self.provider, threads=self.threads,
+                    data = self.bundle.read(file)
+                    _self_contained(data, self.bundle.path, file)
+                    s = new_session(data, name=file, provider=self.provider, threads=1 if small else self.threads,
                                     spinning=self.spinning)
-                    if name == "router":
-                        self._check_router_inputs(s)
-                    self._sessions[name] = s
+                    self._check_graph(name, s)
+                    self._sessions[key] = s
         return s
 
-    def _check_router_inputs(self, sess) -> None:
-        """The manifest's pool must fit the router graph (a hand-edited profile of another width would not)."""
-        want = {"query": QUERY_DIM, "model_feat": self.model_feat.shape[1]}
-        for inp in sess.get_inputs():
-            if inp.name in want and isinstance(inp.shape[-1], int) and inp.shape[-1] != want[inp.name]:
-                raise BundleError(f"{self.bundle.path}: router graph input {inp.name} has width {inp.shape[-1]}, "
-                                  f"the manifest gives {want[inp.name]}")
+    def _router_session(self, rows: int):
+        full = self.session("router")
+        if rows <= SMALL_BATCH and full.get_providers()[0] == "CPUExecutionProvider":
+            return self.session("router", small=True)
+        return full
+
+    # the element type of every graph input and output the runtime feeds or reads (fp16 bundles keep fp32 IO)
+    _DTYPES = {"query": "tensor(float)", "model_feat": "tensor(float)", "avail": "tensor(bool)",
+               "pixels": "tensor(float)", "input_ids": "tensor(int64)", "attention_mask": "tensor(int64)"}
+
+    def _check_graph(self, name: str, sess) -> None:
+        """A graph must have the inputs and outputs its manifest entry lists (names, ranks, fixed sizes) and the
+        element types the runtime feeds: a graph copied over another one (with its hash updated) is one
+        `BundleError` line at load, not an ONNX Runtime traceback at the first query. The pool must fit the
+        router (a hand-edited profile of another width would not)."""
+        spec = self.bundle.manifest["graphs"][name]
+        want_width = {"query": QUERY_DIM, "model_feat": self.model_feat.shape[1]}
+        for kind, got in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+            want = spec.get(kind, {})
+            if sorted(a.name for a in got) != sorted(want):
+                raise BundleError(f"{self.bundle.path}: graph {spec['file']} has {kind} "
+                                  f"{', '.join(sorted(a.name for a in got)) or 'none'}, the manifest lists "
+                                  f"{', '.join(sorted(want)) or 'none'} for {name}")
+            for a in got:
+                dims = want[a.name]
+                fixed = [(i, d) for i, d in enumerate(dims) if isinstance(d, int)]
+                if len(a.shape) != len(dims) or any(isinstance(a.shape[i], int) and a.shape[i] != d for i, d in fixed):
+                    raise BundleError(f"{self.bundle.path}: graph {spec['file']} {kind[:-1]} {a.name} has shape "
+                                      f"{list(a.shape)}, the manifest gives {dims}")
+                if kind == "inputs" and a.name in self._DTYPES and a.type != self._DTYPES[a.name]:
+                    raise BundleError(f"{self.bundle.path}: graph {spec['file']} input {a.name} is {a.type}, the "
+                                      f"runtime feeds {self._DTYPES[a.name]}")
+                if a.name in want_width and isinstance(a.shape[-1], int) and a.shape[-1] != want_width[a.name]:
+                    raise BundleError(f"{self.bundle.path}: router graph input {a.name} has width {a.shape[-1]}, "
+                                      f"the manifest gives {want_width[a.name]}")
 
     def bound_providers(self) -> dict[str, list[str]]:
         return {n: self.session(n).get_providers() for n in ("router", "image_encoder", "text_encoder")}
@@ -152,16 +188,21 @@ class Router:
         return self._tokenizer
 
     # ------------------------------------------------------------------ features
-    def prepare(self, images: list, question: str) -> "Prepared":
+    def prepare(self, images: list, question: str, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                max_request_bytes: int | None = None) -> "Prepared":
         """One query's CPU-side preprocessing, before any graph runs: the question checked, each image decoded
-        (allow-listed decoders, pixel limit) and turned into its tensor. Separate from `encode` so a server
-        can decode requests as they arrive while the previous batch is in the encoders."""
+        (allow-listed decoders, pixel limit, decoded-byte budgets per image and, when given, for the request's
+        images together) and turned into its tensor. Separate from `encode` so a server can decode requests
+        as they arrive while the previous batch is in the encoders."""
         question = _clean_question(question)
+        budget = None if max_request_bytes is None else [int(max_request_bytes)]
         tensors, sizes = [], []
         for img in images:
-            pil = open_image(img, max_pixels=self.image_spec.max_pixels, draft_size=self.image_spec.size)
+            pil = open_image(img, max_pixels=self.image_spec.max_pixels, draft_size=self.image_spec.size,
+                             max_bytes=max_image_bytes, budget=budget)
             sizes.append(pil.info.get(ORIGINAL_SIZE, pil.size))
             tensors.append(image_tensor(pil, self.image_spec))
+            del pil  # one decoded image at a time: a request's peak memory is its largest image, not their sum
         return Prepared(question, tuple(tensors), tuple(sizes))
 
     def encode(self, prepared: list["Prepared"]) -> np.ndarray:
@@ -192,14 +233,15 @@ class Router:
 
     # ------------------------------------------------------------------ scoring and routing
     def availability(self, models=None, exclude=None) -> np.ndarray:
-        """The pool mask `[K]` from an allow-list and a deny-list (a budget is per query: see `decide`)."""
+        """The pool mask `[K]` from an allow-list and a deny-list (a budget is per query: see `decide`). A name in
+        the allow-list must be in the pool (a typo there would silently route elsewhere); excluding a model the
+        pool does not have changes nothing (a gateway serving part of the pool answers the same requests)."""
         keep = np.ones(len(self.names), bool)
         models, exclude = valid_names(models, "models"), valid_names(exclude, "exclude")
-        for label, names in (("models", models), ("exclude", exclude)):
-            if names:
-                unknown = [n for n in names if n not in self.names]
-                if unknown:
-                    raise OptionError(f"unknown model(s) {', '.join(unknown)} in {label}; pool: {', '.join(self.names)}")
+        if models:
+            unknown = [n for n in models if n not in self.names]
+            if unknown:
+                raise OptionError(f"unknown model(s) {', '.join(unknown)} in models; pool: {', '.join(self.names)}")
         if models:
             keep &= np.isin(self.names, list(models))
         if exclude:
@@ -229,7 +271,7 @@ class Router:
         mf = np.broadcast_to(self.model_feat, (B, *self.model_feat.shape)).copy()
         if chat is not None:
             mf[..., -1] = chat
-        mu, sigma, delta, mt = run(self.session("router"), {"query": q.astype(np.float32), "model_feat": mf,
+        mu, sigma, delta, mt = run(self._router_session(B), {"query": q.astype(np.float32), "model_feat": mf,
                                                             "avail": avail})
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
             bad = avail & ~np.isfinite(v)
@@ -366,6 +408,20 @@ class Router:
             margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
                             "z": round(z, 3)})
         return {"closest_slices": slices, "pairwise_margins": margins}
+
+
+def _self_contained(graph: bytes, folder, file: str) -> None:
+    """A graph that refers to external data would make ONNX Runtime read a file outside the hash gate."""
+    from .onnx_proto import ProtoError, external_data
+
+    try:
+        refs = external_data(graph)
+    except ProtoError as e:
+        raise BundleError(f"{folder}: {file} is not a valid ONNX graph ({e})") from None
+    if refs:
+        named = ", ".join(repr(r) for r in refs if r) or "an unnamed file"
+        raise BundleError(f"{folder}: {file} keeps tensors as external data ({named}); a bundle's graphs must be "
+                          f"self-contained (every file the runtime reads is listed and hashed)")
 
 
 def _as_list(images) -> list:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
+import stat
 
 from .errors import InputError, LrOnnxError
 
@@ -69,11 +71,14 @@ def names(value, field: str, *, err: type[LrOnnxError] = InputError) -> list[str
 
 
 def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputError,
-               max_depth: int = MAX_JSON_DEPTH):
+               max_depth: int = MAX_JSON_DEPTH, strict: bool = False):
     """Parse one JSON document; every way it can be malformed is one `err` line naming `where`.
 
     Integers longer than MAX_INT_DIGITS become floats (so a 400-digit number is inf and the field's
-    own check refuses it), and documents nested deeper than MAX_JSON_DEPTH are refused.
+    own check refuses it), and documents nested deeper than MAX_JSON_DEPTH are refused. `strict`
+    (documents that will be written out again, such as an HTTP body forwarded upstream) also refuses
+    what strict JSON cannot carry anywhere in the document: NaN, Infinity, numbers that overflow to
+    infinity and strings with lone surrogates.
     """
     if isinstance(data, (bytes, bytearray)):
         try:
@@ -81,12 +86,12 @@ def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputE
         except UnicodeDecodeError:
             raise err(f"{where}: not UTF-8 text") from None
     try:
-        doc = json.loads(data, parse_int=_parse_int)
+        doc = json.loads(data, parse_int=_parse_int, **({"parse_constant": _no_constant} if strict else {}))
     except RecursionError:
         raise err(f"{where}: JSON nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError and the interpreter's digit limit
+    except ValueError as e:  # JSONDecodeError, the interpreter's digit limit, a NaN or Infinity in strict mode
         raise err(f"{where}: malformed JSON ({str(e).splitlines()[0][:120]})") from None
-    if _depth(doc, max_depth) > max_depth:
+    if _depth(doc, max_depth, where if strict else None, err) > max_depth:
         raise err(f"{where}: JSON nested deeper than {max_depth} levels")
     return doc
 
@@ -95,7 +100,12 @@ def _parse_int(s: str):
     return int(s) if len(s) <= MAX_INT_DIGITS else float(s)
 
 
-def _depth(doc, limit: int) -> int:
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(doc, limit: int, strict_where: str | None = None, err: type[LrOnnxError] = InputError) -> int:
+    """The nesting depth (stops counting past `limit`); with `strict_where`, every leaf is checked as well."""
     depth, level = 0, [doc]
     while level:
         depth += 1
@@ -105,10 +115,48 @@ def _depth(doc, limit: int) -> int:
         for v in level:
             if isinstance(v, dict):
                 nxt.extend(v.values())
+                if strict_where is not None:
+                    nxt.extend(v.keys())
             elif isinstance(v, list):
                 nxt.extend(v)
+            elif strict_where is None:
+                continue
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise err(f"{strict_where}: a number too large to be carried as JSON")
+            elif isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise err(f"{strict_where}: a string with a lone surrogate (not valid Unicode)") from None
         level = nxt
     return depth - 1
+
+
+def read_regular_file(path, cap: int, what: str, *, err: type[LrOnnxError] = InputError) -> bytes:
+    """The bytes of a regular file of at most `cap` bytes. A FIFO, a device (/dev/zero), a directory or a
+    larger file is one `err` line: opened without blocking and checked on the open descriptor, so nothing
+    can hang on a FIFO or read forever from a device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise err(f"{path}: no such {what}") from None
+    except (OSError, ValueError) as e:  # ValueError: an embedded NUL byte
+        raise err(f"{path}: {what} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise err(f"{path}: the {what} must be a regular file")
+        if st.st_size > cap:
+            raise err(f"{path}: the {what} is larger than {cap:,} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(cap + 1)
+    except OSError as e:
+        raise err(f"{path}: {what} cannot be read ({e.strerror or type(e).__name__})") from None
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise err(f"{path}: the {what} is larger than {cap:,} bytes")
+    return data
 
 
 def _show(value) -> str:
