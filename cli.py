@@ -148,7 +148,7 @@ _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda",
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @click.option("--models", help="Comma-separated allow-list of candidate models.")
 @click.option("--exclude", help="Comma-separated models that may not be chosen.")
-@click.option("--lambda", "lam", type=_LAMBDA, default=None,
+@click.option("--lambda", "lam", type=_LAMBDA, default=None, metavar="NUMBER|PRESET",
               help="Cost weight: utility = predicted quality - lambda x normalised expected cost; a number or "
                    "a preset of the bundle (quality, balanced, budget_50, budget_25, budget_10; `lr-onnx info` "
                    "lists them). Default: the bundle's calibrated value.")
@@ -165,6 +165,8 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
     the bundle's training queries gets a one-line out-of-coverage note.
     """
     *images, question = args
+    if not question.strip():
+        raise click.UsageError("the question is empty (usage: lr-onnx route [IMAGE ...] QUESTION)")
     if _is_file(question) or (not images and Path(question).suffix.lower() in _IMAGE_SUFFIXES):
         raise click.UsageError(f"the last argument must be the question; {_safe(question)!r} looks like an image "
                                f"file (usage: lr-onnx route [IMAGE ...] QUESTION)")
@@ -176,7 +178,7 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
     if as_json:
         _echo_json(d.to_dict())
         return
-    click.echo(f"{'':1s} {'model':28s} {'quality mu +/- sigma':>22s} {'exp. cost $':>12s} {'utility':>9s}")
+    click.echo(f"{'':1s} {'model':28s} {'mu_tilde +/- sigma':>22s} {'exp. cost $':>12s} {'utility':>9s}")
     for c in d.candidates:
         mark = "*" if c.name == d.model else " "
         click.echo(f"{mark} {c.name[:28]:28s} {c.mu_tilde:>10.3f} +/- {c.sigma:<7.3f} {c.expected_cost:>12.3g} "
@@ -197,7 +199,7 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
 # ----------------------------------------------------------------------------- data
 @main.group(cls=_Group)
 def data():
-    """Routing datasets in the native format: check, convert, generate the demo benchmark."""
+    """Routing datasets in the native format: check, convert, merge, generate the demo benchmark."""
 
 
 @data.command("check")
@@ -500,9 +502,10 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
 
 @models.command("remove")
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="A bundle to remove the model from (it is copied to --out, never changed).")
 @click.option("--out", type=click.Path(path_type=str), help="Where to write the reduced copy of --bundle.")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="The pool model to remove (`lr-onnx info` lists the pool).")
 def models_remove(run_dir, bundle, out, name):
     """Remove a model from a pool (RUN_DIR in place, or a copy of --bundle at --out)."""
     _pool_target(run_dir, bundle, out)
@@ -584,8 +587,11 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
                    "limits, batching, retries (README, 'Serving'). Without it: /v1/route only, every default.")
 @click.option("--api-key-env", default=None, metavar="NAME",
               help="Environment variable holding the gateway key clients must send (Authorization: Bearer ...).")
+@click.option("--strict", is_flag=True,
+              help="Refuse to start when a [models.NAME] table's api_key_env names an unset or empty variable "
+                   "(default: one warning per model).")
 @_PROVIDER
-def serve_cmd(bundle, host, port, config_path, api_key_env, provider):
+def serve_cmd(bundle, host, port, config_path, api_key_env, strict, provider):
     """Serve the router over HTTP: an OpenAI-compatible gateway (pip install ".[cpu,serve]").
 
     POST /v1/route answers what `route --json` prints; POST /v1/chat/completions with model
@@ -594,12 +600,16 @@ def serve_cmd(bundle, host, port, config_path, api_key_env, provider):
     /v1/models, /healthz, /readyz, /metrics (Prometheus). SIGTERM or Ctrl-C stops accepting,
     answers what is in flight and exits 0.
     """
-    try:
-        from .serve.server import serve
-    except ModuleNotFoundError as e:
-        raise click.ClickException(f"serving needs the serve extra ({e.name} is not installed): "
-                                   f"pip install '.[cpu,serve]'") from None
-    serve(bundle=bundle, host=host, port=port, config_path=config_path, api_key_env=api_key_env, provider=provider)
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn", "httpx", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"serving needs the serve extra ({', '.join(missing)} not installed): "
+                                   f"pip install '.[cpu,serve]'")
+    from .serve.server import serve
+
+    serve(bundle=bundle, host=host, port=port, config_path=config_path, api_key_env=api_key_env, provider=provider,
+          strict=strict)
 
 
 @main.command("info")

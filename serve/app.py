@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -28,7 +29,9 @@ from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
 from .metrics import Metrics
 from .schema import AUTO, PREFIX, HTTPError, RouteRequest, chat_request, parse_json, route_request
-from .upstream import Upstreams, read_capped
+from .upstream import Throttled, Upstreams, read_capped
+
+log = logging.getLogger("lr_onnx.serve")
 
 
 def create_app(router: Router, config: ServeConfig, *, api_key: str | None = None) -> Starlette:
@@ -37,7 +40,9 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
     state = {"ready": False}
     batcher = MicroBatcher(router, metrics, max_batch=config.batching.max_batch,
                            max_wait_ms=config.batching.max_wait_ms, threads=config.batching.threads,
-                           queue_size=config.limits.queue_size, decode_threads=config.batching.decode_threads)
+                           queue_size=config.limits.queue_size, decode_threads=config.batching.decode_threads,
+                           max_image_bytes=int(config.limits.max_image_mb * 2**20),
+                           max_request_bytes=int(config.limits.max_request_image_mb * 2**20))
     upstreams = Upstreams(config, metrics)
     upstream_names = {u.upstream_model: name for name, u in config.models.items() if name in router.names}
     max_body = int(config.limits.max_body_mb * 1024 * 1024)
@@ -46,6 +51,8 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
     # One batch beyond the queue, whatever the number of inference threads: a second thread still finds
     # work in the queue, and an admitted request never has more than queue + one batch ahead of it.
     routing = {"now": 0, "max": config.limits.queue_size + config.batching.max_batch}
+
+    throttled = Throttled(log)
 
     def endpoint(name: str, *, auth: bool = True):
         def wrap(fn):
@@ -62,6 +69,11 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
                     resp = JSONResponse(HTTPError(503, "the router's queue is full; retry shortly",
                                                   type="overloaded", code="queue_full").body(),
                                         status_code=503, headers={"retry-after": "1"})
+                except ClientDisconnect:  # the client went away mid-body: nobody to answer, one throttled line
+                    metrics.client_disconnects.labels(name).inc()
+                    throttled.warning(("client_disconnect", name), "a client disconnected before its %s request "
+                                      "body arrived", name)
+                    resp = Response(status_code=499)
                 except BundleError as e:
                     resp = JSONResponse(HTTPError(500, str(e), type="server_error", code="bundle").body(),
                                         status_code=500)
@@ -69,6 +81,11 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
                     resp = JSONResponse(HTTPError(400, str(e), code="invalid_value").body(), status_code=400)
                 except LrOnnxError as e:
                     resp = JSONResponse(HTTPError(500, str(e), type="server_error").body(), status_code=500)
+                except Exception as e:  # a bug: still an answer in the OpenAI shape, counted, one log line
+                    throttled.warning(("internal", name, type(e).__name__), "internal error in %s: %s", name,
+                                      type(e).__name__)
+                    resp = JSONResponse(HTTPError(500, f"internal error ({type(e).__name__})", type="server_error",
+                                                  code="internal").body(), status_code=500)
                 metrics.requests.labels(name, str(resp.status_code)).inc()
                 metrics.latency.labels(name).observe(time.perf_counter() - t0)
                 return resp
@@ -76,11 +93,19 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
         return wrap
 
     async def body_json(request: Request):
+        """The whole body within `limits.body_timeout_s` and `max_body_mb`, read BEFORE the request takes a
+        routing slot: a slow or stalled body costs its sender a connection, never the other clients a 503."""
         too_large = HTTPError(413, f"request body larger than {config.limits.max_body_mb:g} MB", code="body_too_large")
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body):
             raise too_large
-        return parse_json(await read_capped(request.stream(), max_body, too_large), config.limits)
+        try:
+            async with asyncio.timeout(config.limits.body_timeout_s):
+                body = await read_capped(request.stream(), max_body, too_large)
+        except TimeoutError:
+            raise HTTPError(408, f"request body not received within {config.limits.body_timeout_s:g} s",
+                            code="body_timeout", headers={"connection": "close"}) from None
+        return parse_json(body, config.limits)
 
     def admit() -> None:
         if routing["now"] >= routing["max"]:
@@ -98,9 +123,10 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
 
     @endpoint("route")
     async def route(request: Request) -> Response:
+        req = route_request(await body_json(request), config.limits)
         admit()
         try:
-            d = await decide(route_request(await body_json(request), config.limits))
+            d = await decide(req)
         finally:
             routing["now"] -= 1
         return JSONResponse(d.to_dict())
@@ -110,15 +136,15 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
         if not config.models:
             raise HTTPError(503, "no upstream is configured (serve --config FILE with [models.NAME] tables); "
                                  "/v1/route still answers", type="server_error", code="no_upstream")
+        req = chat_request(await body_json(request), config.limits, list(router.presets), upstream_names)
+        if req.route is None:  # a real upstream model name: no routing, no routing slot
+            return await upstreams.forward(req.body, [(req.passthrough, None)], stream=req.stream,
+                                           headers={"x-lr-onnx-routed": "false"})
         admit()
         try:
-            req = chat_request(await body_json(request), config.limits, list(router.presets), upstream_names)
-            d = None if req.route is None else await decide(req.route)
+            d = await decide(req.route)
         finally:
             routing["now"] -= 1
-        if d is None:  # a real upstream model name: no routing
-            return await upstreams.forward(req.body, [(req.passthrough, float("nan"))], stream=req.stream,
-                                           headers={"x-lr-onnx-routed": "false"})
         ranked = [(c.name, c.utility) for c in d.candidates]
         return await upstreams.forward(req.body, ranked, stream=req.stream,
                                        headers={"x-lr-onnx-lambda": f"{d.lam:g}", "x-lr-onnx-routed": "true"})
@@ -168,7 +194,7 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
                             status_code=exc.status_code)
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={StarletteHTTPException: not_found})
-    app.state.metrics, app.state.batcher = metrics, batcher
+    app.state.metrics, app.state.batcher, app.state.upstreams = metrics, batcher, upstreams
     return app
 
 

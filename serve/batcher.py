@@ -2,8 +2,10 @@
 
 Stage 1, on arrival: a request's images are decoded and turned into tensors (`Router.prepare`) in a
 small pool of `decode_threads`, while the previous batch is still in the encoders (Pillow and ONNX
-Runtime both release the GIL, so the stages really overlap). A request whose own input is bad fails
-here, alone. Stage 2: prepared requests wait in a bounded queue (full: `QueueFull`, answered 503 with
+Runtime both release the GIL, so the stages really overlap). A request whose images declare more than
+HEAVY_BYTES of decoded pixels (read from their headers) is decoded in a lane of its own, so an
+expensive image never holds up the cheap requests behind it; every image is bounded by the per-image
+and per-request decoded-byte budgets. A request whose own input is bad fails here, alone. Stage 2: prepared requests wait in a bounded queue (full: `QueueFull`, answered 503 with
 Retry-After, so the backlog and the memory it holds stay bounded under any load). A dispatcher takes
 the first waiting request, waits up to `max_wait_ms` for more (at most `max_batch`; only while others are
 being decoded or a batch is running: an idle server answers a lone request at once), and runs the batch
@@ -17,8 +19,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..runtime.preprocess import DEFAULT_MAX_IMAGE_BYTES, declared_bytes
 from ..runtime.router import Decision, Prepared, RouteOptions, Router
 from .metrics import Metrics
+
+HEAVY_BYTES = 16 << 20  # a request whose images decode to more than this goes to the heavy decode lane
 
 
 class QueueFull(Exception):
@@ -34,12 +39,15 @@ class _Job:
 
 class MicroBatcher:
     def __init__(self, router: Router, metrics: Metrics, *, max_batch: int, max_wait_ms: float, threads: int,
-                 queue_size: int, decode_threads: int = 1):
+                 queue_size: int, decode_threads: int = 1, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 max_request_bytes: int | None = None):
         self.router, self.metrics = router, metrics
+        self.max_image_bytes, self.max_request_bytes = max_image_bytes, max_request_bytes
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lr-onnx-infer")
         self.decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lr-onnx-decode")
+        self.heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lr-onnx-decode-heavy")
         self.slots = asyncio.Semaphore(threads)
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -56,6 +64,7 @@ class MicroBatcher:
             self._task.cancel()
         self.pool.shutdown(wait=True)
         self.decoders.shutdown(wait=True)
+        self.heavy.shutdown(wait=True)
 
     async def route(self, images: list, question: str, opts: RouteOptions) -> Decision:
         if self.queue.full():  # refuse before decoding: no work spent on a request that cannot be queued
@@ -64,7 +73,9 @@ class MicroBatcher:
         if images:
             self._decoding += 1
             try:
-                prepared = await loop.run_in_executor(self.decoders, self._prepare, images, question)
+                heavy = sum(declared_bytes(i) for i in images if isinstance(i, (bytes, bytearray))) > HEAVY_BYTES
+                prepared = await loop.run_in_executor(self.heavy if heavy else self.decoders, self._prepare, images,
+                                                      question)
             finally:
                 self._decoding -= 1
         else:
@@ -116,7 +127,8 @@ class MicroBatcher:
     def _prepare(self, images: list, question: str) -> Prepared:
         """Runs in a decode thread (stage 1)."""
         t0 = time.perf_counter()
-        prepared = self.router.prepare(images, question)
+        prepared = self.router.prepare(images, question, max_image_bytes=self.max_image_bytes,
+                                       max_request_bytes=self.max_request_bytes)
         self.metrics.stage.labels("decode").observe(time.perf_counter() - t0)
         return prepared
 

@@ -9,6 +9,10 @@
     allow_image_urls = false       # http(s) image_url parts are refused unless true
     image_url_max_mb = 10
     image_url_timeout_s = 5
+    body_timeout_s = 10            # a request body must arrive whole within this, before it may queue
+    allow_private_image_hosts = false  # image URLs resolving to loopback/private/link-local are refused unless true
+    max_image_mb = 64              # decoded bytes per image (width x height x channels x bytes per sample)
+    max_request_image_mb = 192     # decoded bytes of all the images of one request
 
     [batching]
     max_batch = 32                 # requests encoded together
@@ -17,8 +21,12 @@
     decode_threads = 1             # image-decoding threads: requests are decoded as they arrive
 
     [upstream]
-    timeout_s = 60
-    retries = 2                    # on a connection error, 5xx or timeout: the next candidate by utility
+    timeout_s = 60                 # a whole non-streamed call; a stream's first chunk
+    stream_idle_s = 30             # the longest silence inside a stream before it is ended with an error event
+    retries = 2                    # on a connection error, 5xx, 401/403 or timeout: the next candidate by utility
+
+    [server]
+    grace_s = 30                   # at SIGTERM: how long admitted requests (streams included) may still run
 
     [models."GPT4o"]               # one table per model of the bundle's pool that may be called
     base_url = "https://api.openai.com/v1"
@@ -35,7 +43,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..runtime.errors import InputError
-from ..runtime.validate import integer, number, text
+from ..runtime.validate import integer, number, read_regular_file, text
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,10 @@ class Limits:
     allow_image_urls: bool = False
     image_url_max_mb: float = 10.0
     image_url_timeout_s: float = 5.0
+    body_timeout_s: float = 10.0
+    allow_private_image_hosts: bool = False
+    max_image_mb: float = 64.0  # the server's default is below the CLI's (runtime.preprocess.DEFAULT_MAX_IMAGE_BYTES)
+    max_request_image_mb: float = 192.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,13 @@ class Batching:
 @dataclass(frozen=True)
 class UpstreamPolicy:
     timeout_s: float = 60.0
+    stream_idle_s: float = 30.0
     retries: int = 2
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    grace_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     batching: Batching = field(default_factory=Batching)
     upstream: UpstreamPolicy = field(default_factory=UpstreamPolicy)
+    server: ServerPolicy = field(default_factory=ServerPolicy)
     models: dict[str, Upstream] = field(default_factory=dict)
 
 
@@ -92,7 +111,11 @@ _BOUNDS = {  # field -> (kind, lo, hi)
     "max_batch": (int, 1, 1024), "max_wait_ms": (float, 0, 10_000), "threads": (int, 1, 256),
     "decode_threads": (int, 1, 256),
     "timeout_s": (float, 0.01, 3600), "retries": (int, 0, 16),
+    "body_timeout_s": (float, 0.01, 3600), "allow_private_image_hosts": (bool, 0, 1),
+    "max_image_mb": (float, 0.01, 4096), "max_request_image_mb": (float, 0.01, 65536),
+    "stream_idle_s": (float, 0.01, 3600), "grace_s": (float, 0, 86400),
 }
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _section(raw: dict, name: str, cls, where: str):
@@ -125,17 +148,17 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
         return ServeConfig()
     where = str(path)
     try:
-        raw = tomllib.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{where}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{where}: cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+        raw = tomllib.loads(read_regular_file(path, MAX_CONFIG_BYTES, "config file").decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: not UTF-8 text") from None
+    except RecursionError:
+        raise InputError(f"{where}: TOML nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{where}: malformed TOML ({e})") from None
-    unknown = set(raw) - {"limits", "batching", "upstream", "models"}
+    unknown = set(raw) - {"limits", "batching", "upstream", "server", "models"}
     if unknown:
         raise InputError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: limits, batching, "
-                         f"upstream, models")
+                         f"upstream, server, models")
     models = raw.get("models", {})
     if not isinstance(models, dict):
         raise InputError(f"{where}: [models] must hold one table per model")
@@ -159,4 +182,5 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
                 raise InputError(f"{label}.api_key_env must be the NAME of an environment variable")
         ups[name] = Upstream(name, base, text(spec.get("upstream_model", name), f"{label}.upstream_model"), env)
     return ServeConfig(_section(raw, "limits", Limits, where), _section(raw, "batching", Batching, where),
-                       _section(raw, "upstream", UpstreamPolicy, where), ups)
+                       _section(raw, "upstream", UpstreamPolicy, where), _section(raw, "server", ServerPolicy, where),
+                       ups)

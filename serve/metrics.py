@@ -21,6 +21,8 @@ class Metrics:
         self.chosen = Counter("lr_onnx_chosen_total", "Decisions by chosen model", ["model"], registry=r)
         self.upstream_errors = Counter("lr_onnx_upstream_errors_total", "Failed upstream calls by model and reason",
                                        ["model", "reason"], registry=r)
+        self.client_disconnects = Counter("lr_onnx_client_disconnects_total", "Clients that went away before "
+                                          "their request body arrived", ["endpoint"], registry=r)
         self.queue = Gauge("lr_onnx_queue_depth", "Requests waiting for the router", registry=r)
         self.rejected = Counter("lr_onnx_rejected_total", "Requests refused with 503 because the queue was full",
                                 registry=r)

@@ -45,7 +45,7 @@ class RouteRequest:
 
 def parse_json(body: bytes, limits: Limits):
     try:
-        return loads_json(body, "request body", max_depth=limits.max_json_depth)
+        return loads_json(body, "request body", max_depth=limits.max_json_depth, strict=True)
     except InputError as e:
         raise HTTPError(400, str(e), code="invalid_json") from None
 
@@ -62,6 +62,8 @@ def decode_image(value, limits: Limits, where: str):
         if not limits.allow_image_urls:
             raise _bad(f"{where}: http(s) image URLs are not fetched by this server (send the image as a data: URL, "
                        f"or set limits.allow_image_urls in the config)", "image_url_not_allowed")
+        if any(ord(c) < 0x21 or c == "\x7f" for c in value) or len(value) > 8192:
+            raise _bad(f"{where}: not a valid URL (control characters, spaces or over 8192 characters)")
         return value
     payload = value
     if value.startswith("data:"):

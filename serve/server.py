@@ -1,7 +1,7 @@
 """`lr-onnx serve`: load the bundle and the config, reduce the pool to the models with an upstream, run uvicorn.
 
-SIGTERM / SIGINT: uvicorn stops accepting, every admitted request is answered (up to
-`GRACE_S`), then the process exits 0.
+SIGTERM / SIGINT: uvicorn stops accepting, every admitted request is answered (streams included, up to
+`[server] grace_s`; a stream still running then is ended with an error event), then the process exits 0.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from ..runtime.errors import InputError
 from ..runtime.router import Router
 from .config import ServeConfig, load_config
 
-GRACE_S = 30
 log = logging.getLogger("lr_onnx.serve")
 
 
@@ -47,7 +46,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, api_key_env: str | None,
-          provider: str = "auto", echo=None) -> None:
+          provider: str = "auto", echo=None, strict: bool = False) -> None:
     import click
     import uvicorn
 
@@ -60,7 +59,14 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
         key = os.environ.get(api_key_env)
         if not key:
             raise InputError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    unset = [f"{n} ({u.api_key_env})" for n, u in config.models.items() if u.api_key_env and not u.api_key()]
+    if unset and strict:
+        raise InputError(f"upstream key variable(s) unset or empty: {', '.join(unset)} (--strict)")
+    for entry in unset:
+        echo(f"warning: the upstream key variable of {entry} is unset or empty: calls go out without "
+             f"credentials (--strict refuses to start)", err=True)
     router, gone = served_router(Router.load(bundle, provider=provider), config)
+    router.bound_providers()  # every graph loaded and checked against the manifest now: a broken bundle is one line
     if gone:
         echo(f"warning: no upstream configured for {', '.join(gone)}: left out of the served pool", err=True)
     if not is_loopback(host) and key is None:
@@ -72,14 +78,14 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror})") from None
     app = create_app(router, config, api_key=key)
-    _Server = _server_class()
+    _Server = _server_class(app.state.upstreams, config.server.grace_s)
     shown = f"[{host}]" if ":" in host else host
     echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({_count(len(router.names), 'model')}"
          f"{', ' + _count(len(config.models), 'upstream') if config.models else ', route only'}"
          f"{', gateway key required' if key else ''}); Ctrl-C stops")
     _log_to_stderr()
     _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                           timeout_graceful_shutdown=GRACE_S)).run()
+                           timeout_graceful_shutdown=config.server.grace_s)).run()
 
 
 def _count(n: int, noun: str) -> str:
@@ -97,12 +103,21 @@ def _log_to_stderr() -> None:
         log.propagate = False
 
 
-def _server_class():
+def _server_class(upstreams, grace_s: float):
+    import time
+
     import uvicorn
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (exit status -15 / 130); a finished
-        shutdown is a success here, so the signal is handled and not re-raised: exit 0."""
+        shutdown is a success here, so the signal is handled and not re-raised: exit 0. At the signal, streams
+        still relaying are told to end with an error event shortly before the grace period runs out (uvicorn
+        would cancel them mid-chunk)."""
+
+        def handle_exit(self, sig, frame):
+            if upstreams.stop_by is None:
+                upstreams.stop_by = time.monotonic() + max(0.0, grace_s - min(1.0, grace_s / 2))
+            super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self):

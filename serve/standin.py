@@ -2,8 +2,12 @@
 
 Its behaviour is chosen by the first path segment of the base URL, so one process plays many models:
 `http://HOST:PORT/ok/v1` answers at once (JSON or SSE), `/fail/v1` answers 500, `/hang/v1` never
-answers, `/slowstream/v1` streams one chunk every 50 ms for a minute (to test disconnects). Every
-request it received is kept in `seen` (behaviour, body) and every stream it closed early in `closed`.
+answers, `/slowstream/v1` streams one chunk every 50 ms for a minute (to test disconnects). Faults the
+gateway must survive: `/drip/v1` sends its headers, then one byte every 200 ms; `/unauthorized/v1`
+answers 401 quoting the key it was sent (as OpenAI does); `/cutstream/v1` and `/stallstream/v1` send
+two SSE chunks, then break the connection or fall silent; `/gzipstream/v1` gzips its SSE stream
+whatever the client accepts. Every request it received is kept in `seen` (behaviour, body) and every
+stream it closed early in `closed`.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import re
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -56,6 +60,29 @@ def standin_app(*, record: bool = True) -> Starlette:
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
         if kind == "hang":
             await asyncio.sleep(3600)
+        if kind == "unauthorized":
+            given = request.headers.get("authorization", "")
+            return JSONResponse({"error": {"message": f"Incorrect API key provided: {given}", "type": "invalid_request_error",
+                                           "code": "invalid_api_key"}}, status_code=401)
+        if kind == "drip":
+            async def drip():
+                for _ in range(600):
+                    yield b" "
+                    await asyncio.sleep(0.2)
+            return StreamingResponse(drip(), media_type="application/json")
+        if kind in ("cutstream", "stallstream"):
+            async def broken():
+                for c in chunks(model, "two words")[:2]:
+                    yield c
+                if kind == "stallstream":
+                    await asyncio.sleep(3600)
+                raise RuntimeError("the stand-in cuts this stream")  # uvicorn drops the connection mid-body
+            return StreamingResponse(broken(), media_type="text/event-stream")
+        if kind == "gzipstream":
+            import gzip
+
+            return Response(gzip.compress(b"".join(chunks(model, f"answer from {model}"))), media_type="text/event-stream",
+                            headers={"content-encoding": "gzip"})
         text = f"answer from {model}"
         if kind == "slowstream":
             async def slow():

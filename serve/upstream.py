@@ -1,16 +1,25 @@
 """Forwarding a chat completion to the chosen model's upstream, with fallback down the utility ranking.
 
-The upstream's answer goes back unchanged (status, body, streamed SSE bytes). A connection error, a
-5xx or a timeout moves to the next candidate, up to `retries` more; which model answered and which
-failed is said in headers, never silently. A client that disconnects mid-stream closes the upstream
-call. Keys come from the environment at call time and never appear in a log, an error or a header
-sent back.
+The upstream's answer goes back as it came (status, body, streamed SSE bytes, decoded when the upstream
+compressed them anyway), with two exceptions: the configured upstream keys are redacted from anything
+relayed, and an upstream that rejects our credentials (401/403) is a failed call, never the client's
+401. A connection error, a 5xx, a credentials rejection or a missed deadline moves to the next
+candidate, up to `retries` more; which model answered and which failed is said in headers. Deadlines:
+a non-streamed call must finish within `timeout_s` as a whole (an upstream that drips bytes is cut off
+too); a stream must send its first chunk within `timeout_s` and then never fall silent for longer than
+`stream_idle_s`. A stream that breaks after its first chunk ends with an error event in OpenAI's stream
+shape, a WARNING line and the upstream-error counter. A client that disconnects mid-stream closes the
+upstream call. Keys come from the environment at call time and never appear in a log, an error or
+anything sent back.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
+import json
 import logging
+import socket
 import time
 
 import httpx
@@ -23,7 +32,34 @@ from .schema import HTTPError
 _PASS_HEADERS = ("content-type", "openai-processing-ms", "x-request-id")
 POOLS, CONNECTIONS_PER_POOL, KEEPALIVE_PER_POOL = 8, 32, 8
 LOG_EVERY_S = 60.0
+MAX_ERROR_BODY = 1 << 20  # an upstream's non-2xx body is read whole (to redact it) up to this size
 log = logging.getLogger("lr_onnx.serve")
+
+
+class Throttled:
+    """Log lines throttled per key: the first, then at most one a minute with how many it stands for, so a
+    flood (an upstream outage, clients dropping mid-body) never floods the log."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = LOG_EVERY_S):
+        self.logger, self.every_s = logger, every_s
+        self._seen: dict[tuple, tuple[float, int]] = {}  # key -> (last line, quiet since)
+
+    def warning(self, key: tuple, msg: str, *args) -> None:
+        now, (last, quiet) = time.monotonic(), self._seen.get(key, (float("-inf"), 0))
+        if now - last >= self.every_s:
+            more = f" ({quiet} more since the last line)" if quiet else ""
+            self.logger.warning(msg + "%s", *args, more)
+            self._seen[key] = (now, 0)
+        else:
+            self._seen[key] = (last, quiet + 1)
+
+
+class _Failed(Exception):
+    """One upstream call failed, for `reason`; the caller moves on to the next candidate."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Upstreams:
@@ -39,7 +75,8 @@ class Upstreams:
                                                               max_keepalive_connections=KEEPALIVE_PER_POOL))
                         for _ in range(POOLS)]
         self._turn = itertools.count()
-        self._logged: dict[tuple[str, str], tuple[float, int]] = {}  # (model, reason) -> (last line, quiet since)
+        self.throttled = Throttled(log)
+        self.stop_by: float | None = None  # set at SIGTERM: streams still running then end with an error event
 
     def next_client(self) -> httpx.AsyncClient:
         return self.clients[next(self._turn) % POOLS]
@@ -50,11 +87,17 @@ class Upstreams:
 
     async def fetch_image(self, url: str) -> bytes:
         """An http(s) image URL (only when the config allows it), within the size limit and within the time
-        limit as a whole (a server that drips bytes slowly is cut off too, not only one that stalls)."""
+        limit as a whole (a server that drips bytes slowly is cut off too, not only one that stalls). A host
+        that resolves to a loopback, private, link-local or otherwise non-public address is refused unless
+        `limits.allow_private_image_hosts` (no blind requests into the gateway's own network), and no
+        redirect is followed (a 3xx is a failed fetch)."""
         lim = self.config.limits
         cap = int(lim.image_url_max_mb * 1024 * 1024)
         try:
             async with asyncio.timeout(lim.image_url_timeout_s):
+                parsed = httpx.URL(url)
+                if not lim.allow_private_image_hosts:
+                    await _public_host(parsed)
                 async with self.next_client().stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
                     if resp.status_code != 200:
                         raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
@@ -63,73 +106,151 @@ class Upstreams:
         except (TimeoutError, httpx.TimeoutException):
             raise HTTPError(400, f"image URL not fetched within {lim.image_url_timeout_s:g} s",
                             code="image_url_failed") from None
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
             raise HTTPError(400, f"image URL could not be fetched ({type(e).__name__})",
                             code="image_url_failed") from None
 
-    async def forward(self, body: dict, candidates: list[tuple[str, float]], *, stream: bool,
+    async def forward(self, body: dict, candidates: list[tuple[str, float | None]], *, stream: bool,
                       headers: dict[str, str]) -> Response:
-        """Try `candidates` ([(pool model, utility)], best first) until one answers; `headers` are ours to add."""
+        """Try `candidates` ([(pool model, utility or None when nothing was routed)], best first) until one
+        answers; `headers` are ours to add."""
         failed: list[str] = []
         for name, utility in candidates[: 1 + self.config.upstream.retries]:
-            up = self.config.models[name]
-            send = {"content-type": "application/json", "accept-encoding": "identity"}
-            key = up.api_key()
-            if key:
-                send["authorization"] = f"Bearer {key}"
-            client = self.next_client()
-            req = client.build_request("POST", f"{up.base_url}/chat/completions",
-                                       json=dict(body, model=up.upstream_model), headers=send)
-            t0 = time.perf_counter()
+            ours = dict(headers, **{"x-lr-onnx-model": name})
+            if utility is not None:
+                ours["x-lr-onnx-utility"] = f"{utility:.6f}"
             try:
-                resp = await client.send(req, stream=True)
-            except httpx.HTTPError as e:
-                failed.append(self._fail(name, _reason(e)))
-                continue
-            if resp.status_code >= 500:
-                await resp.aclose()
-                failed.append(self._fail(name, str(resp.status_code)))
-                continue
-            ours = dict(headers, **{"x-lr-onnx-model": name, "x-lr-onnx-utility": f"{utility:.6f}"})
-            if failed:
-                ours["x-lr-onnx-failed"] = ", ".join(failed)
-            passed = {k: v for k, v in resp.headers.items() if k.lower() in _PASS_HEADERS}
-            if stream:
-                return StreamingResponse(self._relay(resp, t0), status_code=resp.status_code,
-                                         headers={**passed, **ours}, media_type=resp.headers.get("content-type"))
-            try:
-                content = await resp.aread()
-            except httpx.HTTPError as e:
-                failed.append(self._fail(name, _reason(e)))
-                continue
-            finally:
-                await resp.aclose()
-            self.metrics.stage.labels("upstream").observe(time.perf_counter() - t0)
-            return Response(content, status_code=resp.status_code, headers={**passed, **ours})
+                return await self._call(name, body, stream, ours, failed)
+            except _Failed as e:
+                failed.append(self._fail(name, e.reason))
         raise HTTPError(502, f"no upstream answered: {', '.join(failed) or 'no candidate'}", type="upstream_error",
                         code="upstream_failed", headers={**headers, "x-lr-onnx-failed": ", ".join(failed)})
 
-    async def _relay(self, resp: httpx.Response, t0: float):
-        """The upstream's bytes as they come; closing on the way out (also when the client went away)."""
+    async def _call(self, name: str, body: dict, stream: bool, ours: dict, failed: list[str]) -> Response:
+        up = self.config.models[name]
+        pol = self.config.upstream
+        send = {"content-type": "application/json", "accept-encoding": "identity"}
+        key = up.api_key()
+        if key:
+            send["authorization"] = f"Bearer {key}"
+        client = self.next_client()
+        req = client.build_request("POST", f"{up.base_url}/chat/completions",
+                                   json=dict(body, model=up.upstream_model), headers=send)
+        t0 = time.perf_counter()
+        resp = None
         try:
-            async for chunk in resp.aiter_raw():
-                yield chunk
+            async with asyncio.timeout(pol.timeout_s):  # non-streamed: the whole call; streamed: to the first chunk
+                resp = await client.send(req, stream=True)
+                if resp.status_code in (401, 403):
+                    raise _Failed(f"upstream rejected our credentials: {resp.status_code}")
+                if resp.status_code >= 500:
+                    raise _Failed(str(resp.status_code))
+                if failed:
+                    ours["x-lr-onnx-failed"] = ", ".join(failed)
+                passed = {k: v for k, v in resp.headers.items() if k.lower() in _PASS_HEADERS}
+                if not stream or not 200 <= resp.status_code < 300:  # whole answers (and every error) are redacted
+                    content = self._redact(await read_capped(resp.aiter_bytes(), MAX_ERROR_BODY if resp.status_code
+                                                             >= 300 else 1 << 30, _Failed("answer too large")))
+                    await resp.aclose()
+                    self.metrics.stage.labels("upstream").observe(time.perf_counter() - t0)
+                    return Response(content, status_code=resp.status_code, headers={**passed, **ours})
+                chunks = resp.aiter_bytes()
+                first = await anext(chunks, b"")
+        except (TimeoutError, httpx.TimeoutException):
+            await _close(resp)
+            raise _Failed("timeout") from None
+        except httpx.HTTPError as e:
+            await _close(resp)
+            raise _Failed(_reason(e)) from None
+        except _Failed:
+            await _close(resp)
+            raise
+        return StreamingResponse(self._relay(name, resp, chunks, first, t0), status_code=resp.status_code,
+                                 headers={**passed, **ours}, media_type=resp.headers.get("content-type"))
+
+    async def _relay(self, name: str, resp: httpx.Response, chunks, first: bytes, t0: float):
+        """The upstream's stream as it comes (decoded, redacted); an upstream that breaks off or falls silent
+        for `stream_idle_s` ends the client's stream with an error event, not a silent truncation. Closing on
+        the way out, also when the client went away."""
+        idle = self.config.upstream.stream_idle_s
+        tail = b""
+        try:
+            chunk = first
+            while chunk:
+                tail = (tail + chunk)[-64:]
+                yield self._redact(chunk)
+                wait = idle if self.stop_by is None else min(idle, self.stop_by - time.monotonic())
+                try:
+                    if wait <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(wait):
+                        chunk = await anext(chunks, b"")
+                except (TimeoutError, httpx.TimeoutException):
+                    if self.stop_by is not None and time.monotonic() >= self.stop_by - 0.01:
+                        yield self._stream_error(name, "the gateway is shutting down", upstream_fault=False)
+                    else:
+                        yield self._stream_error(name, f"stream idle for {idle:g} s")
+                    return
+                except httpx.HTTPError as e:
+                    yield self._stream_error(name, f"stream broken ({type(e).__name__})")
+                    return
+            if b"[DONE]" not in tail and "event-stream" in resp.headers.get("content-type", ""):
+                yield self._stream_error(name, "stream ended without [DONE]")
         finally:
             await resp.aclose()
             self.metrics.stage.labels("upstream").observe(time.perf_counter() - t0)
 
+    def _stream_error(self, name: str, reason: str, *, upstream_fault: bool = True) -> bytes:
+        if upstream_fault:
+            self._fail(name, reason)
+        event = {"error": {"message": f"the upstream of {name} failed mid-stream: {reason}", "type": "upstream_error",
+                           "code": "upstream_stream_failed"}}
+        return f"data: {json.dumps(event)}\n\n".encode()
+
+    def _redact(self, data: bytes) -> bytes:
+        """Every configured upstream key, wherever an upstream echoed one back (error bodies quote them)."""
+        for up in self.config.models.values():
+            key = up.api_key()
+            if key and len(key) >= 4 and key.encode() in data:
+                data = data.replace(key.encode(), b"[redacted]")
+        return data
+
     def _fail(self, name: str, reason: str) -> str:
-        """Count a failed call, and log it: the first of each (model, reason), then at most one line a
-        minute with how many it stands for, so an upstream outage does not flood the log."""
-        self.metrics.upstream_errors.labels(name, reason).inc()
-        now, (last, quiet) = time.monotonic(), self._logged.get((name, reason), (float("-inf"), 0))
-        if now - last >= LOG_EVERY_S:
-            more = f" ({quiet} more since the last line)" if quiet else ""
-            log.warning("upstream of %s failed: %s%s", name, reason, more)
-            self._logged[(name, reason)] = (now, 0)
-        else:
-            self._logged[(name, reason)] = (last, quiet + 1)
+        """Count a failed call and log it, throttled per (model, reason)."""
+        self.metrics.upstream_errors.labels(name, _label(reason)).inc()
+        self.throttled.warning((name, reason), "upstream of %s failed: %s", name, reason)
         return f"{name} ({reason})"
+
+
+async def _public_host(url: httpx.URL) -> None:
+    """Refuse a URL whose host resolves to any address that is not public (checked on every address)."""
+    host = url.host
+    if not host:
+        raise HTTPError(400, "image URL has no host", code="image_url_failed")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80),
+                                                             type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise HTTPError(400, f"image URL host {host!r} does not resolve", code="image_url_failed") from None
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not addr.is_global or addr.is_multicast:
+            raise HTTPError(400, f"image URL host {host!r} resolves to a non-public address; refused (set "
+                                 f"limits.allow_private_image_hosts to allow it)", code="image_url_private")
+
+
+def _label(reason: str) -> str:
+    """The metric label of a failure reason: a few fixed values, whatever the message says."""
+    if reason.startswith("upstream rejected"):
+        return "credentials"
+    if reason.startswith("stream"):
+        return "stream"
+    return reason
+
+
+async def _close(resp: httpx.Response | None) -> None:
+    if resp is not None:
+        await resp.aclose()
 
 
 def _reason(e: httpx.HTTPError) -> str:

@@ -281,7 +281,8 @@ def test_image_urls_when_allowed_are_fetched_within_size_and_time_limits(router,
         Route("/missing.png", lambda r: Response(b"no", status_code=404)),
         Route("/drip.png", lambda r: StreamingResponse(drip(), media_type="image/png")),
         Route("/stall.png", lambda r: StreamingResponse(stall(), media_type="image/png"))])
-    limits = Limits(allow_image_urls=True, image_url_max_mb=0.05, image_url_timeout_s=1.0)
+    limits = Limits(allow_image_urls=True, allow_private_image_hosts=True, image_url_max_mb=0.05,
+                    image_url_timeout_s=1.0)
     with BackgroundServer(images) as img, make_server(router, upstream, {}, limits=limits) as s:
         res = httpx.post(f"{s.url}/v1/route", json={"question": QUESTION, "images": [f"{img.url}/chart.png"]})
         assert res.status_code == 200 and res.json()["model"] == router.route([CHART], QUESTION).model
