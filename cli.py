@@ -153,7 +153,8 @@ _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda",
                    "a preset of the bundle (quality, balanced, budget_50, budget_25, budget_10; `lr-onnx info` "
                    "lists them). Default: the bundle's calibrated value.")
 @click.option("--max-cost", type=_USD, default=None, help="Per-query budget in USD (expected cost).")
-@click.option("--explain", is_flag=True, help="Show the closest capability slices and the margins at the top.")
+@click.option("--explain", is_flag=True, help="Show the closest capability slices (clusters of the training queries, "
+                                                "with each top model's score there) and the margins at the top.")
 @_BUNDLE
 @_PROVIDER
 def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, provider):
@@ -194,6 +195,8 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
         for m in d.explain["pairwise_margins"]:
             click.echo(f"margin {m['between'][0]} over {m['between'][1]}: utility {m['utility_margin']:+.4f}, "
                        f"z {m['z']:+.2f}")
+        click.echo("note: each model's score is read in the context of the models available (latent communication): "
+                   "--models or --exclude can change the other candidates' scores too")
 
 
 # ----------------------------------------------------------------------------- data
@@ -425,29 +428,57 @@ def _pool_target(run_dir, bundle, out):
 
 
 @models.command("propose")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(path_type=str),
               help="Folder to write (must not exist): queries.jsonl and images/.")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
+              help="Propose from your own queries (--from) for this bundle instead of a training run's rows.")
+@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="With --bundle: your queries, as route-batch reads them (JSONL or CSV with id, question, images).")
 @click.option("--n", "n", type=click.IntRange(min=24), default=48, show_default=True,
               help="Queries to propose (at least 24): ceil(n / slices) from each capability slice, then a seeded draw "
                    "of n of them when that is more.")
 @click.option("--seed", type=int, default=20260308, show_default=True, help="Seed of the draw.")
-def models_propose(run_dir, out, n, seed):
-    """Pick calibration queries for a new model from RUN_DIR's calibration rows.
+def models_propose(run_dir, out, bundle, from_file, n, seed):
+    """Pick calibration queries for a new model, spread over the router's capability slices.
 
-    Run the new model on OUT/queries.jsonl, fill each query's outcomes with
-    {"NAME": {"score": ..., "cost": ...}}, then: lr-onnx models add RUN_DIR
-    --name NAME --outcomes OUT (or --bundle B --out B2 for a bundle).
+    From RUN_DIR's calibration rows (a training run), or with --bundle B --from FILE from
+    your own queries (no training run, no torch). Run the new model on OUT/queries.jsonl,
+    fill each query's outcomes with {"NAME": {"score": ..., "cost": ...}}, then:
+    lr-onnx models add RUN_DIR --name NAME --outcomes OUT (or --bundle B --out B2).
     """
-    from .export.pool import propose_queries
+    if bool(run_dir) == bool(bundle):
+        raise click.UsageError("give a training run (RUN_DIR) or --bundle B --from FILE")
+    if bundle and not from_file:
+        raise click.UsageError("--bundle needs --from FILE: the queries to choose from")
+    if run_dir and from_file:
+        raise click.UsageError("--from goes with --bundle; a run proposes from its own calibration rows")
+    if run_dir:
+        from .export.pool import propose_queries
 
-    rep = propose_queries(run_dir, out, n=n, seed=seed)
+        rep = propose_queries(run_dir, out, n=n, seed=seed)
+        target = run_dir
+    else:
+        from .runtime.batch import read_queries
+        from .runtime.manage import propose_from_queries
+
+        router = _load_router(bundle, "auto")
+        records, problems = [], []
+        with open(from_file, "rb") as fh:
+            for lineno, rec, err in read_queries(fh, Path(from_file).parent,
+                                                 csv_format=from_file.lower().endswith(".csv"), name=from_file):
+                (problems.append(f"{from_file}:{lineno}: {err}") if err else records.append(rec))
+        for msg in problems:
+            click.echo(f"skipped {_safe(msg)}", err=True)
+        with click.progressbar(length=len(records), label="encoding", file=sys.stderr) as bar:
+            rep = propose_from_queries(router, records, out, n=n, seed=seed, on_progress=bar.update)
+        target = f"--bundle {bundle} --out NEW_BUNDLE"
     covered = sum(c > 0 for c in rep["per_slice"])
     short = rep["short_slices"]
     click.echo(f"wrote {out}: {rep['queries']} queries from {covered} of {rep['slices']} slices "
                f"(at most {rep['target_per_slice']} per slice)"
-               + (f"; slices {short} have fewer calibration rows" if short else "") +
-               f"; fill in outcomes[NAME], then: lr-onnx models add {run_dir} --name NAME --outcomes {out}")
+               + (f"; slices {short} have fewer candidate queries" if short else "") +
+               f"; fill in outcomes[NAME], then: lr-onnx models add {target} --name NAME --outcomes {out}")
 
 
 @models.command("add")
@@ -494,8 +525,13 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
                             data.Y[ok, 0], data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
                             price_in=price_in, price_out=price_out, image_tokens=image_tokens)
     click.echo(f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
-               f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} "
-               f"({rep['cost_estimator']}); queries per slice {rep['slice_counts']}")
+               f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} per query "
+               f"({rep['cost_estimator']}" + (f"; observed {rep['observed_cost']:.4g}" if "observed_cost" in rep else "")
+               + f"); queries per slice {rep['slice_counts']}")
+    if rep.get("pool_scores"):
+        click.echo("predicted mu_tilde on these labelled queries, by model (the new one last):")
+        for n, v in sorted(rep["pool_scores"].items(), key=lambda kv: (kv[0] == name, -kv[1])):
+            click.echo(f"  {n[:32]:32s} {v:.3f}" + ("  (observed %.3f)" % rep["observed_score"] if n == name else ""))
     for w in rep["warnings"]:
         click.echo(f"warning: {w}", err=True)
 
@@ -558,6 +594,12 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
     if address and engine != "ray":
         raise click.UsageError("--address is for --engine ray")
     total = count_records(Path(inp)) if inp != "-" and Path(inp).is_file() else None
+    said = set()
+
+    def problem(msg: str) -> None:  # as it happens (a killed run has already said what it skipped)
+        said.add(msg)
+        click.echo(("\n" if total is not None else "") + f"skipped {_safe(msg)}", err=True)
+
     if engine == "ray":
         from .runtime.ray_engine import route_batch_ray
 
@@ -565,14 +607,20 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
             raise click.UsageError("--engine ray reads files (JSONL, CSV, Parquet), not standard input")
         res = route_batch_ray(router, inp, out, bundle=bundle, address=address, batch_size=batch_size, **kw)
     elif total is None:
-        res = route_batch(router, inp, out, batch_size=batch_size, **kw)
+        res = route_batch(router, inp, out, batch_size=batch_size, on_problem=problem, **kw)
     else:
         with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:
-            res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update, **kw)
+            res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update, on_problem=problem,
+                              **kw)
     for p in res["problems"]:
-        click.echo(f"skipped {_safe(p)}", err=True)
+        if p not in said:
+            click.echo(f"skipped {_safe(p)}", err=True)
     click.echo(f"routed {res['routed']}, already done {res['skipped_done']}, failed {res['failed']}, "
                f"duplicate ids {res['duplicates']}, out of coverage {res['out_of_coverage']}; wrote {out}")
+    if res.get("chosen"):
+        cost = res.get("expected_cost_usd", 0.0)
+        click.echo("chosen: " + ", ".join(f"{n} {c}" for n, c in sorted(res["chosen"].items(), key=lambda kv: -kv[1]))
+                   + f"; expected cost {cost:.4g} USD in all, {cost / max(res['routed'], 1):.3g} per query")
     if res["failed"] or res["duplicates"]:
         sys.exit(1)
 
@@ -614,7 +662,9 @@ def serve_cmd(bundle, host, port, config_path, api_key_env, strict, provider):
 
 @main.command("info")
 @_BUNDLE
-def info_cmd(bundle):
+@click.option("--json", "as_json", is_flag=True, help="Print the same facts as JSON (pool, graphs, preprocessing, "
+                                                       "lambda and presets, coverage, providers, digest).")
+def info_cmd(bundle, as_json):
     """Show a bundle: pool and prices, graphs, preprocessing, lambda, available providers."""
     from .runtime.bundle import load_bundle
     from .runtime.router import DEFAULT_BUNDLE
@@ -622,6 +672,15 @@ def info_cmd(bundle):
 
     b = load_bundle(bundle or DEFAULT_BUNDLE)
     m = b.manifest
+    if as_json:
+        keep = ("name", "price_in_per_mtok", "price_out_per_mtok", "expected_cost_usd", "image_tokens", "output_tokens")
+        _echo_json({"bundle": str(b.path), "digest": b.digest, "schema_version": m["schema_version"],
+                    "precision": m.get("precision"), "opset": m.get("opset"), "setting": m.get("setting"),
+                    "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
+                    "graphs": {n: {**g, "bytes": b.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
+                    "preprocessing": m["preprocessing"], "lambda": m.get("lambda", {}), "coverage": m.get("coverage"),
+                    "providers_available": ort().get_available_providers()})
+        return
     click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m.get('precision', '?')}, opset {m.get('opset', '?')}, "
                f"setting {m.get('setting', '?')}, encoders {m.get('encoder_version', '?')})")
     click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost")
@@ -703,7 +762,7 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
     import numpy as np
 
     from .export.data import load_dataset
-    from .runtime.manage import calibrate
+    from .runtime.manage import calibrate, calibration_target, tradeoff
 
     share = None
     if max_share:
@@ -715,6 +774,7 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
         if not model or not 0 <= share[1] <= 1:
             raise click.BadParameter("expected MODEL:P with P in [0, 1]", param_hint="--max-share")
     router = _load_router(bundle, "auto")
+    calibration_target(router, max_avg_cost, share)  # a bad target is a usage error before anything is encoded
     data = load_dataset(data_dir)
     rows = [i for i in range(data.n) if split == "all" or data.split[i] == split]
     if not rows:
@@ -733,8 +793,15 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
             feats.append(router.features(qs[s:s + 64], meta=meta))
     res = calibrate(router, np.concatenate(feats), take(data.Y, np.nan), take(data.C, np.nan), take(data.A, False),
                     meta=meta, max_avg_cost=max_avg_cost, max_share=share)
-    if res["warning"]:
-        click.echo(f"warning: {res['warning']}", err=True)
+    click.echo(f"{'lambda':>10s} {'mean score':>10s} {'mean cost $':>12s}" + (f" {'share':>6s}" if share else "")
+               + "  meets the target")
+    for p in tradeoff(res["points"]):
+        mark = "*" if p["lambda"] == res["lambda"] else " "
+        click.echo(f"{mark}{p['lambda']:>9.4g} {p['score']:>10.4f} {p['cost']:>12.4g}"
+                   + (f" {p['share']:>6.3f}" if share else "") + f"  {'yes' if p['feasible'] else 'no'}")
+    if not res["met"]:
+        raise click.ClickException(f"no lambda meets the target on these {res['queries']} queries (see the table); "
+                                   f"{bundle}/manifest.json was left as it was")
     click.echo(f"lambda {res['lambda']:g}: mean score {res['score']:.4f}, mean cost {res['cost']:.4g} on "
                f"{res['queries']} queries; recorded in {bundle}/manifest.json")
 

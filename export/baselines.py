@@ -83,7 +83,10 @@ def linear_mf_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def mlp_scores(P: Prepared, rows: np.ndarray, *, epochs: int = 50, seed: int = 20260308) -> np.ndarray:
+BASELINE_SEED = 20260308  # the baselines' own seed: the bar must not move with the router's training seed
+
+
+def mlp_scores(P: Prepared, rows: np.ndarray, *, epochs: int = 50, seed: int = BASELINE_SEED) -> np.ndarray:
     """D_q -> 256 -> 128 -> K ReLU MLP with masked MSE, Adam 1e-3, batch 32 (MMR-Bench `mlp`)."""
     import torch
 
@@ -107,3 +110,60 @@ def mlp_scores(P: Prepared, rows: np.ndarray, *, epochs: int = 50, seed: int = 2
             opt.step()
     with torch.no_grad():
         return net(X[torch.from_numpy(rows)]).numpy().astype(np.float64)
+
+
+def irt_scores(P: Prepared, rows: np.ndarray, *, dim: int = 16, epochs: int = 60, patience: int = 5,
+               seed: int = BASELINE_SEED) -> np.ndarray:
+    """Item-response routing (the MIRT family that leads RouterArena): P(y | q, m) = sigmoid(a(q) . theta_m -
+    b(q)), with a(q) (discrimination, `dim` wide) and b(q) (difficulty) small heads on a shared 128-unit
+    trunk over the standardised query features, and theta_m each model's ability vector. Masked binary
+    cross-entropy (scores in [0, 1] are soft labels), Adam 1e-3, batch 64, early stopping on the
+    validation loss (patience epochs), best epoch kept."""
+    import torch
+
+    torch.manual_seed(seed)
+    train, val = np.flatnonzero(P.masks["train"]), np.flatnonzero(P.masks["val"])
+    X = torch.from_numpy(((P.q - P.q_mean) / P.q_std).astype(np.float32))
+    Y = torch.from_numpy(np.clip(np.nan_to_num(P.data.Y), 0, 1).astype(np.float32))
+    A = torch.from_numpy(P.data.A.astype(np.float32))
+
+    class IRT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 128), torch.nn.ReLU())
+            self.a, self.b = torch.nn.Linear(128, dim), torch.nn.Linear(128, 1)
+            self.theta = torch.nn.Parameter(0.1 * torch.randn(P.data.k, dim))
+
+        def forward(self, x):
+            h = self.trunk(x)
+            return self.a(h) @ self.theta.T - self.b(h)
+
+    def loss(net, idx):
+        b = torch.from_numpy(idx)
+        err = torch.nn.functional.binary_cross_entropy_with_logits(net(X[b]), Y[b], reduction="none") * A[b]
+        return err.sum() / A[b].sum().clamp(min=1.0)
+
+    net = IRT()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    best, best_state, bad = float("inf"), None, 0
+    for _ in range(epochs):
+        net.train()
+        order = rng.permutation(train)
+        for s in range(0, len(order), 64):
+            opt.zero_grad()
+            loss(net, order[s:s + 64]).backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            v = float(loss(net, val)) if len(val) else 0.0
+        if v < best - 1e-5:
+            best, best_state, bad = v, {k: t.clone() for k, t in net.state_dict().items()}, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    with torch.no_grad():
+        return torch.sigmoid(net(X[torch.from_numpy(rows)])).numpy().astype(np.float64)

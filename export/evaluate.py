@@ -17,7 +17,8 @@ from . import metrics as M
 from .files import atomic_write_text
 from .train import Prepared, TrainConfig, load_router, predict, prepare, train
 
-METHODS = ["latentrouter", "no_communication", "text_only", "knn", "mf", "mlp", "task_lookup", "random", "best_single"]
+METHODS = ["latentrouter", "no_communication", "text_only", "knn", "mf", "mlp", "irt", "task_lookup", "random",
+           "best_single"]
 USES_DATASET_LABEL = ("task_lookup",)  # baselines that read metadata the router never sees
 
 
@@ -77,11 +78,12 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
                 train(data_dir, sub, abl, prepared=Pa, progress=progress)
             anet, _ = load_router(sub)
             scores[name] = predict(anet, Pa, both)[0]
-    from .baselines import best_single_scores, knn_scores, linear_mf_scores, mlp_scores, task_lookup_scores
+    from .baselines import best_single_scores, irt_scores, knn_scores, linear_mf_scores, mlp_scores, task_lookup_scores
 
     scores["knn"] = knn_scores(P, both)
     scores["mf"] = linear_mf_scores(P, both)
-    scores["mlp"] = mlp_scores(P, both, seed=tcfg.seed)
+    scores["mlp"] = mlp_scores(P, both)  # the baselines' own seed: the bar does not move with the router's
+    scores["irt"] = irt_scores(P, both)
     scores["task_lookup"] = task_lookup_scores(P, both)
     scores["best_single"] = best_single_scores(P, both)
 

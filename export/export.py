@@ -266,7 +266,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
     if cfg["train"].get("text_only"):
         raise DataError(f"{run_dir} is a --text-only ablation run: its router expects query features with the image "
                         f"removed, which the runtime never produces; export a run trained without --text-only")
-    prof = json.loads((run_dir / "profiles.json").read_text(encoding="utf-8"))
+    from .pool import read_profiles
+
+    prof = read_profiles(run_dir)
     t0 = time.perf_counter()
     with staged_output(out) as tmp:
         export_graphs(net, tmp, opset)

@@ -17,14 +17,29 @@ import numpy as np
 from ..runtime.errors import DataError
 from ..runtime.profiles import ProfileSpace, new_model_profile
 from .data import load_outcomes_for
+from ..runtime.profiles import spread_over_slices  # noqa: F401  (used here, defined once there)
 from .files import atomic_write_text, staged_output
 
 
-def _read(run_dir: Path) -> dict:
+PER_MODEL = ("models", "raw_profiles", "e_bar", "cost_model")  # profiles.json's lists with one entry per pool model
+
+
+def read_profiles(run_dir: str | Path) -> dict:
+    """A run's profiles.json, with every per-model list checked for one entry per model (a list that
+    stopped short would silently drop models wherever the lists are zipped together)."""
+    run_dir = Path(run_dir)
     p = run_dir / "profiles.json"
     if not p.is_file():
         raise DataError(f"{run_dir}: no profiles.json (not a run folder from lr-onnx train)")
-    return json.loads(p.read_text(encoding="utf-8"))
+    prof = json.loads(p.read_text(encoding="utf-8"))
+    lengths = {k: len(prof[k]) for k in PER_MODEL if isinstance(prof.get(k), list)}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"{p}: its per-model lists disagree on the pool size ("
+                        + ", ".join(f"{k} {n}" for k, n in lengths.items()) + "); re-add the models or retrain")
+    return prof
+
+
+_read = read_profiles
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -59,23 +74,14 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
                            "added_with": {"queries": int(ok.sum()), "cost_estimator": estimator}})
     prof["raw_profiles"].append(raw.tolist())
     prof["e_bar"].append(float(e_bar))
+    if isinstance(prof.get("cost_model"), list):  # no image-token rule: its expected cost is the per-model constant
+        prof["cost_model"].append({"price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
+                                   "image_tokens": None, "output_tokens": None})
     predicted = _predicted_mean(run_dir, prof, q)
     atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")
     return {"name": name, "queries": int(ok.sum()), "observed_score": float(y.mean()),
             "predicted_score": predicted, "expected_cost": float(e_bar), "cost_estimator": estimator,
             "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
-
-
-def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int) -> list[tuple[int, int]]:
-    """(row, slice) pairs: ceil(n / S) rows drawn (seeded) from each slice (all of a slice's rows if it has
-    fewer); when that makes more than n (S does not divide n, or S > n), a seeded draw keeps n of them."""
-    per, rng = math.ceil(n / S), np.random.default_rng(seed)
-    picked = []
-    for s in range(S):
-        picked += [(int(i), s) for i in np.sort(rng.permutation(rows[slices == s])[:per])]
-    if len(picked) > n:
-        picked = [picked[j] for j in np.sort(rng.choice(len(picked), n, replace=False))]
-    return picked
 
 
 def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: int = 20260308,
@@ -144,6 +150,7 @@ def remove_model(run_dir: str | Path, name: str) -> None:
     if len(names) == 1:
         raise DataError("cannot remove the last model of the pool")
     j = names.index(name)
-    for key in ("models", "raw_profiles", "e_bar"):
-        prof[key].pop(j)
+    for key in PER_MODEL:
+        if isinstance(prof.get(key), list):
+            prof[key].pop(j)
     atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")

@@ -81,8 +81,9 @@ GRID = {
     "demo_n12000_s11": (("demo", 12000, 11), 2), "demo_n12000_s23": (("demo", 12000, 23), 2),
     "blindtest": (("shared", "blindtest"), 3), "dynamath": (("shared", "dynamath"), 3),
     "real_merged": (("merge", "blindtest", "dynamath"), 3), "dcrouter": (("shared", "dcrouter"), 3),
+    "vqarad": (("shared", "vqarad"), 3), "inkbench": (("shared", "inkbench"), 3),
 }
-REAL_FIRST = ["blindtest", "dynamath", "real_merged", "dcrouter"]
+REAL_FIRST = ["blindtest", "dynamath", "real_merged", "vqarad", "inkbench", "dcrouter"]
 
 
 def grid_data(spec: tuple, out: Path, shared: Path) -> Path:

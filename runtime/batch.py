@@ -304,7 +304,7 @@ def route_records(router, records: list[dict], prepared: list, opts) -> list[tup
 
 def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 64,
                 on_progress: Callable[[int], None] | None = None, fifo_wait_s: float = FIFO_WAIT_S,
-                **route_kw) -> dict:
+                on_problem: Callable[[str], None] | None = None, **route_kw) -> dict:
     """Route every query of `inp` (a path, a FIFO or `-`) not yet in `out`; returns counts and per-line problems.
 
     Options (`models`, `exclude`, `lam`, `max_cost`) are checked once, before any record is read.
@@ -318,7 +318,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
         try:
             claim_out(fd, out, bundle=router.bundle.digest, input_name=input_label(inp))
             skip = repair_and_read_ids(fd, out)
-            return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular)
+            return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular, on_problem)
         finally:
             os.close(fd)
     finally:
@@ -326,10 +326,14 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
             fh.close()
 
 
-def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular: bool) -> dict:
+def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular: bool,
+         on_problem: Callable[[str], None] | None = None) -> dict:
     # reading (in the prefetch thread, for a regular file) and routing (here) keep their own counts and problems
     read = {"failed": 0, "duplicates": 0, "skipped_done": 0}
     routed = {"routed": 0, "failed": 0, "out_of_coverage": 0}
+    chosen: dict[str, int] = {}
+    spent = [0.0]  # the chosen models' expected cost, summed
+    told: set[str] = set()
     read_problems: list[tuple[int, str]] = []
     route_problems: list[tuple[int, str]] = []
     opts = router.options(**route_kw)
@@ -374,8 +378,15 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
                 routed["failed"] += 1
             else:
                 results.append((q, d))
+                if d.model is not None:
+                    chosen[d.model] = chosen.get(d.model, 0) + 1
+                    spent[0] += next(c.expected_cost for c in d.candidates if c.name == d.model)
         payload = "".join(json.dumps({"id": q["id"], **d.to_dict()}, allow_nan=False) + "\n" for q, d in results)
         append_lines(fd, out, payload.encode("utf-8"), routed["routed"])
+        if on_problem:  # what this batch skipped, said as soon as its good records are safely in OUT
+            for _, msg in sorted(p for p in read_problems + route_problems if p[1] not in told):
+                told.add(msg)
+                on_problem(msg)
         routed["routed"] += len(results)
         routed["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
         if on_progress:
@@ -383,4 +394,8 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
     counts = {"routed": routed["routed"], "skipped_done": read["skipped_done"],
               "failed": read["failed"] + routed["failed"], "duplicates": read["duplicates"],
               "out_of_coverage": routed["out_of_coverage"]}
-    return {**counts, "problems": [m for _, m in sorted(read_problems + route_problems, key=lambda p: p[0])]}
+    if on_problem:
+        for _, msg in sorted(p for p in read_problems + route_problems if p[1] not in told):
+            on_problem(msg)
+    return {**counts, "chosen": chosen, "expected_cost_usd": spent[0],
+            "problems": [m for _, m in sorted(read_problems + route_problems, key=lambda p: p[0])]}

@@ -6,6 +6,7 @@ and `models remove` write a new bundle folder (a copy) and never touch the sourc
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -88,10 +89,60 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     from .router import Router
 
     grown = Router.load(out, provider=router.provider)
-    sc = grown.score_features(q, np.ones((len(q), len(grown.names)), bool))
+    costs = grown.query_costs(meta, len(q))  # what `route` will show for these very queries
+    sc = grown.score_features(q, np.ones((len(q), len(grown.names)), bool), costs / grown.space.cost_scale)
     return {"name": name, "queries": len(queries), "observed_score": float(np.mean(y)),
-            "predicted_score": float(sc["mu_tilde"][:, -1].mean()), "expected_cost": float(e_bar),
-            "cost_estimator": estimator, "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
+            "predicted_score": float(sc["mu_tilde"][:, -1].mean()), "expected_cost": float(costs[:, -1].mean()),
+            "observed_cost": float(np.mean(cost)), "cost_estimator": estimator, "slice_counts": new["slice_counts"],
+            "pool_scores": {n: round(float(sc["mu_tilde"][:, k].mean()), 4) for k, n in enumerate(grown.names)},
+            "warnings": new["warnings"]}
+
+
+def propose_from_queries(router, records: list[dict], out: str | os.PathLike, *, n: int = 48, seed: int = 20260308,
+                         batch_size: int = 64, on_progress=None) -> dict:
+    """`models propose --bundle`: n of the user's own queries (route-batch records: id, question, images),
+    spread over the bundle's capability slices like a run's proposal, written to the new folder `out` as
+    queries.jsonl plus copies of their images, ready for a new model's outcomes and `models add`. Numpy
+    and ONNX Runtime only: a serving-side user needs no training run."""
+    from .files import staged_folder
+    from .profiles import assign_slices
+
+    if n < 24:
+        raise OptionError(f"propose at least 24 queries (method.md §3.5), got {n}")
+    if len(records) < n:
+        raise InputError(f"only {len(records)} usable queries to choose {n} from; give more, or a smaller --n")
+    space = ProfileSpace.from_dict(router.bundle.manifest["profile_space"])
+    feats = []
+    for s in range(0, len(records), batch_size):
+        chunk = records[s:s + batch_size]
+        feats.append(router.features([(r["images"], r["question"]) for r in chunk]))
+        if on_progress:
+            on_progress(len(chunk))
+    slices = assign_slices(np.concatenate(feats), space.centroids)
+    S = len(space.centroids)
+    # round robin over the slices your queries fall in (seeded order within each): as even as they allow
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(slices == s))) for s in range(S)]
+    picked: list[tuple[int, int]] = []
+    while len(picked) < n:
+        for s in range(S):
+            if pools[s] and len(picked) < n:
+                picked.append((int(pools[s].pop()), s))
+    with staged_folder(out, InputError) as tmp:
+        (tmp / "images").mkdir()
+        lines = []
+        for i, s in picked:
+            imgs = []
+            for j, src in enumerate(records[i]["images"]):
+                rel = f"images/{len(lines):03d}_{j}{Path(src).suffix.lower()}"
+                shutil.copyfile(src, tmp / rel)
+                imgs.append(rel)
+            lines.append(json.dumps({"id": records[i]["id"], "question": records[i]["question"], "images": imgs,
+                                     "slice": int(s), "outcomes": {}}))
+        atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
+    counts = np.bincount([s for _, s in picked], minlength=S)
+    return {"queries": len(picked), "per_slice": counts.tolist(), "slices": S,
+            "target_per_slice": math.ceil(n / S), "short_slices": [s for s in range(S) if (slices == s).sum() < math.ceil(n / S)]}
 
 
 def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: str) -> None:
@@ -105,6 +156,16 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
         write_manifest(tmp, dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name]))
 
 
+def calibration_target(router, max_avg_cost: float | None, max_share: tuple[str, float] | None) -> dict:
+    """The one budget target, checked before any query is encoded."""
+    if (max_avg_cost is None) == (max_share is None):
+        raise OptionError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
+    if max_share is not None and max_share[0] not in router.names:
+        raise OptionError(f"unknown model '{max_share[0]}'; pool: {', '.join(router.names)}")
+    return {"max_avg_cost": max_avg_cost} if max_avg_cost is not None else \
+        {"max_share": {"model": max_share[0], "share": max_share[1]}}
+
+
 def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *, meta: list | None = None,
               max_avg_cost: float | None = None, max_share: tuple[str, float] | None = None) -> dict:
     """Pick lambda on the user's labelled queries for one budget target and record it in the manifest.
@@ -112,13 +173,11 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
     Y, C, A are `[N, K]` in the bundle's pool order (realised scores, costs, availability); `meta`
     (from `Router.features`) gives each query's expected costs per model exactly as `route` computes
     them, so each lambda of the grid is judged by the choices `route` will make with it.
-    Among the feasible lambdas of the grid, the one with the highest mean score wins
-    (ties: lower cost, then larger lambda); none feasible -> the cheapest point, with a warning.
+    Among the feasible lambdas of the grid, the one with the highest mean score wins and is written
+    (ties: lower cost, then larger lambda). When none is feasible nothing is written: the result has
+    `met` False, `lambda` None, and `points` (every lambda's score, cost and share) says what is possible.
     """
-    if (max_avg_cost is None) == (max_share is None):
-        raise OptionError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
-    if max_share is not None and max_share[0] not in router.names:
-        raise OptionError(f"unknown model '{max_share[0]}'; pool: {', '.join(router.names)}")
+    target = calibration_target(router, max_avg_cost, max_share)
     ok = A.any(axis=1)
     if not ok.any():
         raise InputError("no labelled query has an outcome for any model of the bundle's pool")
@@ -134,22 +193,27 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
         feasible = cost <= max_avg_cost if max_avg_cost is not None else share <= max_share[1]
         points.append({"lambda": float(lam), "score": score, "cost": cost, "share": share, "feasible": feasible})
     feas = [p for p in points if p["feasible"]]
-    warning = None
-    if feas:
-        best = max(feas, key=lambda p: (p["score"], -p["cost"], p["lambda"]))
-    else:
-        best = min(points, key=lambda p: (p["cost"], -p["score"]))
-        warning = "no lambda meets the target on this data; using the cheapest operating point"
-    target = {"max_avg_cost": max_avg_cost} if max_avg_cost is not None else \
-        {"max_share": {"model": max_share[0], "share": max_share[1]}}
+    if not feas:
+        return {"met": False, "lambda": None, "queries": int(len(q)), "points": points, "target": target}
+    best = max(feas, key=lambda p: (p["score"], -p["cost"], p["lambda"]))
     m = dict(router.bundle.manifest)
     lam = dict(m.get("lambda", {}))
     lam["default"] = best["lambda"]
     lam["calibrated"] = {"target": target, "queries": int(len(q)), "operating_point": best}
     m["lambda"] = lam
     write_manifest(router.bundle.path, m)
-    return {"lambda": best["lambda"], "score": best["score"], "cost": best["cost"], "share": best["share"],
-            "queries": int(len(q)), "warning": warning}
+    return {"met": True, "lambda": best["lambda"], "score": best["score"], "cost": best["cost"], "share": best["share"],
+            "queries": int(len(q)), "points": points, "target": target}
+
+
+def tradeoff(points: list[dict]) -> list[dict]:
+    """The distinct operating points of a lambda sweep (consecutive lambdas that choose alike are one row)."""
+    out: list[dict] = []
+    for p in points:
+        if out and (round(out[-1]["score"], 6), round(out[-1]["cost"], 12)) == (round(p["score"], 6), round(p["cost"], 12)):
+            continue
+        out.append(p)
+    return out
 
 
 def check_golden(router) -> dict:

@@ -8,9 +8,12 @@ retraining. The centroids and standardisation constants are frozen at training.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import InputError
 
 from .features import HAS_IMAGE_COL, l2_normalise
 
@@ -109,20 +112,24 @@ def new_model_profile(space: ProfileSpace, q: np.ndarray, y, cost, lat, tok, que
                       price_in: float | None, price_out: float | None, pool_mean: float) -> dict:
     """Raw profile, expected cost and warnings for a model added from labelled queries (§3.5).
 
-    Expected cost: `price_tokens` when prices are given (1.3 tokens per word in, the observed mean
-    output tokens out), else the mean observed cost; it also fills the profile's log-cost column.
+    Expected cost: the mean observed cost of the labelled queries when the outcomes carry costs (what
+    those queries really cost, image tokens and answers included), else `price_tokens` from the prices
+    (1.3 tokens per word in, the mean recorded output tokens out); it also fills the profile's log-cost
+    column. A model with an image-token rule is priced per query at route time anyway (runtime.costs).
     """
     from .features import n_words
 
     slices = assign_slices(q, space.centroids)
     raw = space.profile(np.asarray(y), np.asarray(cost), np.asarray(lat), np.asarray(tok), slices)
-    tok = np.asarray(tok, float)
-    if price_in is not None:
+    tok, observed = np.asarray(tok, float), np.asarray(cost, float)
+    if len(observed) and np.isfinite(observed).all():
+        e_bar, estimator = float(np.mean(observed)), "mean_observed_cost"
+    elif price_in is not None:
         t_in = float(np.mean([1.3 * n_words(x) for x in questions]))
         t_out = float(np.nanmean(tok)) if np.isfinite(tok).any() else 0.0
         e_bar, estimator = (price_in * t_in + (price_out or 0.0) * t_out) / 1e6, "price_tokens"
     else:
-        e_bar, estimator = float(np.mean(cost)), "mean_observed_cost"
+        raise InputError("a new model needs the costs of its labelled queries, or its prices (--price-in)")
     raw[space.S + 1] = np.log(e_bar / space.cost_scale + 1e-3)
     counts = np.bincount(slices, minlength=space.S)
     warnings = []
@@ -133,3 +140,15 @@ def new_model_profile(space: ProfileSpace, q: np.ndarray, y, cost, lat, tok, que
                         f"score {np.mean(y):.2f} is far from the pool mean {pool_mean:.2f}")
     return {"raw": raw, "e_bar": float(e_bar), "estimator": estimator, "slice_counts": counts.tolist(),
             "warnings": warnings}
+
+
+def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """(row, slice) pairs: ceil(n / S) rows drawn (seeded) from each slice (all of a slice's rows if it has
+    fewer); when that makes more than n (S does not divide n, or S > n), a seeded draw keeps n of them."""
+    per, rng = math.ceil(n / S), np.random.default_rng(seed)
+    picked = []
+    for s in range(S):
+        picked += [(int(i), s) for i in np.sort(rng.permutation(rows[slices == s])[:per])]
+    if len(picked) > n:
+        picked = [picked[j] for j in np.sort(rng.choice(len(picked), n, replace=False))]
+    return picked

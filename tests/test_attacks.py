@@ -238,3 +238,47 @@ def test_an_unset_upstream_key_variable_refuses_strict_start(tmp_path, runner, m
     cfg.write_text(f'[models."{FIRST}"]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "LR_NOT_SET_ANYWHERE"\n')
     res = runner.invoke(main, ["serve", "--config", str(cfg), "--strict", "--port", "9"])
     assert res.exit_code != 0 and "LR_NOT_SET_ANYWHERE" in res.output and "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------------------- 15. the shutdown grace period
+def test_a_stream_longer_than_the_grace_period_ends_cleanly_at_sigterm(router, upstream, tmp_path):
+    """[server] grace_s: a stream still running when it is almost over ends with an error event, and the
+    server exits 0 without a traceback (it used to be cut mid-chunk, with one)."""
+    import signal
+    import subprocess
+    import sys
+
+    from lr_onnx.serve.standin import free_port
+
+    top = ranked(router, "Stream forever?")[0]
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(f'[server]\ngrace_s = 2\n\n[models."{top}"]\nbase_url = "{upstream.url}/slowstream/v1"\n')
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port), "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat("Stream forever?", stream=True),
+                          timeout=30) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            next(ln for ln in lines if ln.startswith("data: "))
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            events = [ln for ln in lines if ln.startswith("data: ")]
+        assert json.loads(events[-1][6:])["error"]["code"] == "upstream_stream_failed"
+        assert "shutting down" in events[-1] and time.monotonic() - t0 < 5
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

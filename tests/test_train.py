@@ -253,12 +253,14 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     rep = add_model(run_dir, "NewVLM", env / "demo" / "new_model.jsonl", price_in=0.5, price_out=1.0, progress=False)
     prof = json.loads((run_dir / "profiles.json").read_text())
     assert prof["models"][-1]["name"] == "NewVLM" and len(prof["raw_profiles"]) == 11
+    assert all(len(prof[k]) == 11 for k in ("models", "raw_profiles", "e_bar", "cost_model"))  # export zips them
     assert rep["queries"] == 30 and 0 <= rep["predicted_score"] <= 1 and sum(rep["slice_counts"]) == 30
     assert (run_dir / "weights.safetensors").read_bytes() == weights  # no retraining
     with pytest.raises(DataError, match="already in the pool"):
         add_model(run_dir, "NewVLM", env / "demo" / "new_model.jsonl", progress=False)
     remove_model(run_dir, "NewVLM")
-    assert len(json.loads((run_dir / "profiles.json").read_text())["raw_profiles"]) == 10
+    prof = json.loads((run_dir / "profiles.json").read_text())
+    assert all(len(prof[k]) == 10 for k in ("models", "raw_profiles", "e_bar", "cost_model"))
     with pytest.raises(DataError, match="not in the pool"):
         remove_model(run_dir, "NewVLM")
 
@@ -469,3 +471,22 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     assert feat.shape == (d.k, P_wo.model_feat().shape[1]) and np.allclose(feat[:-1], P_wo.model_feat())
     raw0 = feat[-1, 0] * P_wo.space.std[0] + P_wo.space.mean[0]
     assert raw0 == pytest.approx(d.Y[rows, k].mean(), abs=1e-5)
+
+
+def test_a_run_whose_per_model_lists_disagree_is_refused(tmp_path):
+    """`models add RUN` used to leave cost_model one short, and export's zip silently dropped the new model."""
+    import json
+
+    from lr_onnx.export.pool import read_profiles
+    from lr_onnx.runtime.errors import DataError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    prof = {"models": [{"name": "a"}, {"name": "b"}], "raw_profiles": [[0.0], [1.0]], "e_bar": [1.0, 2.0],
+            "cost_model": [{"output_tokens": None}]}
+    (run / "profiles.json").write_text(json.dumps(prof))
+    with pytest.raises(DataError, match="cost_model 1"):
+        read_profiles(run)
+    prof["cost_model"].append({"output_tokens": None})
+    (run / "profiles.json").write_text(json.dumps(prof))
+    assert len(read_profiles(run)["models"]) == 2
