@@ -35,6 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from lr_onnx.serve.standin import wait_until_ready
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = "data:image/png;base64," + base64.b64encode((REPO / "assets" / "examples" / "chart.png").read_bytes()).decode()
 
@@ -131,16 +133,10 @@ def main(argv=None) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port), "--config", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"the server did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
-                time.sleep(0.2)
+            try:
+                wait_until_ready(url, proc, 120)
+            except RuntimeError as e:
+                raise SystemExit(str(e)) from None
             res: dict = {"server": "lr-onnx serve, shipped defaults (body_timeout_s raised to keep stalls open)",
                          "host_cores": os.cpu_count(), "quick": a.quick}
             asyncio.run(load(url, 20, 4))  # warm-up

@@ -27,7 +27,7 @@ from lr_onnx.export.merge import merge_datasets
 from lr_onnx.export.splits import make_splits
 from lr_onnx.export.files import atomic_write_text
 from lr_onnx.runtime.policy import LAMBDA_GRID, choose
-from lr_onnx.runtime.preprocess import ORIGINAL_SIZE, ImageSpec, _RESAMPLE, image_tensor, open_image
+from lr_onnx.runtime.preprocess import ImageSpec, _RESAMPLE, open_image
 from lr_onnx.runtime.router import Prepared, Router
 
 REPO = Path(__file__).resolve().parents[1]

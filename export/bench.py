@@ -378,7 +378,7 @@ def table(r: dict) -> str:
         for st in ("decode", "preprocess", "image_encoder", "text_encoder", "router"):
             lines.append(f"| {st} | " + " | ".join(f"{s64[k][st]:.1f}" for k in s64) + " |")
     lines += ["", f"- speed-up of ONNX Runtime over PyTorch eager at B=1: **{r['speedup_vs_torch_b1']}x** "
-              "(PyTorch measured first, with no ONNX Runtime session open)",
+              "(the variants timed in turns)",
               f"- router graph alone, B=1, K=16: **{r['router_b1_k16_ms']} ms**; vs K: "
               + ", ".join(f"K={k}: {v} ms" for k, v in r["router_vs_k"].items()),
               "- router vs B (K=16): " + ", ".join(f"B={k}: {v} ms" for k, v in r["router_vs_b_k16"].items()),

@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from ..runtime.errors import InputError
 from ..runtime.validate import integer, number, read_regular_file, text

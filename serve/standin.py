@@ -114,6 +114,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(url: str, proc=None, timeout_s: float = 60.0) -> None:
+    """Poll `url`/readyz until it answers 200; a server process (`proc`) that exits first, or a deadline that
+    passes, is a RuntimeError carrying what the process printed on stderr."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+            err = proc.stderr.read() if proc is not None and proc.poll() is not None and proc.stderr else ""
+            raise RuntimeError(f"the server at {url} did not become ready: {err}")
+        time.sleep(0.1)
+
+
 class BackgroundServer:
     """An ASGI app served by uvicorn in a thread on 127.0.0.1 (a free port unless given); a context manager."""
 

@@ -70,3 +70,22 @@ def runner():
 @pytest.fixture
 def tiny(tmp_path):
     return write_native(tmp_path / "tiny", [rec(i) for i in range(30)])
+
+
+@pytest.fixture
+def logged():
+    """The gateway's log records (its logger may not propagate to the root once `serve` has run)."""
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    keep, log = Keep(), logging.getLogger("lr_onnx.serve")
+    log.addHandler(keep)
+    yield keep
+    log.removeHandler(keep)

@@ -6,7 +6,6 @@ every load or timing test is bounded in requests and seconds.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import time
 
@@ -15,42 +14,12 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 
-from test_serve import CHART, FIRST, QUESTION, chat, make_server, ranked  # noqa: E402
+from test_serve import CHART, FIRST, QUESTION, chat, make_server, ranked, router, upstream  # noqa: E402, F401
 from lr_onnx.cli import main  # noqa: E402
-from lr_onnx.runtime.router import Router  # noqa: E402
 from lr_onnx.serve.config import Batching, Limits, UpstreamPolicy, load_config  # noqa: E402
-from lr_onnx.serve.standin import BackgroundServer, standin_app  # noqa: E402
+from lr_onnx.serve.standin import BackgroundServer, standin_app, wait_until_ready  # noqa: E402
 
 KEY = "sk-secret-for-the-attack-tests-0123456789"
-
-
-@pytest.fixture(scope="module")
-def router():
-    return Router.load()
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    app = standin_app()
-    with BackgroundServer(app) as s:
-        s.app = app
-        yield s
-
-
-@pytest.fixture
-def logged():
-    class Keep(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.records = []
-
-        def emit(self, record):
-            self.records.append(record)
-
-    keep, log = Keep(), logging.getLogger("lr_onnx.serve")
-    log.addHandler(keep)
-    yield keep
-    log.removeHandler(keep)
 
 
 def metric(url: str, name: str) -> float:
@@ -258,15 +227,7 @@ def test_a_stream_longer_than_the_grace_period_ends_cleanly_at_sigterm(router, u
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
+        wait_until_ready(url, proc)
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat("Stream forever?", stream=True),
                           timeout=30) as r:
             assert r.status_code == 200

@@ -20,7 +20,7 @@ from lr_onnx.runtime.router import Router  # noqa: E402
 from lr_onnx.serve.app import create_app  # noqa: E402
 from lr_onnx.serve.config import Batching, Limits, ServeConfig, Upstream, UpstreamPolicy, load_config  # noqa: E402
 from lr_onnx.serve.server import served_router  # noqa: E402
-from lr_onnx.serve.standin import BackgroundServer, standin_app  # noqa: E402
+from lr_onnx.serve.standin import BackgroundServer, standin_app, wait_until_ready  # noqa: E402
 
 EXAMPLES = REPO / "assets" / "examples"
 CHART = (EXAMPLES / "chart.png").read_bytes()
@@ -190,25 +190,6 @@ def test_chat_completion_streams_sse(router, server):
         data = res.read().decode()
     assert res.headers["x-lr-onnx-model"] == top and data.endswith("data: [DONE]\n\n")
     assert f"up-{top.lower()}" in data
-
-
-@pytest.fixture
-def logged():
-    """The gateway's log records (its logger may not propagate to the root once `serve` has run)."""
-    import logging
-
-    class Keep(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.records = []
-
-        def emit(self, record):
-            self.records.append(record)
-
-    keep, log = Keep(), logging.getLogger("lr_onnx.serve")
-    log.addHandler(keep)
-    yield keep
-    log.removeHandler(keep)
 
 
 def test_failing_and_hanging_upstreams_fall_back_to_the_next_candidate(router, upstream, logged, monkeypatch):
@@ -389,15 +370,7 @@ def test_sigterm_answers_every_admitted_request_then_exits_0(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
+        wait_until_ready(url, proc)
 
         async def in_flight():
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
