@@ -459,15 +459,11 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
         rep = propose_queries(run_dir, out, n=n, seed=seed)
         target = run_dir
     else:
-        from .runtime.batch import read_queries
+        from .runtime.batch import read_query_file
         from .runtime.manage import propose_from_queries
 
         router = _load_router(bundle, "auto")
-        records, problems = [], []
-        with open(from_file, "rb") as fh:
-            for lineno, rec, err in read_queries(fh, Path(from_file).parent,
-                                                 csv_format=from_file.lower().endswith(".csv"), name=from_file):
-                (problems.append(f"{from_file}:{lineno}: {err}") if err else records.append(rec))
+        records, problems = read_query_file(from_file)
         for msg in problems:
             click.echo(f"skipped {_safe(msg)}", err=True)
         with click.progressbar(length=len(records), label="encoding", file=sys.stderr) as bar:

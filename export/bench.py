@@ -109,7 +109,7 @@ class Pipelines:
         self.sess: dict = {}
         self.model_feat = np.random.default_rng(0).normal(size=(10, self.P)).astype(np.float32)
 
-    def open_sessions(self, variants: tuple[str, ...], *, spinning: bool = False) -> None:
+    def open_sessions(self, variants: tuple[str, ...]) -> None:
         """ONNX Runtime sessions of these variants, replacing any open ones. Spinning stays off (`Router.load`'s
         default): a pipeline is three sessions, and with spinning on each one's idle pool spins while the
         next runs (measured: 32.6 ms end to end at B=1 against 15.8 ms without), and takes the cores from
@@ -124,11 +124,11 @@ class Pipelines:
         gc.collect()
         self.small_batch = SMALL_BATCH
         self.sess = {v: {g: new_session(self.tmp / v / f"{g}.onnx", provider="cpu", threads=self.threads,
-                                        spinning=spinning)
+                                        spinning=False)
                          for g in ("image_encoder", "text_encoder", "router")} for v in variants}
         for v in variants:  # as Router does: small router batches on a single-threaded twin of the graph
             self.sess[v]["router_small"] = new_session(self.tmp / v / "router.onnx", provider="cpu", threads=1,
-                                                       spinning=spinning)
+                                                       spinning=False)
 
     # one stage at a time, so the breakdown and the end-to-end path share code
     def decode(self, data: bytes):

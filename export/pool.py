@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.errors import DataError
+from ..runtime.manage import write_proposal
 from ..runtime.profiles import ProfileSpace, new_model_profile
 from .data import load_outcomes_for
-from ..runtime.profiles import spread_over_slices  # noqa: F401  (used here, defined once there)
-from .files import atomic_write_text, staged_output
+from .files import atomic_write_text
 
 
 PER_MODEL = ("models", "raw_profiles", "e_bar", "cost_model")  # profiles.json's lists with one entry per pool model
@@ -84,6 +83,18 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
             "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
 
 
+def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """(row, slice) pairs: ceil(n / S) rows drawn (seeded) from each slice (all of a slice's rows if it has
+    fewer); when that makes more than n (S does not divide n, or S > n), a seeded draw keeps n of them."""
+    per, rng = math.ceil(n / S), np.random.default_rng(seed)
+    picked = []
+    for s in range(S):
+        picked += [(int(i), s) for i in np.sort(rng.permutation(rows[slices == s])[:per])]
+    if len(picked) > n:
+        picked = [picked[j] for j in np.sort(rng.choice(len(picked), n, replace=False))]
+    return picked
+
+
 def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: int = 20260308,
                     progress: bool = True) -> dict:
     """§3.5 step 1: n calibration queries from the run's R_cal rows, spread over the capability slices by
@@ -111,18 +122,8 @@ def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: 
     S, per = len(space.centroids), math.ceil(n / len(space.centroids))
     picked = spread_over_slices(cal, slices, S, n, seed)
     counts = np.bincount([s for _, s in picked], minlength=S).tolist()
-    with staged_output(out) as tmp:
-        (tmp / "images").mkdir()
-        lines = []
-        for i, s in picked:
-            imgs = []
-            for j, src in enumerate(data.images[i]):
-                rel = f"images/{len(lines):03d}_{j}{Path(src).suffix.lower()}"
-                shutil.copyfile(src, tmp / rel)
-                imgs.append(rel)
-            lines.append(json.dumps({"id": data.ids[i], "question": data.question[i], "images": imgs,
-                                     "dataset": data.dataset[i], "slice": s, "outcomes": {}}))
-        atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
+    write_proposal(out, [{"id": data.ids[i], "question": data.question[i], "images": data.images[i],
+                          "dataset": data.dataset[i], "slice": s} for i, s in picked], DataError)
     short = [s for s in range(S) if (slices == s).sum() < per]
     return {"queries": len(picked), "per_slice": counts, "slices": S, "target_per_slice": per, "short_slices": short}
 

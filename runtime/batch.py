@@ -102,6 +102,19 @@ def read_queries(fh: BinaryIO, base: Path, *, csv_format: bool = False,
             yield lineno, None, str(e).removeprefix("line: ")
 
 
+def read_query_file(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """A whole JSONL or CSV file of queries, as route-batch reads them: the good records, and a line per bad one."""
+    path = Path(path)
+    records, problems = [], []
+    with open(path, "rb") as fh:
+        for lineno, rec, err in read_queries(fh, path.parent, csv_format=path.suffix.lower() == ".csv", name=str(path)):
+            if err:
+                problems.append(f"{path}:{lineno}: {err}")
+            else:
+                records.append(rec)
+    return records, problems
+
+
 def _read_csv(fh: BinaryIO, base: Path, name: str):
     textio = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(textio)
@@ -166,8 +179,9 @@ def parse_record(rec: dict, lineno: int, base: Path, *, id_given: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- output
-def open_out(out: Path, inp_path: Path | None) -> int:
-    """OUT opened for appending, exclusively locked; refused when it is the input or not a regular file."""
+def open_out(out: Path, inp_path: Path | None, inp_stream: BinaryIO | None = None) -> int:
+    """OUT opened for appending, exclusively locked; refused when it is the input (a path, or a stream such as
+    standard input that is the very file) or not a regular file."""
     if not str(out).strip():
         raise InputError("--out is empty")
     if not out.parent.is_dir():
@@ -180,6 +194,9 @@ def open_out(out: Path, inp_path: Path | None) -> int:
         fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as e:
         raise InputError(f"{out}: cannot be written ({e.strerror})") from None
+    if inp_stream is not None and _same_file(inp_stream, fd):
+        os.close(fd)
+        raise InputError(f"{out}: OUT is the input file (given on standard input); write the decisions somewhere else")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -187,6 +204,14 @@ def open_out(out: Path, inp_path: Path | None) -> int:
         raise InputError(f"{out}: another route-batch is writing this file; wait for it or choose another OUT") \
             from None
     return fd
+
+
+def _same_file(stream: BinaryIO, fd: int) -> bool:
+    try:
+        a, b = os.fstat(stream.fileno()), os.fstat(fd)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 SIDECAR = ".lr-onnx.json"
@@ -206,13 +231,6 @@ def claim_out(fd: int, out: Path, *, bundle: str, input_name: str) -> None:
     """OUT is empty (its sidecar is written now, before any decision) or the output of an earlier route-batch
     with this bundle and this input (resumed); anything else is refused with one line."""
     want = {"tool": TOOL, "bundle_sha256": bundle, "input": input_name}
-    if input_name == STDIN and sys.stdin is not None:
-        try:
-            fin, fout = os.fstat(sys.stdin.fileno()), os.fstat(fd)
-            if (fin.st_dev, fin.st_ino) == (fout.st_dev, fout.st_ino):
-                raise InputError(f"{out}: OUT is the input file (standard input); write the decisions somewhere else")
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass
     side = sidecar(out)
     if os.fstat(fd).st_size == 0:
         try:
@@ -314,7 +332,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
     fh, base, regular = open_input(inp, fifo_wait_s=fifo_wait_s)
     name = str(inp)
     try:
-        fd = open_out(out, Path(inp) if regular else None)
+        fd = open_out(out, Path(inp) if regular else None, None if regular else fh)
         try:
             claim_out(fd, out, bundle=router.bundle.digest, input_name=input_label(inp))
             skip = repair_and_read_ids(fd, out)
@@ -332,10 +350,18 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
     read = {"failed": 0, "duplicates": 0, "skipped_done": 0}
     routed = {"routed": 0, "failed": 0, "out_of_coverage": 0}
     chosen: dict[str, int] = {}
-    spent = [0.0]  # the chosen models' expected cost, summed
+    spent = 0.0  # the chosen models' expected cost, summed
     told: set[str] = set()
     read_problems: list[tuple[int, str]] = []
     route_problems: list[tuple[int, str]] = []
+
+    def tell() -> None:
+        """Say the problems not said yet (a killed run has already reported what it skipped)."""
+        if on_problem:
+            for _, msg in sorted(p for p in read_problems + route_problems if p[1] not in told):
+                told.add(msg)
+                on_problem(msg)
+
     opts = router.options(**route_kw)
 
     def batches() -> Iterator[list[dict]]:
@@ -380,13 +406,10 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
                 results.append((q, d))
                 if d.model is not None:
                     chosen[d.model] = chosen.get(d.model, 0) + 1
-                    spent[0] += next(c.expected_cost for c in d.candidates if c.name == d.model)
+                    spent += next(c.expected_cost for c in d.candidates if c.name == d.model)
         payload = "".join(json.dumps({"id": q["id"], **d.to_dict()}, allow_nan=False) + "\n" for q, d in results)
         append_lines(fd, out, payload.encode("utf-8"), routed["routed"])
-        if on_problem:  # what this batch skipped, said as soon as its good records are safely in OUT
-            for _, msg in sorted(p for p in read_problems + route_problems if p[1] not in told):
-                told.add(msg)
-                on_problem(msg)
+        tell()  # what this batch skipped, said as soon as its good records are safely in OUT
         routed["routed"] += len(results)
         routed["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
         if on_progress:
@@ -394,8 +417,6 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
     counts = {"routed": routed["routed"], "skipped_done": read["skipped_done"],
               "failed": read["failed"] + routed["failed"], "duplicates": read["duplicates"],
               "out_of_coverage": routed["out_of_coverage"]}
-    if on_problem:
-        for _, msg in sorted(p for p in read_problems + route_problems if p[1] not in told):
-            on_problem(msg)
-    return {**counts, "chosen": chosen, "expected_cost_usd": spent[0],
+    tell()
+    return {**counts, "chosen": chosen, "expected_cost_usd": spent,
             "problems": [m for _, m in sorted(read_problems + route_problems, key=lambda p: p[0])]}

@@ -98,13 +98,30 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
             "warnings": new["warnings"]}
 
 
+def write_proposal(out: str | os.PathLike, rows: list[dict], err: type[Exception]) -> None:
+    """The new folder `out`: queries.jsonl (each row's fields, its images renamed into images/, empty
+    outcomes for the new model's) plus copies of the images; whole or not at all (`staged_folder`)."""
+    from .files import staged_folder
+
+    with staged_folder(out, err) as tmp:
+        (tmp / "images").mkdir()
+        lines = []
+        for row in rows:
+            imgs = []
+            for j, src in enumerate(row["images"]):
+                rel = f"images/{len(lines):03d}_{j}{Path(src).suffix.lower()}"
+                shutil.copyfile(src, tmp / rel)
+                imgs.append(rel)
+            lines.append(json.dumps({**row, "images": imgs, "outcomes": {}}))
+        atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
+
+
 def propose_from_queries(router, records: list[dict], out: str | os.PathLike, *, n: int = 48, seed: int = 20260308,
                          batch_size: int = 64, on_progress=None) -> dict:
     """`models propose --bundle`: n of the user's own queries (route-batch records: id, question, images),
     spread over the bundle's capability slices like a run's proposal, written to the new folder `out` as
     queries.jsonl plus copies of their images, ready for a new model's outcomes and `models add`. Numpy
     and ONNX Runtime only: a serving-side user needs no training run."""
-    from .files import staged_folder
     from .profiles import assign_slices
 
     if n < 24:
@@ -128,18 +145,8 @@ def propose_from_queries(router, records: list[dict], out: str | os.PathLike, *,
         for s in range(S):
             if pools[s] and len(picked) < n:
                 picked.append((int(pools[s].pop()), s))
-    with staged_folder(out, InputError) as tmp:
-        (tmp / "images").mkdir()
-        lines = []
-        for i, s in picked:
-            imgs = []
-            for j, src in enumerate(records[i]["images"]):
-                rel = f"images/{len(lines):03d}_{j}{Path(src).suffix.lower()}"
-                shutil.copyfile(src, tmp / rel)
-                imgs.append(rel)
-            lines.append(json.dumps({"id": records[i]["id"], "question": records[i]["question"], "images": imgs,
-                                     "slice": int(s), "outcomes": {}}))
-        atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
+    write_proposal(out, [{**{k: records[i][k] for k in ("id", "question", "images")}, "slice": int(s)}
+                         for i, s in picked], InputError)
     counts = np.bincount([s for _, s in picked], minlength=S)
     return {"queries": len(picked), "per_slice": counts.tolist(), "slices": S,
             "target_per_slice": math.ceil(n / S), "short_slices": [s for s in range(S) if (slices == s).sum() < math.ceil(n / S)]}

@@ -8,7 +8,6 @@ retraining. The centroids and standardisation constants are frozen at training.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,14 +140,3 @@ def new_model_profile(space: ProfileSpace, q: np.ndarray, y, cost, lat, tok, que
     return {"raw": raw, "e_bar": float(e_bar), "estimator": estimator, "slice_counts": counts.tolist(),
             "warnings": warnings}
 
-
-def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int) -> list[tuple[int, int]]:
-    """(row, slice) pairs: ceil(n / S) rows drawn (seeded) from each slice (all of a slice's rows if it has
-    fewer); when that makes more than n (S does not divide n, or S > n), a seeded draw keeps n of them."""
-    per, rng = math.ceil(n / S), np.random.default_rng(seed)
-    picked = []
-    for s in range(S):
-        picked += [(int(i), s) for i in np.sort(rng.permutation(rows[slices == s])[:per])]
-    if len(picked) > n:
-        picked = [picked[j] for j in np.sort(rng.choice(len(picked), n, replace=False))]
-    return picked
