@@ -154,7 +154,8 @@ _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda",
                    "lists them). Default: the bundle's calibrated value.")
 @click.option("--max-cost", type=_USD, default=None, help="Per-query budget in USD (expected cost).")
 @click.option("--explain", is_flag=True, help="Show the closest capability slices (clusters of the training queries, "
-                                                "with each top model's score there) and the margins at the top.")
+                                                "with each top model's score there), what the capability memory's "
+                                                "nearest labelled queries say, and the margins at the top.")
 @_BUNDLE
 @_PROVIDER
 def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, provider):
@@ -186,17 +187,33 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
                    f"{c.utility:>9.4f}")
     click.echo(f"chosen: {d.model} (lambda {d.lam:g}" + (f"; excluded {', '.join(d.excluded)})" if d.excluded else ")"))
     if d.coverage and d.coverage["out_of_coverage"]:
-        click.echo(f"note: out of coverage: this query is unlike the router's training queries (similarity "
-                   f"{d.coverage['similarity']:.3f} < {d.coverage['threshold']:.3f}); treat the scores as guesses")
+        c = d.coverage
+        if c["similarity"] < c["threshold"]:
+            why = f"similarity {c['similarity']:.3f} < {c['threshold']:.3f} to the training slices"
+        else:
+            why = f"closeness {c['memory_closeness']:.2f} to the capability memory's nearest labelled queries"
+        fallback = ("each model's score falls back towards its average" if "memory_closeness" in c
+                    else "treat the scores as guesses")
+        click.echo(f"note: out of coverage: this query is unlike the router's training queries ({why}); {fallback}")
     if explain and d.explain:
         for s in d.explain["closest_slices"]:
             click.echo(f"slice {s['slice']} (similarity {s['similarity']:.3f}): " +
                        ", ".join(f"{k} {v:.2f}" for k, v in s["scores"].items()))
+        mem = d.explain.get("memory")
+        if mem:
+            click.echo(f"memory: closeness {mem['closeness']:.2f} to its {mem['neighbours']} nearest labelled queries; "
+                       + ", ".join(f"{k} {v['estimate']:.2f} ({v['evidence']:g} of them)"
+                                   for k, v in mem["estimates"].items()))
         for m in d.explain["pairwise_margins"]:
             click.echo(f"margin {m['between'][0]} over {m['between'][1]}: utility {m['utility_margin']:+.4f}, "
                        f"z {m['z']:+.2f}")
-        click.echo("note: each model's score is read in the context of the models available (latent communication): "
-                   "--models or --exclude can change the other candidates' scores too")
+        blend = (router.bundle.manifest.get("memory") or {}).get("blend")
+        if blend == 0:
+            click.echo("note: this bundle answers with its capability memory alone (validation chose no network "
+                       "correction), so a model's score does not depend on which others are available")
+        else:
+            click.echo("note: each model's score is read in the context of the models available (latent "
+                       "communication): --models or --exclude can change the other candidates' scores too")
 
 
 # ----------------------------------------------------------------------------- data
@@ -328,16 +345,24 @@ def data_merge(out, sources):
 @click.option("--layers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Latent communication layers (0 = the no-communication ablation).")
 @click.option("--text-only", is_flag=True, help="Ablation: ignore the image part of the query features.")
-def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout, layers, text_only):
+@click.option("--no-memory", is_flag=True,
+              help="Ablation: no capability memory (the k nearest labelled queries' outcomes per model).")
+def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout, layers, text_only, no_memory):
     """Train LatentRouter on DATA_DIR's train split with early stopping on validation.
 
     Writes OUT/weights.safetensors, config.json, profiles.json, preprocessing.json and
     curves.json. Query features are computed once by the frozen encoders and cached
     (see LR_ONNX_CACHE). Same seed, same result.
+
+    The router reads a capability memory of the training queries: for each model, its
+    outcomes on the query's nearest labelled neighbours. Its settings (neighbours,
+    shrinkage, image weight, size) and how far the network may correct it are chosen on
+    validation and written to OUT/config.json and OUT/memory_selection.json.
     """
     from .export.train import TrainConfig, train
 
-    cfg = TrainConfig(setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only)
+    cfg = TrainConfig(setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only,
+                      memory=not no_memory)
     if no_few_shot:
         cfg.few_shot = 0.0
     if no_pool_dropout:
@@ -353,11 +378,14 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
               help="Dataset folder (default: the one the run was trained on). Another dataset: transfer "
                    "evaluation, the run as trained, on the models both pools share (RUN/transfer_NAME.json).")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
-@click.option("--no-ablations", is_flag=True, help="Skip training the no_communication and text_only ablations.")
+@click.option("--no-ablations", is_flag=True,
+              help="Skip training the ablations (no_communication, text_only, no_memory, no_slice_prior).")
 def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     """Compare the trained router with the baselines; write metrics.json, frontier.png, report.md.
 
-    Methods: latentrouter, no_communication, text_only, knn, mf, mlp, random,
+    Methods: latentrouter, its memory alone (memory_only) and its network alone
+    (network_only), the retrained ablations no_memory, no_slice_prior, no_communication
+    and text_only, and the baselines knn, mf, mlp, irt, task_lookup, random and
     best_single, all on the same features, split, expected costs and lambda grid.
     Lambda for the rank score is chosen on validation, never on the test split.
     Also written: per-dataset results, pool shift, the routing-collapse diagnostic,

@@ -27,7 +27,8 @@ def measure(router: Router, data_dir: Path, limit: int | None = None) -> dict:
     flag = np.array([d.coverage["out_of_coverage"] for d in decisions])
     out = {"data": str(data_dir), "queries": len(rows), "with_images": int(sum(bool(data.images[i]) for i in rows)),
            "flagged": int(flag.sum()), "flag_rate": round(float(flag.mean()), 4),
-           "similarity": {f"p{p}": round(float(np.percentile(sim, p)), 4) for p in (1, 5, 50, 95)}}
+           "similarity": {f"p{p}": round(float(np.percentile(sim, p)), 4) for p in (1, 5, 50, 95)},
+           "saturated": saturation(router, decisions)}
     cols = {n: data.model_names.index(n) for n in router.names if n in data.model_names}
     if len(cols) >= 2:
         Y, A = data.Y[rows], data.A[rows]
@@ -46,6 +47,20 @@ def measure(router: Router, data_dir: Path, limit: int | None = None) -> dict:
     else:
         out["quality"] = f"not measurable: the dataset shares {len(cols)} model(s) with the bundle's pool"
     return out
+
+
+SATURATED = 0.98
+
+
+def saturation(router: Router, decisions) -> dict:
+    """Candidates with mu_tilde >= 0.98 although the model's global mean is below that (issue 21 §4: a query the
+    data cannot speak for must not get a near-certain score), over all and over out-of-coverage queries."""
+    g = dict(zip(router.names, router.global_means()))
+    bad = [[c.name for c in d.candidates if c.mu_tilde >= SATURATED and g[c.name] < SATURATED] for d in decisions]
+    flagged = [b for b, d in zip(bad, decisions) if d.coverage and d.coverage["out_of_coverage"]]
+    return {"threshold": SATURATED, "queries_with_one": sum(1 for b in bad if b),
+            "candidates": sum(len(b) for b in bad), "out_of_coverage_queries_with_one": sum(1 for b in flagged if b),
+            "max_mu_tilde": round(max((c.mu_tilde for d in decisions for c in d.candidates), default=0.0), 4)}
 
 
 def main(argv=None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,15 @@ import numpy as np
 from ..runtime.policy import LAMBDA_GRID, choose
 from . import metrics as M
 from .files import atomic_write_text
-from .train import Prepared, TrainConfig, load_router, predict, prepare, train
+from .train import Prepared, TrainConfig, attach_run_memory, load_router, predict, prepare, train
 
-METHODS = ["latentrouter", "no_communication", "text_only", "knn", "mf", "mlp", "irt", "task_lookup", "random",
+METHODS = ["latentrouter", "memory_only", "network_only", "no_memory", "no_slice_prior", "no_communication",
+           "text_only", "knn", "mf", "mlp", "irt", "task_lookup", "random",
            "best_single"]
-USES_DATASET_LABEL = ("task_lookup",)  # baselines that read metadata the router never sees
+USES_DATASET_LABEL = ("task_lookup",)
+# ablations retrained from the run's own config with one change each (A0 of method.md, and each lr-onnx addition)
+ABLATIONS = (("no_communication", {"layers": 0}), ("text_only", {"text_only": True}), ("no_memory", {"memory": False}),
+             ("no_slice_prior", {"slice_prior": False}))  # baselines that read metadata the router never sees
 
 
 def sweep(scores: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, chat: np.ndarray,
@@ -58,7 +63,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     net, cfg = load_router(run_dir)
     tcfg = TrainConfig(**{k: v for k, v in cfg["train"].items() if k in TrainConfig.__dataclass_fields__})
     data_dir = Path(data_dir or cfg["data"])
-    P = prepare(data_dir, slices=tcfg.slices, progress=progress)
+    P = attach_run_memory(prepare(data_dir, slices=tcfg.slices, progress=progress), cfg)
     d = P.data
     rows = np.flatnonzero(P.masks[split] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
@@ -66,17 +71,31 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     chat_test, chat_val = P.chat_rows(rows), P.chat_rows(val)   # per-query expected costs where there is a rule
 
     scores: dict[str, np.ndarray] = {"latentrouter": predict(net, P, both)[0]}
+    if P.memory is not None:                    # the two halves of the blend, from the same run
+        from .memory import estimate
+
+        scores["memory_only"] = estimate(P.mem_cols[both])
+        blend = float(net.memory.blend)
+        net.memory.blend.fill_(1.0)
+        scores["network_only"] = predict(net, P, both)[0]
+        net.memory.blend.fill_(blend)
     if ablations:
-        has_images = any(d.images)
-        for name, over in (("no_communication", {"layers": 0}), ("text_only", {"text_only": True})):
-            if name == "text_only" and not has_images:
+        for name, over in ABLATIONS:
+            if name == "text_only" and not any(d.images):
                 continue                                   # text-only data: the ablation is the router itself
+            if over.get("memory") is False and P.memory is None:
+                continue                                   # the router has no memory: it is this ablation
             sub = run_dir / "ablations" / name
             abl = TrainConfig(**{**cfg["train"], **over})
-            Pa = prepare(data_dir, slices=tcfg.slices, text_only=True, progress=False) if abl.text_only else P
+            if abl.text_only:
+                Pa = prepare(data_dir, slices=tcfg.slices, text_only=True, progress=False)
+            else:
+                Pa = replace(P, memory=P.memory if abl.memory else None, mem_cols=P.mem_cols if abl.memory else None)
             if not (sub / "weights.safetensors").is_file():
                 train(data_dir, sub, abl, prepared=Pa, progress=progress)
-            anet, _ = load_router(sub)
+            anet, acfg = load_router(sub)
+            if abl.memory and Pa.memory is None:
+                attach_run_memory(Pa, acfg)
             scores[name] = predict(anet, Pa, both)[0]
     from .baselines import best_single_scores, irt_scores, knn_scores, linear_mf_scores, mlp_scores, task_lookup_scores
 

@@ -266,7 +266,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
     if cfg["train"].get("text_only"):
         raise DataError(f"{run_dir} is a --text-only ablation run: its router expects query features with the image "
                         f"removed, which the runtime never produces; export a run trained without --text-only")
-    from .pool import read_profiles
+    from .pool import read_profiles, run_memory
 
     prof = read_profiles(run_dir)
     t0 = time.perf_counter()
@@ -280,7 +280,13 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         elif precision == "fp16":
             to_fp16(tmp)
         shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
-        graph_files = ["router.onnx", "image_encoder.onnx", "text_encoder.onnx"] + (["fused.onnx"] if fused else [])
+        memory = run_memory(run_dir, prof) if net.cfg.memory else None
+        if memory is not None:
+            from .memory_graph import build_memory_graph
+
+            build_memory_graph(memory, tmp / "memory.onnx", opset)
+        graph_files = ["router.onnx", "image_encoder.onnx", "text_encoder.onnx"] + (["fused.onnx"] if fused else []) \
+            + (["memory.onnx"] if memory is not None else [])
         for name in graph_files:
             onnx.checker.check_model(str(tmp / name), full_check=True)
         space = ProfileSpace.from_dict(prof["space"])
@@ -311,6 +317,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
             "coverage": coverage_threshold(held_out, space),
             "training_metrics": metrics,
         }
+        if memory is not None:
+            blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
+            manifest["memory"] = {**memory.write(tmp), **({"blend": float(blend)} if blend is not None else {})}
         parity = check_parity(net, tmp, manifest, held_out, precision)
         if fused:
             parity["fused"] = check_fused(tmp, manifest)
@@ -322,6 +331,26 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         manifest["files"] = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return dict(parity, export_seconds=round(time.perf_counter() - t0, 1))
+
+
+def bundle_memory(bundle: Path, manifest: dict):
+    """The memory as the bundle being built stores it (fp16 files), or None."""
+    from ..runtime.memory import FILES, Memory
+
+    entry = manifest.get("memory")
+    if entry is None:
+        return None
+    return Memory.from_files({k: (bundle / entry["files"][k]).read_bytes() for k in FILES}, entry, str(bundle))
+
+
+def bundle_model_feat(bundle: Path, manifest: dict, q: np.ndarray) -> np.ndarray:
+    """`[B, K, P_in]` for the bundle's whole pool on raw features `q`, as `Router.score_features` builds it."""
+    from ..runtime.profiles import model_features, pool_features
+
+    mem = bundle_memory(bundle, manifest)
+    names = [p["name"] for p in manifest["pool"]]
+    cols = None if mem is None else mem.columns(q, names, prior=[p["raw_profile"][0] for p in manifest["pool"]])
+    return model_features(pool_features(manifest), None, cols, rows=len(q))
 
 
 def _finite(x):
@@ -444,13 +473,14 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     nimg, words = [len(p) for p in sub.images], [n_words(x) for x in sub.question]
     q_t = query_features(text_t, image_t, nimg, words)
     q_o = query_features(text_o, image_o, nimg, words)
-    feat = np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
-    mf = np.broadcast_to(feat, (sub.n, *feat.shape)).copy()
+    mf_t, mf_o = bundle_model_feat(bundle, manifest, q_t), bundle_model_feat(bundle, manifest, q_o)
+    if "memory" in manifest:
+        rep["memory"] = check_memory_graph(bundle, manifest, q_o)
     avail = sub.A.copy()
     with torch.no_grad():
-        ref = [t.numpy() for t in net(torch.from_numpy(q_t), torch.from_numpy(mf), torch.from_numpy(avail))]
-    got = sess["router"].run(None, {"query": q_o, "model_feat": mf, "avail": avail})
-    chat = feat[:, -1]
+        ref = [t.numpy() for t in net(torch.from_numpy(q_t), torch.from_numpy(mf_t), torch.from_numpy(avail))]
+    got = sess["router"].run(None, {"query": q_o, "model_feat": mf_o, "avail": avail})
+    chat = mf_t[0, :, -1]
     decisions = [(choose(ref[3], np.broadcast_to(chat, ref[3].shape), avail, lam),
                   choose(got[3], np.broadcast_to(chat, got[3].shape), avail, lam)) for lam in LAMBDA_GRID]
     agree = [float((a == b).mean()) for a, b in decisions]
@@ -486,14 +516,37 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
         rep["passed"] = bool(router_ok and max(rep["held_out"]["max_abs_diff"].values()) <= 1e-4 and agree[0] == 1.0)
     else:
         rep["passed"] = bool(router_ok and agree[0] >= 0.98)
+    if "memory" in rep:   # the search graph finds what numpy finds (ties aside)
+        rep["passed"] = bool(rep["passed"] and rep["memory"]["similarity_max_abs_diff"] <= 1e-4
+                             and rep["memory"]["neighbour_overlap"] >= 0.99)
     return rep
+
+
+def check_memory_graph(bundle: Path, manifest: dict, q: np.ndarray) -> dict:
+    """memory.onnx (ONNX Runtime) against the numpy search it replaces, on held-out query features."""
+    import onnxruntime as ort
+
+    mem = bundle_memory(bundle, manifest)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(bundle / "memory.onnx"), so, providers=["CPUExecutionProvider"])
+    sims, idx = sess.run(None, {"query": q.astype(np.float32), "keys": mem.keys})
+    ref_s, ref_i = mem.neighbours(mem.embed(q), mem.settings.k)
+    ref_s = -np.sort(-ref_s, axis=1)
+    same = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(idx.tolist(), ref_i.tolist())])
+    names = [p["name"] for p in manifest["pool"]]
+    cols = mem.columns(None, names, found=(sims, idx))
+    ref_cols = mem.columns(q, names)
+    return {"similarity_max_abs_diff": float(np.abs(sims - ref_s).max()), "neighbour_overlap": float(same),
+            "columns_max_abs_diff": float(np.abs(cols - ref_cols).max()), "rows": len(mem), "dim": mem.dim,
+            "k": mem.settings.k}
 
 
 def check_fused(bundle: Path, manifest: dict) -> dict:
     """The fused graph against the three separate graphs (same pixels, tokens and pool)."""
     import onnxruntime as ort
 
-    from ..runtime.features import n_words, pool_images, query_features
+    from ..runtime.features import IMAGE_DIM, n_words, pool_images, query_features
     from ..runtime.manage import _golden_image
     from ..runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
 
@@ -507,16 +560,15 @@ def check_fused(bundle: Path, manifest: dict) -> dict:
     ids, mask = tokenize(tok, qs)
     px = np.repeat(image_tensor(open_image(_golden_image()), ImageSpec.from_dict(manifest["preprocessing"]["image"]))[None],
                    len(qs), 0)
-    feat = np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
-    mf = np.broadcast_to(feat, (len(qs), *feat.shape)).copy()
-    avail = np.ones((len(qs), len(feat)), bool)
     words = np.array([n_words(q) for q in qs], np.float32)
-    fused = s["fused"].run(None, {"pixels": px, "has_image": has, "input_ids": ids, "attention_mask": mask,
-                                  "n_words": words, "model_feat": mf, "avail": avail})[3]
     text = s["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
     img = s["image_encoder"].run(None, {"pixels": px[:1]})[0]
-    image = np.stack([pool_images(img) if h else np.zeros(1280, np.float32) for h in has])
+    image = np.stack([pool_images(img) if h else np.zeros(IMAGE_DIM, np.float32) for h in has])
     q = query_features(text, image, has.astype(int), words)
+    mf = bundle_model_feat(bundle, manifest, q)   # the memory's columns from the separate graphs' features
+    avail = np.ones(mf.shape[:2], bool)
+    fused = s["fused"].run(None, {"pixels": px, "has_image": has, "input_ids": ids, "attention_mask": mask,
+                                  "n_words": words, "model_feat": mf, "avail": avail})[3]
     sep = s["router"].run(None, {"query": q, "model_feat": mf, "avail": avail})[3]
     return {"max_abs_diff_vs_separate_graphs": float(np.abs(fused - sep).max())}
 
@@ -545,9 +597,8 @@ def write_golden(net, bundle: Path, manifest: dict, precision: str) -> None:
         img_vec = pool_images(load_image_encoder()(torch.from_numpy(px)).numpy())
         image = np.stack([img_vec if has else np.zeros_like(img_vec) for _, has in GOLDEN_QUESTIONS])
         q = query_features(text, image, [int(h) for _, h in GOLDEN_QUESTIONS], [n_words(x) for x in qs])
-        feat = np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
-        mf = torch.from_numpy(np.broadcast_to(feat, (len(qs), *feat.shape)).copy())
-        mt = net(torch.from_numpy(q), mf, torch.ones(len(qs), len(feat), dtype=torch.bool))[3].numpy()
+        mf = torch.from_numpy(bundle_model_feat(bundle, manifest, q))
+        mt = net(torch.from_numpy(q), mf, torch.ones(mf.shape[:2], dtype=torch.bool))[3].numpy()
     golden = {"queries": [{"question": x, "image": h} for x, h in GOLDEN_QUESTIONS], "mu_tilde": mt.tolist(),
               "pool": [p["name"] for p in manifest["pool"]], "tolerance": GOLDEN_TOLERANCE[precision]}
     atomic_write_text(bundle / "golden.json", json.dumps(golden, indent=2) + "\n")

@@ -54,7 +54,7 @@ def encode_dataset(data: RoutingData, *, batch_size: int = 32, progress: bool = 
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return z["features"]
-    text, image = encode_raw(data, batch_size=batch_size, progress=progress)
+    text, image = encode_raw(data, batch_size=batch_size, progress=progress, image_keys=ikeys if use_cache else None)
     feats = query_features(text, image, [len(p) for p in data.images], [n_words(q) for q in data.question])
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,15 +64,44 @@ def encode_dataset(data: RoutingData, *, batch_size: int = 32, progress: bool = 
     return feats
 
 
-def encode_raw(data: RoutingData, *, batch_size: int = 32, progress: bool = True):
-    """Raw text vectors `[N, 384]` and pooled image vectors `[N, 1280]` from the torch encoders."""
+def encode_raw(data: RoutingData, *, batch_size: int = 32, progress: bool = True,
+               image_keys: list[list[str]] | None = None):
+    """Raw text vectors `[N, 384]` and pooled image vectors `[N, 1280]` from the torch encoders. With `image_keys`
+    (each image file's sha256, from `content_keys`) every distinct image is encoded once, and images another
+    dataset already encoded (a merge, a grown dataset) come from the image store of the cache."""
     import torch
 
     with torch.no_grad():
-        return _encode(data, batch_size, progress)
+        return _encode(data, batch_size, progress, image_keys)
 
 
-def _encode(data: RoutingData, batch_size: int, progress: bool):
+def _image_store_path() -> Path:
+    spec = json.dumps([ENCODER_VERSION, IMAGE_SPEC.to_dict()], sort_keys=True)
+    return cache_dir() / f"images-{hashlib.sha256(spec.encode()).hexdigest()[:16]}.npz"
+
+
+def _read_image_store() -> dict[str, np.ndarray]:
+    path = _image_store_path()
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return dict(zip(z["keys"].tolist(), z["vectors"]))
+    except (OSError, ValueError, KeyError):   # a damaged store is a cache miss, never an error
+        return {}
+
+
+def _write_image_store(new: dict[str, np.ndarray]) -> None:
+    """Add image vectors to the store (merged with what another process may have written meanwhile)."""
+    store = {**_read_image_store(), **new}
+    path = _image_store_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, keys=np.array(list(store), dtype="<U64"), vectors=np.stack(list(store.values())).astype(np.float32))
+    os.replace(tmp, path)
+
+
+def _encode(data: RoutingData, batch_size: int, progress: bool, image_keys):
     import torch
     from tqdm import tqdm
 
@@ -86,10 +115,23 @@ def _encode(data: RoutingData, batch_size: int, progress: bool):
         text[s:s + 128] = text_enc(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
     flat = [(i, p) for i, paths in enumerate(data.images) for p in paths]
-    per_image = np.zeros((len(flat), IMAGE_DIM), np.float32)
-    for s in tqdm(range(0, len(flat), batch_size), desc="encoding images", disable=not progress, leave=False):
-        batch = np.stack([preprocess_image(p, IMAGE_SPEC) for _, p in flat[s:s + batch_size]])
-        per_image[s:s + batch_size] = img_enc(torch.from_numpy(batch)).numpy()
+    keys = [k for row in image_keys for k in row] if image_keys is not None else [str(p) for _, p in flat]
+    store = _read_image_store() if image_keys is not None else {}
+    todo: dict[str, Path] = {}
+    for k, (_, p) in zip(keys, flat):
+        if k not in store and k not in todo:
+            todo[k] = p                                  # each distinct image once
+    items = list(todo.items())
+    fresh: dict[str, np.ndarray] = {}
+    for s in tqdm(range(0, len(items), batch_size), desc="encoding images", disable=not progress, leave=False):
+        chunk = items[s:s + batch_size]
+        batch = np.stack([preprocess_image(p, IMAGE_SPEC) for _, p in chunk])
+        for (k, _), v in zip(chunk, img_enc(torch.from_numpy(batch)).numpy()):
+            fresh[k] = v
+    if fresh and image_keys is not None:
+        _write_image_store(fresh)
+    store.update(fresh)
+    per_image = np.stack([store[k] for k in keys]) if keys else np.zeros((0, IMAGE_DIM), np.float32)
     image = np.zeros((data.n, IMAGE_DIM), np.float32)
     rows: dict[int, list[int]] = {}
     for j, (i, _) in enumerate(flat):

@@ -31,6 +31,7 @@ class RouterConfig:
     feedback_temperature: float = 0.25  # tau_fb
     slices: int = 0                # S of the slice prior (lr-onnx addition, `SlicePrior`); 0 = off, as in method.md
     slice_temperature: float = 0.05  # tau_s of the soft slice membership
+    memory: int = 0                # capability-memory columns in model_feat (runtime.memory.COLUMNS; 0 = off)
     image_slice: tuple[int, int] = (384, 1664)  # where the image vector sits in q (for the no-image embedding)
     has_image_col: int = 1664
 
@@ -117,6 +118,33 @@ class SlicePrior(nn.Module):
         return torch.log(p) - torch.log1p(-p)
 
 
+class MemoryBlend(nn.Module):
+    """The capability memory's estimate as the default answer, the network as a correction (lr-onnx, issue 21).
+
+    model_feat carries, before its cost column, the memory's columns for each (query, model): the
+    estimate as a logit, log1p(evidence) and the query's closeness to the memory (runtime/memory.py).
+    They enter each model token through their own Linear(3, H) and the estimate's logit adds to the mu
+    logit with a learned gain. The final logit is then
+
+        (1 - w) x memory logit + w x network logit,   w = blend x closeness,
+
+    with `blend` chosen on validation after training (0 = the memory alone) and closeness falling to 0
+    for a query far from every labelled one: there the answer is each model's shrunk global mean, and
+    the bounded correction delta is scaled by w too. mu never saturates on a query the data cannot speak for.
+    """
+
+    def __init__(self, cfg: RouterConfig):
+        super().__init__()
+        self.n = cfg.memory
+        self.proj = nn.Linear(cfg.memory, cfg.hidden)
+        self.gain = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("blend", torch.tensor(1.0))
+
+    def columns(self, model_feat: torch.Tensor) -> torch.Tensor:  # [B, K, n]: the columns before the cost
+        W = model_feat.shape[-1]
+        return model_feat[..., W - 1 - self.n:W - 1]
+
+
 class CommunicationLayer(nn.Module):
     """One latent communication layer (§2.4): capsule read, masked pairwise attention, decision feedback."""
 
@@ -197,6 +225,8 @@ class LatentRouter(nn.Module):
             self.slice_prior = SlicePrior(cfg)
             self.prior_proj = nn.Linear(1, H)                  # the prior enters each model token ...
             self.prior_gain = nn.Parameter(torch.tensor(1.0))  # ... and the mu logit directly
+        if cfg.memory:
+            self.memory = MemoryBlend(cfg)
         self.layers = nn.ModuleList(CommunicationLayer(cfg) for _ in range(cfg.layers))
         self.dist_head = mlp(H, H, 2, cfg.dropout)
         self.corr_head = mlp(2 * H, H, 1, cfg.dropout)
@@ -222,14 +252,22 @@ class LatentRouter(nn.Module):
         if cfg.slices:
             prior = self.slice_prior(query, model_feat)                  # [B, K] logit
             M = M + self.prior_proj(prior.unsqueeze(-1))
+        if cfg.memory:
+            mem = self.memory.columns(model_feat)                        # [B, K, 3]
+            M = M + self.memory.proj(mem)
         M = torch.where(a, M, torch.zeros_like(M))                       # [B, K, H]
         for layer in self.layers:
             Z, M = layer(Z, M, avail)
         r = self.dist_head(M)                                            # [B, K, 2]
-        mu = torch.sigmoid(r[..., 0] + self.prior_gain * prior) if cfg.slices else torch.sigmoid(r[..., 0])
+        z = r[..., 0] + self.prior_gain * prior if cfg.slices else r[..., 0]
         sigma = stable_softplus(r[..., 1]) + 1e-4
         zbar = Z.mean(dim=1, keepdim=True).expand(-1, M.shape[1], -1)    # [B, K, H]
         delta = cfg.residual_bound * torch.tanh(self.corr_head(torch.cat([M, zbar], dim=-1)).squeeze(-1))
+        if cfg.memory:
+            w = self.memory.blend * mem[..., 2]                          # [B, K] trust in the network
+            z = w * (z + self.memory.gain * mem[..., 0]) + (1 - w) * mem[..., 0]
+            delta = w * delta
+        mu = torch.sigmoid(z)
         mu_tilde = torch.clamp(mu + delta, 0.0, 1.0)
         neg1 = torch.full_like(mu, -1.0)
         return (torch.where(avail, mu, neg1), torch.where(avail, sigma, torch.ones_like(sigma)),

@@ -7,6 +7,7 @@ the same code as `models add`), and route the full test pool. The router trained
 model is the upper reference, the one without it (routing the pool minus the model) the lower.
 
     python -m lr_onnx.export.newmodel DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96]
+                                      [--which strongest] [--into benchmarks/results/newmodel_real.json]
 
 Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR and reused on a rerun.
 """
@@ -23,7 +24,7 @@ from . import metrics as M
 from .evaluate import sweep
 from .files import atomic_write_text
 from .pool import spread_over_slices
-from .train import Prepared, TrainConfig, load_router, predict, prepare, train
+from .train import Prepared, TrainConfig, attach_run_memory, load_router, predict, prepare, train
 
 SIZES = (24, 48, 96)
 PICK_SEED = 20260308
@@ -67,27 +68,43 @@ def added_model_feat(P_wo: Prepared, full: Prepared, k_full: int, rows: np.ndarr
     return space.model_feat(np.vstack([P_wo.raw_profiles, new["raw"]]), e_bar), e_bar / space.cost_scale
 
 
+def _trained(data_dir: Path, run_dir: Path, cfg: TrainConfig, P: Prepared, progress: bool):
+    """The router of `run_dir` (trained on `P` first if absent), with `P` given the run's memory."""
+    if not (run_dir / "weights.safetensors").is_file():
+        train(data_dir, run_dir, cfg, prepared=P, progress=progress)
+    net, run_cfg = load_router(run_dir)
+    if net.cfg.memory and P.memory is None:
+        attach_run_memory(P, run_cfg)
+    return net
+
+
+def recovery(lower: dict, added: dict, upper: dict) -> dict:
+    """Share of the gap between the router without the model and the one trained with it that adding it back closes."""
+    out = {}
+    for key in ("score_at_lambda0", "nauc"):
+        gap = upper[key] - lower[key]
+        out[key] = round(float((added[key] - lower[key]) / gap), 4) if abs(gap) > 1e-9 else None
+    return out
+
+
 def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES, cfg: TrainConfig | None = None,
-        progress: bool = True) -> dict:
+        which: tuple[str, ...] = ("strongest", "cheapest", "random"), progress: bool = True) -> dict:
     cfg = cfg or TrainConfig()
     full = prepare(data_dir, slices=cfg.slices, progress=progress)
     d = full.data
     test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
     Y, C, A = np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
     full_run = full_run or out / "full"
-    if not (full_run / "weights.safetensors").is_file():
-        train(data_dir, full_run, cfg, prepared=full, progress=progress)
-    upper = _route(predict(load_router(full_run)[0], full, test)[0], Y, C, A, full.cost_hat)
+    upper = _route(predict(_trained(data_dir, full_run, cfg, full, progress), full, test)[0], Y, C, A, full.cost_hat)
     result = {"data": str(data_dir), "test_rows": int(len(test)), "sizes": list(sizes), "full_run": str(full_run),
               "upper_all_models": _summary(upper), "models": {}}
     for name, why in held_out_models(full).items():
+        if why not in which:
+            continue
         k = d.model_names.index(name)
         keep = [j for j in range(d.k) if j != k]
         P_wo = prepare(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
-        sub = out / f"without_{name}"
-        if not (sub / "weights.safetensors").is_file():
-            train(data_dir, sub, cfg, prepared=P_wo, progress=progress)
-        net = load_router(sub)[0]
+        net = _trained(data_dir, out / f"without_{name}", cfg, P_wo, progress)
         lower = _route(predict(net, P_wo, test)[0], Y[:, keep], C[:, keep], A[:, keep], P_wo.cost_hat)
         order = keep + [k]                                     # the added model is the last column
         cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])       # R_cal rows the held-out model answered
@@ -96,9 +113,15 @@ def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES,
         for n in sizes:
             rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED)])
             feat, chat = added_model_feat(P_wo, full, k, rows)
-            mt = predict(net, full, test, avail=A[:, order], model_feat=feat)[0]
+            cols = None
+            if P_wo.memory is not None:     # as `models add` does: its labelled queries join the memory
+                ok = rows[d.A[rows, k]]
+                grown = P_wo.memory.with_rows(full.q[ok], name, d.Y[ok, k])
+                cols = grown.columns(full.q[test], [d.model_names[j] for j in order], blas=True)
+            mt = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
             r = _route(mt, Y[:, order], C[:, order], A[:, order], chat)
             entry["added"][str(n)] = {"queries": int(len(rows)), **_summary(r, share_of=len(keep)),
+                                      "recovery": recovery(lower, r, upper),
                                       "observed_score": round(float(d.Y[rows, k].mean()), 4),
                                       "mean_mu_tilde_on_test": round(float(mt[:, -1][A[:, k]].mean()), 4),
                                       "observed_score_on_test": round(float(Y[A[:, k], k].mean()), 4)}
@@ -114,9 +137,18 @@ def main(argv=None) -> None:
     ap.add_argument("--run", type=Path, default=None, help="a run trained on all models with the default config "
                     "(the upper reference); trained into OUT_DIR/full when absent")
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--which", nargs="+", default=["strongest", "cheapest", "random"],
+                    choices=["strongest", "cheapest", "random"], help="which held-out models to measure")
+    ap.add_argument("--into", type=Path, default=None,
+                    help="also record the result under the dataset's name in this JSON file (e.g. "
+                         "benchmarks/results/newmodel_real.json), beside the other datasets' results")
     a = ap.parse_args(argv)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes)
+    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes, which=tuple(a.which))
+    if a.into is not None:
+        into = json.loads(a.into.read_text(encoding="utf-8")) if a.into.is_file() else {}
+        into[a.data_dir.resolve().name] = res
+        atomic_write_text(a.into, json.dumps(into, indent=2) + "\n")
     up = res["upper_all_models"]
     print(f"all models (upper): nAUC {up['nauc']:.4f}  score@0 {up['score_at_lambda0']:.4f}")
     for name, e in res["models"].items():
@@ -126,7 +158,7 @@ def main(argv=None) -> None:
         for n, r in e["added"].items():
             print(f"  added from {r['queries']:3d} queries: nAUC {r['nauc']:.4f} score@0 {r['score_at_lambda0']:.4f} "
                   f"share {r['share_routed_to_model_at_lambda0']:.3f}  mean mu_tilde {r['mean_mu_tilde_on_test']:.3f} "
-                  f"(observed {r['observed_score_on_test']:.3f})")
+                  f"(observed {r['observed_score_on_test']:.3f}); recovers {r['recovery']}")
 
 
 if __name__ == "__main__":

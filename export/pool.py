@@ -76,6 +76,9 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
     if isinstance(prof.get("cost_model"), list):  # no image-token rule: its expected cost is the per-model constant
         prof["cost_model"].append({"price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
                                    "image_tokens": None, "output_tokens": None})
+    mem = run_memory(run_dir, prof)
+    if mem is not None:   # its labelled queries join the run's memory (kept in the retrieval space, 128 numbers each)
+        prof["models"][-1]["memory"] = {"keys": np.round(mem.embed(q), 5).tolist(), "outcomes": y.tolist()}
     predicted = _predicted_mean(run_dir, prof, q)
     atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")
     return {"name": name, "queries": int(ok.sum()), "observed_score": float(y.mean()),
@@ -128,15 +131,37 @@ def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: 
     return {"queries": len(picked), "per_slice": counts, "slices": S, "target_per_slice": per, "short_slices": short}
 
 
+def run_memory(run_dir: Path, prof: dict | None = None):
+    """The capability memory of a run's pool (None if its router has none): rebuilt from the run's training data
+    with its settings, then the labelled rows of every model added with `models add` appended, and the columns of
+    models no longer in the pool dropped."""
+    cfg = _run_config(Path(run_dir))
+    if not cfg.get("memory"):
+        return None
+    from .train import attach_run_memory, prepare
+
+    prof = prof or _read(run_dir)
+    mem = attach_run_memory(prepare(cfg["data"], slices=cfg["train"]["slices"], progress=False), cfg).memory
+    for m in prof["models"]:
+        if m.get("memory"):
+            mem = mem.with_rows(None, m["name"], m["memory"]["outcomes"], keys=np.asarray(m["memory"]["keys"]))
+    names = [m["name"] for m in prof["models"]]
+    return mem.without_models([m for m in mem.models if m not in names])
+
+
 def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
     """Mean mu_tilde of the newest model on its own labelled queries, with the whole pool available."""
     import torch
 
+    from ..runtime.profiles import model_features
     from .train import load_router
 
     net, _ = load_router(run_dir)
     feat = ProfileSpace.from_dict(prof["space"]).model_feat(prof["raw_profiles"], prof["e_bar"])
-    mf = torch.from_numpy(np.broadcast_to(feat, (len(q), *feat.shape)).copy())
+    mem = run_memory(run_dir, prof)
+    names = [m["name"] for m in prof["models"]]
+    cols = None if mem is None else mem.columns(q, names, prior=[r[0] for r in prof["raw_profiles"]], blas=True)
+    mf = torch.from_numpy(model_features(feat, None, cols, rows=len(q)))
     with torch.no_grad():
         mt = net(torch.from_numpy(q), mf, torch.ones(len(q), feat.shape[0], dtype=torch.bool))[3]
     return float(mt[:, -1].mean())

@@ -17,10 +17,11 @@ import numpy as np
 
 from ..runtime.errors import DataError
 from ..runtime.features import HAS_IMAGE_COL, TEXT_DIM
+from ..runtime.memory import COLUMNS
 from ..version import __version__
 from .data import RoutingData, load_dataset
 from .files import atomic_write_text
-from ..runtime.profiles import ProfileSpace
+from ..runtime.profiles import ProfileSpace, model_features
 from .profiles import SLICES, build_profiles
 from .splits import SPLIT_SEED, ensure_splits, split_masks
 
@@ -37,6 +38,7 @@ class TrainConfig:
     seed: int = SPLIT_SEED
     slices: int = SLICES           # k-means slices; capped at |R_cal| / 50 (method.md says 8, see `SlicePrior`)
     slice_prior: bool = True       # give the network each model's score on the query's slices (lr-onnx addition)
+    memory: bool = True            # the capability memory (runtime/memory.py, issue 21); settings chosen on validation
     pool_dropout: float = 0.5      # §3.4: share of rows that get a random sub-pool
     few_shot: float = 0.25         # §3.4: per-batch chance that a model's profile is a small-sample bootstrap
     text_only: bool = False        # ablation: zero the image part of the query features
@@ -70,6 +72,17 @@ class Prepared:
     q_std: np.ndarray
     cost_model: list | None = None   # per model: prices, image-token rule, output tokens (runtime.costs)
     row_cost: np.ndarray | None = None  # [N, K] predicted USD per query (None: per-model constants only)
+    memory: object | None = None     # runtime.memory.Memory of the training rows (None: no memory)
+    mem_cols: np.ndarray | None = None  # [N, K, 3] memory columns, training rows leave-one-out
+    memory_size: float = 1.0
+
+    def attach_memory(self, settings, size: float = 1.0) -> None:
+        """Build the run's capability memory with these settings (`export.memory`) and every row's columns."""
+        from .memory import fit_memory, memory_columns
+
+        self.memory = fit_memory(self, settings, size)
+        self.memory_size = size
+        self.mem_cols = memory_columns(self, self.memory)
 
     @property
     def cost_hat(self) -> np.ndarray:
@@ -84,10 +97,9 @@ class Prepared:
         return (self.row_cost[rows] / self.space.cost_scale).astype(np.float32)
 
     def feat_rows(self, rows: np.ndarray) -> np.ndarray:
-        """[n, K, P_in] model features per query: the profiles, then that query's normalised expected cost."""
-        out = np.repeat(self.model_feat()[None], len(rows), axis=0)
-        out[..., -1] = self.chat_rows(rows)
-        return out
+        """[n, K, P_in] model features per query: the profiles, the memory's columns (if any), then that query's
+        normalised expected cost."""
+        return model_features(self.model_feat(), self.chat_rows(rows), None if self.mem_cols is None else self.mem_cols[rows])
 
     def model_feat(self) -> np.ndarray:
         """[K, P_in]: each model's standardised profile, then its normalised expected cost (same for every row)."""
@@ -132,6 +144,16 @@ def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = Fal
     sizes = image_sizes(data) if needs_sizes(data) else None
     entries = cost_entries(data, cal, sizes)
     return Prepared(data, q, masks, space, raw, e_bar, q_mean, q_std, entries, row_costs(data, entries, sizes, e_bar))
+
+
+def attach_run_memory(P: Prepared, run_cfg: dict) -> Prepared:
+    """Give `P` the memory a run was trained with (settings and size from its config.json; rebuilt, deterministic)."""
+    mem = run_cfg.get("memory")
+    if mem:
+        from ..runtime.memory import MemorySettings
+
+        P.attach_memory(MemorySettings.from_dict(mem["settings"]), float(mem.get("size", 1.0)))
+    return P
 
 
 def floored_std(q_std: np.ndarray, quantile: float) -> np.ndarray:
@@ -248,11 +270,19 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     t0 = time.perf_counter()
     P = prepared or prepare(data_dir, slices=cfg.slices, text_only=cfg.text_only, progress=progress)
     d = P.data
+    selection = None
+    if cfg.memory and P.memory is None:
+        from .memory import select_settings
+
+        settings, size, selection = select_settings(P)
+        P.attach_memory(settings, size)
+    elif not cfg.memory:
+        P.memory, P.mem_cols = None, None
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    mf_all = torch.from_numpy(P.model_feat())                                      # [K, P_in]
-    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=mf_all.shape[1], layers=cfg.layers, hidden=cfg.hidden,
-                        query_tokens=cfg.query_tokens, dropout=cfg.dropout, slices=P.space.S if cfg.slice_prior else 0)
+    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.feat_rows(np.arange(1)).shape[-1], layers=cfg.layers,
+                        hidden=cfg.hidden, query_tokens=cfg.query_tokens, dropout=cfg.dropout,
+                        slices=P.space.S if cfg.slice_prior else 0, memory=COLUMNS if P.memory is not None else 0)
     net = LatentRouter(rcfg)
     net.q_mean.copy_(torch.from_numpy(P.q_mean))
     net.q_std.copy_(torch.from_numpy(floored_std(P.q_std, cfg.std_floor)))
@@ -294,7 +324,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
                 if swap.any():
                     thin = boot[torch.arange(d.k), torch.from_numpy(draw)]                    # [K, P_in]
                     sw = torch.from_numpy(swap)
-                    mf[:, sw, :-1] = thin[sw, :-1]                                # the profile, not the cost
+                    W = P.space.width
+                    mf[:, sw, :W] = thin[sw, :W]                                  # the profile, not memory or cost
             mu, sigma, delta, mt = net(q, mf, avail)
             loss, terms = losses(mu, sigma, delta, mt, torch.from_numpy(Y[rows]), torch.from_numpy(U[rows]),
                                  avail, torch.from_numpy(P.chat_rows(rows)), cfg.w_c, cfg.loss_weights,
@@ -325,15 +356,20 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
             break
     bar.close()
     net.load_state_dict(best_state)
+    blend = choose_blend(net, P, val) if rcfg.memory else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ensure_splits(d, directory=out)                      # the split this run used, for the record
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "weights.safetensors"))
     summary = {"best_val_utility": best, "epochs_run": len(curves), "seconds": time.perf_counter() - t0,
                "train_rows": int(len(fit)), "val_rows": int(len(val))}
+    memory = None if P.memory is None else {"settings": P.memory.settings.to_dict(), "size": P.memory_size,
+                                            "rows": len(P.memory), "blend": blend}
+    if selection is not None:
+        atomic_write_text(out / "memory_selection.json", json.dumps(selection, indent=1) + "\n")
     atomic_write_text(out / "config.json", json.dumps({
         "lr_onnx_version": __version__, "data": str(Path(data_dir).resolve()), "router": rcfg.to_dict(),
-        "train": asdict(cfg), "summary": summary}, indent=2) + "\n")
+        "train": asdict(cfg), "memory": memory, "summary": summary}, indent=2) + "\n")
     atomic_write_text(out / "profiles.json", json.dumps({
         "models": d.models, "space": P.space.to_dict(), "raw_profiles": P.raw_profiles.tolist(),
         "e_bar": P.e_bar.tolist(), "cost_estimator": "calib_mean", "cost_model": P.cost_model}, indent=2) + "\n")
@@ -360,26 +396,48 @@ def load_router(run_dir: str | Path):
 
 
 def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512,
-            with_mu: bool = False, model_feat: np.ndarray | None = None):
+            with_mu: bool = False, model_feat: np.ndarray | None = None, mem_cols: np.ndarray | None = None):
     """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad); mu too with `with_mu`.
-    `model_feat` `[K, P_in]` replaces the run's own pool (with `avail` to match), e.g. after adding a model."""
+    `model_feat` `[K, P_in]` replaces the run's own pool (with `avail` to match, and `mem_cols` `[n, K, 3]` when the
+    router has a memory), e.g. after adding a model."""
     import torch
 
     net.eval()
     A = P.data.A[rows] if avail is None else avail
-    mf_all = None if model_feat is None else torch.from_numpy(model_feat)
     outs_mt, outs_sig, outs_mu = [], [], []
     with torch.no_grad():
         for s in range(0, len(rows), batch):
             r = rows[s:s + batch]
-            mf = torch.from_numpy(P.feat_rows(r)) if mf_all is None else mf_all.unsqueeze(0).expand(len(r), -1, -1)
-            mu, sigma, delta, mt = net(torch.from_numpy(P.q[r]), mf,
+            if model_feat is None:
+                mf = P.feat_rows(r)
+            else:
+                mf = model_features(model_feat, None, None if mem_cols is None else mem_cols[s:s + batch], rows=len(r))
+            mu, sigma, delta, mt = net(torch.from_numpy(P.q[r]), torch.from_numpy(mf),
                                        torch.from_numpy(np.ascontiguousarray(A[s:s + batch])))
             outs_mt.append(mt.numpy())
             outs_sig.append(sigma.numpy())
             outs_mu.append(mu.numpy())
     out = np.concatenate(outs_mt), np.concatenate(outs_sig)
     return (*out, np.concatenate(outs_mu)) if with_mu else out
+
+
+BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_blend(net, P: Prepared, val: np.ndarray) -> dict:
+    """Set how far the network may correct the memory (`MemoryBlend.blend`) to the value that routes validation best
+    (score at lambda 0 + nAUC); 0 is the memory alone, so on small or noisy data the router is never worse than its
+    memory on validation. Returns every value's validation numbers and the one kept."""
+    from .memory import routing_value
+
+    trials = []
+    for b in BLENDS:
+        net.memory.blend.fill_(b)
+        s0, na = routing_value(predict(net, P, val)[0], P, val)
+        trials.append({"blend": b, "val_score_at_lambda0": s0, "val_nauc": na})
+    best = max(trials, key=lambda t: (t["val_score_at_lambda0"] + t["val_nauc"], t["blend"]))
+    net.memory.blend.fill_(best["blend"])
+    return {"chosen": best["blend"], "trials": trials}
 
 
 def validation_utility(net, P: Prepared, rows: np.ndarray, U: np.ndarray, w_c: float) -> float:

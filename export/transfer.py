@@ -52,7 +52,12 @@ def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str 
     model_feat = space.model_feat(np.asarray(prof["raw_profiles"], float)[kr], e_bar)
     q = run_features(data, False, progress=progress)
     view = SimpleNamespace(q=q, data=SimpleNamespace(A=A_all))
-    mt, _ = predict(net, view, rows, avail=A_all[rows], model_feat=model_feat)
+    cols = None
+    if net.cfg.memory:   # the run's memory (its training queries), asked about the other dataset's queries
+        from .pool import run_memory
+
+        cols = run_memory(run_dir, prof).columns(q[rows], shared, blas=True)
+    mt, _ = predict(net, view, rows, avail=A_all[rows], model_feat=model_feat, mem_cols=cols)
     Y, C, A = np.nan_to_num(data.Y[rows][:, kd]), np.nan_to_num(data.C[rows][:, kd]), A_all[rows]
     chat = e_bar / space.cost_scale
     curve = sweep(mt, Y, C, A, chat)

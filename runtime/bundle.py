@@ -19,6 +19,7 @@ from pathlib import Path
 from .costs import rule_spec
 from .errors import BundleError
 from .features import HAS_IMAGE_COL
+from .memory import COLUMNS as MEMORY_COLUMNS, FILES as MEMORY_FILES, MAX_DIM as MEMORY_MAX_DIM, MAX_ROWS as MEMORY_MAX_ROWS
 from .validate import integer, loads_json, number, text
 
 MANIFEST = "manifest.json"
@@ -213,9 +214,11 @@ def validate_manifest(m, path: Path) -> None:
             width = len(p["profile"])
         if len(p["profile"]) != width or len(p["raw_profile"]) != width:
             raise BundleError(f"{where}: model {name!r} has a profile of another width than pool[0] ({width})")
+    extra = _validate_memory(m, files, where, path)
     dim = m.get("model_dim")
-    if dim is not None and dim != width + 1:
-        raise BundleError(f"{where}: profiles of width {width} do not match model_dim {dim!r} (expected {width + 1})")
+    if dim is not None and dim != width + 1 + extra:
+        raise BundleError(f"{where}: profiles of width {width} do not match model_dim {dim!r} "
+                          f"(expected {width + 1 + extra})")
 
     space = need(m, "profile_space", dict, "")
     cents = need(space, "centroids", list, "profile_space.")
@@ -248,6 +251,43 @@ def validate_manifest(m, path: Path) -> None:
         raise BundleError(f"{where}: lambda.presets must be an object")
     for key, p in presets.items():
         num(p.get("lambda") if isinstance(p, dict) else None, f"lambda.presets.{key}.lambda", hi=1e9)
+
+
+def _validate_memory(m: dict, files: dict, where: str, path: Path) -> int:
+    """The `memory` entry (runtime/memory.py): its three files listed, its numbers in range. Returns the model_feat
+    columns it adds (0 without a memory); the arrays' shapes are checked against it when they are read."""
+    mem = m.get("memory")
+    if mem is None:
+        return 0
+    if not isinstance(mem, dict):
+        raise BundleError(f"{where}: 'memory' must be an object")
+    g = m["graphs"].get("memory")
+    fname = g.get("file") if isinstance(g, dict) else None
+    if not isinstance(fname, str) or fname not in files:
+        raise BundleError(f"{where}: a bundle with a memory needs graphs.memory, a file listed in 'files'")
+    inside(path, fname, "graphs.memory.file")
+    fl = mem.get("files")
+    if not isinstance(fl, dict) or sorted(fl) != sorted(MEMORY_FILES):
+        raise BundleError(f"{where}: memory.files must name the {', '.join(sorted(MEMORY_FILES))} files")
+    for key, fname in fl.items():
+        inside(path, fname, f"memory.files.{key}")
+        if fname not in files:
+            raise BundleError(f"{where}: memory.files.{key} {fname!r} is not listed in 'files'; the bundle is not closed")
+    models = mem.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(x, str) and x for x in models) \
+            or len(set(models)) != len(models):
+        raise BundleError(f"{where}: memory.models must be a list of distinct model names")
+    integer(mem.get("rows"), f"{where}: memory.rows", lo=1, hi=MEMORY_MAX_ROWS, err=BundleError)
+    if "blend" in mem:   # for the record (the graph holds the value): how far the network corrects the memory
+        number(mem["blend"], f"{where}: memory.blend", lo=0.0, hi=1.0, err=BundleError)
+    integer(mem.get("dim"), f"{where}: memory.dim", lo=1, hi=MEMORY_MAX_DIM, err=BundleError)
+    st = mem.get("settings")
+    if not isinstance(st, dict):
+        raise BundleError(f"{where}: memory.settings must be an object")
+    integer(st.get("k"), f"{where}: memory.settings.k", lo=1, hi=4096, err=BundleError)
+    for key, lo, hi in (("kappa", 1e-6, 1e6), ("tau", 1e-4, 10.0), ("image_weight", 0.0, 100.0), ("s_ref", -1.0, 1.0)):
+        number(st.get(key), f"{where}: memory.settings.{key}", lo=lo, hi=hi, err=BundleError)
+    return MEMORY_COLUMNS
 
 
 _KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}

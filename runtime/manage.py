@@ -18,6 +18,7 @@ import numpy as np
 from .bundle import MANIFEST, load_bundle
 from .costs import mean_output_tokens, rule_spec
 from .errors import BundleError, InputError, OptionError
+from .memory import Memory
 from .files import atomic_write_text
 from .validate import number, text
 from .policy import LAMBDA_GRID, choose
@@ -84,8 +85,12 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
         except ValueError as e:
             raise OptionError(str(e)) from None
         entry["output_tokens"] = mean_output_tokens(entry, meta, cost, tok)
+    mem = router.memory()
     with _edited_copy(router.bundle.path, out) as tmp:
-        write_manifest(tmp, dict(m, pool=m["pool"] + [entry]))
+        grown_m = dict(m, pool=m["pool"] + [entry])
+        if mem is not None:   # its labelled queries join the memory: a local estimate from the first query on
+            grown_m = _with_memory(tmp, grown_m, mem.with_rows(q, name, y))
+        write_manifest(tmp, grown_m)
     from .router import Router
 
     grown = Router.load(out, provider=router.provider)
@@ -160,7 +165,26 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
     if len(names) == 1:
         raise OptionError("cannot remove the last model of the pool")
     with _edited_copy(b.path, out) as tmp:
-        write_manifest(tmp, dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name]))
+        m = dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name])
+        if "memory" in m and name in m["memory"]["models"]:
+            mem = Memory.from_bundle(b).without_models([name])
+            if len(mem):
+                m = _with_memory(tmp, m, mem)
+            else:   # only the removed model had outcomes: the router has nothing left to remember
+                raise OptionError(f"model '{name}' holds every outcome of the bundle's memory; it cannot be removed")
+        write_manifest(tmp, m)
+
+
+def _with_memory(folder: Path, manifest: dict, mem) -> dict:
+    """The manifest with `mem` written into `folder` (a bundle copy being edited): its entry and the three files'
+    hashes replaced."""
+    from .bundle import sha256_file
+
+    entry = {**manifest.get("memory", {}), **mem.write(folder)}   # keeps what the exporter recorded (blend)
+    files = dict(manifest["files"])
+    for fname in entry["files"].values():
+        files[fname] = {"sha256": sha256_file(folder / fname), "bytes": (folder / fname).stat().st_size}
+    return dict(manifest, memory=entry, files=files)
 
 
 def calibration_target(router, max_avg_cost: float | None, max_share: tuple[str, float] | None) -> dict:

@@ -104,6 +104,26 @@ class ProfileSpace:
                    float(d["fill_lat"]), float(d["fill_tok"]))
 
 
+def pool_features(manifest: dict) -> np.ndarray:
+    """`[K, W + 1]` of a bundle's pool: each model's standardised profile, then its constant normalised cost."""
+    return np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
+
+
+def model_features(base: np.ndarray, chat: np.ndarray | None = None, memory: np.ndarray | None = None,
+                   rows: int | None = None) -> np.ndarray:
+    """The router graph's `model_feat` `[B, K, P_in]`, assembled in one place for training, export and serving:
+    each model's standardised profile (`base[:, :-1]`), then the capability memory's columns for this query (if the
+    router has a memory, `[B, K, 3]`), then its normalised expected cost (`chat [B, K]`, or the per-model constant
+    `base[:, -1]`)."""
+    B = rows if chat is None and memory is None else len(chat if chat is not None else memory)
+    mf = np.broadcast_to(np.asarray(base, np.float32), (B, *base.shape)).copy()
+    if chat is not None:
+        mf[..., -1] = chat
+    if memory is not None:
+        mf = np.concatenate([mf[..., :-1], np.asarray(memory, np.float32), mf[..., -1:]], axis=-1)
+    return mf
+
+
 MIN_NEW_MODEL_QUERIES = 24
 
 

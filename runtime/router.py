@@ -26,7 +26,8 @@ from .policy import choose
 from .prefetch import prefetched
 from .costs import query_cost
 from .preprocess import DEFAULT_MAX_IMAGE_BYTES, ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
-from .profiles import ProfileSpace
+from .memory import COLUMNS, Memory
+from .profiles import ProfileSpace, model_features, pool_features
 from .sessions import run
 from .validate import integer, names as valid_names, number, text
 
@@ -100,7 +101,7 @@ class Router:
         self.names = [p["name"] for p in m["pool"]]
         self.expected_cost = np.array([p["expected_cost_usd"] for p in m["pool"]], np.float64)
         self.cost_hat = np.array([p["cost_hat"] for p in m["pool"]], np.float64)
-        self.model_feat = np.array([p["profile"] + [p["cost_hat"]] for p in m["pool"]], np.float32)  # [K, P_in]
+        self.model_feat = pool_features(m)                                       # [K, W + 1] profile, cost
         self.pool = m["pool"]
         self.per_query_cost = any(p.get("output_tokens") is not None and p.get("image_tokens") for p in m["pool"])
         self.default_lambda = float(m.get("lambda", {}).get("default", 0.0))
@@ -109,6 +110,8 @@ class Router:
         cov = m.get("coverage")
         self.coverage_threshold = float(cov["threshold"]) if isinstance(cov, dict) else None
         self._sessions: dict = {}
+        self._memory: Memory | None = None
+        self._memory_keys = None
         self._tokenizer = None
         self._lock = threading.Lock()
 
@@ -141,14 +144,14 @@ class Router:
                     self._sessions[key] = s
         return s
 
-    def _router_session(self, rows: int):
-        full = self.session("router")
+    def _session_for(self, name: str, rows: int):
+        full = self.session(name)
         if rows <= SMALL_BATCH and full.get_providers()[0] == "CPUExecutionProvider":
-            return self.session("router", small=True)
+            return self.session(name, small=True)
         return full
 
     # the element type of every graph input and output the runtime feeds or reads (fp16 bundles keep fp32 IO)
-    _DTYPES = {"query": "tensor(float)", "model_feat": "tensor(float)", "avail": "tensor(bool)",
+    _DTYPES = {"query": "tensor(float)", "model_feat": "tensor(float)", "avail": "tensor(bool)", "keys": "tensor(float)",
                "pixels": "tensor(float)", "input_ids": "tensor(int64)", "attention_mask": "tensor(int64)"}
 
     def _check_graph(self, name: str, sess) -> None:
@@ -157,7 +160,7 @@ class Router:
         `BundleError` line at load, not an ONNX Runtime traceback at the first query. The pool must fit the
         router (a hand-edited profile of another width would not)."""
         spec = self.bundle.manifest["graphs"][name]
-        want_width = {"query": QUERY_DIM, "model_feat": self.model_feat.shape[1]}
+        want_width = {"query": QUERY_DIM, "model_feat": self.model_feat.shape[1] + (COLUMNS if self.has_memory else 0)}
         for kind, got in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
             want = spec.get(kind, {})
             if sorted(a.name for a in got) != sorted(want):
@@ -179,6 +182,34 @@ class Router:
 
     def bound_providers(self) -> dict[str, list[str]]:
         return {n: self.session(n).get_providers() for n in ("router", "image_encoder", "text_encoder")}
+
+    @property
+    def has_memory(self) -> bool:
+        return "memory" in self.bundle.manifest
+
+    def memory(self) -> Memory | None:
+        """The bundle's capability memory (runtime/memory.py), read and hash-checked on first use; None without one."""
+        if self._memory is None and self.has_memory:
+            with self._lock:
+                if self._memory is None:
+                    from .sessions import ort
+
+                    mem = Memory.from_bundle(self.bundle)
+                    # the keys as an OrtValue made once: fed as a numpy array, every search copied all N x d of them
+                    self._memory_keys = ort().OrtValue.ortvalue_from_numpy(mem.keys)
+                    self._memory = mem
+        return self._memory
+
+    def global_means(self) -> np.ndarray:
+        """`[K]` each model's mean score over the labelled queries the router knows it from: its memory rows where the
+        bundle has a memory holding it, else its profile's overall score. Out of coverage, estimates fall back to it."""
+        mem = self.memory()
+        out = np.array([p["raw_profile"][0] for p in self.pool], np.float64)
+        if mem is not None:
+            for k, n in enumerate(self.names):
+                if n in mem.models:
+                    out[k] = mem.global_mean[mem.models.index(n)]
+        return out
 
     def tokenizer(self):
         if self._tokenizer is None:
@@ -268,18 +299,23 @@ class Router:
         """The router graph on feature rows; `chat` `[B, K]` (normalised per-query expected costs) replaces the
         per-model constant in the model features' cost column."""
         B = q.shape[0]
-        mf = np.broadcast_to(self.model_feat, (B, *self.model_feat.shape)).copy()
-        if chat is not None:
-            mf[..., -1] = chat
-        mu, sigma, delta, mt = run(self._router_session(B), {"query": q.astype(np.float32), "model_feat": mf,
-                                                            "avail": avail})
+        q = np.ascontiguousarray(q, np.float32)
+        mem = self.memory()
+        cols = None
+        if mem is not None:   # the k nearest labelled queries, found by memory.onnx; their outcomes gathered in numpy
+            sess = self._session_for("memory", B)
+            cpu = sess.get_providers()[0] == "CPUExecutionProvider"
+            found = run(sess, {"query": q, "keys": self._memory_keys if cpu else mem.keys})
+            cols = mem.columns(None, self.names, prior=[p["raw_profile"][0] for p in self.pool], found=tuple(found))
+        mf = model_features(self.model_feat, chat, cols, rows=B)
+        mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
             bad = avail & ~np.isfinite(v)
             if bad.any():  # never a decision: a broken graph or profile must not pick "the first model"
                 k = int(np.flatnonzero(bad.any(axis=0))[0])
                 raise BundleError(f"{self.bundle.path}: the router produced a non-finite {label} for model "
                                   f"{self.names[k]!r}; the bundle's graph or profiles are broken")
-        return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt}
+        return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt, "memory": cols}
 
     def score(self, images, question: str, models=None) -> dict:
         """Per-model mu, sigma, mu_tilde, expected cost and utility at the default lambda (available models only)."""
@@ -348,7 +384,7 @@ class Router:
                 avail[i] = within
         chat = cost / self.space.cost_scale
         sc = self.score_features(q, avail, chat)
-        cover = self.coverage(q)
+        cover = self.coverage(q, None if sc["memory"] is None else sc["memory"][:, 0, 2])
         choice = choose(sc["mu_tilde"], chat, avail, lam)
         out = []
         for i, o in enumerate(opts):
@@ -357,7 +393,7 @@ class Router:
                                       float(sc["mu_tilde"][i, k] - o.lam * chat[i, k]))
                             for k, n in enumerate(self.names) if avail[i, k]),
                            key=lambda c: (-c.utility, self.names.index(c.name)))
-            ex = self._explain(q[i], cands) if o.explain else {}
+            ex = self._explain(q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}
             out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(o.lam), tuple(cands),
                                 tuple(n for k, n in enumerate(self.names) if not avail[i, k]), ex, cover[i]))
         if timings is not None:
@@ -380,20 +416,30 @@ class Router:
                     out.append(e)
             return out
 
-    def coverage(self, q: np.ndarray) -> list[dict | None]:
-        """Per row: the best cosine similarity of the query to the capability slices' centroids, and whether
-        it falls below the bundle's threshold (set at export: the 1st percentile of the training queries' own
-        similarities): a query unlike anything the router was trained on, whose scores are guesses."""
+    def coverage(self, q: np.ndarray, closeness: np.ndarray | None = None) -> list[dict | None]:
+        """Per row: the best cosine similarity of the query to the capability slices' centroids and, with a
+        capability memory, the query's closeness to its labelled queries (`closeness`, from the memory columns).
+        Out of coverage: a similarity below the bundle's threshold (set at export: the 1st percentile of the
+        training queries' own similarities), or a closeness below `memory.MIN_CLOSENESS`, where every model's
+        score is about its global mean: a query unlike what the router was trained on."""
         if self.coverage_threshold is None:
             return [None] * len(q)
+        from .memory import MIN_CLOSENESS
         from .profiles import centroid_similarity
 
         best = centroid_similarity(q, self.space.centroids).max(axis=1)
-        return [{"similarity": round(float(b), 4), "threshold": round(self.coverage_threshold, 4),
-                 "out_of_coverage": bool(b < self.coverage_threshold)} for b in best]
+        out = []
+        for i, b in enumerate(best):
+            far = closeness is not None and closeness[i] < MIN_CLOSENESS
+            row = {"similarity": round(float(b), 4), "threshold": round(self.coverage_threshold, 4)}
+            if closeness is not None:
+                row["memory_closeness"] = round(float(closeness[i]), 4)
+            out.append({**row, "out_of_coverage": bool(b < self.coverage_threshold or far)})
+        return out
 
-    def _explain(self, q: np.ndarray, cands: list[Candidate]) -> dict:
-        """What drove the choice: the query's closest capability slices and the margins at the top."""
+    def _explain(self, q: np.ndarray, cands: list[Candidate], memory: np.ndarray | None = None) -> dict:
+        """What drove the choice: the query's closest capability slices, what the capability memory's nearest
+        labelled queries say about the top models, and the margins at the top."""
         from .profiles import centroid_similarity
 
         sims = centroid_similarity(q[None], self.space.centroids)
@@ -407,7 +453,14 @@ class Router:
             z = (a.mu_tilde - b.mu_tilde) / max(math.sqrt(a.sigma ** 2 + b.sigma ** 2), 1e-12)
             margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
                             "z": round(z, 3)})
-        return {"closest_slices": slices, "pairwise_margins": margins}
+        out = {"closest_slices": slices, "pairwise_margins": margins}
+        if memory is not None:   # [K, 3]: estimate logit, log1p(evidence), closeness
+            mem = self.memory()
+            out["memory"] = {"neighbours": mem.settings.k, "closeness": round(float(memory[0, 2]), 4),
+                             "estimates": {c.name: {"estimate": round(float(1 / (1 + np.exp(-memory[k, 0]))), 4),
+                                                    "evidence": round(float(np.expm1(memory[k, 1])), 2)}
+                                           for c in cands[:3] for k in [self.names.index(c.name)]}}
+        return out
 
 
 def _self_contained(graph: bytes, folder, file: str) -> None:

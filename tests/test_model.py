@@ -155,3 +155,48 @@ def test_nll_clamps_sigma_at_the_floor_and_nowhere_else():
     t["nll"].backward()
     assert sigma.grad[0, 0] == 0 and sigma.grad[0, 1] != 0    # below the floor: no pull further down
     assert TrainConfig().nll_sigma_floor == 0.05
+
+
+def _memory_net(blend: float):
+    torch.manual_seed(0)
+    m = LatentRouter(RouterConfig(model_dim=19, memory=3)).eval()   # 15 profile columns, 3 memory, 1 cost
+    m.memory.blend.fill_(blend)
+    return m
+
+
+def _memory_feat(est, closeness):
+    """model_feat [1, K, 19] with the memory's estimate (as a logit) and closeness in place."""
+    est = torch.tensor(est)
+    mf = torch.randn(1, len(est), 19)
+    mf[0, :, 15] = torch.log(est / (1 - est))
+    mf[0, :, 16] = 1.0
+    mf[0, :, 17] = closeness
+    return mf
+
+
+def test_memory_adds_its_projection_and_gain_only():
+    H = RouterConfig().hidden
+    base = LatentRouter(RouterConfig(model_dim=19)).core_parameter_count()
+    assert LatentRouter(RouterConfig(model_dim=19, memory=3)).core_parameter_count() == base + 3 * H + H + 1
+
+
+@pytest.mark.parametrize("blend,closeness", [(0.0, 1.0), (1.0, 0.0), (0.5, 0.0)])
+def test_memory_is_the_answer_where_the_network_may_not_correct_it(blend, closeness):
+    """blend 0 (chosen on validation) or a query far from the memory (closeness 0): mu is the memory's estimate,
+    and the bounded correction delta vanishes too: out of coverage nothing saturates beyond what the data says."""
+    m = _memory_net(blend)
+    est = [0.3, 0.62, 0.91]
+    with torch.no_grad():
+        mu, _, delta, mt = m(torch.randn(1, 1667), _memory_feat(est, closeness), torch.ones(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(mu[0], torch.tensor(est), atol=1e-5, rtol=0)
+    assert torch.all(delta == 0) and torch.equal(mt, mu)
+
+
+def test_the_network_corrects_the_memory_in_proportion_to_closeness():
+    m = _memory_net(1.0)
+    est = [0.3, 0.62, 0.91]
+    q = torch.randn(1, 1667)
+    with torch.no_grad():
+        mus = [m(q, _memory_feat(est, c), torch.ones(1, 3, dtype=torch.bool))[0][0] for c in (0.0, 0.5, 1.0)]
+    gaps = [float((mu - torch.tensor(est)).abs().max()) for mu in mus]
+    assert gaps[0] < 1e-6 < gaps[1]

@@ -204,8 +204,11 @@ def test_out_of_coverage_flag_in_route_json_api_and_batch(runner, tmp_path):
     assert res.exit_code == 0 and "note: out of coverage" in res.output
     m["coverage"]["threshold"] = -1.0
     (b / "manifest.json").write_text(json.dumps(m))
-    assert Router.load(b).route([], "What is 2 + 2?").coverage["out_of_coverage"] is False
-    assert "out of coverage" not in runner.invoke(main, ["route", "What is 2 + 2?", "--bundle", str(b)]).output
+    far = Router.load(b).route([], "What is 2 + 2?").coverage      # a text question: far from the image memory
+    assert far["out_of_coverage"] is True and far["memory_closeness"] < 0.1
+    assert "closeness" in runner.invoke(main, ["route", "What is 2 + 2?", "--bundle", str(b)]).output
+    ex = DEFAULT_BUNDLE.parent / "examples" / "lines.png"   # a blindtest-like picture: in the slices' coverage
+    assert Router.load(b).route([ex], "How many times do the two lines intersect?").coverage["similarity"] > -1.0
     m["coverage"]["threshold"] = 0.999
     (b / "manifest.json").write_text(json.dumps(m))
     inp = tmp_path / "in.jsonl"

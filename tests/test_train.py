@@ -62,10 +62,10 @@ def test_train_writes_run_and_is_deterministic(env, run):
 
 def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
     """Leak checks of method.md §5: realised cost and `dataset` never reach the router's inputs."""
-    from lr_onnx.export.train import load_router, predict, prepare
+    from lr_onnx.export.train import attach_run_memory, load_router, predict, prepare
 
-    net, _ = load_router(run[0])
-    P = prepare(env / "demo", slices=2, progress=False)
+    net, cfg = load_router(run[0])
+    P = attach_run_memory(prepare(env / "demo", slices=2, progress=False), cfg)
     rows = np.flatnonzero(P.masks["test"])
     base = predict(net, P, rows)[0]
     test_rows = P.masks["test"]
@@ -73,6 +73,30 @@ def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
     P.data.C[test_rows] = P.data.C[perm]
     P.data.dataset = ["relabelled"] * P.data.n
     np.testing.assert_array_equal(predict(net, P, rows)[0], base)
+
+
+def test_the_memory_is_chosen_on_validation_and_read_leave_one_out(env, run):
+    """Issue 21: the run records its memory settings and blend; training rows are estimated without themselves;
+    the memory-only and network-only halves are both scored; a --no-memory run has none."""
+    from lr_onnx.export.memory import memory_rows
+    from lr_onnx.export.train import TrainConfig, attach_run_memory, load_router, prepare, train
+
+    net, cfg = load_router(run[0])
+    mem = cfg["memory"]
+    assert mem["blend"]["chosen"] in [t["blend"] for t in mem["blend"]["trials"]] and net.cfg.memory == 3
+    sel = json.loads((run[0] / "memory_selection.json").read_text())
+    assert len(sel) > 10 and all("val_score_at_lambda0" in t for t in sel)
+    P = attach_run_memory(prepare(env / "demo", slices=2, progress=False), cfg)
+    rows = memory_rows(P)
+    assert len(P.memory) == mem["rows"] <= len(rows)
+    r = P.memory.rows[:16]
+    with_self = P.memory.columns(P.q[r], blas=True)
+    np.testing.assert_allclose(P.mem_cols[r], P.memory.columns(P.q[r], exclude=np.arange(16), blas=True), atol=1e-6)
+    assert not np.allclose(P.mem_cols[r], with_self)      # the row itself would have been its nearest neighbour
+    plain = train(env / "demo", env / "run_plain", TrainConfig(epochs=1, slices=2, memory=False), progress=False)
+    assert plain["epochs_run"] == 1
+    pcfg = json.loads((env / "run_plain" / "config.json").read_text())
+    assert pcfg["memory"] is None and pcfg["router"]["memory"] == 0
 
 
 def test_floored_std_lifts_only_the_small_stds_of_each_block():
@@ -124,7 +148,7 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
 
     out = evaluate(run[0], ablations=False, progress=False)
     m = json.loads((run[0] / "metrics.json").read_text())
-    assert set(m["methods"]) == set(METHODS) - {"no_communication", "text_only"}
+    assert set(m["methods"]) == set(METHODS) - {"no_communication", "text_only", "no_memory", "no_slice_prior"}
     for row in m["methods"].values():
         for key in ("nauc", "peak_score", "qnc", "rank_score", "apgr", "cpt50", "cpt80", "score_at_lambda0",
                     "cost_at_lambda0"):
@@ -344,8 +368,11 @@ def test_manifest_schema(bundle):
     assert m["graphs"]["router"]["inputs"] == {"query": ["batch", 1667], "model_feat": ["batch", "models", m["model_dim"]],
                                                "avail": ["batch", "models"]}
     assert m["graphs"]["text_encoder"]["inputs"]["input_ids"] == ["batch", "tokens"]
-    assert set(m["files"]) == {"image_encoder.onnx", "text_encoder.onnx", "router.onnx", "fused.onnx",
+    assert set(m["files"]) == {"image_encoder.onnx", "text_encoder.onnx", "router.onnx", "fused.onnx", "memory.onnx",
+                               "memory_projection.npy", "memory_keys.npy", "memory_outcomes.npy",
                                "tokenizer.json", "golden.json", "parity.json"}  # closed: everything it holds
+    assert m["graphs"]["memory"]["inputs"] == {"query": ["batch", 1667], "keys": ["rows", m["memory"]["dim"]]}
+    assert m["model_dim"] == len(m["profile_space"]["mean"]) + 1 + 3      # profile, memory columns, cost
     assert m["graphs"]["fused"]["inputs"]["pixels"] == ["batch", 3, 224, 224]
     for p in m["pool"]:
         assert len(p["profile"]) == len(m["profile_space"]["mean"]) == len(m["profile_space"]["centroids"]) + 7
@@ -354,11 +381,11 @@ def test_manifest_schema(bundle):
 
 def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     """The served router (PIL + tokenizers + ONNX Runtime) reproduces the torch pipeline on real queries."""
-    from lr_onnx.export.train import load_router, predict, prepare
+    from lr_onnx.export.train import attach_run_memory, load_router, predict, prepare
     from lr_onnx.runtime.router import Router
 
-    net, _ = load_router(run[0])
-    P = prepare(env / "demo", slices=2, progress=False)
+    net, cfg = load_router(run[0])
+    P = attach_run_memory(prepare(env / "demo", slices=2, progress=False), cfg)
     rows = np.flatnonzero(P.masks["test"])[:20]
     torch_mt = predict(net, P, rows)[0]
     r = Router.load(bundle[0], provider="cpu")
@@ -461,6 +488,7 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
         assert name not in models and len(models) == d.k - 1               # trained with no column, no profile
         added = e["added"]["24"]
         assert 0 < added["queries"] <= 24 and 0.0 <= added["share_routed_to_model_at_lambda0"] <= 1.0
+        assert set(added["recovery"]) == {"score_at_lambda0", "nauc"}
         assert 0.0 <= e["lower_without"]["score_at_lambda0"] <= e["upper"]["score_at_lambda0"] + 0.5
     # the added model's profile is built from its own outcomes on the chosen rows (overall score = their mean)
     name = why["cheapest"]

@@ -1,0 +1,221 @@
+"""Capability memory: what each model scored on the labelled queries nearest this one (issue 21).
+
+A profile says how a model does on a k-means slice; the memory says how it did on the k training
+queries most like *this* query. For each (query, model) it gives three numbers the router graph reads
+as extra `model_feat` columns (`COLUMNS`), and which alone already route well:
+
+    estimate   = (sum_j w_j y_jm + kappa g_m) / (sum_j w_j + kappa)   over neighbours j with an outcome for m
+    evidence   = sum_j w_j                                            (how many neighbours speak for m)
+    closeness  = mean_j w_j                                           (how near the query is to the memory)
+
+with w_j = min(1, exp((s_j - s_ref) / tau)): a neighbour as close as a typical training query's counts
+fully, a far one hardly. A query unlike anything in the memory (a photo of a coffee cup against math
+diagrams) thus falls back to each model's global mean g_m instead of inheriting its neighbours' extremes,
+and `closeness` tells the graph to trust its own correction as little (`export.model.MemoryBlend`).
+
+Retrieval is cosine in a reduced space: the text and image vectors of `q` (the side features, mostly
+question length, are left out: they dominated the squared norm), the image block weighted, centred and
+projected (PCA fitted on training queries) to `dim` <= 256 dimensions. Written with MatMul, TopK and
+Gather only, so a graph can carry it; here it is numpy with `einsum` loops, never a BLAS call, for the
+same reason as `profiles.centroid_similarity`: a woken OpenBLAS thread spins and takes a core from ONNX
+Runtime. The bundle stores it in three `.npy` files (fp16), read through `Bundle.read` like every file.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BundleError
+from .features import HAS_IMAGE_COL, TEXT_DIM, l2_normalise
+
+COLUMNS = 3                  # estimate (as a logit), log1p(evidence), closeness
+MAX_DIM = 256
+MAX_ROWS = 1 << 22
+FILES = {"projection": "memory_projection.npy", "keys": "memory_keys.npy", "outcomes": "memory_outcomes.npy"}
+P_CLIP = 1e-3                # estimates are kept inside [P_CLIP, 1 - P_CLIP] before the logit
+MIN_CLOSENESS = 0.1          # below it the query's neighbours count for little: its scores are the global means
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """How the memory estimates: chosen on validation at training (`export.memory.select_settings`)."""
+
+    k: int = 32                # neighbours
+    kappa: float = 3.0         # pseudo-count of the model's global mean
+    tau: float = 0.05          # similarity scale of the closeness weight
+    image_weight: float = 1.0  # weight of the image block against the text block in the retrieval space
+    s_ref: float = 0.5         # similarity at which a neighbour counts fully (set from the training queries)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemorySettings":
+        return cls(int(d["k"]), float(d["kappa"]), float(d["tau"]), float(d["image_weight"]), float(d["s_ref"]))
+
+
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), P_CLIP, 1 - P_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+class Memory:
+    """Labelled queries in the retrieval space, with each model's outcome on them (NaN: none recorded)."""
+
+    def __init__(self, projection: np.ndarray, keys: np.ndarray, outcomes: np.ndarray, models: list[str],
+                 settings: MemorySettings):
+        self.center = np.ascontiguousarray(projection[:, 0], np.float32)    # [D_e]
+        self.proj = np.ascontiguousarray(projection[:, 1:], np.float32)     # [D_e, d]
+        self.keys = np.ascontiguousarray(keys, np.float32)                   # [N, d], unit rows
+        self.outcomes = np.asarray(outcomes, np.float32)                     # [N, K_mem]
+        self.models = list(models)
+        self.settings = settings
+        self.known = np.isfinite(self.outcomes)                              # [N, K_mem]
+        self.values = np.where(self.known, self.outcomes, 0.0).astype(np.float32)
+        n = self.known.sum(axis=0)
+        self.global_mean = np.where(n > 0, self.values.sum(axis=0) / np.maximum(n, 1), 0.5)  # [K_mem]
+        self.rows: np.ndarray | None = None   # training only: the data rows held (for leave-one-out)
+
+    @property
+    def dim(self) -> int:
+        return self.keys.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def projection(self) -> np.ndarray:
+        """`[D_e, d + 1]`: the centre (column 0), then the directions."""
+        return np.concatenate([self.center[:, None], self.proj], axis=1)
+
+    # ------------------------------------------------------------------ retrieval
+    def embed(self, q: np.ndarray) -> np.ndarray:
+        """`[B, d]` unit vectors of raw query features `q [B, D_q]` in the retrieval space."""
+        return embed(q, self.center, self.proj, self.settings.image_weight)
+
+    def neighbours(self, e: np.ndarray, k: int, exclude: np.ndarray | None = None, blas: bool = False):
+        """(similarities, indices) `[B, k']` of the k nearest memory rows, k' = min(k, N); `exclude` `[B]` drops one
+        row per query (the query itself, when training rows are estimated leave-one-out). `blas` for training only."""
+        sims = (e @ self.keys.T) if blas else np.einsum("bd,nd->bn", e, self.keys)
+        if exclude is not None:
+            sims[np.arange(len(e)), exclude] = -np.inf
+        k = max(1, min(k, len(self.keys) - (exclude is not None)))
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(sims, idx, axis=1), idx
+
+    def columns(self, q: np.ndarray | None, models: list[str] | None = None, *, prior=None,
+                exclude: np.ndarray | None = None, blas: bool = False, e: np.ndarray | None = None,
+                found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """`[B, K, COLUMNS]` memory columns for the given pool (default: the memory's own models, in order). A pool
+        model the memory holds no outcome for gets its `prior` (the profile's overall score; 0.5 if not given) as its
+        estimate, with no evidence. `found`: the (similarities, indices) of the neighbours, when a graph
+        (`memory.onnx`) has searched already; else they are searched here."""
+        s = self.settings
+        if found is None:
+            found = self.neighbours(self.embed(q) if e is None else e, s.k, exclude, blas)
+        sims, idx = found
+        w = np.minimum(1.0, np.exp((np.maximum(sims, -1.0) - s.s_ref) / s.tau)).astype(np.float32)   # [B, k]
+        cols = list(range(len(self.models))) if models is None else [
+            self.models.index(m) if m in self.models else -1 for m in models]
+        out = np.zeros((len(idx), len(cols), COLUMNS), np.float32)
+        out[..., 0] = logit(np.full(len(cols), 0.5) if prior is None else prior)
+        out[..., 2] = w.mean(axis=1, keepdims=True)
+        pos = [i for i, c in enumerate(cols) if c >= 0]
+        if pos:
+            have = [cols[i] for i in pos]
+            kn = self.known[idx][..., have].astype(np.float32)            # [B, k, K'] (rows first: small)
+            ev = np.einsum("bk,bkm->bm", w, kn)
+            ys = np.einsum("bk,bkm->bm", w, self.values[idx][..., have])
+            est = (ys + s.kappa * self.global_mean[have]) / (ev + s.kappa)
+            out[:, pos, 0] = logit(est)
+            out[:, pos, 1] = np.log1p(ev)
+        return out
+
+    # ------------------------------------------------------------------ growth (models add, feedback)
+    def with_rows(self, q: np.ndarray | None, model: str, y, keys: np.ndarray | None = None) -> "Memory":
+        """A new memory with labelled rows for `model` appended (other models: no outcome on them); a model new to
+        the memory gets its own column (no outcome on the old rows). The retrieval space is unchanged. The rows are
+        raw query features `q`, or their `keys` already in the retrieval space."""
+        new = self.embed(q) if keys is None else np.asarray(keys, np.float32)
+        models = self.models + ([model] if model not in self.models else [])
+        out = np.full((len(self.keys) + len(new), len(models)), np.nan, np.float32)
+        out[:len(self.keys), :len(self.models)] = self.outcomes
+        out[len(self.keys):, models.index(model)] = np.asarray(y, np.float32)
+        keys = np.concatenate([self.keys, new])
+        return Memory(self.projection(), keys, out, models, self.settings)
+
+    def without_models(self, drop) -> "Memory":
+        """A memory without these models' columns (and without rows left with no outcome at all)."""
+        keep = [i for i, m in enumerate(self.models) if m not in set(drop)]
+        rows = np.isfinite(self.outcomes[:, keep]).any(axis=1)
+        return Memory(self.projection(), self.keys[rows], self.outcomes[rows][:, keep],
+                      [self.models[i] for i in keep], self.settings)
+
+    # ------------------------------------------------------------------ files
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The three arrays a bundle stores, fp16 (the projection's first column is the centre)."""
+        return {"projection": self.projection().astype(np.float16), "keys": self.keys.astype(np.float16),
+                "outcomes": self.outcomes.astype(np.float16)}
+
+    def manifest_entry(self) -> dict:
+        return {"files": dict(FILES), "models": self.models, "rows": len(self.keys), "dim": self.dim,
+                "settings": self.settings.to_dict()}
+
+    def write(self, folder) -> dict:
+        """Write the three files into `folder` (a bundle being built); returns the manifest entry."""
+        for key, a in self.arrays().items():
+            (Path(folder) / FILES[key]).write_bytes(npy_bytes(a))
+        return self.manifest_entry()
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "Memory":
+        """Read the memory a manifest lists (`manifest["memory"]`), hash-checked, shapes checked against the entry."""
+        m = bundle.manifest["memory"]
+        return cls.from_files({key: bundle.read(m["files"][key]) for key in FILES}, m, str(bundle.path))
+
+    @classmethod
+    def from_files(cls, data: dict, entry: dict, where: str) -> "Memory":
+        """The memory from its three `.npy` files' bytes and its manifest entry, every shape and value checked."""
+        arrays = {key: _npy(data[key], f"{where}/{entry['files'][key]}") for key in FILES}
+        rows, dim, K = entry["rows"], entry["dim"], len(entry["models"])
+        want = {"projection": (HAS_IMAGE_COL, dim + 1), "keys": (rows, dim), "outcomes": (rows, K)}
+        for key, shape in want.items():
+            if arrays[key].shape != shape:
+                raise BundleError(f"{where}: {entry['files'][key]} has shape {list(arrays[key].shape)}, the "
+                                  f"manifest's memory entry gives {list(shape)}")
+        if not np.isfinite(arrays["projection"]).all() or not np.isfinite(arrays["keys"]).all():
+            raise BundleError(f"{where}: the memory's projection or keys hold non-finite numbers")
+        o = arrays["outcomes"]
+        if np.any((o < 0) | (o > 1)):
+            raise BundleError(f"{where}: the memory's outcomes must lie in [0, 1] (or be NaN: no outcome)")
+        return cls(arrays["projection"], arrays["keys"], o, entry["models"],
+                   MemorySettings.from_dict(entry["settings"]))
+
+
+def embed(q: np.ndarray, center: np.ndarray, proj: np.ndarray, image_weight: float) -> np.ndarray:
+    """The retrieval space: [text | image_weight x image] of `q`, centred, projected, L2-normalised."""
+    x = np.array(q[:, :HAS_IMAGE_COL], np.float32)
+    x[:, TEXT_DIM:] *= np.float32(image_weight)
+    x -= center
+    return l2_normalise(np.einsum("bd,dr->br", x, proj)).astype(np.float32)
+
+
+def _npy(data: bytes, where: str) -> np.ndarray:
+    """A `.npy` file's array: fp16 or fp32, two dimensions, no pickle, no more rows than MAX_ROWS."""
+    try:
+        a = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BundleError(f"{where}: not a numpy array file ({e})") from None
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float16, np.float32) or a.ndim != 2 \
+            or a.shape[0] > MAX_ROWS:
+        raise BundleError(f"{where}: expected a 2-d float16/float32 array, got {getattr(a, 'dtype', type(a))} "
+                          f"{list(getattr(a, 'shape', []))}")
+    return a.astype(np.float32)
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
