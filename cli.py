@@ -703,6 +703,7 @@ def info_cmd(bundle, as_json):
                     "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
                     "graphs": {n: {**g, "bytes": b.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
                     "preprocessing": m["preprocessing"], "lambda": m.get("lambda", {}), "coverage": m.get("coverage"),
+                    "memory": {k: v for k, v in m["memory"].items() if k != "files"} if "memory" in m else None,
                     "providers_available": ort().get_available_providers()})
         return
     click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m.get('precision', '?')}, opset {m.get('opset', '?')}, "
@@ -727,6 +728,15 @@ def info_cmd(bundle, as_json):
     if isinstance(cov, dict):
         click.echo(f"coverage: queries whose best similarity to the slice centroids is below {cov['threshold']:.4f} "
                    f"(the training queries' {cov.get('percentile', 1):g}st percentile) are flagged out of coverage")
+    mem = m.get("memory")
+    if mem:
+        from .runtime.memory import MIN_CLOSENESS
+
+        st = mem["settings"]
+        click.echo(f"capability memory: {mem['rows']:,} labelled queries x {len(mem['models'])} models in {mem['dim']} "
+                   f"dimensions; estimates from the {st['k']} nearest (pseudo-count {st['kappa']:g}); network "
+                   f"correction {mem.get('blend', '?')} (0 = the memory alone); queries with closeness < {MIN_CLOSENESS:g} to it "
+                   f"are flagged out of coverage too")
     calibrated = lam.get("calibrated")
     click.echo(f"lambda: default {lam.get('default', 0):g}" +
                (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else ""))

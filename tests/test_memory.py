@@ -129,3 +129,23 @@ def test_a_tampered_memory_file_fails_its_hash(tmp_path):
     with pytest.raises(BundleError, match="sha256"):
         Router.load(b)
     assert hashlib.sha256(f.read_bytes()).hexdigest() != m["files"][f.name]["sha256"]
+
+
+def test_the_search_graph_finds_what_numpy_finds(tmp_path):
+    """memory.onnx (projection, MatMul, TopK; keys fed at run time) against Memory.neighbours, and k capped at N."""
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+
+    from lr_onnx.export.memory_graph import build_memory_graph
+
+    mem, q = _memory(n=120, image_weight=0.5)
+    q = q + np.random.default_rng(1).normal(size=q.shape).astype(np.float32) * 0.05
+    build_memory_graph(mem, tmp_path / "memory.onnx", 18)
+    sess = ort.InferenceSession(str(tmp_path / "memory.onnx"), providers=["CPUExecutionProvider"])
+    sims, idx = sess.run(None, {"query": q[:7], "keys": mem.keys})
+    ref_s, ref_i = mem.neighbours(mem.embed(q[:7]), mem.settings.k)
+    np.testing.assert_allclose(sims, -np.sort(-ref_s, axis=1), atol=1e-5)
+    assert all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_i.tolist()))
+    np.testing.assert_allclose(mem.columns(None, found=(sims, idx)), mem.columns(q[:7]), atol=1e-5)
+    few = sess.run(None, {"query": q[:2], "keys": mem.keys[:4]})[1]
+    assert few.shape == (2, 4)                                  # fewer rows than k: every row, best first

@@ -280,6 +280,12 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     assert all(len(prof[k]) == 11 for k in ("models", "raw_profiles", "e_bar", "cost_model"))  # export zips them
     assert rep["queries"] == 30 and 0 <= rep["predicted_score"] <= 1 and sum(rep["slice_counts"]) == 30
     assert (run_dir / "weights.safetensors").read_bytes() == weights  # no retraining
+    from lr_onnx.export.pool import run_memory
+
+    added = prof["models"][-1]["memory"]                             # its labelled queries join the run's memory
+    assert len(added["keys"]) == 30 and len(added["keys"][0]) == 128 and len(added["outcomes"]) == 30
+    mem = run_memory(run_dir)
+    assert "NewVLM" in mem.models and int(np.isfinite(mem.outcomes[:, -1]).sum()) == 30
     with pytest.raises(DataError, match="already in the pool"):
         add_model(run_dir, "NewVLM", env / "demo" / "new_model.jsonl", progress=False)
     remove_model(run_dir, "NewVLM")
