@@ -19,6 +19,7 @@ import numpy as np
 
 from ..runtime.bundle import MANIFEST, SCHEMA_VERSION
 from ..runtime.errors import DataError
+from ..runtime.features import TEXT_DIM as TEXT_DIM_
 from ..runtime.profiles import ProfileSpace
 from ..version import __version__
 from .files import atomic_write_text, sha256_file, staged_output
@@ -111,23 +112,58 @@ def export_graphs(net, out: Path, opset: int = OPSET) -> None:
 
 
 class FusedRouter:
-    """Builds the optional end-to-end graph: pixels + token ids + pool -> scores (for GPU serving).
+    """Builds the optional end-to-end graph: pixels + token ids + pool -> scores (for GPU serving, or an app in
+    another language: decoded pixels, token ids and this one graph).
 
-    One image per query (`has_image` 0 means text-only; its pixels are ignored); the query
-    features are assembled in-graph exactly as `runtime.features.query_features` does.
+    One image per query (`has_image` 0 means text-only; its pixels are ignored); the query features are
+    assembled in-graph exactly as `runtime.features.query_features` does. With a capability memory, the
+    graph carries it too (its keys and outcomes as constants, the search as MatMul + TopK, the estimate as
+    Gather and sums, as `runtime.memory.Memory.columns` computes it): `model_feat` is then the pool's
+    profiles and costs only, `[B, K, W + 1]`, in the bundle's pool order.
     """
 
     @staticmethod
-    def module(net):
+    def module(net, memory=None, pool: list[str] | None = None, prior=None):
         import torch
         from torch import nn
 
+        from ..runtime.memory import P_CLIP
         from .encoders import load_image_encoder, load_text_encoder
+
+        class Memory(nn.Module):
+            def __init__(self):
+                super().__init__()
+                st = memory.settings
+                cols = [memory.models.index(m) if m in memory.models else -1 for m in pool]
+                known = np.stack([memory.known[:, c] if c >= 0 else np.zeros(len(memory), bool) for c in cols], 1)
+                values = np.stack([memory.values[:, c] if c >= 0 else np.zeros(len(memory), np.float32) for c in cols], 1)
+                g = np.array([memory.global_mean[c] if c >= 0 else p for c, p in zip(cols, prior)], np.float32)
+                weight = np.ones(memory.center.shape[0], np.float32)
+                weight[TEXT_DIM_:] = st.image_weight
+                for name, a in (("weight", weight), ("center", memory.center), ("proj", memory.proj),
+                                ("keys", memory.keys), ("known", known.astype(np.float32)), ("values", values),
+                                ("g", g)):
+                    self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(a, np.float32)))
+                self.k, self.kappa, self.tau, self.s_ref = min(st.k, len(memory)), st.kappa, st.tau, st.s_ref
+                self.has = torch.tensor([c >= 0 for c in cols])
+
+            def forward(self, q):                                           # q [B, D_q] -> [B, K, 3]
+                x = (q[:, :self.center.shape[0]] * self.weight - self.center) @ self.proj
+                e = x / torch.clamp(x.norm(dim=1, keepdim=True), min=1e-12)
+                sims, idx = torch.topk(e @ self.keys.T, self.k, dim=1)
+                w = torch.clamp(torch.exp((torch.clamp(sims, min=-1.0) - self.s_ref) / self.tau), max=1.0)
+                ev = (w.unsqueeze(-1) * self.known[idx]).sum(1)           # [B, K]
+                ys = (w.unsqueeze(-1) * self.values[idx]).sum(1)
+                est = torch.clamp((ys + self.kappa * self.g) / (ev + self.kappa), P_CLIP, 1 - P_CLIP)
+                lg = torch.log(est) - torch.log1p(-est)
+                close = w.mean(dim=1, keepdim=True).expand(-1, est.shape[1])
+                return torch.stack([lg, torch.log1p(ev), close], dim=-1)
 
         class Fused(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.img, self.txt, self.router = load_image_encoder(), load_text_encoder(), net
+                self.memory = Memory() if memory is not None else None
 
             def forward(self, pixels, has_image, input_ids, attention_mask, n_words, model_feat, avail):
                 t = self.txt(input_ids, attention_mask)
@@ -138,24 +174,30 @@ class FusedRouter:
                 h = has_image.unsqueeze(1)
                 side = torch.cat([h, torch.log1p(h), torch.log1p(n_words.unsqueeze(1))], dim=1)
                 q = torch.cat([t, i * h, side], dim=1)
+                if self.memory is not None:   # profile, the memory's columns, cost (runtime.profiles.model_features)
+                    model_feat = torch.cat([model_feat[..., :-1], self.memory(q), model_feat[..., -1:]], dim=-1)
                 return self.router(q, model_feat, avail)
 
         return Fused().eval()
 
     @staticmethod
-    def export(net, path: Path, opset: int) -> None:
+    def export(net, path: Path, opset: int, memory=None, pool: list[str] | None = None, prior=None) -> None:
         import torch
         from torch.export import Dim
 
-        B, K, T = Dim("batch"), Dim("models"), Dim("tokens", min=2, max=512)
+        B, T = Dim("batch"), Dim("tokens", min=2, max=512)
+        K = len(pool) if memory is not None else 5      # with a memory the pool is fixed: its columns are constants
+        width = net.cfg.model_dim - (net.cfg.memory if memory is not None else 0)
         ids = torch.randint(0, 1000, (3, 7))
         args = (torch.randn(3, 3, 224, 224), torch.tensor([1.0, 0.0, 1.0]), ids, torch.ones_like(ids),
-                torch.tensor([5.0, 7.0, 3.0]), torch.randn(3, 5, net.cfg.model_dim), torch.rand(3, 5) > 0.2)
+                torch.tensor([5.0, 7.0, 3.0]), torch.randn(3, K, width), torch.rand(3, K) > 0.2)
+        k_dim = None if memory is not None else Dim("models")
+        mf_dims, av_dims = ({0: B}, {0: B}) if memory is not None else ({0: B, 1: k_dim}, {0: B, 1: k_dim})
         with torch.no_grad():
-            _export(FusedRouter.module(net), args, path,
+            _export(FusedRouter.module(net, memory, pool, prior), args, path,
                     ["pixels", "has_image", "input_ids", "attention_mask", "n_words", "model_feat", "avail"],
                     ["mu", "sigma", "delta", "mu_tilde"],
-                    ({0: B}, {0: B}, {0: B, 1: T}, {0: B, 1: T}, {0: B}, {0: B, 1: K}, {0: B, 1: K}), opset)
+                    ({0: B}, {0: B}, {0: B, 1: T}, {0: B, 1: T}, {0: B}, mf_dims, av_dims), opset)
 
 
 def quantize_text_encoder(src: Path, dst: Path) -> None:
@@ -273,7 +315,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
     with staged_output(out) as tmp:
         export_graphs(net, tmp, opset)
         if fused:
-            FusedRouter.export(net, tmp / "fused.onnx", opset)
+            names = [m["name"] for m in prof["models"]]
+            mem_run = run_memory(run_dir, prof) if net.cfg.memory else None
+            FusedRouter.export(net, tmp / "fused.onnx", opset, mem_run, names,
+                               [r[0] for r in prof["raw_profiles"]])
         held_out = _held_out(cfg, parity_queries)
         if precision in ("int8", "int8-full"):
             quantize_encoders(tmp, held_out["calib_pixels"], image=precision == "int8-full")
@@ -322,7 +367,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
             manifest["memory"] = {**memory.write(tmp), **({"blend": float(blend)} if blend is not None else {})}
         parity = check_parity(net, tmp, manifest, held_out, precision)
         if fused:
-            parity["fused"] = check_fused(tmp, manifest)
+            parity["fused"] = check_fused(tmp, manifest, held_out)
         write_golden(net, tmp, manifest, precision)
         # parity.json is written before the hashes, so the manifest lists it too (a closed bundle: every file
         # the runtime may open is listed and verified); it holds no timings, so rebuilds stay byte-identical
@@ -542,35 +587,49 @@ def check_memory_graph(bundle: Path, manifest: dict, q: np.ndarray) -> dict:
             "k": mem.settings.k}
 
 
-def check_fused(bundle: Path, manifest: dict) -> dict:
-    """The fused graph against the three separate graphs (same pixels, tokens and pool)."""
+def check_fused(bundle: Path, manifest: dict, held: dict | None = None) -> dict:
+    """The fused graph against the three separate graphs (same pixels, tokens and pool): on the golden queries, and
+    on up to 16 held-out one-image test queries (near the memory's rows, so its in-graph search is exercised)."""
     import onnxruntime as ort
 
     from ..runtime.features import IMAGE_DIM, n_words, pool_images, query_features
     from ..runtime.manage import _golden_image
     from ..runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
+    from ..runtime.profiles import model_features, pool_features
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     s = {n: ort.InferenceSession(str(bundle / f"{n}.onnx"), so, providers=["CPUExecutionProvider"])
          for n in ("fused", "image_encoder", "text_encoder", "router")}
-    qs = [q for q, _ in GOLDEN_QUESTIONS]
-    has = np.array([float(h) for _, h in GOLDEN_QUESTIONS], np.float32)
+    spec = ImageSpec.from_dict(manifest["preprocessing"]["image"])
     tok = load_tokenizer(bundle / "tokenizer.json", TextSpec(max_tokens=manifest["preprocessing"]["text"]["max_tokens"]))
-    ids, mask = tokenize(tok, qs)
-    px = np.repeat(image_tensor(open_image(_golden_image()), ImageSpec.from_dict(manifest["preprocessing"]["image"]))[None],
-                   len(qs), 0)
-    words = np.array([n_words(q) for q in qs], np.float32)
-    text = s["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    img = s["image_encoder"].run(None, {"pixels": px[:1]})[0]
-    image = np.stack([pool_images(img) if h else np.zeros(IMAGE_DIM, np.float32) for h in has])
-    q = query_features(text, image, has.astype(int), words)
-    mf = bundle_model_feat(bundle, manifest, q)   # the memory's columns from the separate graphs' features
-    avail = np.ones(mf.shape[:2], bool)
-    fused = s["fused"].run(None, {"pixels": px, "has_image": has, "input_ids": ids, "attention_mask": mask,
-                                  "n_words": words, "model_feat": mf, "avail": avail})[3]
-    sep = s["router"].run(None, {"query": q, "model_feat": mf, "avail": avail})[3]
-    return {"max_abs_diff_vs_separate_graphs": float(np.abs(fused - sep).max())}
+    golden = np.repeat(image_tensor(open_image(_golden_image()), spec)[None], len(GOLDEN_QUESTIONS), 0)
+    cases = {"golden": ([q for q, _ in GOLDEN_QUESTIONS], golden, np.array([h for _, h in GOLDEN_QUESTIONS], float))}
+    if held is not None:
+        d = held["data"]
+        rows = [i for i in held["rows"] if len(d.images[i]) == 1][:16]
+        if rows:
+            px = np.stack([image_tensor(open_image(d.images[i][0]), spec) for i in rows])
+            cases["held_out"] = ([d.question[i] for i in rows], px, np.ones(len(rows)))
+    out = {}
+    for name, (qs, px, has) in cases.items():
+        has = has.astype(np.float32)
+        ids, mask = tokenize(tok, qs)
+        words = np.array([n_words(q) for q in qs], np.float32)
+        text = s["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        img = s["image_encoder"].run(None, {"pixels": px})[0]
+        image = np.stack([pool_images(img[j:j + 1]) if h else np.zeros(IMAGE_DIM, np.float32) for j, h in enumerate(has)])
+        q = query_features(text, image, has.astype(int), words)
+        mf = bundle_model_feat(bundle, manifest, q)   # the memory's columns (numpy) from the separate graphs' features
+        avail = np.ones(mf.shape[:2], bool)
+        own = model_features(pool_features(manifest), None, None, rows=len(qs)) if "memory" in manifest else mf
+        fused = s["fused"].run(None, {"pixels": px, "has_image": has, "input_ids": ids, "attention_mask": mask,
+                                      "n_words": words, "model_feat": own, "avail": avail})[3]
+        sep = s["router"].run(None, {"query": q, "model_feat": mf, "avail": avail})[3]
+        out[name] = float(np.abs(fused - sep).max())
+        if "memory" in manifest:
+            out[f"{name}_mean_memory_closeness"] = float(mf[:, 0, -2].mean())
+    return {"max_abs_diff_vs_separate_graphs": max(v for k, v in out.items() if "closeness" not in k), **out}
 
 
 GOLDEN_QUESTIONS = [("What is 12 * 13?", False), ("What does this image show?", True),
