@@ -57,7 +57,8 @@ def measure(new: Path, old: Path, rounds: int, batches: int) -> dict:
         mem = routers["new"].memory()
         if mem is not None:
             t = time.perf_counter()
-            found = run(routers["new"]._session_for("memory", 1), {"query": q1["new"], "keys": mem.keys})
+            found = run(routers["new"]._session_for("memory", 1), {"query": q1["new"],
+                                                                   "keys": routers["new"]._memory_keys})
             mem.columns(None, routers["new"].names, found=tuple(found))
             search.append(time.perf_counter() - t)
     batch = [([images[i % len(images)]], QUESTIONS[i % len(QUESTIONS)]) for i in range(64)]

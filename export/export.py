@@ -19,7 +19,6 @@ import numpy as np
 
 from ..runtime.bundle import MANIFEST, SCHEMA_VERSION
 from ..runtime.errors import DataError
-from ..runtime.features import TEXT_DIM as TEXT_DIM_
 from ..runtime.profiles import ProfileSpace
 from ..version import __version__
 from .files import atomic_write_text, sha256_file, staged_output
@@ -127,7 +126,7 @@ class FusedRouter:
         import torch
         from torch import nn
 
-        from ..runtime.memory import P_CLIP
+        from ..runtime.memory import P_CLIP, block_weights
         from .encoders import load_image_encoder, load_text_encoder
 
         class Memory(nn.Module):
@@ -138,8 +137,7 @@ class FusedRouter:
                 known = np.stack([memory.known[:, c] if c >= 0 else np.zeros(len(memory), bool) for c in cols], 1)
                 values = np.stack([memory.values[:, c] if c >= 0 else np.zeros(len(memory), np.float32) for c in cols], 1)
                 g = np.array([memory.global_mean[c] if c >= 0 else p for c, p in zip(cols, prior)], np.float32)
-                weight = np.ones(memory.center.shape[0], np.float32)
-                weight[TEXT_DIM_:] = st.image_weight
+                weight = block_weights(st.image_weight)
                 for name, a in (("weight", weight), ("center", memory.center), ("proj", memory.proj),
                                 ("keys", memory.keys), ("known", known.astype(np.float32)), ("values", values),
                                 ("g", g)):
@@ -314,10 +312,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
     t0 = time.perf_counter()
     with staged_output(out) as tmp:
         export_graphs(net, tmp, opset)
+        memory = run_memory(run_dir, prof) if net.cfg.memory else None   # rebuilt once, for every graph below
         if fused:
-            names = [m["name"] for m in prof["models"]]
-            mem_run = run_memory(run_dir, prof) if net.cfg.memory else None
-            FusedRouter.export(net, tmp / "fused.onnx", opset, mem_run, names,
+            FusedRouter.export(net, tmp / "fused.onnx", opset, memory, [m["name"] for m in prof["models"]],
                                [r[0] for r in prof["raw_profiles"]])
         held_out = _held_out(cfg, parity_queries)
         if precision in ("int8", "int8-full"):
@@ -325,7 +322,6 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         elif precision == "fp16":
             to_fp16(tmp)
         shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
-        memory = run_memory(run_dir, prof) if net.cfg.memory else None
         if memory is not None:
             from .memory_graph import build_memory_graph
 

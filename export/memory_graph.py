@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.features import HAS_IMAGE_COL, QUERY_DIM, TEXT_DIM
+from ..runtime.features import HAS_IMAGE_COL, QUERY_DIM
+from ..runtime.memory import block_weights
 
 EPS = 1e-12  # runtime.features.l2_normalise's floor
 
@@ -27,8 +28,7 @@ def build_memory_graph(memory, path: Path, opset: int) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     st = memory.settings
-    weight = np.ones(HAS_IMAGE_COL, np.float32)
-    weight[TEXT_DIM:] = st.image_weight
+    weight = block_weights(st.image_weight)
     inits = [numpy_helper.from_array(a, name) for name, a in (
         ("starts", np.array([0], np.int64)), ("ends", np.array([HAS_IMAGE_COL], np.int64)),
         ("axes", np.array([1], np.int64)), ("weight", weight), ("center", memory.center.astype(np.float32)),

@@ -194,11 +194,17 @@ class Memory:
                    MemorySettings.from_dict(entry["settings"]))
 
 
+def block_weights(image_weight: float) -> np.ndarray:
+    """`[D_e]` per-dimension weight of the retrieval space: 1 on the text vector, `image_weight` on the image vector
+    (numpy here, constants in memory.onnx and fused.onnx)."""
+    w = np.ones(HAS_IMAGE_COL, np.float32)
+    w[TEXT_DIM:] = image_weight
+    return w
+
+
 def embed(q: np.ndarray, center: np.ndarray, proj: np.ndarray, image_weight: float) -> np.ndarray:
     """The retrieval space: [text | image_weight x image] of `q`, centred, projected, L2-normalised."""
-    x = np.array(q[:, :HAS_IMAGE_COL], np.float32)
-    x[:, TEXT_DIM:] *= np.float32(image_weight)
-    x -= center
+    x = np.asarray(q[:, :HAS_IMAGE_COL], np.float32) * block_weights(image_weight) - center
     return l2_normalise(np.einsum("bd,dr->br", x, proj)).astype(np.float32)
 
 
