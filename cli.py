@@ -91,6 +91,22 @@ def _load_router(bundle, provider):
     return Router.load(bundle, provider=provider)
 
 
+def _start_log(router, log_dir, content):
+    if log_dir is None:
+        if content:
+            raise click.UsageError("--log-content needs --log DIR")
+        return None
+    return router.start_log(log_dir, content=content)
+
+
+def _close_log(log) -> None:
+    if log is not None:
+        log.close()
+        if log.dropped:
+            click.echo(f"warning: {log.dropped} decision(s) could not be logged to {log.folder} (disk full or "
+                       f"unwritable); routing was not affected", err=True)
+
+
 class _Number(click.ParamType):
     """A finite float in [0, hi] (click's FloatRange lets nan, inf and 400-digit numbers through), or a preset
     name when `presets` is set. The bounds are the library's own, so CLI and API refuse the same values."""
@@ -139,6 +155,16 @@ def _bundle_path(ctx, param, value):
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 _BUNDLE = click.option("--bundle", type=click.Path(path_type=str), default=None, callback=_bundle_path,
                        help="Bundle folder (default: the bundle shipped in assets/).")
+_LOG = click.option("--log", "log_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+                    help="Append each decision (id, pool, choice, every candidate's mu, sigma and cost, the query's "
+                         "compact embedding) to the decision log in this folder, for `lr-onnx feedback` and "
+                         "`lr-onnx refresh`. No question or image is stored unless --log-content.")
+_LOG_CONTENT = click.option("--log-content", is_flag=True,
+                            help="With --log: also store each question and its images' sizes (user content).")
+_EXPLORE = click.option("--explore", default=None, metavar="POLICY",
+                        help="Opt-in exploration, so feedback can teach the router about models it rarely picks: "
+                             "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma) or epsilon:P (a random "
+                             "candidate with probability P). The decision records its propensity.")
 _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
                          show_default=True, help="Execution provider; auto = TensorRT > CUDA > CPU, as available.")
 
@@ -156,9 +182,12 @@ _PROVIDER = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda",
 @click.option("--explain", is_flag=True, help="Show the closest capability slices (clusters of the training queries, "
                                                 "with each top model's score there), what the capability memory's "
                                                 "nearest labelled queries say, and the margins at the top.")
+@_LOG
+@_LOG_CONTENT
+@_EXPLORE
 @_BUNDLE
 @_PROVIDER
-def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, provider):
+def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, log_content, explore, bundle, provider):
     """Route a query: [IMAGE ...] QUESTION (no image = text-only query).
 
     Prints every candidate sorted by utility with predicted quality mu +/- sigma,
@@ -174,9 +203,10 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
                                f"file (usage: lr-onnx route [IMAGE ...] QUESTION)")
     router = _load_router(bundle, provider)
     lam = router.resolve_lambda(lam)
+    log = _start_log(router, log_dir, log_content)
     d = router.route(images, question, models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam,
-                     max_cost=max_cost,
-                     explain=explain)
+                     max_cost=max_cost, explain=explain, explore=explore)
+    _close_log(log)
     if as_json:
         _echo_json(d.to_dict())
         return
@@ -185,7 +215,10 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, bundle, pr
         mark = "*" if c.name == d.model else " "
         click.echo(f"{mark} {c.name[:28]:28s} {c.mu_tilde:>10.3f} +/- {c.sigma:<7.3f} {c.expected_cost:>12.3g} "
                    f"{c.utility:>9.4f}")
-    click.echo(f"chosen: {d.model} (lambda {d.lam:g}" + (f"; excluded {', '.join(d.excluded)})" if d.excluded else ")"))
+    click.echo(f"chosen: {d.model} (lambda {d.lam:g}" + (f"; excluded {', '.join(d.excluded)}" if d.excluded else "")
+               + (f"; explored, propensity {d.propensity:.3f}" if d.propensity < 1 else "") + ")")
+    if d.id:
+        click.echo(f"decision id: {d.id} (logged to {log_dir}; lr-onnx feedback attaches its outcome)")
     if d.coverage and d.coverage["out_of_coverage"]:
         c = d.coverage
         if c["similarity"] < c["threshold"]:
@@ -594,9 +627,13 @@ def models_remove(run_dir, bundle, out, name):
               help="ray: Ray Data over an actor pool, one Router per actor (pip install '.[cpu,ray]'); reads "
                    "JSONL, CSV or Parquet, writes JSONL (resumable) or Parquet (OUT ending in .parquet).")
 @click.option("--address", default=None, help="Ray cluster address (with --engine ray; default: a local Ray).")
+@_LOG
+@_LOG_CONTENT
+@_EXPLORE
 @_BUNDLE
 @_PROVIDER
-def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine, address, bundle, provider):
+def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine, address, log_dir, log_content,
+                    explore, bundle, provider):
     """Route every query of INP (.jsonl: {"id", "question", "images"}; .csv: id,question,images with ';').
 
     INP may be '-' (JSONL on standard input) or a FIFO (waited on for 30 s). Each
@@ -617,6 +654,11 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
     kw = dict(models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam, max_cost=max_cost)
     if address and engine != "ray":
         raise click.UsageError("--address is for --engine ray")
+    if engine == "ray" and (log_dir or explore):
+        raise click.UsageError("--log and --explore are for the local engine (the Ray engine does not log yet)")
+    if explore:
+        kw["explore"] = explore
+    log = _start_log(router, log_dir, log_content)
     total = count_records(Path(inp)) if inp != "-" and Path(inp).is_file() else None
     said = set()
 
@@ -636,6 +678,7 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
         with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:
             res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update, on_problem=problem,
                               **kw)
+    _close_log(log)
     for p in res["problems"]:
         if p not in said:
             click.echo(f"skipped {_safe(p)}", err=True)
@@ -647,6 +690,62 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
                    + f"; expected cost {cost:.4g} USD in all, {cost / max(res['routed'], 1):.3g} per query")
     if res["failed"] or res["duplicates"]:
         sys.exit(1)
+
+
+@main.command("feedback")
+@click.argument("log_dir", metavar="LOG", type=click.Path(file_okay=False, path_type=str))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=False, path_type=str))
+@click.option("--window-h", type=click.FloatRange(min=0.001, max=24 * 3650), default=24 * 7, show_default=True,
+              help="Accept feedback for decisions at most this many hours old.")
+def feedback_cmd(log_dir, file, window_h):
+    """Attach observed outcomes from FILE to the decisions logged in LOG (route --log, serve's [logging]).
+
+    FILE is JSONL, one {"id": DECISION_ID, "score": 0..1, "cost": USD, "model": NAME} per line
+    (cost and model optional; model defaults to the chosen one). Every line is checked
+    first: a malformed line, an unknown or too old id, or a different score for an
+    (id, model) that already has one is an error, and then nothing is recorded. The same
+    outcome twice is recorded once. `lr-onnx refresh` learns from what is recorded.
+    """
+    from .runtime.feedback import FeedbackStore, read_feedback_file
+
+    if not Path(log_dir).is_dir():
+        raise click.UsageError(f"{_safe(log_dir)}: no such log folder")
+    items = read_feedback_file(file)
+    status = FeedbackStore(log_dir, window_h=window_h).add(items)
+    click.echo(f"recorded {status.count('recorded')} outcome(s), {status.count('duplicate')} already recorded; "
+               f"wrote to {log_dir}")
+
+
+@main.command("refresh")
+@click.option("--bundle", "bundle", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="The bundle that routed the logged decisions (never modified).")
+@click.option("--log", "log_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="The decision log folder, with feedback attached.")
+@click.option("--out", required=True, type=click.Path(path_type=str), help="The refreshed bundle folder to write.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Report JSON to write (default: OUT.report.json; a PNG beside it).")
+@click.option("--retrain-share", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Verdict: retrain when more of the traffic than this is out of coverage.")
+def refresh_cmd(bundle, log_dir, out, report, retrain_share):
+    """Write OUT: BUNDLE updated from the feedback in LOG, without retraining (numpy, no torch).
+
+    Labelled decisions join the capability memory, and each model's profile moves
+    towards its observed scores (off-policy records weighted by inverse propensity).
+    Only feedback newer than BUNDLE's last refresh is used. The report gives each
+    model's predicted vs observed score, the out-of-coverage share, the chosen-model
+    mix and a verdict: refresh is enough, or retrain.
+    """
+    from .runtime.refresh import refresh
+
+    rep = refresh(bundle, log_dir, out, retrain_ooc_share=retrain_share, report=report)
+    click.echo(f"refreshed from {rep['records_used']} labelled decision(s) ({rep['memory_rows_added']} memory rows); "
+               f"wrote {out}")
+    for name, v in rep["models"].items():
+        pred = "n/a" if v["predicted"] is None else f"{v['predicted']:.3f}"
+        click.echo(f"  {name[:28]:28s} {v['labels']:>6d} labels, predicted {pred}, observed {v['observed']:.3f}")
+    click.echo(f"out of coverage: {rep['out_of_coverage_share']:.1%} of {rep['decisions']} decisions")
+    click.echo(f"verdict: {rep['verdict']}")
+    click.echo(f"report: {report or str(out) + '.report.json'}")
 
 
 @main.command("serve")

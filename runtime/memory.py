@@ -139,12 +139,18 @@ class Memory:
         the memory gets its own column (no outcome on the old rows). The retrieval space is unchanged. The rows are
         raw query features `q`, or their `keys` already in the retrieval space."""
         new = self.embed(q) if keys is None else np.asarray(keys, np.float32)
-        models = self.models + ([model] if model not in self.models else [])
-        out = np.full((len(self.keys) + len(new), len(models)), np.nan, np.float32)
+        return self.with_outcomes(new, np.asarray(y, np.float32)[:, None], [model])
+
+    def with_outcomes(self, keys: np.ndarray, outcomes: np.ndarray, models: list[str]) -> "Memory":
+        """A new memory with rows appended: their `keys [n, d]` in the retrieval space and `outcomes [n, len(models)]`
+        (NaN: none); a model new to the memory gets its own column, with no outcome on the old rows."""
+        names = self.models + [m for m in models if m not in self.models]
+        out = np.full((len(self.keys) + len(keys), len(names)), np.nan, np.float32)
         out[:len(self.keys), :len(self.models)] = self.outcomes
-        out[len(self.keys):, models.index(model)] = np.asarray(y, np.float32)
-        keys = np.concatenate([self.keys, new])
-        return Memory(self.projection(), keys, out, models, self.settings)
+        for j, m in enumerate(models):
+            out[len(self.keys):, names.index(m)] = outcomes[:, j]
+        return Memory(self.projection(), np.concatenate([self.keys, np.asarray(keys, np.float32)]), out, names,
+                      self.settings)
 
     def without_models(self, drop) -> "Memory":
         """A memory without these models' columns (and without rows left with no outcome at all)."""

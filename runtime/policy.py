@@ -7,9 +7,11 @@ Computed in float64 outside the network; masked entries are -inf here, never a s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .errors import LrOnnxError
+from .errors import LrOnnxError, OptionError
 
 LAMBDA_GRID = np.concatenate([[0.0], 10.0 ** (-4 + 8 * np.arange(50) / 49)])  # §8.1: 0 and 1e-4 .. 1e4
 
@@ -30,3 +32,68 @@ def choose(scores: np.ndarray, cost_hat: np.ndarray, avail: np.ndarray, lam: flo
         raise LrOnnxError("a utility is NaN or infinite: the scores or costs behind it are broken; refusing to route")
     choice = np.argmax(u, axis=1)  # first maximum = lowest index
     return np.where(np.asarray(avail, bool).any(axis=1), choice, -1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- exploration (issue 26)
+THOMPSON_DRAWS = 256   # Monte Carlo draws behind a Thompson choice's propensity
+
+
+@dataclass(frozen=True)
+class Explore:
+    """Opt-in exploration. `thompson[:S]` draws each candidate's score from N(mu_tilde, (S sigma)^2) (S = 1 by
+    default) and picks the best draw; `epsilon:P` picks a uniformly random available candidate with probability P,
+    else the argmax. sigma is the spread of one outcome, not of the estimate, so S < 1 explores less."""
+
+    kind: str              # "thompson" | "epsilon"
+    value: float = 1.0     # thompson: the scale S on sigma; epsilon: P
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value:g}"
+
+
+EXPLORE_HELP = "off, thompson[:S] (draws from mu_tilde +/- S sigma, S in (0, 4], default 1) or epsilon:P (P in (0, 1])"
+
+
+def parse_explore(value) -> Explore | None:
+    """`None`/"off" -> no exploration; "thompson" or "thompson:0.25"; "epsilon:0.05"."""
+    if value is None or isinstance(value, Explore):
+        return value
+    if not isinstance(value, str):
+        raise OptionError(f"explore must be {EXPLORE_HELP}; got {value!r}")
+    v = value.strip().lower()
+    if v in ("", "off", "none", "greedy"):
+        return None
+    kind, _, arg = v.partition(":")
+    if kind not in ("thompson", "epsilon") or (kind == "epsilon" and not arg):
+        raise OptionError(f"explore must be {EXPLORE_HELP}; got {value!r}")
+    try:
+        x = float(arg) if arg else 1.0
+    except ValueError:
+        raise OptionError(f"explore must be {EXPLORE_HELP}; got {value!r}") from None
+    hi = 4.0 if kind == "thompson" else 1.0
+    if not 0.0 < x <= hi:   # also refuses NaN
+        raise OptionError(f"explore {kind}'s value must be in (0, {hi:g}], got {value!r}")
+    return Explore(kind, x)
+
+
+def explore_choice(scores: np.ndarray, sigma: np.ndarray, cost_hat: np.ndarray, avail: np.ndarray,
+                   lam: float | np.ndarray, explore: Explore, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(choice `[B]`, propensity `[B]`): the chosen index drawn from the explore policy's own probabilities, and the
+    probability it had, which off-policy estimates divide by. Unavailable models are never drawn."""
+    avail = np.asarray(avail, bool)
+    greedy = choose(scores, cost_hat, avail, lam)
+    B, K = avail.shape
+    if explore.kind == "epsilon":
+        n = avail.sum(axis=1)
+        probs = np.where(avail, explore.value / np.maximum(n, 1)[:, None], 0.0)
+        probs[np.arange(B), greedy] += 1.0 - explore.value
+    else:
+        z = rng.standard_normal((THOMPSON_DRAWS, B, K))
+        draws = utilities(np.asarray(scores, np.float64)[None] + explore.value * np.asarray(sigma, np.float64)[None] * z,
+                          cost_hat, avail, lam)                              # [M, B, K]; lam scalar or [B]
+        wins = np.argmax(draws, axis=2)                                     # [M, B]
+        probs = np.stack([np.bincount(wins[:, b], minlength=K) for b in range(B)]) / THOMPSON_DRAWS
+    choice = np.array([rng.choice(K, p=probs[b] / probs[b].sum()) if avail[b].any() else -1 for b in range(B)],
+                      np.int64)
+    prop = np.where(choice >= 0, probs[np.arange(B), np.maximum(choice, 0)], 1.0)
+    return choice, prop

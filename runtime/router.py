@@ -22,7 +22,7 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, InputError, LrOnnxError, LrOnnxWarning, OptionError
 from .features import QUERY_DIM, n_words, pool_images, query_features
-from .policy import choose
+from .policy import Explore, choose, explore_choice, parse_explore
 from .prefetch import prefetched
 from .costs import query_cost
 from .preprocess import DEFAULT_MAX_IMAGE_BYTES, ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
@@ -55,6 +55,7 @@ class RouteOptions:
     lam: float
     explain: bool = False
     max_cost: float | None = None
+    explore: Explore | None = None
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,13 @@ class Decision:
     excluded: tuple[str, ...] = ()
     explain: dict = field(default_factory=dict)
     coverage: dict | None = None  # {similarity, threshold, out_of_coverage}; None if the bundle has no threshold
+    id: str | None = None         # set when the router logs its decisions (feedback names the decision by it)
+    propensity: float = 1.0       # the probability the policy had of choosing `model` (below 1 only when exploring)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "lambda": self.lam, "excluded": list(self.excluded),
-                "candidates": [c.__dict__ for c in self.candidates], "coverage": self.coverage,
+        return {**({"decision_id": self.id} if self.id else {}), "model": self.model, "lambda": self.lam,
+                "excluded": list(self.excluded), "candidates": [c.__dict__ for c in self.candidates],
+                "coverage": self.coverage, **({"propensity": self.propensity} if self.propensity < 1 else {}),
                 **({"explain": self.explain} if self.explain else {})}
 
 
@@ -114,6 +118,9 @@ class Router:
         self._memory_keys = None
         self._tokenizer = None
         self._lock = threading.Lock()
+        self.log = None               # a runtime.decisionlog.DecisionLog: every decision appended to it
+        self._rng = np.random.default_rng()
+        self._ids = None              # (bundle digest, retrieval-space digest) named in log records
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
@@ -336,14 +343,15 @@ class Router:
         return number(lam, "lambda", hi=MAX_LAMBDA)
 
     def route(self, images, question: str, *, models=None, exclude=None, lam: float | str | None = None,
-              max_cost: float | None = None, explain: bool = False) -> Decision:
+              max_cost: float | None = None, explain: bool = False, explore=None) -> Decision:
         return self.route_many([(_as_list(images), question)], models=models, exclude=exclude, lam=lam,
-                               max_cost=max_cost, explain=explain)[0]
+                               max_cost=max_cost, explain=explain, explore=explore)[0]
 
     def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | str | None = None,
-                   max_cost: float | None = None, explain: bool = False) -> list[Decision]:
+                   max_cost: float | None = None, explain: bool = False, explore=None) -> list[Decision]:
         """Route (images, question) pairs in batches; one Decision per query, in order."""
-        opts = self.options(models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain)
+        opts = self.options(models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain,
+                            explore=explore)
         batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
         queries = [_as_query(x) for x in _as_iterable(queries)]
         chunks = [queries[s:s + batch_size] for s in range(0, len(queries), batch_size)]
@@ -359,12 +367,39 @@ class Router:
         return self.decide(self.encode(prepared), [opts] * len(prepared), meta=[p.meta for p in prepared])
 
     def options(self, *, models=None, exclude=None, lam: float | str | None = None, max_cost: float | None = None,
-                explain: bool = False) -> "RouteOptions":
-        """Validate one request's routing options once: the pool mask, lambda resolved to a number."""
+                explain: bool = False, explore=None) -> "RouteOptions":
+        """Validate one request's routing options once: the pool mask, lambda resolved to a number, exploration
+        (`policy.parse_explore`: None, "thompson" or "epsilon:P")."""
         lam = self.resolve_lambda(lam)
         avail = self.availability(models, exclude)
         budget = None if max_cost is None else number(max_cost, "max_cost", hi=MAX_COST_USD)
-        return RouteOptions(avail, lam, bool(explain), budget)
+        return RouteOptions(avail, lam, bool(explain), budget, parse_explore(explore))
+
+    def start_log(self, folder, *, content: bool = False, max_file_mb: float | None = None):
+        """Log every decision from now on into `folder` (`runtime.decisionlog`); returns the log (close it at the end:
+        `close` waits for the last records to be written)."""
+        from .decisionlog import DEFAULT_MAX_FILE_MB, DecisionLog
+
+        self.log = DecisionLog(folder, content=content, max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB)
+        return self.log
+
+    def seed(self, seed: int) -> None:
+        """Make exploration's draws reproducible (benchmarks, tests)."""
+        self._rng = np.random.default_rng(seed)
+
+    def log_ids(self) -> tuple[str, str]:
+        """(bundle, space): short digests a log record names. `space` names the retrieval space and the slices
+        (memory projection and profile centroids), which `refresh` keeps: records of a bundle and of its refreshed
+        successors share it, and only records in the bundle's own space can join its memory."""
+        if self._ids is None:
+            import hashlib
+            import json
+
+            m = self.bundle.manifest
+            proj = m["files"].get(m["memory"]["files"]["projection"], {}).get("sha256", "") if self.has_memory else ""
+            cent = json.dumps(m["profile_space"]["centroids"]).encode("utf-8")
+            self._ids = (self.bundle.digest[:16], hashlib.sha256(proj.encode() + cent).hexdigest()[:16])
+        return self._ids
 
     def decide(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None,
                meta: list | None = None) -> list[Decision]:
@@ -384,8 +419,19 @@ class Router:
                 avail[i] = within
         chat = cost / self.space.cost_scale
         sc = self.score_features(q, avail, chat)
-        cover = self.coverage(q, None if sc["memory"] is None else sc["memory"][:, 0, 2])
+        from .profiles import centroid_similarity
+
+        sims = centroid_similarity(q, self.space.centroids) \
+            if self.coverage_threshold is not None or self.log is not None else None
+        cover = self.coverage(q, None if sc["memory"] is None else sc["memory"][:, 0, 2], sims=sims)
         choice = choose(sc["mu_tilde"], chat, avail, lam)
+        prop = np.ones(len(q))
+        ex = [i for i, o in enumerate(opts) if o.explore is not None]
+        for kind in {opts[i].explore for i in ex}:
+            rows = [i for i in ex if opts[i].explore == kind]
+            with self._lock:   # one generator, shared by the threads of a server
+                choice[rows], prop[rows] = explore_choice(sc["mu_tilde"][rows], sc["sigma"][rows], chat[rows],
+                                                          avail[rows], lam[rows], kind, self._rng)
         out = []
         for i, o in enumerate(opts):
             cands = sorted((Candidate(n, float(sc["mu"][i, k]), float(sc["sigma"][i, k]),
@@ -393,11 +439,37 @@ class Router:
                                       float(sc["mu_tilde"][i, k] - o.lam * chat[i, k]))
                             for k, n in enumerate(self.names) if avail[i, k]),
                            key=lambda c: (-c.utility, self.names.index(c.name)))
-            ex = self._explain(q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}
+            why = self._explain(q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}
             out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(o.lam), tuple(cands),
-                                tuple(n for k, n in enumerate(self.names) if not avail[i, k]), ex, cover[i]))
+                                tuple(n for k, n in enumerate(self.names) if not avail[i, k]), why, cover[i],
+                                propensity=float(prop[i])))
+        if self.log is not None:
+            out = self._log(out, q, sims, opts, meta)
         if timings is not None:
             timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
+        return out
+
+    def _log(self, decisions: list[Decision], q: np.ndarray, sims: np.ndarray, opts: list[RouteOptions],
+             meta: list | None) -> list[Decision]:
+        """Give each decision an id and hand its record to the decision log (which never blocks)."""
+        from dataclasses import replace
+
+        from .decisionlog import decision_record, new_id
+
+        bundle, space = self.log_ids()
+        mem = self.memory()
+        keys = mem.embed(q) if mem is not None else None
+        slices = np.argmax(sims, axis=1)
+        now = time.time()
+        out = []
+        for i, d in enumerate(decisions):
+            d = replace(d, id=new_id())
+            question, sizes = meta[i] if (meta is not None and self.log.content) else (None, None)
+            self.log.submit(decision_record(d, time_s=now, bundle=bundle, space=space,
+                                            key=None if keys is None else keys[i], slice_=int(slices[i]),
+                                            question=question, sizes=sizes,
+                                            explore=None if opts[i].explore is None else str(opts[i].explore)))
+            out.append(d)
         return out
 
     def decide_each(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None,
@@ -416,7 +488,8 @@ class Router:
                     out.append(e)
             return out
 
-    def coverage(self, q: np.ndarray, closeness: np.ndarray | None = None) -> list[dict | None]:
+    def coverage(self, q: np.ndarray, closeness: np.ndarray | None = None, sims: np.ndarray | None = None
+                 ) -> list[dict | None]:
         """Per row: the best cosine similarity of the query to the capability slices' centroids and, with a
         capability memory, the query's closeness to its labelled queries (`closeness`, from the memory columns).
         Out of coverage: a similarity below the bundle's threshold (set at export: the 1st percentile of the
@@ -427,7 +500,7 @@ class Router:
         from .memory import MIN_CLOSENESS
         from .profiles import centroid_similarity
 
-        best = centroid_similarity(q, self.space.centroids).max(axis=1)
+        best = (centroid_similarity(q, self.space.centroids) if sims is None else sims).max(axis=1)
         out = []
         for i, b in enumerate(best):
             far = closeness is not None and closeness[i] < MIN_CLOSENESS

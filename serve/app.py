@@ -2,6 +2,7 @@
 
     POST /v1/route             {question, images, lambda, models, exclude, max_cost, explain} -> route --json
     POST /v1/chat/completions  OpenAI Chat Completions; model lr-onnx/auto | lr-onnx/<preset> | an upstream name
+    POST /v1/feedback          {id, score, cost?, model?}: an observed outcome for a logged decision ([logging])
     GET  /v1/models            routable names and presets
     GET  /healthz /readyz /metrics
 
@@ -23,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..runtime.errors import BundleError, InputError, LrOnnxError
+from ..runtime.feedback import FeedbackConflict, FeedbackStore, FeedbackUnavailable, UnknownDecision, parse_feedback
 from ..runtime.manage import _golden_image
 from ..runtime.router import Router
 from .batcher import MicroBatcher, QueueFull
@@ -44,6 +46,8 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
                            max_image_bytes=int(config.limits.max_image_mb * 2**20),
                            max_request_bytes=int(config.limits.max_request_image_mb * 2**20))
     upstreams = Upstreams(config, metrics)
+    feedback = _start_logging(router, config, metrics)
+    explore = config.routing.explore
     upstream_names = {u.upstream_model: name for name, u in config.models.items() if name in router.names}
     max_body = int(config.limits.max_body_mb * 1024 * 1024)
     # requests between arrival and decision (reading, decoding, queued, in a batch): bounded, so a flood is
@@ -114,7 +118,7 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
 
     async def decide(req: RouteRequest):
         opts = router.options(models=req.models, exclude=req.exclude, lam=req.lam, max_cost=req.max_cost,
-                              explain=req.explain)
+                              explain=req.explain, explore=explore)
         images = [await upstreams.fetch_image(i) if isinstance(i, str) else i for i in req.images]
         d = await batcher.route(images, req.question, opts)
         if d.model:
@@ -129,7 +133,7 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
             d = await decide(req)
         finally:
             routing["now"] -= 1
-        return JSONResponse(d.to_dict())
+        return JSONResponse(d.to_dict(), headers=_id_header(d))
 
     @endpoint("chat_completions")
     async def chat(request: Request) -> Response:
@@ -147,7 +151,25 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
             routing["now"] -= 1
         ranked = [(c.name, c.utility) for c in d.candidates]
         return await upstreams.forward(req.body, ranked, stream=req.stream,
-                                       headers={"x-lr-onnx-lambda": f"{d.lam:g}", "x-lr-onnx-routed": "true"})
+                                       headers={"x-lr-onnx-lambda": f"{d.lam:g}", "x-lr-onnx-routed": "true",
+                                                **_id_header(d)})
+
+    @endpoint("feedback")
+    async def feedback_endpoint(request: Request) -> Response:
+        if feedback is None:
+            raise HTTPError(404, "feedback is off: serve with a [logging] dir in --config to log decisions",
+                            code="feedback_disabled")
+        item = parse_feedback(await body_json(request), "feedback")
+        try:
+            status = (await asyncio.to_thread(feedback.add, [item]))[0]
+        except UnknownDecision as e:
+            raise HTTPError(404, str(e), code="unknown_decision") from None
+        except FeedbackConflict as e:
+            raise HTTPError(409, str(e), code="feedback_conflict") from None
+        except FeedbackUnavailable as e:
+            raise HTTPError(503, str(e), type="server_error", code="feedback_unavailable") from None
+        metrics.feedback.labels(status).inc()
+        return JSONResponse({"id": item["id"], "status": status})
 
     @endpoint("models")
     async def models(request: Request) -> Response:
@@ -184,8 +206,11 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
             state["ready"] = False
             await batcher.stop()
             await upstreams.close()
+            if router.log is not None:
+                await asyncio.to_thread(router.log.close)
 
     routes = [Route("/v1/route", route, methods=["POST"]), Route("/v1/chat/completions", chat, methods=["POST"]),
+              Route("/v1/feedback", feedback_endpoint, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]), Route("/healthz", healthz, methods=["GET"]),
               Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
     async def not_found(request: Request, exc: StarletteHTTPException) -> Response:
@@ -196,6 +221,19 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={StarletteHTTPException: not_found})
     app.state.metrics, app.state.batcher, app.state.upstreams = metrics, batcher, upstreams
     return app
+
+
+def _start_logging(router: Router, config: ServeConfig, metrics: Metrics):
+    """With `[logging] dir`: every decision logged, its drops counted in /metrics, and the feedback store; else None."""
+    if not config.logging.dir:
+        return None
+    log = router.start_log(config.logging.dir, content=config.logging.content, max_file_mb=config.logging.max_file_mb)
+    metrics.watch_log(log)
+    return FeedbackStore(log.folder, window_h=config.logging.feedback_window_h, log=log)
+
+
+def _id_header(d) -> dict:
+    return {"x-lr-onnx-request-id": d.id} if d.id else {}
 
 
 def _check_key(request: Request, key: str) -> None:

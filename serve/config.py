@@ -28,6 +28,15 @@
     [server]
     grace_s = 30                   # at SIGTERM: how long admitted requests (streams included) may still run
 
+    [logging]                      # the decision log and POST /v1/feedback: off unless dir is set
+    dir = "/var/log/lr-onnx"       # one JSON line per decision (no user content unless content = true)
+    content = false                # also store each question (never the image bytes)
+    max_file_mb = 64               # a new log file past this size
+    feedback_window_h = 168        # feedback accepted for decisions at most this old
+
+    [routing]
+    explore = "off"                # off | thompson[:S] | epsilon:P: occasionally route to another candidate
+
     [models."GPT4o"]               # one table per model of the bundle's pool that may be called
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY" # the NAME of an environment variable; the key itself never goes here
@@ -41,7 +50,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
-from ..runtime.errors import InputError
+from ..runtime.errors import InputError, OptionError
+from ..runtime.policy import parse_explore
 from ..runtime.validate import integer, number, read_regular_file, text
 
 
@@ -82,6 +92,21 @@ class ServerPolicy:
 
 
 @dataclass(frozen=True)
+class Logging:
+    """The decision log (runtime.decisionlog) and feedback: off unless `dir` is set."""
+
+    dir: str = ""
+    content: bool = False            # also store each question (user content); never the image bytes
+    max_file_mb: float = 64.0        # a new log file past this size
+    feedback_window_h: float = 168.0 # feedback accepted for decisions at most this old
+
+
+@dataclass(frozen=True)
+class Routing:
+    explore: str = "off"             # off | thompson[:S] | epsilon:P (runtime.policy.parse_explore)
+
+
+@dataclass(frozen=True)
 class Upstream:
     """Where one pool model is answered: an OpenAI-compatible base URL, the model name there, the key's env var."""
 
@@ -101,6 +126,8 @@ class ServeConfig:
     upstream: UpstreamPolicy = field(default_factory=UpstreamPolicy)
     server: ServerPolicy = field(default_factory=ServerPolicy)
     models: dict[str, Upstream] = field(default_factory=dict)
+    logging: Logging = field(default_factory=Logging)
+    routing: Routing = field(default_factory=Routing)
 
 
 _BOUNDS = {  # field -> (kind, lo, hi)
@@ -113,6 +140,8 @@ _BOUNDS = {  # field -> (kind, lo, hi)
     "body_timeout_s": (float, 0.01, 3600), "allow_private_image_hosts": (bool, 0, 1),
     "max_image_mb": (float, 0.01, 4096), "max_request_image_mb": (float, 0.01, 65536),
     "stream_idle_s": (float, 0.01, 3600), "grace_s": (float, 0, 86400),
+    "dir": (str, 0, 4096), "content": (bool, 0, 1), "max_file_mb": (float, 0.001, 1 << 20),
+    "feedback_window_h": (float, 0.001, 24 * 3650), "explore": (str, 0, 64),
 }
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -134,6 +163,10 @@ def _section(raw: dict, name: str, cls, where: str):
             if not isinstance(v, bool):
                 raise InputError(f"{label} must be true or false")
             values[key] = v
+        elif kind is str:
+            values[key] = text(v, label, empty_ok=True)
+            if len(values[key]) > hi:
+                raise InputError(f"{label} is longer than {hi} characters")
         elif kind is int:
             values[key] = integer(v, label, lo=lo, hi=hi)
         else:
@@ -154,10 +187,10 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
         raise InputError(f"{where}: TOML nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{where}: malformed TOML ({e})") from None
-    unknown = set(raw) - {"limits", "batching", "upstream", "server", "models"}
+    unknown = set(raw) - {"limits", "batching", "upstream", "server", "models", "logging", "routing"}
     if unknown:
         raise InputError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: limits, batching, "
-                         f"upstream, server, models")
+                         f"upstream, server, models, logging, routing")
     models = raw.get("models", {})
     if not isinstance(models, dict):
         raise InputError(f"{where}: [models] must hold one table per model")
@@ -180,6 +213,11 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
             if not env.replace("_", "").isalnum():
                 raise InputError(f"{label}.api_key_env must be the NAME of an environment variable")
         ups[name] = Upstream(name, base, text(spec.get("upstream_model", name), f"{label}.upstream_model"), env)
+    routing = _section(raw, "routing", Routing, where)
+    try:
+        parse_explore(routing.explore)
+    except OptionError as e:
+        raise InputError(f"{where}: routing.{e}") from None
     return ServeConfig(_section(raw, "limits", Limits, where), _section(raw, "batching", Batching, where),
                        _section(raw, "upstream", UpstreamPolicy, where), _section(raw, "server", ServerPolicy, where),
-                       ups)
+                       ups, _section(raw, "logging", Logging, where), routing)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 STAGES = ("decode", "encoders", "router", "upstream")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -26,6 +27,23 @@ class Metrics:
         self.queue = Gauge("lr_onnx_queue_depth", "Requests waiting for the router", registry=r)
         self.rejected = Counter("lr_onnx_rejected_total", "Requests refused with 503 because the queue was full",
                                 registry=r)
+        self.feedback = Counter("lr_onnx_feedback_total", "Feedback accepted, by status (recorded, duplicate)",
+                                ["status"], registry=r)
+
+    def watch_log(self, log) -> None:
+        """Export the decision log's written and dropped record counts (a full disk drops, never blocks)."""
+        self.registry.register(_LogCollector(log))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LogCollector:
+    def __init__(self, log):
+        self.log = log
+
+    def collect(self):
+        yield CounterMetricFamily("lr_onnx_decision_log_written", "Decisions written to the decision log",
+                                  value=self.log.written)
+        yield CounterMetricFamily("lr_onnx_decision_log_dropped", "Decisions not logged (queue full or disk full)",
+                                  value=self.log.dropped)
