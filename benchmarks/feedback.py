@@ -158,7 +158,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "feedback.json")
     ap.add_argument("--every", type=int, default=200)
     ap.add_argument("--lam", type=float, default=0.0)
-    ap.add_argument("--explore", default="epsilon:0.05")
+    ap.add_argument("--explore", default="thompson:0.5")
     ap.add_argument("--only", nargs="*", default=list(feedback_setup.SCENARIOS))
     a = ap.parse_args(argv)
     feedback_setup.main(["--work", str(a.work), "--shared", str(a.shared), "--grid", str(a.grid)])

@@ -52,7 +52,7 @@ def legacy_tensor(src, spec: ImageSpec):
 def compare(router: Router, rows: list[tuple[list[Path], str]], batch: int = 32) -> dict:
     spec = router.image_spec
     mt = {"new": [], "old": []}
-    chat_all, avail_all = [], []
+    c_hat_all, avail_all = [], []
     for s in range(0, len(rows), batch):
         chunk = rows[s:s + batch]
         new = [router.prepare(imgs, q) for imgs, q in chunk]
@@ -62,17 +62,17 @@ def compare(router: Router, rows: list[tuple[list[Path], str]], batch: int = 32)
             old.append(Prepared(q, tuple(t for t, _ in got), tuple(sz for _, sz in got)))
         meta = [p.meta for p in new]
         cost = router.query_costs(meta, len(chunk))
-        chat = cost / router.space.cost_scale
+        c_hat = cost / router.space.cost_scale
         avail = np.ones((len(chunk), len(router.names)), bool)
         for name, prep in (("new", new), ("old", old)):
-            mt[name].append(router.score_features(router.encode(prep), avail, chat)["mu_tilde"])
-        chat_all.append(chat)
+            mt[name].append(router.score_features(router.encode(prep), avail, c_hat)["mu_tilde"])
+        c_hat_all.append(c_hat)
         avail_all.append(avail)
         print(f"\r  {min(s + batch, len(rows))}/{len(rows)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     new, old = np.concatenate(mt["new"]), np.concatenate(mt["old"])
-    chat, avail = np.concatenate(chat_all), np.concatenate(avail_all)
-    agree = [float(np.mean(choose(new, chat, avail, lam) == choose(old, chat, avail, lam))) for lam in LAMBDA_GRID]
+    c_hat, avail = np.concatenate(c_hat_all), np.concatenate(avail_all)
+    agree = [float(np.mean(choose(new, c_hat, avail, lam) == choose(old, c_hat, avail, lam))) for lam in LAMBDA_GRID]
     return {"n": len(rows), "agreement_lambda0": round(agree[0], 4), "agreement_min_over_grid": round(min(agree), 4),
             "max_abs_d_mu_tilde": float(np.abs(new - old).max())}
 

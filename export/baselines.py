@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime.features import l2_normalise
-from .train import Prepared
+from .train import TrainingSet
 
 
-def best_single_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
+def best_single_scores(P: TrainingSet, rows: np.ndarray) -> np.ndarray:
     """Validation mean score per model, the same for every row: routes to the best available single model.
 
     The scores are shifted by a large constant so no lambda can move the choice (it ignores cost).
@@ -23,7 +23,7 @@ def best_single_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
     return np.broadcast_to(means * 1e9, (len(rows), P.data.k)).copy()
 
 
-def task_lookup_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
+def task_lookup_scores(P: TrainingSet, rows: np.ndarray) -> np.ndarray:
     """Each model's mean training score on the row's `dataset` label: the per-task lookup.
 
     It reads the `dataset` label, metadata the router never sees, so it is the bar a router must clear
@@ -45,7 +45,7 @@ def task_lookup_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
     return out + 1e-9 * overall
 
 
-def knn_scores(P: Prepared, rows: np.ndarray, k: int = 50) -> np.ndarray:
+def knn_scores(P: TrainingSet, rows: np.ndarray, k: int = 50) -> np.ndarray:
     """Mean outcome of the k nearest training queries by cosine (MMR-Bench `knn`)."""
     train = np.flatnonzero(P.masks["train"])
     k = min(k, len(train))
@@ -64,7 +64,7 @@ def knn_scores(P: Prepared, rows: np.ndarray, k: int = 50) -> np.ndarray:
     return out
 
 
-def linear_mf_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
+def linear_mf_scores(P: TrainingSet, rows: np.ndarray) -> np.ndarray:
     """TruncatedSVD of the features, then ridge per model on its available rows (MMR-Bench `linearmf`)."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.linear_model import Ridge
@@ -86,7 +86,7 @@ def linear_mf_scores(P: Prepared, rows: np.ndarray) -> np.ndarray:
 BASELINE_SEED = 20260308  # the baselines' own seed: the bar must not move with the router's training seed
 
 
-def mlp_scores(P: Prepared, rows: np.ndarray, *, epochs: int = 50, seed: int = BASELINE_SEED) -> np.ndarray:
+def mlp_scores(P: TrainingSet, rows: np.ndarray, *, epochs: int = 50, seed: int = BASELINE_SEED) -> np.ndarray:
     """D_q -> 256 -> 128 -> K ReLU MLP with masked MSE, Adam 1e-3, batch 32 (MMR-Bench `mlp`)."""
     import torch
 
@@ -112,7 +112,7 @@ def mlp_scores(P: Prepared, rows: np.ndarray, *, epochs: int = 50, seed: int = B
         return net(X[torch.from_numpy(rows)]).numpy().astype(np.float64)
 
 
-def irt_scores(P: Prepared, rows: np.ndarray, *, dim: int = 16, epochs: int = 60, patience: int = 5,
+def irt_scores(P: TrainingSet, rows: np.ndarray, *, dim: int = 16, epochs: int = 60, patience: int = 5,
                seed: int = BASELINE_SEED) -> np.ndarray:
     """Item-response routing (the MIRT family that leads RouterArena): P(y | q, m) = sigmoid(a(q) . theta_m -
     b(q)), with a(q) (discrimination, `dim` wide) and b(q) (difficulty) small heads on a shared 128-unit

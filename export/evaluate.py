@@ -16,7 +16,7 @@ import numpy as np
 from ..runtime.policy import LAMBDA_GRID, choose
 from . import metrics as M
 from .files import atomic_write_text
-from .train import Prepared, TrainConfig, attach_run_memory, load_router, predict, prepare, train
+from .train import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
 
 METHODS = ["latentrouter", "memory_only", "network_only", "no_memory", "no_slice_prior", "no_communication",
            "text_only", "knn", "mf", "mlp", "irt", "task_lookup", "random",
@@ -27,14 +27,14 @@ ABLATIONS = (("no_communication", {"layers": 0}), ("text_only", {"text_only": Tr
              ("no_slice_prior", {"slice_prior": False}))  # baselines that read metadata the router never sees
 
 
-def sweep(scores: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, chat: np.ndarray,
+def sweep(scores: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, c_hat: np.ndarray,
           grid=LAMBDA_GRID) -> list[dict]:
     """(lambda, mean score, mean realised cost, choices) for every lambda of the grid."""
     out = []
     ok = A.any(axis=1)
     rows = np.flatnonzero(ok)
     for lam in grid:
-        ch = choose(scores, np.broadcast_to(chat, scores.shape), A, lam)
+        ch = choose(scores, np.broadcast_to(c_hat, scores.shape), A, lam)
         out.append({"lam": float(lam), "score": float(Y[rows, ch[ok]].mean()), "cost": float(C[rows, ch[ok]].mean()),
                     "choice": ch})
     return out
@@ -63,12 +63,12 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     net, cfg = load_router(run_dir)
     tcfg = TrainConfig(**{k: v for k, v in cfg["train"].items() if k in TrainConfig.__dataclass_fields__})
     data_dir = Path(data_dir or cfg["data"])
-    P = attach_run_memory(prepare(data_dir, slices=tcfg.slices, progress=progress), cfg)
+    P = attach_run_memory(load_training_set(data_dir, slices=tcfg.slices, progress=progress), cfg)
     d = P.data
     rows = np.flatnonzero(P.masks[split] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
     both = np.concatenate([val, rows])
-    chat_test, chat_val = P.chat_rows(rows), P.chat_rows(val)   # per-query expected costs where there is a rule
+    chat_test, chat_val = P.c_hat_rows(rows), P.c_hat_rows(val)   # per-query expected costs where there is a rule
 
     scores: dict[str, np.ndarray] = {"latentrouter": predict(net, P, both)[0]}
     if P.memory is not None:                    # the two halves of the blend, from the same run
@@ -88,7 +88,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
             sub = run_dir / "ablations" / name
             abl = TrainConfig(**{**cfg["train"], **over})
             if abl.text_only:
-                Pa = prepare(data_dir, slices=tcfg.slices, text_only=True, progress=False)
+                Pa = load_training_set(data_dir, slices=tcfg.slices, text_only=True, progress=False)
             else:
                 Pa = replace(P, memory=P.memory if abl.memory else None, mem_cols=P.mem_cols if abl.memory else None)
             if not (sub / "weights.safetensors").is_file():
@@ -195,7 +195,7 @@ def budget_presets(val_curve, test_curve, Yv, Cv, Av, j_val: int) -> dict:
     return out
 
 
-def per_query_cost(P: Prepared, rows, mt, Y, C, A, ref: dict, names: list[str]) -> dict:
+def per_query_cost(P: TrainingSet, rows, mt, Y, C, A, ref: dict, names: list[str]) -> dict:
     """How good the per-query cost prediction is (MAPE against the recorded costs, per model), and whether
     routing on it changes LatentRouter's frontier against the per-model constant (same scores, policy only)."""
     if P.row_cost is None:
@@ -207,14 +207,14 @@ def per_query_cost(P: Prepared, rows, mt, Y, C, A, ref: dict, names: list[str]) 
            "mape_per_model": cost_error(P.row_cost[rows], P.data.C[rows], P.data.A[rows], names),
            "mape_per_model_constant": cost_error(np.broadcast_to(P.e_bar, (len(rows), len(names))),
                                                  P.data.C[rows], P.data.A[rows], names)}
-    for label, chat in (("per_query", P.chat_rows(rows)), ("constant", np.broadcast_to(P.cost_hat, A.shape))):
-        curve = sweep(mt, Y, C, A, chat)
+    for label, c_hat in (("per_query", P.c_hat_rows(rows)), ("constant", np.broadcast_to(P.cost_hat, A.shape))):
+        curve = sweep(mt, Y, C, A, c_hat)
         pts = [(p["cost"], p["score"]) for p in curve]
         out[label] = {"nauc": _f(M.nauc(pts)), "qnc": _f(M.qnc(pts, ref["best_q"], ref["best_c"]))}
     return out
 
 
-def uncertainty_quality(net, P: Prepared, rows) -> dict:
+def uncertainty_quality(net, P: TrainingSet, rows) -> dict:
     """§8.8 uncertainty quality of LatentRouter's head on the binary (query, model) entries of `rows`."""
     mt, sigma, mu = predict(net, P, rows, with_mu=True)
     Y = P.data.Y[rows]
@@ -223,7 +223,7 @@ def uncertainty_quality(net, P: Prepared, rows) -> dict:
     return {k: (_f(v) if isinstance(v, float) else v) for k, v in u.items()}
 
 
-def per_dataset(P: Prepared, rows, curves: dict, j_val) -> dict:
+def per_dataset(P: TrainingSet, rows, curves: dict, j_val) -> dict:
     """Per `dataset` label and, for merged data (labels `source/task` from several sources), per source:
     best single, oracle, LatentRouter at lambda 0 and at the validation lambda, every method at lambda 0."""
     d = P.data
@@ -250,7 +250,7 @@ def per_dataset(P: Prepared, rows, curves: dict, j_val) -> dict:
     return res
 
 
-def pool_shift(net, P: Prepared, rows, single_cal) -> dict:
+def pool_shift(net, P: TrainingSet, rows, single_cal) -> dict:
     """Mask models out of the pool (never slice columns) and re-route; specs use R_cal statistics (§8.8)."""
     d = P.data
     K = d.k
@@ -279,7 +279,7 @@ def pool_shift(net, P: Prepared, rows, single_cal) -> dict:
     for label, keep in specs.items():
         A = d.A[rows] & keep
         mt, _ = predict(net, P, rows, avail=A)
-        curve = sweep(mt, Y, C, A, P.chat_rows(rows))
+        curve = sweep(mt, Y, C, A, P.c_hat_rows(rows))
         b = M.best_single(Y, C, A)
         oq, _ = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
         q0 = curve[0]["score"]
@@ -293,7 +293,7 @@ def pool_shift(net, P: Prepared, rows, single_cal) -> dict:
     return out
 
 
-def collapse(curve, Y, C, A, P: Prepared, c_best: float) -> dict:
+def collapse(curve, Y, C, A, P: TrainingSet, c_best: float) -> dict:
     """Share of queries sent to the most expensive available model, per lambda (§8.8)."""
     e = P.e_bar
     rows_ok = A.any(axis=1)

@@ -331,7 +331,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         for name in graph_files:
             onnx.checker.check_model(str(tmp / name), full_check=True)
         space = ProfileSpace.from_dict(prof["space"])
-        chat = np.asarray(prof["e_bar"], float) / space.cost_scale
+        c_hat = np.asarray(prof["e_bar"], float) / space.cost_scale
         std = space.standardise(np.asarray(prof["raw_profiles"], float))
         metrics = _metrics_summary(run_dir)
         presets = metrics.pop("presets", {})
@@ -350,7 +350,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
                       "cost_hat": float(c), "raw_profile": r, "profile": s.tolist(),
                       **({"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
                          if cm and cm.get("output_tokens") is not None else {})}
-                     for m, e, c, r, s, cm in zip(prof["models"], prof["e_bar"], chat, prof["raw_profiles"], std,
+                     for m, e, c, r, s, cm in zip(prof["models"], prof["e_bar"], c_hat, prof["raw_profiles"], std,
                                                   prof.get("cost_model") or [None] * len(prof["models"]))],
             "profile_space": space.to_dict(),
             "cost_estimator": prof.get("cost_estimator", "calib_mean"),
@@ -533,9 +533,9 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     with torch.no_grad():
         ref = [t.numpy() for t in net(torch.from_numpy(q_t), torch.from_numpy(mf_t), torch.from_numpy(avail))]
     got = sess["router"].run(None, {"query": q_o, "model_feat": mf_o, "avail": avail})
-    chat = mf_t[0, :, -1]
-    decisions = [(choose(ref[3], np.broadcast_to(chat, ref[3].shape), avail, lam),
-                  choose(got[3], np.broadcast_to(chat, got[3].shape), avail, lam)) for lam in LAMBDA_GRID]
+    c_hat = mf_t[0, :, -1]
+    decisions = [(choose(ref[3], np.broadcast_to(c_hat, ref[3].shape), avail, lam),
+                  choose(got[3], np.broadcast_to(c_hat, got[3].shape), avail, lam)) for lam in LAMBDA_GRID]
     agree = [float((a == b).mean()) for a, b in decisions]
     # what a changed decision costs, in PyTorch's own utility at lambda 0 (LAMBDA_GRID[0]): near-ties flip cheaply
     best, took = decisions[0]
@@ -548,8 +548,8 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     from .metrics import nauc
 
     Yh, Ch = np.nan_to_num(sub.Y), np.nan_to_num(sub.C)
-    n_t = nauc([(p["cost"], p["score"]) for p in sweep(ref[3], Yh, Ch, avail, chat)])
-    n_o = nauc([(p["cost"], p["score"]) for p in sweep(got[3], Yh, Ch, avail, chat)])
+    n_t = nauc([(p["cost"], p["score"]) for p in sweep(ref[3], Yh, Ch, avail, c_hat)])
+    n_o = nauc([(p["cost"], p["score"]) for p in sweep(got[3], Yh, Ch, avail, c_hat)])
     rep["held_out"] = {
         "nauc_torch": _finite(n_t), "nauc_onnx": _finite(n_o), "nauc_change": _finite(n_o - n_t),
         "queries": int(sub.n), "with_images": int(sum(1 for p in sub.images if p)),

@@ -102,7 +102,7 @@ def routing_value(scores: np.ndarray, P, rows: np.ndarray) -> tuple[float, float
     from .evaluate import sweep
 
     d = P.data
-    curve = sweep(scores, np.nan_to_num(d.Y[rows]), np.nan_to_num(d.C[rows]), d.A[rows], P.chat_rows(rows))
+    curve = sweep(scores, np.nan_to_num(d.Y[rows]), np.nan_to_num(d.C[rows]), d.A[rows], P.c_hat_rows(rows))
     return curve[0]["score"], M.nauc([(p["cost"], p["score"]) for p in curve])
 
 

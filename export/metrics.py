@@ -172,8 +172,8 @@ def rank_score(acc: float, cost: float, c_min: float, c_max: float, beta: float 
     """VL-RouterBench rank score S (§8.5)."""
     a = float(np.clip(acc, 0, 1))
     c = float(np.clip(cost, c_min, c_max))
-    chat = float(np.clip((np.log2(c_max) - np.log2(c)) / (np.log2(c_max) - np.log2(c_min) + 1e-12), 0, 1))
-    return float(np.clip((1 + beta) * a * chat / (beta * a + chat + 1e-12), 0, 1))
+    c_hat = float(np.clip((np.log2(c_max) - np.log2(c)) / (np.log2(c_max) - np.log2(c_min) + 1e-12), 0, 1))
+    return float(np.clip((1 + beta) * a * c_hat / (beta * a + c_hat + 1e-12), 0, 1))
 
 
 # ----------------------------------------------------------------------------- uncertainty quality (§8.8)

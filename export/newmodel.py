@@ -24,13 +24,13 @@ from . import metrics as M
 from .evaluate import sweep
 from .files import atomic_write_text
 from .pool import spread_over_slices
-from .train import Prepared, TrainConfig, attach_run_memory, load_router, predict, prepare, train
+from .train import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
 
 SIZES = (24, 48, 96)
 PICK_SEED = 20260308
 
 
-def held_out_models(P: Prepared, seed: int = PICK_SEED) -> dict[str, str]:
+def held_out_models(P: TrainingSet, seed: int = PICK_SEED) -> dict[str, str]:
     """{model: why}: strongest and cheapest by R_cal mean score / cost, plus one seeded random other."""
     d, cal = P.data, P.masks["cal"]
     single = M.single_models(d.Y[cal], d.C[cal], d.A[cal])
@@ -43,8 +43,8 @@ def held_out_models(P: Prepared, seed: int = PICK_SEED) -> dict[str, str]:
     return pick
 
 
-def _route(mt: np.ndarray, Y, C, A, chat) -> dict:
-    curve = sweep(mt, Y, C, A, chat)
+def _route(mt: np.ndarray, Y, C, A, c_hat) -> dict:
+    curve = sweep(mt, Y, C, A, c_hat)
     return {"nauc": M.nauc([(p["cost"], p["score"]) for p in curve]), "score_at_lambda0": curve[0]["score"],
             "cost_at_lambda0": curve[0]["cost"], "choice_at_lambda0": curve[0]["choice"]}
 
@@ -56,7 +56,7 @@ def _summary(r: dict, share_of: int | None = None) -> dict:
     return out
 
 
-def added_model_feat(P_wo: Prepared, full: Prepared, k_full: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def added_model_feat(P_wo: TrainingSet, full: TrainingSet, k_full: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Model features `[K, P_in]` and normalised costs `[K]`: the trained pool plus the held-out model profiled
     from its outcomes on `rows` (§3.5 with the frozen slices and standardisation; cost = mean observed cost)."""
     d, space = full.data, P_wo.space
@@ -68,7 +68,7 @@ def added_model_feat(P_wo: Prepared, full: Prepared, k_full: int, rows: np.ndarr
     return space.model_feat(np.vstack([P_wo.raw_profiles, new["raw"]]), e_bar), e_bar / space.cost_scale
 
 
-def _trained(data_dir: Path, run_dir: Path, cfg: TrainConfig, P: Prepared, progress: bool):
+def _trained(data_dir: Path, run_dir: Path, cfg: TrainConfig, P: TrainingSet, progress: bool):
     """The router of `run_dir` (trained on `P` first if absent), with `P` given the run's memory."""
     if not (run_dir / "weights.safetensors").is_file():
         train(data_dir, run_dir, cfg, prepared=P, progress=progress)
@@ -90,7 +90,7 @@ def recovery(lower: dict, added: dict, upper: dict) -> dict:
 def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES, cfg: TrainConfig | None = None,
         which: tuple[str, ...] = ("strongest", "cheapest", "random"), progress: bool = True) -> dict:
     cfg = cfg or TrainConfig()
-    full = prepare(data_dir, slices=cfg.slices, progress=progress)
+    full = load_training_set(data_dir, slices=cfg.slices, progress=progress)
     d = full.data
     test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
     Y, C, A = np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
@@ -103,7 +103,7 @@ def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES,
             continue
         k = d.model_names.index(name)
         keep = [j for j in range(d.k) if j != k]
-        P_wo = prepare(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
+        P_wo = load_training_set(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
         net = _trained(data_dir, out / f"without_{name}", cfg, P_wo, progress)
         lower = _route(predict(net, P_wo, test)[0], Y[:, keep], C[:, keep], A[:, keep], P_wo.cost_hat)
         order = keep + [k]                                     # the added model is the last column
@@ -112,14 +112,14 @@ def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES,
         entry = {"why": why, "upper": _summary(upper, share_of=k), "lower_without": _summary(lower), "added": {}}
         for n in sizes:
             rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED)])
-            feat, chat = added_model_feat(P_wo, full, k, rows)
+            feat, c_hat = added_model_feat(P_wo, full, k, rows)
             cols = None
             if P_wo.memory is not None:     # as `models add` does: its labelled queries join the memory
                 ok = rows[d.A[rows, k]]
                 grown = P_wo.memory.with_rows(full.q[ok], name, d.Y[ok, k])
                 cols = grown.columns(full.q[test], [d.model_names[j] for j in order], blas=True)
             mt = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
-            r = _route(mt, Y[:, order], C[:, order], A[:, order], chat)
+            r = _route(mt, Y[:, order], C[:, order], A[:, order], c_hat)
             entry["added"][str(n)] = {"queries": int(len(rows)), **_summary(r, share_of=len(keep)),
                                       "recovery": recovery(lower, r, upper),
                                       "observed_score": round(float(d.Y[rows, k].mean()), 4),
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
         lo = e["lower_without"]
         print(f"{name} ({e['why']}): without nAUC {lo['nauc']:.4f} score@0 {lo['score_at_lambda0']:.4f}; "
               f"trained with it: share {e['upper']['share_routed_to_model_at_lambda0']:.3f}")
-        for n, r in e["added"].items():
+        for r in e["added"].values():
             print(f"  added from {r['queries']:3d} queries: nAUC {r['nauc']:.4f} score@0 {r['score_at_lambda0']:.4f} "
                   f"share {r['share_routed_to_model_at_lambda0']:.3f}  mean mu_tilde {r['mean_mu_tilde_on_test']:.3f} "
                   f"(observed {r['observed_score_on_test']:.3f}); recovers {r['recovery']}")

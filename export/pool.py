@@ -138,10 +138,10 @@ def run_memory(run_dir: Path, prof: dict | None = None):
     cfg = _run_config(Path(run_dir))
     if not cfg.get("memory"):
         return None
-    from .train import attach_run_memory, prepare
+    from .train import attach_run_memory, load_training_set
 
     prof = prof or _read(run_dir)
-    mem = attach_run_memory(prepare(cfg["data"], slices=cfg["train"]["slices"], progress=False), cfg).memory
+    mem = attach_run_memory(load_training_set(cfg["data"], slices=cfg["train"]["slices"], progress=False), cfg).memory
     for m in prof["models"]:
         if m.get("memory"):
             mem = mem.with_rows(None, m["name"], m["memory"]["outcomes"], keys=np.asarray(m["memory"]["keys"]))

@@ -59,7 +59,7 @@ class TrainConfig:
 
 
 @dataclass
-class Prepared:
+class TrainingSet:
     """Everything the model and the baselines share: features, outcomes, split, profiles."""
 
     data: RoutingData
@@ -89,7 +89,7 @@ class Prepared:
         """[K] normalised expected cost c_hat = e_bar / s_c (the per-model constant)."""
         return self.e_bar / self.space.cost_scale
 
-    def chat_rows(self, rows: np.ndarray) -> np.ndarray:
+    def c_hat_rows(self, rows: np.ndarray) -> np.ndarray:
         """[n, K] normalised expected cost of each query: predicted per query where a model has a cost rule,
         the per-model constant otherwise. The router's cost input and the policy both use it."""
         if self.row_cost is None:
@@ -99,7 +99,7 @@ class Prepared:
     def feat_rows(self, rows: np.ndarray) -> np.ndarray:
         """[n, K, P_in] model features per query: the profiles, the memory's columns (if any), then that query's
         normalised expected cost."""
-        return model_features(self.model_feat(), self.chat_rows(rows), None if self.mem_cols is None else self.mem_cols[rows])
+        return model_features(self.model_feat(), self.c_hat_rows(rows), None if self.mem_cols is None else self.mem_cols[rows])
 
     def model_feat(self) -> np.ndarray:
         """[K, P_in]: each model's standardised profile, then its normalised expected cost (same for every row)."""
@@ -120,8 +120,8 @@ def run_features(data: RoutingData, text_only: bool, *, progress: bool = True) -
     return q
 
 
-def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = False, progress: bool = True,
-            exclude: tuple[str, ...] = ()) -> Prepared:
+def load_training_set(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = False, progress: bool = True,
+                      exclude: tuple[str, ...] = ()) -> TrainingSet:
     """Load, split, encode (cached) and build the profiles; `exclude` drops models from the pool entirely."""
     data = load_dataset(data_dir)
     if exclude:
@@ -143,10 +143,10 @@ def prepare(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = Fal
 
     sizes = image_sizes(data) if needs_sizes(data) else None
     entries = cost_entries(data, cal, sizes)
-    return Prepared(data, q, masks, space, raw, e_bar, q_mean, q_std, entries, row_costs(data, entries, sizes, e_bar))
+    return TrainingSet(data, q, masks, space, raw, e_bar, q_mean, q_std, entries, row_costs(data, entries, sizes, e_bar))
 
 
-def attach_run_memory(P: Prepared, run_cfg: dict) -> Prepared:
+def attach_run_memory(P: TrainingSet, run_cfg: dict) -> TrainingSet:
     """Give `P` the memory a run was trained with (settings and size from its config.json; rebuilt, deterministic)."""
     mem = run_cfg.get("memory")
     if mem:
@@ -173,7 +173,7 @@ def floored_std(q_std: np.ndarray, quantile: float) -> np.ndarray:
 FEW_SHOT_DRAWS, FEW_SHOT_SIZES = 8, (25, 50, 100)
 
 
-def few_shot_profiles(P: Prepared, seed: int) -> np.ndarray:
+def few_shot_profiles(P: TrainingSet, seed: int) -> np.ndarray:
     """`[K, 8, P_in]` model features from bootstrap profiles on random R_cal subsets of 25, 50 or 100 rows (§3.4).
 
     Swapping them in during training teaches the network how far to trust a thin profile,
@@ -226,14 +226,14 @@ class WeightAverage:
 
 
 
-def losses(mu, sigma, delta, mu_t, y, u, avail, chat, w_c: float, weights: dict, sigma_floor: float = 1e-4):
+def losses(mu, sigma, delta, mu_t, y, u, avail, c_hat, w_c: float, weights: dict, sigma_floor: float = 1e-4):
     """The six loss terms of §4.2 as masked means (an empty set contributes 0); sigma is clamped at
     `sigma_floor` inside the NLL only (the model's own sigma output is untouched)."""
     import torch
 
     om = avail.float()
     n = om.sum().clamp(min=1.0)
-    s = mu_t - w_c * chat                                             # route score [B, K]
+    s = mu_t - w_c * c_hat                                             # route score [B, K]
     sig = sigma.clamp(min=sigma_floor)
     z = (y - mu) / sig
     l_nll = ((0.5 * z * z + torch.log(sig)) * om).sum() / n
@@ -258,7 +258,7 @@ def losses(mu, sigma, delta, mu_t, y, u, avail, chat, w_c: float, weights: dict,
     return sum(weights[k] * v for k, v in terms.items()), terms
 
 
-def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: Prepared | None = None,
+def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: TrainingSet | None = None,
           progress: bool = True) -> dict:
     """Train and write RUN_DIR; returns the training summary."""
     import torch
@@ -268,7 +268,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     from .model import LatentRouter, RouterConfig
 
     t0 = time.perf_counter()
-    P = prepared or prepare(data_dir, slices=cfg.slices, text_only=cfg.text_only, progress=progress)
+    P = prepared or load_training_set(data_dir, slices=cfg.slices, text_only=cfg.text_only, progress=progress)
     d = P.data
     selection = None
     if cfg.memory and P.memory is None:
@@ -328,7 +328,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
                     mf[:, sw, :W] = thin[sw, :W]                                  # the profile, not memory or cost
             mu, sigma, delta, mt = net(q, mf, avail)
             loss, terms = losses(mu, sigma, delta, mt, torch.from_numpy(Y[rows]), torch.from_numpy(U[rows]),
-                                 avail, torch.from_numpy(P.chat_rows(rows)), cfg.w_c, cfg.loss_weights,
+                                 avail, torch.from_numpy(P.c_hat_rows(rows)), cfg.w_c, cfg.loss_weights,
                                  cfg.nll_sigma_floor)
             opt.zero_grad()
             loss.backward()
@@ -395,7 +395,7 @@ def load_router(run_dir: str | Path):
     return net.eval(), cfg
 
 
-def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512,
+def predict(net, P: TrainingSet, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512,
             with_mu: bool = False, model_feat: np.ndarray | None = None, mem_cols: np.ndarray | None = None):
     """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad); mu too with `with_mu`.
     `model_feat` `[K, P_in]` replaces the run's own pool (with `avail` to match, and `mem_cols` `[n, K, 3]` when the
@@ -424,7 +424,7 @@ def predict(net, P: Prepared, rows: np.ndarray, avail: np.ndarray | None = None,
 BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def choose_blend(net, P: Prepared, val: np.ndarray) -> dict:
+def choose_blend(net, P: TrainingSet, val: np.ndarray) -> dict:
     """Set how far the network may correct the memory (`MemoryBlend.blend`) to the value that routes validation best
     (score at lambda 0 + nAUC); 0 is the memory alone, so on small or noisy data the router is never worse than its
     memory on validation. Returns every value's validation numbers and the one kept."""
@@ -440,11 +440,11 @@ def choose_blend(net, P: Prepared, val: np.ndarray) -> dict:
     return {"chosen": best["blend"], "trials": trials}
 
 
-def validation_utility(net, P: Prepared, rows: np.ndarray, U: np.ndarray, w_c: float) -> float:
+def validation_utility(net, P: TrainingSet, rows: np.ndarray, U: np.ndarray, w_c: float) -> float:
     """V = mean utility of the routed model on validation rows (§4.3), cost term included."""
     from ..runtime.policy import choose
 
     mt, _ = predict(net, P, rows)
-    choice = choose(mt, P.chat_rows(rows), P.data.A[rows], w_c)
+    choice = choose(mt, P.c_hat_rows(rows), P.data.A[rows], w_c)
     ok = choice >= 0
     return float(U[rows[ok], choice[ok]].mean())

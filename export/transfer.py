@@ -59,8 +59,8 @@ def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str 
         cols = run_memory(run_dir, prof).columns(q[rows], shared, blas=True)
     mt, _ = predict(net, view, rows, avail=A_all[rows], model_feat=model_feat, mem_cols=cols)
     Y, C, A = np.nan_to_num(data.Y[rows][:, kd]), np.nan_to_num(data.C[rows][:, kd]), A_all[rows]
-    chat = e_bar / space.cost_scale
-    curve = sweep(mt, Y, C, A, chat)
+    c_hat = e_bar / space.cost_scale
+    curve = sweep(mt, Y, C, A, c_hat)
     points = [(p["cost"], p["score"]) for p in curve]
     single = M.single_models(Y, C, A)
     b = M.best_single(Y, C, A)

@@ -212,13 +212,13 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
     ok = A.any(axis=1)
     if not ok.any():
         raise InputError("no labelled query has an outcome for any model of the bundle's pool")
-    chat = router.query_costs(meta, len(q))[ok] / router.space.cost_scale  # as Router.decide scales them
+    c_hat = router.query_costs(meta, len(q))[ok] / router.space.cost_scale  # as Router.decide scales them
     q, Y, C, A = q[ok], np.nan_to_num(Y[ok]), np.nan_to_num(C[ok]), A[ok]
-    mt = router.score_features(q, A, chat)["mu_tilde"]
+    mt = router.score_features(q, A, c_hat)["mu_tilde"]
     rows = np.arange(len(q))
     points = []
     for lam in LAMBDA_GRID:
-        ch = choose(mt, chat, A, lam)
+        ch = choose(mt, c_hat, A, lam)
         score, cost = float(Y[rows, ch].mean()), float(C[rows, ch].mean())
         share = float((ch == router.names.index(max_share[0])).mean()) if max_share else None
         feasible = cost <= max_avg_cost if max_avg_cost is not None else share <= max_share[1]

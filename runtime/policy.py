@@ -40,9 +40,12 @@ THOMPSON_DRAWS = 256   # Monte Carlo draws behind a Thompson choice's propensity
 
 @dataclass(frozen=True)
 class Explore:
-    """Opt-in exploration. `thompson[:S]` draws each candidate's score from N(mu_tilde, (S sigma)^2) (S = 1 by
-    default) and picks the best draw; `epsilon:P` picks a uniformly random available candidate with probability P,
-    else the argmax. sigma is the spread of one outcome, not of the estimate, so S < 1 explores less."""
+    """Opt-in exploration. `thompson[:S]` draws each candidate's score from N(mu_tilde, (S sigma / sqrt(1 + n))^2),
+    n the labelled neighbours that speak for the model on this query (the capability memory's evidence; 0 without a
+    memory), and picks the best draw: sigma is the spread of one outcome, sigma / sqrt(1 + n) that of the estimate,
+    so a model the router knows little about near this query (a model just added, a query of a new kind) is tried
+    more often, and one it knows well hardly. `epsilon:P` picks a uniformly random available candidate with
+    probability P, else the argmax."""
 
     kind: str              # "thompson" | "epsilon"
     value: float = 1.0     # thompson: the scale S on sigma; epsilon: P
@@ -77,9 +80,11 @@ def parse_explore(value) -> Explore | None:
 
 
 def explore_choice(scores: np.ndarray, sigma: np.ndarray, cost_hat: np.ndarray, avail: np.ndarray,
-                   lam: float | np.ndarray, explore: Explore, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   lam: float | np.ndarray, explore: Explore, rng: np.random.Generator,
+                   evidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(choice `[B]`, propensity `[B]`): the chosen index drawn from the explore policy's own probabilities, and the
-    probability it had, which off-policy estimates divide by. Unavailable models are never drawn."""
+    probability it had, which off-policy estimates divide by. Unavailable models are never drawn. `evidence` `[B, K]`:
+    the memory's neighbour count per model (Thompson's spread shrinks with it)."""
     avail = np.asarray(avail, bool)
     greedy = choose(scores, cost_hat, avail, lam)
     B, K = avail.shape
@@ -89,7 +94,10 @@ def explore_choice(scores: np.ndarray, sigma: np.ndarray, cost_hat: np.ndarray, 
         probs[np.arange(B), greedy] += 1.0 - explore.value
     else:
         z = rng.standard_normal((THOMPSON_DRAWS, B, K))
-        draws = utilities(np.asarray(scores, np.float64)[None] + explore.value * np.asarray(sigma, np.float64)[None] * z,
+        sd = explore.value * np.asarray(sigma, np.float64)
+        if evidence is not None:
+            sd = sd / np.sqrt(1.0 + np.maximum(np.asarray(evidence, np.float64), 0.0))
+        draws = utilities(np.asarray(scores, np.float64)[None] + sd[None] * z,
                           cost_hat, avail, lam)                              # [M, B, K]; lam scalar or [B]
         wins = np.argmax(draws, axis=2)                                     # [M, B]
         probs = np.stack([np.bincount(wins[:, b], minlength=K) for b in range(B)]) / THOMPSON_DRAWS

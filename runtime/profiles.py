@@ -90,9 +90,9 @@ class ProfileSpace:
     def model_feat(self, raw: np.ndarray, e_bar: np.ndarray) -> np.ndarray:
         """The router's `model_feat` rows `[K, S + 8]`: standardised profiles, then the normalised expected
         cost e_bar / s_c."""
-        chat = np.asarray(e_bar, np.float64) / self.cost_scale
+        c_hat = np.asarray(e_bar, np.float64) / self.cost_scale
         prof = self.standardise(np.asarray(raw, np.float64))
-        return np.concatenate([prof, chat[:, None]], axis=1).astype(np.float32)
+        return np.concatenate([prof, c_hat[:, None]], axis=1).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"centroids": np.round(self.centroids, 7).tolist(), "cost_scale": self.cost_scale, "mean": self.mean.tolist(),
@@ -109,16 +109,16 @@ def pool_features(manifest: dict) -> np.ndarray:
     return np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
 
 
-def model_features(base: np.ndarray, chat: np.ndarray | None = None, memory: np.ndarray | None = None,
+def model_features(base: np.ndarray, c_hat: np.ndarray | None = None, memory: np.ndarray | None = None,
                    rows: int | None = None) -> np.ndarray:
     """The router graph's `model_feat` `[B, K, P_in]`, assembled in one place for training, export and serving:
     each model's standardised profile (`base[:, :-1]`), then the capability memory's columns for this query (if the
-    router has a memory, `[B, K, 3]`), then its normalised expected cost (`chat [B, K]`, or the per-model constant
+    router has a memory, `[B, K, 3]`), then its normalised expected cost (`c_hat [B, K]`, or the per-model constant
     `base[:, -1]`)."""
-    B = rows if chat is None and memory is None else len(chat if chat is not None else memory)
+    B = rows if c_hat is None and memory is None else len(c_hat if c_hat is not None else memory)
     mf = np.broadcast_to(np.asarray(base, np.float32), (B, *base.shape)).copy()
-    if chat is not None:
-        mf[..., -1] = chat
+    if c_hat is not None:
+        mf[..., -1] = c_hat
     if memory is not None:
         mf = np.concatenate([mf[..., :-1], np.asarray(memory, np.float32), mf[..., -1:]], axis=-1)
     return mf

@@ -302,8 +302,8 @@ class Router:
                             out[i, k] = c
         return out
 
-    def score_features(self, q: np.ndarray, avail: np.ndarray, chat: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The router graph on feature rows; `chat` `[B, K]` (normalised per-query expected costs) replaces the
+    def score_features(self, q: np.ndarray, avail: np.ndarray, c_hat: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The router graph on feature rows; `c_hat` `[B, K]` (normalised per-query expected costs) replaces the
         per-model constant in the model features' cost column."""
         B = q.shape[0]
         q = np.ascontiguousarray(q, np.float32)
@@ -314,7 +314,7 @@ class Router:
             cpu = sess.get_providers()[0] == "CPUExecutionProvider"
             found = run(sess, {"query": q, "keys": self._memory_keys if cpu else mem.keys})
             cols = mem.columns(None, self.names, prior=[p["raw_profile"][0] for p in self.pool], found=tuple(found))
-        mf = model_features(self.model_feat, chat, cols, rows=B)
+        mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
             bad = avail & ~np.isfinite(v)
@@ -417,26 +417,27 @@ class Router:
                     raise OptionError(f"no model's expected cost fits max_cost {o.max_cost:g} USD for this query "
                                       f"(cheapest available: {cost[i][avail[i]].min():.3g})")
                 avail[i] = within
-        chat = cost / self.space.cost_scale
-        sc = self.score_features(q, avail, chat)
+        c_hat = cost / self.space.cost_scale
+        sc = self.score_features(q, avail, c_hat)
         from .profiles import centroid_similarity
 
         sims = centroid_similarity(q, self.space.centroids) \
             if self.coverage_threshold is not None or self.log is not None else None
         cover = self.coverage(q, None if sc["memory"] is None else sc["memory"][:, 0, 2], sims=sims)
-        choice = choose(sc["mu_tilde"], chat, avail, lam)
+        choice = choose(sc["mu_tilde"], c_hat, avail, lam)
         prop = np.ones(len(q))
         ex = [i for i, o in enumerate(opts) if o.explore is not None]
         for kind in {opts[i].explore for i in ex}:
             rows = [i for i in ex if opts[i].explore == kind]
             with self._lock:   # one generator, shared by the threads of a server
-                choice[rows], prop[rows] = explore_choice(sc["mu_tilde"][rows], sc["sigma"][rows], chat[rows],
-                                                          avail[rows], lam[rows], kind, self._rng)
+                choice[rows], prop[rows] = explore_choice(
+                    sc["mu_tilde"][rows], sc["sigma"][rows], c_hat[rows], avail[rows], lam[rows], kind, self._rng,
+                    None if sc["memory"] is None else np.expm1(sc["memory"][rows, :, 1]))
         out = []
         for i, o in enumerate(opts):
             cands = sorted((Candidate(n, float(sc["mu"][i, k]), float(sc["sigma"][i, k]),
                                       float(sc["mu_tilde"][i, k]), float(cost[i, k]),
-                                      float(sc["mu_tilde"][i, k] - o.lam * chat[i, k]))
+                                      float(sc["mu_tilde"][i, k] - o.lam * c_hat[i, k]))
                             for k, n in enumerate(self.names) if avail[i, k]),
                            key=lambda c: (-c.utility, self.names.index(c.name)))
             why = self._explain(q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}

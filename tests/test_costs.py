@@ -51,7 +51,7 @@ def test_rules_reproduce_the_real_datasets_recorded_costs():
     """The datasets' estimated costs were made with the same published rules: we must get them back."""
     models = {m["name"]: m for m in json.loads((SHARED_DATA / "dynamath" / "models.json").read_text())}
     errs = []
-    for i, line in enumerate((SHARED_DATA / "dynamath" / "queries.jsonl").read_text().splitlines()[:300]):
+    for line in (SHARED_DATA / "dynamath" / "queries.jsonl").read_text().splitlines()[:300]:
         r = json.loads(line)
         sizes = [tuple(r["meta"]["image_size"])] if r["images"] else []
         for n, o in r["outcomes"].items():

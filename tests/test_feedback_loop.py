@@ -72,6 +72,21 @@ def test_exploration_draws_with_the_propensity_it_reports():
         assert len(props) >= 2   # it explores
 
 
+def test_thompson_tries_what_the_memory_knows_little_about():
+    """Thompson's spread is the estimate's (sigma / sqrt(1 + evidence)): two models alike but for their evidence, the
+    one with few labelled neighbours is tried, the one with many is not over-explored."""
+    scores, sigma = np.array([[0.80, 0.70, 0.70]]), np.full((1, 3), 0.4)
+    avail, rng = np.ones((1, 3), bool), np.random.default_rng(0)
+    p = {}
+    for name, ev in (("known", np.array([[16.0, 16.0, 0.0]])), ("thin", np.array([[16.0, 0.0, 16.0]]))):
+        _, prop = explore_choice(scores, sigma, np.zeros((1, 3)), avail, 0.0, Explore("thompson", 1.0), rng, ev)
+        c = [int(explore_choice(scores, sigma, np.zeros((1, 3)), avail, 0.0, Explore("thompson", 1.0), rng, ev)[0][0])
+             for _ in range(400)]
+        p[name] = (c.count(1) / 400, c.count(2) / 400)
+    assert p["known"][1] > 0.25 and p["known"][1] > 2 * p["known"][0]   # no evidence: tried far more often
+    assert p["thin"][0] > 0.25 and p["thin"][0] > 2 * p["thin"][1]
+
+
 def test_route_with_exploration_reports_its_propensity(features):
     q, meta = features
     r = Router.load()

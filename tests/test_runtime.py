@@ -321,6 +321,6 @@ def test_prefetched_keeps_order_raises_in_turn_and_leaves_no_thread_behind():
     assert got == [0, 1, 2]  # the error comes when its item's turn comes, not earlier
 
     before = {t.name for t in threading.enumerate()}
-    for x, _ in prefetched(iter(range(100)), str):
+    for _x, _ in prefetched(iter(range(100)), str):
         break  # the caller stops early: the worker ends its step and goes, no thread is left behind
     assert "lr-onnx-prepare" not in {t.name for t in threading.enumerate()} - before

@@ -62,10 +62,10 @@ def test_train_writes_run_and_is_deterministic(env, run):
 
 def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
     """Leak checks of method.md §5: realised cost and `dataset` never reach the router's inputs."""
-    from lr_onnx.export.train import attach_run_memory, load_router, predict, prepare
+    from lr_onnx.export.train import attach_run_memory, load_router, predict, load_training_set
 
     net, cfg = load_router(run[0])
-    P = attach_run_memory(prepare(env / "demo", slices=2, progress=False), cfg)
+    P = attach_run_memory(load_training_set(env / "demo", slices=2, progress=False), cfg)
     rows = np.flatnonzero(P.masks["test"])
     base = predict(net, P, rows)[0]
     test_rows = P.masks["test"]
@@ -79,14 +79,14 @@ def test_the_memory_is_chosen_on_validation_and_read_leave_one_out(env, run):
     """Issue 21: the run records its memory settings and blend; training rows are estimated without themselves;
     the memory-only and network-only halves are both scored; a --no-memory run has none."""
     from lr_onnx.export.memory import memory_rows
-    from lr_onnx.export.train import TrainConfig, attach_run_memory, load_router, prepare, train
+    from lr_onnx.export.train import TrainConfig, attach_run_memory, load_router, load_training_set, train
 
     net, cfg = load_router(run[0])
     mem = cfg["memory"]
     assert mem["blend"]["chosen"] in [t["blend"] for t in mem["blend"]["trials"]] and net.cfg.memory == 3
     sel = json.loads((run[0] / "memory_selection.json").read_text())
     assert len(sel) > 10 and all("val_score_at_lambda0" in t for t in sel)
-    P = attach_run_memory(prepare(env / "demo", slices=2, progress=False), cfg)
+    P = attach_run_memory(load_training_set(env / "demo", slices=2, progress=False), cfg)
     rows = memory_rows(P)
     assert len(P.memory) == mem["rows"] <= len(rows)
     r = P.memory.rows[:16]
@@ -115,9 +115,9 @@ def test_floored_std_lifts_only_the_small_stds_of_each_block():
 
 def test_few_shot_profiles_are_thin_bootstraps_of_the_calibration_rows(env):
     """§3.4: 8 bootstrap profiles per model from R_cal subsets of 25, 50 or 100 rows, seeded."""
-    from lr_onnx.export.train import FEW_SHOT_DRAWS, few_shot_profiles, prepare
+    from lr_onnx.export.train import FEW_SHOT_DRAWS, few_shot_profiles, load_training_set
 
-    P = prepare(env / "demo", slices=2, progress=False)
+    P = load_training_set(env / "demo", slices=2, progress=False)
     boot = few_shot_profiles(P, seed=7)
     full = P.model_feat()
     assert boot.shape == (P.data.k, FEW_SHOT_DRAWS, full.shape[1])
@@ -387,11 +387,11 @@ def test_manifest_schema(bundle):
 
 def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     """The served router (PIL + tokenizers + ONNX Runtime) reproduces the torch pipeline on real queries."""
-    from lr_onnx.export.train import attach_run_memory, load_router, predict, prepare
+    from lr_onnx.export.train import attach_run_memory, load_router, predict, load_training_set
     from lr_onnx.runtime.router import Router
 
     net, cfg = load_router(run[0])
-    P = attach_run_memory(prepare(env / "demo", slices=2, progress=False), cfg)
+    P = attach_run_memory(load_training_set(env / "demo", slices=2, progress=False), cfg)
     rows = np.flatnonzero(P.masks["test"])[:20]
     torch_mt = predict(net, P, rows)[0]
     r = Router.load(bundle[0], provider="cpu")
@@ -477,12 +477,12 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     """§8.8: each held-out model is absent from its training run, then added back from n R_cal queries."""
     from lr_onnx.export import metrics as M
     from lr_onnx.export.newmodel import added_model_feat, run as protocol
-    from lr_onnx.export.train import TrainConfig, prepare
+    from lr_onnx.export.train import TrainConfig, load_training_set
 
     res = protocol(env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2),
                    progress=False)
     assert json.loads((tmp_path / "newmodel.json").read_text())["sizes"] == [24]
-    full = prepare(env / "demo", slices=2, progress=False)
+    full = load_training_set(env / "demo", slices=2, progress=False)
     d, cal = full.data, full.masks["cal"]
     single = M.single_models(d.Y[cal], d.C[cal], d.A[cal])
     why = {e["why"]: name for name, e in res["models"].items()}
@@ -499,9 +499,9 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     # the added model's profile is built from its own outcomes on the chosen rows (overall score = their mean)
     name = why["cheapest"]
     k = d.model_names.index(name)
-    P_wo = prepare(env / "demo", slices=2, progress=False, exclude=(name,))
+    P_wo = load_training_set(env / "demo", slices=2, progress=False, exclude=(name,))
     rows = np.flatnonzero(cal & d.A[:, k])[:30]
-    feat, chat = added_model_feat(P_wo, full, k, rows)
+    feat, c_hat = added_model_feat(P_wo, full, k, rows)
     assert feat.shape == (d.k, P_wo.model_feat().shape[1]) and np.allclose(feat[:-1], P_wo.model_feat())
     raw0 = feat[-1, 0] * P_wo.space.std[0] + P_wo.space.mean[0]
     assert raw0 == pytest.approx(d.Y[rows, k].mean(), abs=1e-5)
