@@ -202,10 +202,10 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
         raise click.UsageError(f"the last argument must be the question; {_safe(question)!r} looks like an image "
                                f"file (usage: lr-onnx route [IMAGE ...] QUESTION)")
     router = _load_router(bundle, provider)
-    lam = router.resolve_lambda(lam)
+    opts = router.options(models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam, max_cost=max_cost,
+                          explain=explain, explore=explore)
     log = _start_log(router, log_dir, log_content)
-    d = router.route(images, question, models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam,
-                     max_cost=max_cost, explain=explain, explore=explore)
+    d = router.route(images, question, options=opts)
     _close_log(log)
     if as_json:
         _echo_json(d.to_dict())
@@ -650,14 +650,13 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
     """
     from .runtime.batch import count_records, route_batch
 
-    router = _load_router(bundle, provider)
-    kw = dict(models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam, max_cost=max_cost)
     if address and engine != "ray":
         raise click.UsageError("--address is for --engine ray")
     if engine == "ray" and (log_dir or explore):
         raise click.UsageError("--log and --explore are for the local engine (the Ray engine does not log yet)")
-    if explore:
-        kw["explore"] = explore
+    router = _load_router(bundle, provider)
+    opts = router.options(models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam, max_cost=max_cost,
+                          explore=explore)
     log = _start_log(router, log_dir, log_content)
     total = count_records(Path(inp)) if inp != "-" and Path(inp).is_file() else None
     said = set()
@@ -671,13 +670,13 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
 
         if inp == "-":
             raise click.UsageError("--engine ray reads files (JSONL, CSV, Parquet), not standard input")
-        res = route_batch_ray(router, inp, out, bundle=bundle, address=address, batch_size=batch_size, **kw)
+        res = route_batch_ray(router, inp, out, bundle=bundle, address=address, batch_size=batch_size, opts=opts)
     elif total is None:
-        res = route_batch(router, inp, out, batch_size=batch_size, on_problem=problem, **kw)
+        res = route_batch(router, inp, out, opts=opts, batch_size=batch_size, on_problem=problem)
     else:
         with click.progressbar(length=total, label="routing", file=sys.stderr) as bar:
-            res = route_batch(router, inp, out, batch_size=batch_size, on_progress=bar.update, on_problem=problem,
-                              **kw)
+            res = route_batch(router, inp, out, opts=opts, batch_size=batch_size, on_progress=bar.update,
+                              on_problem=problem)
     _close_log(log)
     for p in res["problems"]:
         if p not in said:

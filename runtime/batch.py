@@ -320,14 +320,15 @@ def route_records(router, records: list[dict], prepared: list, opts) -> list[tup
     return [(q, None, str(r)) if isinstance(r, LrOnnxError) else (q, r, "") for q, r in zip(records, results)]
 
 
-def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 64,
+def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, opts=None, batch_size: int = 64,
                 on_progress: Callable[[int], None] | None = None, fifo_wait_s: float = FIFO_WAIT_S,
-                on_problem: Callable[[str], None] | None = None, **route_kw) -> dict:
+                on_problem: Callable[[str], None] | None = None) -> dict:
     """Route every query of `inp` (a path, a FIFO or `-`) not yet in `out`; returns counts and per-line problems.
 
-    Options (`models`, `exclude`, `lam`, `max_cost`) are checked once, before any record is read.
+    `opts`: the `RouteOptions` every record is routed with, resolved once by the caller (`Router.options`, before
+    any record is read); None = the bundle's defaults.
     """
-    route_kw["lam"] = router.options(**route_kw).lam  # every option checked once, before any record is read
+    opts = router.options() if opts is None else opts
     out = Path(out)
     fh, base, regular = open_input(inp, fifo_wait_s=fifo_wait_s)
     name = str(inp)
@@ -336,7 +337,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
         try:
             claim_out(fd, out, bundle=router.bundle.digest, input_name=input_label(inp))
             skip = repair_and_read_ids(fd, out)
-            return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular, on_problem)
+            return _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, opts, regular, on_problem)
         finally:
             os.close(fd)
     finally:
@@ -344,7 +345,7 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, batch
             fh.close()
 
 
-def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_kw, regular: bool,
+def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, opts, regular: bool,
          on_problem: Callable[[str], None] | None = None) -> dict:
     # reading (in the prefetch thread, for a regular file) and routing (here) keep their own counts and problems
     read = {"failed": 0, "duplicates": 0, "skipped_done": 0}
@@ -361,8 +362,6 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, route_k
             for _, msg in sorted(p for p in read_problems + route_problems if p[1] not in told):
                 told.add(msg)
                 on_problem(msg)
-
-    opts = router.options(**route_kw)
 
     def batches() -> Iterator[list[dict]]:
         """The records still to route, batch_size at a time; bad, duplicate and done records counted here."""

@@ -33,11 +33,11 @@ _SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
 class RouterActor:
     """One Router per Ray actor; `__call__` routes one batch of rows and returns (id, decision JSON, problem)."""
 
-    def __init__(self, bundle: str | None, route_kw: dict, base: str, done: frozenset[str]):
+    def __init__(self, bundle: str | None, opts, base: str, done: frozenset[str]):
         from .router import Router
 
         self.router = Router.load(bundle, provider="cpu")
-        self.opts, self.base, self.done = self.router.options(**route_kw), Path(base), done
+        self.opts, self.base, self.done = opts, Path(base), done
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
@@ -111,14 +111,15 @@ def read_dataset(inp: str):
 
 
 def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | None, address: str | None = None,
-                    batch_size: int = 64, actors: int | None = None,
-                    on_progress: Callable[[int], None] | None = None, **route_kw) -> dict:
-    """Route `inp` with Ray Data; `router` (already loaded by the caller) checks the options once, up front."""
+                    opts=None, batch_size: int = 64, actors: int | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> dict:
+    """Route `inp` with Ray Data; `opts` (`RouteOptions`, resolved once by the caller with `router`; None = the
+    bundle's defaults) travel to every actor as they are."""
     try:
         import ray
     except ModuleNotFoundError:
         raise InputError("--engine ray needs the ray extra: pip install '.[cpu,ray]'") from None
-    route_kw["lam"] = router.options(**route_kw).lam  # every option checked once, before any record is read
+    opts = router.options() if opts is None else opts
     if not (inp.startswith(_SCHEMES) or Path(inp).exists()):
         raise InputError(f"{inp}: no such input")
     out = Path(out)
@@ -140,7 +141,7 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
         # one CPU per actor, and one left for the read tasks (all CPUs held by actors would starve the reads)
         n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
         ds = read_dataset(inp).map_batches(
-            RouterActor, fn_constructor_kwargs={"bundle": bundle, "route_kw": route_kw, "base": base, "done": done},
+            RouterActor, fn_constructor_kwargs={"bundle": bundle, "opts": opts, "base": base, "done": done},
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=1,
             batch_format="numpy")
         return _write(ds, out, fd, parquet, done, on_progress)

@@ -343,15 +343,20 @@ class Router:
         return number(lam, "lambda", hi=MAX_LAMBDA)
 
     def route(self, images, question: str, *, models=None, exclude=None, lam: float | str | None = None,
-              max_cost: float | None = None, explain: bool = False, explore=None) -> Decision:
+              max_cost: float | None = None, explain: bool = False, explore=None,
+              options: RouteOptions | None = None) -> Decision:
         return self.route_many([(_as_list(images), question)], models=models, exclude=exclude, lam=lam,
-                               max_cost=max_cost, explain=explain, explore=explore)[0]
+                               max_cost=max_cost, explain=explain, explore=explore, options=options)[0]
 
     def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | str | None = None,
-                   max_cost: float | None = None, explain: bool = False, explore=None) -> list[Decision]:
-        """Route (images, question) pairs in batches; one Decision per query, in order."""
-        opts = self.options(models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain,
-                            explore=explore)
+                   max_cost: float | None = None, explain: bool = False, explore=None,
+                   options: RouteOptions | None = None) -> list[Decision]:
+        """Route (images, question) pairs in batches; one Decision per query, in order. The options are resolved
+        here (`options`), or were resolved once by the caller and given as `options` (then give no other option)."""
+        if options is not None and (explain or any(v is not None for v in (models, exclude, lam, max_cost, explore))):
+            raise OptionError("give either options= or the individual routing options, not both")
+        opts = options if options is not None else self.options(models=models, exclude=exclude, lam=lam,
+                                                                max_cost=max_cost, explain=explain, explore=explore)
         batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
         queries = [_as_query(x) for x in _as_iterable(queries)]
         chunks = [queries[s:s + batch_size] for s in range(0, len(queries), batch_size)]
