@@ -652,12 +652,10 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
 
     if address and engine != "ray":
         raise click.UsageError("--address is for --engine ray")
-    if engine == "ray" and (log_dir or explore):
-        raise click.UsageError("--log and --explore are for the local engine (the Ray engine does not log yet)")
     router = _load_router(bundle, provider)
     opts = router.options(models=_names(models), exclude=_names(exclude, "--exclude"), lam=lam, max_cost=max_cost,
                           explore=explore)
-    log = _start_log(router, log_dir, log_content)
+    log = None if engine == "ray" else _start_log(router, log_dir, log_content)
     total = count_records(Path(inp)) if inp != "-" and Path(inp).is_file() else None
     said = set()
 
@@ -670,7 +668,12 @@ def route_batch_cmd(inp, out, batch_size, models, exclude, lam, max_cost, engine
 
         if inp == "-":
             raise click.UsageError("--engine ray reads files (JSONL, CSV, Parquet), not standard input")
-        res = route_batch_ray(router, inp, out, bundle=bundle, address=address, batch_size=batch_size, opts=opts)
+        if log_dir is None and log_content:
+            raise click.UsageError("--log-content needs --log DIR")
+        from .runtime.decisionlog import log_folder
+
+        res = route_batch_ray(router, inp, out, bundle=bundle, address=address, batch_size=batch_size, opts=opts,
+                              log=None if log_dir is None else (str(log_folder(log_dir).resolve()), log_content))
     elif total is None:
         res = route_batch(router, inp, out, opts=opts, batch_size=batch_size, on_problem=problem)
     else:

@@ -33,11 +33,13 @@ _SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
 class RouterActor:
     """One Router per Ray actor; `__call__` routes one batch of rows and returns (id, decision JSON, problem)."""
 
-    def __init__(self, bundle: str | None, opts, base: str, done: frozenset[str]):
+    def __init__(self, bundle: str | None, opts, base: str, done: frozenset[str], log: tuple[str, bool] | None = None):
         from .router import Router
 
         self.router = Router.load(bundle, provider="cpu")
         self.opts, self.base, self.done = opts, Path(base), done
+        if log is not None:   # each actor appends its own files to the (shared) log folder
+            self.router.start_log(log[0], content=log[1])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
@@ -70,6 +72,8 @@ class RouterActor:
             ids.append(q["id"])
             decisions.append(json.dumps(d.to_dict(), allow_nan=False) if d is not None else "")
             problems.append(err)
+        if self.router.log is not None:   # an actor may be stopped without notice once the last batch is out
+            self.router.log.flush()
         return {"id": np.array(ids, dtype=object), "decision": np.array(decisions, dtype=object),
                 "problem": np.array(problems, dtype=object)}
 
@@ -112,9 +116,10 @@ def read_dataset(inp: str):
 
 def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | None, address: str | None = None,
                     opts=None, batch_size: int = 64, actors: int | None = None,
-                    on_progress: Callable[[int], None] | None = None) -> dict:
+                    on_progress: Callable[[int], None] | None = None, log: tuple[str, bool] | None = None) -> dict:
     """Route `inp` with Ray Data; `opts` (`RouteOptions`, resolved once by the caller with `router`; None = the
-    bundle's defaults) travel to every actor as they are."""
+    bundle's defaults) travel to every actor as they are. `log`: (folder, content): each actor logs its decisions
+    there (`runtime.decisionlog`; the folder must be reachable by the actors)."""
     try:
         import ray
     except ModuleNotFoundError:
@@ -141,7 +146,8 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
         # one CPU per actor, and one left for the read tasks (all CPUs held by actors would starve the reads)
         n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
         ds = read_dataset(inp).map_batches(
-            RouterActor, fn_constructor_kwargs={"bundle": bundle, "opts": opts, "base": base, "done": done},
+            RouterActor, fn_constructor_kwargs={"bundle": bundle, "opts": opts, "base": base, "done": done,
+                                                "log": log},
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=1,
             batch_format="numpy")
         return _write(ds, out, fd, parquet, done, on_progress)

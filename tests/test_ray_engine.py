@@ -38,7 +38,7 @@ def test_ray_engine_matches_the_local_engine(local_ray, runner, tmp_path):
     res_local = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "local.jsonl"),
                                      "--lambda", "budget_25"])
     res_ray = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray",
-                                   "--lambda", "budget_25", "--batch-size", "4"])
+                                   "--lambda", "budget_25", "--batch-size", "4", "--log", str(tmp_path / "log")])
     assert res_local.exit_code == res_ray.exit_code == 1, res_ray.output
     local = {d["id"]: d for d in map(json.loads, (tmp_path / "local.jsonl").read_text().splitlines())}
     dist = {d["id"]: d for d in map(json.loads, (tmp_path / "ray.jsonl").read_text().splitlines())}
@@ -48,6 +48,13 @@ def test_ray_engine_matches_the_local_engine(local_ray, runner, tmp_path):
         a = {c["name"]: c["utility"] for c in local[k]["candidates"]}
         b = {c["name"]: c["utility"] for c in dist[k]["candidates"]}
         assert a.keys() == b.keys() and max(abs(a[n] - b[n]) for n in a) < 1e-5
+    # the actors logged every decision they made, under the ids the output carries (issue 26)
+    from lr_onnx.runtime.decisionlog import DECISIONS, log_files, read_records
+
+    logged = {r["id"]: r for r in read_records(log_files(tmp_path / "log", DECISIONS))}
+    # (the actors also routed the duplicate id, which the driver then left out of OUT: one decision more)
+    assert {d["decision_id"] for d in dist.values()} <= set(logged) and len(logged) == len(dist) + 1
+    assert all(logged[d["decision_id"]]["chosen"] == d["model"] for d in dist.values())
     assert "malformed JSON" in res_ray.output and "duplicate id" in res_ray.output
     assert "bad-uri" in res_ray.output and "nowhere.png" in res_ray.output and "bad-image" in res_ray.output
     # resumable like the local engine: a rerun on the same OUT routes nothing new
