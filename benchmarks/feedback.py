@@ -46,7 +46,7 @@ IN_DOMAIN_BAR = -0.005      # refresh never worse than frozen by more than this 
 def stream_table(source: Path, ids: list[str]):
     """(features [n, D_q], scores [n, K], costs [n, K], availability [n, K], model names) of the stream, in order."""
     from lr_onnx.export.data import load_dataset
-    from lr_onnx.export.features import encode_dataset
+    from lr_onnx.export.encoding import encode_dataset
 
     data = load_dataset(source)
     q = encode_dataset(data, progress=False)
@@ -150,6 +150,26 @@ def scenario(name: str, work: Path, meta: dict, *, explore: str, lam: float, eve
     return res
 
 
+def other_orders(name: str, work: Path, meta: dict, seeds: list[int], *, explore: str, lam: float,
+                 every: int) -> dict:
+    """In domain, refresh against frozen on more stream orders (no retrained ceiling: it would be one training per
+    order): does "never worse than frozen by more than 0.005" hold beyond the one order the table uses?"""
+    src = Path(meta["source"])
+    records = feedback_setup._records(src)
+    out: dict = {}
+    for seed in seeds:
+        q, Y, C, A, names, _ = stream_table(src, feedback_setup.stream_ids(records, seed=seed))
+        for setting in ("off", explore):
+            row = {arm: replay(work / "bundles" / f"{name}_history", q, Y, C, A, names,
+                               explore=None if setting == "off" else setting, lam=lam, every=every, learn=learn,
+                               work=work / "replay" / f"{name}_order{seed}_{arm}")[0]["score_second_half"]
+                   for arm, learn in (("frozen", False), ("refresh", True))}
+            row["refresh_minus_frozen"] = round(row["refresh"] - row["frozen"], 6)
+            out.setdefault("no_explore" if setting == "off" else "explore", []).append({"stream_seed": seed, **row})
+            print(f"{name:10s} order {seed} {setting:14s} refresh - frozen {row['refresh_minus_frozen']:+.4f}", flush=True)
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, type=Path)
@@ -160,6 +180,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lam", type=float, default=0.0)
     ap.add_argument("--explore", default="thompson:0.5")
     ap.add_argument("--only", nargs="*", default=list(feedback_setup.SCENARIOS))
+    ap.add_argument("--order-seeds", nargs="*", type=int, default=[8, 9],
+                    help="More stream orders for the in-domain refresh-vs-frozen check.")
     a = ap.parse_args(argv)
     feedback_setup.main(["--work", str(a.work), "--shared", str(a.shared), "--grid", str(a.grid)])
     streams = json.loads((a.work / "streams.json").read_text())
@@ -171,6 +193,11 @@ def main(argv=None) -> None:
         out.setdefault("scenarios", {})[name] = scenario(name, a.work, streams[name], explore=a.explore, lam=a.lam,
                                                          every=a.every)
         atomic_write_text(a.out, json.dumps(out, indent=2) + "\n")
+    for name in ("blindtest", "merged"):
+        if name in a.only and a.order_seeds:
+            out.setdefault("in_domain_orders", {})[name] = other_orders(
+                name, a.work, streams[name], a.order_seeds, explore=a.explore, lam=a.lam, every=a.every)
+            atomic_write_text(a.out, json.dumps(out, indent=2) + "\n")
     sc = out.get("scenarios", {})
     bars = {}
     for name in ("shift", "new_model"):
@@ -181,7 +208,9 @@ def main(argv=None) -> None:
     for name in ("blindtest", "merged"):
         if name in sc:
             for setting in ("no_explore", "explore"):
-                bars[f"{name}_{setting}_refresh_not_worse"] = sc[name][setting]["refresh_minus_frozen"] >= IN_DOMAIN_BAR
+                more = [r["refresh_minus_frozen"] for r in out.get("in_domain_orders", {}).get(name, {}).get(setting, [])]
+                bars[f"{name}_{setting}_refresh_not_worse"] = min([sc[name][setting]["refresh_minus_frozen"]] + more) \
+                    >= IN_DOMAIN_BAR
     out["bars"] = bars
     atomic_write_text(a.out, json.dumps(out, indent=2) + "\n")
     print(json.dumps(bars, indent=2))

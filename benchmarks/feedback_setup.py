@@ -39,10 +39,10 @@ def _subject(rec: dict) -> str:
     return str((rec.get("dataset") or "").split("/", 1)[-1])
 
 
-def stream_ids(records: list[dict], *, held: set[str] | None = None) -> list[str]:
+def stream_ids(records: list[dict], *, held: set[str] | None = None, seed: int = STREAM_SEED) -> list[str]:
     """The stream: the test split (or, for the shift scenario, every row of the held-out subjects), seeded order."""
     ids = [r["id"] for r in records if (r.get("split") == "test" if held is None else _subject(r) in held)]
-    return [ids[i] for i in np.random.default_rng(STREAM_SEED).permutation(len(ids))]
+    return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
 
 def held_subjects(records: list[dict]) -> set[str]:

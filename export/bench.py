@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.features import n_words, pool_images, query_features
+from ..runtime.features import IMAGE_DIM, n_words, pool_images, query_features
 from ..runtime.policy import choose
 from ..runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
 
@@ -92,7 +92,8 @@ class Pipelines:
         import torch
 
         from .encoders import load_image_encoder, load_text_encoder, minilm_dir
-        from .export import export_graphs, quantize_encoders
+        from .graphs import export_graphs
+        from .quantise import quantize_encoders
 
         torch.manual_seed(0)
         torch.set_num_threads(threads)
@@ -187,7 +188,7 @@ class Pipelines:
         """Decode + preprocess + encoders + router + policy for a batch; returns the choices."""
         pix = [self.prep(self.decode(b), variant) for b in images if b is not None]
         text = self.text(variant, questions)
-        img = np.zeros((len(questions), 1280), np.float32)
+        img = np.zeros((len(questions), IMAGE_DIM), np.float32)
         if pix:
             per = self.image(variant, np.stack(pix))
             j = 0

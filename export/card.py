@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .files import atomic_write_text
+from .rundir import METRICS, RunDir
 
 # The project's reading of each source's README (../shared/data/NAME/README.md, section "License").
 SOURCES = {
@@ -26,9 +27,9 @@ SOURCES = {
 
 
 def card(run_dir: Path, bundle_dir: Path, sources: list[str]) -> str:
-    m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    m = RunDir.of(run_dir).read_json(METRICS)
     man = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
-    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    cfg = RunDir.of(run_dir).config()
     lr = m["methods"]["latentrouter"]
     pool = man["pool"]
     mem = man.get("memory")

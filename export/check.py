@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 
 from .data import RoutingData
-from .metrics import best_single, oracle_choice, random_router, routed_means, single_models
+from .routing_metrics import best_single, oracle_choice, random_router, routed_means, single_models
 from .splits import SPLITS_FILE, make_splits, read_splits, split_masks
 
 # Thresholds of a fair multimodal routing benchmark (issue: demo benchmark properties).

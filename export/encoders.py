@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_DIM = 1280
-TEXT_DIM = 384
+from ..runtime.features import IMAGE_DIM, TEXT_DIM  # noqa: F401  (defined once, with the query vector)
 
 # ----------------------------------------------------------------------------- EfficientNet-Lite0
 

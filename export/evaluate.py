@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.policy import LAMBDA_GRID, choose
-from . import metrics as M
+from . import routing_metrics as M
 from .files import atomic_write_text
 from .train import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
+from .rundir import METRICS, RunDir
 
 METHODS = ["latentrouter", "memory_only", "network_only", "no_memory", "no_slice_prior", "no_communication",
            "text_only", "knn", "mf", "mlp", "irt", "task_lookup", "random",
@@ -91,7 +92,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
                 Pa = load_training_set(data_dir, slices=tcfg.slices, text_only=True, progress=False)
             else:
                 Pa = replace(P, memory=P.memory if abl.memory else None, mem_cols=P.mem_cols if abl.memory else None)
-            if not (sub / "weights.safetensors").is_file():
+            if not RunDir(sub).trained:
                 train(data_dir, sub, abl, prepared=Pa, progress=progress)
             anet, acfg = load_router(sub)
             if abl.memory and Pa.memory is None:
@@ -167,7 +168,7 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
         "per_query_cost": per_query_cost(P, rows, scores["latentrouter"][nv:], Y, C, A, ref, names),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_text(run_dir / "metrics.json", json.dumps(out, indent=2, allow_nan=False) + "\n")
+    RunDir.of(run_dir).write_json(METRICS, out, allow_nan=False)
     plot_frontier(run_dir / "frontier.png", curves, out)
     atomic_write_text(run_dir / "report.md", report(out))
     return out

@@ -98,7 +98,7 @@ def estimate(cols: np.ndarray) -> np.ndarray:
 def routing_value(scores: np.ndarray, P, rows: np.ndarray) -> tuple[float, float]:
     """(score at lambda 0, nAUC) of routing `rows` by `scores` with the run's per-query costs: what selection
     compares, on validation only."""
-    from . import metrics as M
+    from . import routing_metrics as M
     from .evaluate import sweep
 
     d = P.data

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.profiles import assign_slices, new_model_profile
-from . import metrics as M
+from . import routing_metrics as M
 from .evaluate import sweep
 from .files import atomic_write_text
 from .pool import spread_over_slices
 from .train import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
+from .rundir import RunDir
 
 SIZES = (24, 48, 96)
 PICK_SEED = 20260308
@@ -70,7 +71,7 @@ def added_model_feat(P_wo: TrainingSet, full: TrainingSet, k_full: int, rows: np
 
 def _trained(data_dir: Path, run_dir: Path, cfg: TrainConfig, P: TrainingSet, progress: bool):
     """The router of `run_dir` (trained on `P` first if absent), with `P` given the run's memory."""
-    if not (run_dir / "weights.safetensors").is_file():
+    if not RunDir(run_dir).trained:
         train(data_dir, run_dir, cfg, prepared=P, progress=progress)
     net, run_cfg = load_router(run_dir)
     if net.cfg.memory and P.memory is None:

@@ -7,7 +7,6 @@ network weights are not touched, and K simply grows by one.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,35 +16,19 @@ from ..runtime.errors import DataError
 from ..runtime.manage import write_proposal
 from ..runtime.profiles import ProfileSpace, new_model_profile
 from .data import load_outcomes_for
-from .files import atomic_write_text
-
-
-PER_MODEL = ("models", "raw_profiles", "e_bar", "cost_model")  # profiles.json's lists with one entry per pool model
+from .rundir import PER_MODEL, RunDir
 
 
 def read_profiles(run_dir: str | Path) -> dict:
-    """A run's profiles.json, with every per-model list checked for one entry per model (a list that
-    stopped short would silently drop models wherever the lists are zipped together)."""
-    run_dir = Path(run_dir)
-    p = run_dir / "profiles.json"
-    if not p.is_file():
-        raise DataError(f"{run_dir}: no profiles.json (not a run folder from lr-onnx train)")
-    prof = json.loads(p.read_text(encoding="utf-8"))
-    lengths = {k: len(prof[k]) for k in PER_MODEL if isinstance(prof.get(k), list)}
-    if len(set(lengths.values())) > 1:
-        raise DataError(f"{p}: its per-model lists disagree on the pool size ("
-                        + ", ".join(f"{k} {n}" for k, n in lengths.items()) + "); re-add the models or retrain")
-    return prof
+    """A run's profiles.json, checked (`RunDir.profiles`)."""
+    return RunDir.of(run_dir).profiles()
 
 
 _read = read_profiles
 
 
 def _run_config(run_dir: Path) -> dict:
-    p = run_dir / "config.json"
-    if not p.is_file():
-        raise DataError(f"{run_dir}: no config.json (not a run folder from lr-onnx train)")
-    return json.loads(p.read_text(encoding="utf-8"))
+    return RunDir.of(run_dir).config()
 
 
 def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in: float | None = None,
@@ -80,7 +63,7 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
     if mem is not None:   # its labelled queries join the run's memory (kept in the retrieval space, 128 numbers each)
         prof["models"][-1]["memory"] = {"keys": np.round(mem.embed(q), 5).tolist(), "outcomes": y.tolist()}
     predicted = _predicted_mean(run_dir, prof, q)
-    atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")
+    RunDir.of(run_dir).write_profiles(prof)
     return {"name": name, "queries": int(ok.sum()), "observed_score": float(y.mean()),
             "predicted_score": predicted, "expected_cost": float(e_bar), "cost_estimator": estimator,
             "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
@@ -179,4 +162,4 @@ def remove_model(run_dir: str | Path, name: str) -> None:
     for key in PER_MODEL:
         if isinstance(prof.get(key), list):
             prof[key].pop(j)
-    atomic_write_text(run_dir / "profiles.json", json.dumps(prof, indent=2) + "\n")
+    RunDir.of(run_dir).write_profiles(prof)

@@ -24,6 +24,7 @@ import numpy as np
 from .evaluate import evaluate
 from .files import atomic_write_text
 from .train import TrainConfig, train
+from .rundir import RunDir
 
 BASE_SEED = 20260308
 KEYS = ("nauc", "score_at_lambda0", "cost_at_lambda0", "qnc", "rank_score", "apgr", "peak_score")
@@ -53,7 +54,7 @@ def run(data_dir: Path, out: Path, seeds: int, slices: int, epochs: int, setting
     for i in range(seeds):
         run_dir = out / f"seed{i}"
         cfg = TrainConfig(seed=BASE_SEED + i, slices=slices, epochs=epochs, setting=setting)
-        if not (run_dir / "weights.safetensors").is_file():
+        if not RunDir(run_dir).trained:
             train(data_dir, run_dir, cfg)
         per_seed.append(evaluate(run_dir, ablations=i < ablation_seeds))
     methods = list(dict.fromkeys(m for s in per_seed for m in s["methods"]))
@@ -77,7 +78,7 @@ def run(data_dir: Path, out: Path, seeds: int, slices: int, epochs: int, setting
                         "within_one_std": -v <= max(lr[key]["std"], agg[m][key]["std"])}
                     for m, v in margins[key].items() if v < 0} for key in margins}
     checks["every_miss_within_one_std"] = all(x["within_one_std"] for d in misses.values() for x in d.values())
-    used = len(json.loads((out / "seed0" / "profiles.json").read_text(encoding="utf-8"))["space"]["centroids"])
+    used = len(RunDir(out / "seed0").profiles()["space"]["centroids"])
     result = {"data": str(data_dir), "seeds": [BASE_SEED + i for i in range(seeds)], "ablation_seeds": ablation_seeds,
               "slices": slices, "slices_used": used, "epochs": epochs, "setting": setting, "best_single": bs,
               "oracle": per_seed[0]["oracle"],

@@ -8,7 +8,6 @@ Same seed, same result: CPU training is deterministic.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,10 +19,10 @@ from ..runtime.features import HAS_IMAGE_COL, TEXT_DIM
 from ..runtime.memory import COLUMNS
 from ..version import __version__
 from .data import RoutingData, load_dataset
-from .files import atomic_write_text
 from ..runtime.profiles import ProfileSpace, model_features
-from .profiles import SLICES, build_profiles
+from .slices import SLICES, build_profiles
 from .splits import SPLIT_SEED, ensure_splits, split_masks
+from .rundir import CONFIG, RunDir, WEIGHTS
 
 
 @dataclass
@@ -110,7 +109,7 @@ def run_features(data: RoutingData, text_only: bool, *, progress: bool = True) -
     """Query features `[N, D_q]` as a run's router sees them: the `--text-only` ablation zeroes everything
     after the text vector (image, flag, side features) and keeps only log(1 + words) in the last column.
     Training, `models propose` and `models add` all go through here, so their slices agree."""
-    from .features import encode_dataset
+    from .encoding import encode_dataset
 
     q = encode_dataset(data, progress=progress)
     if text_only:
@@ -360,23 +359,22 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ensure_splits(d, directory=out)                      # the split this run used, for the record
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "weights.safetensors"))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / WEIGHTS))
     summary = {"best_val_utility": best, "epochs_run": len(curves), "seconds": time.perf_counter() - t0,
                "train_rows": int(len(fit)), "val_rows": int(len(val))}
     memory = None if P.memory is None else {"settings": P.memory.settings.to_dict(), "size": P.memory_size,
                                             "rows": len(P.memory), "blend": blend}
+    run = RunDir(out)
     if selection is not None:
-        atomic_write_text(out / "memory_selection.json", json.dumps(selection, indent=1) + "\n")
-    atomic_write_text(out / "config.json", json.dumps({
-        "lr_onnx_version": __version__, "data": str(Path(data_dir).resolve()), "router": rcfg.to_dict(),
-        "train": asdict(cfg), "memory": memory, "summary": summary}, indent=2) + "\n")
-    atomic_write_text(out / "profiles.json", json.dumps({
-        "models": d.models, "space": P.space.to_dict(), "raw_profiles": P.raw_profiles.tolist(),
-        "e_bar": P.e_bar.tolist(), "cost_estimator": "calib_mean", "cost_model": P.cost_model}, indent=2) + "\n")
-    atomic_write_text(out / "curves.json", json.dumps(curves, indent=2) + "\n")
-    from .features import ENCODER_VERSION, IMAGE_SPEC, TEXT_SPEC
-    atomic_write_text(out / "preprocessing.json", json.dumps({
-        "encoder_version": ENCODER_VERSION, "image": IMAGE_SPEC.to_dict(), "text": TEXT_SPEC.to_dict()}, indent=2) + "\n")
+        run.write_json("memory_selection.json", selection, indent=1)
+    run.write_json(CONFIG, {"lr_onnx_version": __version__, "data": str(Path(data_dir).resolve()),
+                            "router": rcfg.to_dict(), "train": asdict(cfg), "memory": memory, "summary": summary})
+    run.write_profiles({"models": d.models, "space": P.space.to_dict(), "raw_profiles": P.raw_profiles.tolist(),
+                        "e_bar": P.e_bar.tolist(), "cost_estimator": "calib_mean", "cost_model": P.cost_model})
+    run.write_json("curves.json", curves)
+    from .encoding import ENCODER_VERSION, IMAGE_SPEC, TEXT_SPEC
+    run.write_json("preprocessing.json", {"encoder_version": ENCODER_VERSION, "image": IMAGE_SPEC.to_dict(),
+                                          "text": TEXT_SPEC.to_dict()})
     return summary
 
 
@@ -386,12 +384,12 @@ def load_router(run_dir: str | Path):
 
     from .model import LatentRouter, RouterConfig
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "weights.safetensors").is_file() or not (run_dir / "config.json").is_file():
-        raise DataError(f"{run_dir}: not a run folder (needs weights.safetensors and config.json from lr-onnx train)")
-    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    run = RunDir.of(run_dir)
+    if not run.trained:
+        raise DataError(f"{run.path}: not a run folder (needs {WEIGHTS} and {CONFIG} from lr-onnx train)")
+    cfg = run.config()
     net = LatentRouter(RouterConfig.from_dict(cfg["router"]))
-    net.load_state_dict(load_file(str(run_dir / "weights.safetensors")))
+    net.load_state_dict(load_file(str(run.weights)))
     return net.eval(), cfg
 
 

@@ -16,11 +16,12 @@ import numpy as np
 
 from ..runtime.errors import DataError
 from ..runtime.profiles import ProfileSpace
-from . import metrics as M
+from . import routing_metrics as M
 from .data import load_dataset
 from .evaluate import _f, sweep
 from .files import atomic_write_text
 from .train import load_router, predict, run_features
+from .rundir import RunDir
 
 
 def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str = "test",
@@ -29,7 +30,7 @@ def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str 
     net, cfg = load_router(run_dir)
     if cfg["train"].get("text_only"):
         raise DataError(f"{run_dir} is a --text-only ablation run; transfer evaluation needs the full router")
-    prof = json.loads((run_dir / "profiles.json").read_text(encoding="utf-8"))
+    prof = RunDir.of(run_dir).profiles()
     data = load_dataset(other_dir)
     run_models = [m["name"] if isinstance(m, dict) else m for m in prof["models"]]
     shared = [m for m in run_models if m in data.model_names]

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bounds import MAX_LAMBDA
 from .costs import rule_spec
 from .errors import BundleError
 from .features import HAS_IMAGE_COL
@@ -119,6 +120,20 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
     return Bundle(path, manifest, verify)
 
 
+def self_contained(graph: bytes, folder, file: str) -> None:
+    """A graph that refers to external data would make ONNX Runtime read a file outside the hash gate."""
+    from .onnx_proto import ProtoError, external_data
+
+    try:
+        refs = external_data(graph)
+    except ProtoError as e:
+        raise BundleError(f"{folder}: {file} is not a valid ONNX graph ({e})") from None
+    if refs:
+        named = ", ".join(repr(r) for r in refs if r) or "an unnamed file"
+        raise BundleError(f"{folder}: {file} keeps tensors as external data ({named}); a bundle's graphs must be "
+                          f"self-contained (every file the runtime reads is listed and hashed)")
+
+
 # ----------------------------------------------------------------------------- manifest schema
 def validate_manifest(m, path: Path) -> None:
     """Refuse, with one line naming the entry, any manifest the runtime could not route with safely."""
@@ -195,7 +210,7 @@ def validate_manifest(m, path: Path) -> None:
             raise BundleError(f"{where}: duplicate model name {name!r} in 'pool'")
         seen.add(name)
         num(p.get("expected_cost_usd"), f"{ctx}expected_cost_usd (model {name!r})", hi=1e6)
-        num(p.get("cost_hat"), f"{ctx}cost_hat (model {name!r})", hi=1e9)
+        num(p.get("cost_hat"), f"{ctx}cost_hat (model {name!r})", hi=MAX_LAMBDA)
         for key in ("price_in_per_mtok", "price_out_per_mtok"):
             if p.get(key) is not None:
                 num(p[key], f"{ctx}{key} (model {name!r})", hi=1e6)
@@ -245,12 +260,12 @@ def validate_manifest(m, path: Path) -> None:
     lam = m.get("lambda", {})
     if not isinstance(lam, dict):
         raise BundleError(f"{where}: 'lambda' must be an object")
-    num(lam.get("default", 0.0), "lambda.default", hi=1e9)
+    num(lam.get("default", 0.0), "lambda.default", hi=MAX_LAMBDA)
     presets = lam.get("presets", {})
     if not isinstance(presets, dict):
         raise BundleError(f"{where}: lambda.presets must be an object")
     for key, p in presets.items():
-        num(p.get("lambda") if isinstance(p, dict) else None, f"lambda.presets.{key}.lambda", hi=1e9)
+        num(p.get("lambda") if isinstance(p, dict) else None, f"lambda.presets.{key}.lambda", hi=MAX_LAMBDA)
 
 
 def _validate_memory(m: dict, files: dict, where: str, path: Path) -> int:

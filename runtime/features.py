@@ -40,3 +40,34 @@ def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images: np.n
                      np.log1p(np.asarray(words, np.float32))], axis=1)
     return np.concatenate([l2_normalise(np.asarray(text_vecs, np.float32)), np.asarray(image_vecs, np.float32),
                            side], axis=1).astype(np.float32)
+
+
+def encode_raw_queries(questions: list[str], images: list[list], text, image, *, text_batch: int | None = None,
+                       image_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The one query pipeline, for any encoders: (text `[B, 384]`, pooled image `[B, 1280]`) of B queries.
+
+    `text(questions) -> [n, 384]` tokenises and encodes; `image(items) -> [n, 1280]` encodes images (items are
+    whatever it takes: prepared tensors, paths, cache keys), one row each. Each runs on at most `*_batch` items at
+    a time (None: all at once). A query's images are pooled by `pool_images`; a query without any gets zeros.
+    ONNX Runtime at serving (`Router.encode`), PyTorch at training (`export.encoding`)."""
+    B = len(questions)
+    tb = text_batch or max(B, 1)
+    text_vecs = np.concatenate([np.asarray(text(questions[s:s + tb]), np.float32) for s in range(0, B, tb)]) \
+        if B else np.zeros((0, TEXT_DIM), np.float32)
+    flat = [x for row in images for x in row]
+    ib = image_batch or max(len(flat), 1)
+    per = np.concatenate([np.asarray(image(flat[s:s + ib]), np.float32) for s in range(0, len(flat), ib)]) \
+        if flat else np.zeros((0, IMAGE_DIM), np.float32)
+    pooled = np.zeros((B, IMAGE_DIM), np.float32)
+    start = 0
+    for i, row in enumerate(images):
+        if row:
+            pooled[i] = pool_images(per[start:start + len(row)])
+            start += len(row)
+    return text_vecs, pooled
+
+
+def encode_queries(questions: list[str], images: list[list], text, image, **batches) -> np.ndarray:
+    """`[B, D_q]` query features through the one pipeline (`encode_raw_queries`, then `query_features`)."""
+    t, i = encode_raw_queries(questions, images, text, image, **batches)
+    return query_features(t, i, [len(r) for r in images], [n_words(q) for q in questions])

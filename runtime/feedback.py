@@ -21,13 +21,13 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
+from .bounds import MAX_COST_USD
 from .decisionlog import DECISIONS, FEEDBACK, SUFFIX, log_files, log_folder, read_records
 from .errors import InputError, LrOnnxError
 from .validate import loads_json, number, read_regular_file, text
 
 DEFAULT_WINDOW_H = 24.0 * 7
 FIELDS = ("id", "score", "cost", "model")
-MAX_COST_USD = 1e6
 LOCK = ".feedback.lock"
 
 

@@ -9,17 +9,17 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from .bounds import MAX_PRICE_PER_MTOK
 from .bundle import MANIFEST, load_bundle
 from .costs import mean_output_tokens, rule_spec
 from .errors import BundleError, InputError, OptionError
 from .memory import Memory
-from .files import atomic_write_text
+from .files import atomic_write_text, staged_folder
 from .validate import number, text
 from .policy import LAMBDA_GRID, choose
 from .profiles import ProfileSpace, new_model_profile
@@ -41,18 +41,11 @@ def _edited_copy(src: Path, out: str | os.PathLike):
     if not out.parent.is_dir():
         raise InputError(f"{out}: the folder {out.parent} does not exist")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise InputError(f"{out.parent}: cannot be written ({e.strerror})") from None
-    try:
-        shutil.rmtree(tmp)
-        shutil.copytree(src, tmp)
-        yield tmp
-        os.replace(tmp, out)
+        with staged_folder(out, InputError) as tmp:    # the one staged-folder writer (runtime.files)
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            yield tmp
     except OSError as e:
         raise InputError(f"{out}: cannot be written ({e.strerror or type(e).__name__})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[list, str]], y: np.ndarray,
@@ -65,8 +58,8 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     if len(queries) == 0:
         raise InputError(f"no labelled query for '{name}'")
     name = text(name, "model name").strip()
-    price_in = None if price_in is None else number(price_in, "price_in (USD per 1M tokens)", hi=1e6)
-    price_out = None if price_out is None else number(price_out, "price_out (USD per 1M tokens)", hi=1e6)
+    price_in = None if price_in is None else number(price_in, "price_in (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
+    price_out = None if price_out is None else number(price_out, "price_out (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
     space = ProfileSpace.from_dict(m["profile_space"])
     meta: list = []
     q = router.features(queries, meta=meta)
@@ -106,8 +99,6 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
 def write_proposal(out: str | os.PathLike, rows: list[dict], err: type[Exception]) -> None:
     """The new folder `out`: queries.jsonl (each row's fields, its images renamed into images/, empty
     outcomes for the new model's) plus copies of the images; whole or not at all (`staged_folder`)."""
-    from .files import staged_folder
-
     with staged_folder(out, err) as tmp:
         (tmp / "images").mkdir()
         lines = []

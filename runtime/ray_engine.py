@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +24,7 @@ import numpy as np
 from .batch import (append_lines, claim_out, input_label, open_out, parse_record, prepare_records, repair_and_read_ids,
                     route_records)
 from .errors import InputError
+from .files import atomic_write_bytes
 from .validate import loads_json
 
 _SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
@@ -201,11 +201,6 @@ def _write_parquet(out: Path, rows: list[dict]) -> None:
                       "decision": [json.dumps(r, allow_nan=False) for r in rows]})
     if not out.parent.is_dir():
         raise InputError(f"{out}: the folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(out, buf.getvalue().to_pybytes())   # the one atomic writer (runtime.files)

@@ -10,85 +10,27 @@ prices and preprocessing come from the bundle's manifest. No torch anywhere.
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .errors import BundleError, InputError, LrOnnxError, LrOnnxWarning, OptionError
-from .features import QUERY_DIM, n_words, pool_images, query_features
-from .policy import Explore, choose, explore_choice, parse_explore
+from .bounds import MAX_COST_USD, MAX_LAMBDA
+from .bundle import Bundle, load_bundle, self_contained
+from .errors import BundleError, LrOnnxError, OptionError
+from .features import QUERY_DIM, encode_queries
+from .policy import choose, explore_choice, parse_explore
 from .prefetch import prefetched
 from .costs import query_cost
 from .preprocess import DEFAULT_MAX_IMAGE_BYTES, ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
 from .memory import COLUMNS, Memory
 from .profiles import ProfileSpace, model_features, pool_features
 from .sessions import run
-from .validate import integer, names as valid_names, number, text
+from .decision import Candidate, Decision, Prepared, RouteOptions  # noqa: F401  (Router's API: importable here)
+from .validate import as_iterable, as_list, as_query, clean_question, integer, names as valid_names, number
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "bundle"
-MAX_QUESTION_CHARS = 20_000
-MAX_LAMBDA = 1e9
-MAX_COST_USD = 1e6
-
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    mu: float
-    sigma: float
-    mu_tilde: float
-    expected_cost: float
-    utility: float
-
-
-@dataclass(frozen=True)
-class RouteOptions:
-    """One request's validated options: which models may be chosen, lambda as a number, explain or not."""
-
-    avail: np.ndarray
-    lam: float
-    explain: bool = False
-    max_cost: float | None = None
-    explore: Explore | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The chosen model (None if no model may be used) and every available candidate, best first."""
-
-    model: str | None
-    lam: float
-    candidates: tuple[Candidate, ...]
-    excluded: tuple[str, ...] = ()
-    explain: dict = field(default_factory=dict)
-    coverage: dict | None = None  # {similarity, threshold, out_of_coverage}; None if the bundle has no threshold
-    id: str | None = None         # set when the router logs its decisions (feedback names the decision by it)
-    propensity: float = 1.0       # the probability the policy had of choosing `model` (below 1 only when exploring)
-
-    def to_dict(self) -> dict:
-        return {**({"decision_id": self.id} if self.id else {}), "model": self.model, "lambda": self.lam,
-                "excluded": list(self.excluded), "candidates": [c.__dict__ for c in self.candidates],
-                "coverage": self.coverage, **({"propensity": self.propensity} if self.propensity < 1 else {}),
-                **({"explain": self.explain} if self.explain else {})}
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A query after CPU preprocessing (`Router.prepare`): ready for the encoders."""
-
-    question: str
-    tensors: tuple[np.ndarray, ...]  # one [3, H, W] per image
-    sizes: tuple[tuple[int, int], ...]  # each image's original size (per-query image-token costs)
-
-    @property
-    def meta(self) -> tuple[str, tuple]:
-        return self.question, self.sizes
 
 
 SMALL_BATCH = 4  # router batches up to this size run single-threaded on the CPU (`Router.session`)
@@ -144,7 +86,7 @@ class Router:
                 if s is None:
                     file = self.bundle.manifest["graphs"][name]["file"]
                     data = self.bundle.read(file)
-                    _self_contained(data, self.bundle.path, file)
+                    self_contained(data, self.bundle.path, file)
                     s = new_session(data, name=file, provider=self.provider, threads=1 if small else self.threads,
                                     spinning=self.spinning)
                     self._check_graph(name, s)
@@ -232,7 +174,7 @@ class Router:
         (allow-listed decoders, pixel limit, decoded-byte budgets per image and, when given, for the request's
         images together) and turned into its tensor. Separate from `encode` so a server can decode requests
         as they arrive while the previous batch is in the encoders."""
-        question = _clean_question(question)
+        question = clean_question(question)
         budget = None if max_request_bytes is None else [int(max_request_bytes)]
         tensors, sizes = [], []
         for img in images:
@@ -245,21 +187,14 @@ class Router:
 
     def encode(self, prepared: list["Prepared"]) -> np.ndarray:
         """Raw query features `[B, D_q]` of prepared queries: the text and image encoders once for the batch."""
-        if not prepared:
-            return np.zeros((0, QUERY_DIM), np.float32)
-        questions = [p.question for p in prepared]
-        ids, mask = tokenize(self.tokenizer(), questions)
-        text = run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
-        image = np.zeros((len(prepared), 1280), np.float32)
-        tensors = [t for p in prepared for t in p.tensors]
-        if tensors:
-            per = run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
-            start = 0
-            for i, p in enumerate(prepared):
-                if p.tensors:
-                    image[i] = pool_images(per[start:start + len(p.tensors)])
-                    start += len(p.tensors)
-        return query_features(text, image, [len(p.tensors) for p in prepared], [n_words(q) for q in questions])
+        def text(questions):
+            ids, mask = tokenize(self.tokenizer(), questions)
+            return run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
+
+        def image(tensors):
+            return run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
+
+        return encode_queries([p.question for p in prepared], [list(p.tensors) for p in prepared], text, image)
 
     def features(self, queries: list[tuple[list, str]], meta: list | None = None) -> np.ndarray:
         """Raw query features `[B, D_q]` for (images, question) pairs; `meta` (if given) collects each query's
@@ -345,7 +280,7 @@ class Router:
     def route(self, images, question: str, *, models=None, exclude=None, lam: float | str | None = None,
               max_cost: float | None = None, explain: bool = False, explore=None,
               options: RouteOptions | None = None) -> Decision:
-        return self.route_many([(_as_list(images), question)], models=models, exclude=exclude, lam=lam,
+        return self.route_many([(as_list(images), question)], models=models, exclude=exclude, lam=lam,
                                max_cost=max_cost, explain=explain, explore=explore, options=options)[0]
 
     def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | str | None = None,
@@ -358,7 +293,7 @@ class Router:
         opts = options if options is not None else self.options(models=models, exclude=exclude, lam=lam,
                                                                 max_cost=max_cost, explain=explain, explore=explore)
         batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
-        queries = [_as_query(x) for x in _as_iterable(queries)]
+        queries = [as_query(x) for x in as_iterable(queries)]
         chunks = [queries[s:s + batch_size] for s in range(0, len(queries), batch_size)]
         out: list[Decision] = []
         for _, prepared in prefetched(chunks, lambda chunk: [self.prepare(im, q) for im, q in chunk]):
@@ -424,6 +359,7 @@ class Router:
                 avail[i] = within
         c_hat = cost / self.space.cost_scale
         sc = self.score_features(q, avail, c_hat)
+        from .explain import explain
         from .profiles import centroid_similarity
 
         sims = centroid_similarity(q, self.space.centroids) \
@@ -445,7 +381,7 @@ class Router:
                                       float(sc["mu_tilde"][i, k] - o.lam * c_hat[i, k]))
                             for k, n in enumerate(self.names) if avail[i, k]),
                            key=lambda c: (-c.utility, self.names.index(c.name)))
-            why = self._explain(q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}
+            why = explain(self, q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}
             out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(o.lam), tuple(cands),
                                 tuple(n for k, n in enumerate(self.names) if not avail[i, k]), why, cover[i],
                                 propensity=float(prop[i])))
@@ -496,90 +432,7 @@ class Router:
 
     def coverage(self, q: np.ndarray, closeness: np.ndarray | None = None, sims: np.ndarray | None = None
                  ) -> list[dict | None]:
-        """Per row: the best cosine similarity of the query to the capability slices' centroids and, with a
-        capability memory, the query's closeness to its labelled queries (`closeness`, from the memory columns).
-        Out of coverage: a similarity below the bundle's threshold (set at export: the 1st percentile of the
-        training queries' own similarities), or a closeness below `memory.MIN_CLOSENESS`, where every model's
-        score is about its global mean: a query unlike what the router was trained on."""
-        if self.coverage_threshold is None:
-            return [None] * len(q)
-        from .memory import MIN_CLOSENESS
-        from .profiles import centroid_similarity
+        """Per row: the query's coverage (`runtime.explain.coverage`)."""
+        from .explain import coverage
 
-        best = (centroid_similarity(q, self.space.centroids) if sims is None else sims).max(axis=1)
-        out = []
-        for i, b in enumerate(best):
-            far = closeness is not None and closeness[i] < MIN_CLOSENESS
-            row = {"similarity": round(float(b), 4), "threshold": round(self.coverage_threshold, 4)}
-            if closeness is not None:
-                row["memory_closeness"] = round(float(closeness[i]), 4)
-            out.append({**row, "out_of_coverage": bool(b < self.coverage_threshold or far)})
-        return out
-
-    def _explain(self, q: np.ndarray, cands: list[Candidate], memory: np.ndarray | None = None) -> dict:
-        """What drove the choice: the query's closest capability slices, what the capability memory's nearest
-        labelled queries say about the top models, and the margins at the top."""
-        from .profiles import centroid_similarity
-
-        sims = centroid_similarity(q[None], self.space.centroids)
-        top = np.argsort(-sims[0])[:3]
-        pool = {p["name"]: p for p in self.bundle.manifest["pool"]}
-        slices = [{"slice": int(s), "similarity": round(float(sims[0, s]), 4),
-                   "scores": {c.name: round(pool[c.name]["raw_profile"][1 + int(s)], 4) for c in cands[:3]}}
-                  for s in top]
-        margins = []
-        for a, b in zip(cands, cands[1:3]):
-            z = (a.mu_tilde - b.mu_tilde) / max(math.sqrt(a.sigma ** 2 + b.sigma ** 2), 1e-12)
-            margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
-                            "z": round(z, 3)})
-        out = {"closest_slices": slices, "pairwise_margins": margins}
-        if memory is not None:   # [K, 3]: estimate logit, log1p(evidence), closeness
-            mem = self.memory()
-            out["memory"] = {"neighbours": mem.settings.k, "closeness": round(float(memory[0, 2]), 4),
-                             "estimates": {c.name: {"estimate": round(float(1 / (1 + np.exp(-memory[k, 0]))), 4),
-                                                    "evidence": round(float(np.expm1(memory[k, 1])), 2)}
-                                           for c in cands[:3] for k in [self.names.index(c.name)]}}
-        return out
-
-
-def _self_contained(graph: bytes, folder, file: str) -> None:
-    """A graph that refers to external data would make ONNX Runtime read a file outside the hash gate."""
-    from .onnx_proto import ProtoError, external_data
-
-    try:
-        refs = external_data(graph)
-    except ProtoError as e:
-        raise BundleError(f"{folder}: {file} is not a valid ONNX graph ({e})") from None
-    if refs:
-        named = ", ".join(repr(r) for r in refs if r) or "an unnamed file"
-        raise BundleError(f"{folder}: {file} keeps tensors as external data ({named}); a bundle's graphs must be "
-                          f"self-contained (every file the runtime reads is listed and hashed)")
-
-
-def _as_list(images) -> list:
-    if images is None:
-        return []
-    if isinstance(images, (list, tuple)):
-        return list(images)
-    return [images]
-
-
-def _as_iterable(queries):
-    if isinstance(queries, (str, bytes)) or not hasattr(queries, "__iter__"):
-        raise InputError(f"queries must be a list of (images, question) pairs, got {type(queries).__name__}")
-    return queries
-
-
-def _as_query(x) -> tuple[list, str]:
-    if not isinstance(x, (tuple, list)) or len(x) != 2:
-        raise InputError("each query must be an (images, question) pair")
-    return _as_list(x[0]), x[1]
-
-
-def _clean_question(q) -> str:
-    q = text(q, "question")
-    if len(q) > MAX_QUESTION_CHARS:
-        warnings.warn(f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
-                      f"(the text encoder reads at most its first tokens anyway)", LrOnnxWarning, stacklevel=3)
-        q = q[:MAX_QUESTION_CHARS]
-    return q
+        return coverage(self, q, closeness, sims)

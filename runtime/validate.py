@@ -11,8 +11,10 @@ import math
 import numbers
 import os
 import stat
+import warnings
 
-from .errors import InputError, LrOnnxError
+from .bounds import MAX_QUESTION_CHARS
+from .errors import InputError, LrOnnxError, LrOnnxWarning
 
 MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 30  # longer integer literals in JSON are read as floats (inf past 1e308), never as bignums
@@ -162,3 +164,33 @@ def read_regular_file(path, cap: int, what: str, *, err: type[LrOnnxError] = Inp
 def _show(value) -> str:
     s = repr(value)
     return s if len(s) <= 40 else s[:37] + "..."
+
+
+# ----------------------------------------------------------------------------- a routing query's shape
+def as_list(images) -> list:
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
+
+
+def as_iterable(queries):
+    if isinstance(queries, (str, bytes)) or not hasattr(queries, "__iter__"):
+        raise InputError(f"queries must be a list of (images, question) pairs, got {type(queries).__name__}")
+    return queries
+
+
+def as_query(x) -> tuple[list, str]:
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise InputError("each query must be an (images, question) pair")
+    return as_list(x[0]), x[1]
+
+
+def clean_question(q) -> str:
+    q = text(q, "question")
+    if len(q) > MAX_QUESTION_CHARS:
+        warnings.warn(f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
+                      f"(the text encoder reads at most its first tokens anyway)", LrOnnxWarning, stacklevel=3)
+        q = q[:MAX_QUESTION_CHARS]
+    return q

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 from lr_onnx.export.encoders import load_text_encoder, minilm_dir
-from lr_onnx.export.export import export_graphs
+from lr_onnx.export.graphs import export_graphs
 from lr_onnx.export.model import LatentRouter, RouterConfig
 from lr_onnx.runtime.preprocess import TextSpec, load_tokenizer, tokenize
 

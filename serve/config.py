@@ -50,6 +50,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
+from ..runtime.bounds import MAX_QUESTION_CHARS
 from ..runtime.errors import InputError, OptionError
 from ..runtime.policy import parse_explore
 from ..runtime.validate import integer, number, read_regular_file, text
@@ -59,7 +60,7 @@ from ..runtime.validate import integer, number, read_regular_file, text
 class Limits:
     max_body_mb: float = 20.0
     max_images: int = 8
-    max_question_chars: int = 20_000
+    max_question_chars: int = MAX_QUESTION_CHARS
     max_json_depth: int = 32
     queue_size: int = 64
     allow_image_urls: bool = False

@@ -54,3 +54,33 @@ def test_runtime_sources_never_import_export_or_torch():
     offenders = [p.name for root in (repo / "runtime", repo / "serve") for p in root.rglob("*.py")
                  if pat.search(p.read_text())]
     assert offenders == []
+
+
+def test_import_rules_between_the_sides():
+    """The layout's rules (docs/architecture.md): runtime never imports export, serve or the CLI; serve never imports
+    export or the CLI; export never imports serve or the CLI. Read from the sources, imports inside functions too."""
+    import pathlib
+    import re
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    rules = {"runtime": ("export", "serve", "cli"), "serve": ("export", "cli"), "export": ("serve", "cli")}
+    offenders = []
+    for side, banned in rules.items():
+        pat = re.compile(r"^\s*(?:from|import)\s+(?:\.{2,}|lr_onnx\.)(" + "|".join(banned) + r")\b", re.M)
+        offenders += [f"{p.relative_to(repo)} imports {m.group(1)}" for p in (repo / side).rglob("*.py")
+                      for m in pat.finditer(p.read_text())]
+    assert offenders == []
+
+
+def test_no_source_file_outside_tests_is_longer_than_450_lines():
+    """One job per module (issue 25): a file that grows past this has started a second job."""
+    import pathlib
+    import subprocess
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "*.py"], cwd=repo, capture_output=True,
+                            text=True).stdout.split()
+    files = listed or [str(p.relative_to(repo)) for p in repo.rglob("*.py") if ".venv" not in p.parts]
+    long = {f: n for f in files if not f.startswith("tests/") and (repo / f).is_file()
+            and (n := len((repo / f).read_text(encoding="utf-8").splitlines())) > 450}
+    assert long == {}

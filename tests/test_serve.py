@@ -395,7 +395,7 @@ def test_sigterm_answers_every_admitted_request_then_exits_0(tmp_path):
 def test_serve_benchmark_quick_run_is_complete_and_clean(tmp_path):
     """`lr-onnx bench serve --quick` end to end: every level answered, nothing lost, only 200/503 under
     overload, and the numbers written where the README says (throughput itself is the benchmark's job)."""
-    from lr_onnx.serve.bench import run_serve_bench, table
+    from lr_onnx.serve.loadtest import run_serve_bench, table
 
     out = tmp_path / "serve.json"
     r = run_serve_bench(out, quick=True)

@@ -160,7 +160,7 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
     assert "Uncertainty (" in (run[0] / "report.md").read_text()
     presets = m["methods"]["latentrouter"]["presets"]
     assert presets["quality"]["lambda"] == 0.0 and presets["balanced"]["lambda"] == m["methods"]["latentrouter"]["lambda_val"]
-    from lr_onnx.export import metrics as M
+    from lr_onnx.export import routing_metrics as M
     from lr_onnx.export.data import load_dataset
     from lr_onnx.export.splits import ensure_splits, split_masks
 
@@ -404,7 +404,7 @@ def test_int8_text_encoder_stays_close_to_fp32(env, bundle):
     """8-bit MiniLM (MatMulNBits weights, int8 embedding table): a quarter of the size, cosine >= 0.995."""
     import onnxruntime as ort
 
-    from lr_onnx.export.export import quantize_text_encoder
+    from lr_onnx.export.quantise import quantize_text_encoder
     from lr_onnx.runtime.preprocess import TextSpec, load_tokenizer, tokenize
 
     src, dst = bundle[0] / "text_encoder.onnx", env / "text_int8.onnx"
@@ -425,7 +425,7 @@ def test_int8_keeps_the_cnn_fp32_and_int8_full_quantises_it(env, bundle):
 
     import onnx
 
-    from lr_onnx.export.export import quantize_encoders
+    from lr_onnx.export.quantise import quantize_encoders
 
     calib = np.random.default_rng(0).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
     for precision, cnn_int8 in (("int8", False), ("int8-full", True)):
@@ -447,7 +447,7 @@ def test_fp16_encoders_pass_the_checker_and_stay_close(env, bundle):
     import onnx
     import onnxruntime as ort
 
-    from lr_onnx.export.export import to_fp16
+    from lr_onnx.export.quantise import to_fp16
 
     d = env / "fp16"
     shutil.copytree(bundle[0], d)
@@ -475,7 +475,7 @@ def test_doctor_on_the_exported_bundle(runner, bundle):
 
 def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     """§8.8: each held-out model is absent from its training run, then added back from n R_cal queries."""
-    from lr_onnx.export import metrics as M
+    from lr_onnx.export import routing_metrics as M
     from lr_onnx.export.newmodel import added_model_feat, run as protocol
     from lr_onnx.export.train import TrainConfig, load_training_set
 

@@ -16,8 +16,14 @@ import numpy as np
 
 from ..data import write_dataset
 from ..files import staged_output
-from .render import FAMILIES
+from .render import make_chart, make_document, make_math, make_table
+from .scenes import make_photo, make_spatial, make_text
 from .skills import POOL, load_skills, pool_registry, simulate
+
+FAMILIES = {  # one generator per task family (render.py, scenes.py)
+    "documents": make_document, "charts": make_chart, "tables": make_table, "math": make_math,
+    "photos": make_photo, "spatial": make_spatial, "text": make_text,
+}
 
 TEXT_SHARE = 0.12
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "text"]

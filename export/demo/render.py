@@ -41,7 +41,13 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=max(6, int(size)))
 
 
-def _degrade(img: Image.Image, rng, d_text: float) -> tuple[Image.Image, dict]:
+def canvas(W: int, H: int, font_px: int) -> tuple[Image.Image, ImageDraw.ImageDraw, ImageFont.FreeTypeFont]:
+    """A white W x H picture, its drawing context and the font of the given size."""
+    img = Image.new("RGB", (W, H), (255, 255, 255))
+    return img, ImageDraw.Draw(img), font(font_px)
+
+
+def degrade(img: Image.Image, rng, d_text: float) -> tuple[Image.Image, dict]:
     """Blur and/or down-then-up sampling, scaled by how hard the print should be to read."""
     attrs = {}
     if d_text > 0.45 and rng.random() < 0.6:
@@ -56,7 +62,7 @@ def _degrade(img: Image.Image, rng, d_text: float) -> tuple[Image.Image, dict]:
     return img, attrs
 
 
-def _u(rng) -> float:
+def uniform01(rng) -> float:
     return float(rng.random())
 
 
@@ -74,7 +80,7 @@ WORDS = ("the of and to in for on with as by at from that this report data model
 
 def make_document(rng) -> Sample:
     kind = rng.choice(["receipt", "receipt", "page", "form"])
-    d_text, d_clutter = _u(rng), _u(rng)
+    d_text, d_clutter = uniform01(rng), uniform01(rng)
     fs = int(round(22 - 14 * d_text))  # 22 px (easy) .. 8 px (hard)
     if kind == "receipt":
         n_items = int(3 + round(9 * d_clutter))
@@ -132,7 +138,7 @@ def make_document(rng) -> Sample:
         dr.text((20, 20 + j * lh), s, fill=(20, 20, 20), font=f)
     if rng.random() < 0.5:
         img = img.rotate(float(rng.uniform(-3, 3)), resample=Image.BILINEAR, expand=False, fillcolor=bg)
-    img, attrs = _degrade(img, rng, d_text)
+    img, attrs = degrade(img, rng, d_text)
     attrs.update({"font_px": fs, "lines": len(lines)})
     return Sample(img, q, a, g, kind, d_text, d_clutter, attrs, fmt="jpg")
 
@@ -162,12 +168,10 @@ def stock_table() -> tuple[list[str], list[str], np.ndarray]:
 
 def make_chart(rng) -> Sample:
     kind = str(rng.choice(["bar", "line", "pie"]))
-    d_text, d_clutter = _u(rng), _u(rng)
+    d_text, d_clutter = uniform01(rng), uniform01(rng)
     fs = int(round(16 - 9 * d_text))
     W, H = 480, 360
-    img = Image.new("RGB", (W, H), (255, 255, 255))
-    dr = ImageDraw.Draw(img)
-    f = font(fs)
+    img, dr, f = canvas(W, H, fs)
     tickers, dates, table = stock_table()
     if kind == "bar":
         n = int(3 + round(9 * d_clutter))
@@ -255,7 +259,7 @@ def make_chart(rng) -> Sample:
     if d_clutter > 0.5 and not kind.startswith("pie"):  # grid lines as clutter
         for yy in range(40, H - 40, 24):
             dr.line([50, yy, W - 15, yy], fill=(225, 225, 225))
-    img, attrs = _degrade(img, rng, d_text)
+    img, attrs = degrade(img, rng, d_text)
     attrs.update({"font_px": fs, "series": series})
     return Sample(img, q, a, g, kind, d_text, d_clutter, attrs)
 
@@ -267,7 +271,7 @@ COL_NAMES = ["Q1", "Q2", "Q3", "Q4", "Total", "Units", "Price", "Score"]
 
 
 def make_table(rng) -> Sample:
-    d_text, d_clutter = _u(rng), _u(rng)
+    d_text, d_clutter = uniform01(rng), uniform01(rng)
     fs = int(round(18 - 10 * d_text))
     nr = int(3 + round(9 * d_clutter))
     nc = int(3 + round(3 * d_clutter))
@@ -276,9 +280,7 @@ def make_table(rng) -> Sample:
     vals = rng.integers(10, 999, size=(nr, nc))
     cw, rh = int(fs * 4.2), int(fs * 1.7)
     W, H = cw * (nc + 1) + 20, rh * (nr + 1) + 20
-    img = Image.new("RGB", (W, H), (255, 255, 255))
-    dr = ImageDraw.Draw(img)
-    f = font(fs)
+    img, dr, f = canvas(W, H, fs)
     hi_r, hi_c = int(rng.integers(nr)), int(rng.integers(nc))
     for j in range(nr + 1):
         for c in range(nc + 1):
@@ -296,7 +298,7 @@ def make_table(rng) -> Sample:
         rr, cc = int(rng.integers(nr)), int(rng.integers(nc))
         q, a, g = f"What is the value in row {rows[rr]}, column {cols[cc]}?", str(vals[rr, cc]), False
         kind = "lookup-wide" if nc > 4 else "lookup"
-    img, attrs = _degrade(img, rng, d_text)
+    img, attrs = degrade(img, rng, d_text)
     attrs.update({"font_px": fs, "rows": nr, "cols": nc})
     return Sample(img, q, a, g, kind, d_text, d_clutter, attrs)
 
@@ -306,12 +308,10 @@ def make_table(rng) -> Sample:
 
 def make_math(rng) -> Sample:
     kind = str(rng.choice(["triangle", "rectangle", "circle"]))
-    d_text, d_clutter = _u(rng), _u(rng)
+    d_text, d_clutter = uniform01(rng), uniform01(rng)
     fs = int(round(20 - 11 * d_text))
     W, H = 420, 340
-    img = Image.new("RGB", (W, H), (255, 255, 255))
-    dr = ImageDraw.Draw(img)
-    f = font(fs)
+    img, dr, f = canvas(W, H, fs)
     n_distract = int(round(8 * d_clutter))
     for _ in range(n_distract):  # construction lines and stray labels
         p = rng.uniform([0, 0, 0, 0], [W, H, W, H])
@@ -350,169 +350,6 @@ def make_math(rng) -> Sample:
         q = str(rng.choice([GENERIC_IMAGE_Q, GENERIC_ANSWER]))
     else:
         q = specific
-    img, attrs = _degrade(img, rng, d_text)
+    img, attrs = degrade(img, rng, d_text)
     attrs.update({"font_px": fs, "distractors": n_distract})
     return Sample(img, q, ans, g, kind, d_text, d_clutter, attrs)
-
-
-# ----------------------------------------------------------------------------- photos
-
-PHOTOS = [  # (source, loader name, answer)
-    ("skimage", "astronaut", "an astronaut"), ("skimage", "coffee", "a cup of coffee"),
-    ("skimage", "chelsea", "a cat"), ("skimage", "rocket", "a rocket"),
-    ("skimage", "hubble_deep_field", "galaxies in deep space"),
-    ("skimage", "immunohistochemistry", "stained tissue under a microscope"),
-    ("skimage", "retina", "a retina"), ("skimage", "camera", "a man with a camera"),
-    ("skimage", "moon", "the surface of the moon"), ("skimage", "coins", "coins"),
-    ("skimage", "clock", "a clock"), ("skimage", "colorwheel", "a color wheel"),
-    ("sklearn", "china.jpg", "a temple"), ("sklearn", "flower.jpg", "a flower"),
-    ("matplotlib", "grace_hopper.jpg", "a woman in uniform"),
-]
-
-
-@lru_cache(maxsize=None)
-def photo(j: int) -> Image.Image:
-    """The j-th real sample photo, as RGB, loaded from the installed package's own data."""
-    src, name, _ = PHOTOS[j]
-    if src == "skimage":
-        import skimage.data
-
-        arr = getattr(skimage.data, name)()
-    elif src == "sklearn":
-        from sklearn.datasets import load_sample_image
-
-        arr = load_sample_image(name)
-    else:
-        import matplotlib.cbook as cbook
-
-        with Image.open(cbook.get_sample_data(name, asfileobj=False)) as im:
-            return im.convert("RGB")
-    arr = np.asarray(arr)
-    if arr.dtype != np.uint8:
-        arr = (255 * (arr.astype(float) - arr.min()) / max(float(np.ptp(arr)), 1e-9)).astype(np.uint8)
-    img = Image.fromarray(arr).convert("RGB")
-    img.thumbnail((900, 900), Image.BILINEAR)  # crops are shown at <= 448 px anyway
-    return img
-
-
-def make_photo(rng) -> Sample:
-    j = int(rng.integers(len(PHOTOS)))
-    base = photo(j)
-    d_text, d_clutter = _u(rng), _u(rng)
-    W, H = base.size
-    frac = 0.95 - 0.6 * d_clutter  # tighter crops show less context
-    cw, ch = int(W * frac), int(H * frac)
-    x, y = int(rng.integers(0, W - cw + 1)), int(rng.integers(0, H - ch + 1))
-    img = base.crop((x, y, x + cw, y + ch))
-    if rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    scale = 448 / max(img.size)
-    img = img.resize((max(16, int(img.size[0] * scale)), max(16, int(img.size[1] * scale))), Image.BILINEAR)
-    arr = np.asarray(img).astype(np.float32)
-    arr = arr * float(rng.uniform(0.75, 1.15)) + float(rng.uniform(-20, 20))
-    if d_text > 0.5:
-        arr = arr + rng.normal(0, 25 * (d_text - 0.5), size=arr.shape)
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    img, attrs = _degrade(img, rng, d_text)
-    attrs.update({"source": PHOTOS[j][1], "crop": round(frac, 2)})
-    if rng.random() < 0.6:
-        q, g = GENERIC_SHOW, True
-    else:
-        q, g = "What is the main subject of this photo?", False
-    return Sample(img, q, PHOTOS[j][2], g, PHOTOS[j][1], d_text, d_clutter, attrs, fmt="jpg")
-
-
-# ----------------------------------------------------------------------------- spatial layouts
-
-COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 200, 30),
-          "purple": (140, 60, 180), "orange": (245, 140, 30)}
-SHAPES = ["circle", "square", "triangle"]
-
-
-def _shape(dr, kind, cx, cy, r, color):
-    if kind == "circle":
-        dr.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
-    elif kind == "square":
-        dr.rectangle([cx - r, cy - r, cx + r, cy + r], fill=color)
-    else:
-        dr.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
-
-
-def make_spatial(rng) -> Sample:
-    d_text, d_clutter = _u(rng), _u(rng)
-    n = int(2 + round(10 * d_clutter))
-    r = int(round(34 - 24 * d_text))  # small shapes are the "small print" of this family
-    W, H = 400, 300
-    img = Image.new("RGB", (W, H), (248, 248, 248))
-    dr = ImageDraw.Draw(img)
-    objs = []
-    for _ in range(n):
-        for _try in range(20):
-            cx, cy = float(rng.uniform(r + 4, W - r - 4)), float(rng.uniform(r + 4, H - r - 4))
-            if all(abs(cx - o[2]) > 2 * r or abs(cy - o[3]) > 2 * r for o in objs):
-                break
-        objs.append((str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), cx, cy))
-    for color, kind, cx, cy in objs:
-        _shape(dr, kind, cx, cy, r, COLORS[color])
-    kind = str(rng.choice(["count", "leftright", "top"]))
-    if kind == "count":
-        target = str(rng.choice(SHAPES))
-        a = str(sum(1 for o in objs if o[1] == target))
-        q_specific = f"How many {target}s are in the image?"
-        prompt = f"How many {target}s?"
-    elif kind == "leftright":
-        o1, o2 = objs[0], objs[-1] if len(objs) > 1 else objs[0]
-        a = "yes" if o1[2] < o2[2] else "no"
-        q_specific = f"Is the {o1[0]} {o1[1]} to the left of the {o2[0]} {o2[1]}?"
-        prompt = f"{o1[0]} {o1[1]} left of {o2[0]} {o2[1]}?"
-    else:
-        o = min(objs, key=lambda t: t[3])
-        a = f"{o[0]} {o[1]}"
-        q_specific = "Which shape is closest to the top of the image?"
-        prompt = "Which shape is at the top?"
-    g = rng.random() < 0.5
-    if g:
-        dr.text((6, H - 20), prompt, fill=(0, 0, 0), font=font(12))
-        q = GENERIC_IMAGE_Q
-    else:
-        q = q_specific
-    if d_clutter > 0.6:  # background clutter
-        for _ in range(int(10 * d_clutter)):
-            x0, y0 = float(rng.uniform(0, W)), float(rng.uniform(0, H))
-            dr.line([x0, y0, x0 + float(rng.uniform(-40, 40)), y0 + float(rng.uniform(-40, 40))], fill=(200, 200, 200))
-    img, attrs = _degrade(img, rng, d_text)
-    attrs.update({"shapes": n, "shape_px": 2 * r})
-    return Sample(img, q, a, g, kind, d_text, d_clutter, attrs)
-
-
-# ----------------------------------------------------------------------------- text-only
-
-
-def make_text(rng) -> Sample:
-    d = _u(rng)
-    kind = str(rng.choice(["arith", "compare", "letters", "units"]))
-    if kind == "arith":
-        digits = 1 + int(round(3 * d))
-        a, b = int(rng.integers(10 ** (digits - 1), 10**digits)), int(rng.integers(2, 10 ** max(1, digits)))
-        op = str(rng.choice(["+", "-", "*"]))
-        val = a + b if op == "+" else a - b if op == "-" else a * b
-        q, ans = f"What is {a} {op} {b}?", str(val)
-    elif kind == "compare":
-        places = 1 + int(round(3 * d))
-        x, y = round(float(rng.uniform(0, 1)), places), round(float(rng.uniform(0, 1)), places)
-        q, ans = f"Which number is larger, {x} or {y}?", str(max(x, y))
-    elif kind == "letters":
-        n = 4 + int(round(8 * d))
-        word = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=n))
-        letter = word[int(rng.integers(n))]
-        q, ans = f"How many times does the letter '{letter}' appear in '{word}'?", str(word.count(letter))
-    else:
-        km = round(float(rng.uniform(1, 10 ** (1 + 2 * d))), 1 + int(round(2 * d)))
-        q, ans = f"How many meters are in {km} kilometers?", f"{km * 1000:g}"
-    return Sample(None, q, ans, False, kind, 0.0, d, {})
-
-
-FAMILIES = {
-    "documents": make_document, "charts": make_chart, "tables": make_table, "math": make_math,
-    "photos": make_photo, "spatial": make_spatial, "text": make_text,
-}

@@ -1,371 +1,34 @@
-"""Converters from the paper's benchmarks to the native format (method.md §6.3, §6.4).
-
-Each converter reads a published layout and writes a native dataset folder, then
-stops: loading, splits and training only ever see the native format. Output is
-built in a temporary sibling folder and renamed into place at the end, so a failed
-conversion leaves nothing behind. Archives are extracted member by member under
-explicit checks, and pickles are read with an unpickler that refuses every class.
-"""
+"""VL-RouterBench (method.md §6.4) to the native format."""
 from __future__ import annotations
 
 import ast
 import base64
 import csv
-import gzip
-import hashlib
 import io
-import json
 import math
 import os
-import pickle
 import re
 import shutil
-import tarfile
 import warnings
-import zipfile
-import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..runtime.errors import DataError
-from ..runtime.validate import loads_json
-from ..version import __version__
-from .data import jsonl_objects, safe_relative_path, write_dataset
-from .files import sha256_file, staged_output
+from ...runtime.errors import DataError
+from ...runtime.validate import loads_json
+from ..data import jsonl_objects, safe_relative_path, write_dataset
+from ..files import sha256_file, staged_output
+from .safe_io import (
+    coerce_correct,
+    copy_image,
+    load_array,
+    load_plain_pickle,
+    model_prices,
+    safe_extract,
+    source_errors,
+    write_conversion_manifest,
+)
 
-FORMAT_VERSION = 1
-MAX_MEMBERS = 2_000_000
-MAX_TOTAL_BYTES = 200 * 1024**3
-
-# ----------------------------------------------------------------------------- shared helpers
-@contextmanager
-def source_errors(src: Path):
-    """How a published source's files can be broken, each as one `DataError` line: text that is not UTF-8,
-    a truncated or corrupt archive, a broken zip (.npz), an array file that holds a pickle, a broken CSV."""
-    try:
-        yield
-    except UnicodeDecodeError as e:
-        raise DataError(f"{src}: a file is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{src}: archive truncated or corrupt ({type(e).__name__}: {str(e)[:120]})") from None
-    except zipfile.BadZipFile as e:
-        raise DataError(f"{src}: a .npz/.zip file is corrupt ({str(e)[:120]})") from None
-    except csv.Error as e:
-        raise DataError(f"{src}: malformed CSV ({str(e)[:120]})") from None
-
-
-def load_array(path: Path, key: str | None = None) -> np.ndarray:
-    """A numeric array from .npy / .npz, never unpickling: object arrays are refused with one line."""
-    try:
-        with open(path, "rb") as fh:
-            z = np.load(fh, allow_pickle=False)
-            if isinstance(z, np.lib.npyio.NpzFile):
-                with z:
-                    if not z.files:
-                        raise DataError(f"{path}: an empty .npz")
-                    a = z[key] if key in z.files else z[z.files[0]]
-            else:
-                a = z
-            return np.asarray(a, dtype=float)
-    except (ValueError, TypeError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a numeric array file ({str(e).splitlines()[0][:120]}); "
-                        f"pickled or object arrays are never loaded") from None
-
-
-
-
-def safe_extract(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
-                 max_bytes: int = MAX_TOTAL_BYTES) -> None:
-    """Extract a tar archive into an empty `dest`, refusing anything that could escape it.
-
-    Rejected: absolute names, '..' components, symbolic and hard links, device and
-    FIFO members; capped: member count and total uncompressed size.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
-        raise DataError(f"{dest}: extraction target is not empty")
-    try:
-        tf = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"{archive}: not a readable tar archive ({e})") from None
-    with tf:
-        members = []
-        total = 0
-        for m in tf:
-            if len(members) >= max_members:
-                raise DataError(f"{archive}: more than {max_members} members; refusing to extract")
-            if safe_relative_path(m.name) is None or m.name.startswith("/"):
-                raise DataError(f"{archive}: member '{m.name}' has an absolute or '..' path; refusing to extract")
-            if m.issym() or m.islnk():
-                raise DataError(f"{archive}: member '{m.name}' is a link; refusing to extract")
-            if m.isdev() or m.isfifo() or not (m.isfile() or m.isdir()):
-                raise DataError(f"{archive}: member '{m.name}' is a device or special file; refusing to extract")
-            total += max(m.size, 0)
-            if total > max_bytes:
-                raise DataError(f"{archive}: more than {max_bytes} bytes uncompressed; refusing to extract")
-            members.append(m)
-        for m in members:
-            tf.extract(m, dest, filter="data")
-
-
-class _RefusingUnpickler(pickle.Unpickler):
-    """Loads only plain containers of str/int/float: any class or function reference is refused."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def load_plain_pickle(path: Path):
-    """Read a pickle of plain lists/dicts/str/int, or fail asking for a text sidecar."""
-    try:
-        with open(path, "rb") as fh:
-            return _RefusingUnpickler(fh).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: not a plain pickle of lists/dicts ({e}); provide a text sidecar "
-                        f"({path.stem.replace('_index', '')}s.txt or .json) instead") from None
-
-
-def coerce_correct(value, *, where: str, column: str) -> tuple[float | None, bool]:
-    """A correctness cell as (0/1 score or None if unavailable, was-non-binary).
-
-    bool, "true"/"false", "yes"/"no", "1"/"0" map to 1/0; a number in [0, 1] is
-    rounded (>= 0.5 is 1); empty and NaN mean unavailable; anything else is an error.
-    """
-    if value is None:
-        return None, False
-    if isinstance(value, bool):
-        return float(value), False
-    if isinstance(value, str):
-        s = value.strip().lower()
-        if s in ("", "nan", "none", "null"):
-            return None, False
-        if s in ("true", "yes", "y", "t"):
-            return 1.0, False
-        if s in ("false", "no", "n", "f"):
-            return 0.0, False
-        try:
-            value = float(s)
-        except ValueError:
-            raise DataError(f"{where}: {column} value '{value}' is not a boolean or a number") from None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        v = float(value)
-        if math.isnan(v):
-            return None, False
-        if not 0.0 <= v <= 1.0:
-            raise DataError(f"{where}: {column} value {v} is outside [0, 1]")
-        return (1.0 if v >= 0.5 else 0.0), v not in (0.0, 1.0)
-    raise DataError(f"{where}: {column} value {value!r} is not a boolean or a number")
-
-
-def _float_or_none(value, where: str, column: str) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none", "null")):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: {column} value {value!r} is not a number") from None
-    if math.isnan(v):
-        return None
-    if v < 0 or math.isinf(v):
-        raise DataError(f"{where}: {column} value {v} must be a finite number >= 0")
-    return v
-
-
-def _write_manifest(out: Path, **fields) -> None:
-    manifest = {"format_version": FORMAT_VERSION, "lr_onnx_version": __version__, **fields}
-    (out / "dataset_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
-def _models_spec(src: Path) -> list:
-    """Entries of an optional `models.json` in SRC (a list, or {"models": [...]}); [] if absent."""
-    path = src / "models.json"
-    if not path.is_file():
-        return []
-    spec = loads_json(path.read_bytes(), str(path), err=DataError)
-    if isinstance(spec, dict):
-        spec = spec.get("models", [])
-    if not isinstance(spec, list):
-        raise DataError(f"{path}: expected a list of models or {{\"models\": [...]}}")
-    return spec
-
-
-def _model_order(src: Path, found: list[str]) -> list[str]:
-    """Registry order: a `models.json` in SRC fixes it (names first, others appended sorted)."""
-    names = [m["name"] if isinstance(m, dict) else str(m) for m in _models_spec(src)]
-    return [n for n in names if n in found] + sorted(set(found) - set(names))
-
-
-def _model_prices(src: Path) -> dict[str, dict]:
-    return {m["name"]: m for m in _models_spec(src) if isinstance(m, dict) and "name" in m}
-
-
-# ----------------------------------------------------------------------------- MMR-Bench (§6.3)
-
-MMR_PREFIXES = {
-    "MathVerse": "MathVerse", "MathVision": "MathVision", "MathVista": "MathVista", "OCRBench": "OCRBench",
-    "RealWorldQA": "RealWorldQA", "MMStar": "MMStar", "SEEDBench2_Plus": "SEEDBenchv2Plus",
-}
-IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".webp")
-
-
-def mmr_image_for(dataset_idx: str) -> tuple[str | None, str | None, str | None]:
-    """(dataset, folder, image id) for a `dataset_idx` by the longest matching prefix."""
-    best = None
-    for p in MMR_PREFIXES:
-        if dataset_idx == p or dataset_idx.startswith(p + "_"):
-            if best is None or len(p) > len(best):
-                best = p
-    if best is None:
-        return None, None, None
-    return best, MMR_PREFIXES[best], dataset_idx[len(best) + 1:]
-
-
-def convert_mmr(src: str | os.PathLike, out: str | os.PathLike, *, official_split: bool = False) -> dict:
-    """Convert an MMR-Bench folder (CSV + image folders or images.tar.gz) to the native format."""
-    src = Path(src)
-    csv_path = next((src / n for n in ("MMR_Bench.csv", "MMR-Bench.csv") if (src / n).is_file()), None)
-    if csv_path is None:
-        raise DataError(f"{src}: no MMR_Bench.csv (or MMR-Bench.csv); is this the MMR-Bench folder?")
-    with staged_output(out) as tmp, source_errors(src):
-        image_root = src
-        if not any((src / f).is_dir() for f in MMR_PREFIXES.values()) and (src / "images.tar.gz").is_file():
-            image_root = tmp / ".extracted"
-            safe_extract(src / "images.tar.gz", image_root)
-        rows, models, nonbinary, zero_costs = _read_mmr_csv(csv_path, src, image_root)
-        records = []
-        missing = 0
-        for r in rows:
-            files = []
-            for rel in r["images"]:
-                found = _copy_image(image_root, rel, tmp)
-                if found:
-                    files.append(found)
-            if not files:
-                missing += 1
-            records.append({"id": r["id"], "question": r["question"], "images": files,
-                            "dataset": r["dataset"], "outcomes": r["outcomes"]})
-        if official_split:
-            train = set(_sklearn_train_indices(len(records), train_size=0.2, seed=42))
-            for i, rec in enumerate(records):
-                rec["split"] = "train" if i in train else "test"
-        seen = {}
-        for rec in records:
-            if rec["id"] in seen:
-                raise DataError(f"{csv_path}: duplicate id '{rec['id']}' remains after disambiguation")
-            seen[rec["id"]] = True
-        prices = _model_prices(src)
-        registry = [{"name": m, **{k: v for k, v in prices.get(m, {}).items() if k != "name"}} for m in models]
-        if image_root != src:
-            shutil.rmtree(image_root)
-        write_dataset(tmp, registry, records)
-        _write_manifest(tmp, source="MMR-Bench", source_file=csv_path.name, source_sha256=sha256_file(csv_path),
-                        rows=len(records), models=len(models), rows_without_image=missing,
-                        non_binary_scores=nonbinary, zero_costs=zero_costs, cost_mode="dataset",
-                        split_policy="official (MMR-Bench train_test_split)" if official_split else "generated")
-    return {"rows": len(records), "models": len(models), "missing_images": missing}
-
-
-def _read_mmr_csv(csv_path: Path, src: Path, image_root: Path):
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        headers = reader.fieldnames or []
-        if "dataset_idx" not in headers or "question" not in headers:
-            raise DataError(f"{csv_path}: needs the columns 'dataset_idx' and 'question'")
-        found = [h[: -len("_correct")] for h in headers
-                 if h.endswith("_correct") and f"{h[: -len('_correct')]}_cost" in headers]
-        if not found:
-            raise DataError(f"{csv_path}: no model columns (a model needs both <name>_correct and <name>_cost)")
-        models = _model_order(src, found)
-        raw = []
-        nonbinary = zero_costs = 0
-        for row in reader:
-            where = f"{csv_path}:{reader.line_num}"
-            didx = (row.get("dataset_idx") or "").strip()
-            if not didx:
-                raise DataError(f"{where}: empty dataset_idx")
-            outcomes = {}
-            for m in models:
-                y, nb = coerce_correct(row.get(f"{m}_correct"), where=where, column=f"{m}_correct")
-                c = _float_or_none(row.get(f"{m}_cost"), where, f"{m}_cost")
-                nonbinary += nb
-                if y is None or c is None:
-                    continue
-                zero_costs += c == 0
-                o = {"score": y, "cost": c}
-                tok = _float_or_none(row.get(f"{m}_token"), where, f"{m}_token") if f"{m}_token" in row else None
-                if tok is not None:
-                    o["tokens"] = tok
-                outcomes[m] = o
-            if not outcomes:
-                raise DataError(f"{where}: row '{didx}' has no model with both a correctness and a cost value")
-            dataset, folder, image_id = mmr_image_for(didx)
-            if row.get("img_path"):
-                images = [row["img_path"].strip()]
-            elif row.get("image_paths"):
-                images = _parse_path_list(row["image_paths"], where)
-            elif folder is not None:
-                images = [f"{folder}/{image_id}{ext}" for ext in IMAGE_EXTS]
-                images = [next((p for p in images if (image_root / p).is_file()), images[0])]
-            else:
-                images = []
-            raw.append({"didx": didx, "sample_id": (row.get("sample_id") or "").strip(),
-                        "question": row.get("question") or "", "images": images,
-                        "dataset": dataset or didx.rsplit("_", 1)[0], "outcomes": outcomes})
-    counts: dict[str, int] = {}
-    for r in raw:
-        counts[r["didx"]] = counts.get(r["didx"], 0) + 1
-    has_sid = "sample_id" in headers
-    for r in raw:
-        if has_sid:
-            r["id"] = r["sample_id"] or r["didx"]
-        elif counts[r["didx"]] == 1:
-            r["id"] = r["didx"]
-        else:
-            r["id"] = f"{r['didx']}#{hashlib.sha1(r['question'].encode('utf-8')).hexdigest()[:8]}"
-    return raw, models, nonbinary, zero_costs
-
-
-def _parse_path_list(cell: str, where: str) -> list[str]:
-    cell = cell.strip()
-    if cell.startswith("["):
-        try:
-            val = json.loads(cell)
-        except json.JSONDecodeError:
-            try:
-                val = ast.literal_eval(cell)
-            except (ValueError, SyntaxError):
-                raise DataError(f"{where}: image_paths '{cell[:60]}' is not a list") from None
-        return [str(v) for v in val]
-    return [p.strip() for p in re.split(r"[;|]", cell) if p.strip()]
-
-
-def _copy_image(root: Path, rel: str, out: Path) -> str | None:
-    """Copy `root/rel` to `out/images/rel`; return the new relative path, or None if absent or unsafe."""
-    safe = safe_relative_path(rel)
-    if safe is None:
-        return None
-    srcp = root.joinpath(*safe.parts)
-    if not srcp.is_file():
-        return None
-    dst = out / "images" / Path(*safe.parts)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(srcp, dst)
-    return "images/" + "/".join(safe.parts)
-
-
-def _sklearn_train_indices(n: int, *, train_size: float, seed: int) -> list[int]:
-    """Row indices of sklearn `train_test_split(range(n), train_size, shuffle=True, random_state=seed)`."""
-    try:
-        from sklearn.model_selection import train_test_split
-    except ModuleNotFoundError:
-        raise DataError("--mmr-official-split needs scikit-learn: pip install -e '.[export]'") from None
-    train, _ = train_test_split(list(range(n)), train_size=train_size, shuffle=True, random_state=seed)
-    return train
-
-
-# ----------------------------------------------------------------------------- VL-RouterBench (§6.4)
 
 VL_PRICES = {  # USD per 1M tokens (in, out), as in VL-RouterBench
     "InternVL2_5-78B": (1.00, 1.50), "Qwen2.5-VL-72B-Instruct": (0.80, 1.20), "Qwen2.5-VL-32B-Instruct": (0.40, 0.60),
@@ -409,7 +72,7 @@ def convert_vl_routerbench(src: str | os.PathLike, out: str | os.PathLike) -> di
         if root != src:
             shutil.rmtree(root)
         summary["source_sha256"] = sha256_file(src) if src.is_file() else None
-        _write_manifest(tmp, source="VL-RouterBench", **summary, warnings=warn)
+        write_conversion_manifest(tmp, source="VL-RouterBench", **summary, warnings=warn)
     summary["warnings"] = warn
     return summary
 
@@ -634,7 +297,7 @@ class _TsvImages:
             elif a.get("type") == "image":
                 rel = safe_relative_path(str(a.get("uri", "")))
                 if rel is not None and self.root.joinpath(*rel.parts).is_file():
-                    out.append(_copy_image(self.root, str(rel), self.out))
+                    out.append(copy_image(self.root, str(rel), self.out))
                 else:
                     self.failed += 1
         return out
@@ -673,7 +336,7 @@ def _convert_layout_b(root: Path, eval_dir: Path, tmp: Path, warn: list[str]) ->
     except ModuleNotFoundError:
         raise DataError("reading VLMEvalKit .xlsx files needs openpyxl: pip install -e '.[export]'") from None
     prices = {m: {"price_in_per_mtok": p[0], "price_out_per_mtok": p[1]} for m, p in VL_PRICES.items()}
-    for name, spec in _model_prices(root).items():
+    for name, spec in model_prices(root).items():
         prices[name] = {k: spec.get(k) for k in ("price_in_per_mtok", "price_out_per_mtok")}
     chosen: dict[tuple[str, str], tuple[int, Path]] = {}
     for f in sorted(eval_dir.rglob("*")):
@@ -769,4 +432,3 @@ def _prompt_text(get) -> str:
         if v not in (None, "") and str(v).lower() != "nan":
             q += f"\n{opt}. {v}"
     return q
-

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.features import IMAGE_DIM, TEXT_DIM, n_words, pool_images, query_features
+from ..runtime.features import encode_raw_queries, n_words, query_features
 from ..runtime.preprocess import ImageSpec, TextSpec, load_tokenizer, preprocess_image, tokenize
 from .data import RoutingData
 
@@ -109,16 +109,11 @@ def _encode(data: RoutingData, batch_size: int, progress: bool, image_keys):
 
     text_enc, img_enc = load_text_encoder(), load_image_encoder()
     tok = load_tokenizer(minilm_dir() / "tokenizer.json", TEXT_SPEC)
-    text = np.zeros((data.n, TEXT_DIM), np.float32)
-    for s in tqdm(range(0, data.n, 128), desc="encoding text", disable=not progress, leave=False):
-        ids, mask = tokenize(tok, data.question[s:s + 128])
-        text[s:s + 128] = text_enc(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-
-    flat = [(i, p) for i, paths in enumerate(data.images) for p in paths]
-    keys = [k for row in image_keys for k in row] if image_keys is not None else [str(p) for _, p in flat]
+    flat = [p for paths in data.images for p in paths]
+    keys = [k for row in image_keys for k in row] if image_keys is not None else [str(p) for p in flat]
     store = _read_image_store() if image_keys is not None else {}
     todo: dict[str, Path] = {}
-    for k, (_, p) in zip(keys, flat):
+    for k, p in zip(keys, flat):
         if k not in store and k not in todo:
             todo[k] = p                                  # each distinct image once
     items = list(todo.items())
@@ -131,11 +126,17 @@ def _encode(data: RoutingData, batch_size: int, progress: bool, image_keys):
     if fresh and image_keys is not None:
         _write_image_store(fresh)
     store.update(fresh)
-    per_image = np.stack([store[k] for k in keys]) if keys else np.zeros((0, IMAGE_DIM), np.float32)
-    image = np.zeros((data.n, IMAGE_DIM), np.float32)
-    rows: dict[int, list[int]] = {}
-    for j, (i, _) in enumerate(flat):
-        rows.setdefault(i, []).append(j)
-    for i, js in rows.items():
-        image[i] = pool_images(per_image[js])
-    return text, image
+    bar = tqdm(total=data.n, desc="encoding text", disable=not progress, leave=False)
+
+    def text(questions):
+        ids, mask = tokenize(tok, questions)
+        bar.update(len(questions))
+        return text_enc(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    per_query, start = [], 0                             # each query's image keys, in the pipeline's order
+    for paths in data.images:
+        per_query.append(keys[start:start + len(paths)])
+        start += len(paths)
+    with bar:
+        return encode_raw_queries(list(data.question), per_query, text, lambda ks: np.stack([store[k] for k in ks]),
+                                  text_batch=128)

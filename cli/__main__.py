@@ -1,0 +1,4 @@
+"""`python -m lr_onnx.cli`."""
+from . import main
+
+main()

@@ -1,0 +1,302 @@
+"""Bundle commands: models propose/add/remove, info, doctor, calibrate."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .base import Group, echo_json, main, load_router, printable, USD, PRICE, BUNDLE_OPTION, PROVIDER_OPTION
+
+
+@main.group("models", cls=Group)
+def models():
+    """Change a candidate pool without retraining: a bundle (serving side) or a training run."""
+
+
+def _pool_target(run_dir, bundle, out):
+    if bool(run_dir) == bool(bundle):
+        raise click.UsageError("give either RUN_DIR (a training run) or --bundle BUNDLE (with --out)")
+    if bundle and not out:
+        raise click.UsageError("--bundle needs --out: the edited bundle is written as a copy")
+
+
+@models.command("propose")
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(path_type=str),
+              help="Folder to write (must not exist): queries.jsonl and images/.")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
+              help="Propose from your own queries (--from) for this bundle instead of a training run's rows.")
+@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="With --bundle: your queries, as route-batch reads them (JSONL or CSV with id, question, images).")
+@click.option("--n", "n", type=click.IntRange(min=24), default=48, show_default=True,
+              help="Queries to propose (at least 24): ceil(n / slices) from each capability slice, then a seeded draw "
+                   "of n of them when that is more.")
+@click.option("--seed", type=int, default=20260308, show_default=True, help="Seed of the draw.")
+def models_propose(run_dir, out, bundle, from_file, n, seed):
+    """Pick calibration queries for a new model, spread over the router's capability slices.
+
+    From RUN_DIR's calibration rows (a training run), or with --bundle B --from FILE from
+    your own queries (no training run, no torch). Run the new model on OUT/queries.jsonl,
+    fill each query's outcomes with {"NAME": {"score": ..., "cost": ...}}, then:
+    lr-onnx models add RUN_DIR --name NAME --outcomes OUT (or --bundle B --out B2).
+    """
+    if bool(run_dir) == bool(bundle):
+        raise click.UsageError("give a training run (RUN_DIR) or --bundle B --from FILE")
+    if bundle and not from_file:
+        raise click.UsageError("--bundle needs --from FILE: the queries to choose from")
+    if run_dir and from_file:
+        raise click.UsageError("--from goes with --bundle; a run proposes from its own calibration rows")
+    if run_dir:
+        from ..export.pool import propose_queries
+
+        rep = propose_queries(run_dir, out, n=n, seed=seed)
+        target = run_dir
+    else:
+        from ..runtime.batch import read_query_file
+        from ..runtime.manage import propose_from_queries
+
+        router = load_router(bundle, "auto")
+        records, problems = read_query_file(from_file)
+        for msg in problems:
+            click.echo(f"skipped {printable(msg)}", err=True)
+        with click.progressbar(length=len(records), label="encoding", file=sys.stderr) as bar:
+            rep = propose_from_queries(router, records, out, n=n, seed=seed, on_progress=bar.update)
+        target = f"--bundle {bundle} --out NEW_BUNDLE"
+    covered = sum(c > 0 for c in rep["per_slice"])
+    short = rep["short_slices"]
+    click.echo(f"wrote {out}: {rep['queries']} queries from {covered} of {rep['slices']} slices "
+               f"(at most {rep['target_per_slice']} per slice)"
+               + (f"; slices {short} have fewer candidate queries" if short else "") +
+               f"; fill in outcomes[NAME], then: lr-onnx models add {target} --name NAME --outcomes {out}")
+
+
+@models.command("add")
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), help="Bundle to extend.")
+@click.option("--out", type=click.Path(path_type=str), help="Where to write the extended copy of --bundle.")
+@click.option("--name", required=True, help="Name of the new model.")
+@click.option("--price-in", type=PRICE, default=None, help="USD per 1M input tokens.")
+@click.option("--price-out", type=PRICE, default=None, help="USD per 1M output tokens.")
+@click.option("--outcomes", required=True, type=click.Path(exists=True, path_type=str),
+              help="queries.jsonl (or a native folder) with outcomes[NAME] = {score, cost, ...} on labelled queries.")
+@click.option("--image-tokens", default=None, metavar="RULE",
+              help="The model's image-token rule, for per-query expected costs (with --bundle and --price-in): "
+                   "openai-high-detail, claude-pixels-div-750, gemini-258, qwen2-vl-28px, internvl2-448-tiles, "
+                   "llava-next-anyres, mllama-560-tiles, fixed-576, or JSON such as '{\"rule\": \"fixed\", "
+                   "\"tokens\": 300}'.")
+def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_tokens):
+    """Add a model from a few labelled queries (48 recommended, 24 minimum); the network is not retrained.
+
+    Its capability profile is built with the frozen slices and standardisation, so it
+    routes immediately. With --bundle this needs no torch.
+    """
+    _pool_target(run_dir, bundle, out)
+    if image_tokens and image_tokens.lstrip().startswith("{"):
+        try:
+            image_tokens = json.loads(image_tokens)
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"not valid JSON ({e})", param_hint="--image-tokens") from None
+    if run_dir and image_tokens:
+        raise click.UsageError("--image-tokens applies to a bundle (--bundle B --out B2); a training run takes the "
+                               "rule from its dataset's models.json")
+    if run_dir:
+        from ..export.pool import add_model
+
+        rep = add_model(run_dir, name, outcomes, price_in=price_in, price_out=price_out)
+    else:
+        from ..export.data import load_outcomes_for
+        from ..runtime.manage import add_model as add_to_bundle
+
+        data = load_outcomes_for(outcomes, name)
+        ok = data.A[:, 0]
+        router = load_router(bundle, "auto")
+        rep = add_to_bundle(router, out, name, [(data.images[i], data.question[i]) for i in range(data.n) if ok[i]],
+                            data.Y[ok, 0], data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
+                            price_in=price_in, price_out=price_out, image_tokens=image_tokens)
+    click.echo(f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
+               f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} per query "
+               f"({rep['cost_estimator']}" + (f"; observed {rep['observed_cost']:.4g}" if "observed_cost" in rep else "")
+               + f"); queries per slice {rep['slice_counts']}")
+    if rep.get("pool_scores"):
+        click.echo("predicted mu_tilde on these labelled queries, by model (the new one last):")
+        for n, v in sorted(rep["pool_scores"].items(), key=lambda kv: (kv[0] == name, -kv[1])):
+            click.echo(f"  {n[:32]:32s} {v:.3f}" + ("  (observed %.3f)" % rep["observed_score"] if n == name else ""))
+    for w in rep["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+
+
+@models.command("remove")
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="A bundle to remove the model from (it is copied to --out, never changed).")
+@click.option("--out", type=click.Path(path_type=str), help="Where to write the reduced copy of --bundle.")
+@click.option("--name", required=True, help="The pool model to remove (`lr-onnx info` lists the pool).")
+def models_remove(run_dir, bundle, out, name):
+    """Remove a model from a pool (RUN_DIR in place, or a copy of --bundle at --out)."""
+    _pool_target(run_dir, bundle, out)
+    if run_dir:
+        from ..export.pool import remove_model
+
+        remove_model(run_dir, name)
+    else:
+        from ..runtime.manage import remove_model as remove_from_bundle
+
+        remove_from_bundle(bundle, out, name)
+    click.echo(f"removed {name}" + (f"; wrote {out}" if out else ""))
+
+
+@main.command("info")
+@BUNDLE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the same facts as JSON (pool, graphs, preprocessing, "
+                                                       "lambda and presets, coverage, providers, digest).")
+def info_cmd(bundle, as_json):
+    """Show a bundle: pool and prices, graphs, preprocessing, lambda, available providers."""
+    from ..runtime.bundle import load_bundle
+    from ..runtime.router import DEFAULT_BUNDLE
+    from ..runtime.sessions import ort
+
+    b = load_bundle(bundle or DEFAULT_BUNDLE)
+    m = b.manifest
+    if as_json:
+        keep = ("name", "price_in_per_mtok", "price_out_per_mtok", "expected_cost_usd", "image_tokens", "output_tokens")
+        echo_json({"bundle": str(b.path), "digest": b.digest, "schema_version": m["schema_version"],
+                    "precision": m.get("precision"), "opset": m.get("opset"), "setting": m.get("setting"),
+                    "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
+                    "graphs": {n: {**g, "bytes": b.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
+                    "preprocessing": m["preprocessing"], "lambda": m.get("lambda", {}), "coverage": m.get("coverage"),
+                    "memory": {k: v for k, v in m["memory"].items() if k != "files"} if "memory" in m else None,
+                    "providers_available": ort().get_available_providers()})
+        return
+    click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m.get('precision', '?')}, opset {m.get('opset', '?')}, "
+               f"setting {m.get('setting', '?')}, encoders {m.get('encoder_version', '?')})")
+    click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost")
+    for p in m["pool"]:
+        pi, po = p.get("price_in_per_mtok"), p.get("price_out_per_mtok")
+        rule = p.get("image_tokens")
+        rule = (rule if isinstance(rule, str) else (rule or {}).get("rule"))
+        how = f"{rule}, {p['output_tokens']:g} output tokens" if rule and p.get("output_tokens") is not None \
+            else "- (the constant)"
+        click.echo(f"{p['name'][:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} {'-' if po is None else f'{po:g}':>8s} "
+                   f"{p['expected_cost_usd']:>12.3g}  {how}")
+    for name, g in m["graphs"].items():
+        size = b.file(g["file"]).stat().st_size
+        click.echo(f"graph {name}: {g['file']} {size / 1e6:.1f} MB, inputs {g.get('inputs', '?')}")
+    im = m["preprocessing"]["image"]
+    click.echo(f"image: letterbox {im['size']} px, {im['resample']}, mean {im['mean']}, std {im['std']}; "
+               f"text: {m['preprocessing']['text']['tokenizer_file']}, max {m['preprocessing']['text']['max_tokens']} tokens")
+    lam = m.get("lambda", {})
+    cov = m.get("coverage")
+    if isinstance(cov, dict):
+        click.echo(f"coverage: queries whose best similarity to the slice centroids is below {cov['threshold']:.4f} "
+                   f"(the training queries' {cov.get('percentile', 1):g}st percentile) are flagged out of coverage")
+    mem = m.get("memory")
+    if mem:
+        from ..runtime.memory import MIN_CLOSENESS
+
+        st = mem["settings"]
+        click.echo(f"capability memory: {mem['rows']:,} labelled queries x {len(mem['models'])} models in {mem['dim']} "
+                   f"dimensions; estimates from the {st['k']} nearest (pseudo-count {st['kappa']:g}); network "
+                   f"correction {mem.get('blend', '?')} (0 = the memory alone); queries with closeness < {MIN_CLOSENESS:g} to it "
+                   f"are flagged out of coverage too")
+    calibrated = lam.get("calibrated")
+    click.echo(f"lambda: default {lam.get('default', 0):g}" +
+               (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else ""))
+    for name, p in lam.get("presets", {}).items():
+        p = p if isinstance(p, dict) else {"lambda": p}
+        score = (f", validation score {p['val_score']:.3f} at ${p['val_cost']:.2e}/query"
+                 if isinstance(p.get("val_score"), (int, float)) and isinstance(p.get("val_cost"), (int, float)) else "")
+        click.echo(f"  --lambda {name}: {p['lambda']:g}{score}")
+    click.echo(f"providers available: {', '.join(ort().get_available_providers())}")
+
+
+@main.command("doctor")
+@BUNDLE_OPTION
+@PROVIDER_OPTION
+def doctor_cmd(bundle, provider):
+    """Check the installation: ONNX Runtime wheels, providers bound, bundle hashes, golden parity."""
+    from ..runtime.manage import check_golden
+    from ..runtime.sessions import installed_ort_distributions, ort
+
+    problems = 0
+    dists = installed_ort_distributions()
+    click.echo(f"onnxruntime wheels: {', '.join(dists) or 'none'}")
+    if len(dists) > 1:
+        problems += 1
+        click.echo("  PROBLEM: several onnxruntime wheels are installed and overwrite each other; "
+                   "pip uninstall them all, then install one of lr-onnx[cpu] / lr-onnx[gpu]")
+    rt = ort()
+    click.echo(f"providers available: {', '.join(rt.get_available_providers())}")
+    router = load_router(bundle, provider)  # verifies every sha256
+    click.echo(f"bundle {router.bundle.path}: closed, {len(router.bundle.manifest['files'])} listed files, "
+               f"sha256 verified")
+    for name, bound in router.bound_providers().items():
+        click.echo(f"  {name}: bound {', '.join(bound)}")
+    g = check_golden(router)
+    status = "ok" if g["passed"] else "PROBLEM"
+    problems += not g["passed"]
+    click.echo(f"golden parity: max |d mu_tilde| {g['max_abs_diff']:.2e} (tolerance {g['tolerance']:g}) {status}")
+    if problems:
+        raise click.ClickException(f"{problems} problem(s) found")
+    click.echo("all checks passed")
+
+
+@main.command("calibrate")
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Your labelled queries in the native format (outcomes of the bundle's models).")
+@click.option("--max-avg-cost", type=USD, default=None, help="Target: mean cost per query (USD) at most X.")
+@click.option("--max-share", default=None, help="Target: MODEL:P, at most a share P of queries sent to MODEL.")
+@click.option("--split", type=click.Choice(["all", "val", "test", "train"]), default="all", show_default=True,
+              help="Which rows of DATA to calibrate on (a `split` field is needed for val/test/train).")
+def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
+    """Pick lambda on your labelled data for one budget target and record it in the bundle's manifest.
+
+    The feasible lambda with the highest mean score wins; the manifest is rewritten
+    atomically and `route` uses the new default from then on.
+    """
+    import numpy as np
+
+    from ..export.data import load_dataset
+    from ..runtime.manage import calibrate, calibration_target, tradeoff
+
+    share = None
+    if max_share:
+        model, _, p = max_share.rpartition(":")
+        try:
+            share = (model, float(p))
+        except ValueError:
+            raise click.BadParameter("expected MODEL:P with P in [0, 1]", param_hint="--max-share") from None
+        if not model or not 0 <= share[1] <= 1:
+            raise click.BadParameter("expected MODEL:P with P in [0, 1]", param_hint="--max-share")
+    router = load_router(bundle, "auto")
+    calibration_target(router, max_avg_cost, share)  # a bad target is a usage error before anything is encoded
+    data = load_dataset(data_dir)
+    rows = [i for i in range(data.n) if split == "all" or data.split[i] == split]
+    if not rows:
+        raise click.ClickException(f"{data_dir}: no rows in split '{split}'")
+    cols = [data.model_names.index(n) if n in data.model_names else -1 for n in router.names]
+    if all(c < 0 for c in cols):
+        raise click.ClickException(f"{data_dir}: none of the bundle's models has outcomes in this data")
+
+    def take(M, fill):
+        return np.stack([M[rows, c] if c >= 0 else np.full(len(rows), fill) for c in cols], axis=1)
+
+    qs = [(data.images[i], data.question[i]) for i in rows]
+    feats, meta = [], []
+    with click.progressbar(range(0, len(qs), 64), label="encoding", file=sys.stderr) as bar:
+        for s in bar:
+            feats.append(router.features(qs[s:s + 64], meta=meta))
+    res = calibrate(router, np.concatenate(feats), take(data.Y, np.nan), take(data.C, np.nan), take(data.A, False),
+                    meta=meta, max_avg_cost=max_avg_cost, max_share=share)
+    click.echo(f"{'lambda':>10s} {'mean score':>10s} {'mean cost $':>12s}" + (f" {'share':>6s}" if share else "")
+               + "  meets the target")
+    for p in tradeoff(res["points"]):
+        mark = "*" if p["lambda"] == res["lambda"] else " "
+        click.echo(f"{mark}{p['lambda']:>9.4g} {p['score']:>10.4f} {p['cost']:>12.4g}"
+                   + (f" {p['share']:>6.3f}" if share else "") + f"  {'yes' if p['feasible'] else 'no'}")
+    if not res["met"]:
+        raise click.ClickException(f"no lambda meets the target on these {res['queries']} queries (see the table); "
+                                   f"{bundle}/manifest.json was left as it was")
+    click.echo(f"lambda {res['lambda']:g}: mean score {res['score']:.4f}, mean cost {res['cost']:.4g} on "
+               f"{res['queries']} queries; recorded in {bundle}/manifest.json")
