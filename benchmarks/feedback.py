@@ -16,7 +16,8 @@ half of its subjects; stream: those subjects), `new_model` (blindtest's stronges
 added with `models add` from 24 labelled history queries, then learned from the stream; its ceiling is the
 blindtest ceiling, trained with it). Query features come from the feature cache (the exporter's encoders: the
 bundle's ONNX encoders agree to ~1e-5). One training seed per router (the default); the exploration draws and the
-24 labelled queries are seeded.
+24 labelled queries are seeded. In domain, refresh against frozen is also replayed on more stream orders
+(`--order-seeds`, `in_domain_orders` in the JSON).
 """
 from __future__ import annotations
 

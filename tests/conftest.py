@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))   # the experiment drivers (newmodel, coverage_flag) are scripts there
 SHARED_DATA = Path(os.environ.get("LR_ONNX_SHARED_DATA") or REPO.parent / "shared" / "data")
 DCROUTER = SHARED_DATA / "dcrouter"
 BLINDTEST = SHARED_DATA / "blindtest"

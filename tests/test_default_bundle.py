@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lr_onnx.export.coverage import saturation
+from coverage_flag import saturation
 from lr_onnx.runtime.manage import add_model
 from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
 from conftest import SHARED_DATA

@@ -476,7 +476,7 @@ def test_doctor_on_the_exported_bundle(runner, bundle):
 def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     """§8.8: each held-out model is absent from its training run, then added back from n R_cal queries."""
     from lr_onnx.export import routing_metrics as M
-    from lr_onnx.export.newmodel import added_model_feat, run as protocol
+    from newmodel import added_model_feat, run as protocol
     from lr_onnx.export.train import TrainConfig, load_training_set
 
     res = protocol(env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2),

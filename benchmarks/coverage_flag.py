@@ -1,4 +1,4 @@
-"""How the out-of-coverage flag behaves (issue 13 §3): `python -m lr_onnx.export.coverage BUNDLE NAME=DIR ...`
+"""How the out-of-coverage flag behaves (issue 13 §3): `python benchmarks/coverage_flag.py BUNDLE NAME=DIR ...`
 
 For each dataset given (a native folder; its test split when it has one, else every row), route every
 query with the bundle (the served path: ONNX Runtime, per-query costs) and report the share flagged out
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.router import Router
-from .data import load_dataset
-from .files import atomic_write_text
+from lr_onnx.runtime.router import Router
+from lr_onnx.export.data import load_dataset
+from lr_onnx.export.files import atomic_write_text
 
 
 def measure(router: Router, data_dir: Path, limit: int | None = None) -> dict:

@@ -6,7 +6,7 @@ of its labelled R_cal queries (spread over the slices as `models propose` picks 
 the same code as `models add`), and route the full test pool. The router trained with the
 model is the upper reference, the one without it (routing the pool minus the model) the lower.
 
-    python -m lr_onnx.export.newmodel DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96]
+    python benchmarks/newmodel.py DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96]
                                       [--which strongest] [--into benchmarks/results/newmodel_real.json]
 
 Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR and reused on a rerun.
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.profiles import assign_slices, new_model_profile
-from . import routing_metrics as M
-from .evaluate import sweep
-from .files import atomic_write_text
-from .pool import spread_over_slices
-from .train import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
-from .rundir import RunDir
+from lr_onnx.runtime.profiles import assign_slices, new_model_profile
+from lr_onnx.export import routing_metrics as M
+from lr_onnx.export.evaluate import sweep
+from lr_onnx.export.files import atomic_write_text
+from lr_onnx.export.pool import spread_over_slices
+from lr_onnx.export.train import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
+from lr_onnx.export.rundir import RunDir
 
 SIZES = (24, 48, 96)
 PICK_SEED = 20260308

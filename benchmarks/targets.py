@@ -1,7 +1,7 @@
 """Reproduce the README's router targets: train and evaluate over several seeds and datasets.
 
-    python -m lr_onnx.export.targets DATA_DIR OUT_DIR [--seeds 3] [--slices S]     one dataset
-    python -m lr_onnx.export.targets --grid OUT_DIR [--cells a,b] [--shared DIR]   the README's grid
+    python benchmarks/targets.py DATA_DIR OUT_DIR [--seeds 3] [--slices S]     one dataset
+    python benchmarks/targets.py --grid OUT_DIR [--cells a,b] [--shared DIR]   the README's grid
 
 Each seed trains LatentRouter (seed 20260308 + i), evaluates it against every
 baseline on the test split, and the mean and standard deviation of each metric
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import evaluate
-from .files import atomic_write_text
-from .train import TrainConfig, train
-from .rundir import RunDir
+from lr_onnx.export.evaluate import evaluate
+from lr_onnx.export.files import atomic_write_text
+from lr_onnx.export.train import TrainConfig, train
+from lr_onnx.export.rundir import RunDir
 
 BASE_SEED = 20260308
 KEYS = ("nauc", "score_at_lambda0", "cost_at_lambda0", "qnc", "rank_score", "apgr", "peak_score")
@@ -107,11 +107,11 @@ def grid_data(spec: tuple, out: Path, shared: Path) -> Path:
     target = out / "data" / ("_".join(str(x) for x in spec))
     if not (target / "queries.jsonl").is_file():
         if kind == "demo":
-            from .demo import build_demo
+            from lr_onnx.export.demo import build_demo
 
             build_demo(target, n=spec[1], seed=spec[2], progress=False)
         else:
-            from .merge import merge_datasets
+            from lr_onnx.export.merge import merge_datasets
 
             merge_datasets(target, [shared / name for name in spec[1:]], progress=False)
     return target
