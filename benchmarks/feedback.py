@@ -117,7 +117,16 @@ def replay(bundle: Path, q, Y, C, A, names: list[str], *, explore, lam: float, e
            "refreshes": n_refresh}
     if n_refresh:
         out["seconds_per_refresh"] = round(t_refresh / n_refresh, 2)
+    out["_scores"] = scores[half:]
     return out, chosen
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, draws: int = 2000) -> list[float]:
+    """95% bootstrap interval of mean(a - b) over the same queries (paired, seeded)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    rng = np.random.default_rng(0)
+    means = d[rng.integers(0, len(d), (draws, len(d)))].mean(axis=1)
+    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
 def scenario(name: str, work: Path, meta: dict, *, explore: str, lam: float, every: int) -> dict:
@@ -143,6 +152,9 @@ def scenario(name: str, work: Path, meta: dict, *, explore: str, lam: float, eve
         gap = row["ceiling"]["score_second_half"] - row["frozen"]["score_second_half"]
         gain = row["refresh"]["score_second_half"] - row["frozen"]["score_second_half"]
         row["refresh_minus_frozen"] = round(gain, 6)
+        row["refresh_minus_frozen_ci95"] = paired_ci(row["refresh"]["_scores"], row["frozen"]["_scores"])
+        for arm in ("frozen", "refresh", "ceiling"):
+            row[arm].pop("_scores")
         row["gap_closed"] = round(gain / gap, 4) if gap > 1e-9 else None
         res["explore" if setting != "off" else "no_explore"] = row
     for arm in ("frozen", "refresh"):
@@ -161,11 +173,13 @@ def other_orders(name: str, work: Path, meta: dict, seeds: list[int], *, explore
     for seed in seeds:
         q, Y, C, A, names, _ = stream_table(src, feedback_setup.stream_ids(records, seed=seed))
         for setting in ("off", explore):
-            row = {arm: replay(work / "bundles" / f"{name}_history", q, Y, C, A, names,
+            res = {arm: replay(work / "bundles" / f"{name}_history", q, Y, C, A, names,
                                explore=None if setting == "off" else setting, lam=lam, every=every, learn=learn,
-                               work=work / "replay" / f"{name}_order{seed}_{arm}")[0]["score_second_half"]
+                               work=work / "replay" / f"{name}_order{seed}_{arm}")[0]
                    for arm, learn in (("frozen", False), ("refresh", True))}
+            row = {arm: r["score_second_half"] for arm, r in res.items()}
             row["refresh_minus_frozen"] = round(row["refresh"] - row["frozen"], 6)
+            row["refresh_minus_frozen_ci95"] = paired_ci(res["refresh"]["_scores"], res["frozen"]["_scores"])
             out.setdefault("no_explore" if setting == "off" else "explore", []).append({"stream_seed": seed, **row})
             print(f"{name:10s} order {seed} {setting:14s} refresh - frozen {row['refresh_minus_frozen']:+.4f}", flush=True)
     return out

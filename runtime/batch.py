@@ -26,7 +26,7 @@ import select
 import stat
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import InputError, LrOnnxError
 from .files import atomic_write_bytes
@@ -105,10 +105,11 @@ def read_queries(fh: BinaryIO, base: Path, *, csv_format: bool = False,
 def read_query_file(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """A whole JSONL or CSV file of queries, as route-batch reads them: the good records, and a line per bad one."""
     path = Path(path)
-    records, problems = [], []
+    records: list[dict] = []
+    problems: list[str] = []
     with open(path, "rb") as fh:
         for lineno, rec, err in read_queries(fh, path.parent, csv_format=path.suffix.lower() == ".csv", name=str(path)):
-            if err:
+            if err or rec is None:
                 problems.append(f"{path}:{lineno}: {err}")
             else:
                 records.append(rec)
@@ -304,7 +305,7 @@ def prepare_records(router, records: list[dict]) -> list:
     return out
 
 
-def route_records(router, records: list[dict], prepared: list, opts) -> list[tuple[dict, object, str]]:
+def route_records(router, records: list[dict], prepared: list, opts) -> list[tuple[dict, Any, str]]:
     """(record, Decision or None, problem) per record, in order: the good ones encoded in one batch and decided
     with `Router.decide_each`, so a record whose budget no model fits fails alone."""
     good = [i for i, p in enumerate(prepared) if not isinstance(p, LrOnnxError)]
@@ -368,7 +369,7 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, opts, r
         first_line: dict[str, int] = {}
         pending: list[dict] = []
         for lineno, q, err in read_queries(fh, base, csv_format=name.lower().endswith(".csv"), name=name):
-            if err:
+            if err or q is None:
                 read_problems.append((lineno, f"{name}:{lineno}: {err}"))
                 read["failed"] += 1
                 continue

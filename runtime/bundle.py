@@ -185,7 +185,7 @@ def validate_manifest(m, path: Path) -> None:
         if not isinstance(v, list) or len(v) != 3:
             raise BundleError(f"{where}: preprocessing.image.{key} must be a list of 3 numbers")
         for x in v:
-            (integer if key == "pad" else number)(x, f"{where}: preprocessing.image.{key}", lo=lo, hi=hi,
+            (integer if key == "pad" else number)(x, f"{where}: preprocessing.image.{key}", lo=lo, hi=hi,  # type: ignore[operator,arg-type]
                                                   err=BundleError)
     integer(image.get("max_pixels", 1), f"{where}: preprocessing.image.max_pixels", lo=1, hi=1 << 40, err=BundleError)
     unknown = set(image) - {"size", "resample", "mean", "std", "pad", "max_pixels"}
@@ -230,6 +230,7 @@ def validate_manifest(m, path: Path) -> None:
         if len(p["profile"]) != width or len(p["raw_profile"]) != width:
             raise BundleError(f"{where}: model {name!r} has a profile of another width than pool[0] ({width})")
     extra = _validate_memory(m, files, where, path)
+    assert width is not None   # the pool is non-empty (checked above)
     dim = m.get("model_dim")
     if dim is not None and dim != width + 1 + extra:
         raise BundleError(f"{where}: profiles of width {width} do not match model_dim {dim!r} "

@@ -92,7 +92,7 @@ LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1
 def llava_next_anyres(w: float, h: float, *, cell: int = 336, per_cell: int = 576) -> float:
     """LLaVA-1.6 anyres: the pinpoint resolution keeping the most effective resolution (then wasting the least);
     576 tokens for the base image plus 576 per 336-px cell."""
-    best, key = None, None
+    best, key = LLAVA_NEXT_PINPOINTS[0], None
     for bw, bh in LLAVA_NEXT_PINPOINTS:
         s = min(bw / w, bh / h)
         effective = min(int(w * s) * int(h * s), w * h)
@@ -160,7 +160,8 @@ def query_cost(entry: dict, question: str, sizes: list[tuple[int, int]]) -> floa
         return None
     if isinstance(spec, str):
         spec = {"rule": spec}
-    tokens_in = text_tokens(question) + sum(image_tokens(spec, w, h) for w, h in sizes)
+    assert spec is not None or not sizes
+    tokens_in = text_tokens(question) + sum((image_tokens(spec, w, h) for w, h in sizes), 0.0)  # type: ignore[arg-type]
     return (pin * tokens_in + (pout or 0.0) * float(entry.get("output_tokens") or 0.0)) / 1e6
 
 

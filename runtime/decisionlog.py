@@ -161,6 +161,7 @@ class DecisionLog:
                     self._fh.close()
                 self._fh, self._size = None, 0
                 self._fh = self._open()
+            assert self._fh is not None
             self._fh.write(payload)   # unbuffered: one write call per batch of whole lines
             self._size += len(payload)
             self.written += n

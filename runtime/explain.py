@@ -22,7 +22,7 @@ def coverage(router, q: np.ndarray, closeness: np.ndarray | None = None, sims: n
     from .profiles import centroid_similarity
 
     best = (centroid_similarity(q, router.space.centroids) if sims is None else sims).max(axis=1)
-    out = []
+    out: list[dict | None] = []
     for i, b in enumerate(best):
         far = closeness is not None and closeness[i] < MIN_CLOSENESS
         row = {"similarity": round(float(b), 4), "threshold": round(router.coverage_threshold, 4)}
@@ -48,7 +48,7 @@ def explain(router, q: np.ndarray, cands: list[Candidate], memory: np.ndarray | 
         z = (a.mu_tilde - b.mu_tilde) / max(math.sqrt(a.sigma ** 2 + b.sigma ** 2), 1e-12)
         margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
                         "z": round(z, 3)})
-    out = {"closest_slices": slices, "pairwise_margins": margins}
+    out: dict = {"closest_slices": slices, "pairwise_margins": margins}
     if memory is not None:   # [K, 3]: estimate logit, log1p(evidence), closeness
         mem = router.memory()
         out["memory"] = {"neighbours": mem.settings.k, "closeness": round(float(memory[0, 2]), 4),

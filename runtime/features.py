@@ -32,8 +32,7 @@ def n_words(question: str) -> int:
     return len(question.split())
 
 
-def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images: np.ndarray,
-                   words: np.ndarray) -> np.ndarray:
+def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images, words) -> np.ndarray:
     """Assemble `[B, D_q]` float32 from raw text vectors `[B, 384]` and pooled image vectors `[B, 1280]`."""
     n_images = np.asarray(n_images, np.float32)
     side = np.stack([(n_images > 0).astype(np.float32), np.log1p(n_images),

@@ -154,7 +154,9 @@ class FeedbackStore:
         """Record parsed items, all or none: each checked first (any refusal raises and nothing is written), then
         appended in one write. Returns per item "recorded" or "duplicate" (the same outcome was recorded before)."""
         with self._exclusive():
-            status, lines, batch = [], [], {}
+            status: list[str] = []
+            lines: list[str] = []
+            batch: dict[tuple[str, str], tuple] = {}
             for it in items:
                 rec = self.check(it)
                 key = (rec["id"], rec["model"])

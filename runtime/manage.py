@@ -86,7 +86,7 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
         write_manifest(tmp, grown_m)
     from .router import Router
 
-    grown = Router.load(out, provider=router.provider)
+    grown = Router.load(Path(out), provider=router.provider)
     costs = grown.query_costs(meta, len(q))  # what `route` will show for these very queries
     sc = grown.score_features(q, np.ones((len(q), len(grown.names)), bool), costs / grown.space.cost_scale)
     return {"name": name, "queries": len(queries), "observed_score": float(np.mean(y)),
@@ -101,7 +101,7 @@ def write_proposal(out: str | os.PathLike, rows: list[dict], err: type[Exception
     outcomes for the new model's) plus copies of the images; whole or not at all (`staged_folder`)."""
     with staged_folder(out, err) as tmp:
         (tmp / "images").mkdir()
-        lines = []
+        lines: list[str] = []
         for row in rows:
             imgs = []
             for j, src in enumerate(row["images"]):
@@ -184,8 +184,9 @@ def calibration_target(router, max_avg_cost: float | None, max_share: tuple[str,
         raise OptionError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
     if max_share is not None and max_share[0] not in router.names:
         raise OptionError(f"unknown model '{max_share[0]}'; pool: {', '.join(router.names)}")
-    return {"max_avg_cost": max_avg_cost} if max_avg_cost is not None else \
-        {"max_share": {"model": max_share[0], "share": max_share[1]}}
+    if max_share is None:
+        return {"max_avg_cost": max_avg_cost}
+    return {"max_share": {"model": max_share[0], "share": max_share[1]}}
 
 
 def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *, meta: list | None = None,
@@ -207,12 +208,13 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
     q, Y, C, A = q[ok], np.nan_to_num(Y[ok]), np.nan_to_num(C[ok]), A[ok]
     mt = router.score_features(q, A, c_hat)["mu_tilde"]
     rows = np.arange(len(q))
-    points = []
+    points: list[dict] = []
     for lam in LAMBDA_GRID:
         ch = choose(mt, c_hat, A, lam)
         score, cost = float(Y[rows, ch].mean()), float(C[rows, ch].mean())
         share = float((ch == router.names.index(max_share[0])).mean()) if max_share else None
-        feasible = cost <= max_avg_cost if max_avg_cost is not None else share <= max_share[1]
+        feasible = cost <= max_avg_cost if max_avg_cost is not None else (
+            max_share is not None and share is not None and share <= max_share[1])
         points.append({"lambda": float(lam), "score": score, "cost": cost, "share": share, "feasible": feasible})
     feas = [p for p in points if p["feasible"]]
     if not feas:

@@ -114,7 +114,7 @@ class Memory:
         (`memory.onnx`) has searched already; else they are searched here."""
         s = self.settings
         if found is None:
-            found = self.neighbours(self.embed(q) if e is None else e, s.k, exclude, blas)
+            found = self.neighbours(self.embed(q) if e is None else e, s.k, exclude, blas)  # type: ignore[arg-type]
         sims, idx = found
         w = np.minimum(1.0, np.exp((np.maximum(sims, -1.0) - s.s_ref) / s.tau)).astype(np.float32)   # [B, k]
         cols = list(range(len(self.models))) if models is None else [
@@ -138,7 +138,7 @@ class Memory:
         """A new memory with labelled rows for `model` appended (other models: no outcome on them); a model new to
         the memory gets its own column (no outcome on the old rows). The retrieval space is unchanged. The rows are
         raw query features `q`, or their `keys` already in the retrieval space."""
-        new = self.embed(q) if keys is None else np.asarray(keys, np.float32)
+        new = self.embed(q) if keys is None else np.asarray(keys, np.float32)  # type: ignore[arg-type]
         return self.with_outcomes(new, np.asarray(y, np.float32)[:, None], [model])
 
     def with_outcomes(self, keys: np.ndarray, outcomes: np.ndarray, models: list[str]) -> "Memory":

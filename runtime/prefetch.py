@@ -36,7 +36,7 @@ def prefetched(items: Iterable[T], prepare: Callable[[T], U]) -> Iterator[tuple[
         while asks.get():
             try:
                 x = next(it, _END)
-                answers.put((x, None if x is _END else prepare(x), None))
+                answers.put((x, None if x is _END else prepare(x), None))  # type: ignore[arg-type]
             except BaseException as e:  # handed to the caller, raised there
                 answers.put((None, None, e))
                 return

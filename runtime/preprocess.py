@@ -66,7 +66,8 @@ class TextSpec:
         return asdict(self)
 
 
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST}
 
 
 # The decoders lr-onnx lets Pillow run, and nothing else: Pillow otherwise probes every plugin it has,

@@ -115,7 +115,8 @@ def model_features(base: np.ndarray, c_hat: np.ndarray | None = None, memory: np
     each model's standardised profile (`base[:, :-1]`), then the capability memory's columns for this query (if the
     router has a memory, `[B, K, 3]`), then its normalised expected cost (`c_hat [B, K]`, or the per-model constant
     `base[:, -1]`)."""
-    B = rows if c_hat is None and memory is None else len(c_hat if c_hat is not None else memory)
+    given = c_hat if c_hat is not None else memory
+    B = int(rows if given is None else len(given))  # type: ignore[arg-type]
     mf = np.broadcast_to(np.asarray(base, np.float32), (B, *base.shape)).copy()
     if c_hat is not None:
         mf[..., -1] = c_hat

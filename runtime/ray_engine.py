@@ -131,10 +131,10 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
     parquet = out.suffix.lower() == ".parquet"
     fd = None if parquet else open_out(out, Path(inp) if Path(inp).is_file() else None)
     try:
-        if not parquet:
+        if fd is not None:
             claim_out(fd, out, bundle=router.bundle.digest,
                       input_name=inp if inp.startswith(_SCHEMES) else input_label(inp))
-        done = frozenset() if parquet else frozenset(repair_and_read_ids(fd, out))
+        done = frozenset() if fd is None else frozenset(repair_and_read_ids(fd, out))
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         for name in ("ray", "ray.data"):

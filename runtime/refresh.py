@@ -63,8 +63,8 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
         why = ("already_used" if float(f.get("time", 0)) <= since else "no_decision" if d is None
                else "other_bundle_space" if d.get("space") != space_id
                else "model_not_in_pool" if f.get("model") not in router.names else None)
-        if why:
-            skipped[why] += 1
+        if why or d is None:
+            skipped[why or "no_decision"] += 1
         else:
             use.append((d, f))
     traffic = [d for d in decisions.values() if d.get("space") == space_id and float(d.get("time", 0)) > seen_since]
@@ -144,7 +144,8 @@ def _memory_rows(use: list[tuple[dict, dict]], dim: int) -> tuple[np.ndarray, np
     """One memory row per labelled decision with a usable key: the key, and each model's outcome (NaN: none)."""
     models = sorted({f["model"] for _, f in use})
     rows: dict[str, int] = {}
-    keys, outcomes = [], []
+    keys: list[np.ndarray] = []
+    outcomes: list[np.ndarray] = []
     for d, f in use:
         if d["id"] not in rows:
             k = decode_key(d.get("key") or "", dim)

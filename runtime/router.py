@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from .profiles import ProfileSpace, model_features, pool_features
 from .sessions import run
 from .decision import Candidate, Decision, Prepared, RouteOptions  # noqa: F401  (Router's API: importable here)
 from .validate import as_iterable, as_list, as_query, clean_question, integer, names as valid_names, number
+
+if TYPE_CHECKING:
+    from .decisionlog import DecisionLog
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "bundle"
 
@@ -60,9 +64,9 @@ class Router:
         self._memory_keys = None
         self._tokenizer = None
         self._lock = threading.Lock()
-        self.log = None               # a runtime.decisionlog.DecisionLog: every decision appended to it
+        self.log: DecisionLog | None = None   # every decision appended to it (`start_log`)
         self._rng = np.random.default_rng()
-        self._ids = None              # (bundle digest, retrieval-space digest) named in log records
+        self._ids: tuple[str, str] | None = None   # (bundle digest, retrieval-space digest) named in log records
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
@@ -368,7 +372,7 @@ class Router:
         choice = choose(sc["mu_tilde"], c_hat, avail, lam)
         prop = np.ones(len(q))
         ex = [i for i, o in enumerate(opts) if o.explore is not None]
-        for kind in {opts[i].explore for i in ex}:
+        for kind in {e for i in ex if (e := opts[i].explore) is not None}:
             rows = [i for i in ex if opts[i].explore == kind]
             with self._lock:   # one generator, shared by the threads of a server
                 choice[rows], prop[rows] = explore_choice(
@@ -385,7 +389,7 @@ class Router:
             out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(o.lam), tuple(cands),
                                 tuple(n for k, n in enumerate(self.names) if not avail[i, k]), why, cover[i],
                                 propensity=float(prop[i])))
-        if self.log is not None:
+        if self.log is not None and sims is not None:   # (sims are computed whenever a log is attached)
             out = self._log(out, q, sims, opts, meta)
         if timings is not None:
             timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
@@ -398,6 +402,7 @@ class Router:
 
         from .decisionlog import decision_record, new_id
 
+        assert self.log is not None
         bundle, space = self.log_ids()
         mem = self.memory()
         keys = mem.embed(q) if mem is not None else None

@@ -27,7 +27,7 @@ def number(value, field: str, *, lo: float = 0.0, hi: float = 1e12, err: type[Lr
     try:
         v = float(value)
     except (OverflowError, ValueError):
-        raise err(f"{field} must be a finite number, got an integer of {len(str(int(value)))} digits") from None
+        raise err(f"{field} must be a finite number, got an integer of {len(str(value))} digits") from None
     if not math.isfinite(v):
         raise err(f"{field} must be a finite number, got {v}")
     if not lo <= v <= hi:
@@ -88,7 +88,7 @@ def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputE
         except UnicodeDecodeError:
             raise err(f"{where}: not UTF-8 text") from None
     try:
-        doc = json.loads(data, parse_int=_parse_int, **({"parse_constant": _no_constant} if strict else {}))
+        doc = json.loads(data, parse_int=_parse_int, parse_constant=_no_constant if strict else None)
     except RecursionError:
         raise err(f"{where}: JSON nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, the interpreter's digit limit, a NaN or Infinity in strict mode
@@ -113,7 +113,7 @@ def _depth(doc, limit: int, strict_where: str | None = None, err: type[LrOnnxErr
         depth += 1
         if depth > limit:
             return depth
-        nxt = []
+        nxt: list = []
         for v in level:
             if isinstance(v, dict):
                 nxt.extend(v.values())
