@@ -105,15 +105,12 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
 
         rep = add_model(run_dir, name, outcomes, price_in=price_in, price_out=price_out)
     else:
-        from ..export.data import load_outcomes_for
+        from ..export.data import labelled_queries, load_outcomes_for
         from ..runtime.manage import add_model as add_to_bundle
 
-        data = load_outcomes_for(outcomes, name)
-        ok = data.A[:, 0]
-        router = load_router(bundle, "auto")
-        rep = add_to_bundle(router, out, name, [(data.images[i], data.question[i]) for i in range(data.n) if ok[i]],
-                            data.Y[ok, 0], data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
-                            price_in=price_in, price_out=price_out, image_tokens=image_tokens)
+        rows = labelled_queries(load_outcomes_for(outcomes, name))
+        rep = add_to_bundle(load_router(bundle, "auto"), out, name, *rows, price_in=price_in, price_out=price_out,
+                            image_tokens=image_tokens)
     click.echo(f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
                f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} per query "
                f"({rep['cost_estimator']}" + (f"; observed {rep['observed_cost']:.4g}" if "observed_cost" in rep else "")
@@ -275,19 +272,15 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
     rows = [i for i in range(data.n) if split == "all" or data.split[i] == split]
     if not rows:
         raise click.ClickException(f"{data_dir}: no rows in split '{split}'")
-    cols = [data.model_names.index(n) if n in data.model_names else -1 for n in router.names]
-    if all(c < 0 for c in cols):
+    if not set(router.names) & set(data.model_names):
         raise click.ClickException(f"{data_dir}: none of the bundle's models has outcomes in this data")
-
-    def take(M, fill):
-        return np.stack([M[rows, c] if c >= 0 else np.full(len(rows), fill) for c in cols], axis=1)
-
+    data = data.for_pool(router.names)        # outcome columns in the bundle's pool order
     qs = [(data.images[i], data.question[i]) for i in rows]
     feats, meta = [], []
     with click.progressbar(range(0, len(qs), 64), label="encoding", file=sys.stderr) as bar:
         for s in bar:
             feats.append(router.features(qs[s:s + 64], meta=meta))
-    res = calibrate(router, np.concatenate(feats), take(data.Y, np.nan), take(data.C, np.nan), take(data.A, False),
+    res = calibrate(router, np.concatenate(feats), data.Y[rows], data.C[rows], data.A[rows],
                     meta=meta, max_avg_cost=max_avg_cost, max_share=share)
     click.echo(f"{'lambda':>10s} {'mean score':>10s} {'mean cost $':>12s}" + (f" {'share':>6s}" if share else "")
                + "  meets the target")

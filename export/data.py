@@ -74,6 +74,20 @@ class RoutingData:
         return replace(self, models=[self.models[j] for j in keep],
                        **{f: getattr(self, f)[:, keep] for f in ("Y", "C", "A", "Lat", "Tok")})
 
+    def for_pool(self, names: list[str]) -> "RoutingData":
+        """The same queries with the outcome columns in the order of a pool: a model this data has no column for
+        gets none (unavailable, NaN), a model the pool lacks is dropped (a bundle's or a run's pool against it)."""
+        if self.model_names == list(names):
+            return self
+        idx = [self.model_names.index(m) if m in self.model_names else -1 for m in names]
+
+        def cols(a: np.ndarray, fill) -> np.ndarray:
+            return np.stack([a[:, j] if j >= 0 else np.full(len(a), fill, a.dtype) for j in idx], axis=1) \
+                if idx else a[:, :0]
+
+        return replace(self, models=[self.models[j] if j >= 0 else {"name": m} for j, m in zip(idx, names)],
+                       **{f: cols(getattr(self, f), False if f == "A" else np.nan) for f in ("Y", "C", "A", "Lat", "Tok")})
+
 
 def load_models(path: Path) -> list[dict]:
     """Read `models.json`: a list of `{"name": str, "price_in_per_mtok"?: float, ...}`."""
@@ -311,3 +325,12 @@ def load_outcomes_for(path: str | os.PathLike, name: str) -> RoutingData:
         Y=np.vstack([r[3] for r in rows]), C=np.vstack([r[4] for r in rows]),
         A=np.vstack([np.isfinite(r[3]) & np.isfinite(r[4]) for r in rows]), Lat=np.vstack([r[5] for r in rows]),
         Tok=np.vstack([r[6] for r in rows]), meta=[None] * len(rows))
+
+
+def labelled_queries(data: RoutingData, k: int = 0):
+    """One model's labelled queries, as `models add --bundle` takes them: ((images, question) pairs, then its scores,
+    costs, latencies and output tokens), only the rows where it has an outcome."""
+    ok = data.A[:, k]
+    rows = [i for i in range(data.n) if ok[i]]
+    return ([(data.images[i], data.question[i]) for i in rows], data.Y[ok, k], data.C[ok, k], data.Lat[ok, k],
+            data.Tok[ok, k])

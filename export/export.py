@@ -139,21 +139,12 @@ def _held_out(cfg: dict, n: int, pool: list[str]) -> dict:
     """Test-split queries of the training data: pixels of their first images, questions, raw features; the outcome
     columns in the order of the run's pool (a model removed from the run is dropped, one added from another file
     has no outcome here)."""
-    from dataclasses import replace
 
     from ..runtime.preprocess import preprocess_image
     from .data import load_dataset
     from .splits import ensure_splits, split_masks
 
-    data = load_dataset(cfg["data"])
-    if data.model_names != pool:
-        idx = [data.model_names.index(m) if m in data.model_names else -1 for m in pool]
-
-        def cols(a, fill):
-            return np.stack([a[:, j] if j >= 0 else np.full(len(a), fill, a.dtype) for j in idx], axis=1)
-
-        data = replace(data, models=[data.models[j] if j >= 0 else {"name": m} for j, m in zip(idx, pool)],
-                       **{f: cols(getattr(data, f), False if f == "A" else np.nan) for f in ("Y", "C", "A", "Lat", "Tok")})
+    data = load_dataset(cfg["data"]).for_pool(pool)
     masks = split_masks(data, ensure_splits(data))
     test = np.flatnonzero(masks["test"])
     rows = test[np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))] if len(test) else test

@@ -18,7 +18,7 @@ from lr_onnx.cli import main
 from lr_onnx.runtime.errors import BundleError, InputError
 from lr_onnx.runtime.preprocess import open_image
 from lr_onnx.runtime.router import Router
-from test_hardening import linked_bundle
+from test_hostile_input import linked_bundle
 
 LR_ONNX = [sys.executable, "-m", "lr_onnx.cli"]
 EXAMPLES = REPO / "assets" / "examples"
