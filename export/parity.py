@@ -17,6 +17,16 @@ def _finite(x):
     return float(x) if x is not None and np.isfinite(x) else None
 
 
+def bundle_router(bundle: Path, manifest: dict):
+    """A `Router` on the bundle being written (its manifest has no file list yet: the files are listed unhashed, as
+    every check here runs before the hashes are taken)."""
+    from ..runtime.bundle import Bundle
+    from ..runtime.router import Router
+
+    files = {p.name: {"sha256": "", "bytes": p.stat().st_size} for p in bundle.iterdir() if p.is_file()}
+    return Router(Bundle(bundle, dict(manifest, files=files), verify=False), provider="cpu")
+
+
 def bundle_memory(bundle: Path, manifest: dict):
     """The memory as the bundle being built stores it (fp16 files), or None."""
     from ..runtime.memory import FILES, Memory
@@ -43,10 +53,10 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     from onnx.reference import ReferenceEvaluator
 
     from ..runtime.policy import LAMBDA_GRID, choose
-    from ..runtime.sessions import new_session
     from .encoding import encode_raw
 
-    sess = {n: new_session(bundle / f"{n}.onnx", provider="cpu") for n in ("router", "image_encoder", "text_encoder")}
+    router = bundle_router(bundle, manifest)     # the ONNX side is the runtime's own Router on the bundle written
+    sess = {"router": router.session("router")}
     rep: dict = {"precision": precision, "checker": "onnx.checker full_check passed for all graphs"}
 
     # router on random inputs of every required shape, fully masked rows included
@@ -76,24 +86,14 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     data, rows = held["data"], held["rows"]
     sub = _subset(data, rows)
     text_t, image_t = encode_raw(sub, progress=False)
-    from ..runtime.features import n_words, pool_images, query_features
-    from ..runtime.preprocess import ImageSpec, TextSpec, load_tokenizer, preprocess_image, tokenize
+    from ..runtime.features import n_words, query_features
 
-    spec_i = ImageSpec.from_dict(manifest["preprocessing"]["image"])
-    tok = load_tokenizer(bundle / "tokenizer.json", TextSpec(**{k: v for k, v in manifest["preprocessing"]["text"].items()
-                                                                 if k in ("tokenizer_file", "max_tokens")}))
-    text_o = np.zeros_like(text_t)
-    for s in range(0, sub.n, 64):
-        ids, mask = tokenize(tok, sub.question[s:s + 64])
-        text_o[s:s + 64] = sess["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    image_o = np.zeros_like(image_t)
-    for i, paths in enumerate(sub.images):
-        if paths:
-            px = np.stack([preprocess_image(p, spec_i) for p in paths])
-            image_o[i] = pool_images(sess["image_encoder"].run(None, {"pixels": px})[0])
-    nimg, words = [len(p) for p in sub.images], [n_words(x) for x in sub.question]
-    q_t = query_features(text_t, image_t, nimg, words)
-    q_o = query_features(text_o, image_o, nimg, words)
+    q_t = query_features(text_t, image_t, [len(p) for p in sub.images], [n_words(x) for x in sub.question])
+    raw = [router.encode_raw([router.prepare(p, q) for p, q in zip(sub.images[s:s + 64], sub.question[s:s + 64])])
+           for s in range(0, sub.n, 64)]
+    text_o, image_o = np.concatenate([t for t, _ in raw]), np.concatenate([i for _, i in raw])
+    nimg = [len(p) for p in sub.images]
+    q_o = query_features(text_o, image_o, nimg, [n_words(x) for x in sub.question])
     mf_t, mf_o = bundle_model_feat(bundle, manifest, q_t), bundle_model_feat(bundle, manifest, q_o)
     if "memory" in manifest:
         rep["memory"] = check_memory_graph(bundle, manifest, q_o)

@@ -64,9 +64,3 @@ def encode_raw_queries(questions: list[str], images: list[list], text, image, *,
             pooled[i] = pool_images(per[start:start + len(row)])
             start += len(row)
     return text_vecs, pooled
-
-
-def encode_queries(questions: list[str], images: list[list], text, image, **batches) -> np.ndarray:
-    """`[B, D_q]` query features through the one pipeline (`encode_raw_queries`, then `query_features`)."""
-    t, i = encode_raw_queries(questions, images, text, image, **batches)
-    return query_features(t, i, [len(r) for r in images], [n_words(q) for q in questions])

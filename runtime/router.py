@@ -20,7 +20,7 @@ import numpy as np
 from .bounds import MAX_COST_USD, MAX_LAMBDA
 from .bundle import Bundle, load_bundle, self_contained
 from .errors import BundleError, LrOnnxError, OptionError
-from .features import QUERY_DIM, encode_queries
+from .features import QUERY_DIM, encode_raw_queries, n_words, query_features
 from .policy import choose, explore_choice, parse_explore
 from .prefetch import prefetched
 from .costs import query_cost
@@ -191,6 +191,12 @@ class Router:
 
     def encode(self, prepared: list["Prepared"]) -> np.ndarray:
         """Raw query features `[B, D_q]` of prepared queries: the text and image encoders once for the batch."""
+        text, image = self.encode_raw(prepared)
+        return query_features(text, image, [len(p.tensors) for p in prepared], [n_words(p.question) for p in prepared])
+
+    def encode_raw(self, prepared: list["Prepared"]) -> tuple[np.ndarray, np.ndarray]:
+        """(text vectors `[B, 384]`, pooled image vectors `[B, 1280]`): the encoders' outputs before `query_features`
+        (export parity compares them with PyTorch's)."""
         def text(questions):
             ids, mask = tokenize(self.tokenizer(), questions)
             return run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
@@ -198,7 +204,7 @@ class Router:
         def image(tensors):
             return run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
 
-        return encode_queries([p.question for p in prepared], [list(p.tensors) for p in prepared], text, image)
+        return encode_raw_queries([p.question for p in prepared], [list(p.tensors) for p in prepared], text, image)
 
     def features(self, queries: list[tuple[list, str]], meta: list | None = None) -> np.ndarray:
         """Raw query features `[B, D_q]` for (images, question) pairs; `meta` (if given) collects each query's
