@@ -156,14 +156,7 @@ def info_cmd(bundle, as_json):
     b = load_bundle(bundle or DEFAULT_BUNDLE)
     m = b.manifest
     if as_json:
-        keep = ("name", "price_in_per_mtok", "price_out_per_mtok", "expected_cost_usd", "image_tokens", "output_tokens")
-        echo_json({"bundle": str(b.path), "digest": b.digest, "schema_version": m["schema_version"],
-                    "precision": m.get("precision"), "opset": m.get("opset"), "setting": m.get("setting"),
-                    "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
-                    "graphs": {n: {**g, "bytes": b.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
-                    "preprocessing": m["preprocessing"], "lambda": m.get("lambda", {}), "coverage": m.get("coverage"),
-                    "memory": {k: v for k, v in m["memory"].items() if k != "files"} if "memory" in m else None,
-                    "providers_available": ort().get_available_providers()})
+        echo_json({**b.summary(), "providers_available": ort().get_available_providers()})
         return
     click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m.get('precision', '?')}, opset {m.get('opset', '?')}, "
                f"setting {m.get('setting', '?')}, encoders {m.get('encoder_version', '?')})")

@@ -50,6 +50,18 @@ class Bundle:
         """sha256 of the manifest as loaded (which holds every file's sha256): names this bundle, pool included."""
         return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode("utf-8")).hexdigest()
 
+    def summary(self) -> dict:
+        """What `lr-onnx info --json` shows: identity, pool and prices, graphs with sizes, preprocessing, lambda,
+        coverage and the memory's entry (its file list left out)."""
+        m = self.manifest
+        keep = ("name", "price_in_per_mtok", "price_out_per_mtok", "expected_cost_usd", "image_tokens", "output_tokens")
+        return {"bundle": str(self.path), "digest": self.digest, "schema_version": m["schema_version"],
+                "precision": m.get("precision"), "opset": m.get("opset"), "setting": m.get("setting"),
+                "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
+                "graphs": {n: {**g, "bytes": self.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
+                "preprocessing": m["preprocessing"], "lambda": m.get("lambda", {}), "coverage": m.get("coverage"),
+                "memory": {k: v for k, v in m["memory"].items() if k != "files"} if "memory" in m else None}
+
     def file(self, name: str) -> Path:
         """The path of a listed file, inside the bundle folder (anything else is a `BundleError`)."""
         if name not in self.manifest["files"]:
