@@ -20,7 +20,6 @@ import numpy as np
 
 from lr_onnx.runtime.files import atomic_write_text
 from lr_onnx.runtime.router import Router
-from lr_onnx.runtime.sessions import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,8 +56,7 @@ def measure(new: Path, old: Path, rounds: int, batches: int) -> dict:
         mem = routers["new"].memory()
         if mem is not None:
             t = time.perf_counter()
-            found = run(routers["new"]._session_for("memory", 1), {"query": q1["new"],
-                                                                   "keys": routers["new"]._memory_keys})
+            found = routers["new"].memory_search(q1["new"])
             mem.columns(None, routers["new"].names, found=tuple(found))
             search.append(time.perf_counter() - t)
     batch = [([images[i % len(images)]], QUESTIONS[i % len(QUESTIONS)]) for i in range(64)]

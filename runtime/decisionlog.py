@@ -208,3 +208,25 @@ def decision_record(decision, *, time_s: float, bundle: str, space: str | None, 
     if question is not None:
         rec["content"] = {"question": question, "image_sizes": [list(s) for s in (sizes or ())]}
     return rec
+
+
+def log_decisions(router, decisions: list, q: np.ndarray, sims: np.ndarray, opts: list, meta: list | None) -> list:
+    """Give each of `router`'s decisions an id and hand its record to the router's log (which never blocks): the
+    query's memory key and slice (`sims`, its similarity to the slices) go with it."""
+    from dataclasses import replace
+
+    log = router.log
+    bundle, space = router.log_ids()
+    mem = router.memory()
+    keys = mem.embed(q) if mem is not None else None
+    slices = np.argmax(sims, axis=1)
+    now = time.time()
+    out = []
+    for i, d in enumerate(decisions):
+        d = replace(d, id=new_id())
+        question, sizes = meta[i] if (meta is not None and log.content) else (None, None)
+        log.submit(decision_record(d, time_s=now, bundle=bundle, space=space, key=None if keys is None else keys[i],
+                                   slice_=int(slices[i]), question=question, sizes=sizes,
+                                   explore=None if opts[i].explore is None else str(opts[i].explore)))
+        out.append(d)
+    return out

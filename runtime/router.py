@@ -153,6 +153,17 @@ class Router:
                     self._memory = mem
         return self._memory
 
+    def memory_search(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, indices) `[B, k]` of each query's nearest memory rows, by memory.onnx (the keys fed once as
+        an OrtValue on the CPU). Needs a bundle with a memory."""
+        mem = self.memory()
+        assert mem is not None
+        sess = self._session_for("memory", len(q))
+        cpu = sess.get_providers()[0] == "CPUExecutionProvider"
+        sims, idx = run(sess, {"query": np.ascontiguousarray(q, np.float32),
+                               "keys": self._memory_keys if cpu else mem.keys})
+        return sims, idx
+
     def global_means(self) -> np.ndarray:
         """`[K]` each model's mean score over the labelled queries the router knows it from: its memory rows where the
         bundle has a memory holding it, else its profile's overall score. Out of coverage, estimates fall back to it."""
@@ -255,10 +266,8 @@ class Router:
         mem = self.memory()
         cols = None
         if mem is not None:   # the k nearest labelled queries, found by memory.onnx; their outcomes gathered in numpy
-            sess = self._session_for("memory", B)
-            cpu = sess.get_providers()[0] == "CPUExecutionProvider"
-            found = run(sess, {"query": q, "keys": self._memory_keys if cpu else mem.keys})
-            cols = mem.columns(None, self.names, prior=[p["raw_profile"][0] for p in self.pool], found=tuple(found))
+            cols = mem.columns(None, self.names, prior=[p["raw_profile"][0] for p in self.pool],
+                               found=self.memory_search(q))
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
@@ -396,33 +405,11 @@ class Router:
                                 tuple(n for k, n in enumerate(self.names) if not avail[i, k]), why, cover[i],
                                 propensity=float(prop[i])))
         if self.log is not None and sims is not None:   # (sims are computed whenever a log is attached)
-            out = self._log(out, q, sims, opts, meta)
+            from .decisionlog import log_decisions
+
+            out = log_decisions(self, out, q, sims, opts, meta)
         if timings is not None:
             timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
-        return out
-
-    def _log(self, decisions: list[Decision], q: np.ndarray, sims: np.ndarray, opts: list[RouteOptions],
-             meta: list | None) -> list[Decision]:
-        """Give each decision an id and hand its record to the decision log (which never blocks)."""
-        from dataclasses import replace
-
-        from .decisionlog import decision_record, new_id
-
-        assert self.log is not None
-        bundle, space = self.log_ids()
-        mem = self.memory()
-        keys = mem.embed(q) if mem is not None else None
-        slices = np.argmax(sims, axis=1)
-        now = time.time()
-        out = []
-        for i, d in enumerate(decisions):
-            d = replace(d, id=new_id())
-            question, sizes = meta[i] if (meta is not None and self.log.content) else (None, None)
-            self.log.submit(decision_record(d, time_s=now, bundle=bundle, space=space,
-                                            key=None if keys is None else keys[i], slice_=int(slices[i]),
-                                            question=question, sizes=sizes,
-                                            explore=None if opts[i].explore is None else str(opts[i].explore)))
-            out.append(d)
         return out
 
     def decide_each(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None,
