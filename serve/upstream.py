@@ -90,15 +90,19 @@ class Upstreams:
         limit as a whole (a server that drips bytes slowly is cut off too, not only one that stalls). A host
         that resolves to a loopback, private, link-local or otherwise non-public address is refused unless
         `limits.allow_private_image_hosts` (no blind requests into the gateway's own network), and no
-        redirect is followed (a 3xx is a failed fetch)."""
+        redirect is followed (a 3xx is a failed fetch). The host is resolved once: the request goes to the very
+        address that was checked (Host header and TLS server name kept), so a DNS answer that changes between
+        the check and the connection (rebinding) cannot reach another address."""
         lim = self.config.limits
         cap = int(lim.image_url_max_mb * 1024 * 1024)
         try:
             async with asyncio.timeout(lim.image_url_timeout_s):
                 parsed = httpx.URL(url)
-                if not lim.allow_private_image_hosts:
-                    await _public_host(parsed)
-                async with self.next_client().stream("GET", url, timeout=lim.image_url_timeout_s) as resp:
+                address = await _resolve(parsed, public_only=not lim.allow_private_image_hosts)
+                ext = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
+                async with self.next_client().stream("GET", parsed.copy_with(host=address),
+                                                     headers={"host": parsed.netloc.decode("ascii")},
+                                                     timeout=lim.image_url_timeout_s, extensions=ext) as resp:
                     if resp.status_code != 200:
                         raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
                     return await read_capped(resp.aiter_bytes(), cap, HTTPError(
@@ -222,8 +226,9 @@ class Upstreams:
         return f"{name} ({reason})"
 
 
-async def _public_host(url: httpx.URL) -> None:
-    """Refuse a URL whose host resolves to any address that is not public (checked on every address)."""
+async def _resolve(url: httpx.URL, *, public_only: bool) -> str:
+    """The address a URL's host resolves to, resolved here once; with `public_only`, a host with any address that is
+    not public is refused (every address is checked)."""
     host = url.host
     if not host:
         raise HTTPError(400, "image URL has no host", code="image_url_failed")
@@ -232,11 +237,14 @@ async def _public_host(url: httpx.URL) -> None:
                                                              type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         raise HTTPError(400, f"image URL host {host!r} does not resolve", code="image_url_failed") from None
-    for info in infos:
+    if not infos:
+        raise HTTPError(400, f"image URL host {host!r} does not resolve", code="image_url_failed")
+    for info in infos if public_only else ():
         addr = ipaddress.ip_address(info[4][0].split("%")[0])
         if not addr.is_global or addr.is_multicast:
             raise HTTPError(400, f"image URL host {host!r} resolves to a non-public address; refused (set "
                                  f"limits.allow_private_image_hosts to allow it)", code="image_url_private")
+    return str(infos[0][4][0]).split("%")[0]
 
 
 def _label(reason: str) -> str:

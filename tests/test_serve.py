@@ -408,3 +408,38 @@ def test_serve_benchmark_quick_run_is_complete_and_clean(tmp_path):
     assert r["targets"]["zero_errors_and_lost"] and r["server_peak_rss_mb"] > 0
     assert r["in_process_route_many"]["qps"] > 0
     assert "concurrency" in table(r)
+
+
+def test_an_image_url_is_fetched_from_the_address_that_was_checked(router, upstream, monkeypatch):
+    """DNS rebinding: the host is resolved once (`_resolve`, which checks the address), and the request goes to that
+    very address with the URL's Host header. Here the resolver answers for a name the system cannot resolve: had the
+    HTTP client resolved the name again, the fetch would fail."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from lr_onnx.serve import upstream as upstream_module
+
+    seen = {}
+
+    def chart(request: StarletteRequest):
+        seen["host"] = request.headers.get("host")
+        return Response(CHART, media_type="image/png")
+
+    real = upstream_module._resolve
+
+    async def resolve(url, *, public_only):
+        seen["resolved"] = url.host
+        return "127.0.0.1" if url.host == "rebind.lr-onnx.test" else await real(url, public_only=public_only)
+
+    monkeypatch.setattr(upstream_module, "_resolve", resolve)
+    limits = Limits(allow_image_urls=True, allow_private_image_hosts=True, image_url_timeout_s=2.0)
+    with BackgroundServer(Starlette(routes=[Route("/chart.png", chart)])) as img, \
+            make_server(router, upstream, {}, limits=limits) as s:
+        port = int(img.url.rsplit(":", 1)[1])
+        res = httpx.post(f"{s.url}/v1/route", json={"question": QUESTION,
+                                                    "images": [f"http://rebind.lr-onnx.test:{port}/chart.png"]})
+        assert res.status_code == 200, res.text
+        assert res.json()["model"] == router.route([CHART], QUESTION).model
+        assert seen == {"resolved": "rebind.lr-onnx.test", "host": f"rebind.lr-onnx.test:{port}"}
