@@ -7,7 +7,9 @@ For each scenario of `benchmarks/feedback.py` it writes, under DIR (never into a
   source's images);
 - `runs/<name>`: a router trained on it (the default training configuration and seed);
 - `bundles/<name>`: its bundle (fp32).
-Everything already there is reused, so a rerun only does what is missing.
+Everything already there is reused, so a rerun only does what is missing; the grid's runs (`--grid`, trained with
+the same configuration and seed) stand in for the history routers of blindtest and the merged set when present.
+From scratch: about an hour on 2 cores (seven trainings, nine exports).
 
 The stream of a scenario is its test split in a seeded random order (`stream_ids`); the ceiling router is trained
 on the history plus the stream's first half with every model's outcome (full information): the queries a refresh
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,12 +53,17 @@ def held_subjects(records: list[dict]) -> set[str]:
     return {subjects[i] for i in pick}
 
 
-def write_derived(src: Path, out: Path, records: list[dict]) -> None:
-    """A dataset folder beside the others: the given records, the source's models.json, its images linked."""
+def write_derived(src: Path, out: Path, records: list[dict], drop: str | None = None) -> None:
+    """A dataset folder beside the others: the given records, the source's models.json, its images linked; `drop`
+    removes one model everywhere (the new-model scenario's history)."""
     if (out / "queries.jsonl").is_file():
         return
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    shutil.copyfile(src / "models.json", tmp / "models.json")
+    models = json.loads((src / "models.json").read_text(encoding="utf-8"))
+    if drop is not None:
+        models = [m for m in models if (m["name"] if isinstance(m, dict) else m) != drop]
+        records = [dict(r, outcomes={k: v for k, v in r["outcomes"].items() if k != drop}) for r in records]
+    (tmp / "models.json").write_text(json.dumps(models, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     with open(tmp / "queries.jsonl", "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -65,14 +71,24 @@ def write_derived(src: Path, out: Path, records: list[dict]) -> None:
     os.replace(tmp, out)
 
 
-def plan(shared: Path, grid: Path | None) -> dict:
-    """Per scenario: its source dataset, the history and ceiling datasets (records), the stream ids."""
+def merged_source(shared: Path, grid: Path | None, work: Path) -> Path:
+    """blindtest + dynamath merged (`lr-onnx data merge`): the grid's copy when there is one, else made in `work`."""
+    if grid is not None and (grid / "data" / "merge_blindtest_dynamath" / "queries.jsonl").is_file():
+        return grid / "data" / "merge_blindtest_dynamath"
+    out = work / "data" / "merged_source"
+    if not (out / "queries.jsonl").is_file():
+        from lr_onnx.export.merge import merge_datasets
+
+        merge_datasets(out, [shared / "blindtest", shared / "dynamath"])
+    return out
+
+
+def plan(shared: Path, merged: Path) -> dict:
+    """Per scenario: its source dataset, the history and ceiling datasets (records; None = the source as it is),
+    the stream ids."""
     out = {}
     bt, dyn = shared / "blindtest", shared / "dynamath"
-    merged = grid / "data" / "merge_blindtest_dynamath" if grid else None
     for name, src in (("blindtest", bt), ("merged", merged)):
-        if src is None or not src.is_dir():
-            continue
         recs = _records(src)
         stream = stream_ids(recs)
         first = set(stream[:len(stream) // 2])
@@ -100,19 +116,21 @@ def main(argv=None) -> None:
 
     for sub in ("data", "runs", "bundles"):
         (a.work / sub).mkdir(parents=True, exist_ok=True)
-    p = plan(a.shared, a.grid)
-    jobs = []   # (run name, dataset folder, existing run or None)
+    p = plan(a.shared, merged_source(a.shared, a.grid, a.work))
+    write_derived(a.shared / "blindtest", a.work / "data" / "new_model_history", _records(a.shared / "blindtest"),
+                  drop=NEW_MODEL)
+    # (run name, dataset folder, a run trained the same way elsewhere: the grid's, reused when it is there)
+    jobs = [("blindtest_history", p["blindtest"]["src"], a.grid / "blindtest" / "seed0"),
+            ("merged_history", p["merged"]["src"], a.grid / "real_merged" / "seed0"),
+            ("new_model_history", a.work / "data" / "new_model_history",
+             Path("/tmp/nm_blindtest") / f"without_{NEW_MODEL}")]
+    jobs = [(n, d, r if (r / "weights.safetensors").is_file() else None) for n, d, r in jobs]
     for name, s in p.items():
         if s["history"] is not None:
             write_derived(s["src"], a.work / "data" / f"{name}_history", s["history"])
             jobs.append((f"{name}_history", a.work / "data" / f"{name}_history", None))
         write_derived(s["src"], a.work / "data" / f"{name}_ceiling", s["ceiling"])
         jobs.append((f"{name}_ceiling", a.work / "data" / f"{name}_ceiling", None))
-    existing = {"blindtest_history": a.grid / "blindtest" / "seed0", "merged_history": a.grid / "real_merged" / "seed0",
-                "new_model_history": Path("/tmp/nm_blindtest") / f"without_{NEW_MODEL}"}
-    for name, run in existing.items():
-        if (run / "weights.safetensors").is_file():
-            jobs.insert(0, (name, None, run))
     for name, data, run in jobs:
         run_dir = run or a.work / "runs" / name
         if not (run_dir / "weights.safetensors").is_file():
