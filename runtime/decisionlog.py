@@ -8,7 +8,7 @@ capability memory's retrieval space, fp16, base64). `feedback` attaches observed
 with `content=True` (`--log-content`); image bytes are never written, only their sizes.
 
 Files are `decisions-<time>-<pid>-<n>.jsonl` in the log folder, one writer per process (so processes never
-interleave), a new file past `max_file_bytes`. Records go through a bounded queue to one writer thread: a
+interleave), a new file past `max_file_bytes`; with `keep_files` N, only the newest N decision files are kept. Records go through a bounded queue to one writer thread: a
 request never waits for the disk. A full queue or a failing disk (ENOSPC) drops records, counts them in
 `dropped`, and routing goes on. Whole lines only: a record is serialised first and written in one call.
 """
@@ -103,10 +103,11 @@ class DecisionLog:
     """Append decisions to `folder` from a background thread; `submit` never blocks and never raises on the disk."""
 
     def __init__(self, folder: str | os.PathLike, *, content: bool = False, max_file_mb: float = DEFAULT_MAX_FILE_MB,
-                 queue_size: int = DEFAULT_QUEUE):
+                 keep_files: int = 0, queue_size: int = DEFAULT_QUEUE):
         self.folder = log_folder(folder)
         self.content = bool(content)
         self.max_file_bytes = max(1, int(max_file_mb * 2**20))
+        self.keep_files = max(0, int(keep_files))   # 0: keep every file; else the newest N decision files stay
         self.written = 0
         self.dropped = 0
         self.listeners: list = []          # called with each record as it is submitted (feedback's id index)
@@ -152,7 +153,14 @@ class DecisionLog:
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = self.folder / f"{DECISIONS}{stamp}-{os.getpid()}-{self._seq:04d}{SUFFIX}"
-        return open(path, "ab", buffering=0)
+        fh = open(path, "ab", buffering=0)
+        if self.keep_files:   # retention: the oldest decision files go (names start with the time: oldest first)
+            for old in log_files(self.folder, DECISIONS)[:-self.keep_files]:
+                try:
+                    old.unlink()
+                except OSError:
+                    pass
+        return fh
 
     def _write(self, payload: bytes, n: int) -> None:
         try:

@@ -334,12 +334,13 @@ class Router:
         budget = None if max_cost is None else number(max_cost, "max_cost", hi=MAX_COST_USD)
         return RouteOptions(avail, lam, bool(explain), budget, parse_explore(explore))
 
-    def start_log(self, folder, *, content: bool = False, max_file_mb: float | None = None):
+    def start_log(self, folder, *, content: bool = False, max_file_mb: float | None = None, keep_files: int = 0):
         """Log every decision from now on into `folder` (`runtime.decisionlog`); returns the log (close it at the end:
         `close` waits for the last records to be written)."""
         from .decisionlog import DEFAULT_MAX_FILE_MB, DecisionLog
 
-        self.log = DecisionLog(folder, content=content, max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB)
+        self.log = DecisionLog(folder, content=content, max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB,
+                               keep_files=keep_files)
         return self.log
 
     def seed(self, seed: int) -> None:

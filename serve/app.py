@@ -227,7 +227,8 @@ def _start_logging(router: Router, config: ServeConfig, metrics: Metrics):
     """With `[logging] dir`: every decision logged, its drops counted in /metrics, and the feedback store; else None."""
     if not config.logging.dir:
         return None
-    log = router.start_log(config.logging.dir, content=config.logging.content, max_file_mb=config.logging.max_file_mb)
+    log = router.start_log(config.logging.dir, content=config.logging.content, max_file_mb=config.logging.max_file_mb,
+                           keep_files=config.logging.keep_files)
     metrics.watch_log(log)
     return FeedbackStore(log.folder, window_h=config.logging.feedback_window_h, log=log)
 

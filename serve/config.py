@@ -32,6 +32,7 @@
     dir = "/var/log/lr-onnx"       # one JSON line per decision (no user content unless content = true)
     content = false                # also store each question (never the image bytes)
     max_file_mb = 64               # a new log file past this size
+    keep_files = 0                 # 0: keep every decision file; N: only the newest N
     feedback_window_h = 168        # feedback accepted for decisions at most this old
 
     [routing]
@@ -99,6 +100,7 @@ class Logging:
     dir: str = ""
     content: bool = False            # also store each question (user content); never the image bytes
     max_file_mb: float = 64.0        # a new log file past this size
+    keep_files: int = 0              # 0: keep every decision file; N: only the newest N (older ones are deleted)
     feedback_window_h: float = 168.0 # feedback accepted for decisions at most this old
 
 
@@ -142,7 +144,7 @@ _BOUNDS = {  # field -> (kind, lo, hi)
     "max_image_mb": (float, 0.01, 4096), "max_request_image_mb": (float, 0.01, 65536),
     "stream_idle_s": (float, 0.01, 3600), "grace_s": (float, 0, 86400),
     "dir": (str, 0, 4096), "content": (bool, 0, 1), "max_file_mb": (float, 0.001, 1 << 20),
-    "feedback_window_h": (float, 0.001, 24 * 3650), "explore": (str, 0, 64),
+    "feedback_window_h": (float, 0.001, 24 * 3650), "explore": (str, 0, 64), "keep_files": (int, 0, 1_000_000),
 }
 MAX_CONFIG_BYTES = 1 << 20
 

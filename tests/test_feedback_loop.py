@@ -134,6 +134,15 @@ def test_the_log_rotates_by_size(tmp_path, features):
     files = log_files(tmp_path / "log", DECISIONS)
     assert len(files) > 2
     assert sum(1 for _ in read_records(files)) == len(q) == r.log.written
+    # retention: with keep_files 2, only the newest two files stay, the latest records among them
+    kept = logged_router(tmp_path / "kept", max_file_mb=2e-3, keep_files=2)
+    ids = []
+    for i in range(0, len(q), 4):
+        ids += [d.id for d in kept.decide(q[i:i + 4], [kept.options()] * 4)]
+        kept.log.flush()
+    kept.log.close()
+    files = log_files(tmp_path / "kept", DECISIONS)
+    assert len(files) == 2 and [x["id"] for x in read_records(files)] == ids[-len(list(read_records(files))):]
 
 
 def test_a_full_disk_drops_records_and_routing_goes_on(tmp_path, features, monkeypatch):
