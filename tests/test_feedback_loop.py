@@ -387,11 +387,12 @@ def test_serve_config_checks_logging_and_exploration(tmp_path):
     from lr_onnx.serve.config import load_config
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[logging]\ndir = "/tmp/x"\ncontent = true\n[routing]\nexplore = "thompson:0.5"\n')
+    cfg.write_text('[logging]\ndir = "/tmp/x"\ncontent = true\nkeep_files = 5\n[routing]\nexplore = "thompson:0.5"\n')
     c = load_config(cfg)
     assert c.logging.dir == "/tmp/x" and c.logging.content and c.routing.explore == "thompson:0.5"
+    assert c.logging.keep_files == 5
     for bad in ('[routing]\nexplore = "sometimes"\n', '[logging]\ncontent = "yes"\n', '[logging]\nfolder = "x"\n',
-                '[logging]\nfeedback_window_h = -1\n'):
+                '[logging]\nfeedback_window_h = -1\n', '[logging]\nkeep_files = -2\n', '[logging]\nkeep_files = 1.5\n'):
         cfg.write_text(bad)
         with pytest.raises(InputError) as e:
             load_config(cfg)
