@@ -163,7 +163,8 @@ LOG_CONTENT_OPTION = click.option("--log-content", is_flag=True,
                             help="With --log: also store each question and its images' sizes (user content).")
 EXPLORE_OPTION = click.option("--explore", default=None, metavar="POLICY",
                         help="Opt-in exploration, so feedback can teach the router about models it rarely picks: "
-                             "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma) or epsilon:P (a random "
+                             "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma / sqrt(1 + n), n the labelled "
+                             "neighbours that speak for the model here) or epsilon:P (a random "
                              "candidate with probability P). The decision records its propensity.")
 PROVIDER_OPTION = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
                          show_default=True, help="Execution provider; auto = TensorRT > CUDA > CPU, as available.")

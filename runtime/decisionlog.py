@@ -21,7 +21,6 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +89,6 @@ def read_records(files: list[Path]):
                     continue
                 if isinstance(rec, dict) and isinstance(rec.get("id"), str):
                     yield rec
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    folder: str
-    content: bool = False
-    max_file_mb: float = DEFAULT_MAX_FILE_MB
 
 
 class DecisionLog:

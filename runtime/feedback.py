@@ -73,7 +73,7 @@ class FeedbackStore:
         self._seen: dict[tuple[str, str], tuple[float, float | None]] = {}
         self._offsets: dict[Path, int] = {}
         self._file: Path | None = None
-        for rec in read_records(log_files(self.folder, DECISIONS)):
+        for rec in read_records(self._recent(DECISIONS)):   # a long-running log: only files the window can reach
             self.remember(rec)
         self._catch_up()
         if log is not None:
@@ -97,9 +97,22 @@ class FeedbackStore:
                 break
             self._decisions.popitem(last=False)
 
+    def _recent(self, prefix: str) -> list[Path]:
+        """The folder's files of one kind last written within the feedback window (older ones hold only decisions
+        feedback can no longer name, and outcomes for them)."""
+        cutoff = time.time() - self.window_s
+        out = []
+        for p in log_files(self.folder, prefix):
+            try:
+                if p.stat().st_mtime >= cutoff:
+                    out.append(p)
+            except OSError:
+                continue
+        return out
+
     def _catch_up(self) -> None:
         """Read the feedback lines appended (by this or another process) since the last look."""
-        for path in log_files(self.folder, FEEDBACK):
+        for path in self._recent(FEEDBACK):
             start = self._offsets.get(path, 0)
             try:
                 size = path.stat().st_size

@@ -30,7 +30,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 
 @contextmanager
-def _edited_copy(src: Path, out: str | os.PathLike):
+def edited_copy(src: Path, out: str | os.PathLike):
     """Yield a temporary copy of bundle `src` beside `out`; it becomes `out` only if the block succeeds,
     and is removed on every failure path (nothing is left in OUT's folder or in /tmp)."""
     out = Path(out)
@@ -79,10 +79,10 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
             raise OptionError(str(e)) from None
         entry["output_tokens"] = mean_output_tokens(entry, meta, cost, tok)
     mem = router.memory()
-    with _edited_copy(router.bundle.path, out) as tmp:
+    with edited_copy(router.bundle.path, out) as tmp:
         grown_m = dict(m, pool=m["pool"] + [entry])
         if mem is not None:   # its labelled queries join the memory: a local estimate from the first query on
-            grown_m = _with_memory(tmp, grown_m, mem.with_rows(q, name, y))
+            grown_m = with_memory(tmp, grown_m, mem.with_rows(q, name, y))
         write_manifest(tmp, grown_m)
     from .router import Router
 
@@ -155,18 +155,18 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
         raise OptionError(f"model '{name}' is not in the pool; pool: {', '.join(names)}")
     if len(names) == 1:
         raise OptionError("cannot remove the last model of the pool")
-    with _edited_copy(b.path, out) as tmp:
+    with edited_copy(b.path, out) as tmp:
         m = dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name])
         if "memory" in m and name in m["memory"]["models"]:
             mem = Memory.from_bundle(b).without_models([name])
             if len(mem):
-                m = _with_memory(tmp, m, mem)
+                m = with_memory(tmp, m, mem)
             else:   # only the removed model had outcomes: the router has nothing left to remember
                 raise OptionError(f"model '{name}' holds every outcome of the bundle's memory; it cannot be removed")
         write_manifest(tmp, m)
 
 
-def _with_memory(folder: Path, manifest: dict, mem) -> dict:
+def with_memory(folder: Path, manifest: dict, mem) -> dict:
     """The manifest with `mem` written into `folder` (a bundle copy being edited): its entry and the three files'
     hashes replaced."""
     from .bundle import sha256_file

@@ -54,7 +54,8 @@ class Explore:
         return f"{self.kind}:{self.value:g}"
 
 
-EXPLORE_HELP = "off, thompson[:S] (draws from mu_tilde +/- S sigma, S in (0, 4], default 1) or epsilon:P (P in (0, 1])"
+EXPLORE_HELP = ("off, thompson[:S] (draws from mu_tilde +/- S sigma / sqrt(1 + n), S in (0, 4], default 1) or "
+                "epsilon:P (P in (0, 1])")
 
 
 def parse_explore(value) -> Explore | None:
@@ -86,9 +87,9 @@ def explore_choice(scores: np.ndarray, sigma: np.ndarray, cost_hat: np.ndarray, 
     probability it had, which off-policy estimates divide by. Unavailable models are never drawn. `evidence` `[B, K]`:
     the memory's neighbour count per model (Thompson's spread shrinks with it)."""
     avail = np.asarray(avail, bool)
-    greedy = choose(scores, cost_hat, avail, lam)
     B, K = avail.shape
     if explore.kind == "epsilon":
+        greedy = choose(scores, cost_hat, avail, lam)
         n = avail.sum(axis=1)
         probs = np.where(avail, explore.value / np.maximum(n, 1)[:, None], 0.0)
         probs[np.arange(B), greedy] += 1.0 - explore.value

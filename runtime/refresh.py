@@ -45,7 +45,7 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
             retrain_ooc_share: float = RETRAIN_OOC_SHARE, report: str | os.PathLike | None = None) -> dict:
     """Write the refreshed copy `out` of bundle `bundle_path` from the feedback in `log_dir`; returns the report
     (also written to `report`, default `<out>.report.json`, with its PNG beside it)."""
-    from .manage import _edited_copy, _with_memory, write_manifest
+    from .manage import edited_copy, with_memory, write_manifest
     from .router import Router
 
     router = Router(load_bundle(bundle_path))
@@ -82,14 +82,14 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
         if rows_added:
             mem = mem.with_outcomes(keys, outcomes, models)
     rep = _report(use, traffic, per_model, skipped, retrain_ooc_share, rows_added)
-    with _edited_copy(router.bundle.path, out) as tmp:
+    with edited_copy(router.bundle.path, out) as tmp:
         new_m = dict(m, pool=pool, refreshed={
             "from": router.bundle.digest[:16], "feedback_through": max(float(f["time"]) for _, f in use),
             "decisions_through": max([float(d["time"]) for d in traffic], default=seen_since),
             "records": len(use), "memory_rows_added": rows_added,
             "refreshes": int((m.get("refreshed") or {}).get("refreshes", 0)) + 1})
         if mem is not None and rows_added:
-            new_m = _with_memory(tmp, new_m, mem)
+            new_m = with_memory(tmp, new_m, mem)
         write_manifest(tmp, new_m)
     path = Path(report) if report is not None else Path(f"{out}.report.json")
     atomic_write_text(path, json.dumps(rep, indent=2, allow_nan=False) + "\n")
@@ -188,17 +188,16 @@ def _plot(use, traffic, width: int = 720, height: int = 360) -> bytes:
     nb = 24
     edges = np.linspace(t0, t1 + 1e-6, nb + 1)
 
-    def series(items, value):
-        out = []
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
-            v = [value(x) for x in items if a <= float(x[0]["time"] if isinstance(x, tuple) else x["time"]) < b]
-            v = [x for x in v if x is not None]
-            out.append(float(np.mean(v)) if v else None)
-        return out
+    def series(points: list[tuple[float, float]]) -> list[float | None]:
+        """Mean value per time bucket of (time, value) points; None for an empty bucket."""
+        at = np.digitize([t for t, _ in points], edges[1:-1]) if points else np.zeros(0, int)
+        vals = np.array([v for _, v in points], float)
+        return [float(vals[at == b].mean()) if (at == b).any() else None for b in range(nb)]
 
-    gap = series(use, lambda x: x[1]["score"] - x[0]["candidates"][x[1]["model"]][2]
-                 if x[1]["model"] in x[0].get("candidates", {}) else None)
-    ooc = series(traffic, lambda d: None if d.get("out_of_coverage") is None else float(d["out_of_coverage"]))
+    gap = series([(float(d["time"]), f["score"] - d["candidates"][f["model"]][2]) for d, f in use
+                  if f["model"] in d.get("candidates", {})])
+    ooc = series([(float(d["time"]), float(d["out_of_coverage"])) for d in traffic
+                  if d.get("out_of_coverage") is not None])
     img = Image.new("RGB", (width, height), "white")
     g = ImageDraw.Draw(img)
     left, top, right, bottom = 60, 30, width - 20, height - 40

@@ -339,6 +339,8 @@ class Router:
         `close` waits for the last records to be written)."""
         from .decisionlog import DEFAULT_MAX_FILE_MB, DecisionLog
 
+        if self.log is not None:
+            self.log.close()
         self.log = DecisionLog(folder, content=content, max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB,
                                keep_files=keep_files)
         return self.log

@@ -27,7 +27,7 @@ def number(value, field: str, *, lo: float = 0.0, hi: float = 1e12, err: type[Lr
     try:
         v = float(value)
     except (OverflowError, ValueError):
-        raise err(f"{field} must be a finite number, got an integer of {len(str(value))} digits") from None
+        raise err(f"{field} must be a finite number, got an integer of {len(str(int(value)))} digits") from None  # type: ignore[call-overload]
     if not math.isfinite(v):
         raise err(f"{field} must be a finite number, got {v}")
     if not lo <= v <= hi:

@@ -224,6 +224,13 @@ def test_feedback_outside_the_window_is_refused(decided, tmp_path):
     late.check(item)
     with pytest.raises(UnknownDecision, match="window"):
         late.check(item, now=ds and 10 ** 10)
+    # a store opened later does not even read decision files last written before its window
+    import os
+
+    for path in log_files(tmp_path / "log", DECISIONS):
+        os.utime(path, (0, 0))
+    with pytest.raises(UnknownDecision):
+        FeedbackStore(tmp_path / "log", window_h=1.0).check(item)
 
 
 def test_concurrent_feedback_records_each_outcome_once(decided, tmp_path):
