@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     router = Router.load(a.bundle)
     res = {"bundle": str(a.bundle), "threshold": router.coverage_threshold,
-           "threshold_rule": router.bundle.manifest.get("coverage"), "sets": {}}
+           "threshold_rule": (c.to_dict() if (c := router.bundle.manifest.coverage) else None), "sets": {}}
     for spec in a.sets:
         name, _, d = spec.partition("=")
         res["sets"][name] = measure(router, Path(d), a.limit)

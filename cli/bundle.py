@@ -158,45 +158,42 @@ def info_cmd(bundle, as_json):
     if as_json:
         echo_json({**b.summary(), "providers_available": ort().get_available_providers()})
         return
-    click.echo(f"bundle {b.path} (schema {m['schema_version']}, {m.get('precision', '?')}, opset {m.get('opset', '?')}, "
-               f"setting {m.get('setting', '?')}, encoders {m.get('encoder_version', '?')})")
+    click.echo(f"bundle {b.path} (schema {m.schema_version}, {m.precision or '?'}, opset {m.opset or '?'}, "
+               f"setting {m.setting or '?'}, encoders {m.encoder_version or '?'})")
     click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost")
-    for p in m["pool"]:
-        pi, po = p.get("price_in_per_mtok"), p.get("price_out_per_mtok")
-        rule = p.get("image_tokens")
-        rule = (rule if isinstance(rule, str) else (rule or {}).get("rule"))
-        how = f"{rule}, {p['output_tokens']:g} output tokens" if rule and p.get("output_tokens") is not None \
+    for p in m.pool:
+        pi, po, rule = p.price_in_per_mtok, p.price_out_per_mtok, p.image_tokens
+        rule = rule if isinstance(rule, str) else (rule or {}).get("rule")
+        how = f"{rule}, {p.output_tokens:g} output tokens" if rule and p.output_tokens is not None \
             else "- (the constant)"
-        click.echo(f"{p['name'][:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} {'-' if po is None else f'{po:g}':>8s} "
-                   f"{p['expected_cost_usd']:>12.3g}  {how}")
-    for name, g in m["graphs"].items():
-        size = b.file(g["file"]).stat().st_size
-        click.echo(f"graph {name}: {g['file']} {size / 1e6:.1f} MB, inputs {g.get('inputs', '?')}")
-    im = m["preprocessing"]["image"]
-    click.echo(f"image: letterbox {im['size']} px, {im['resample']}, mean {im['mean']}, std {im['std']}; "
-               f"text: {m['preprocessing']['text']['tokenizer_file']}, max {m['preprocessing']['text']['max_tokens']} tokens")
-    lam = m.get("lambda", {})
-    cov = m.get("coverage")
-    if isinstance(cov, dict):
-        click.echo(f"coverage: queries whose best similarity to the slice centroids is below {cov['threshold']:.4f} "
-                   f"(the training queries' {cov.get('percentile', 1):g}st percentile) are flagged out of coverage")
-    mem = m.get("memory")
-    if mem:
+        click.echo(f"{p.name[:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} {'-' if po is None else f'{po:g}':>8s} "
+                   f"{p.expected_cost_usd:>12.3g}  {how}")
+    for name, g in m.graphs.items():
+        size = b.file(g.file).stat().st_size
+        click.echo(f"graph {name}: {g.file} {size / 1e6:.1f} MB, inputs {dict(g.inputs) or '?'}")
+    im = m.image
+    click.echo(f"image: letterbox {im.size} px, {im.resample}, mean {list(im.mean)}, std {list(im.std)}; "
+               f"text: {m.text.tokenizer_file}, max {m.text.max_tokens} tokens")
+    if m.coverage is not None:
+        click.echo(f"coverage: queries whose best similarity to the slice centroids is below {m.coverage.threshold:.4f} "
+                   f"(the training queries' {m.coverage.percentile:g}st percentile) are flagged out of coverage")
+    mem = m.memory
+    if mem is not None:
         from ..runtime.memory import MIN_CLOSENESS
 
-        st = mem["settings"]
-        click.echo(f"capability memory: {mem['rows']:,} labelled queries x {len(mem['models'])} models in {mem['dim']} "
-                   f"dimensions; estimates from the {st['k']} nearest (pseudo-count {st['kappa']:g}); network "
-                   f"correction {mem.get('blend', '?')} (0 = the memory alone); queries with closeness < {MIN_CLOSENESS:g} to it "
-                   f"are flagged out of coverage too")
-    calibrated = lam.get("calibrated")
-    click.echo(f"lambda: default {lam.get('default', 0):g}" +
+        st = mem.settings
+        click.echo(f"capability memory: {mem.rows:,} labelled queries x {len(mem.models)} models in {mem.dim} "
+                   f"dimensions; estimates from the {st.k} nearest (pseudo-count {st.kappa:g}); network "
+                   f"correction {'?' if mem.blend is None else f'{mem.blend:g}'} (0 = the memory alone); queries "
+                   f"with closeness < {MIN_CLOSENESS:g} to it are flagged out of coverage too")
+    calibrated = m.lambdas.extra.get("calibrated")
+    click.echo(f"lambda: default {m.lambdas.default:g}" +
                (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else ""))
-    for name, p in lam.get("presets", {}).items():
-        p = p if isinstance(p, dict) else {"lambda": p}
-        score = (f", validation score {p['val_score']:.3f} at ${p['val_cost']:.2e}/query"
-                 if isinstance(p.get("val_score"), (int, float)) and isinstance(p.get("val_cost"), (int, float)) else "")
-        click.echo(f"  --lambda {name}: {p['lambda']:g}{score}")
+    for name, preset in m.lambdas.presets.items():
+        vs, vc = preset.extra.get("val_score"), preset.extra.get("val_cost")
+        score = (f", validation score {vs:.3f} at ${vc:.2e}/query"
+                 if isinstance(vs, (int, float)) and isinstance(vc, (int, float)) else "")
+        click.echo(f"  --lambda {name}: {preset.lam:g}{score}")
     click.echo(f"providers available: {', '.join(ort().get_available_providers())}")
 
 
@@ -218,7 +215,7 @@ def doctor_cmd(bundle, provider):
     rt = ort()
     click.echo(f"providers available: {', '.join(rt.get_available_providers())}")
     router = load_router(bundle, provider)  # verifies every sha256
-    click.echo(f"bundle {router.bundle.path}: closed, {len(router.bundle.manifest['files'])} listed files, "
+    click.echo(f"bundle {router.bundle.path}: closed, {len(router.bundle.manifest.files)} listed files, "
                f"sha256 verified")
     for name, bound in router.bound_providers().items():
         click.echo(f"  {name}: bound {', '.join(bound)}")

@@ -98,7 +98,8 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
         for m in d.explain["pairwise_margins"]:
             click.echo(f"margin {m['between'][0]} over {m['between'][1]}: utility {m['utility_margin']:+.4f}, "
                        f"z {m['z']:+.2f}")
-        blend = (router.bundle.manifest.get("memory") or {}).get("blend")
+        entry = router.bundle.manifest.memory
+        blend = None if entry is None else entry.blend
         if blend == 0:
             click.echo("note: this bundle answers with its capability memory alone (validation chose no network "
                        "correction), so a model's score does not depend on which others are available")

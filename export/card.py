@@ -9,9 +9,9 @@ manifest (the runtime never reads it), so writing it changes no hash.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..runtime.bundle import load_bundle
 from .files import atomic_write_text
 from .rundir import METRICS, RunDir
 
@@ -28,12 +28,12 @@ SOURCES = {
 
 def card(run_dir: Path, bundle_dir: Path, sources: list[str]) -> str:
     m = RunDir.of(run_dir).read_json(METRICS)
-    man = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+    man = load_bundle(bundle_dir).manifest
     cfg = RunDir.of(run_dir).config()
     lr = m["methods"]["latentrouter"]
-    pool = man["pool"]
-    mem = man.get("memory")
-    cov = man.get("coverage", {})
+    pool = man.pool
+    mem = man.memory
+    threshold = man.coverage.threshold if man.coverage is not None else float("nan")
     lines = ["# The default lr-onnx bundle: model card", "",
              "A LatentRouter bundle that picks, per image+question query, one of the multimodal models below by "
              "predicted quality minus lambda x expected cost. Written by `python -m lr_onnx.export.card` from the "
@@ -48,8 +48,9 @@ def card(run_dir: Path, bundle_dir: Path, sources: list[str]) -> str:
               "projection of its encoder vectors (not invertible to the text or the image) and each model's "
               "0/1 outcome on it." if mem else "", "",
               "## Pool", "", f"{len(pool)} models (a ragged pool: each source answered by its own models):", ""]
-    lines += [f"- `{p['name']}`: expected cost {p['expected_cost_usd']:.3g} USD per query"
-              + (f", {p['added_with']['queries']} labelled queries (added)" if p.get("added_with") else "") for p in pool]
+    lines += [f"- `{p.name}`: expected cost {p.expected_cost_usd:.3g} USD per query"
+              + (f", {p.extra['added_with']['queries']} labelled queries (added)" if p.extra.get("added_with") else "")
+              for p in pool]
     lines += ["", "## Test scores (held-out test split, lambda 0)", "",
               f"Overall: LatentRouter **{lr['score_at_lambda0']:.4f}** (nAUC {lr['nauc']:.4f}); best single model "
               f"{m['best_single']['name']} {m['best_single']['score']:.4f}; oracle {m['oracle']['score']:.4f}; "
@@ -64,15 +65,15 @@ def card(run_dir: Path, bundle_dir: Path, sources: list[str]) -> str:
                      f"{r['best_single']['score']:.4f} | {r['oracle']:.4f} |")
     lines += ["", "## How it decides", ""]
     if mem:
-        st = mem["settings"]
+        st = mem.settings
         blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
-        lines += [f"- Capability memory: {mem['rows']:,} labelled training queries; each model's estimate is the "
-                  f"shrunk mean outcome of the query's {st['k']} nearest ones (pseudo-count {st['kappa']:g} of the "
+        lines += [f"- Capability memory: {mem.rows:,} labelled training queries; each model's estimate is the "
+                  f"shrunk mean outcome of the query's {st.k} nearest ones (pseudo-count {st.kappa:g} of the "
                   f"model's global mean), weighted by closeness. Settings chosen on validation."
                   + (f" The network corrects it with strength {blend:g} (chosen on validation; 0 = the memory alone)."
                      if blend is not None else "")]
     lines += [f"- Coverage rule: a query is flagged out of coverage when its best cosine similarity to the training "
-              f"slices is below {cov.get('threshold', float('nan')):.3f} (the 1st percentile of the training queries' "
+              f"slices is below {threshold:.3f} (the 1st percentile of the training queries' "
               f"own)" + (", or when its closeness to the memory's nearest labelled queries is below 0.1: there every "
                          "model's estimate is its global mean, and the router picks the model with the best global "
                          "mean minus lambda x cost" if mem else "") + ".",

@@ -13,11 +13,13 @@ import json
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..runtime.bundle import MANIFEST, SCHEMA_VERSION
+from ..runtime.manifest import MANIFEST, Coverage, FileEntry, GraphEntry, LambdaSpec, Manifest, MemoryEntry, PoolEntry, \
+    Preset
 from ..runtime.errors import DataError
 from ..runtime.profiles import ProfileSpace
 from ..version import __version__
@@ -74,32 +76,28 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         std = space.standardise(np.asarray(prof["raw_profiles"], float))
         metrics = _metrics_summary(run_dir)
         presets = metrics.pop("presets", {})
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "created_by": {"lr_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                           "onnxruntime": _ort_version(), "python": platform.python_version()},
-            "precision": precision, "opset": opset, "setting": cfg["train"]["setting"],
-            "encoder_version": ENCODER_VERSION,
-            "graphs": {name.removesuffix(".onnx"): {"file": name, **graph_dims(tmp / name)} for name in graph_files},
-            "preprocessing": {"image": IMAGE_SPEC.to_dict(), "text": {**TEXT_SPEC.to_dict(),
-                                                                       "tokenizer_file": "tokenizer.json"}},
-            "query_dim": net.cfg.query_dim, "model_dim": net.cfg.model_dim,
-            "pool": [{"name": m["name"], "price_in_per_mtok": m.get("price_in_per_mtok"),
-                      "price_out_per_mtok": m.get("price_out_per_mtok"), "expected_cost_usd": float(e),
-                      "cost_hat": float(c), "raw_profile": r, "profile": s.tolist(),
-                      **({"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
-                         if cm and cm.get("output_tokens") is not None else {})}
-                     for m, e, c, r, s, cm in zip(prof["models"], prof["e_bar"], c_hat, prof["raw_profiles"], std,
-                                                  prof.get("cost_model") or [None] * len(prof["models"]))],
-            "profile_space": space.to_dict(),
-            "cost_estimator": prof.get("cost_estimator", "calib_mean"),
-            "lambda": {"default": metrics.get("lambda_val", 0.0), "presets": presets},
-            "coverage": coverage_threshold(held_out, space),
-            "training_metrics": metrics,
-        }
-        if memory is not None:
-            blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
-            manifest["memory"] = {**memory.write(tmp), **({"blend": float(blend)} if blend is not None else {})}
+        pool = [PoolEntry(name=m["name"], price_in_per_mtok=m.get("price_in_per_mtok"),
+                          price_out_per_mtok=m.get("price_out_per_mtok"), expected_cost_usd=float(e), cost_hat=float(c),
+                          raw_profile=tuple(r), profile=tuple(s.tolist()),
+                          **({"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
+                             if cm and cm.get("output_tokens") is not None else {}))
+                for m, e, c, r, s, cm in zip(prof["models"], prof["e_bar"], c_hat, prof["raw_profiles"], std,
+                                             prof.get("cost_model") or [None] * len(prof["models"]))]
+        cov = coverage_threshold(held_out, space)
+        blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
+        manifest = Manifest(
+            created_by={"lr_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                        "onnxruntime": _ort_version(), "python": platform.python_version()},
+            precision=precision, opset=opset, setting=cfg["train"]["setting"], encoder_version=ENCODER_VERSION,
+            graphs={name.removesuffix(".onnx"): GraphEntry(name, **graph_dims(tmp / name)) for name in graph_files},
+            image=IMAGE_SPEC, text=TEXT_SPEC, query_dim=net.cfg.query_dim, model_dim=net.cfg.model_dim,
+            pool=tuple(pool), profile_space=space, cost_estimator=prof.get("cost_estimator", "calib_mean"),
+            lambdas=LambdaSpec(metrics.get("lambda_val", 0.0),
+                               {k: Preset(p["lambda"], {x: v for x, v in p.items() if x != "lambda"})
+                                for k, p in presets.items()}),
+            coverage=Coverage(cov.pop("threshold"), cov), training_metrics=metrics,
+            memory=None if memory is None else MemoryEntry.from_written(
+                memory.write(tmp), None if blend is None else float(blend)))
         parity = check_parity(net, tmp, manifest, held_out, precision)
         if fused:
             parity["fused"] = check_fused(tmp, manifest, held_out)
@@ -108,8 +106,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         # the runtime may open is listed and verified); it holds no timings, so rebuilds stay byte-identical
         atomic_write_text(tmp / "parity.json", json.dumps(parity, indent=2, allow_nan=False) + "\n")
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        manifest["files"] = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        manifest = replace(manifest, files={f: FileEntry(sha256_file(tmp / f), (tmp / f).stat().st_size) for f in files})
+        written = manifest.to_dict()
+        Manifest.from_dict(written, tmp)   # what the runtime will accept: a bad number is an export error, not a load error
+        atomic_write_text(tmp / MANIFEST, json.dumps(written, indent=2) + "\n")
     return dict(parity, export_seconds=round(time.perf_counter() - t0, 1))
 
 

@@ -3,10 +3,12 @@ against numpy, the fused graph against the separate ones, and the golden fixture
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ..runtime.manifest import Manifest
 from .files import atomic_write_text
 
 PARITY_SHAPES = [(1, 1), (1, 10), (64, 16), (7, 33)]
@@ -17,37 +19,39 @@ def _finite(x):
     return float(x) if x is not None and np.isfinite(x) else None
 
 
-def bundle_router(bundle: Path, manifest: dict):
+def bundle_router(bundle: Path, manifest: Manifest):
     """A `Router` on the bundle being written (its manifest has no file list yet: the files are listed unhashed, as
     every check here runs before the hashes are taken)."""
     from ..runtime.bundle import Bundle
     from ..runtime.router import Router
 
-    files = {p.name: {"sha256": "", "bytes": p.stat().st_size} for p in bundle.iterdir() if p.is_file()}
-    return Router(Bundle(bundle, dict(manifest, files=files), verify=False), provider="cpu")
+    from ..runtime.manifest import FileEntry
+
+    files = {p.name: FileEntry("", p.stat().st_size) for p in bundle.iterdir() if p.is_file()}
+    return Router(Bundle(bundle, replace(manifest, files=files), verify=False), provider="cpu")
 
 
-def bundle_memory(bundle: Path, manifest: dict):
+def bundle_memory(bundle: Path, manifest: Manifest):
     """The memory as the bundle being built stores it (fp16 files), or None."""
     from ..runtime.memory import FILES, Memory
 
-    entry = manifest.get("memory")
+    entry = manifest.memory
     if entry is None:
         return None
-    return Memory.from_files({k: (bundle / entry["files"][k]).read_bytes() for k in FILES}, entry, str(bundle))
+    return Memory.from_files({k: (bundle / entry.files[k]).read_bytes() for k in FILES}, entry, str(bundle))
 
 
-def bundle_model_feat(bundle: Path, manifest: dict, q: np.ndarray) -> np.ndarray:
+def bundle_model_feat(bundle: Path, manifest: Manifest, q: np.ndarray) -> np.ndarray:
     """`[B, K, P_in]` for the bundle's whole pool on raw features `q`, as `Router.score_features` builds it."""
     from ..runtime.profiles import model_features, pool_features
 
     mem = bundle_memory(bundle, manifest)
-    names = [p["name"] for p in manifest["pool"]]
-    cols = None if mem is None else mem.columns(q, names, prior=[p["raw_profile"][0] for p in manifest["pool"]])
-    return model_features(pool_features(manifest), None, cols, rows=len(q))
+    prior = [p.prior for p in manifest.pool]
+    cols = None if mem is None else mem.columns(q, manifest.model_names, prior=prior)
+    return model_features(pool_features(manifest.pool), None, cols, rows=len(q))
 
 
-def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) -> dict:
+def check_parity(net, bundle: Path, manifest: Manifest, held: dict, precision: str) -> dict:
     """ORT vs torch on held-out queries and on the required (B, K) shapes, plus the ONNX reference evaluator."""
     import torch
     from onnx.reference import ReferenceEvaluator
@@ -95,7 +99,7 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     nimg = [len(p) for p in sub.images]
     q_o = query_features(text_o, image_o, nimg, [n_words(x) for x in sub.question])
     mf_t, mf_o = bundle_model_feat(bundle, manifest, q_t), bundle_model_feat(bundle, manifest, q_o)
-    if "memory" in manifest:
+    if manifest.memory is not None:
         rep["memory"] = check_memory_graph(bundle, manifest, q_o)
     avail = sub.A.copy()
     with torch.no_grad():
@@ -143,7 +147,7 @@ def check_parity(net, bundle: Path, manifest: dict, held: dict, precision: str) 
     return rep
 
 
-def check_memory_graph(bundle: Path, manifest: dict, q: np.ndarray) -> dict:
+def check_memory_graph(bundle: Path, manifest: Manifest, q: np.ndarray) -> dict:
     """memory.onnx (ONNX Runtime) against the numpy search it replaces, on held-out query features."""
     from ..runtime.sessions import new_session
 
@@ -153,7 +157,7 @@ def check_memory_graph(bundle: Path, manifest: dict, q: np.ndarray) -> dict:
     ref_s, ref_i = mem.neighbours(mem.embed(q), mem.settings.k)
     ref_s = -np.sort(-ref_s, axis=1)
     same = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(idx.tolist(), ref_i.tolist())])
-    names = [p["name"] for p in manifest["pool"]]
+    names = manifest.model_names
     cols = mem.columns(None, names, found=(sims, idx))
     ref_cols = mem.columns(q, names)
     return {"similarity_max_abs_diff": float(np.abs(sims - ref_s).max()), "neighbour_overlap": float(same),
@@ -161,19 +165,19 @@ def check_memory_graph(bundle: Path, manifest: dict, q: np.ndarray) -> dict:
             "k": mem.settings.k}
 
 
-def check_fused(bundle: Path, manifest: dict, held: dict | None = None) -> dict:
+def check_fused(bundle: Path, manifest: Manifest, held: dict | None = None) -> dict:
     """The fused graph against the three separate graphs (same pixels, tokens and pool): on the golden queries, and
     on up to 16 held-out one-image test queries (near the memory's rows, so its in-graph search is exercised)."""
     from ..runtime.features import IMAGE_DIM, n_words, pool_images, query_features
     from ..runtime.manage import _golden_image
-    from ..runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
+    from ..runtime.preprocess import image_tensor, load_tokenizer, open_image, tokenize
     from ..runtime.profiles import model_features, pool_features
 
     from ..runtime.sessions import new_session
 
     s = {n: new_session(bundle / f"{n}.onnx", provider="cpu") for n in ("fused", "image_encoder", "text_encoder", "router")}
-    spec = ImageSpec.from_dict(manifest["preprocessing"]["image"])
-    tok = load_tokenizer(bundle / "tokenizer.json", TextSpec(max_tokens=manifest["preprocessing"]["text"]["max_tokens"]))
+    spec = manifest.image
+    tok = load_tokenizer(bundle / "tokenizer.json", manifest.text)
     golden = np.repeat(image_tensor(open_image(_golden_image()), spec)[None], len(GOLDEN_QUESTIONS), 0)
     cases = {"golden": ([q for q, _ in GOLDEN_QUESTIONS], golden, np.array([h for _, h in GOLDEN_QUESTIONS], float))}
     if held is not None:
@@ -193,12 +197,12 @@ def check_fused(bundle: Path, manifest: dict, held: dict | None = None) -> dict:
         q = query_features(text, image, has.astype(int), words)
         mf = bundle_model_feat(bundle, manifest, q)   # the memory's columns (numpy) from the separate graphs' features
         avail = np.ones(mf.shape[:2], bool)
-        own = model_features(pool_features(manifest), None, None, rows=len(qs)) if "memory" in manifest else mf
+        own = model_features(pool_features(manifest.pool), None, None, rows=len(qs)) if manifest.memory else mf
         fused = s["fused"].run(None, {"pixels": px, "has_image": has, "input_ids": ids, "attention_mask": mask,
                                       "n_words": words, "model_feat": own, "avail": avail})[3]
         sep = s["router"].run(None, {"query": q, "model_feat": mf, "avail": avail})[3]
         out[name] = float(np.abs(fused - sep).max())
-        if "memory" in manifest:
+        if manifest.memory is not None:
             out[f"{name}_mean_memory_closeness"] = float(mf[:, 0, -2].mean())
     return {"max_abs_diff_vs_separate_graphs": max(v for k, v in out.items() if "closeness" not in k), **out}
 
@@ -208,17 +212,17 @@ GOLDEN_QUESTIONS = [("What is 12 * 13?", False), ("What does this image show?", 
 GOLDEN_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.1, "int8-full": 0.3}
 
 
-def write_golden(net, bundle: Path, manifest: dict, precision: str) -> None:
+def write_golden(net, bundle: Path, manifest: Manifest, precision: str) -> None:
     """golden.json: PyTorch's mu_tilde on fixed queries, for `lr-onnx doctor` to re-check with ONNX Runtime."""
     import torch
 
     from ..runtime.features import n_words, pool_images, query_features
     from ..runtime.manage import _golden_image
-    from ..runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
+    from ..runtime.preprocess import image_tensor, load_tokenizer, open_image, tokenize
     from .encoders import load_image_encoder, load_text_encoder
 
-    spec = ImageSpec.from_dict(manifest["preprocessing"]["image"])
-    tok = load_tokenizer(bundle / "tokenizer.json", TextSpec(max_tokens=manifest["preprocessing"]["text"]["max_tokens"]))
+    spec = manifest.image
+    tok = load_tokenizer(bundle / "tokenizer.json", manifest.text)
     qs = [q for q, _ in GOLDEN_QUESTIONS]
     ids, mask = tokenize(tok, qs)
     with torch.no_grad():
@@ -230,7 +234,7 @@ def write_golden(net, bundle: Path, manifest: dict, precision: str) -> None:
         mf = torch.from_numpy(bundle_model_feat(bundle, manifest, q))
         mt = net(torch.from_numpy(q), mf, torch.ones(mf.shape[:2], dtype=torch.bool))[3].numpy()
     golden = {"queries": [{"question": x, "image": h} for x, h in GOLDEN_QUESTIONS], "mu_tilde": mt.tolist(),
-              "pool": [p["name"] for p in manifest["pool"]], "tolerance": GOLDEN_TOLERANCE[precision]}
+              "pool": manifest.model_names, "tolerance": GOLDEN_TOLERANCE[precision]}
     atomic_write_text(bundle / "golden.json", json.dumps(golden, indent=2) + "\n")
 
 

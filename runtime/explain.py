@@ -39,9 +39,9 @@ def explain(router, q: np.ndarray, cands: list[Candidate], memory: np.ndarray | 
 
     sims = centroid_similarity(q[None], router.space.centroids)
     top = np.argsort(-sims[0])[:3]
-    pool = {p["name"]: p for p in router.bundle.manifest["pool"]}
+    pool = {p.name: p for p in router.pool}
     slices = [{"slice": int(s), "similarity": round(float(sims[0, s]), 4),
-               "scores": {c.name: round(pool[c.name]["raw_profile"][1 + int(s)], 4) for c in cands[:3]}}
+               "scores": {c.name: round(pool[c.name].raw_profile[1 + int(s)], 4) for c in cands[:3]}}
               for s in top]
     margins = []
     for a, b in zip(cands, cands[1:3]):

@@ -1,5 +1,5 @@
 """Crash-safe file writing, defined once for both sides: a file appears whole, through a temporary
-sibling and a rename, or not at all."""
+sibling and a rename, or not at all. And the one check that a file a bundle names stays inside it."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import BundleError
 
 
 def umask() -> int:
@@ -53,3 +55,16 @@ def staged_folder(out: str | os.PathLike, err: type[Exception]):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def inside(folder: Path, name, entry: str) -> Path:
+    """`folder / name`, refused unless it is a relative path that resolves inside `folder` (symlinks followed)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BundleError(f"{folder}: manifest entry {entry} has an invalid file name {name!r}")
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise BundleError(f"{folder}: manifest entry {entry} names {name!r}, outside the bundle folder")
+    root = folder.resolve()
+    target = (folder / name).resolve()
+    if target != root and root not in target.parents:
+        raise BundleError(f"{folder}: manifest entry {entry} names {name!r}, which resolves outside the bundle folder")
+    return folder / name

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,14 @@ from .costs import mean_output_tokens, rule_spec
 from .errors import BundleError, InputError, OptionError
 from .memory import Memory
 from .files import atomic_write_text, staged_folder
+from .manifest import FileEntry, Manifest, MemoryEntry, PoolEntry
 from .validate import number, text
 from .policy import LAMBDA_GRID, choose
-from .profiles import ProfileSpace, new_model_profile
+from .profiles import new_model_profile
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 @contextmanager
@@ -60,27 +62,29 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     name = text(name, "model name").strip()
     price_in = None if price_in is None else number(price_in, "price_in (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
     price_out = None if price_out is None else number(price_out, "price_out (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
-    space = ProfileSpace.from_dict(m["profile_space"])
+    space = m.profile_space
     meta: list = []
     q = router.features(queries, meta=meta)
     new = new_model_profile(space, q, y, cost, lat, tok, [x for _, x in queries], price_in=price_in,
-                            price_out=price_out, pool_mean=float(np.mean([p["raw_profile"][0] for p in m["pool"]])))
+                            price_out=price_out, pool_mean=float(np.mean([p.prior for p in m.pool])))
     raw, e_bar, estimator = new["raw"], new["e_bar"], new["estimator"]
-    entry = {"name": name, "price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
-             "expected_cost_usd": e_bar, "cost_hat": e_bar / space.cost_scale,
-             "raw_profile": raw.tolist(), "profile": space.standardise(raw).tolist(),
-             "added_with": {"queries": len(queries), "cost_estimator": estimator}}
+    rule = out_tokens = None
     if image_tokens is not None:
         if price_in is None:
             raise OptionError("--image-tokens needs --price-in (and --price-out): a per-query cost is priced tokens")
         try:
-            entry["image_tokens"] = rule_spec(image_tokens)
+            rule = rule_spec(image_tokens)
         except ValueError as e:
             raise OptionError(str(e)) from None
-        entry["output_tokens"] = mean_output_tokens(entry, meta, cost, tok)
+        out_tokens = mean_output_tokens({"price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
+                                         "image_tokens": rule}, meta, cost, tok)
+    entry = PoolEntry(name=name, expected_cost_usd=e_bar, cost_hat=e_bar / space.cost_scale,
+                      raw_profile=tuple(raw.tolist()), profile=tuple(space.standardise(raw).tolist()),
+                      price_in_per_mtok=price_in, price_out_per_mtok=price_out, image_tokens=rule,
+                      output_tokens=out_tokens, extra={"added_with": {"queries": len(queries), "cost_estimator": estimator}})
     mem = router.memory()
     with edited_copy(router.bundle.path, out) as tmp:
-        grown_m = dict(m, pool=m["pool"] + [entry])
+        grown_m = m.with_pool(m.pool + (entry,))
         if mem is not None:   # its labelled queries join the memory: a local estimate from the first query on
             grown_m = with_memory(tmp, grown_m, mem.with_rows(q, name, y))
         write_manifest(tmp, grown_m)
@@ -124,7 +128,7 @@ def propose_from_queries(router, records: list[dict], out: str | os.PathLike, *,
         raise OptionError(f"propose at least 24 queries (method.md §3.5), got {n}")
     if len(records) < n:
         raise InputError(f"only {len(records)} usable queries to choose {n} from; give more, or a smaller --n")
-    space = ProfileSpace.from_dict(router.bundle.manifest["profile_space"])
+    space = router.space
     feats = []
     for s in range(0, len(records), batch_size):
         chunk = records[s:s + batch_size]
@@ -156,8 +160,8 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
     if len(names) == 1:
         raise OptionError("cannot remove the last model of the pool")
     with edited_copy(b.path, out) as tmp:
-        m = dict(b.manifest, pool=[p for p in b.manifest["pool"] if p["name"] != name])
-        if "memory" in m and name in m["memory"]["models"]:
+        m = b.manifest.with_pool(p for p in b.manifest.pool if p.name != name)
+        if m.memory is not None and name in m.memory.models:
             mem = Memory.from_bundle(b).without_models([name])
             if len(mem):
                 m = with_memory(tmp, m, mem)
@@ -166,16 +170,19 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
         write_manifest(tmp, m)
 
 
-def with_memory(folder: Path, manifest: dict, mem) -> dict:
+def with_memory(folder: Path, manifest: Manifest, mem) -> Manifest:
     """The manifest with `mem` written into `folder` (a bundle copy being edited): its entry and the three files'
     hashes replaced."""
     from .bundle import sha256_file
 
-    entry = {**manifest.get("memory", {}), **mem.write(folder)}   # keeps what the exporter recorded (blend)
-    files = dict(manifest["files"])
-    for fname in entry["files"].values():
-        files[fname] = {"sha256": sha256_file(folder / fname), "bytes": (folder / fname).stat().st_size}
-    return dict(manifest, memory=entry, files=files)
+    old = manifest.memory
+    entry = MemoryEntry.from_written(mem.write(folder), None if old is None else old.blend)  # keeps the exporter's blend
+    if old is not None:
+        entry = replace(entry, extra=old.extra)
+    files = dict(manifest.files)
+    for fname in entry.files.values():
+        files[fname] = FileEntry(sha256_file(folder / fname), (folder / fname).stat().st_size)
+    return replace(manifest, memory=entry, files=files)
 
 
 def calibration_target(router, max_avg_cost: float | None, max_share: tuple[str, float] | None) -> dict:
@@ -220,12 +227,10 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
     if not feas:
         return {"met": False, "lambda": None, "queries": int(len(q)), "points": points, "target": target}
     best = max(feas, key=lambda p: (p["score"], -p["cost"], p["lambda"]))
-    m = dict(router.bundle.manifest)
-    lam = dict(m.get("lambda", {}))
-    lam["default"] = best["lambda"]
-    lam["calibrated"] = {"target": target, "queries": int(len(q)), "operating_point": best}
-    m["lambda"] = lam
-    write_manifest(router.bundle.path, m)
+    m = router.bundle.manifest
+    lam = replace(m.lambdas, default=best["lambda"], extra={
+        **m.lambdas.extra, "calibrated": {"target": target, "queries": int(len(q)), "operating_point": best}})
+    write_manifest(router.bundle.path, replace(m, lambdas=lam))
     return {"met": True, "lambda": best["lambda"], "score": best["score"], "cost": best["cost"], "share": best["share"],
             "queries": int(len(q)), "points": points, "target": target}
 
@@ -242,7 +247,7 @@ def tradeoff(points: list[dict]) -> list[dict]:
 
 def check_golden(router) -> dict:
     """Re-run the bundle's golden fixture (recorded by the exporter with PyTorch) through ONNX Runtime."""
-    if "golden.json" not in router.bundle.manifest["files"]:
+    if "golden.json" not in router.bundle.manifest.files:
         raise BundleError(f"{router.bundle.path}: no golden.json (re-export the bundle to get one)")
     g = router.bundle.read_json("golden.json")
     queries = [([_golden_image()] if item["image"] else [], item["question"]) for item in g["queries"]]

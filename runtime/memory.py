@@ -177,27 +177,27 @@ class Memory:
 
     @classmethod
     def from_bundle(cls, bundle) -> "Memory":
-        """Read the memory a manifest lists (`manifest["memory"]`), hash-checked, shapes checked against the entry."""
-        m = bundle.manifest["memory"]
-        return cls.from_files({key: bundle.read(m["files"][key]) for key in FILES}, m, str(bundle.path))
+        """Read the memory a manifest lists (`manifest.memory`), hash-checked, shapes checked against the entry."""
+        m = bundle.manifest.memory
+        return cls.from_files({key: bundle.read(m.files[key]) for key in FILES}, m, str(bundle.path))
 
     @classmethod
-    def from_files(cls, data: dict, entry: dict, where: str) -> "Memory":
-        """The memory from its three `.npy` files' bytes and its manifest entry, every shape and value checked."""
-        arrays = {key: _npy(data[key], f"{where}/{entry['files'][key]}") for key in FILES}
-        rows, dim, K = entry["rows"], entry["dim"], len(entry["models"])
+    def from_files(cls, data: dict, entry, where: str) -> "Memory":
+        """The memory from its three `.npy` files' bytes and its manifest entry (`MemoryEntry`), every shape and
+        value checked."""
+        arrays = {key: _npy(data[key], f"{where}/{entry.files[key]}") for key in FILES}
+        rows, dim, K = entry.rows, entry.dim, len(entry.models)
         want = {"projection": (HAS_IMAGE_COL, dim + 1), "keys": (rows, dim), "outcomes": (rows, K)}
         for key, shape in want.items():
             if arrays[key].shape != shape:
-                raise BundleError(f"{where}: {entry['files'][key]} has shape {list(arrays[key].shape)}, the "
+                raise BundleError(f"{where}: {entry.files[key]} has shape {list(arrays[key].shape)}, the "
                                   f"manifest's memory entry gives {list(shape)}")
         if not np.isfinite(arrays["projection"]).all() or not np.isfinite(arrays["keys"]).all():
             raise BundleError(f"{where}: the memory's projection or keys hold non-finite numbers")
         o = arrays["outcomes"]
         if np.any((o < 0) | (o > 1)):
             raise BundleError(f"{where}: the memory's outcomes must lie in [0, 1] (or be NaN: no outcome)")
-        return cls(arrays["projection"], arrays["keys"], o, entry["models"],
-                   MemorySettings.from_dict(entry["settings"]))
+        return cls(arrays["projection"], arrays["keys"], o, list(entry.models), entry.settings)
 
 
 def block_weights(image_weight: float) -> np.ndarray:

@@ -104,9 +104,10 @@ class ProfileSpace:
                    float(d["fill_lat"]), float(d["fill_tok"]))
 
 
-def pool_features(manifest: dict) -> np.ndarray:
-    """`[K, W + 1]` of a bundle's pool: each model's standardised profile, then its constant normalised cost."""
-    return np.array([p["profile"] + [p["cost_hat"]] for p in manifest["pool"]], np.float32)
+def pool_features(pool) -> np.ndarray:
+    """`[K, W + 1]` of a bundle's pool (`PoolEntry`s): each model's standardised profile, then its constant
+    normalised cost."""
+    return np.array([[*p.profile, p.cost_hat] for p in pool], np.float32)
 
 
 def model_features(base: np.ndarray, c_hat: np.ndarray | None = None, memory: np.ndarray | None = None,

@@ -26,6 +26,7 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from .decisionlog import decode_key
 from .errors import InputError
 from .feedback import labelled
 from .files import atomic_write_bytes, atomic_write_text
+from .manifest import PoolEntry
 from .profiles import KAPPA, ProfileSpace
 
 MAX_IPS_WEIGHT = 100.0        # 1 / propensity, capped: one lucky exploration must not outweigh a hundred choices
@@ -54,8 +56,9 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
     m = router.bundle.manifest
     _, space_id = router.log_ids()
     decisions, feedback = labelled(log_dir)
-    since = float((m.get("refreshed") or {}).get("feedback_through", 0.0))
-    seen_since = float((m.get("refreshed") or {}).get("decisions_through", 0.0))
+    before = m.refreshed or {}
+    since = float(before.get("feedback_through", 0.0))
+    seen_since = float(before.get("decisions_through", 0.0))
     skipped: Counter = Counter()
     use: list[tuple[dict, dict]] = []
     for f in feedback:
@@ -72,8 +75,7 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
         raise InputError(f"{log_dir}: no new feedback for this bundle's decisions "
                          f"({', '.join(f'{v} {k}' for k, v in skipped.items()) or 'no feedback at all'})")
 
-    pool = [dict(p) for p in m["pool"]]
-    per_model = _update_profiles(pool, ProfileSpace.from_dict(m["profile_space"]), use)
+    pool, per_model = _update_profiles(m.pool, m.profile_space, use)
     mem = router.memory()
     rows_added = 0
     if mem is not None:
@@ -83,11 +85,11 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
             mem = mem.with_outcomes(keys, outcomes, models)
     rep = _report(use, traffic, per_model, skipped, retrain_ooc_share, rows_added)
     with edited_copy(router.bundle.path, out) as tmp:
-        new_m = dict(m, pool=pool, refreshed={
+        new_m = replace(m.with_pool(pool), refreshed={
             "from": router.bundle.digest[:16], "feedback_through": max(float(f["time"]) for _, f in use),
             "decisions_through": max([float(d["time"]) for d in traffic], default=seen_since),
             "records": len(use), "memory_rows_added": rows_added,
-            "refreshes": int((m.get("refreshed") or {}).get("refreshes", 0)) + 1})
+            "refreshes": int(before.get("refreshes", 0)) + 1})
         if mem is not None and rows_added:
             new_m = with_memory(tmp, new_m, mem)
         write_manifest(tmp, new_m)
@@ -104,19 +106,22 @@ def _ips(d: dict, f: dict) -> float:
     return min(1.0 / max(p, 1e-12), MAX_IPS_WEIGHT)
 
 
-def _update_profiles(pool: list[dict], space: ProfileSpace, use: list[tuple[dict, dict]]) -> dict:
-    """Move each model's raw profile (overall score, per-slice scores, cost, evidence) towards its feedback, in place;
-    returns per model what it saw."""
+def _update_profiles(pool: tuple[PoolEntry, ...], space: ProfileSpace,
+                     use: list[tuple[dict, dict]]) -> tuple[list[PoolEntry], dict]:
+    """Each model's raw profile (overall score, per-slice scores, cost, evidence) moved towards its feedback; returns
+    the new pool and, per model, what it saw."""
     S = space.S
     out = {}
+    new_pool = []
     for entry in pool:
-        rows = [(d, f) for d, f in use if f["model"] == entry["name"]]
+        rows = [(d, f) for d, f in use if f["model"] == entry.name]
         if not rows:
+            new_pool.append(entry)
             continue
         y = np.array([f["score"] for _, f in rows], np.float64)
         w = np.array([_ips(d, f) for d, f in rows], np.float64)
         sl = np.array([int(d.get("slice", -1)) for d, _ in rows])
-        raw = np.asarray(entry["raw_profile"], np.float64)
+        raw = np.asarray(entry.raw_profile, np.float64)
         n_old = float(np.expm1(raw[S + 6]))
         n = len(y)
         raw[0] = (n_old * raw[0] + n * float(np.sum(w * y) / np.sum(w))) / (n_old + n)
@@ -127,17 +132,18 @@ def _update_profiles(pool: list[dict], space: ProfileSpace, use: list[tuple[dict
                 / (prior + sel.sum())
         costs = np.array([f["cost"] for _, f in rows if f.get("cost") is not None], np.float64)
         if len(costs):
-            e = (n_old * entry["expected_cost_usd"] + len(costs) * float(costs.mean())) / (n_old + len(costs))
-            entry["expected_cost_usd"], entry["cost_hat"] = e, e / space.cost_scale
+            e = (n_old * entry.expected_cost_usd + len(costs) * float(costs.mean())) / (n_old + len(costs))
+            entry = replace(entry, expected_cost_usd=e, cost_hat=e / space.cost_scale)
             raw[S + 1] = np.log(e / space.cost_scale + 1e-3)
         raw[S + 6] = np.log1p(n_old + n)
-        entry["raw_profile"], entry["profile"] = raw.tolist(), space.standardise(raw).tolist()
-        predicted = [d["candidates"][entry["name"]][2] for d, _ in rows if entry["name"] in d.get("candidates", {})]
-        out[entry["name"]] = {"labels": n, "observed": round(float(y.mean()), 4),
+        entry = replace(entry, raw_profile=tuple(raw.tolist()), profile=tuple(space.standardise(raw).tolist()))
+        new_pool.append(entry)
+        predicted = [d["candidates"][entry.name][2] for d, _ in rows if entry.name in d.get("candidates", {})]
+        out[entry.name] = {"labels": n, "observed": round(float(y.mean()), 4),
                               "observed_ips": round(float(np.sum(w * y) / np.sum(w)), 4),
                               "predicted": round(float(np.mean(predicted)), 4) if predicted else None,
                               "profile_evidence_before": round(n_old, 1)}
-    return out
+    return new_pool, out
 
 
 def _memory_rows(use: list[tuple[dict, dict]], dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

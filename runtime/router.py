@@ -24,9 +24,9 @@ from .features import QUERY_DIM, encode_raw_queries, n_words, query_features
 from .policy import choose, explore_choice, parse_explore
 from .prefetch import prefetched
 from .costs import query_cost
-from .preprocess import DEFAULT_MAX_IMAGE_BYTES, ORIGINAL_SIZE, ImageSpec, TextSpec, load_tokenizer, open_image, image_tensor, tokenize
+from .preprocess import DEFAULT_MAX_IMAGE_BYTES, ORIGINAL_SIZE, load_tokenizer, open_image, image_tensor, tokenize
 from .memory import COLUMNS, Memory
-from .profiles import ProfileSpace, model_features, pool_features
+from .profiles import model_features, pool_features
 from .sessions import run
 from .decision import Candidate, Decision, Prepared, RouteOptions  # noqa: F401  (Router's API: importable here)
 from .validate import as_iterable, as_list, as_query, clean_question, integer, names as valid_names, number
@@ -45,20 +45,18 @@ class Router:
         self.bundle = bundle
         self.provider, self.threads, self.spinning = provider, threads, spinning
         m = bundle.manifest
-        self.image_spec = ImageSpec.from_dict(m["preprocessing"]["image"])
-        t = m["preprocessing"]["text"]
-        self.text_spec = TextSpec(tokenizer_file=t.get("tokenizer_file", "tokenizer.json"), max_tokens=t["max_tokens"])
-        self.names = [p["name"] for p in m["pool"]]
-        self.expected_cost = np.array([p["expected_cost_usd"] for p in m["pool"]], np.float64)
-        self.cost_hat = np.array([p["cost_hat"] for p in m["pool"]], np.float64)
-        self.model_feat = pool_features(m)                                       # [K, W + 1] profile, cost
-        self.pool = m["pool"]
-        self.per_query_cost = any(p.get("output_tokens") is not None and p.get("image_tokens") for p in m["pool"])
-        self.default_lambda = float(m.get("lambda", {}).get("default", 0.0))
-        self.presets = {k: float(v["lambda"]) for k, v in m.get("lambda", {}).get("presets", {}).items()}
-        self.space = ProfileSpace.from_dict(m["profile_space"])
-        cov = m.get("coverage")
-        self.coverage_threshold = float(cov["threshold"]) if isinstance(cov, dict) else None
+        self.image_spec, self.text_spec = m.image, m.text
+        self.pool = m.pool
+        self.names = m.model_names
+        self.expected_cost = np.array([p.expected_cost_usd for p in m.pool], np.float64)
+        self.cost_hat = np.array([p.cost_hat for p in m.pool], np.float64)
+        self.model_feat = pool_features(m.pool)                                  # [K, W + 1] profile, cost
+        self.per_query_cost = any(p.output_tokens is not None and p.image_tokens for p in m.pool)
+        self._pricing = [p.pricing() for p in m.pool]
+        self.default_lambda = m.lambdas.default
+        self.presets = {k: v.lam for k, v in m.lambdas.presets.items()}
+        self.space = m.profile_space
+        self.coverage_threshold = None if m.coverage is None else m.coverage.threshold
         self._sessions: dict = {}
         self._memory: Memory | None = None
         self._memory_keys = None
@@ -88,7 +86,7 @@ class Router:
             with self._lock:
                 s = self._sessions.get(key)
                 if s is None:
-                    file = self.bundle.manifest["graphs"][name]["file"]
+                    file = self.bundle.manifest.graphs[name].file
                     data = self.bundle.read(file)
                     self_contained(data, self.bundle.path, file)
                     s = new_session(data, name=file, provider=self.provider, threads=1 if small else self.threads,
@@ -112,22 +110,22 @@ class Router:
         element types the runtime feeds: a graph copied over another one (with its hash updated) is one
         `BundleError` line at load, not an ONNX Runtime traceback at the first query. The pool must fit the
         router (a hand-edited profile of another width would not)."""
-        spec = self.bundle.manifest["graphs"][name]
+        spec = self.bundle.manifest.graphs[name]
         want_width = {"query": QUERY_DIM, "model_feat": self.model_feat.shape[1] + (COLUMNS if self.has_memory else 0)}
         for kind, got in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
-            want = spec.get(kind, {})
+            want = spec.inputs if kind == "inputs" else spec.outputs
             if sorted(a.name for a in got) != sorted(want):
-                raise BundleError(f"{self.bundle.path}: graph {spec['file']} has {kind} "
+                raise BundleError(f"{self.bundle.path}: graph {spec.file} has {kind} "
                                   f"{', '.join(sorted(a.name for a in got)) or 'none'}, the manifest lists "
                                   f"{', '.join(sorted(want)) or 'none'} for {name}")
             for a in got:
                 dims = want[a.name]
                 fixed = [(i, d) for i, d in enumerate(dims) if isinstance(d, int)]
                 if len(a.shape) != len(dims) or any(isinstance(a.shape[i], int) and a.shape[i] != d for i, d in fixed):
-                    raise BundleError(f"{self.bundle.path}: graph {spec['file']} {kind[:-1]} {a.name} has shape "
+                    raise BundleError(f"{self.bundle.path}: graph {spec.file} {kind[:-1]} {a.name} has shape "
                                       f"{list(a.shape)}, the manifest gives {dims}")
                 if kind == "inputs" and a.name in self._DTYPES and a.type != self._DTYPES[a.name]:
-                    raise BundleError(f"{self.bundle.path}: graph {spec['file']} input {a.name} is {a.type}, the "
+                    raise BundleError(f"{self.bundle.path}: graph {spec.file} input {a.name} is {a.type}, the "
                                       f"runtime feeds {self._DTYPES[a.name]}")
                 if a.name in want_width and isinstance(a.shape[-1], int) and a.shape[-1] != want_width[a.name]:
                     raise BundleError(f"{self.bundle.path}: router graph input {a.name} has width {a.shape[-1]}, "
@@ -138,7 +136,7 @@ class Router:
 
     @property
     def has_memory(self) -> bool:
-        return "memory" in self.bundle.manifest
+        return self.bundle.manifest.memory is not None
 
     def memory(self) -> Memory | None:
         """The bundle's capability memory (runtime/memory.py), read and hash-checked on first use; None without one."""
@@ -168,7 +166,7 @@ class Router:
         """`[K]` each model's mean score over the labelled queries the router knows it from: its memory rows where the
         bundle has a memory holding it, else its profile's overall score. Out of coverage, estimates fall back to it."""
         mem = self.memory()
-        out = np.array([p["raw_profile"][0] for p in self.pool], np.float64)
+        out = np.array([p.prior for p in self.pool], np.float64)
         if mem is not None:
             for k, n in enumerate(self.names):
                 if n in mem.models:
@@ -251,8 +249,8 @@ class Router:
         out = np.broadcast_to(self.expected_cost, (n, len(self.names))).copy()
         if self.per_query_cost and meta is not None:
             for i, (question, sizes) in enumerate(meta):
-                for k, entry in enumerate(self.pool):
-                    if entry.get("output_tokens") is not None:
+                for k, entry in enumerate(self._pricing):
+                    if entry["output_tokens"] is not None:
                         c = query_cost(entry, question, sizes)
                         if c is not None:
                             out[i, k] = c
@@ -266,7 +264,7 @@ class Router:
         mem = self.memory()
         cols = None
         if mem is not None:   # the k nearest labelled queries, found by memory.onnx; their outcomes gathered in numpy
-            cols = mem.columns(None, self.names, prior=[p["raw_profile"][0] for p in self.pool],
+            cols = mem.columns(None, self.names, prior=[p.prior for p in self.pool],
                                found=self.memory_search(q))
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
@@ -358,8 +356,8 @@ class Router:
             import json
 
             m = self.bundle.manifest
-            proj = m["files"].get(m["memory"]["files"]["projection"], {}).get("sha256", "") if self.has_memory else ""
-            cent = json.dumps(m["profile_space"]["centroids"]).encode("utf-8")
+            proj = m.files[m.memory.files["projection"]].sha256 if m.memory is not None else ""
+            cent = json.dumps(m.profile_space.to_dict()["centroids"]).encode("utf-8")
             self._ids = (self.bundle.digest[:16], hashlib.sha256(proj.encode() + cent).hexdigest()[:16])
         return self._ids
 

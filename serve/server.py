@@ -31,8 +31,7 @@ def served_router(router: Router, config: ServeConfig) -> tuple[Router, list[str
         return router, []
     gone = [n for n in router.names if n not in config.models]
     m = router.bundle.manifest
-    bundle = Bundle(router.bundle.path, dict(m, pool=[p for p in m["pool"] if p["name"] in config.models]),
-                    router.bundle.verify)
+    bundle = Bundle(router.bundle.path, m.with_pool(p for p in m.pool if p.name in config.models), router.bundle.verify)
     return Router(bundle, provider=router.provider, threads=router.threads, spinning=router.spinning), gone
 
 

@@ -276,9 +276,9 @@ def test_refresh_learns_from_feedback_into_a_new_closed_bundle(decided, tmp_path
     assert rep["models"][chosen]["observed"] == 0.0 and chosen in rep["calibration_drift"]
     assert rep["verdict"].startswith(("retrain", "refresh is enough"))
     assert (tmp_path / "b2.report.json").is_file() and (tmp_path / "b2.report.png").read_bytes()[:4] == b"\x89PNG"
-    p_old = next(p for p in r.bundle.manifest["pool"] if p["name"] == chosen)
-    p_new = next(p for p in r2.bundle.manifest["pool"] if p["name"] == chosen)
-    assert p_new["raw_profile"][0] < p_old["raw_profile"][0]       # its overall score moved down
+    p_old = next(p for p in r.bundle.pool if p.name == chosen)
+    p_new = next(p for p in r2.bundle.pool if p.name == chosen)
+    assert p_new.prior < p_old.prior       # its overall score moved down
     # the model that failed every logged query now loses those queries
     meta: list = []
     q = r.features(QUERIES, meta=meta)
@@ -310,8 +310,8 @@ def test_a_model_added_and_explored_gets_a_real_profile(tmp_path, features):
     assert newbie and all(d.propensity < 1 for d in newbie)
     _feedback_for_all(store, ds, lambda d: 0.1 if d.model == "newbie" else 0.5)
     rep = refresh(tmp_path / "b1", tmp_path / "log", tmp_path / "b2")
-    before = next(p for p in r1.bundle.manifest["pool"] if p["name"] == "newbie")["raw_profile"]
-    after = next(p for p in Router.load(tmp_path / "b2").bundle.manifest["pool"] if p["name"] == "newbie")["raw_profile"]
+    before = next(p for p in r1.bundle.pool if p.name == "newbie").raw_profile
+    after = next(p for p in Router.load(tmp_path / "b2").bundle.pool if p.name == "newbie").raw_profile
     assert rep["models"]["newbie"]["labels"] == len(newbie)
     assert after[-1] > before[-1]                 # more evidence
     n = len(newbie)   # 24 labels at 0.9, then n explored outcomes at 0.1 (the IPS weights are equal here)
@@ -346,7 +346,7 @@ def test_cli_route_log_feedback_refresh(tmp_path, runner):
     res = runner.invoke(main, ["refresh", "--bundle", str(DEFAULT_BUNDLE), "--log", str(log), "--out",
                                str(tmp_path / "b2")])
     assert res.exit_code == 0, res.output
-    assert "verdict:" in res.output and Router.load(tmp_path / "b2").bundle.manifest["refreshed"]["records"] == 1
+    assert "verdict:" in res.output and Router.load(tmp_path / "b2").bundle.manifest.refreshed["records"] == 1
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--log-content"])
     assert res.exit_code == 2 and "--log-content needs --log" in res.output
 

@@ -127,7 +127,7 @@ def test_a_bundle_must_list_every_file_it_opens(tmp_path, runner, what):
 
 def test_parity_and_golden_are_listed_and_verified(tmp_path):
     m = load_bundle(DEFAULT_BUNDLE).manifest
-    assert {"parity.json", "golden.json", "tokenizer.json", "router.onnx"} <= set(m["files"])
+    assert {"parity.json", "golden.json", "tokenizer.json", "router.onnx"} <= set(m.files)
     b = tmp_path / "b"
     shutil.copytree(DEFAULT_BUNDLE, b)
     (b / "golden.json").write_text((b / "golden.json").read_text().replace("0.", "0.9", 1))
@@ -139,7 +139,7 @@ def test_parity_and_golden_are_listed_and_verified(tmp_path):
 def test_no_manifest_path_leaves_the_bundle_folder(tmp_path, where):
     outside = tmp_path / "secret.onnx"
     shutil.copy(DEFAULT_BUNDLE / "router.onnx", outside)
-    digest = load_bundle(DEFAULT_BUNDLE).manifest["files"]["router.onnx"]["sha256"]
+    digest = load_bundle(DEFAULT_BUNDLE).manifest.files["router.onnx"].sha256
 
     def edit(m):
         if where == "graph_abs":

@@ -10,6 +10,7 @@ import pytest
 
 from lr_onnx.runtime.errors import BundleError
 from lr_onnx.runtime.features import HAS_IMAGE_COL, QUERY_DIM, TEXT_DIM
+from lr_onnx.runtime.manifest import MemoryEntry
 from lr_onnx.runtime.memory import COLUMNS, FILES, Memory, MemorySettings, npy_bytes
 
 D = 8
@@ -76,7 +77,7 @@ def test_rows_added_for_a_new_model_speak_for_it_at_once():
 
 def test_files_round_trip_and_refuse_bad_arrays(tmp_path):
     mem, q = _memory()
-    entry = mem.write(tmp_path)
+    entry = MemoryEntry.from_written(mem.write(tmp_path))
     data = {k: (tmp_path / FILES[k]).read_bytes() for k in FILES}
     back = Memory.from_files(data, entry, "b")
     assert np.allclose(back.columns(q[:4]), mem.columns(q[:4]), atol=2e-2)   # fp16 files

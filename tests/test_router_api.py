@@ -172,7 +172,7 @@ def test_questions_empty_and_huge(router, runner):
 
 def test_lambda_presets_from_the_manifest(router, runner):
     """Named operating points calibrated at export: cheaper presets never pick a costlier model on average."""
-    presets = router.bundle.manifest["lambda"]["presets"]
+    presets = router.bundle.manifest.lambdas.presets
     assert {"quality", "balanced", "budget_50", "budget_25"} <= set(presets)
     assert router.resolve_lambda("quality") == 0.0 and router.resolve_lambda(None) == router.default_lambda
     assert router.resolve_lambda(0.3) == 0.3
@@ -184,7 +184,7 @@ def test_lambda_presets_from_the_manifest(router, runner):
     with pytest.raises(InputError, match="unknown lambda preset 'cheapest'; presets: quality"):
         router.resolve_lambda("cheapest")
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--lambda", "budget_25", "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)["lambda"] == pytest.approx(presets["budget_25"]["lambda"])
+    assert res.exit_code == 0 and json.loads(res.output)["lambda"] == pytest.approx(presets["budget_25"].lam)
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--lambda", "cheapest"])
     assert res.exit_code == 2 and "unknown lambda preset" in res.output and "Traceback" not in res.output
     assert "--lambda budget_25:" in runner.invoke(main, ["info"]).output

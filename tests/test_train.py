@@ -367,7 +367,7 @@ def test_manifest_schema(bundle):
     from lr_onnx.runtime.bundle import SCHEMA_VERSION, load_bundle
 
     b = load_bundle(bundle[0])
-    m = b.manifest
+    m = b.manifest.to_dict()
     assert m["schema_version"] == SCHEMA_VERSION and m["precision"] == "fp32"
     for key in ("graphs", "preprocessing", "pool", "profile_space", "lambda", "created_by", "files"):
         assert key in m

@@ -106,7 +106,7 @@ def test_models_add_reports_what_it_used_and_prices_like_route(runner, tmp_path)
     cost = next(c.expected_cost for c in routed.candidates if c.name == "newbie")
     assert abs(cost - query_cost(entry, q, [size])) < 1e-9  # the recorded costs, image tokens included
     observed = sum(r["outcomes"]["newbie"]["cost"] for r in recs) / len(recs)
-    pool_entry = next(p for p in r2.bundle.manifest["pool"] if p["name"] == "newbie")
+    pool_entry = next(p.to_dict() for p in r2.bundle.pool if p.name == "newbie")
     assert abs(pool_entry["expected_cost_usd"] - observed) < 1e-12 and observed > 1e-4  # not the words-only 1e-5
 
 

@@ -1,0 +1,63 @@
+"""The typed manifest: one parse (`Manifest.from_dict`), one writer (`Manifest.to_dict`)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lr_onnx.runtime.bundle import load_bundle
+from lr_onnx.runtime.errors import BundleError
+from lr_onnx.runtime.manifest import MANIFEST, Manifest, PoolEntry
+from lr_onnx.runtime.router import DEFAULT_BUNDLE
+
+
+def _raw() -> str:
+    return (DEFAULT_BUNDLE / MANIFEST).read_text(encoding="utf-8")
+
+
+def test_the_shipped_manifest_round_trips_byte_for_byte():
+    raw = _raw()
+    m = Manifest.from_dict(json.loads(raw), DEFAULT_BUNDLE)
+    assert json.dumps(m.to_dict(), indent=2) + "\n" == raw
+    assert m.to_dict() == json.loads(raw)
+
+
+def test_fields_are_typed():
+    m = load_bundle(DEFAULT_BUNDLE).manifest
+    assert all(isinstance(p, PoolEntry) for p in m.pool) and m.model_names == [p.name for p in m.pool]
+    assert isinstance(m.pool[0].raw_profile, tuple) and m.pool[0].prior == m.pool[0].raw_profile[0]
+    assert m.graphs["router"].file == "router.onnx" and m.graphs["router"].inputs["query"] == ["batch", 1667]
+    assert m.image.size == 224 and m.text.max_tokens == 128 and m.files["router.onnx"].sha256
+    assert m.memory is not None and m.memory.settings.k >= 1 and m.memory.rows > 0 and m.memory.blend is not None
+    assert m.lambdas.presets["quality"].lam == 0.0 and m.coverage is not None and m.coverage.percentile == 1.0
+
+
+def test_unknown_keys_survive_an_edit():
+    """A newer writer's notes (top level, a pool entry, lambda, a preset) are kept, after the known keys."""
+    d = json.loads(_raw())
+    d["from_the_future"] = {"x": 1}
+    d["pool"][0]["added_with"] = {"queries": 48}
+    d["lambda"]["calibrated"] = {"target": {"max_avg_cost": 0.001}}
+    d["lambda"]["presets"]["quality"]["note"] = "kept"
+    out = Manifest.from_dict(d, DEFAULT_BUNDLE).to_dict()
+    assert out == d and list(out)[-1] == "from_the_future" and list(out["pool"][0])[-1] == "added_with"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["pool"][1].update(cost_hat="cheap"), r"pool\[1\]\.cost_hat"),
+    (lambda d: d["pool"][0].update(profile=d["pool"][0]["profile"][:-1]), "another width"),
+    (lambda d: d["graphs"]["router"].update(inputs=[1]), "graphs.router.inputs and .outputs"),
+    (lambda d: d["files"]["router.onnx"].update(bytes=-1), r"files\['router.onnx'\]\.bytes"),
+    (lambda d: d["lambda"]["presets"].update(cheap={"lambda": -1}), "lambda.presets.cheap.lambda"),
+    (lambda d: d.update(coverage=[]), "'coverage' must be an object"),
+])
+def test_a_bad_entry_is_one_line_naming_it(tmp_path, edit, match):
+    b = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, b)
+    d = json.loads(_raw())
+    edit(d)
+    (b / MANIFEST).write_text(json.dumps(d), encoding="utf-8")
+    with pytest.raises(BundleError, match=match) as e:
+        load_bundle(b)
+    assert "\n" not in str(e.value) and str(b / MANIFEST) in str(e.value)
