@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lr_onnx.runtime.router import Router
-from lr_onnx.export.data import load_dataset
+from lr_onnx.export.data.format import load_dataset
 from lr_onnx.export.files import atomic_write_text
 
 

@@ -46,8 +46,8 @@ IN_DOMAIN_BAR = -0.005      # refresh never worse than frozen by more than this 
 
 def stream_table(source: Path, ids: list[str]):
     """(features [n, D_q], scores [n, K], costs [n, K], availability [n, K], model names) of the stream, in order."""
-    from lr_onnx.export.data import load_dataset
-    from lr_onnx.export.encoding import encode_dataset
+    from lr_onnx.export.data.format import load_dataset
+    from lr_onnx.export.train.encoding import encode_dataset
 
     data = load_dataset(source)
     q = encode_dataset(data, progress=False)

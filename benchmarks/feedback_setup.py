@@ -77,7 +77,7 @@ def merged_source(shared: Path, grid: Path | None, work: Path) -> Path:
         return grid / "data" / "merge_blindtest_dynamath"
     out = work / "data" / "merged_source"
     if not (out / "queries.jsonl").is_file():
-        from lr_onnx.export.merge import merge_datasets
+        from lr_onnx.export.data.merge import merge_datasets
 
         merge_datasets(out, [shared / "blindtest", shared / "dynamath"])
     return out
@@ -111,8 +111,8 @@ def main(argv=None) -> None:
     ap.add_argument("--grid", type=Path, default=Path("/tmp/grid"),
                     help="Folder of the grid's runs (reused as history routers where they exist).")
     a = ap.parse_args(argv)
-    from lr_onnx.export.export import export_bundle
-    from lr_onnx.export.train import TrainConfig, train
+    from lr_onnx.export.bundle.assemble import export_bundle
+    from lr_onnx.export.train.trainer import TrainConfig, train
 
     for sub in ("data", "runs", "bundles"):
         (a.work / sub).mkdir(parents=True, exist_ok=True)

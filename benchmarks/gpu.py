@@ -34,8 +34,8 @@ def timed(fn, reps=5, warmup=2, sync=None):
 def main(out_path: str) -> None:
     import torch
 
-    from lr_onnx.export.encoders import EfficientNetLite0, MiniLM
-    from lr_onnx.export.bench import shipped_shape_router
+    from lr_onnx.export.train.encoders import EfficientNetLite0, MiniLM
+    from lr_onnx.export.bundle.bench import shipped_shape_router
     from lr_onnx.runtime.router import Router
 
     B, K = 256, 10

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from lr_onnx.runtime.profiles import assign_slices, new_model_profile
-from lr_onnx.export import routing_metrics as M
-from lr_onnx.export.evaluate import sweep
+from lr_onnx.export.evaluate import routing_metrics as M
+from lr_onnx.export.evaluate.report import sweep
 from lr_onnx.export.files import atomic_write_text
-from lr_onnx.export.pool import spread_over_slices
-from lr_onnx.export.train import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
-from lr_onnx.export.rundir import RunDir
+from lr_onnx.export.train.pool import spread_over_slices
+from lr_onnx.export.train.trainer import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
+from lr_onnx.export.train.rundir import RunDir
 
 SIZES = (24, 48, 96)
 PICK_SEED = 20260308

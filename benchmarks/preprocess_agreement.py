@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lr_onnx.export.data import load_dataset
-from lr_onnx.export.merge import merge_datasets
-from lr_onnx.export.splits import make_splits
+from lr_onnx.export.data.format import load_dataset
+from lr_onnx.export.data.merge import merge_datasets
+from lr_onnx.export.data.splits import make_splits
 from lr_onnx.export.files import atomic_write_text
 from lr_onnx.runtime.policy import LAMBDA_GRID, choose
 from lr_onnx.runtime.preprocess import ImageSpec, _RESAMPLE, open_image

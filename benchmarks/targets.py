@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lr_onnx.export.evaluate import evaluate
+from lr_onnx.export.evaluate.report import evaluate
 from lr_onnx.export.files import atomic_write_text
-from lr_onnx.export.train import TrainConfig, train
-from lr_onnx.export.rundir import RunDir
+from lr_onnx.export.train.trainer import TrainConfig, train
+from lr_onnx.export.train.rundir import RunDir
 
 BASE_SEED = 20260308
 KEYS = ("nauc", "score_at_lambda0", "cost_at_lambda0", "qnc", "rank_score", "apgr", "peak_score")
@@ -107,11 +107,11 @@ def grid_data(spec: tuple, out: Path, shared: Path) -> Path:
     target = out / "data" / ("_".join(str(x) for x in spec))
     if not (target / "queries.jsonl").is_file():
         if kind == "demo":
-            from lr_onnx.export.demo import build_demo
+            from lr_onnx.export.data.demo import build_demo
 
             build_demo(target, n=spec[1], seed=spec[2], progress=False)
         else:
-            from lr_onnx.export.merge import merge_datasets
+            from lr_onnx.export.data.merge import merge_datasets
 
             merge_datasets(target, [shared / name for name in spec[1:]], progress=False)
     return target

@@ -22,7 +22,7 @@ def bench_cmd(ctx, quick, out, threads):
     """
     if ctx.invoked_subcommand:
         return
-    from ..export.bench import run_bench, table
+    from ..export.bundle.bench import run_bench, table
 
     click.echo(table(run_bench(out, quick=quick, threads=threads)))
 

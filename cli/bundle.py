@@ -48,7 +48,7 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
     if run_dir and from_file:
         raise click.UsageError("--from goes with --bundle; a run proposes from its own calibration rows")
     if run_dir:
-        from ..export.pool import propose_queries
+        from ..export.train.pool import propose_queries
 
         rep = propose_queries(run_dir, out, n=n, seed=seed)
         target = run_dir
@@ -101,11 +101,11 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
         raise click.UsageError("--image-tokens applies to a bundle (--bundle B --out B2); a training run takes the "
                                "rule from its dataset's models.json")
     if run_dir:
-        from ..export.pool import add_model
+        from ..export.train.pool import add_model
 
         rep = add_model(run_dir, name, outcomes, price_in=price_in, price_out=price_out)
     else:
-        from ..export.data import labelled_queries, load_outcomes_for
+        from ..export.data.format import labelled_queries, load_outcomes_for
         from ..runtime.manage import add_model as add_to_bundle
 
         rows = labelled_queries(load_outcomes_for(outcomes, name))
@@ -133,7 +133,7 @@ def models_remove(run_dir, bundle, out, name):
     """Remove a model from a pool (RUN_DIR in place, or a copy of --bundle at --out)."""
     _pool_target(run_dir, bundle, out)
     if run_dir:
-        from ..export.pool import remove_model
+        from ..export.train.pool import remove_model
 
         remove_model(run_dir, name)
     else:
@@ -244,7 +244,7 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
     """
     import numpy as np
 
-    from ..export.data import load_dataset
+    from ..export.data.format import load_dataset
     from ..runtime.manage import calibrate, calibration_target, tradeoff
 
     share = None

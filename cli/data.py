@@ -24,8 +24,8 @@ def data_check(directory, as_json, strict_images):
     matrix. For datasets with difficulty metadata (the demo benchmark) it also
     measures the properties of a fair multimodal routing test.
     """
-    from ..export.check import format_report, summarize
-    from ..export.data import load_dataset
+    from ..export.data.check import format_report, summarize
+    from ..export.data.format import load_dataset
 
     report = summarize(load_dataset(directory, strict_images=strict_images))
     if as_json:
@@ -47,7 +47,7 @@ def data_convert():
                    "instead of the generated 70/10/20 split.")
 def convert_mmr(src, out, mmr_official_split):
     """MMR-Bench: SRC holds MMR_Bench.csv and the image folders (or images.tar.gz). OUT must not exist."""
-    from ..export.convert import convert_mmr as run
+    from ..export.data.convert import convert_mmr as run
 
     summary = run(src, out, official_split=mmr_official_split)
     click.echo(f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
@@ -64,7 +64,7 @@ def convert_vl(src, out):
     files are refused); pickled registries are read only if they hold plain lists or
     dicts, and VLMEvalKit .pkl result files are skipped with a warning. OUT must not exist.
     """
-    from ..export.convert import convert_vl_routerbench as run
+    from ..export.data.convert import convert_vl_routerbench as run
 
     summary = run(src, out)
     click.echo(f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
@@ -92,7 +92,7 @@ def data_demo(out, n, seed, workers, skills):
     latent skill model calibrated to published per-family accuracies of real
     MLLMs, priced with their published per-token prices (see OUT/README.md).
     """
-    from ..export.demo import build_demo
+    from ..export.data.demo import build_demo
 
     summary = build_demo(out, n=n, seed=seed, workers=workers, skills=skills)
     click.echo(f"wrote {summary['queries']} queries ({summary['images']} images, "
@@ -112,7 +112,7 @@ def data_merge(out, sources):
     colliding ids get `<source>:`, images are linked or copied into OUT/images/<source>/, and
     each source's own split is kept. A model must have the same prices in every source.
     """
-    from ..export.merge import merge_datasets
+    from ..export.data.merge import merge_datasets
 
     s = merge_datasets(out, list(sources))
     click.echo(f"wrote {s['queries']} queries x {s['models']} models to {out}")

@@ -35,7 +35,7 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
     shrinkage, image weight, size) and how far the network may correct it are chosen on
     validation and written to OUT/config.json and OUT/memory_selection.json.
     """
-    from ..export.train import TrainConfig, train
+    from ..export.train.trainer import TrainConfig, train
 
     cfg = TrainConfig(setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only,
                       memory=not no_memory)
@@ -67,13 +67,13 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     Also written: per-dataset results, pool shift, the routing-collapse diagnostic,
     the uncertainty quality of mu / sigma and the named lambda presets.
     """
-    from ..export.evaluate import evaluate
+    from ..export.evaluate.report import evaluate
 
-    from ..export.rundir import CONFIG, RunDir
+    from ..export.train.rundir import CONFIG, RunDir
 
     trained_on = (RunDir.of(run_dir).read_json(CONFIG, required=False) or {}).get("data")
     if data_dir and trained_on and Path(data_dir).resolve() != Path(trained_on).resolve():
-        from ..export.transfer import transfer_evaluate
+        from ..export.evaluate.transfer import transfer_evaluate
 
         t = transfer_evaluate(run_dir, data_dir, split=split)
         lr, b = t["latentrouter"], t["best_single"]
@@ -108,7 +108,7 @@ def export_cmd(run_dir, out, precision, opset, fused):
     plus tokenizer.json and manifest.json (sha256 of every file, preprocessing, pool,
     lambda presets, training metrics). The router always stays fp32.
     """
-    from ..export.export import export_bundle
+    from ..export.bundle.assemble import export_bundle
 
     parity = export_bundle(run_dir, out, precision=precision, opset=opset, fused=fused)
     h = parity["held_out"]

@@ -48,7 +48,7 @@ def encode_raw_queries(questions: list[str], images: list[list], text, image, *,
     `text(questions) -> [n, 384]` tokenises and encodes; `image(items) -> [n, 1280]` encodes images (items are
     whatever it takes: prepared tensors, paths, cache keys), one row each. Each runs on at most `*_batch` items at
     a time (None: all at once). A query's images are pooled by `pool_images`; a query without any gets zeros.
-    ONNX Runtime at serving (`Router.encode`), PyTorch at training (`export.encoding`)."""
+    ONNX Runtime at serving (`Router.encode`), PyTorch at training (`export.train.encoding`)."""
     B = len(questions)
     tb = text_batch or max(B, 1)
     text_vecs = np.concatenate([np.asarray(text(questions[s:s + tb]), np.float32) for s in range(0, B, tb)]) \

@@ -11,7 +11,7 @@ as extra `model_feat` columns (`COLUMNS`), and which alone already route well:
 with w_j = min(1, exp((s_j - s_ref) / tau)): a neighbour as close as a typical training query's counts
 fully, a far one hardly. A query unlike anything in the memory (a photo of a coffee cup against math
 diagrams) thus falls back to each model's global mean g_m instead of inheriting its neighbours' extremes,
-and `closeness` tells the graph to trust its own correction as little (`export.model.MemoryBlend`).
+and `closeness` tells the graph to trust its own correction as little (`export.train.model.MemoryBlend`).
 
 Retrieval is cosine in a reduced space: the text and image vectors of `q` (the side features, mostly
 question length, are left out: they dominated the squared norm), the image block weighted, centred and
@@ -41,7 +41,7 @@ MIN_CLOSENESS = 0.1          # below it the query's neighbours count for little:
 
 @dataclass(frozen=True)
 class MemorySettings:
-    """How the memory estimates: chosen on validation at training (`export.memory.select_settings`)."""
+    """How the memory estimates: chosen on validation at training (`export.train.memory.select_settings`)."""
 
     k: int = 32                # neighbours
     kappa: float = 3.0         # pseudo-count of the model's global mean

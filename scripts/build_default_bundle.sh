@@ -16,8 +16,8 @@ echo "working in $WORK (data from $SHARED)"
 [ -f "$WORK/run/metrics.json" ] || lr-onnx evaluate "$WORK/run" --no-ablations
 rm -rf "$WORK/bundle"
 lr-onnx export "$WORK/run" --out "$WORK/bundle" --precision int8
-python -m lr_onnx.export.examples assets/examples
-python -m lr_onnx.export.card "$WORK/run" "$WORK/bundle" --sources blindtest,dynamath,vqarad
+python -m lr_onnx.export.data.examples assets/examples
+python -m lr_onnx.export.bundle.card "$WORK/run" "$WORK/bundle" --sources blindtest,dynamath,vqarad
 rm -rf assets/bundle.old
 [ -d assets/bundle ] && mv assets/bundle assets/bundle.old
 mv "$WORK/bundle" assets/bundle && rm -rf assets/bundle.old

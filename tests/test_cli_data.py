@@ -73,7 +73,7 @@ def _digest(folder):
 
 @pytest.mark.shared_data("mllm-skills")
 def test_demo_is_deterministic_and_independent_of_workers(tmp_path):
-    from lr_onnx.export.demo import build_demo
+    from lr_onnx.export.data.demo import build_demo
 
     build_demo(tmp_path / "a", n=120, seed=3, workers=1, progress=False)
     build_demo(tmp_path / "b", n=120, seed=3, workers=2, progress=False)

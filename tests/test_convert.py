@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lr_onnx.export.convert import (convert_mmr, convert_vl_routerbench, load_plain_pickle, mmr_image_for,
+from lr_onnx.export.data.convert import (convert_mmr, convert_vl_routerbench, load_plain_pickle, mmr_image_for,
                                     safe_extract)
-from lr_onnx.export.data import load_dataset
+from lr_onnx.export.data.format import load_dataset
 from lr_onnx.runtime.errors import DataError
 
 

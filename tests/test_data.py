@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import DCROUTER, rec, write_native
-from lr_onnx.export.data import load_dataset
-from lr_onnx.export.routing_metrics import best_single, oracle_choice, random_router, routed_means
+from lr_onnx.export.data.format import load_dataset
+from lr_onnx.export.evaluate.routing_metrics import best_single, oracle_choice, random_router, routed_means
 from lr_onnx.runtime.errors import DataError
 
 

@@ -42,7 +42,7 @@ def test_everyday_queries_out_of_coverage_never_saturate():
 
 @pytest.mark.shared_data("dcrouter")
 def test_text_only_questions_from_another_benchmark_never_saturate():
-    from lr_onnx.export.data import load_dataset
+    from lr_onnx.export.data.format import load_dataset
 
     data = load_dataset(SHARED_DATA / "dcrouter")
     r = Router.load()
@@ -51,8 +51,8 @@ def test_text_only_questions_from_another_benchmark_never_saturate():
 
 
 def _task_rows(task_prefix: str, n: int):
-    from lr_onnx.export.data import load_dataset
-    from lr_onnx.export.splits import ensure_splits, split_masks
+    from lr_onnx.export.data.format import load_dataset
+    from lr_onnx.export.data.splits import ensure_splits, split_masks
 
     data = load_dataset(SHARED_DATA / "blindtest")
     test = split_masks(data, ensure_splits(data))["test"]

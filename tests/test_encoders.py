@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lr_onnx.export.encoders import load_image_encoder, load_text_encoder, minilm_dir  # noqa: E402
-from lr_onnx.export.encoding import IMAGE_SPEC, TEXT_SPEC  # noqa: E402
+from lr_onnx.export.train.encoders import load_image_encoder, load_text_encoder, minilm_dir  # noqa: E402
+from lr_onnx.export.train.encoding import IMAGE_SPEC, TEXT_SPEC  # noqa: E402
 from lr_onnx.runtime.preprocess import (ImageSpec, image_tensor, load_tokenizer, preprocess_image, tokenize)
 
 

@@ -214,7 +214,7 @@ def test_api_accepts_numpy_scalars(router):
 def test_hostile_data_files_are_one_line_data_errors(tmp_path, runner, line, pattern):
     d = write_native(tmp_path / "d", [rec(i) for i in range(3)], raw_lines=[line])
     with pytest.raises(DataError, match=pattern):
-        from lr_onnx.export.data import load_dataset
+        from lr_onnx.export.data.format import load_dataset
 
         load_dataset(d)
     res = runner.invoke(main, ["data", "check", str(d)])

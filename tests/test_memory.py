@@ -137,7 +137,7 @@ def test_the_search_graph_finds_what_numpy_finds(tmp_path):
     pytest.importorskip("onnx")
     import onnxruntime as ort
 
-    from lr_onnx.export.memory_graph import build_memory_graph
+    from lr_onnx.export.bundle.memory_graph import build_memory_graph
 
     mem, q = _memory(n=120, image_weight=0.5)
     q = q + np.random.default_rng(1).normal(size=q.shape).astype(np.float32) * 0.05

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import BLINDTEST, DYNAMATH, rec, write_native
 from lr_onnx.cli import main
-from lr_onnx.export.data import load_dataset
-from lr_onnx.export.merge import merge_datasets
+from lr_onnx.export.data.format import load_dataset
+from lr_onnx.export.data.merge import merge_datasets
 from lr_onnx.runtime.errors import DataError
 
 
@@ -60,7 +60,7 @@ def test_cli_merge_one_line_errors(runner, tmp_path):
 
 
 def test_task_lookup_picks_the_best_training_model_per_label_and_falls_back(tmp_path):
-    from lr_onnx.export.baselines import task_lookup_scores
+    from lr_onnx.export.evaluate.baselines import task_lookup_scores
 
     Y = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 1], [1, 0]], float)
     data = SimpleNamespace(Y=Y, A=np.ones_like(Y, bool), k=2, dataset=["x", "x", "y", "y", "z", "x"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lr_onnx.export.routing_metrics import (aiq, apgr, cpt, nauc, nauc_ref, oracle_choice, pareto_frontier, peak_score, qnc,
+from lr_onnx.export.evaluate.routing_metrics import (aiq, apgr, cpt, nauc, nauc_ref, oracle_choice, pareto_frontier, peak_score, qnc,
                                     rank_score, uncertainty)
 from lr_onnx.runtime.policy import LAMBDA_GRID, choose
 

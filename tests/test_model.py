@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lr_onnx.export.model import LatentRouter, RouterConfig  # noqa: E402
+from lr_onnx.export.train.model import LatentRouter, RouterConfig  # noqa: E402
 from lr_onnx.runtime.policy import choose  # noqa: E402
 
 
@@ -139,7 +139,7 @@ def test_nll_clamps_sigma_at_the_floor_and_nowhere_else():
     """A collapsed sigma cannot blow the NLL up: hand-computed value at the floor, and the default floor is 0.05."""
     import math
 
-    from lr_onnx.export.train import TrainConfig, losses
+    from lr_onnx.export.train.trainer import TrainConfig, losses
 
     mu = torch.tensor([[0.0, 0.5]])
     sigma = torch.tensor([[1e-4, 0.3]], requires_grad=True)

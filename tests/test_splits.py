@@ -7,8 +7,8 @@ import random
 import pytest
 
 from conftest import DCROUTER, rec, write_native
-from lr_onnx.export.data import load_dataset
-from lr_onnx.export.splits import (META_FILE, SPLITS_FILE, ensure_splits, make_splits, partition_counts,
+from lr_onnx.export.data.format import load_dataset
+from lr_onnx.export.data.splits import (META_FILE, SPLITS_FILE, ensure_splits, make_splits, partition_counts,
                                    split_masks)
 from lr_onnx.runtime.errors import DataError
 

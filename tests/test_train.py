@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared_data("mllm-skills")]  # the d
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from lr_onnx.export.demo import build_demo
+    from lr_onnx.export.data.demo import build_demo
 
     base = tmp_path_factory.mktemp("train")
     with pytest.MonkeyPatch.context() as mp:
@@ -34,7 +34,7 @@ def _snapshot(root):
 
 @pytest.fixture(scope="module")
 def run(env):
-    from lr_onnx.export.train import TrainConfig, train
+    from lr_onnx.export.train.trainer import TrainConfig, train
 
     summary = train(env / "demo", env / "run", TrainConfig(epochs=2, slices=2), progress=False)
     return env / "run", summary
@@ -43,7 +43,7 @@ def run(env):
 def test_train_writes_run_and_is_deterministic(env, run):
     from safetensors.numpy import load_file
 
-    from lr_onnx.export.train import TrainConfig, train
+    from lr_onnx.export.train.trainer import TrainConfig, train
 
     run_dir, a = run
     before = _snapshot(env / "demo")
@@ -62,7 +62,7 @@ def test_train_writes_run_and_is_deterministic(env, run):
 
 def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
     """Leak checks of method.md §5: realised cost and `dataset` never reach the router's inputs."""
-    from lr_onnx.export.train import attach_run_memory, load_router, predict, load_training_set
+    from lr_onnx.export.train.trainer import attach_run_memory, load_router, predict, load_training_set
 
     net, cfg = load_router(run[0])
     P = attach_run_memory(load_training_set(env / "demo", slices=2, progress=False), cfg)
@@ -78,8 +78,8 @@ def test_predictions_ignore_realised_test_costs_and_dataset_labels(env, run):
 def test_the_memory_is_chosen_on_validation_and_read_leave_one_out(env, run):
     """Issue 21: the run records its memory settings and blend; training rows are estimated without themselves;
     the memory-only and network-only halves are both scored; a --no-memory run has none."""
-    from lr_onnx.export.memory import memory_rows
-    from lr_onnx.export.train import TrainConfig, attach_run_memory, load_router, load_training_set, train
+    from lr_onnx.export.train.memory import memory_rows
+    from lr_onnx.export.train.trainer import TrainConfig, attach_run_memory, load_router, load_training_set, train
 
     net, cfg = load_router(run[0])
     mem = cfg["memory"]
@@ -100,7 +100,7 @@ def test_the_memory_is_chosen_on_validation_and_read_leave_one_out(env, run):
 
 
 def test_floored_std_lifts_only_the_small_stds_of_each_block():
-    from lr_onnx.export.train import floored_std
+    from lr_onnx.export.train.trainer import floored_std
 
     rng = np.random.default_rng(0)
     std = np.concatenate([rng.uniform(0.01, 0.05, 384), rng.uniform(5e-4, 0.1, 1280), [0.2, 0.3, 0.25]])
@@ -115,7 +115,7 @@ def test_floored_std_lifts_only_the_small_stds_of_each_block():
 
 def test_few_shot_profiles_are_thin_bootstraps_of_the_calibration_rows(env):
     """§3.4: 8 bootstrap profiles per model from R_cal subsets of 25, 50 or 100 rows, seeded."""
-    from lr_onnx.export.train import FEW_SHOT_DRAWS, few_shot_profiles, load_training_set
+    from lr_onnx.export.train.trainer import FEW_SHOT_DRAWS, few_shot_profiles, load_training_set
 
     P = load_training_set(env / "demo", slices=2, progress=False)
     boot = few_shot_profiles(P, seed=7)
@@ -144,7 +144,7 @@ def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
 
 
 def test_evaluate_writes_metrics_plot_and_report(env, run):
-    from lr_onnx.export.evaluate import METHODS, evaluate
+    from lr_onnx.export.evaluate.report import METHODS, evaluate
 
     out = evaluate(run[0], ablations=False, progress=False)
     m = json.loads((run[0] / "metrics.json").read_text())
@@ -160,9 +160,9 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
     assert "Uncertainty (" in (run[0] / "report.md").read_text()
     presets = m["methods"]["latentrouter"]["presets"]
     assert presets["quality"]["lambda"] == 0.0 and presets["balanced"]["lambda"] == m["methods"]["latentrouter"]["lambda_val"]
-    from lr_onnx.export import routing_metrics as M
-    from lr_onnx.export.data import load_dataset
-    from lr_onnx.export.splits import ensure_splits, split_masks
+    from lr_onnx.export.evaluate import routing_metrics as M
+    from lr_onnx.export.data.format import load_dataset
+    from lr_onnx.export.data.splits import ensure_splits, split_masks
 
     d = load_dataset(env / "demo")
     v = split_masks(d, ensure_splits(d))["val"]
@@ -179,7 +179,7 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
 
 def test_spread_over_slices_takes_n_queries_spread_over_the_slices():
     """ceil(n/S) per slice; a thin slice gives what it has; more slices than n: n rows from n different slices."""
-    from lr_onnx.export.pool import spread_over_slices
+    from lr_onnx.export.train.pool import spread_over_slices
 
     slices = np.repeat(np.arange(8), 10)
     slices[slices == 7] = 6                                           # slice 7 empty, slice 6 has 20 rows
@@ -198,9 +198,9 @@ def test_text_only_runs_use_their_own_features_for_slices_and_cannot_be_exported
     import shutil
 
     from lr_onnx.cli import main
-    from lr_onnx.export.data import load_dataset
-    from lr_onnx.export.pool import propose_queries
-    from lr_onnx.export.train import run_features
+    from lr_onnx.export.data.format import load_dataset
+    from lr_onnx.export.train.pool import propose_queries
+    from lr_onnx.export.train.trainer import run_features
     from lr_onnx.runtime.profiles import assign_slices
 
     run_dir = tmp_path / "run"
@@ -232,9 +232,9 @@ def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
     import shutil
 
     from lr_onnx.cli import main
-    from lr_onnx.export.data import load_dataset
-    from lr_onnx.export.pool import propose_queries
-    from lr_onnx.export.splits import ensure_splits
+    from lr_onnx.export.data.format import load_dataset
+    from lr_onnx.export.train.pool import propose_queries
+    from lr_onnx.export.data.splits import ensure_splits
 
     run_dir = tmp_path / "run"
     shutil.copytree(run[0], run_dir)
@@ -264,7 +264,7 @@ def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
 def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     import shutil
 
-    from lr_onnx.export.pool import add_model, remove_model
+    from lr_onnx.export.train.pool import add_model, remove_model
     from lr_onnx.runtime.errors import DataError
 
     run_dir = tmp_path / "run"
@@ -280,7 +280,7 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     assert all(len(prof[k]) == 11 for k in ("models", "raw_profiles", "e_bar", "cost_model"))  # export zips them
     assert rep["queries"] == 30 and 0 <= rep["predicted_score"] <= 1 and sum(rep["slice_counts"]) == 30
     assert (run_dir / "weights.safetensors").read_bytes() == weights  # no retraining
-    from lr_onnx.export.pool import run_memory
+    from lr_onnx.export.train.pool import run_memory
 
     added = prof["models"][-1]["memory"]                             # its labelled queries join the run's memory
     assert len(added["keys"]) == 30 and len(added["keys"][0]) == 128 and len(added["outcomes"]) == 30
@@ -301,7 +301,7 @@ def test_transfer_evaluation_on_another_pool(env, run, runner, tmp_path):
 
     from conftest import write_native
     from lr_onnx.cli import main
-    from lr_onnx.export.data import load_dataset
+    from lr_onnx.export.data.format import load_dataset
 
     demo = load_dataset(env / "demo")
     keep = demo.model_names[:3]
@@ -326,7 +326,7 @@ def test_transfer_evaluation_on_another_pool(env, run, runner, tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle(env, run):
-    from lr_onnx.export.export import export_bundle
+    from lr_onnx.export.bundle.assemble import export_bundle
 
     parity = export_bundle(run[0], env / "bundle", precision="fp32", parity_queries=48, fused=True)
     return env / "bundle", parity
@@ -387,7 +387,7 @@ def test_manifest_schema(bundle):
 
 def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     """The served router (PIL + tokenizers + ONNX Runtime) reproduces the torch pipeline on real queries."""
-    from lr_onnx.export.train import attach_run_memory, load_router, predict, load_training_set
+    from lr_onnx.export.train.trainer import attach_run_memory, load_router, predict, load_training_set
     from lr_onnx.runtime.router import Router
 
     net, cfg = load_router(run[0])
@@ -404,7 +404,7 @@ def test_int8_text_encoder_stays_close_to_fp32(env, bundle):
     """8-bit MiniLM (MatMulNBits weights, int8 embedding table): a quarter of the size, cosine >= 0.995."""
     import onnxruntime as ort
 
-    from lr_onnx.export.quantise import quantize_text_encoder
+    from lr_onnx.export.bundle.quantise import quantize_text_encoder
     from lr_onnx.runtime.preprocess import TextSpec, load_tokenizer, tokenize
 
     src, dst = bundle[0] / "text_encoder.onnx", env / "text_int8.onnx"
@@ -425,7 +425,7 @@ def test_int8_keeps_the_cnn_fp32_and_int8_full_quantises_it(env, bundle):
 
     import onnx
 
-    from lr_onnx.export.quantise import quantize_encoders
+    from lr_onnx.export.bundle.quantise import quantize_encoders
 
     calib = np.random.default_rng(0).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
     for precision, cnn_int8 in (("int8", False), ("int8-full", True)):
@@ -447,7 +447,7 @@ def test_fp16_encoders_pass_the_checker_and_stay_close(env, bundle):
     import onnx
     import onnxruntime as ort
 
-    from lr_onnx.export.quantise import to_fp16
+    from lr_onnx.export.bundle.quantise import to_fp16
 
     d = env / "fp16"
     shutil.copytree(bundle[0], d)
@@ -475,9 +475,9 @@ def test_doctor_on_the_exported_bundle(runner, bundle):
 
 def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     """§8.8: each held-out model is absent from its training run, then added back from n R_cal queries."""
-    from lr_onnx.export import routing_metrics as M
+    from lr_onnx.export.evaluate import routing_metrics as M
     from newmodel import added_model_feat, run as protocol
-    from lr_onnx.export.train import TrainConfig, load_training_set
+    from lr_onnx.export.train.trainer import TrainConfig, load_training_set
 
     res = protocol(env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2),
                    progress=False)
@@ -511,7 +511,7 @@ def test_a_run_whose_per_model_lists_disagree_is_refused(tmp_path):
     """`models add RUN` used to leave cost_model one short, and export's zip silently dropped the new model."""
     import json
 
-    from lr_onnx.export.pool import read_profiles
+    from lr_onnx.export.train.pool import read_profiles
     from lr_onnx.runtime.errors import DataError
 
     run = tmp_path / "run"

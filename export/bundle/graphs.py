@@ -1,0 +1,178 @@
+"""The bundle's graphs, exported from PyTorch: the encoders, the router and the fused graph (`lr-onnx export`).
+
+Each graph is traced with the dynamo exporter, stripped of provenance (so rebuilds are byte-identical) and
+optimised offline at ONNX Runtime's portable BASIC level."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..train.encoding import IMAGE_SPEC
+
+OPSET = 18  # the torch 2.13 dynamo exporter implements >= 18; 17 needs a lossy down-conversion
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int) -> None:
+    import torch
+
+    prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, input_names=input_names,
+                             output_names=output_names, opset_version=opset, external_data=False, verbose=False)
+    prog.save(str(path))
+    _strip_provenance(path)
+
+
+def _strip_provenance(path: Path) -> None:
+    """Drop the exporter's per-node metadata (Python stack traces with absolute paths of this machine):
+    it leaks local paths into shipped bundles and makes rebuilds from another folder differ byte-wise."""
+    import onnx
+
+    m = onnx.load(str(path))
+    for node in m.graph.node:
+        del node.metadata_props[:]
+    onnx.save(m, str(path))
+
+
+def graph_dims(path: Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def shape(v):
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    return {"inputs": {i.name: shape(i) for i in m.graph.input}, "outputs": {o.name: shape(o) for o in m.graph.output}}
+
+
+def optimize_offline(path: Path) -> None:
+    """Save the graph as ONNX Runtime optimises it at the BASIC level (constant folding, redundant-node
+    elimination): plain ONNX ops only, so the file stays portable across machines and providers.
+    Hardware-specific levels (EXTENDED / ALL layouts, fusions) are left to each session at load time."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path.with_suffix(".opt.onnx")
+    so.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    tmp.replace(path)
+
+
+def export_graphs(net, out: Path, opset: int = OPSET) -> None:
+    """Write the three fp32 graphs; assert that B (and K, T) stayed symbolic."""
+    import torch
+    from torch.export import Dim
+
+    from ..train.encoders import load_image_encoder, load_text_encoder
+
+    B = Dim("batch")
+    with torch.no_grad():
+        K = Dim("models")
+        _export(net, (torch.randn(3, net.cfg.query_dim), torch.randn(3, 5, net.cfg.model_dim), torch.rand(3, 5) > 0.2),
+                out / "router.onnx", ["query", "model_feat", "avail"], ["mu", "sigma", "delta", "mu_tilde"],
+                ({0: B}, {0: B, 1: K}, {0: B, 1: K}), opset)
+        _export(load_image_encoder(), (torch.randn(2, 3, IMAGE_SPEC.size, IMAGE_SPEC.size),), out / "image_encoder.onnx", ["pixels"],
+                ["image_features"], ({0: B},), opset)
+        T = Dim("tokens", min=2, max=512)
+        ids = torch.randint(0, 1000, (2, 7))
+        _export(load_text_encoder(), (ids, torch.ones_like(ids)), out / "text_encoder.onnx",
+                ["input_ids", "attention_mask"], ["text_features"], ({0: B, 1: T}, {0: B, 1: T}), opset)
+    for name in ("router.onnx", "image_encoder.onnx", "text_encoder.onnx"):
+        optimize_offline(out / name)
+    for name, sym in (("router.onnx", {"query": [0], "model_feat": [0, 1], "avail": [0, 1]}),
+                      ("image_encoder.onnx", {"pixels": [0]}),
+                      ("text_encoder.onnx", {"input_ids": [0, 1], "attention_mask": [0, 1]})):
+        dims = graph_dims(out / name)["inputs"]
+        for inp, axes in sym.items():
+            for ax in axes:
+                if not isinstance(dims[inp][ax], str):
+                    raise RuntimeError(f"{name}: input {inp} axis {ax} was exported static ({dims[inp]})")
+
+
+class FusedRouter:
+    """Builds the optional end-to-end graph: pixels + token ids + pool -> scores (for GPU serving, or an app in
+    another language: decoded pixels, token ids and this one graph).
+
+    One image per query (`has_image` 0 means text-only; its pixels are ignored); the query features are
+    assembled in-graph exactly as `runtime.features.query_features` does. With a capability memory, the
+    graph carries it too (its keys and outcomes as constants, the search as MatMul + TopK, the estimate as
+    Gather and sums, as `runtime.memory.Memory.columns` computes it): `model_feat` is then the pool's
+    profiles and costs only, `[B, K, W + 1]`, in the bundle's pool order.
+    """
+
+    @staticmethod
+    def module(net, memory=None, pool: list[str] | None = None, prior=None):
+        import torch
+        from torch import nn
+
+        from ...runtime.memory import P_CLIP, block_weights
+        from ..train.encoders import load_image_encoder, load_text_encoder
+
+        class Memory(nn.Module):
+            def __init__(self):
+                super().__init__()
+                st = memory.settings
+                cols = [memory.models.index(m) if m in memory.models else -1 for m in pool]
+                known = np.stack([memory.known[:, c] if c >= 0 else np.zeros(len(memory), bool) for c in cols], 1)
+                values = np.stack([memory.values[:, c] if c >= 0 else np.zeros(len(memory), np.float32) for c in cols], 1)
+                g = np.array([memory.global_mean[c] if c >= 0 else p for c, p in zip(cols, prior)], np.float32)
+                weight = block_weights(st.image_weight)
+                for name, a in (("weight", weight), ("center", memory.center), ("proj", memory.proj),
+                                ("keys", memory.keys), ("known", known.astype(np.float32)), ("values", values),
+                                ("g", g)):
+                    self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(a, np.float32)))
+                self.k, self.kappa, self.tau, self.s_ref = min(st.k, len(memory)), st.kappa, st.tau, st.s_ref
+                self.has = torch.tensor([c >= 0 for c in cols])
+
+            def forward(self, q):                                           # q [B, D_q] -> [B, K, 3]
+                x = (q[:, :self.center.shape[0]] * self.weight - self.center) @ self.proj
+                e = x / torch.clamp(x.norm(dim=1, keepdim=True), min=1e-12)
+                sims, idx = torch.topk(e @ self.keys.T, self.k, dim=1)
+                w = torch.clamp(torch.exp((torch.clamp(sims, min=-1.0) - self.s_ref) / self.tau), max=1.0)
+                ev = (w.unsqueeze(-1) * self.known[idx]).sum(1)           # [B, K]
+                ys = (w.unsqueeze(-1) * self.values[idx]).sum(1)
+                est = torch.clamp((ys + self.kappa * self.g) / (ev + self.kappa), P_CLIP, 1 - P_CLIP)
+                lg = torch.log(est) - torch.log1p(-est)
+                close = w.mean(dim=1, keepdim=True).expand(-1, est.shape[1])
+                return torch.stack([lg, torch.log1p(ev), close], dim=-1)
+
+        class Fused(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.img, self.txt, self.router = load_image_encoder(), load_text_encoder(), net
+                self.memory = Memory() if memory is not None else None
+
+            def forward(self, pixels, has_image, input_ids, attention_mask, n_words, model_feat, avail):
+                t = self.txt(input_ids, attention_mask)
+                t = t / torch.clamp(t.norm(dim=1, keepdim=True), min=1e-12)
+                i = self.img(pixels)
+                i = i / torch.clamp(i.norm(dim=1, keepdim=True), min=1e-12)
+                i = i / torch.clamp(i.norm(dim=1, keepdim=True), min=1e-12)  # pooled over one image, re-normalised
+                h = has_image.unsqueeze(1)
+                side = torch.cat([h, torch.log1p(h), torch.log1p(n_words.unsqueeze(1))], dim=1)
+                q = torch.cat([t, i * h, side], dim=1)
+                if self.memory is not None:   # profile, the memory's columns, cost (runtime.profiles.model_features)
+                    model_feat = torch.cat([model_feat[..., :-1], self.memory(q), model_feat[..., -1:]], dim=-1)
+                return self.router(q, model_feat, avail)
+
+        return Fused().eval()
+
+    @staticmethod
+    def export(net, path: Path, opset: int, memory=None, pool: list[str] | None = None, prior=None) -> None:
+        import torch
+        from torch.export import Dim
+
+        B, T = Dim("batch"), Dim("tokens", min=2, max=512)
+        K = len(pool) if memory is not None else 5      # with a memory the pool is fixed: its columns are constants
+        width = net.cfg.model_dim - (net.cfg.memory if memory is not None else 0)
+        ids = torch.randint(0, 1000, (3, 7))
+        args = (torch.randn(3, 3, IMAGE_SPEC.size, IMAGE_SPEC.size), torch.tensor([1.0, 0.0, 1.0]), ids, torch.ones_like(ids),
+                torch.tensor([5.0, 7.0, 3.0]), torch.randn(3, K, width), torch.rand(3, K) > 0.2)
+        k_dim = None if memory is not None else Dim("models")
+        mf_dims, av_dims = ({0: B}, {0: B}) if memory is not None else ({0: B, 1: k_dim}, {0: B, 1: k_dim})
+        with torch.no_grad():
+            _export(FusedRouter.module(net, memory, pool, prior), args, path,
+                    ["pixels", "has_image", "input_ids", "attention_mask", "n_words", "model_feat", "avail"],
+                    ["mu", "sigma", "delta", "mu_tilde"],
+                    ({0: B}, {0: B}, {0: B, 1: T}, {0: B, 1: T}, {0: B}, mf_dims, av_dims), opset)
