@@ -154,47 +154,61 @@ def info_cmd(bundle, as_json):
     from ..runtime.sessions import ort
 
     b = load_bundle(bundle or DEFAULT_BUNDLE)
-    m = b.manifest
     if as_json:
         echo_json({**b.summary(), "providers_available": ort().get_available_providers()})
         return
-    click.echo(f"bundle {b.path} (schema {m.schema_version}, {m.precision or '?'}, opset {m.opset or '?'}, "
-               f"setting {m.setting or '?'}, encoders {m.encoder_version or '?'})")
-    click.echo(f"{'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost")
+    for line in info_lines(b):
+        click.echo(line)
+    click.echo(f"\nproviders available: {', '.join(ort().get_available_providers())}")
+
+
+def info_lines(b) -> list[str]:
+    """`lr-onnx info`'s text: one section per kind of fact (identity, pool, graphs, preprocessing, routing)."""
+    from ..runtime.memory import MIN_CLOSENESS
+
+    m = b.manifest
+    out = [f"bundle  {b.path}", f"        schema {m.schema_version}, {m.precision or '?'}, opset {m.opset or '?'}, "
+           f"setting {m.setting or '?'}, encoders {m.encoder_version or '?'}, digest {b.digest[:16]}", "",
+           f"pool ({len(m.pool)} models)",
+           f"  {'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost"]
     for p in m.pool:
         pi, po, rule = p.price_in_per_mtok, p.price_out_per_mtok, p.image_tokens
         rule = rule if isinstance(rule, str) else (rule or {}).get("rule")
         how = f"{rule}, {p.output_tokens:g} output tokens" if rule and p.output_tokens is not None \
             else "- (the constant)"
-        click.echo(f"{p.name[:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} {'-' if po is None else f'{po:g}':>8s} "
-                   f"{p.expected_cost_usd:>12.3g}  {how}")
+        out.append(f"  {p.name[:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} "
+                   f"{'-' if po is None else f'{po:g}':>8s} {p.expected_cost_usd:>12.3g}  {how}")
+    out += ["", "graphs"]
     for name, g in m.graphs.items():
-        size = b.file(g.file).stat().st_size
-        click.echo(f"graph {name}: {g.file} {size / 1e6:.1f} MB, inputs {dict(g.inputs) or '?'}")
+        size = b.file(g.file).stat().st_size / 1e6
+        shapes = ", ".join(f"{k} [{', '.join(map(str, v))}]" for k, v in g.inputs.items()) or "?"
+        out.append(f"  graph {name:14s} {g.file:20s} {size:6.1f} MB  inputs {shapes}")
     im = m.image
-    click.echo(f"image: letterbox {im.size} px, {im.resample}, mean {list(im.mean)}, std {list(im.std)}; "
-               f"text: {m.text.tokenizer_file}, max {m.text.max_tokens} tokens")
-    if m.coverage is not None:
-        click.echo(f"coverage: queries whose best similarity to the slice centroids is below {m.coverage.threshold:.4f} "
-                   f"(the training queries' {m.coverage.percentile:g}st percentile) are flagged out of coverage")
-    mem = m.memory
-    if mem is not None:
-        from ..runtime.memory import MIN_CLOSENESS
-
-        st = mem.settings
-        click.echo(f"capability memory: {mem.rows:,} labelled queries x {len(mem.models)} models in {mem.dim} "
-                   f"dimensions; estimates from the {st.k} nearest (pseudo-count {st.kappa:g}); network "
-                   f"correction {'?' if mem.blend is None else f'{mem.blend:g}'} (0 = the memory alone); queries "
-                   f"with closeness < {MIN_CLOSENESS:g} to it are flagged out of coverage too")
+    out += ["", "preprocessing",
+            f"  image  letterbox to {im.size} px ({im.resample}), mean {' '.join(f'{x:g}' for x in im.mean)}, "
+            f"std {' '.join(f'{x:g}' for x in im.std)}",
+            f"  text   {m.text.tokenizer_file}, at most {m.text.max_tokens} tokens", "", "routing"]
     calibrated = m.lambdas.extra.get("calibrated")
-    click.echo(f"lambda: default {m.lambdas.default:g}" +
-               (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else ""))
+    out.append(f"  lambda    default {m.lambdas.default:g}" +
+               (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else "") +
+               "; presets (--lambda NAME):")
     for name, preset in m.lambdas.presets.items():
         vs, vc = preset.extra.get("val_score"), preset.extra.get("val_cost")
-        score = (f", validation score {vs:.3f} at ${vc:.2e}/query"
+        score = (f"validation score {vs:.3f} at ${vc:.2e}/query"
                  if isinstance(vs, (int, float)) and isinstance(vc, (int, float)) else "")
-        click.echo(f"  --lambda {name}: {preset.lam:g}{score}")
-    click.echo(f"providers available: {', '.join(ort().get_available_providers())}")
+        out.append(f"    --lambda {name}: {preset.lam:g}  {score}".rstrip())
+    if m.coverage is not None:
+        out.append(f"  coverage  a query is flagged out of coverage below similarity {m.coverage.threshold:.4f} to "
+                   f"the slice centroids (the training queries' {m.coverage.percentile:g}st percentile)")
+    mem = m.memory
+    if mem is not None:
+        st = mem.settings
+        blend = "?" if mem.blend is None else f"{mem.blend:g}"
+        out += [f"  memory    {mem.rows:,} labelled queries x {len(mem.models)} models in {mem.dim} dimensions; "
+                f"estimates from the {st.k} nearest (pseudo-count {st.kappa:g})",
+                f"            network correction {blend} (0 = the memory alone); closeness < {MIN_CLOSENESS:g} "
+                f"is flagged out of coverage too"]
+    return out
 
 
 @main.command("doctor")

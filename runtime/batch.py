@@ -26,12 +26,16 @@ import select
 import stat
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, TYPE_CHECKING
 
 from .errors import InputError, LrOnnxError
 from .files import atomic_write_bytes
 from .prefetch import prefetched
 from .validate import loads_json, read_regular_file, text
+
+if TYPE_CHECKING:   # annotations only: no import cycle at run time
+    from .decision import RouteOptions
+    from .router import Router
 
 FIFO_WAIT_S = 30.0
 MAX_CSV_FIELD = 131_072  # characters: the csv module's default limit, enforced per record here
@@ -39,7 +43,7 @@ STDIN = "-"
 
 
 # ----------------------------------------------------------------------------- input
-def open_input(inp: str | os.PathLike, *, fifo_wait_s: float = FIFO_WAIT_S) -> tuple[BinaryIO, Path, bool]:
+def open_input(inp: str | os.PathLike[str], *, fifo_wait_s: float = FIFO_WAIT_S) -> tuple[BinaryIO, Path, bool]:
     """(binary stream, folder that relative image paths start from, whether it is a regular file).
 
     `-` is standard input (refused when it is a terminal); a FIFO waits up to `fifo_wait_s` for a writer.
@@ -83,7 +87,7 @@ def count_records(path: Path) -> int:
 
 
 def read_queries(fh: BinaryIO, base: Path, *, csv_format: bool = False,
-                 name: str = "input") -> Iterator[tuple[int, dict | None, str | None]]:
+                 name: str = "input") -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, {"id", "question", "images"} or None, problem or None) per record; never raises on a record."""
     if csv_format:
         yield from _read_csv(fh, base, name)
@@ -102,10 +106,10 @@ def read_queries(fh: BinaryIO, base: Path, *, csv_format: bool = False,
             yield lineno, None, str(e).removeprefix("line: ")
 
 
-def read_query_file(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+def read_query_file(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """A whole JSONL or CSV file of queries, as route-batch reads them: the good records, and a line per bad one."""
     path = Path(path)
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     problems: list[str] = []
     with open(path, "rb") as fh:
         for lineno, rec, err in read_queries(fh, path.parent, csv_format=path.suffix.lower() == ".csv", name=str(path)):
@@ -116,7 +120,7 @@ def read_query_file(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
-def _read_csv(fh: BinaryIO, base: Path, name: str):
+def _read_csv(fh: BinaryIO, base: Path, name: str) -> Iterator[Any]:
     textio = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(textio)
     try:
@@ -152,7 +156,7 @@ def _read_csv(fh: BinaryIO, base: Path, name: str):
             yield reader.line_num, None, str(e)
 
 
-def parse_record(rec: dict, lineno: int, base: Path, *, id_given: bool) -> dict:
+def parse_record(rec: dict[str, Any], lineno: int, base: Path, *, id_given: bool) -> dict[str, Any]:
     """One validated query; raises `InputError` naming the field."""
     question = text(rec.get("question"), "'question'")
     if not id_given:
@@ -223,7 +227,7 @@ def sidecar(out: Path) -> Path:
     return out.with_name(out.name + SIDECAR)
 
 
-def input_label(inp) -> str:
+def input_label(inp: Any) -> str:
     """How a run's input is named in OUT's sidecar: `-`, or the input file's absolute path."""
     return STDIN if str(inp) == STDIN else str(Path(inp).resolve())
 
@@ -293,10 +297,10 @@ def append_lines(fd: int, out: Path, payload: bytes, written: int) -> None:
 
 
 # ----------------------------------------------------------------------------- routing records (both engines)
-def prepare_records(router, records: list[dict]) -> list:
+def prepare_records(router: "Router", records: list[dict[str, Any]]) -> list[Any]:
     """Each record's images decoded on its own (`Router.prepare`): a record whose image cannot be read gets its
     error in its place, and its batch-mates are unaffected."""
-    out = []
+    out: list[Any] = []
     for q in records:
         try:
             out.append(router.prepare(q["images"], q["question"]))
@@ -305,7 +309,8 @@ def prepare_records(router, records: list[dict]) -> list:
     return out
 
 
-def route_records(router, records: list[dict], prepared: list, opts) -> list[tuple[dict, Any, str]]:
+def route_records(router: "Router", records: list[dict[str, Any]], prepared: list[Any],
+                  opts: Any) -> list[tuple[dict[str, Any], Any, str]]:
     """(record, Decision or None, problem) per record, in order: the good ones encoded in one batch and decided
     with `Router.decide_each`, so a record whose budget no model fits fails alone."""
     good = [i for i, p in enumerate(prepared) if not isinstance(p, LrOnnxError)]
@@ -321,9 +326,11 @@ def route_records(router, records: list[dict], prepared: list, opts) -> list[tup
     return [(q, None, str(r)) if isinstance(r, LrOnnxError) else (q, r, "") for q, r in zip(records, results)]
 
 
-def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, opts=None, batch_size: int = 64,
+def route_batch(router: "Router", inp: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                opts: "RouteOptions | None" = None,
+                batch_size: int = 64,
                 on_progress: Callable[[int], None] | None = None, fifo_wait_s: float = FIFO_WAIT_S,
-                on_problem: Callable[[str], None] | None = None) -> dict:
+                on_problem: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Route every query of `inp` (a path, a FIFO or `-`) not yet in `out`; returns counts and per-line problems.
 
     `opts`: the `RouteOptions` every record is routed with, resolved once by the caller (`Router.options`, before
@@ -346,8 +353,9 @@ def route_batch(router, inp: str | os.PathLike, out: str | os.PathLike, *, opts=
             fh.close()
 
 
-def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, opts, regular: bool,
-         on_problem: Callable[[str], None] | None = None) -> dict:
+def _run(router: "Router", fh: Any, base: Any, name: Any, fd: Any, out: Any, skip: Any, batch_size: Any,
+         on_progress: Any, opts: Any, regular: bool,
+         on_problem: Callable[[str], None] | None = None) -> dict[str, Any]:
     # reading (in the prefetch thread, for a regular file) and routing (here) keep their own counts and problems
     read = {"failed": 0, "duplicates": 0, "skipped_done": 0}
     routed = {"routed": 0, "failed": 0, "out_of_coverage": 0}
@@ -364,10 +372,10 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, opts, r
                 told.add(msg)
                 on_problem(msg)
 
-    def batches() -> Iterator[list[dict]]:
+    def batches() -> Iterator[list[dict[str, Any]]]:
         """The records still to route, batch_size at a time; bad, duplicate and done records counted here."""
         first_line: dict[str, int] = {}
-        pending: list[dict] = []
+        pending: list[dict[str, Any]] = []
         for lineno, q, err in read_queries(fh, base, csv_format=name.lower().endswith(".csv"), name=name):
             if err or q is None:
                 read_problems.append((lineno, f"{name}:{lineno}: {err}"))
@@ -390,7 +398,7 @@ def _run(router, fh, base, name, fd, out, skip, batch_size, on_progress, opts, r
         if pending:
             yield pending
 
-    def prepare(records: list[dict]) -> list:
+    def prepare(records: list[dict[str, Any]]) -> list[Any]:
         return prepare_records(router, records)
 
     # a regular file: the next batch is read and decoded while this one is routed; a stream (stdin, a FIFO):

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from .errors import BundleError
 from .files import inside
@@ -44,7 +45,7 @@ class Bundle:
         """sha256 of the manifest (which holds every file's sha256): names this bundle, pool included."""
         return hashlib.sha256(json.dumps(self.manifest.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """What `lr-onnx info --json` shows: identity, pool and prices, graphs with sizes, preprocessing, lambda,
         coverage and the memory's entry (its file list left out)."""
         m = self.manifest.to_dict()
@@ -73,11 +74,11 @@ class Bundle:
             raise BundleError(f"{self.path}: {name} fails its sha256 check; re-export the bundle or restore the file")
         return data
 
-    def read_json(self, name: str):
+    def read_json(self, name: str) -> Any:
         return loads_json(self.read(name), f"{self.path / name}", err=BundleError)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -86,7 +87,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
+def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
     """Read and check a bundle folder: the manifest's shape and numbers, the closed file list, every sha256."""
     if isinstance(path, str) and not path.strip():
         raise BundleError("bundle path is empty")
@@ -112,7 +113,7 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
     return Bundle(path, manifest, verify)
 
 
-def self_contained(graph: bytes, folder, file: str) -> None:
+def self_contained(graph: bytes, folder: str | os.PathLike[str], file: str) -> None:
     """A graph that refers to external data would make ONNX Runtime read a file outside the hash gate."""
     from .onnx_proto import ProtoError, external_data
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 TOKENS_PER_WORD = 1.3
 
@@ -113,7 +113,7 @@ def mllama_tiles(w: float, h: float, *, tile: int = 560, max_tiles: int = 4, per
     return per_tile * pick[2]
 
 
-RULES: dict[str, tuple[Callable[..., float], dict]] = {  # name -> (function, default parameters)
+RULES: dict[str, tuple[Callable[..., float], dict[str, Any]]] = {  # name -> (function, default parameters)
     "openai-high-detail": (openai_high_detail, {}),
     "claude-pixels-div-750": (claude_pixels, {}),
     "gemini-258": (fixed, {"tokens": 258}),
@@ -126,7 +126,7 @@ RULES: dict[str, tuple[Callable[..., float], dict]] = {  # name -> (function, de
 }
 
 
-def rule_spec(value) -> dict | None:
+def rule_spec(value: Any) -> dict[str, Any] | None:
     """A manifest / models.json `image_tokens` value ("NAME" or {"rule": NAME, ...params}) as a dict, or None.
     Raises ValueError naming the rule when it is unknown or its parameters do not fit."""
     if value is None:
@@ -146,12 +146,12 @@ def rule_spec(value) -> dict | None:
     return spec
 
 
-def image_tokens(spec: dict, w: float, h: float) -> float:
+def image_tokens(spec: dict[str, Any], w: float, h: float) -> float:
     fn, defaults = RULES[spec["rule"]]
     return fn(float(max(w, 1)), float(max(h, 1)), **{**defaults, **{k: v for k, v in spec.items() if k != "rule"}})
 
 
-def query_cost(entry: dict, question: str, sizes: list[tuple[int, int]]) -> float | None:
+def query_cost(entry: dict[str, Any], question: str, sizes: list[tuple[int, int]]) -> float | None:
     """One pool entry's expected USD for a query, or None when the entry cannot price it (the caller falls back
     to `expected_cost_usd`). `entry`: price_in_per_mtok, price_out_per_mtok, image_tokens, output_tokens."""
     pin, pout = entry.get("price_in_per_mtok"), entry.get("price_out_per_mtok")
@@ -162,10 +162,10 @@ def query_cost(entry: dict, question: str, sizes: list[tuple[int, int]]) -> floa
         spec = {"rule": spec}
     assert spec is not None or not sizes
     tokens_in = text_tokens(question) + sum((image_tokens(spec, w, h) for w, h in sizes), 0.0)  # type: ignore[arg-type]
-    return (pin * tokens_in + (pout or 0.0) * float(entry.get("output_tokens") or 0.0)) / 1e6
+    return float(pin * tokens_in + (pout or 0.0) * float(entry.get("output_tokens") or 0.0)) / 1e6
 
 
-def mean_output_tokens(entry: dict, queries: list[tuple[str, list]], cost, tokens) -> float:
+def mean_output_tokens(entry: dict[str, Any], queries: list[tuple[str, list[Any]]], cost: Any, tokens: Any) -> float:
     """A model's mean output tokens on labelled queries ((question, image sizes) each): the recorded tokens
     where there are any, else recovered from the recorded costs minus what its rule says the input cost."""
     import numpy as np

@@ -4,6 +4,7 @@ Plain frozen dataclasses, shared by the Router, the batch engines, the gateway a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +40,12 @@ class Decision:
     lam: float
     candidates: tuple[Candidate, ...]
     excluded: tuple[str, ...] = ()
-    explain: dict = field(default_factory=dict)
-    coverage: dict | None = None  # {similarity, threshold, out_of_coverage}; None if the bundle has no threshold
+    explain: dict[str, Any] = field(default_factory=dict)
+    coverage: dict[str, Any] | None = None  # {similarity, threshold, out_of_coverage}; None if the bundle has no threshold
     id: str | None = None         # set when the router logs its decisions (feedback names the decision by it)
     propensity: float = 1.0       # the probability the policy had of choosing `model` (below 1 only when exploring)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**({"decision_id": self.id} if self.id else {}), "model": self.model, "lambda": self.lam,
                 "excluded": list(self.excluded), "candidates": [c.__dict__ for c in self.candidates],
                 "coverage": self.coverage, **({"propensity": self.propensity} if self.propensity < 1 else {}),
@@ -60,5 +61,5 @@ class Prepared:
     sizes: tuple[tuple[int, int], ...]  # each image's original size (per-query image-token costs)
 
     @property
-    def meta(self) -> tuple[str, tuple]:
+    def meta(self) -> tuple[str, tuple[Any, ...]]:
         return self.question, self.sizes

@@ -22,10 +22,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Iterator, TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:   # annotations only: no import cycle at run time
+    from .decision import Decision
+    from .router import Router
 
 DECISIONS = "decisions-"
 FEEDBACK = "feedback-"
@@ -52,7 +57,7 @@ def decode_key(s: str, dim: int) -> np.ndarray | None:
     return a.astype(np.float32) if a.shape == (dim,) and np.isfinite(a).all() else None
 
 
-def log_folder(folder: str | os.PathLike) -> Path:
+def log_folder(folder: str | os.PathLike[str]) -> Path:
     """The log folder, created if missing; a clear error when it cannot be."""
     path = Path(folder)
     if not str(folder).strip():
@@ -66,12 +71,12 @@ def log_folder(folder: str | os.PathLike) -> Path:
     return path
 
 
-def log_files(folder: str | os.PathLike, prefix: str) -> list[Path]:
+def log_files(folder: str | os.PathLike[str], prefix: str) -> list[Path]:
     """The folder's files of one kind (decisions or feedback), oldest first (the names start with the time)."""
     return sorted(p for p in Path(folder).glob(f"{prefix}*{SUFFIX}") if p.is_file())
 
 
-def read_records(files: list[Path]):
+def read_records(files: list[Path]) -> Iterator[dict[str, Any]]:
     """Every whole JSON object line of `files`, in order; a torn last line (a crash mid-write) or a foreign line is
     skipped, never an error: a log is evidence, not input to trust."""
     for path in files:
@@ -94,7 +99,8 @@ def read_records(files: list[Path]):
 class DecisionLog:
     """Append decisions to `folder` from a background thread; `submit` never blocks and never raises on the disk."""
 
-    def __init__(self, folder: str | os.PathLike, *, content: bool = False, max_file_mb: float = DEFAULT_MAX_FILE_MB,
+    def __init__(self, folder: str | os.PathLike[str], *, content: bool = False,
+                 max_file_mb: float = DEFAULT_MAX_FILE_MB,
                  keep_files: int = 0, queue_size: int = DEFAULT_QUEUE):
         self.folder = log_folder(folder)
         self.content = bool(content)
@@ -102,8 +108,8 @@ class DecisionLog:
         self.keep_files = max(0, int(keep_files))   # 0: keep every file; else the newest N decision files stay
         self.written = 0
         self.dropped = 0
-        self.listeners: list = []          # called with each record as it is submitted (feedback's id index)
-        self._q: queue.Queue = queue.Queue(queue_size)
+        self.listeners: list[Any] = []          # called with each record as it is submitted (feedback's id index)
+        self._q: queue.Queue[Any] = queue.Queue(queue_size)
         self._fh = None
         self._size = 0
         self._seq = 0
@@ -112,7 +118,7 @@ class DecisionLog:
         self._thread.start()
 
     # ------------------------------------------------------------------ producer side
-    def submit(self, record: dict) -> None:
+    def submit(self, record: dict[str, Any]) -> None:
         for fn in self.listeners:
             fn(record)
         try:
@@ -137,11 +143,11 @@ class DecisionLog:
     def __enter__(self) -> "DecisionLog":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     # ------------------------------------------------------------------ writer thread
-    def _open(self):
+    def _open(self) -> Any:
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = self.folder / f"{DECISIONS}{stamp}-{os.getpid()}-{self._seq:04d}{SUFFIX}"
@@ -195,8 +201,8 @@ class DecisionLog:
                 return
 
 
-def decision_record(decision, *, time_s: float, bundle: str, space: str | None, key: np.ndarray | None,
-                    slice_: int, question: str | None = None, sizes=None, explore: str | None = None) -> dict:
+def decision_record(decision: "Decision", *, time_s: float, bundle: str, space: str | None, key: np.ndarray | None,
+                    slice_: int, question: str | None = None, sizes: Any = None, explore: str | None = None) -> dict[str, Any]:
     """The log line of one `Decision` (its `id` set), with what `refresh` needs to learn from it later."""
     cands = {c.name: [round(c.mu, ROUND), round(c.sigma, ROUND), round(c.mu_tilde, ROUND),
                       float(f"{c.expected_cost:.6g}")] for c in decision.candidates}
@@ -210,12 +216,14 @@ def decision_record(decision, *, time_s: float, bundle: str, space: str | None, 
     return rec
 
 
-def log_decisions(router, decisions: list, q: np.ndarray, sims: np.ndarray, opts: list, meta: list | None) -> list:
+def log_decisions(router: "Router", decisions: list[Any], q: np.ndarray, sims: np.ndarray, opts: list[Any],
+                  meta: list[Any] | None) -> list[Any]:
     """Give each of `router`'s decisions an id and hand its record to the router's log (which never blocks): the
     query's memory key and slice (`sims`, its similarity to the slices) go with it."""
     from dataclasses import replace
 
     log = router.log
+    assert log is not None, "start_log() first"
     bundle, space = router.log_ids()
     mem = router.memory()
     keys = mem.embed(q) if mem is not None else None

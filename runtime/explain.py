@@ -3,14 +3,18 @@ closest slices, memory estimates and margins. Functions of a `Router`, kept out 
 from __future__ import annotations
 
 import math
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
 from .decision import Candidate
 
+if TYPE_CHECKING:   # annotations only: no import cycle at run time
+    from .router import Router
 
-def coverage(router, q: np.ndarray, closeness: np.ndarray | None = None, sims: np.ndarray | None = None
-             ) -> list[dict | None]:
+
+def coverage(router: "Router", q: np.ndarray, closeness: np.ndarray | None = None, sims: np.ndarray | None = None
+             ) -> list[dict[str, Any] | None]:
     """Per row: the best cosine similarity of the query to the capability slices' centroids and, with a
     capability memory, the query's closeness to its labelled queries (`closeness`, from the memory columns).
     Out of coverage: a similarity below the bundle's threshold (set at export: the 1st percentile of the
@@ -22,7 +26,7 @@ def coverage(router, q: np.ndarray, closeness: np.ndarray | None = None, sims: n
     from .profiles import centroid_similarity
 
     best = (centroid_similarity(q, router.space.centroids) if sims is None else sims).max(axis=1)
-    out: list[dict | None] = []
+    out: list[dict[str, Any] | None] = []
     for i, b in enumerate(best):
         far = closeness is not None and closeness[i] < MIN_CLOSENESS
         row = {"similarity": round(float(b), 4), "threshold": round(router.coverage_threshold, 4)}
@@ -32,7 +36,8 @@ def coverage(router, q: np.ndarray, closeness: np.ndarray | None = None, sims: n
     return out
 
 
-def explain(router, q: np.ndarray, cands: list[Candidate], memory: np.ndarray | None = None) -> dict:
+def explain(router: "Router", q: np.ndarray, cands: list[Candidate],
+            memory: np.ndarray | None = None) -> dict[str, Any]:
     """What drove the choice: the query's closest capability slices, what the capability memory's nearest
     labelled queries say about the top models, and the margins at the top."""
     from .profiles import centroid_similarity
@@ -48,9 +53,10 @@ def explain(router, q: np.ndarray, cands: list[Candidate], memory: np.ndarray | 
         z = (a.mu_tilde - b.mu_tilde) / max(math.sqrt(a.sigma ** 2 + b.sigma ** 2), 1e-12)
         margins.append({"between": [a.name, b.name], "utility_margin": round(a.utility - b.utility, 5),
                         "z": round(z, 3)})
-    out: dict = {"closest_slices": slices, "pairwise_margins": margins}
+    out: dict[str, Any] = {"closest_slices": slices, "pairwise_margins": margins}
     if memory is not None:   # [K, 3]: estimate logit, log1p(evidence), closeness
         mem = router.memory()
+        assert mem is not None   # memory columns come only from a bundle with a memory
         out["memory"] = {"neighbours": mem.settings.k, "closeness": round(float(memory[0, 2]), 4),
                          "estimates": {c.name: {"estimate": round(float(1 / (1 + np.exp(-memory[k, 0]))), 4),
                                                 "evidence": round(float(np.expm1(memory[k, 1])), 2)}

@@ -8,6 +8,7 @@ Only query content goes in: never dataset labels, file names or paths.
 from __future__ import annotations
 
 import numpy as np
+from typing import Any
 
 TEXT_DIM = 384
 IMAGE_DIM = 1280
@@ -18,7 +19,7 @@ HAS_IMAGE_COL = TEXT_DIM + IMAGE_DIM  # index of the has_image flag in q
 
 def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
     n = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    return np.asarray(x / np.maximum(n, 1e-12))
 
 
 def pool_images(vectors: np.ndarray) -> np.ndarray:
@@ -32,7 +33,7 @@ def n_words(question: str) -> int:
     return len(question.split())
 
 
-def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images, words) -> np.ndarray:
+def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images: Any, words: Any) -> np.ndarray:
     """Assemble `[B, D_q]` float32 from raw text vectors `[B, 384]` and pooled image vectors `[B, 1280]`."""
     n_images = np.asarray(n_images, np.float32)
     side = np.stack([(n_images > 0).astype(np.float32), np.log1p(n_images),
@@ -41,7 +42,8 @@ def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images, word
                            side], axis=1).astype(np.float32)
 
 
-def encode_raw_queries(questions: list[str], images: list[list], text, image, *, text_batch: int | None = None,
+def encode_raw_queries(questions: list[str], images: list[list[Any]], text: Any, image: Any, *,
+                       text_batch: int | None = None,
                        image_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The one query pipeline, for any encoders: (text `[B, 384]`, pooled image `[B, 1280]`) of B queries.
 

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from .bounds import MAX_COST_USD
 from .decisionlog import DECISIONS, FEEDBACK, SUFFIX, log_files, log_folder, read_records
@@ -43,7 +44,7 @@ class FeedbackUnavailable(LrOnnxError):
     """The feedback could not be written (a full or failing disk); nothing was recorded."""
 
 
-def parse_feedback(obj, where: str = "feedback") -> dict:
+def parse_feedback(obj: Any, where: str = "feedback") -> dict[str, Any]:
     """One feedback item checked: an object with `id` (text), `score` (a finite number in [0, 1]), optional `cost`
     (a finite number >= 0, USD) and `model` (text); any other key, a bool or a NaN is an `InputError`."""
     if not isinstance(obj, dict):
@@ -65,11 +66,11 @@ def parse_feedback(obj, where: str = "feedback") -> dict:
 
 
 class FeedbackStore:
-    def __init__(self, folder: str | os.PathLike, *, window_h: float = DEFAULT_WINDOW_H, log=None):
+    def __init__(self, folder: str | os.PathLike[str], *, window_h: float = DEFAULT_WINDOW_H, log: Any = None):
         self.folder = log_folder(folder)
         self.window_s = float(window_h) * 3600.0
         self._lock = threading.Lock()
-        self._decisions: OrderedDict[str, tuple[float, str | None, frozenset]] = OrderedDict()  # by time
+        self._decisions: OrderedDict[str, tuple[float, str | None, frozenset[Any]]] = OrderedDict()  # by time
         self._seen: dict[tuple[str, str], tuple[float, float | None]] = {}
         self._offsets: dict[Path, int] = {}
         self._file: Path | None = None
@@ -80,7 +81,7 @@ class FeedbackStore:
             log.listeners.append(self.remember)
 
     # ------------------------------------------------------------------ what it knows
-    def remember(self, rec: dict) -> None:
+    def remember(self, rec: dict[str, Any]) -> None:
         """A logged decision feedback may name (the decision log calls this for each new record)."""
         t = rec.get("time")
         if not isinstance(t, (int, float)):
@@ -133,7 +134,7 @@ class FeedbackStore:
             self._offsets[path] = start + end
 
     @contextmanager
-    def _exclusive(self):
+    def _exclusive(self) -> Iterator[None]:
         with self._lock:
             try:
                 fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
@@ -147,7 +148,7 @@ class FeedbackStore:
                 os.close(fd)
 
     # ------------------------------------------------------------------ adding
-    def check(self, item: dict, now: float | None = None) -> dict:
+    def check(self, item: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         """The record `item` (parsed) would be written as, or the reason it is refused."""
         now = time.time() if now is None else now
         d = self._decisions.get(item["id"])
@@ -163,13 +164,13 @@ class FeedbackStore:
         return {"id": item["id"], "model": model, "score": item["score"], "cost": item.get("cost"),
                 "decision_time": t, "time": round(now, 3)}
 
-    def add(self, items: list[dict]) -> list[str]:
+    def add(self, items: list[dict[str, Any]]) -> list[str]:
         """Record parsed items, all or none: each checked first (any refusal raises and nothing is written), then
         appended in one write. Returns per item "recorded" or "duplicate" (the same outcome was recorded before)."""
         with self._exclusive():
             status: list[str] = []
             lines: list[str] = []
-            batch: dict[tuple[str, str], tuple] = {}
+            batch: dict[tuple[str, str], tuple[Any, ...]] = {}
             for it in items:
                 rec = self.check(it)
                 key = (rec["id"], rec["model"])
@@ -211,7 +212,7 @@ class FeedbackStore:
         self._offsets[self._file] += len(payload)
 
 
-def read_feedback_file(path: str | os.PathLike) -> list[dict]:
+def read_feedback_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """`lr-onnx feedback`'s input: a JSONL file of feedback items, every line checked (the first bad one is an
     `InputError` naming its line; nothing is recorded then)."""
     raw = read_regular_file(path, 256 << 20, "feedback file")
@@ -226,7 +227,7 @@ def read_feedback_file(path: str | os.PathLike) -> list[dict]:
     return items
 
 
-def labelled(folder: str | os.PathLike) -> tuple[dict[str, dict], list[dict]]:
+def labelled(folder: str | os.PathLike[str]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """(decisions by id, feedback records) of a log folder, for `refresh`; the first outcome per (id, model)."""
     folder = Path(folder)
     decisions = {r["id"]: r for r in read_records(log_files(folder, DECISIONS))}

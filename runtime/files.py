@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from .errors import BundleError
 
@@ -17,7 +18,7 @@ def umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write `path` via a temporary sibling and a rename, so readers never see half a file; the file gets the
     permissions a plain `open` would give it (mkstemp alone makes 0600)."""
     path = Path(path)
@@ -33,12 +34,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @contextmanager
-def staged_folder(out: str | os.PathLike, err: type[Exception]):
+def staged_folder(out: str | os.PathLike[str], err: type[Exception]) -> Iterator[Path]:
     """Yield a fresh temporary folder that becomes `out` only if the block succeeds. `out` must not exist (or
     be an empty folder): nothing already written is overwritten, and a failure or Ctrl-C leaves nothing."""
     out = Path(out)
@@ -57,7 +58,7 @@ def staged_folder(out: str | os.PathLike, err: type[Exception]):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def inside(folder: Path, name, entry: str) -> Path:
+def inside(folder: Path, name: Any, entry: str) -> Path:
     """`folder / name`, refused unless it is a relative path that resolves inside `folder` (symlinks followed)."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise BundleError(f"{folder}: manifest entry {entry} has an invalid file name {name!r}")

@@ -12,6 +12,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable, Iterator, TYPE_CHECKING
 
 import numpy as np
 
@@ -26,13 +27,16 @@ from .validate import number, text
 from .policy import LAMBDA_GRID, choose
 from .profiles import new_model_profile
 
+if TYPE_CHECKING:   # annotations only: no import cycle at run time
+    from .router import Router
+
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     atomic_write_text(folder / MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 @contextmanager
-def edited_copy(src: Path, out: str | os.PathLike):
+def edited_copy(src: Path, out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary copy of bundle `src` beside `out`; it becomes `out` only if the block succeeds,
     and is removed on every failure path (nothing is left in OUT's folder or in /tmp)."""
     out = Path(out)
@@ -50,9 +54,10 @@ def edited_copy(src: Path, out: str | os.PathLike):
         raise InputError(f"{out}: cannot be written ({e.strerror or type(e).__name__})") from None
 
 
-def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[list, str]], y: np.ndarray,
+def add_model(router: "Router", out: str | os.PathLike[str], name: str, queries: list[tuple[list[Any], str]],
+              y: np.ndarray,
               cost: np.ndarray, lat: np.ndarray, tok: np.ndarray, *, price_in: float | None = None,
-              price_out: float | None = None, image_tokens: str | dict | None = None) -> dict:
+              price_out: float | None = None, image_tokens: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """A copy of the router's bundle with `name` appended to the pool (method.md §3.5)."""
     m = router.bundle.manifest
     if name in router.names:
@@ -63,7 +68,7 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     price_in = None if price_in is None else number(price_in, "price_in (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
     price_out = None if price_out is None else number(price_out, "price_out (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
     space = m.profile_space
-    meta: list = []
+    meta: list[Any] = []
     q = router.features(queries, meta=meta)
     new = new_model_profile(space, q, y, cost, lat, tok, [x for _, x in queries], price_in=price_in,
                             price_out=price_out, pool_mean=float(np.mean([p.prior for p in m.pool])))
@@ -81,7 +86,8 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
     entry = PoolEntry(name=name, expected_cost_usd=e_bar, cost_hat=e_bar / space.cost_scale,
                       raw_profile=tuple(raw.tolist()), profile=tuple(space.standardise(raw).tolist()),
                       price_in_per_mtok=price_in, price_out_per_mtok=price_out, image_tokens=rule,
-                      output_tokens=out_tokens, extra={"added_with": {"queries": len(queries), "cost_estimator": estimator}})
+                      output_tokens=out_tokens,
+                      extra={"added_with": {"queries": len(queries), "cost_estimator": estimator}})
     mem = router.memory()
     with edited_copy(router.bundle.path, out) as tmp:
         grown_m = m.with_pool(m.pool + (entry,))
@@ -100,7 +106,7 @@ def add_model(router, out: str | os.PathLike, name: str, queries: list[tuple[lis
             "warnings": new["warnings"]}
 
 
-def write_proposal(out: str | os.PathLike, rows: list[dict], err: type[Exception]) -> None:
+def write_proposal(out: str | os.PathLike[str], rows: list[dict[str, Any]], err: type[Exception]) -> None:
     """The new folder `out`: queries.jsonl (each row's fields, its images renamed into images/, empty
     outcomes for the new model's) plus copies of the images; whole or not at all (`staged_folder`)."""
     with staged_folder(out, err) as tmp:
@@ -116,8 +122,9 @@ def write_proposal(out: str | os.PathLike, rows: list[dict], err: type[Exception
         atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
 
 
-def propose_from_queries(router, records: list[dict], out: str | os.PathLike, *, n: int = 48, seed: int = 20260308,
-                         batch_size: int = 64, on_progress=None) -> dict:
+def propose_from_queries(router: "Router", records: list[dict[str, Any]], out: str | os.PathLike[str], *, n: int = 48,
+                         seed: int = 20260308,
+                         batch_size: int = 64, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """`models propose --bundle`: n of the user's own queries (route-batch records: id, question, images),
     spread over the bundle's capability slices like a run's proposal, written to the new folder `out` as
     queries.jsonl plus copies of their images, ready for a new model's outcomes and `models add`. Numpy
@@ -152,7 +159,7 @@ def propose_from_queries(router, records: list[dict], out: str | os.PathLike, *,
             "target_per_slice": math.ceil(n / S), "short_slices": [s for s in range(S) if (slices == s).sum() < math.ceil(n / S)]}
 
 
-def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: str) -> None:
+def remove_model(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str], name: str) -> None:
     b = load_bundle(bundle_path)
     names = b.model_names
     if name not in names:
@@ -170,13 +177,14 @@ def remove_model(bundle_path: str | os.PathLike, out: str | os.PathLike, name: s
         write_manifest(tmp, m)
 
 
-def with_memory(folder: Path, manifest: Manifest, mem) -> Manifest:
+def with_memory(folder: Path, manifest: Manifest, mem: "Memory") -> Manifest:
     """The manifest with `mem` written into `folder` (a bundle copy being edited): its entry and the three files'
     hashes replaced."""
     from .bundle import sha256_file
 
     old = manifest.memory
-    entry = MemoryEntry.from_written(mem.write(folder), None if old is None else old.blend)  # keeps the exporter's blend
+    # the exporter's blend is kept
+    entry = MemoryEntry.from_written(mem.write(folder), None if old is None else old.blend)
     if old is not None:
         entry = replace(entry, extra=old.extra)
     files = dict(manifest.files)
@@ -185,7 +193,8 @@ def with_memory(folder: Path, manifest: Manifest, mem) -> Manifest:
     return replace(manifest, memory=entry, files=files)
 
 
-def calibration_target(router, max_avg_cost: float | None, max_share: tuple[str, float] | None) -> dict:
+def calibration_target(router: "Router", max_avg_cost: float | None,
+                       max_share: tuple[str, float] | None) -> dict[str, Any]:
     """The one budget target, checked before any query is encoded."""
     if (max_avg_cost is None) == (max_share is None):
         raise OptionError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
@@ -196,8 +205,9 @@ def calibration_target(router, max_avg_cost: float | None, max_share: tuple[str,
     return {"max_share": {"model": max_share[0], "share": max_share[1]}}
 
 
-def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *, meta: list | None = None,
-              max_avg_cost: float | None = None, max_share: tuple[str, float] | None = None) -> dict:
+def calibrate(router: "Router", q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *,
+              meta: list[Any] | None = None,
+              max_avg_cost: float | None = None, max_share: tuple[str, float] | None = None) -> dict[str, Any]:
     """Pick lambda on the user's labelled queries for one budget target and record it in the manifest.
 
     Y, C, A are `[N, K]` in the bundle's pool order (realised scores, costs, availability); `meta`
@@ -215,7 +225,7 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
     q, Y, C, A = q[ok], np.nan_to_num(Y[ok]), np.nan_to_num(C[ok]), A[ok]
     mt = router.score_features(q, A, c_hat)["mu_tilde"]
     rows = np.arange(len(q))
-    points: list[dict] = []
+    points: list[dict[str, Any]] = []
     for lam in LAMBDA_GRID:
         ch = choose(mt, c_hat, A, lam)
         score, cost = float(Y[rows, ch].mean()), float(C[rows, ch].mean())
@@ -235,9 +245,9 @@ def calibrate(router, q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray
             "queries": int(len(q)), "points": points, "target": target}
 
 
-def tradeoff(points: list[dict]) -> list[dict]:
+def tradeoff(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The distinct operating points of a lambda sweep (consecutive lambdas that choose alike are one row)."""
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     for p in points:
         if out and (round(out[-1]["score"], 6), round(out[-1]["cost"], 12)) == (round(p["score"], 6), round(p["cost"], 12)):
             continue
@@ -245,7 +255,7 @@ def tradeoff(points: list[dict]) -> list[dict]:
     return out
 
 
-def check_golden(router) -> dict:
+def check_golden(router: "Router") -> dict[str, Any]:
     """Re-run the bundle's golden fixture (recorded by the exporter with PyTorch) through ONNX Runtime."""
     if "golden.json" not in router.bundle.manifest.files:
         raise BundleError(f"{router.bundle.path}: no golden.json (re-export the bundle to get one)")

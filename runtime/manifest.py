@@ -44,32 +44,32 @@ class _Checker:
     def fail(self, msg: str) -> BundleError:
         return BundleError(f"{self.where}: {msg}")
 
-    def need(self, obj, key: str, kind: type, ctx: str = ""):
+    def need(self, obj: Any, key: str, kind: type, ctx: str = "") -> Any:
         if not isinstance(obj, dict) or key not in obj:
             raise self.fail(f"missing '{ctx}{key}'")
         if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
             raise self.fail(f"'{ctx}{key}' must be {_KIND_NAMES.get(kind, 'of another type')}")
         return obj[key]
 
-    def num(self, v, name: str, lo: float = 0.0, hi: float = 1e12) -> float:
+    def num(self, v: Any, name: str, lo: float = 0.0, hi: float = 1e12) -> float:
         return number(v, f"{self.where}: {name}", lo=lo, hi=hi, err=BundleError)
 
-    def int_(self, v, name: str, lo: int, hi: int) -> int:
+    def int_(self, v: Any, name: str, lo: int, hi: int) -> int:
         return integer(v, f"{self.where}: {name}", lo=lo, hi=hi, err=BundleError)
 
-    def listed(self, fname, entry: str, files: Mapping[str, Any], what: str) -> str:
+    def listed(self, fname: Any, entry: str, files: Mapping[str, Any], what: str) -> str:
         """A file an entry names: inside the bundle folder and listed (hashed) in `files`."""
         inside(self.path, fname, entry)
         if fname not in files:
             raise self.fail(f"{what} {fname!r} is not listed in 'files'; the bundle is not closed")
-        return fname
+        return str(fname)
 
 
-def _extra(d: Mapping[str, Any], known: tuple[str, ...]) -> dict:
+def _extra(d: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in known}
 
 
-def _finite_list(v) -> bool:
+def _finite_list(v: Any) -> bool:
     return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
 
 
@@ -80,7 +80,7 @@ class FileEntry:
     sha256: str
     bytes: int | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"sha256": self.sha256, **({"bytes": self.bytes} if self.bytes is not None else {})}
 
 
@@ -89,10 +89,10 @@ class GraphEntry:
     """One ONNX graph: its file and the inputs and outputs it must have (names -> dims; str dims are symbolic)."""
 
     file: str
-    inputs: Mapping[str, list] = field(default_factory=dict)
-    outputs: Mapping[str, list] = field(default_factory=dict)
+    inputs: Mapping[str, list[Any]] = field(default_factory=dict)
+    outputs: Mapping[str, list[Any]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "inputs": dict(self.inputs), "outputs": dict(self.outputs)}
 
 
@@ -107,7 +107,7 @@ class PoolEntry:
     profile: tuple[float, ...]           # the same, standardised: what the router graph reads
     price_in_per_mtok: float | None = None
     price_out_per_mtok: float | None = None
-    image_tokens: str | dict | None = None   # runtime.costs rule: per-query costs from each image's size
+    image_tokens: str | dict[str, Any] | None = None   # runtime.costs rule: per-query costs from each image's size
     output_tokens: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)   # e.g. `added_with` (models add)
 
@@ -119,12 +119,12 @@ class PoolEntry:
         """The model's overall score (the profile's first number): the memory's fallback far from every query."""
         return self.raw_profile[0]
 
-    def pricing(self) -> dict:
+    def pricing(self) -> dict[str, Any]:
         """The fields `runtime.costs.query_cost` prices a query with."""
         return {"price_in_per_mtok": self.price_in_per_mtok, "price_out_per_mtok": self.price_out_per_mtok,
                 "image_tokens": self.image_tokens, "output_tokens": self.output_tokens}
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         opt = {k: v for k, v in (("image_tokens", self.image_tokens), ("output_tokens", self.output_tokens))
                if v is not None}
         return {"name": self.name, "price_in_per_mtok": self.price_in_per_mtok,
@@ -133,7 +133,7 @@ class PoolEntry:
                 **opt, **self.extra}
 
     @classmethod
-    def parse(cls, p, j: int, c: _Checker) -> "PoolEntry":
+    def parse(cls, p: Any, j: int, c: _Checker) -> "PoolEntry":
         ctx = f"pool[{j}]."
         name = text(c.need(p, "name", str, ctx), f"{c.where}: {ctx}name", err=BundleError)
         of = f"(model {name!r})"
@@ -148,11 +148,12 @@ class PoolEntry:
                                                                     hi=1e7)
         vecs = {key: tuple(c.num(x, f"{ctx}{key} {of}", lo=-1e9, hi=1e9) for x in c.need(p, key, list, ctx))
                 for key in ("profile", "raw_profile")}
-        return cls(name=name, expected_cost_usd=c.num(p.get("expected_cost_usd"), f"{ctx}expected_cost_usd {of}", hi=1e6),
+        return cls(name=name, expected_cost_usd=c.num(p.get("expected_cost_usd"), f"{ctx}expected_cost_usd {of}",
+                                                      hi=1e6),
                    cost_hat=c.num(p.get("cost_hat"), f"{ctx}cost_hat {of}", hi=MAX_LAMBDA),
-                   raw_profile=vecs["raw_profile"], profile=vecs["profile"], price_in_per_mtok=prices["price_in_per_mtok"],
-                   price_out_per_mtok=prices["price_out_per_mtok"], image_tokens=rule, output_tokens=out_tok,
-                   extra=_extra(p, cls.KNOWN))
+                   raw_profile=vecs["raw_profile"], profile=vecs["profile"],
+                   price_in_per_mtok=prices["price_in_per_mtok"], price_out_per_mtok=prices["price_out_per_mtok"],
+                   image_tokens=rule, output_tokens=out_tok, extra=_extra(p, cls.KNOWN))
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class Preset:
     lam: float
     extra: Mapping[str, Any] = field(default_factory=dict)   # val_score, val_cost, test_score, budget fraction, ...
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"lambda": self.lam, **self.extra}
 
 
@@ -174,11 +175,11 @@ class LambdaSpec:
     presets: Mapping[str, Preset] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)   # `calibrated`
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"default": self.default, "presets": {k: p.to_dict() for k, p in self.presets.items()}, **self.extra}
 
     @classmethod
-    def parse(cls, lam, c: _Checker) -> "LambdaSpec":
+    def parse(cls, lam: Any, c: _Checker) -> "LambdaSpec":
         if not isinstance(lam, dict):
             raise c.fail("'lambda' must be an object")
         presets = lam.get("presets", {})
@@ -186,7 +187,8 @@ class LambdaSpec:
             raise c.fail("lambda.presets must be an object")
         parsed = {}
         for key, p in presets.items():
-            value = c.num(p.get("lambda") if isinstance(p, dict) else None, f"lambda.presets.{key}.lambda", hi=MAX_LAMBDA)
+            value = c.num(p.get("lambda") if isinstance(p, dict) else None, f"lambda.presets.{key}.lambda",
+                          hi=MAX_LAMBDA)
             parsed[key] = Preset(value, _extra(p, ("lambda",)))
         return cls(c.num(lam.get("default", 0.0), "lambda.default", hi=MAX_LAMBDA), parsed,
                    _extra(lam, ("default", "presets")))
@@ -203,7 +205,7 @@ class Coverage:
     def percentile(self) -> float:   # of the training queries' own similarities
         return float(self.extra.get("percentile", 1))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, **self.extra}
 
 
@@ -219,7 +221,7 @@ class MemoryEntry:
     blend: float | None = None   # for the record (the graph holds it): how far the network corrects the memory
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"files": dict(self.files), "models": list(self.models), "rows": self.rows, "dim": self.dim,
                 "settings": self.settings.to_dict(), **({"blend": self.blend} if self.blend is not None else {}),
                 **self.extra}
@@ -231,7 +233,8 @@ class MemoryEntry:
                    MemorySettings.from_dict(entry["settings"]), blend)
 
     @classmethod
-    def parse(cls, mem, graphs: Mapping[str, GraphEntry], files: Mapping[str, FileEntry], c: _Checker) -> "MemoryEntry":
+    def parse(cls, mem: Any, graphs: Mapping[str, GraphEntry], files: Mapping[str, FileEntry],
+              c: _Checker) -> "MemoryEntry":
         if not isinstance(mem, dict):
             raise c.fail("'memory' must be an object")
         if "memory" not in graphs:
@@ -252,7 +255,8 @@ class MemoryEntry:
         if not isinstance(st, dict):
             raise c.fail("memory.settings must be an object")
         c.int_(st.get("k"), "memory.settings.k", 1, 4096)
-        for key, lo, hi in (("kappa", 1e-6, 1e6), ("tau", 1e-4, 10.0), ("image_weight", 0.0, 100.0), ("s_ref", -1.0, 1.0)):
+        for key, lo, hi in (("kappa", 1e-6, 1e6), ("tau", 1e-4, 10.0), ("image_weight", 0.0, 100.0),
+                            ("s_ref", -1.0, 1.0)):
             c.num(st.get(key), f"memory.settings.{key}", lo=lo, hi=hi)
         return cls(dict(fl), tuple(models), rows, dim, MemorySettings.from_dict(st), blend,
                    _extra(mem, ("files", "models", "rows", "dim", "settings", "blend")))
@@ -292,12 +296,12 @@ class Manifest:
     def model_names(self) -> list[str]:
         return [p.name for p in self.pool]
 
-    def with_pool(self, pool) -> "Manifest":   # a changed pool (models add / remove, refresh, serve's subset)
+    def with_pool(self, pool: Any) -> "Manifest":   # a changed pool (models add / remove, refresh, serve's subset)
         return replace(self, pool=tuple(pool))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON object, known keys in the exporter's order (optional ones only when set), then `extra`."""
-        d: dict = {"schema_version": self.schema_version}
+        d: dict[str, Any] = {"schema_version": self.schema_version}
         opt = {"created_by": self.created_by, "precision": self.precision, "opset": self.opset,
                "setting": self.setting, "encoder_version": self.encoder_version}
         d.update({k: v for k, v in opt.items() if v is not None})
@@ -316,7 +320,7 @@ class Manifest:
         return {**d, **self.extra}
 
     @classmethod
-    def from_dict(cls, m, path: Path) -> "Manifest":
+    def from_dict(cls, m: Any, path: Path) -> "Manifest":
         """Parse and validate: anything the runtime could not route with safely is one `BundleError` line naming
         the entry (`path` is the bundle folder: file names must resolve inside it)."""
         c = _Checker(path)
@@ -337,7 +341,8 @@ class Manifest:
         extra_cols = MEMORY_COLUMNS if memory is not None else 0
         dim = m.get("model_dim")
         if dim is not None and dim != width + 1 + extra_cols:
-            raise c.fail(f"profiles of width {width} do not match model_dim {dim!r} (expected {width + 1 + extra_cols})")
+            raise c.fail(f"profiles of width {width} do not match model_dim {dim!r} "
+                         f"(expected {width + 1 + extra_cols})")
         space = _parse_space(c.need(m, "profile_space", dict), width, c)
         cov = m.get("coverage")
         if cov is not None and not isinstance(cov, dict):
@@ -353,20 +358,22 @@ class Manifest:
                    extra=_extra(m, cls.KNOWN))
 
 
-def _parse_files(files: dict, c: _Checker) -> dict[str, FileEntry]:
+def _parse_files(files: dict[str, Any], c: _Checker) -> dict[str, FileEntry]:
     if not files:
         raise c.fail("'files' is empty; a bundle lists every file it holds with its sha256")
     out = {}
     for name, info in files.items():
         inside(c.path, name, f"files[{name!r}]")
-        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not _HEX64.fullmatch(info["sha256"]):
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) \
+                or not _HEX64.fullmatch(info["sha256"]):
             raise c.fail(f"files[{name!r}] needs a 'sha256' of 64 lowercase hex digits")
         size = info.get("bytes")
-        out[name] = FileEntry(info["sha256"], None if size is None else c.int_(size, f"files[{name!r}].bytes", 0, 1 << 50))
+        out[name] = FileEntry(info["sha256"],
+                              None if size is None else c.int_(size, f"files[{name!r}].bytes", 0, 1 << 50))
     return out
 
 
-def _parse_graphs(graphs: dict, files: Mapping[str, FileEntry], c: _Checker) -> dict[str, GraphEntry]:
+def _parse_graphs(graphs: dict[str, Any], files: Mapping[str, FileEntry], c: _Checker) -> dict[str, GraphEntry]:
     out = {}
     for g in GRAPHS:
         c.need(graphs, g, dict, "graphs.")
@@ -382,7 +389,8 @@ def _parse_graphs(graphs: dict, files: Mapping[str, FileEntry], c: _Checker) -> 
     return out
 
 
-def _parse_preprocessing(pre: dict, files: Mapping[str, FileEntry], c: _Checker) -> tuple[ImageSpec, TextSpec]:
+def _parse_preprocessing(pre: dict[str, Any], files: Mapping[str, FileEntry], c: _Checker) -> tuple[ImageSpec,
+                         TextSpec]:
     image = c.need(pre, "image", dict, "preprocessing.")
     size = c.int_(image.get("size"), "preprocessing.image.size", 16, 2048)
     if image.get("resample") not in RESAMPLE_NAMES:
@@ -394,13 +402,14 @@ def _parse_preprocessing(pre: dict, files: Mapping[str, FileEntry], c: _Checker)
         if not isinstance(v, list) or len(v) != 3:
             raise c.fail(f"preprocessing.image.{key} must be a list of 3 numbers")
         check = c.int_ if key == "pad" else c.num
-        vecs[key] = tuple(check(x, f"preprocessing.image.{key}", lo, hi) for x in v)  # type: ignore[operator,arg-type]
+        vecs[key] = tuple(check(x, f"preprocessing.image.{key}", lo, hi) for x in v)  # type: ignore[arg-type]
     max_pixels = c.int_(image.get("max_pixels", 1), "preprocessing.image.max_pixels", 1, 1 << 40)
     unknown = set(image) - {"size", "resample", "mean", "std", "pad", "max_pixels"}
     if unknown:
         raise c.fail(f"preprocessing.image has unknown keys {sorted(unknown)}")
-    spec = ImageSpec(size=size, resample=image["resample"], mean=vecs["mean"], std=vecs["std"],  # type: ignore[arg-type]
-                     pad=vecs["pad"], **({"max_pixels": max_pixels} if "max_pixels" in image else {}))  # type: ignore[arg-type]
+    spec = ImageSpec(size=size, resample=image["resample"],
+                     mean=vecs["mean"], std=vecs["std"], pad=vecs["pad"],  # type: ignore[arg-type]
+                     **({"max_pixels": max_pixels} if "max_pixels" in image else {}))
     t = c.need(pre, "text", dict, "preprocessing.")
     max_tokens = c.int_(t.get("max_tokens"), "preprocessing.text.max_tokens", 1, 4096)
     tok = t.get("tokenizer_file", "tokenizer.json")
@@ -408,7 +417,7 @@ def _parse_preprocessing(pre: dict, files: Mapping[str, FileEntry], c: _Checker)
     return spec, TextSpec(tokenizer_file=tok, max_tokens=max_tokens)
 
 
-def _parse_pool(pool: list, c: _Checker) -> tuple[PoolEntry, ...]:
+def _parse_pool(pool: list[Any], c: _Checker) -> tuple[PoolEntry, ...]:
     if not pool:
         raise c.fail("'pool' is empty")
     out: list[PoolEntry] = []
@@ -423,7 +432,7 @@ def _parse_pool(pool: list, c: _Checker) -> tuple[PoolEntry, ...]:
     return tuple(out)
 
 
-def _parse_space(space: dict, width: int, c: _Checker) -> ProfileSpace:
+def _parse_space(space: dict[str, Any], width: int, c: _Checker) -> ProfileSpace:
     cents = c.need(space, "centroids", list, "profile_space.")
     if not cents or not all(isinstance(x, list) and len(x) == len(cents[0]) and x for x in cents):
         raise c.fail("profile_space.centroids must be a non-empty matrix")

@@ -23,13 +23,19 @@ Runtime. The bundle stores it in three `.npy` files (fp16), read through `Bundle
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .errors import BundleError
 from .features import HAS_IMAGE_COL, TEXT_DIM, l2_normalise
+
+if TYPE_CHECKING:   # annotations only: no import cycle at run time
+    from .bundle import Bundle
+    from .manifest import MemoryEntry
 
 COLUMNS = 3                  # estimate (as a logit), log1p(evidence), closeness
 MAX_DIM = 256
@@ -49,17 +55,17 @@ class MemorySettings:
     image_weight: float = 1.0  # weight of the image block against the text block in the retrieval space
     s_ref: float = 0.5         # similarity at which a neighbour counts fully (set from the training queries)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MemorySettings":
+    def from_dict(cls, d: dict[str, Any]) -> "MemorySettings":
         return cls(int(d["k"]), float(d["kappa"]), float(d["tau"]), float(d["image_weight"]), float(d["s_ref"]))
 
 
-def logit(p) -> np.ndarray:
+def logit(p: Any) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float64), P_CLIP, 1 - P_CLIP)
-    return np.log(p) - np.log1p(-p)
+    return np.asarray(np.log(p) - np.log1p(-p))
 
 
 class Memory:
@@ -81,7 +87,7 @@ class Memory:
 
     @property
     def dim(self) -> int:
-        return self.keys.shape[1]
+        return int(self.keys.shape[1])
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -95,7 +101,8 @@ class Memory:
         """`[B, d]` unit vectors of raw query features `q [B, D_q]` in the retrieval space."""
         return embed(q, self.center, self.proj, self.settings.image_weight)
 
-    def neighbours(self, e: np.ndarray, k: int, exclude: np.ndarray | None = None, blas: bool = False):
+    def neighbours(self, e: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                   blas: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, indices) `[B, k']` of the k nearest memory rows, k' = min(k, N); `exclude` `[B]` drops one
         row per query (the query itself, when training rows are estimated leave-one-out). `blas` for training only."""
         sims = (e @ self.keys.T) if blas else np.einsum("bd,nd->bn", e, self.keys)
@@ -105,7 +112,7 @@ class Memory:
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         return np.take_along_axis(sims, idx, axis=1), idx
 
-    def columns(self, q: np.ndarray | None, models: list[str] | None = None, *, prior=None,
+    def columns(self, q: np.ndarray | None, models: list[str] | None = None, *, prior: Sequence[float] | None = None,
                 exclude: np.ndarray | None = None, blas: bool = False, e: np.ndarray | None = None,
                 found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """`[B, K, COLUMNS]` memory columns for the given pool (default: the memory's own models, in order). A pool
@@ -134,7 +141,7 @@ class Memory:
         return out
 
     # ------------------------------------------------------------------ growth (models add, feedback)
-    def with_rows(self, q: np.ndarray | None, model: str, y, keys: np.ndarray | None = None) -> "Memory":
+    def with_rows(self, q: np.ndarray | None, model: str, y: Any, keys: np.ndarray | None = None) -> "Memory":
         """A new memory with labelled rows for `model` appended (other models: no outcome on them); a model new to
         the memory gets its own column (no outcome on the old rows). The retrieval space is unchanged. The rows are
         raw query features `q`, or their `keys` already in the retrieval space."""
@@ -152,7 +159,7 @@ class Memory:
         return Memory(self.projection(), np.concatenate([self.keys, np.asarray(keys, np.float32)]), out, names,
                       self.settings)
 
-    def without_models(self, drop) -> "Memory":
+    def without_models(self, drop: Any) -> "Memory":
         """A memory without these models' columns (and without rows left with no outcome at all)."""
         keep = [i for i, m in enumerate(self.models) if m not in set(drop)]
         rows = np.isfinite(self.outcomes[:, keep]).any(axis=1)
@@ -165,24 +172,25 @@ class Memory:
         return {"projection": self.projection().astype(np.float16), "keys": self.keys.astype(np.float16),
                 "outcomes": self.outcomes.astype(np.float16)}
 
-    def manifest_entry(self) -> dict:
+    def manifest_entry(self) -> dict[str, Any]:
         return {"files": dict(FILES), "models": self.models, "rows": len(self.keys), "dim": self.dim,
                 "settings": self.settings.to_dict()}
 
-    def write(self, folder) -> dict:
+    def write(self, folder: str | os.PathLike[str]) -> dict[str, Any]:
         """Write the three files into `folder` (a bundle being built); returns the manifest entry."""
         for key, a in self.arrays().items():
             (Path(folder) / FILES[key]).write_bytes(npy_bytes(a))
         return self.manifest_entry()
 
     @classmethod
-    def from_bundle(cls, bundle) -> "Memory":
+    def from_bundle(cls, bundle: "Bundle") -> "Memory":
         """Read the memory a manifest lists (`manifest.memory`), hash-checked, shapes checked against the entry."""
         m = bundle.manifest.memory
+        assert m is not None, "the bundle has no memory (check Router.has_memory first)"
         return cls.from_files({key: bundle.read(m.files[key]) for key in FILES}, m, str(bundle.path))
 
     @classmethod
-    def from_files(cls, data: dict, entry, where: str) -> "Memory":
+    def from_files(cls, data: dict[str, Any], entry: "MemoryEntry", where: str) -> "Memory":
         """The memory from its three `.npy` files' bytes and its manifest entry (`MemoryEntry`), every shape and
         value checked."""
         arrays = {key: _npy(data[key], f"{where}/{entry.files[key]}") for key in FILES}

@@ -8,6 +8,8 @@ values, tensor lists) and every subgraph (If / Loop / Scan bodies) and function 
 """
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 # (message, field number) -> message type of that length-delimited field, for the fields that can lead to a tensor
 _CHILDREN = {
     ("model", 7): "graph", ("model", 25): "function",
@@ -39,7 +41,7 @@ def _varint(buf: memoryview, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview):
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value or sub-buffer) for each field of one message."""
     i, n = 0, len(buf)
     while i < n:

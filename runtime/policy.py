@@ -8,6 +8,7 @@ Computed in float64 outside the network; masked entries are -inf here, never a s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ EXPLORE_HELP = ("off, thompson[:S] (draws from mu_tilde +/- S sigma / sqrt(1 + n
                 "epsilon:P (P in (0, 1])")
 
 
-def parse_explore(value) -> Explore | None:
+def parse_explore(value: Any) -> Explore | None:
     """`None`/"off" -> no exploration; "thompson" or "thompson:0.25"; "epsilon:0.05"."""
     if value is None or isinstance(value, Explore):
         return value

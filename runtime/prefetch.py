@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -29,8 +29,8 @@ def prefetched(items: Iterable[T], prepare: Callable[[T], U]) -> Iterator[tuple[
             yield x, prepare(x)
         return
     it = iter(items)
-    asks: queue.SimpleQueue = queue.SimpleQueue()
-    answers: queue.SimpleQueue = queue.SimpleQueue()
+    asks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def work() -> None:
         while asks.get():

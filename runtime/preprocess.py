@@ -13,6 +13,7 @@ import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,11 +44,11 @@ class ImageSpec:
     pad: tuple[int, int, int] = (128, 128, 128)
     max_pixels: int = DEFAULT_MAX_PIXELS
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ImageSpec":
+    def from_dict(cls, d: dict[str, Any]) -> "ImageSpec":
         d = dict(d)
         for k in ("mean", "std", "pad"):
             if k in d:
@@ -62,7 +63,7 @@ class TextSpec:
     tokenizer_file: str = "tokenizer.json"
     max_tokens: int = 128
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -77,7 +78,7 @@ DECODERS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 ALLOWED_FORMATS = DECODERS + ("MPO",)
 
 
-def open_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
                max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, budget: list[int] | None = None) -> Image.Image:
     """Open a path, bytes, PIL image or HxW(x3/4) array as an upright RGB image held in memory.
 
@@ -146,7 +147,7 @@ def declared_bytes(data: bytes) -> int:
         return 0
 
 
-def _decode(fh, name: str, max_pixels: int, draft_size: int | None, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+def _decode(fh: Any, name: str, max_pixels: int, draft_size: int | None, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
             budget: list[int] | None = None) -> Image.Image:
     """Decode one image from an open binary file with the allowed decoders only."""
     try:
@@ -312,12 +313,12 @@ def _normaliser(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
     return lut, pad
 
 
-def preprocess_image(src, spec: ImageSpec) -> np.ndarray:
+def preprocess_image(src: Any, spec: ImageSpec) -> np.ndarray:
     """Any supported image input -> the encoder's input tensor."""
     return image_tensor(open_image(src, max_pixels=spec.max_pixels, draft_size=spec.size), spec)
 
 
-def load_tokenizer(src: bytes | str | os.PathLike, spec: TextSpec):
+def load_tokenizer(src: bytes | str | os.PathLike[str], spec: TextSpec) -> Any:
     """A `tokenizers.Tokenizer` (from tokenizer.json's bytes or path) set to pad to the longest question and
     truncate at `max_tokens`."""
     from tokenizers import Tokenizer
@@ -335,7 +336,7 @@ def load_tokenizer(src: bytes | str | os.PathLike, spec: TextSpec):
     return tok
 
 
-def tokenize(tok, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def tokenize(tok: Any, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Questions -> (input_ids, attention_mask), int64 `[B, T]`, padded to the longest."""
     enc = tok.encode_batch(list(questions))
     ids = np.array([e.ids for e in enc], dtype=np.int64)

@@ -9,6 +9,7 @@ retraining. The centroids and standardisation constants are frozen at training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +31,12 @@ def centroid_similarity(q: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     A plain einsum loop, not a BLAS matmul, on purpose: this is the only matmul on the routing path, and
     OpenBLAS wakes a worker thread for it that then spins, taking a core from ONNX Runtime (measured on 2
     cores: route_many 149 -> 174 q/s with it gone). The loop costs ~40 us per query at S = 64."""
-    return np.einsum("bd,sd->bs", slice_embedding(q), np.asarray(centroids, np.float64))
+    return np.asarray(np.einsum("bd,sd->bs", slice_embedding(q), np.asarray(centroids, np.float64)))
 
 
 def assign_slices(q: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid by cosine, per row."""
-    return np.argmax(slice_embedding(q) @ np.asarray(centroids, np.float64).T, axis=1)
+    return np.asarray(np.argmax(slice_embedding(q) @ np.asarray(centroids, np.float64).T, axis=1))
 
 
 def raw_profile(y: np.ndarray, cost: np.ndarray, lat: np.ndarray, tok: np.ndarray, slices: np.ndarray, S: int,
@@ -81,11 +82,11 @@ class ProfileSpace:
     def width(self) -> int:
         return self.S + 7
 
-    def profile(self, y, cost, lat, tok, slices) -> np.ndarray:
+    def profile(self, y: Any, cost: Any, lat: Any, tok: Any, slices: Any) -> np.ndarray:
         return raw_profile(y, cost, lat, tok, slices, self.S, self.cost_scale, self.fill_lat, self.fill_tok)
 
     def standardise(self, raw: np.ndarray) -> np.ndarray:
-        return (raw - self.mean) / self.std
+        return np.asarray((raw - self.mean) / self.std)
 
     def model_feat(self, raw: np.ndarray, e_bar: np.ndarray) -> np.ndarray:
         """The router's `model_feat` rows `[K, S + 8]`: standardised profiles, then the normalised expected
@@ -94,17 +95,17 @@ class ProfileSpace:
         prof = self.standardise(np.asarray(raw, np.float64))
         return np.concatenate([prof, c_hat[:, None]], axis=1).astype(np.float32)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"centroids": np.round(self.centroids, 7).tolist(), "cost_scale": self.cost_scale, "mean": self.mean.tolist(),
                 "std": self.std.tolist(), "fill_lat": self.fill_lat, "fill_tok": self.fill_tok}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ProfileSpace":
+    def from_dict(cls, d: dict[str, Any]) -> "ProfileSpace":
         return cls(np.asarray(d["centroids"]), float(d["cost_scale"]), np.asarray(d["mean"]), np.asarray(d["std"]),
                    float(d["fill_lat"]), float(d["fill_tok"]))
 
 
-def pool_features(pool) -> np.ndarray:
+def pool_features(pool: Any) -> np.ndarray:
     """`[K, W + 1]` of a bundle's pool (`PoolEntry`s): each model's standardised profile, then its constant
     normalised cost."""
     return np.array([[*p.profile, p.cost_hat] for p in pool], np.float32)
@@ -129,8 +130,9 @@ def model_features(base: np.ndarray, c_hat: np.ndarray | None = None, memory: np
 MIN_NEW_MODEL_QUERIES = 24
 
 
-def new_model_profile(space: ProfileSpace, q: np.ndarray, y, cost, lat, tok, questions: list[str], *,
-                      price_in: float | None, price_out: float | None, pool_mean: float) -> dict:
+def new_model_profile(space: ProfileSpace, q: np.ndarray, y: Any, cost: Any, lat: Any, tok: Any, questions: list[str],
+                      *,
+                      price_in: float | None, price_out: float | None, pool_mean: float) -> dict[str, Any]:
     """Raw profile, expected cost and warnings for a model added from labelled queries (§3.5).
 
     Expected cost: the mean observed cost of the labelled queries when the outcomes carry costs (what

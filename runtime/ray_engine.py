@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import numpy as np
 
@@ -27,13 +27,18 @@ from .errors import InputError
 from .files import atomic_write_bytes
 from .validate import loads_json
 
+if TYPE_CHECKING:   # annotations only: no import cycle at run time
+    from .decision import RouteOptions
+    from .router import Router
+
 _SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
 
 
 class RouterActor:
     """One Router per Ray actor; `__call__` routes one batch of rows and returns (id, decision JSON, problem)."""
 
-    def __init__(self, bundle: str | None, opts, base: str, done: frozenset[str], log: tuple[str, bool] | None = None):
+    def __init__(self, bundle: str | None, opts: "RouteOptions | None", base: str, done: frozenset[str],
+                 log: tuple[str, bool] | None = None) -> None:
         from .router import Router
 
         self.router = Router.load(bundle, provider="cpu")
@@ -84,12 +89,12 @@ def _read_uri(uri: str) -> bytes:
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
         with fs.open_input_stream(path) as fh:
-            return fh.read()
+            return bytes(fh.read())
     except Exception as e:  # pyarrow raises its own OSError / ArrowInvalid family
         raise InputError(f"{uri}: cannot be read ({str(e).splitlines()[0][:160]})") from None
 
 
-def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
+def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     cols = list(batch)
     n = len(batch[cols[0]]) if cols else 0
     out = []
@@ -102,7 +107,7 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
     return out
 
 
-def read_dataset(inp: str):
+def read_dataset(inp: str) -> Any:
     """A Ray Dataset of the input: JSONL as text lines (a bad line is a bad record, not a failed read)."""
     import ray.data
 
@@ -114,9 +119,10 @@ def read_dataset(inp: str):
     return ray.data.read_text(inp, drop_empty_lines=True)
 
 
-def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | None, address: str | None = None,
-                    opts=None, batch_size: int = 64, actors: int | None = None,
-                    on_progress: Callable[[int], None] | None = None, log: tuple[str, bool] | None = None) -> dict:
+def route_batch_ray(router: "Router", inp: str, out: str | os.PathLike[str], *, bundle: str | None,
+                    address: str | None = None,
+                    opts: "RouteOptions | None" = None, batch_size: int = 64, actors: int | None = None,
+                    on_progress: Callable[[int], None] | None = None, log: tuple[str, bool] | None = None) -> dict[str, Any]:
     """Route `inp` with Ray Data; `opts` (`RouteOptions`, resolved once by the caller with `router`; None = the
     bundle's defaults) travel to every actor as they are. `log`: (folder, content): each actor logs its decisions
     there (`runtime.decisionlog`; the folder must be reachable by the actors)."""
@@ -144,7 +150,8 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
         ctx.enable_progress_bars = False
         base = str(Path(inp).resolve().parent) if not inp.startswith(_SCHEMES) else "/"
         # one CPU per actor, and one left for the read tasks (all CPUs held by actors would starve the reads)
-        n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+        cpus = ray.cluster_resources().get("CPU", 2)  # type: ignore[no-untyped-call]
+        n_actors = actors or max(1, int(cpus) - 1)
         ds = read_dataset(inp).map_batches(
             RouterActor, fn_constructor_kwargs={"bundle": bundle, "opts": opts, "base": base, "done": done,
                                                 "log": log},
@@ -156,11 +163,11 @@ def route_batch_ray(router, inp: str, out: str | os.PathLike, *, bundle: str | N
             os.close(fd)
 
 
-def _write(ds, out: Path, fd, parquet: bool, done: frozenset, on_progress) -> dict:
+def _write(ds: Any, out: Path, fd: Any, parquet: bool, done: frozenset[Any], on_progress: Any) -> dict[str, Any]:
     counts = {"routed": 0, "skipped_done": 0, "failed": 0, "duplicates": 0, "out_of_coverage": 0}
     problems: list[str] = []
     seen: set[str] = set(done)
-    rows_out: list[dict] = []
+    rows_out: list[dict[str, Any]] = []
     for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
         lines = []
         for qid, decision, problem in zip(batch["id"], batch["decision"], batch["problem"]):
@@ -190,7 +197,7 @@ def _write(ds, out: Path, fd, parquet: bool, done: frozenset, on_progress) -> di
     return {**counts, "problems": problems}
 
 
-def _write_parquet(out: Path, rows: list[dict]) -> None:
+def _write_parquet(out: Path, rows: list[dict[str, Any]]) -> None:
     """id, model, lambda, the best candidate's utility, and the whole decision as JSON; atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq

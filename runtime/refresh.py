@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,8 @@ MAX_IPS_WEIGHT = 100.0        # 1 / propensity, capped: one lucky exploration mu
 RETRAIN_OOC_SHARE = 0.25      # default verdict threshold: more out-of-coverage traffic than this -> retrain
 
 
-def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str | os.PathLike, *,
-            retrain_ooc_share: float = RETRAIN_OOC_SHARE, report: str | os.PathLike | None = None) -> dict:
+def refresh(bundle_path: str | os.PathLike[str], log_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
+            retrain_ooc_share: float = RETRAIN_OOC_SHARE, report: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Write the refreshed copy `out` of bundle `bundle_path` from the feedback in `log_dir`; returns the report
     (also written to `report`, default `<out>.report.json`, with its PNG beside it)."""
     from .manage import edited_copy, with_memory, write_manifest
@@ -59,8 +60,8 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
     before = m.refreshed or {}
     since = float(before.get("feedback_through", 0.0))
     seen_since = float(before.get("decisions_through", 0.0))
-    skipped: Counter = Counter()
-    use: list[tuple[dict, dict]] = []
+    skipped: Counter[str] = Counter()
+    use: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for f in feedback:
         d = decisions.get(f["id"])
         why = ("already_used" if float(f.get("time", 0)) <= since else "no_decision" if d is None
@@ -99,7 +100,7 @@ def refresh(bundle_path: str | os.PathLike, log_dir: str | os.PathLike, out: str
     return rep
 
 
-def _ips(d: dict, f: dict) -> float:
+def _ips(d: dict[str, Any], f: dict[str, Any]) -> float:
     """1 / the probability the policy had of producing this outcome: the logged propensity for the chosen model;
     1 for an outcome of a model the router did not choose (the client ran it: not the policy's doing)."""
     p = float(d.get("propensity") or 1.0) if f.get("model") == d.get("chosen") else 1.0
@@ -107,7 +108,7 @@ def _ips(d: dict, f: dict) -> float:
 
 
 def _update_profiles(pool: tuple[PoolEntry, ...], space: ProfileSpace,
-                     use: list[tuple[dict, dict]]) -> tuple[list[PoolEntry], dict]:
+                     use: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[list[PoolEntry], dict[str, Any]]:
     """Each model's raw profile (overall score, per-slice scores, cost, evidence) moved towards its feedback; returns
     the new pool and, per model, what it saw."""
     S = space.S
@@ -146,7 +147,8 @@ def _update_profiles(pool: tuple[PoolEntry, ...], space: ProfileSpace,
     return new_pool, out
 
 
-def _memory_rows(use: list[tuple[dict, dict]], dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _memory_rows(use: list[tuple[dict[str, Any], dict[str, Any]]], dim: int) -> tuple[np.ndarray, np.ndarray,
+                 list[str]]:
     """One memory row per labelled decision with a usable key: the key, and each model's outcome (NaN: none)."""
     models = sorted({f["model"] for _, f in use})
     rows: dict[str, int] = {}
@@ -166,7 +168,8 @@ def _memory_rows(use: list[tuple[dict, dict]], dim: int) -> tuple[np.ndarray, np
     return np.stack(keys).astype(np.float32), np.stack(outcomes), models
 
 
-def _report(use, traffic, per_model, skipped, retrain_share, rows_added) -> dict:
+def _report(use: list[tuple[dict[str, Any], dict[str, Any]]], traffic: list[dict[str, Any]],
+            per_model: dict[str, Any], skipped: Counter[str], retrain_share: float, rows_added: int) -> dict[str, Any]:
     ooc = [bool(d.get("out_of_coverage")) for d in traffic if d.get("out_of_coverage") is not None]
     share = float(np.mean(ooc)) if ooc else 0.0
     mix = Counter(d.get("chosen") for d in traffic)
@@ -182,7 +185,7 @@ def _report(use, traffic, per_model, skipped, retrain_share, rows_added) -> dict
             "models": per_model, "calibration_drift": drift, "verdict": verdict}
 
 
-def _plot(use, traffic, width: int = 720, height: int = 360) -> bytes:
+def _plot(use: Any, traffic: Any, width: int = 720, height: int = 360) -> bytes:
     """A PNG over time (up to 24 equal time buckets): observed minus predicted score of the labelled decisions
     (calibration drift, blue) and the out-of-coverage share of the traffic (orange). Drawn with Pillow."""
     import io

@@ -10,10 +10,11 @@ prices and preprocessing come from the bundle's manifest. No torch anywhere.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Iterable, TYPE_CHECKING
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Router:
         self.presets = {k: v.lam for k, v in m.lambdas.presets.items()}
         self.space = m.profile_space
         self.coverage_threshold = None if m.coverage is None else m.coverage.threshold
-        self._sessions: dict = {}
+        self._sessions: dict[str, Any] = {}
         self._memory: Memory | None = None
         self._memory_keys = None
         self._tokenizer = None
@@ -74,7 +75,7 @@ class Router:
                    threads=threads, spinning=spinning)
 
     # ------------------------------------------------------------------ sessions (lazy, thread-safe)
-    def session(self, name: str, *, small: bool = False):
+    def session(self, name: str, *, small: bool = False) -> Any:
         """The graph's session, created on first use. `small`: the router's single-threaded twin for batches of
         at most SMALL_BATCH rows on the CPU, where the graph is dispatch-bound (396 small nodes) and handing
         each node to a second thread costs more than it saves (0.75 ms against 1.0 ms at B=1, 2 cores)."""
@@ -95,7 +96,7 @@ class Router:
                     self._sessions[key] = s
         return s
 
-    def _session_for(self, name: str, rows: int):
+    def _session_for(self, name: str, rows: int) -> Any:
         full = self.session(name)
         if rows <= SMALL_BATCH and full.get_providers()[0] == "CPUExecutionProvider":
             return self.session(name, small=True)
@@ -105,7 +106,7 @@ class Router:
     _DTYPES = {"query": "tensor(float)", "model_feat": "tensor(float)", "avail": "tensor(bool)", "keys": "tensor(float)",
                "pixels": "tensor(float)", "input_ids": "tensor(int64)", "attention_mask": "tensor(int64)"}
 
-    def _check_graph(self, name: str, sess) -> None:
+    def _check_graph(self, name: str, sess: Any) -> None:
         """A graph must have the inputs and outputs its manifest entry lists (names, ranks, fixed sizes) and the
         element types the runtime feeds: a graph copied over another one (with its hash updated) is one
         `BundleError` line at load, not an ONNX Runtime traceback at the first query. The pool must fit the
@@ -173,7 +174,7 @@ class Router:
                     out[k] = mem.global_mean[mem.models.index(n)]
         return out
 
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         if self._tokenizer is None:
             with self._lock:
                 if self._tokenizer is None:
@@ -181,7 +182,7 @@ class Router:
         return self._tokenizer
 
     # ------------------------------------------------------------------ features
-    def prepare(self, images: list, question: str, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    def prepare(self, images: list[Any], question: str, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
                 max_request_bytes: int | None = None) -> "Prepared":
         """One query's CPU-side preprocessing, before any graph runs: the question checked, each image decoded
         (allow-listed decoders, pixel limit, decoded-byte budgets per image and, when given, for the request's
@@ -206,16 +207,16 @@ class Router:
     def encode_raw(self, prepared: list["Prepared"]) -> tuple[np.ndarray, np.ndarray]:
         """(text vectors `[B, 384]`, pooled image vectors `[B, 1280]`): the encoders' outputs before `query_features`
         (export parity compares them with PyTorch's)."""
-        def text(questions):
+        def text(questions: list[str]) -> np.ndarray:
             ids, mask = tokenize(self.tokenizer(), questions)
-            return run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0]
+            return np.asarray(run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0])
 
-        def image(tensors):
-            return run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0]
+        def image(tensors: Any) -> np.ndarray:
+            return np.asarray(run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0])
 
         return encode_raw_queries([p.question for p in prepared], [list(p.tensors) for p in prepared], text, image)
 
-    def features(self, queries: list[tuple[list, str]], meta: list | None = None) -> np.ndarray:
+    def features(self, queries: list[tuple[list[Any], str]], meta: list[Any] | None = None) -> np.ndarray:
         """Raw query features `[B, D_q]` for (images, question) pairs; `meta` (if given) collects each query's
         (question, original image sizes), which per-query expected costs need (`decide`)."""
         prepared = [self.prepare(images, q) for images, q in queries]
@@ -224,7 +225,8 @@ class Router:
         return self.encode(prepared)
 
     # ------------------------------------------------------------------ scoring and routing
-    def availability(self, models=None, exclude=None) -> np.ndarray:
+    def availability(self, models: str | Iterable[str] | None = None,
+                     exclude: str | Iterable[str] | None = None) -> np.ndarray:
         """The pool mask `[K]` from an allow-list and a deny-list (a budget is per query: see `decide`). A name in
         the allow-list must be in the pool (a typo there would silently route elsewhere); excluding a model the
         pool does not have changes nothing (a gateway serving part of the pool answers the same requests)."""
@@ -242,7 +244,7 @@ class Router:
             raise OptionError("every model is excluded: nothing left to route to")
         return keep
 
-    def query_costs(self, meta: list | None, n: int) -> np.ndarray:
+    def query_costs(self, meta: list[Any] | None, n: int) -> np.ndarray:
         """`[B, K]` expected USD per query and model: the model's image-token rule on each image's original
         size, its prices and its mean output tokens (`runtime.costs`); the per-model constant where a model
         has no rule, or when `meta` is not known."""
@@ -256,7 +258,8 @@ class Router:
                             out[i, k] = c
         return out
 
-    def score_features(self, q: np.ndarray, avail: np.ndarray, c_hat: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def score_features(self, q: np.ndarray, avail: np.ndarray,
+                       c_hat: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The router graph on feature rows; `c_hat` `[B, K]` (normalised per-query expected costs) replaces the
         per-model constant in the model features' cost column."""
         B = q.shape[0]
@@ -276,7 +279,7 @@ class Router:
                                   f"{self.names[k]!r}; the bundle's graph or profiles are broken")
         return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt, "memory": cols}
 
-    def score(self, images, question: str, models=None) -> dict:
+    def score(self, images: Any, question: str, models: str | Iterable[str] | None = None) -> dict[str, Any]:
         """Per-model mu, sigma, mu_tilde, expected cost and utility at the default lambda (available models only)."""
         d = self.route(images, question, models=models)
         return {c.name: {"mu": c.mu, "sigma": c.sigma, "mu_tilde": c.mu_tilde, "expected_cost": c.expected_cost,
@@ -294,14 +297,17 @@ class Router:
             return self.presets[lam]
         return number(lam, "lambda", hi=MAX_LAMBDA)
 
-    def route(self, images, question: str, *, models=None, exclude=None, lam: float | str | None = None,
-              max_cost: float | None = None, explain: bool = False, explore=None,
+    def route(self, images: Any, question: str, *, models: str | Iterable[str] | None = None,
+              exclude: str | Iterable[str] | None = None, lam: float | str | None = None,
+              max_cost: float | None = None, explain: bool = False, explore: Any = None,
               options: RouteOptions | None = None) -> Decision:
         return self.route_many([(as_list(images), question)], models=models, exclude=exclude, lam=lam,
                                max_cost=max_cost, explain=explain, explore=explore, options=options)[0]
 
-    def route_many(self, queries, *, batch_size: int = 64, models=None, exclude=None, lam: float | str | None = None,
-                   max_cost: float | None = None, explain: bool = False, explore=None,
+    def route_many(self, queries: Any, *, batch_size: int = 64, models: str | Iterable[str] | None = None,
+                   exclude: str | Iterable[str] | None = None,
+                   lam: float | str | None = None,
+                   max_cost: float | None = None, explain: bool = False, explore: Any = None,
                    options: RouteOptions | None = None) -> list[Decision]:
         """Route (images, question) pairs in batches; one Decision per query, in order. The options are resolved
         here (`options`), or were resolved once by the caller and given as `options` (then give no other option)."""
@@ -323,8 +329,10 @@ class Router:
             return []
         return self.decide(self.encode(prepared), [opts] * len(prepared), meta=[p.meta for p in prepared])
 
-    def options(self, *, models=None, exclude=None, lam: float | str | None = None, max_cost: float | None = None,
-                explain: bool = False, explore=None) -> "RouteOptions":
+    def options(self, *, models: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None,
+                lam: float | str | None = None,
+                max_cost: float | None = None,
+                explain: bool = False, explore: Any = None) -> "RouteOptions":
         """Validate one request's routing options once: the pool mask, lambda resolved to a number, exploration
         (`policy.parse_explore`: None, "thompson" or "epsilon:P")."""
         lam = self.resolve_lambda(lam)
@@ -332,7 +340,8 @@ class Router:
         budget = None if max_cost is None else number(max_cost, "max_cost", hi=MAX_COST_USD)
         return RouteOptions(avail, lam, bool(explain), budget, parse_explore(explore))
 
-    def start_log(self, folder, *, content: bool = False, max_file_mb: float | None = None, keep_files: int = 0):
+    def start_log(self, folder: str | os.PathLike[str], *, content: bool = False, max_file_mb: float | None = None,
+                  keep_files: int = 0) -> "DecisionLog":
         """Log every decision from now on into `folder` (`runtime.decisionlog`); returns the log (close it at the end:
         `close` waits for the last records to be written)."""
         from .decisionlog import DEFAULT_MAX_FILE_MB, DecisionLog
@@ -361,8 +370,8 @@ class Router:
             self._ids = (self.bundle.digest[:16], hashlib.sha256(proj.encode() + cent).hexdigest()[:16])
         return self._ids
 
-    def decide(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None,
-               meta: list | None = None) -> list[Decision]:
+    def decide(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict[str, Any] | None = None,
+               meta: list[Any] | None = None) -> list[Decision]:
         """Decisions for feature rows `q [B, D_q]`, each row with its own options, in ONE router call
         (how the server batches requests that ask for different pools and lambdas). `meta` (from `features`)
         gives per-query expected costs; without it every model costs its per-model constant."""
@@ -413,15 +422,15 @@ class Router:
             timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
         return out
 
-    def decide_each(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict | None = None,
-                    meta: list | None = None) -> list:
+    def decide_each(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict[str, Any] | None = None,
+                    meta: list[Any] | None = None) -> list[Any]:
         """`decide` for batches of independent requests: a row whose own options fail (no model's expected cost
         fits its max_cost) gets its error in its place, and the other rows keep their decisions. The rows are
         encoded already, so a failure costs router calls, never the encoders again."""
         try:
             return self.decide(q, opts, timings, meta)
         except LrOnnxError:
-            out: list = []
+            out: list[Any] = []
             for i, o in enumerate(opts):
                 try:
                     out.append(self.decide(q[i:i + 1], [o], meta=None if meta is None else [meta[i]])[0])
@@ -430,7 +439,7 @@ class Router:
             return out
 
     def coverage(self, q: np.ndarray, closeness: np.ndarray | None = None, sims: np.ndarray | None = None
-                 ) -> list[dict | None]:
+                 ) -> list[dict[str, Any] | None]:
         """Per row: the query's coverage (`runtime.explain.coverage`)."""
         from .explain import coverage
 

@@ -13,6 +13,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from .errors import BundleError, LrOnnxWarning, MissingDependencyError, ProviderError
 
@@ -21,7 +22,7 @@ INSTALL_HINT = ("onnxruntime is not installed: pip install 'lr-onnx[cpu]' (or 'l
                 "install exactly one of them")
 
 
-def ort():
+def ort() -> Any:
     """The onnxruntime module, or a one-line install hint."""
     try:
         import onnxruntime
@@ -44,7 +45,7 @@ def trt_cache_dir() -> Path:
     return cache_root() / "tensorrt"
 
 
-def resolve_providers(provider: str = "auto") -> list:
+def resolve_providers(provider: str = "auto") -> list[Any]:
     """Provider list for `InferenceSession`, most preferred first (CPU always last)."""
     rt = ort()
     available = rt.get_available_providers()
@@ -60,7 +61,7 @@ def resolve_providers(provider: str = "auto") -> list:
             raise ProviderError(f"provider '{provider}' is not offered by this onnxruntime (available: {names}); "
                                 f"install lr-onnx[gpu] on a CUDA machine or use --provider cpu")
         wanted = [provider] + (["cuda"] if provider == "tensorrt" and PROVIDERS["cuda"] in available else [])
-    out: list = []
+    out: list[Any] = []
     for p in wanted:
         if p == "tensorrt":
             cache = trt_cache_dir()
@@ -72,7 +73,7 @@ def resolve_providers(provider: str = "auto") -> list:
     return out + ["CPUExecutionProvider"]
 
 
-def session_options(*, threads: int | None = None, spinning: bool = False):
+def session_options(*, threads: int | None = None, spinning: bool = False) -> Any:
     rt = ort()
     so = rt.SessionOptions()
     so.log_severity_level = 3  # per session: the host application's ORT logging stays untouched
@@ -84,8 +85,8 @@ def session_options(*, threads: int | None = None, spinning: bool = False):
     return so
 
 
-def new_session(model: bytes | str | os.PathLike, *, name: str | None = None, provider: str = "auto",
-                threads: int | None = None, spinning: bool = False):
+def new_session(model: bytes | str | os.PathLike[str], *, name: str | None = None, provider: str = "auto",
+                threads: int | None = None, spinning: bool = False) -> Any:
     """An InferenceSession for a graph (its bytes, as `Bundle.read` returns them, or a path); warns once if an
     accelerator was requested but CPU was bound. A graph ONNX Runtime refuses is a `BundleError`."""
     rt = ort()
@@ -108,7 +109,7 @@ ACCELERATORS = (PROVIDERS["tensorrt"], PROVIDERS["cuda"])
 
 
 @contextmanager
-def _ort_errors(what: str):
+def _ort_errors(what: str) -> Iterator[None]:
     """ONNX Runtime's own exceptions (a graph that does not fit its inputs, a corrupt model) as `BundleError`."""
     try:
         yield
@@ -118,16 +119,16 @@ def _ort_errors(what: str):
         raise BundleError(f"{what}: {str(e).splitlines()[0][:200]}") from None
 
 
-def run(sess, feeds: dict) -> list:
+def run(sess: Any, feeds: dict[str, Any]) -> list[Any]:
     """`sess.run`, except for batches on a GPU provider: there through an IO binding (`run_bound`)."""
     batch = len(next(iter(feeds.values())))
     with _ort_errors("a bundle graph failed to run"):
         if batch > 1 and sess.get_providers()[0] in ACCELERATORS:
             return run_bound(sess, feeds, "cuda")
-        return sess.run(None, feeds)
+        return list(sess.run(None, feeds))
 
 
-def run_bound(sess, feeds: dict, device: str = "cuda") -> list:
+def run_bound(sess: Any, feeds: dict[str, Any], device: str = "cuda") -> list[Any]:
     """Run with an IO binding: each input copied to `device` once as an OrtValue, every output allocated
     on the device and copied back once, with no host staging buffers in between (the CUDA path for batches;
     on this CPU-only project it is tested with device "cpu", never run on a GPU)."""
@@ -140,7 +141,7 @@ def run_bound(sess, feeds: dict, device: str = "cuda") -> list:
     for out in sess.get_outputs():
         binding.bind_output(out.name, device)
     sess.run_with_iobinding(binding)
-    return binding.copy_outputs_to_cpu()
+    return list(binding.copy_outputs_to_cpu())
 
 
 def installed_ort_distributions() -> list[str]:

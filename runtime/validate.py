@@ -12,6 +12,7 @@ import numbers
 import os
 import stat
 import warnings
+from typing import Any, Iterable, NoReturn, cast
 
 from .bounds import MAX_QUESTION_CHARS
 from .errors import InputError, LrOnnxError, LrOnnxWarning
@@ -20,7 +21,7 @@ MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 30  # longer integer literals in JSON are read as floats (inf past 1e308), never as bignums
 
 
-def number(value, field: str, *, lo: float = 0.0, hi: float = 1e12, err: type[LrOnnxError] = InputError) -> float:
+def number(value: Any, field: str, *, lo: float = 0.0, hi: float = 1e12, err: type[LrOnnxError] = InputError) -> float:
     """`value` as a finite float in [lo, hi]; ints, floats and numpy scalars pass, bools and strings do not."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise err(f"{field} must be a number, got {_show(value)}")
@@ -35,7 +36,7 @@ def number(value, field: str, *, lo: float = 0.0, hi: float = 1e12, err: type[Lr
     return v
 
 
-def integer(value, field: str, *, lo: int, hi: int, err: type[LrOnnxError] = InputError) -> int:
+def integer(value: Any, field: str, *, lo: int, hi: int, err: type[LrOnnxError] = InputError) -> int:
     """`value` as an int in [lo, hi] (numpy integers pass, bools and floats do not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise err(f"{field} must be an integer, got {_show(value)}")
@@ -45,7 +46,7 @@ def integer(value, field: str, *, lo: int, hi: int, err: type[LrOnnxError] = Inp
     return v
 
 
-def text(value, field: str, *, empty_ok: bool = False, err: type[LrOnnxError] = InputError) -> str:
+def text(value: Any, field: str, *, empty_ok: bool = False, err: type[LrOnnxError] = InputError) -> str:
     """`value` as a str that is valid Unicode (no lone surrogates: argv and files with invalid UTF-8 give those)."""
     if not isinstance(value, str):
         raise err(f"{field} must be a string, got {_show(value)}")
@@ -58,7 +59,7 @@ def text(value, field: str, *, empty_ok: bool = False, err: type[LrOnnxError] = 
     return value
 
 
-def names(value, field: str, *, err: type[LrOnnxError] = InputError) -> list[str] | None:
+def names(value: Any, field: str, *, err: type[LrOnnxError] = InputError) -> list[str] | None:
     """None, or a non-empty list of model names (a bare string is one name)."""
     if value is None:
         return None
@@ -73,7 +74,7 @@ def names(value, field: str, *, err: type[LrOnnxError] = InputError) -> list[str
 
 
 def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputError,
-               max_depth: int = MAX_JSON_DEPTH, strict: bool = False):
+               max_depth: int = MAX_JSON_DEPTH, strict: bool = False) -> Any:
     """Parse one JSON document; every way it can be malformed is one `err` line naming `where`.
 
     Integers longer than MAX_INT_DIGITS become floats (so a 400-digit number is inf and the field's
@@ -98,22 +99,22 @@ def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputE
     return doc
 
 
-def _parse_int(s: str):
+def _parse_int(s: str) -> int | float:
     return int(s) if len(s) <= MAX_INT_DIGITS else float(s)
 
 
-def _no_constant(name: str):
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _depth(doc, limit: int, strict_where: str | None = None, err: type[LrOnnxError] = InputError) -> int:
+def _depth(doc: Any, limit: int, strict_where: str | None = None, err: type[LrOnnxError] = InputError) -> int:
     """The nesting depth (stops counting past `limit`); with `strict_where`, every leaf is checked as well."""
     depth, level = 0, [doc]
     while level:
         depth += 1
         if depth > limit:
             return depth
-        nxt: list = []
+        nxt: list[Any] = []
         for v in level:
             if isinstance(v, dict):
                 nxt.extend(v.values())
@@ -134,7 +135,7 @@ def _depth(doc, limit: int, strict_where: str | None = None, err: type[LrOnnxErr
     return depth - 1
 
 
-def read_regular_file(path, cap: int, what: str, *, err: type[LrOnnxError] = InputError) -> bytes:
+def read_regular_file(path: Any, cap: int, what: str, *, err: type[LrOnnxError] = InputError) -> bytes:
     """The bytes of a regular file of at most `cap` bytes. A FIFO, a device (/dev/zero), a directory or a
     larger file is one `err` line: opened without blocking and checked on the open descriptor, so nothing
     can hang on a FIFO or read forever from a device."""
@@ -161,13 +162,13 @@ def read_regular_file(path, cap: int, what: str, *, err: type[LrOnnxError] = Inp
     return data
 
 
-def _show(value) -> str:
+def _show(value: Any) -> str:
     s = repr(value)
     return s if len(s) <= 40 else s[:37] + "..."
 
 
 # ----------------------------------------------------------------------------- a routing query's shape
-def as_list(images) -> list:
+def as_list(images: Any) -> list[Any]:
     if images is None:
         return []
     if isinstance(images, (list, tuple)):
@@ -175,20 +176,20 @@ def as_list(images) -> list:
     return [images]
 
 
-def as_iterable(queries):
+def as_iterable(queries: Any) -> Iterable[Any]:
     if isinstance(queries, (str, bytes)) or not hasattr(queries, "__iter__"):
         raise InputError(f"queries must be a list of (images, question) pairs, got {type(queries).__name__}")
-    return queries
+    return cast(Iterable[Any], queries)
 
 
-def as_query(x) -> tuple[list, str]:
+def as_query(x: Any) -> tuple[list[Any], str]:
     if not isinstance(x, (tuple, list)) or len(x) != 2:
         raise InputError("each query must be an (images, question) pair")
     return as_list(x[0]), x[1]
 
 
-def clean_question(q) -> str:
-    q = text(q, "question")
+def clean_question(value: Any) -> str:
+    q = text(value, "question")
     if len(q) > MAX_QUESTION_CHARS:
         warnings.warn(f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
                       f"(the text encoder reads at most its first tokens anyway)", LrOnnxWarning, stacklevel=3)
