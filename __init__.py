@@ -6,12 +6,19 @@ which matters because the repository root is the package: pytest imports this fi
 when a clone's folder name is not an identifier (`git clone ... lr-onnx`), and a relative import at
 the top level would fail there (tests/test_imports.py runs the suite's collection from such a folder).
 """
+
 import importlib
 
 _LAZY = {
-    "Router": "runtime.router", "Decision": "runtime.router", "Candidate": "runtime.router",
-    "LrOnnxError": "runtime.errors", "InputError": "runtime.errors", "OptionError": "runtime.errors",
-    "DataError": "runtime.errors", "BundleError": "runtime.errors", "ProviderError": "runtime.errors",
+    "Router": "runtime.router",
+    "Decision": "runtime.router",
+    "Candidate": "runtime.router",
+    "LrOnnxError": "runtime.errors",
+    "InputError": "runtime.errors",
+    "OptionError": "runtime.errors",
+    "DataError": "runtime.errors",
+    "BundleError": "runtime.errors",
+    "ProviderError": "runtime.errors",
     "MissingDependencyError": "runtime.errors",
     "__version__": "version",
 }

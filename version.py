@@ -1,2 +1,3 @@
 """Single source of the package version (read by setup.cfg and the CLI)."""
+
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ generator here, both on this machine:
 
 Results go to benchmarks/results/attack.json (the README quotes them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,17 @@ def free_port() -> int:
 
 def png_declaring(w: int, h: int) -> str:
     """A ~10 KB PNG whose header declares w x h RGBA pixels (a decompression bomb under the pixel limit)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     raw = zlib.compress(b"\0" * (1 << 24), 9)[:10_000]
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)) + chunk(b"IDAT", raw)
-           + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
@@ -100,8 +106,13 @@ async def load(url: str, n: int, concurrency: int) -> dict:
         await asyncio.gather(*(client(c) for _ in range(concurrency)))
     wall = time.perf_counter() - t0
     ms = np.asarray(lat) * 1000
-    return {"n": n, "qps": round(n / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "status": codes}
+    return {
+        "n": n,
+        "qps": round(n / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "status": codes,
+    }
 
 
 async def heavy_with_ordinary(url: str, image: str, n_heavy: int, n_ordinary: int) -> dict:
@@ -114,9 +125,15 @@ async def heavy_with_ordinary(url: str, image: str, n_heavy: int, n_ordinary: in
         heavy = asyncio.gather(*(one(c) for _ in range(n_heavy)))
         ordinary = load(url, n_ordinary, 4)
         h, o = await asyncio.gather(heavy, ordinary)
-    return {"heavy": {"n": n_heavy, "status": sorted({str(s) for s, _, _ in h}),
-                      "seconds_max": round(max(t for _, t, _ in h), 2), "message": h[0][2][:160]},
-            "ordinary_during": o}
+    return {
+        "heavy": {
+            "n": n_heavy,
+            "status": sorted({str(s) for s, _, _ in h}),
+            "seconds_max": round(max(t for _, t, _ in h), 2),
+            "message": h[0][2][:160],
+        },
+        "ordinary_during": o,
+    }
 
 
 def main(argv=None) -> int:
@@ -130,30 +147,43 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as td:
         cfg = Path(td) / "serve.toml"
         cfg.write_text("[limits]\nbody_timeout_s = 600\n")  # stalled bodies stay open for the whole phase
-        proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port), "--config", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port), "--config", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             try:
                 wait_until_ready(url, proc, 120)
             except RuntimeError as e:
                 raise SystemExit(str(e)) from None
-            res: dict = {"server": "lr-onnx serve, shipped defaults (body_timeout_s raised to keep stalls open)",
-                         "host_cores": os.cpu_count(), "quick": a.quick}
+            res: dict = {
+                "server": "lr-onnx serve, shipped defaults (body_timeout_s raised to keep stalls open)",
+                "host_cores": os.cpu_count(),
+                "quick": a.quick,
+            }
             asyncio.run(load(url, 20, 4))  # warm-up
             print("1. throughput without / with 150 stalled bodies", file=sys.stderr)
             base = asyncio.run(load(url, n, 8))
             socks = []
             for _ in range(150):
                 s = socket.create_connection(("127.0.0.1", port))
-                s.sendall(b"POST /v1/route HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                          b"content-length: 100000\r\n\r\n{")
+                s.sendall(
+                    b"POST /v1/route HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    b"content-length: 100000\r\n\r\n{"
+                )
                 socks.append(s)
             time.sleep(0.5)
             attacked = asyncio.run(load(url, n, 8))
             for s in socks:
                 s.close()
-            res["stalled_bodies"] = {"connections": 150, "without": base, "with": attacked,
-                                     "ratio": round(attacked["qps"] / base["qps"], 3)}
+            res["stalled_bodies"] = {
+                "connections": 150,
+                "without": base,
+                "with": attacked,
+                "ratio": round(attacked["qps"] / base["qps"], 3),
+            }
             res["rss_mb_before_images"] = vm_hwm_mb(proc.pid)
             print("2. eight 79-megapixel PNGs with ordinary requests", file=sys.stderr)
             res["bombs_79mp"] = asyncio.run(heavy_with_ordinary(url, png_declaring(8900, 8900), 8, n // 2))
@@ -162,8 +192,10 @@ def main(argv=None) -> int:
             res["worst_admitted"] = asyncio.run(heavy_with_ordinary(url, png_real(4096, 4000), 8, n // 2))
             res["worst_admitted"]["image"] = "RGBA 4096 x 4000 PNG (62.5 MiB decoded; budget 64 MiB per image)"
             res["worst_admitted"]["server_peak_rss_mb"] = vm_hwm_mb(proc.pid)
-            res["bars"] = {"stalled_ratio_ge_0_8": res["stalled_bodies"]["ratio"] >= 0.8,
-                           "bombs_peak_rss_le_600mb": res["bombs_79mp"]["server_peak_rss_mb"] <= 600}
+            res["bars"] = {
+                "stalled_ratio_ge_0_8": res["stalled_bodies"]["ratio"] >= 0.8,
+                "bombs_peak_rss_le_600mb": res["bombs_79mp"]["server_peak_rss_mb"] <= 600,
+            }
         finally:
             proc.terminate()
             proc.wait(timeout=60)

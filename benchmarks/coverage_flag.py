@@ -6,6 +6,7 @@ of coverage, the similarity quantiles, and, where the dataset's outcomes cover t
 realised score of the routed choice (lambda 0) on flagged vs unflagged queries next to the best single
 model on the same queries. Writes benchmarks/results/coverage.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,24 +26,35 @@ def measure(router: Router, data_dir: Path, limit: int | None = None) -> dict:
     decisions = router.route_many([(data.images[i], data.question[i]) for i in rows], batch_size=64, lam=0.0)
     sim = np.array([d.coverage["similarity"] for d in decisions])
     flag = np.array([d.coverage["out_of_coverage"] for d in decisions])
-    out = {"data": str(data_dir), "queries": len(rows), "with_images": int(sum(bool(data.images[i]) for i in rows)),
-           "flagged": int(flag.sum()), "flag_rate": round(float(flag.mean()), 4),
-           "similarity": {f"p{p}": round(float(np.percentile(sim, p)), 4) for p in (1, 5, 50, 95)},
-           "saturated": saturation(router, decisions)}
+    out = {
+        "data": str(data_dir),
+        "queries": len(rows),
+        "with_images": int(sum(bool(data.images[i]) for i in rows)),
+        "flagged": int(flag.sum()),
+        "flag_rate": round(float(flag.mean()), 4),
+        "similarity": {f"p{p}": round(float(np.percentile(sim, p)), 4) for p in (1, 5, 50, 95)},
+        "saturated": saturation(router, decisions),
+    }
     cols = {n: data.model_names.index(n) for n in router.names if n in data.model_names}
     if len(cols) >= 2:
         Y, A = data.Y[rows], data.A[rows]
-        got = np.array([Y[j, cols[d.model]] if d.model in cols and A[j, cols[d.model]] else np.nan
-                        for j, d in enumerate(decisions)])
+        got = np.array(
+            [
+                Y[j, cols[d.model]] if d.model in cols and A[j, cols[d.model]] else np.nan
+                for j, d in enumerate(decisions)
+            ]
+        )
         shared = list(cols.values())
         means = np.nanmean(np.where(A[:, shared], Y[:, shared], np.nan), axis=0)
         best = shared[int(np.nanargmax(means))]
         out["quality"] = {}
         for label, sel in (("flagged", flag), ("not_flagged", ~flag)):
             ok = sel & np.isfinite(got) & A[:, best]
-            out["quality"][label] = {"queries": int(ok.sum()),
-                                     "routed_score": round(float(got[ok].mean()), 4) if ok.any() else None,
-                                     "best_single_score": round(float(Y[ok, best].mean()), 4) if ok.any() else None}
+            out["quality"][label] = {
+                "queries": int(ok.sum()),
+                "routed_score": round(float(got[ok].mean()), 4) if ok.any() else None,
+                "best_single_score": round(float(Y[ok, best].mean()), 4) if ok.any() else None,
+            }
         out["quality"]["best_single"] = data.model_names[best]
     else:
         out["quality"] = f"not measurable: the dataset shares {len(cols)} model(s) with the bundle's pool"
@@ -58,9 +70,13 @@ def saturation(router: Router, decisions) -> dict:
     g = dict(zip(router.names, router.global_means()))
     bad = [[c.name for c in d.candidates if c.mu_tilde >= SATURATED and g[c.name] < SATURATED] for d in decisions]
     flagged = [b for b, d in zip(bad, decisions) if d.coverage and d.coverage["out_of_coverage"]]
-    return {"threshold": SATURATED, "queries_with_one": sum(1 for b in bad if b),
-            "candidates": sum(len(b) for b in bad), "out_of_coverage_queries_with_one": sum(1 for b in flagged if b),
-            "max_mu_tilde": round(max((c.mu_tilde for d in decisions for c in d.candidates), default=0.0), 4)}
+    return {
+        "threshold": SATURATED,
+        "queries_with_one": sum(1 for b in bad if b),
+        "candidates": sum(len(b) for b in bad),
+        "out_of_coverage_queries_with_one": sum(1 for b in flagged if b),
+        "max_mu_tilde": round(max((c.mu_tilde for d in decisions for c in d.candidates), default=0.0), 4),
+    }
 
 
 def main(argv=None) -> None:
@@ -71,8 +87,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/coverage.json"))
     a = ap.parse_args(argv)
     router = Router.load(a.bundle)
-    res = {"bundle": str(a.bundle), "threshold": router.coverage_threshold,
-           "threshold_rule": (c.to_dict() if (c := router.bundle.manifest.coverage) else None), "sets": {}}
+    res = {
+        "bundle": str(a.bundle),
+        "threshold": router.coverage_threshold,
+        "threshold_rule": (c.to_dict() if (c := router.bundle.manifest.coverage) else None),
+        "sets": {},
+    }
     for spec in a.sets:
         name, _, d = spec.partition("=")
         res["sets"][name] = measure(router, Path(d), a.limit)

@@ -19,6 +19,7 @@ bundle's ONNX encoders agree to ~1e-5). One training seed per router (the defaul
 24 labelled queries are seeded. In domain, refresh against frozen is also replayed on more stream orders
 (`--order-seeds`, `in_domain_orders` in the JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,8 @@ from lr_onnx.runtime.refresh import refresh  # noqa: E402
 from lr_onnx.runtime.router import RouteOptions, Router  # noqa: E402
 
 ADD_SEED = 20260308
-HALF_GAP_BAR = 0.5          # refresh closes at least half of frozen -> ceiling (shift, new model)
-IN_DOMAIN_BAR = -0.005      # refresh never worse than frozen by more than this (blindtest, merged)
+HALF_GAP_BAR = 0.5  # refresh closes at least half of frozen -> ceiling (shift, new model)
+IN_DOMAIN_BAR = -0.005  # refresh never worse than frozen by more than this (blindtest, merged)
 
 
 def stream_table(source: Path, ids: list[str]):
@@ -66,13 +67,22 @@ def add_back(history: Path, out: Path, data, model: str, train_ids: list[str]) -
     row = {i: n for n, i in enumerate(data.ids)}
     cand = [row[i] for i in train_ids if data.A[row[i], k]]
     pick = np.random.default_rng(ADD_SEED).choice(cand, 24, replace=False)
-    add_model(Router.load(history), out, model, [(data.images[i], data.question[i]) for i in pick], data.Y[pick, k],
-              data.C[pick, k], data.Lat[pick, k], data.Tok[pick, k])
+    add_model(
+        Router.load(history),
+        out,
+        model,
+        [(data.images[i], data.question[i]) for i in pick],
+        data.Y[pick, k],
+        data.C[pick, k],
+        data.Lat[pick, k],
+        data.Tok[pick, k],
+    )
     return out
 
 
-def replay(bundle: Path, q, Y, C, A, names: list[str], *, explore, lam: float, every: int, learn: bool,
-           work: Path) -> dict:
+def replay(
+    bundle: Path, q, Y, C, A, names: list[str], *, explore, lam: float, every: int, learn: bool, work: Path
+) -> dict:
     """Route the stream block by block; with `learn`, feedback on the chosen model and a refresh after each block."""
     if work.exists():
         shutil.rmtree(work)
@@ -82,7 +92,7 @@ def replay(bundle: Path, q, Y, C, A, names: list[str], *, explore, lam: float, e
     scores, chosen = np.zeros(len(q)), []
     router = None
     for start in range(0, len(q), every):
-        if learn or router is None:   # a frozen router is loaded once
+        if learn or router is None:  # a frozen router is loaded once
             router = Router.load(current)
         router.seed(ADD_SEED + start)
         col = [names.index(m) if m in names else -1 for m in router.names]
@@ -93,13 +103,15 @@ def replay(bundle: Path, q, Y, C, A, names: list[str], *, explore, lam: float, e
         rows = range(start, min(start + every, len(q)))
         avail = np.array([[c >= 0 and bool(A[i, c]) for c in col] for i in rows])
         opts = [RouteOptions(a, lam, explore=parse_explore(explore)) for a in avail]
-        ds = router.decide(q[start:start + len(opts)], opts)
+        ds = router.decide(q[start : start + len(opts)], opts)
         items = []
         for i, d in zip(rows, ds, strict=True):
             k = names.index(d.model)
             scores[i] = Y[i, k]
             chosen.append(d.model)
-            items.append(parse_feedback({"id": d.id, "score": float(Y[i, k]), "cost": float(C[i, k])}) if learn else None)
+            items.append(
+                parse_feedback({"id": d.id, "score": float(Y[i, k]), "cost": float(C[i, k])}) if learn else None
+            )
         if learn:
             router.log.flush()
             store.add(items)
@@ -113,8 +125,11 @@ def replay(bundle: Path, q, Y, C, A, names: list[str], *, explore, lam: float, e
                     shutil.rmtree(current)
                 current, n_refresh = nxt, n_refresh + 1
     half = len(q) // 2
-    out = {"score_second_half": round(float(scores[half:].mean()), 6), "score_all": round(float(scores.mean()), 6),
-           "refreshes": n_refresh}
+    out = {
+        "score_second_half": round(float(scores[half:].mean()), 6),
+        "score_all": round(float(scores.mean()), 6),
+        "refreshes": n_refresh,
+    }
     if n_refresh:
         out["seconds_per_refresh"] = round(t_refresh / n_refresh, 2)
     out["_scores"] = scores[half:]
@@ -137,18 +152,38 @@ def scenario(name: str, work: Path, meta: dict, *, explore: str, lam: float, eve
     if name == "new_model":
         train_ids = [i for i, s in zip(data.ids, data.split, strict=True) if s == "train"]
         history = add_back(history, work / "bundles" / "new_model_added", data, feedback_setup.NEW_MODEL, train_ids)
-    res = {"stream": len(q), "every": every, "lambda": lam, "explore_setting": explore,
-           "history_bundle": str(history), "ceiling_bundle": str(ceiling)}
+    res = {
+        "stream": len(q),
+        "every": every,
+        "lambda": lam,
+        "explore_setting": explore,
+        "history_bundle": str(history),
+        "ceiling_bundle": str(ceiling),
+    }
     for setting in ("off", explore):
         row = {}
         for arm, bundle, learn in (("frozen", history, False), ("refresh", history, True), ("ceiling", ceiling, False)):
             t = time.perf_counter()
-            row[arm], chosen = replay(bundle, q, Y, C, A, names, explore=None if setting == "off" else setting,
-                                      lam=lam, every=every, learn=learn, work=work / "replay" / f"{name}_{arm}")
+            row[arm], chosen = replay(
+                bundle,
+                q,
+                Y,
+                C,
+                A,
+                names,
+                explore=None if setting == "off" else setting,
+                lam=lam,
+                every=every,
+                learn=learn,
+                work=work / "replay" / f"{name}_{arm}",
+            )
             if name == "new_model":
                 row[arm]["share_routed_to_added_model"] = round(chosen.count(feedback_setup.NEW_MODEL) / len(chosen), 4)
-            print(f"{name:10s} {setting:14s} {arm:8s} {row[arm]['score_second_half']:.4f} "
-                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+            print(
+                f"{name:10s} {setting:14s} {arm:8s} {row[arm]['score_second_half']:.4f} "
+                f"({time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
         gap = row["ceiling"]["score_second_half"] - row["frozen"]["score_second_half"]
         gain = row["refresh"]["score_second_half"] - row["frozen"]["score_second_half"]
         row["refresh_minus_frozen"] = round(gain, 6)
@@ -158,13 +193,13 @@ def scenario(name: str, work: Path, meta: dict, *, explore: str, lam: float, eve
         row["gap_closed"] = round(gain / gap, 4) if gap > 1e-9 else None
         res["explore" if setting != "off" else "no_explore"] = row
     for arm in ("frozen", "refresh"):
-        res[f"exploration_cost_{arm}"] = round(res["no_explore"][arm]["score_second_half"]
-                                               - res["explore"][arm]["score_second_half"], 6)
+        res[f"exploration_cost_{arm}"] = round(
+            res["no_explore"][arm]["score_second_half"] - res["explore"][arm]["score_second_half"], 6
+        )
     return res
 
 
-def other_orders(name: str, work: Path, meta: dict, seeds: list[int], *, explore: str, lam: float,
-                 every: int) -> dict:
+def other_orders(name: str, work: Path, meta: dict, seeds: list[int], *, explore: str, lam: float, every: int) -> dict:
     """In domain, refresh against frozen on more stream orders (no retrained ceiling: it would be one training per
     order): does "never worse than frozen by more than 0.005" hold beyond the one order the table uses?"""
     src = Path(meta["source"])
@@ -173,15 +208,29 @@ def other_orders(name: str, work: Path, meta: dict, seeds: list[int], *, explore
     for seed in seeds:
         q, Y, C, A, names, _ = stream_table(src, feedback_setup.stream_ids(records, seed=seed))
         for setting in ("off", explore):
-            res = {arm: replay(work / "bundles" / f"{name}_history", q, Y, C, A, names,
-                               explore=None if setting == "off" else setting, lam=lam, every=every, learn=learn,
-                               work=work / "replay" / f"{name}_order{seed}_{arm}")[0]
-                   for arm, learn in (("frozen", False), ("refresh", True))}
+            res = {
+                arm: replay(
+                    work / "bundles" / f"{name}_history",
+                    q,
+                    Y,
+                    C,
+                    A,
+                    names,
+                    explore=None if setting == "off" else setting,
+                    lam=lam,
+                    every=every,
+                    learn=learn,
+                    work=work / "replay" / f"{name}_order{seed}_{arm}",
+                )[0]
+                for arm, learn in (("frozen", False), ("refresh", True))
+            }
             row = {arm: r["score_second_half"] for arm, r in res.items()}
             row["refresh_minus_frozen"] = round(row["refresh"] - row["frozen"], 6)
             row["refresh_minus_frozen_ci95"] = paired_ci(res["refresh"]["_scores"], res["frozen"]["_scores"])
             out.setdefault("no_explore" if setting == "off" else "explore", []).append({"stream_seed": seed, **row})
-            print(f"{name:10s} order {seed} {setting:14s} refresh - frozen {row['refresh_minus_frozen']:+.4f}", flush=True)
+            print(
+                f"{name:10s} order {seed} {setting:14s} refresh - frozen {row['refresh_minus_frozen']:+.4f}", flush=True
+            )
     return out
 
 
@@ -195,23 +244,36 @@ def main(argv=None) -> None:
     ap.add_argument("--lam", type=float, default=0.0)
     ap.add_argument("--explore", default="thompson:0.5")
     ap.add_argument("--only", nargs="*", default=list(feedback_setup.SCENARIOS))
-    ap.add_argument("--order-seeds", nargs="*", type=int, default=[8, 9],
-                    help="More stream orders for the in-domain refresh-vs-frozen check.")
+    ap.add_argument(
+        "--order-seeds",
+        nargs="*",
+        type=int,
+        default=[8, 9],
+        help="More stream orders for the in-domain refresh-vs-frozen check.",
+    )
     a = ap.parse_args(argv)
     feedback_setup.main(["--work", str(a.work), "--shared", str(a.shared), "--grid", str(a.grid)])
     streams = json.loads((a.work / "streams.json").read_text())
     streams["new_model"] = streams["blindtest"]
     out = json.loads(a.out.read_text()) if a.out.is_file() else {}
-    out["config"] = {"every": a.every, "lambda": a.lam, "explore": a.explore, "training_seeds": 1,
-                     "stream_seed": feedback_setup.STREAM_SEED, "command": "python benchmarks/feedback.py --work DIR"}
+    out["config"] = {
+        "every": a.every,
+        "lambda": a.lam,
+        "explore": a.explore,
+        "training_seeds": 1,
+        "stream_seed": feedback_setup.STREAM_SEED,
+        "command": "python benchmarks/feedback.py --work DIR",
+    }
     for name in a.only:
-        out.setdefault("scenarios", {})[name] = scenario(name, a.work, streams[name], explore=a.explore, lam=a.lam,
-                                                         every=a.every)
+        out.setdefault("scenarios", {})[name] = scenario(
+            name, a.work, streams[name], explore=a.explore, lam=a.lam, every=a.every
+        )
         atomic_write_text(a.out, json.dumps(out, indent=2) + "\n")
     for name in ("blindtest", "merged"):
         if name in a.only and a.order_seeds:
             out.setdefault("in_domain_orders", {})[name] = other_orders(
-                name, a.work, streams[name], a.order_seeds, explore=a.explore, lam=a.lam, every=a.every)
+                name, a.work, streams[name], a.order_seeds, explore=a.explore, lam=a.lam, every=a.every
+            )
             atomic_write_text(a.out, json.dumps(out, indent=2) + "\n")
     sc = out.get("scenarios", {})
     bars = {}
@@ -223,9 +285,12 @@ def main(argv=None) -> None:
     for name in ("blindtest", "merged"):
         if name in sc:
             for setting in ("no_explore", "explore"):
-                more = [r["refresh_minus_frozen"] for r in out.get("in_domain_orders", {}).get(name, {}).get(setting, [])]
-                bars[f"{name}_{setting}_refresh_not_worse"] = min([sc[name][setting]["refresh_minus_frozen"]] + more) \
-                    >= IN_DOMAIN_BAR
+                more = [
+                    r["refresh_minus_frozen"] for r in out.get("in_domain_orders", {}).get(name, {}).get(setting, [])
+                ]
+                bars[f"{name}_{setting}_refresh_not_worse"] = (
+                    min([sc[name][setting]["refresh_minus_frozen"]] + more) >= IN_DOMAIN_BAR
+                )
     out["bars"] = bars
     atomic_write_text(a.out, json.dumps(out, indent=2) + "\n")
     print(json.dumps(bars, indent=2))

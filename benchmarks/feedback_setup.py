@@ -15,6 +15,7 @@ The stream of a scenario is its test split in a seeded random order (`stream_ids
 on the history plus the stream's first half with every model's outcome (full information): the queries a refresh
 has seen before the measured second half begins. The measured half itself is never trained on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import numpy as np
 STREAM_SEED = 7
 SHIFT_SEED = 11
 SCENARIOS = ("blindtest", "merged", "shift", "new_model")
-NEW_MODEL = "claude-3.5-sonnet"   # the strongest model of blindtest (newmodel_real.json)
+NEW_MODEL = "claude-3.5-sonnet"  # the strongest model of blindtest (newmodel_real.json)
 
 
 def _records(src: Path) -> list[dict]:
@@ -49,7 +50,7 @@ def stream_ids(records: list[dict], *, held: set[str] | None = None, seed: int =
 def held_subjects(records: list[dict]) -> set[str]:
     """Half of dynamath's subjects (seeded): the shift scenario's stream."""
     subjects = sorted({_subject(r) for r in records})
-    pick = np.random.default_rng(SHIFT_SEED).permutation(len(subjects))[:len(subjects) // 2]
+    pick = np.random.default_rng(SHIFT_SEED).permutation(len(subjects))[: len(subjects) // 2]
     return {subjects[i] for i in pick}
 
 
@@ -91,16 +92,25 @@ def plan(shared: Path, merged: Path) -> dict:
     for name, src in (("blindtest", bt), ("merged", merged)):
         recs = _records(src)
         stream = stream_ids(recs)
-        first = set(stream[:len(stream) // 2])
-        out[name] = {"src": src, "stream": stream, "history": None,
-                     "ceiling": [dict(r, split="train") if r["id"] in first else r for r in recs]}
+        first = set(stream[: len(stream) // 2])
+        out[name] = {
+            "src": src,
+            "stream": stream,
+            "history": None,
+            "ceiling": [dict(r, split="train") if r["id"] in first else r for r in recs],
+        }
     recs = _records(dyn)
     held = held_subjects(recs)
     stream = stream_ids(recs, held=held)
-    first = set(stream[:len(stream) // 2])
+    first = set(stream[: len(stream) // 2])
     hist = [r for r in recs if _subject(r) not in held]
-    out["shift"] = {"src": dyn, "stream": stream, "held_subjects": sorted(held), "history": hist,
-                    "ceiling": hist + [dict(r, split="train") for r in recs if r["id"] in first]}
+    out["shift"] = {
+        "src": dyn,
+        "stream": stream,
+        "held_subjects": sorted(held),
+        "history": hist,
+        "ceiling": hist + [dict(r, split="train") for r in recs if r["id"] in first],
+    }
     return out
 
 
@@ -108,8 +118,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    ap.add_argument("--grid", type=Path, default=Path("/tmp/grid"),
-                    help="Folder of the grid's runs (reused as history routers where they exist).")
+    ap.add_argument(
+        "--grid",
+        type=Path,
+        default=Path("/tmp/grid"),
+        help="Folder of the grid's runs (reused as history routers where they exist).",
+    )
     a = ap.parse_args(argv)
     from lr_onnx.export.bundle.assemble import export_bundle
     from lr_onnx.export.train.trainer import TrainConfig, train
@@ -117,13 +131,19 @@ def main(argv=None) -> None:
     for sub in ("data", "runs", "bundles"):
         (a.work / sub).mkdir(parents=True, exist_ok=True)
     p = plan(a.shared, merged_source(a.shared, a.grid, a.work))
-    write_derived(a.shared / "blindtest", a.work / "data" / "new_model_history", _records(a.shared / "blindtest"),
-                  drop=NEW_MODEL)
+    write_derived(
+        a.shared / "blindtest", a.work / "data" / "new_model_history", _records(a.shared / "blindtest"), drop=NEW_MODEL
+    )
     # (run name, dataset folder, a run trained the same way elsewhere: the grid's, reused when it is there)
-    jobs = [("blindtest_history", p["blindtest"]["src"], a.grid / "blindtest" / "seed0"),
-            ("merged_history", p["merged"]["src"], a.grid / "real_merged" / "seed0"),
-            ("new_model_history", a.work / "data" / "new_model_history",
-             Path("/tmp/nm_blindtest") / f"without_{NEW_MODEL}")]
+    jobs = [
+        ("blindtest_history", p["blindtest"]["src"], a.grid / "blindtest" / "seed0"),
+        ("merged_history", p["merged"]["src"], a.grid / "real_merged" / "seed0"),
+        (
+            "new_model_history",
+            a.work / "data" / "new_model_history",
+            Path("/tmp/nm_blindtest") / f"without_{NEW_MODEL}",
+        ),
+    ]
     jobs = [(n, d, r if (r / "weights.safetensors").is_file() else None) for n, d, r in jobs]
     for name, s in p.items():
         if s["history"] is not None:
@@ -140,8 +160,14 @@ def main(argv=None) -> None:
         if not (bundle / "manifest.json").is_file():
             print(f"exporting {name}", flush=True)
             export_bundle(run_dir, bundle, progress=False)
-    meta = {n: {"stream": s["stream"], **({"held_subjects": s["held_subjects"]} if "held_subjects" in s else {}),
-                "source": str(s["src"])} for n, s in p.items()}
+    meta = {
+        n: {
+            "stream": s["stream"],
+            **({"held_subjects": s["held_subjects"]} if "held_subjects" in s else {}),
+            "source": str(s["src"]),
+        }
+        for n, s in p.items()
+    }
     (a.work / "streams.json").write_text(json.dumps(meta))
     print("ready", flush=True)
 

@@ -5,6 +5,7 @@ the GPU; weights random-initialised: the pretrained encoder wheels cannot be car
 weights do not change speed), ONNX Runtime on the CPU with all cores (the shipped bundle), and
 the ONNX Runtime CUDA / TensorRT providers when the installed onnxruntime offers them.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,16 @@ def main(out_path: str) -> None:
 
     B, K = 256, 10
     res = {"batch": B, "models": K, "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
-    minilm_cfg = {"hidden_size": 384, "layer_norm_eps": 1e-12, "vocab_size": 30522, "max_position_embeddings": 512,
-                  "type_vocab_size": 2, "num_attention_heads": 12, "intermediate_size": 1536, "num_hidden_layers": 6}
+    minilm_cfg = {
+        "hidden_size": 384,
+        "layer_norm_eps": 1e-12,
+        "vocab_size": 30522,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 6,
+    }
     torch.manual_seed(0)
     img, txt = EfficientNetLite0().eval(), MiniLM(minilm_cfg).eval()
     router, P_in = shipped_shape_router()
@@ -82,19 +91,28 @@ def main(out_path: str) -> None:
     queries = [([jpeg], "What does this image show?")] * B
     r = Router.load(provider="cpu", threads=os.cpu_count())
     s = timed(lambda: r.route_many(queries, batch_size=B), reps=3, warmup=1)
-    res["ort_cpu_all_cores"] = {"threads": os.cpu_count(), "batch_s": round(s, 3), "qps": round(B / s, 1),
-                                "includes": "JPEG decode + preprocessing + encoders + router (shipped bundle)"}
+    res["ort_cpu_all_cores"] = {
+        "threads": os.cpu_count(),
+        "batch_s": round(s, 3),
+        "qps": round(B / s, 1),
+        "includes": "JPEG decode + preprocessing + encoders + router (shipped bundle)",
+    }
     print("ort_cpu_all_cores", res["ort_cpu_all_cores"], flush=True)
     for prov in ("cuda", "tensorrt"):
         name = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[prov]
         if name in res["ort_providers_available"]:
             rg = Router.load(provider=prov)
             s = timed(lambda: rg.route_many(queries, batch_size=B), reps=3, warmup=1)
-            res[f"ort_{prov}"] = {"batch_s": round(s, 3), "qps": round(B / s, 1),
-                                  "bound": rg.bound_providers()["image_encoder"]}
+            res[f"ort_{prov}"] = {
+                "batch_s": round(s, 3),
+                "qps": round(B / s, 1),
+                "bound": rg.bound_providers()["image_encoder"],
+            }
         else:
-            res[f"ort_{prov}"] = (f"not run: the installed onnxruntime {ort.__version__} is the CPU build; "
-                                  f"onnxruntime-gpu (255 MB) cannot be installed on the lent machine")
+            res[f"ort_{prov}"] = (
+                f"not run: the installed onnxruntime {ort.__version__} is the CPU build; "
+                f"onnxruntime-gpu (255 MB) cannot be installed on the lent machine"
+            )
     res["note"] = "GPU and CPU figures come from different machines and are not comparable with the CPU benchmark."
     Path(out_path).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

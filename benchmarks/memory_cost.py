@@ -9,6 +9,7 @@ route-batch does). The two bundles alternate query by query, so a host that drif
 Budgets (issue 21): the bundle grows by at most 10 MB; memory search + router <= 5% of the B=1 end to
 end; throughput drops by at most 5%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ from lr_onnx.runtime.router import Router
 REPO = Path(__file__).resolve().parents[1]
 
 EXAMPLES = REPO / "assets" / "examples"
-QUESTIONS = ["What is the total amount on this receipt?", "How many lines cross?", "What is the largest value?",
-             "What does the sign say?", "Which option is correct?"]
+QUESTIONS = [
+    "What is the total amount on this receipt?",
+    "How many lines cross?",
+    "What is the largest value?",
+    "What does the sign say?",
+    "Which option is correct?",
+]
 
 
 def _size(bundle: Path) -> int:
@@ -41,7 +47,7 @@ def measure(new: Path, old: Path, rounds: int, batches: int) -> dict:
     images = sorted(p for p in EXAMPLES.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     one = (images[0], QUESTIONS[0])
     for r in routers.values():
-        r.route([one[0]], one[1])                                  # sessions and memory loaded, warm
+        r.route([one[0]], one[1])  # sessions and memory loaded, warm
     e2e, decide, search = {k: [] for k in routers}, {k: [] for k in routers}, []
     q1 = {k: r.features([([one[0]], one[1])]) for k, r in routers.items()}
     for _ in range(rounds):
@@ -68,18 +74,26 @@ def measure(new: Path, old: Path, rounds: int, batches: int) -> dict:
             thr[k].append(len(batch) / (time.perf_counter() - t))
     out = {"rounds": rounds, "batches_of_64": batches}
     for k, r in routers.items():
-        out[k] = {"bundle": str(r.bundle.path), "bytes": _size(r.bundle.path), "memory_rows": len(r.memory() or []),
-                  "e2e_b1_ms": _p50(e2e[k]), "decide_b1_ms": _p50(decide[k]),
-                  "decide_share_of_e2e": round(float(np.median(decide[k]) / np.median(e2e[k])), 4),
-                  "route_many_qps": round(float(np.median(thr[k])), 1)}
+        out[k] = {
+            "bundle": str(r.bundle.path),
+            "bytes": _size(r.bundle.path),
+            "memory_rows": len(r.memory() or []),
+            "e2e_b1_ms": _p50(e2e[k]),
+            "decide_b1_ms": _p50(decide[k]),
+            "decide_share_of_e2e": round(float(np.median(decide[k]) / np.median(e2e[k])), 4),
+            "route_many_qps": round(float(np.median(thr[k])), 1),
+        }
     out["new"]["memory_search_b1_ms"] = _p50(search) if search else None
     growth = out["new"]["bytes"] - out["old"]["bytes"]
     drop = 1 - out["new"]["route_many_qps"] / out["old"]["route_many_qps"]
     out["budgets"] = {
-        "bundle_growth_mb": round(growth / 1e6, 2), "bundle_growth_le_10mb": growth <= 10e6,
+        "bundle_growth_mb": round(growth / 1e6, 2),
+        "bundle_growth_le_10mb": growth <= 10e6,
         "decide_share_of_e2e_b1": out["new"]["decide_share_of_e2e"],
         "decide_le_5pct_of_e2e_b1": out["new"]["decide_share_of_e2e"] <= 0.05,
-        "route_many_throughput_drop": round(float(drop), 4), "throughput_drop_le_5pct": drop <= 0.05}
+        "route_many_throughput_drop": round(float(drop), 4),
+        "throughput_drop_le_5pct": drop <= 0.05,
+    }
     return out
 
 

@@ -11,6 +11,7 @@ model is the upper reference, the one without it (routing the pool minus the mod
 
 Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR and reused on a rerun.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,15 @@ from lr_onnx.export.evaluate import routing_metrics as M
 from lr_onnx.export.evaluate.report import sweep
 from lr_onnx.export.files import atomic_write_text
 from lr_onnx.export.train.pool import spread_over_slices
-from lr_onnx.export.train.trainer import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
+from lr_onnx.export.train.trainer import (
+    TrainingSet,
+    TrainConfig,
+    attach_run_memory,
+    load_router,
+    predict,
+    load_training_set,
+    train,
+)
 from lr_onnx.export.train.rundir import RunDir
 
 SIZES = (24, 48, 96)
@@ -46,8 +55,12 @@ def held_out_models(P: TrainingSet, seed: int = PICK_SEED) -> dict[str, str]:
 
 def _route(mt: np.ndarray, Y, C, A, c_hat) -> dict:
     curve = sweep(mt, Y, C, A, c_hat)
-    return {"nauc": M.nauc([(p["cost"], p["score"]) for p in curve]), "score_at_lambda0": curve[0]["score"],
-            "cost_at_lambda0": curve[0]["cost"], "choice_at_lambda0": curve[0]["choice"]}
+    return {
+        "nauc": M.nauc([(p["cost"], p["score"]) for p in curve]),
+        "score_at_lambda0": curve[0]["score"],
+        "cost_at_lambda0": curve[0]["cost"],
+        "choice_at_lambda0": curve[0]["choice"],
+    }
 
 
 def _summary(r: dict, share_of: int | None = None) -> dict:
@@ -57,14 +70,25 @@ def _summary(r: dict, share_of: int | None = None) -> dict:
     return out
 
 
-def added_model_feat(P_wo: TrainingSet, full: TrainingSet, k_full: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def added_model_feat(
+    P_wo: TrainingSet, full: TrainingSet, k_full: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Model features `[K, P_in]` and normalised costs `[K]`: the trained pool plus the held-out model profiled
     from its outcomes on `rows` (§3.5 with the frozen slices and standardisation; cost = mean observed cost)."""
     d, space = full.data, P_wo.space
     ok = rows[d.A[rows, k_full]]
-    new = new_model_profile(space, full.q[ok], d.Y[ok, k_full], d.C[ok, k_full], d.Lat[ok, k_full],
-                            d.Tok[ok, k_full], [d.question[i] for i in ok], price_in=None, price_out=None,
-                            pool_mean=float(np.mean(P_wo.raw_profiles[:, 0])))
+    new = new_model_profile(
+        space,
+        full.q[ok],
+        d.Y[ok, k_full],
+        d.C[ok, k_full],
+        d.Lat[ok, k_full],
+        d.Tok[ok, k_full],
+        [d.question[i] for i in ok],
+        price_in=None,
+        price_out=None,
+        pool_mean=float(np.mean(P_wo.raw_profiles[:, 0])),
+    )
     e_bar = np.append(P_wo.e_bar, new["e_bar"])
     return space.model_feat(np.vstack([P_wo.raw_profiles, new["raw"]]), e_bar), e_bar / space.cost_scale
 
@@ -88,8 +112,16 @@ def recovery(lower: dict, added: dict, upper: dict) -> dict:
     return out
 
 
-def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES, cfg: TrainConfig | None = None,
-        which: tuple[str, ...] = ("strongest", "cheapest", "random"), progress: bool = True) -> dict:
+def run(
+    data_dir: Path,
+    out: Path,
+    *,
+    full_run: Path | None = None,
+    sizes=SIZES,
+    cfg: TrainConfig | None = None,
+    which: tuple[str, ...] = ("strongest", "cheapest", "random"),
+    progress: bool = True,
+) -> dict:
     cfg = cfg or TrainConfig()
     full = load_training_set(data_dir, slices=cfg.slices, progress=progress)
     d = full.data
@@ -97,8 +129,14 @@ def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES,
     Y, C, A = np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
     full_run = full_run or out / "full"
     upper = _route(predict(_trained(data_dir, full_run, cfg, full, progress), full, test)[0], Y, C, A, full.cost_hat)
-    result = {"data": str(data_dir), "test_rows": int(len(test)), "sizes": list(sizes), "full_run": str(full_run),
-              "upper_all_models": _summary(upper), "models": {}}
+    result = {
+        "data": str(data_dir),
+        "test_rows": int(len(test)),
+        "sizes": list(sizes),
+        "full_run": str(full_run),
+        "upper_all_models": _summary(upper),
+        "models": {},
+    }
     for name, why in held_out_models(full).items():
         if why not in which:
             continue
@@ -107,25 +145,28 @@ def run(data_dir: Path, out: Path, *, full_run: Path | None = None, sizes=SIZES,
         P_wo = load_training_set(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
         net = _trained(data_dir, out / f"without_{name}", cfg, P_wo, progress)
         lower = _route(predict(net, P_wo, test)[0], Y[:, keep], C[:, keep], A[:, keep], P_wo.cost_hat)
-        order = keep + [k]                                     # the added model is the last column
-        cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])       # R_cal rows the held-out model answered
+        order = keep + [k]  # the added model is the last column
+        cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])  # R_cal rows the held-out model answered
         slices = assign_slices(full.q[cal], P_wo.space.centroids)
         entry = {"why": why, "upper": _summary(upper, share_of=k), "lower_without": _summary(lower), "added": {}}
         for n in sizes:
             rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED)])
             feat, c_hat = added_model_feat(P_wo, full, k, rows)
             cols = None
-            if P_wo.memory is not None:     # as `models add` does: its labelled queries join the memory
+            if P_wo.memory is not None:  # as `models add` does: its labelled queries join the memory
                 ok = rows[d.A[rows, k]]
                 grown = P_wo.memory.with_rows(full.q[ok], name, d.Y[ok, k])
                 cols = grown.columns(full.q[test], [d.model_names[j] for j in order], blas=True)
             mt = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
             r = _route(mt, Y[:, order], C[:, order], A[:, order], c_hat)
-            entry["added"][str(n)] = {"queries": int(len(rows)), **_summary(r, share_of=len(keep)),
-                                      "recovery": recovery(lower, r, upper),
-                                      "observed_score": round(float(d.Y[rows, k].mean()), 4),
-                                      "mean_mu_tilde_on_test": round(float(mt[:, -1][A[:, k]].mean()), 4),
-                                      "observed_score_on_test": round(float(Y[A[:, k], k].mean()), 4)}
+            entry["added"][str(n)] = {
+                "queries": int(len(rows)),
+                **_summary(r, share_of=len(keep)),
+                "recovery": recovery(lower, r, upper),
+                "observed_score": round(float(d.Y[rows, k].mean()), 4),
+                "mean_mu_tilde_on_test": round(float(mt[:, -1][A[:, k]].mean()), 4),
+                "observed_score_on_test": round(float(Y[A[:, k], k].mean()), 4),
+            }
         result["models"][name] = entry
     atomic_write_text(out / "newmodel.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -135,14 +176,28 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--run", type=Path, default=None, help="a run trained on all models with the default config "
-                    "(the upper reference); trained into OUT_DIR/full when absent")
+    ap.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="a run trained on all models with the default config "
+        "(the upper reference); trained into OUT_DIR/full when absent",
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    ap.add_argument("--which", nargs="+", default=["strongest", "cheapest", "random"],
-                    choices=["strongest", "cheapest", "random"], help="which held-out models to measure")
-    ap.add_argument("--into", type=Path, default=None,
-                    help="also record the result under the dataset's name in this JSON file (e.g. "
-                         "benchmarks/results/newmodel_real.json), beside the other datasets' results")
+    ap.add_argument(
+        "--which",
+        nargs="+",
+        default=["strongest", "cheapest", "random"],
+        choices=["strongest", "cheapest", "random"],
+        help="which held-out models to measure",
+    )
+    ap.add_argument(
+        "--into",
+        type=Path,
+        default=None,
+        help="also record the result under the dataset's name in this JSON file (e.g. "
+        "benchmarks/results/newmodel_real.json), beside the other datasets' results",
+    )
     a = ap.parse_args(argv)
     a.out_dir.mkdir(parents=True, exist_ok=True)
     res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes, which=tuple(a.which))
@@ -154,12 +209,16 @@ def main(argv=None) -> None:
     print(f"all models (upper): nAUC {up['nauc']:.4f}  score@0 {up['score_at_lambda0']:.4f}")
     for name, e in res["models"].items():
         lo = e["lower_without"]
-        print(f"{name} ({e['why']}): without nAUC {lo['nauc']:.4f} score@0 {lo['score_at_lambda0']:.4f}; "
-              f"trained with it: share {e['upper']['share_routed_to_model_at_lambda0']:.3f}")
+        print(
+            f"{name} ({e['why']}): without nAUC {lo['nauc']:.4f} score@0 {lo['score_at_lambda0']:.4f}; "
+            f"trained with it: share {e['upper']['share_routed_to_model_at_lambda0']:.3f}"
+        )
         for r in e["added"].values():
-            print(f"  added from {r['queries']:3d} queries: nAUC {r['nauc']:.4f} score@0 {r['score_at_lambda0']:.4f} "
-                  f"share {r['share_routed_to_model_at_lambda0']:.3f}  mean mu_tilde {r['mean_mu_tilde_on_test']:.3f} "
-                  f"(observed {r['observed_score_on_test']:.3f}); recovers {r['recovery']}")
+            print(
+                f"  added from {r['queries']:3d} queries: nAUC {r['nauc']:.4f} score@0 {r['score_at_lambda0']:.4f} "
+                f"share {r['share_routed_to_model_at_lambda0']:.3f}  mean mu_tilde {r['mean_mu_tilde_on_test']:.3f} "
+                f"(observed {r['observed_score_on_test']:.3f}); recovers {r['recovery']}"
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Writes benchmarks/results/ray_batch.json: the same JSONL of queries (half with a
 `route-batch` (local) and `route-batch --engine ray` on a local Ray with every core, wall time each,
 Ray's start-up reported apart, and whether the decisions are identical.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         inp = tmp / "in.jsonl"
-        inp.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is shown here? (#{i})",
-                                           "images": [str(examples[i % len(examples)])] if i % 2 == 0 else []})
-                               + "\n" for i in range(N)))
+        inp.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "question": f"What is shown here? (#{i})",
+                        "images": [str(examples[i % len(examples)])] if i % 2 == 0 else [],
+                    }
+                )
+                + "\n"
+                for i in range(N)
+            )
+        )
         router.route_many([([examples[0]], "warm up"), ([], "warm up")])  # every session created before timing
         t0 = time.perf_counter()
         route_batch(router, inp, tmp / "local.jsonl")
@@ -47,13 +58,27 @@ def main() -> None:
         ray.shutdown()
         local, dist = _read(tmp / "local.jsonl"), _read(tmp / "ray.jsonl")
         same = local.keys() == dist.keys() and all(local[k]["model"] == dist[k]["model"] for k in local)
-        diff = max(abs(a["utility"] - b["utility"]) for k in local
-                   for a, b in zip(local[k]["candidates"], sorted(dist[k]["candidates"],
-                                                                  key=lambda c: [x["name"] for x in local[k]["candidates"]].index(c["name"]))))
-    out = {"queries": N, "cpus": os.cpu_count(), "local_seconds": round(local_s, 2),
-           "local_qps": round(N / local_s, 1), "ray_start_seconds": round(start_s, 2),
-           "ray_seconds": round(ray_s, 2), "ray_qps": round(N / ray_s, 1), "identical_choices": same,
-           "max_abs_utility_diff": diff}
+        diff = max(
+            abs(a["utility"] - b["utility"])
+            for k in local
+            for a, b in zip(
+                local[k]["candidates"],
+                sorted(
+                    dist[k]["candidates"], key=lambda c: [x["name"] for x in local[k]["candidates"]].index(c["name"])
+                ),
+            )
+        )
+    out = {
+        "queries": N,
+        "cpus": os.cpu_count(),
+        "local_seconds": round(local_s, 2),
+        "local_qps": round(N / local_s, 1),
+        "ray_start_seconds": round(start_s, 2),
+        "ray_seconds": round(ray_s, 2),
+        "ray_qps": round(N / ray_s, 1),
+        "identical_choices": same,
+        "max_abs_utility_diff": diff,
+    }
     path = Path(__file__).resolve().parent / "results" / "ray_batch.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

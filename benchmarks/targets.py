@@ -12,6 +12,7 @@ queries have images). `--grid` runs the cells of GRID (the demo benchmark at two
 sizes and two data seeds, then the real sets and their merge), resumes finished
 runs, and writes benchmarks/results/grid.json after every cell.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,15 @@ def clean(x):
     return x
 
 
-def run(data_dir: Path, out: Path, seeds: int, slices: int, epochs: int, setting: str = "performance",
-        ablation_seeds: int | None = None) -> dict:
+def run(
+    data_dir: Path,
+    out: Path,
+    seeds: int,
+    slices: int,
+    epochs: int,
+    setting: str = "performance",
+    ablation_seeds: int | None = None,
+) -> dict:
     """Train and evaluate `seeds` seeds; the retrained ablations on the first `ablation_seeds` of them (all by
     default); the memory-only and network-only halves and the baselines on every seed."""
     per_seed = []
@@ -68,33 +76,65 @@ def run(data_dir: Path, out: Path, seeds: int, slices: int, epochs: int, setting
     lr = agg["latentrouter"]
     has_images = bool(per_seed[0].get("has_images", True))
     rivals = [m for m in methods if m not in ("latentrouter", "random") and (has_images or m != "text_only")]
-    margins = {key: {m: lr[key]["mean"] - agg[m][key]["mean"] for m in rivals if np.isfinite(agg[m][key]["mean"])}
-               for key in ("score_at_lambda0", "nauc")}
-    checks = {f"best_{'score_at_lambda0' if key == 'score_at_lambda0' else 'nauc'}_of_all_methods":
-              all(v >= 0 for v in margins[key].values()) for key in margins}
+    margins = {
+        key: {m: lr[key]["mean"] - agg[m][key]["mean"] for m in rivals if np.isfinite(agg[m][key]["mean"])}
+        for key in ("score_at_lambda0", "nauc")
+    }
+    checks = {
+        f"best_{'score_at_lambda0' if key == 'score_at_lambda0' else 'nauc'}_of_all_methods": all(
+            v >= 0 for v in margins[key].values()
+        )
+        for key in margins
+    }
     checks["score_at_lambda0_above_best_single"] = lr["score_at_lambda0"]["mean"] > bs["score"]
     # where LatentRouter trails a method, is the gap within one standard deviation over seeds (its own or the rival's)?
-    misses = {key: {m: {"margin": round(v, 5), "std": round(max(lr[key]["std"], agg[m][key]["std"]), 5),
-                        "within_one_std": -v <= max(lr[key]["std"], agg[m][key]["std"])}
-                    for m, v in margins[key].items() if v < 0} for key in margins}
+    misses = {
+        key: {
+            m: {
+                "margin": round(v, 5),
+                "std": round(max(lr[key]["std"], agg[m][key]["std"]), 5),
+                "within_one_std": -v <= max(lr[key]["std"], agg[m][key]["std"]),
+            }
+            for m, v in margins[key].items()
+            if v < 0
+        }
+        for key in margins
+    }
     checks["every_miss_within_one_std"] = all(x["within_one_std"] for d in misses.values() for x in d.values())
     used = len(RunDir(out / "seed0").profiles()["space"]["centroids"])
-    result = {"data": str(data_dir), "seeds": [BASE_SEED + i for i in range(seeds)], "ablation_seeds": ablation_seeds,
-              "slices": slices, "slices_used": used, "epochs": epochs, "setting": setting, "best_single": bs,
-              "oracle": per_seed[0]["oracle"],
-              "methods": agg, "margins": margins, "misses": misses, "targets": checks, "rows": per_seed[0]["rows"],
-              "per_dataset_seed0": per_seed[0]["per_dataset"]}
+    result = {
+        "data": str(data_dir),
+        "seeds": [BASE_SEED + i for i in range(seeds)],
+        "ablation_seeds": ablation_seeds,
+        "slices": slices,
+        "slices_used": used,
+        "epochs": epochs,
+        "setting": setting,
+        "best_single": bs,
+        "oracle": per_seed[0]["oracle"],
+        "methods": agg,
+        "margins": margins,
+        "misses": misses,
+        "targets": checks,
+        "rows": per_seed[0]["rows"],
+        "per_dataset_seed0": per_seed[0]["per_dataset"],
+    }
     atomic_write_text(out / "targets.json", json.dumps(clean(result), indent=2, allow_nan=False) + "\n")
     return result
 
 
 # The README's grid: name -> (how to get the data, training seeds). Demo data seeds are not the README's 0.
 GRID = {
-    "demo_n3000_s11": (("demo", 3000, 11), 2), "demo_n3000_s23": (("demo", 3000, 23), 2),
-    "demo_n12000_s11": (("demo", 12000, 11), 2), "demo_n12000_s23": (("demo", 12000, 23), 2),
-    "blindtest": (("shared", "blindtest"), 3), "dynamath": (("shared", "dynamath"), 3),
-    "real_merged": (("merge", "blindtest", "dynamath"), 3), "dcrouter": (("shared", "dcrouter"), 3),
-    "vqarad": (("shared", "vqarad"), 3), "inkbench": (("shared", "inkbench"), 3),
+    "demo_n3000_s11": (("demo", 3000, 11), 2),
+    "demo_n3000_s23": (("demo", 3000, 23), 2),
+    "demo_n12000_s11": (("demo", 12000, 11), 2),
+    "demo_n12000_s23": (("demo", 12000, 23), 2),
+    "blindtest": (("shared", "blindtest"), 3),
+    "dynamath": (("shared", "dynamath"), 3),
+    "real_merged": (("merge", "blindtest", "dynamath"), 3),
+    "dcrouter": (("shared", "dcrouter"), 3),
+    "vqarad": (("shared", "vqarad"), 3),
+    "inkbench": (("shared", "inkbench"), 3),
 }
 REAL_FIRST = ["blindtest", "dynamath", "real_merged", "vqarad", "inkbench", "dcrouter"]
 
@@ -117,8 +157,15 @@ def grid_data(spec: tuple, out: Path, shared: Path) -> Path:
     return target
 
 
-def run_grid(out: Path, cells: list[str], shared: Path, results: Path, slices: int, epochs: int,
-             ablation_seeds: int | None = None) -> dict:
+def run_grid(
+    out: Path,
+    cells: list[str],
+    shared: Path,
+    results: Path,
+    slices: int,
+    epochs: int,
+    ablation_seeds: int | None = None,
+) -> dict:
     grid = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {"cells": {}}
     for name in cells:
         spec, seeds = GRID[name]
@@ -129,7 +176,8 @@ def run_grid(out: Path, cells: list[str], shared: Path, results: Path, slices: i
         if name == "real_merged":
             lr, tl = res["methods"]["latentrouter"], res["methods"]["task_lookup"]
             res["targets"]["score_at_lambda0_>=_task_lookup_+_0.01"] = (
-                lr["score_at_lambda0"]["mean"] >= tl["score_at_lambda0"]["mean"] + 0.01)
+                lr["score_at_lambda0"]["mean"] >= tl["score_at_lambda0"]["mean"] + 0.01
+            )
             res["targets"]["qnc_<=_0.5"] = lr["qnc"]["mean"] <= 0.5
         grid["cells"][name] = {k: v for k, v in clean(res).items() if k != "per_dataset_seed0"}
         grid["all_targets_met"] = all(all(c["targets"].values()) for c in grid["cells"].values())
@@ -144,16 +192,22 @@ RIVALS_SHOWN = ("memory_only", "network_only", "knn", "mlp", "irt", "mf", "task_
 def grid_table(grid: dict) -> str:
     """The README's grid table from grid.json: per cell, LatentRouter and the strongest other method on score at
     lambda 0 and on nAUC (means over seeds, +/- the std), the margins, and the misses' standing against one std."""
-    rows = ["| cell | outcomes | seeds | LatentRouter score@0 | best other | margin | LatentRouter nAUC | best other | "
-            "margin | best single |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| cell | outcomes | seeds | LatentRouter score@0 | best other | margin | LatentRouter nAUC | best other | "
+        "margin | best single |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, c in grid["cells"].items():
         m, lr = c["methods"], c["methods"]["latentrouter"]
         cells = [name, "real" if c.get("real_outcomes") else "simulated", str(len(c["seeds"]))]
         for key in ("score_at_lambda0", "nauc"):
             rivals = {k: v for k, v in c["margins"][key].items()}
             worst = min(rivals, key=rivals.get)
-            cells += [f"{lr[key]['mean']:.3f} ± {lr[key]['std']:.3f}", f"{worst} {m[worst][key]['mean']:.3f}",
-                      f"{rivals[worst]:+.3f}"]
+            cells += [
+                f"{lr[key]['mean']:.3f} ± {lr[key]['std']:.3f}",
+                f"{worst} {m[worst][key]['mean']:.3f}",
+                f"{rivals[worst]:+.3f}",
+            ]
         cells.append(f"{c['best_single']['score']:.3f}")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -164,19 +218,38 @@ def main(argv=None) -> None:
     ap.add_argument("dirs", type=Path, nargs="*", metavar="[DATA_DIR] OUT_DIR")
     ap.add_argument("--table", action="store_true", help="print the README's grid table from --results and exit")
     ap.add_argument("--grid", action="store_true", help="run the README's grid of cells into OUT_DIR")
-    ap.add_argument("--cells", default=",".join(REAL_FIRST + [c for c in GRID if c not in REAL_FIRST]),
-                    help="comma-separated grid cells (default: all, real sets first)")
-    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
-                    help="the project's shared data folder (default: ../shared/data beside the checkout)")
+    ap.add_argument(
+        "--cells",
+        default=",".join(REAL_FIRST + [c for c in GRID if c not in REAL_FIRST]),
+        help="comma-separated grid cells (default: all, real sets first)",
+    )
+    ap.add_argument(
+        "--shared",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "data",
+        help="the project's shared data folder (default: ../shared/data beside the checkout)",
+    )
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/grid.json"))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--slices", type=int, default=TrainConfig().slices,
-                    help="k-means slices before the |R_cal| / 50 cap (the used count is written as slices_used)")
+    ap.add_argument(
+        "--slices",
+        type=int,
+        default=TrainConfig().slices,
+        help="k-means slices before the |R_cal| / 50 cap (the used count is written as slices_used)",
+    )
     ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
-    ap.add_argument("--ablation-seeds", type=int, default=None,
-                    help="retrain the ablations on only the first N seeds of each cell (default: every seed)")
-    ap.add_argument("--setting", choices=["performance", "cost"], default="performance",
-                    help="training utility: score, or score - 0.03 x normalised realised cost (method.md §4.1)")
+    ap.add_argument(
+        "--ablation-seeds",
+        type=int,
+        default=None,
+        help="retrain the ablations on only the first N seeds of each cell (default: every seed)",
+    )
+    ap.add_argument(
+        "--setting",
+        choices=["performance", "cost"],
+        default="performance",
+        help="training utility: score, or score - 0.03 x normalised realised cost (method.md §4.1)",
+    )
     a = ap.parse_args(argv)
     if a.table:
         print(grid_table(json.loads(a.results.read_text(encoding="utf-8"))))
@@ -193,9 +266,11 @@ def main(argv=None) -> None:
         return
     res = run(a.data_dir, a.out_dir, a.seeds, a.slices, a.epochs, a.setting, a.ablation_seeds)
     for name, m in res["methods"].items():
-        print(f"{name:18s} nAUC {m['nauc']['mean']:.4f} ± {m['nauc']['std']:.4f}   "
-              f"score@0 {m['score_at_lambda0']['mean']:.4f} ± {m['score_at_lambda0']['std']:.4f}   "
-              f"QNC {m['qnc']['mean']:.3f}")
+        print(
+            f"{name:18s} nAUC {m['nauc']['mean']:.4f} ± {m['nauc']['std']:.4f}   "
+            f"score@0 {m['score_at_lambda0']['mean']:.4f} ± {m['score_at_lambda0']['std']:.4f}   "
+            f"QNC {m['qnc']['mean']:.3f}"
+        )
     for k, v in res["targets"].items():
         print(f"[{'ok' if v else 'FAIL'}] {k}")
 

@@ -5,6 +5,7 @@ Commands import their implementation inside the function body, so `lr-onnx --hel
 commands never load the training side. Library errors (`LrOnnxError`) become one `Error: ...` line and exit 1;
 bad arguments, and options that name something the bundle does not have (`OptionError`), exit 2.
 """
+
 from . import bench, bundle, data, serving, training  # noqa: F401  (each registers its commands)
 from .base import main
 

@@ -1,4 +1,5 @@
 """`python -m lr_onnx.cli`."""
+
 from . import main
 
 main()

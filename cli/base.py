@@ -5,6 +5,7 @@ stays fast and the serving commands never load the training side. Library errors
 (`LrOnnxError`) become one `Error: ...` line and exit 1; bad arguments, and options
 that name something the bundle does not have (`OptionError`), exit 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,8 @@ class Group(click.Group):
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in EXPORT_MODULES:
                 raise click.ClickException(
-                    f"this command needs the training extra ({e.name} is not installed): "
-                    f"pip install -e '.[export]'") from None
+                    f"this command needs the training extra ({e.name} is not installed): pip install -e '.[export]'"
+                ) from None
             raise
 
 
@@ -56,8 +57,20 @@ class OneLine(click.ClickException):
         self.exit_code = exit_code
 
 
-EXPORT_MODULES = {"torch", "onnx", "onnxscript", "sklearn", "skimage", "matplotlib", "safetensors", "tqdm",
-                   "pyarrow", "openpyxl", "optimum", "transformers"}
+EXPORT_MODULES = {
+    "torch",
+    "onnx",
+    "onnxscript",
+    "sklearn",
+    "skimage",
+    "matplotlib",
+    "safetensors",
+    "tqdm",
+    "pyarrow",
+    "openpyxl",
+    "optimum",
+    "transformers",
+}
 
 
 def echo_json(obj) -> None:
@@ -103,8 +116,11 @@ def close_log(log) -> None:
     if log is not None:
         log.close()
         if log.dropped:
-            click.echo(f"warning: {log.dropped} decision(s) could not be logged to {log.folder} (disk full or "
-                       f"unwritable); routing was not affected", err=True)
+            click.echo(
+                f"warning: {log.dropped} decision(s) could not be logged to {log.folder} (disk full or "
+                f"unwritable); routing was not affected",
+                err=True,
+            )
 
 
 class Number(click.ParamType):
@@ -153,18 +169,38 @@ def check_bundle_path(ctx, param, value):
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-BUNDLE_OPTION = click.option("--bundle", type=click.Path(path_type=str), default=None, callback=check_bundle_path,
-                       help="Bundle folder (default: the bundle shipped in assets/).")
-LOG_OPTION = click.option("--log", "log_dir", type=click.Path(file_okay=False, path_type=str), default=None,
-                    help="Append each decision (id, pool, choice, every candidate's mu, sigma and cost, the query's "
-                         "compact embedding) to the decision log in this folder, for `lr-onnx feedback` and "
-                         "`lr-onnx refresh`. No question or image is stored unless --log-content.")
-LOG_CONTENT_OPTION = click.option("--log-content", is_flag=True,
-                            help="With --log: also store each question and its images' sizes (user content).")
-EXPLORE_OPTION = click.option("--explore", default=None, metavar="POLICY",
-                        help="Opt-in exploration, so feedback can teach the router about models it rarely picks: "
-                             "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma / sqrt(1 + n), n the labelled "
-                             "neighbours that speak for the model here) or epsilon:P (a random "
-                             "candidate with probability P). The decision records its propensity.")
-PROVIDER_OPTION = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
-                         show_default=True, help="Execution provider; auto = TensorRT > CUDA > CPU, as available.")
+BUNDLE_OPTION = click.option(
+    "--bundle",
+    type=click.Path(path_type=str),
+    default=None,
+    callback=check_bundle_path,
+    help="Bundle folder (default: the bundle shipped in assets/).",
+)
+LOG_OPTION = click.option(
+    "--log",
+    "log_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Append each decision (id, pool, choice, every candidate's mu, sigma and cost, the query's "
+    "compact embedding) to the decision log in this folder, for `lr-onnx feedback` and "
+    "`lr-onnx refresh`. No question or image is stored unless --log-content.",
+)
+LOG_CONTENT_OPTION = click.option(
+    "--log-content", is_flag=True, help="With --log: also store each question and its images' sizes (user content)."
+)
+EXPLORE_OPTION = click.option(
+    "--explore",
+    default=None,
+    metavar="POLICY",
+    help="Opt-in exploration, so feedback can teach the router about models it rarely picks: "
+    "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma / sqrt(1 + n), n the labelled "
+    "neighbours that speak for the model here) or epsilon:P (a random "
+    "candidate with probability P). The decision records its propensity.",
+)
+PROVIDER_OPTION = click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Execution provider; auto = TensorRT > CUDA > CPU, as available.",
+)

@@ -1,4 +1,5 @@
 """Benchmarks from the command line: bench (runtime) and bench serve (the gateway)."""
+
 from __future__ import annotations
 
 
@@ -9,8 +10,12 @@ from .base import Group, main, BUNDLE_OPTION
 
 @main.group("bench", cls=Group, invoke_without_command=True)
 @click.option("--quick", is_flag=True, help="Fewer repeats: under 3 minutes on 2 cores.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="JSON output (default: benchmarks/results/<host>.json); a .md table is written beside it.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="JSON output (default: benchmarks/results/<host>.json); a .md table is written beside it.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per engine (default: all cores).")
 @click.pass_context
 def bench_cmd(ctx, quick, out, threads):
@@ -29,8 +34,12 @@ def bench_cmd(ctx, quick, out, threads):
 
 @bench_cmd.command("serve")
 @click.option("--quick", is_flag=True, help="96 requests per level instead of 256, a 3 s overload phase.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="JSON output (default: benchmarks/results/serve.json).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="JSON output (default: benchmarks/results/serve.json).",
+)
 @BUNDLE_OPTION
 def bench_serve_cmd(quick, out, bundle):
     """The gateway under load: q/s and p50/p95/p99 at concurrency 1, 8, 32 against in-process route_many.
@@ -40,6 +49,7 @@ def bench_serve_cmd(quick, out, bundle):
     """
     from ..serve.loadtest import run_serve_bench, table
 
-    result = run_serve_bench(out, quick=quick, bundle=bundle,
-                             progress=lambda m: click.echo(f"bench serve: {m}", err=True))
+    result = run_serve_bench(
+        out, quick=quick, bundle=bundle, progress=lambda m: click.echo(f"bench serve: {m}", err=True)
+    )
     click.echo(table(result))

@@ -1,4 +1,5 @@
 """Bundle commands: models propose/add/remove, info, doctor, calibrate."""
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,34 @@ def _pool_target(run_dir, bundle, out):
 
 @models.command("propose")
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--out", required=True, type=click.Path(path_type=str),
-              help="Folder to write (must not exist): queries.jsonl and images/.")
-@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
-              help="Propose from your own queries (--from) for this bundle instead of a training run's rows.")
-@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
-              help="With --bundle: your queries, as route-batch reads them (JSONL or CSV with id, question, images).")
-@click.option("--n", "n", type=click.IntRange(min=24), default=48, show_default=True,
-              help="Queries to propose (at least 24): ceil(n / slices) from each capability slice, then a seeded draw "
-                   "of n of them when that is more.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=str),
+    help="Folder to write (must not exist): queries.jsonl and images/.",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    default=None,
+    help="Propose from your own queries (--from) for this bundle instead of a training run's rows.",
+)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    default=None,
+    help="With --bundle: your queries, as route-batch reads them (JSONL or CSV with id, question, images).",
+)
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(min=24),
+    default=48,
+    show_default=True,
+    help="Queries to propose (at least 24): ceil(n / slices) from each capability slice, then a seeded draw "
+    "of n of them when that is more.",
+)
 @click.option("--seed", type=int, default=20260308, show_default=True, help="Seed of the draw.")
 def models_propose(run_dir, out, bundle, from_file, n, seed):
     """Pick calibration queries for a new model, spread over the router's capability slices.
@@ -65,10 +85,12 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
         target = f"--bundle {bundle} --out NEW_BUNDLE"
     covered = sum(c > 0 for c in rep["per_slice"])
     short = rep["short_slices"]
-    click.echo(f"wrote {out}: {rep['queries']} queries from {covered} of {rep['slices']} slices "
-               f"(at most {rep['target_per_slice']} per slice)"
-               + (f"; slices {short} have fewer candidate queries" if short else "") +
-               f"; fill in outcomes[NAME], then: lr-onnx models add {target} --name NAME --outcomes {out}")
+    click.echo(
+        f"wrote {out}: {rep['queries']} queries from {covered} of {rep['slices']} slices "
+        f"(at most {rep['target_per_slice']} per slice)"
+        + (f"; slices {short} have fewer candidate queries" if short else "")
+        + f"; fill in outcomes[NAME], then: lr-onnx models add {target} --name NAME --outcomes {out}"
+    )
 
 
 @models.command("add")
@@ -78,13 +100,21 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
 @click.option("--name", required=True, help="Name of the new model.")
 @click.option("--price-in", type=PRICE, default=None, help="USD per 1M input tokens.")
 @click.option("--price-out", type=PRICE, default=None, help="USD per 1M output tokens.")
-@click.option("--outcomes", required=True, type=click.Path(exists=True, path_type=str),
-              help="queries.jsonl (or a native folder) with outcomes[NAME] = {score, cost, ...} on labelled queries.")
-@click.option("--image-tokens", default=None, metavar="RULE",
-              help="The model's image-token rule, for per-query expected costs (with --bundle and --price-in): "
-                   "openai-high-detail, claude-pixels-div-750, gemini-258, qwen2-vl-28px, internvl2-448-tiles, "
-                   "llava-next-anyres, mllama-560-tiles, fixed-576, or JSON such as '{\"rule\": \"fixed\", "
-                   "\"tokens\": 300}'.")
+@click.option(
+    "--outcomes",
+    required=True,
+    type=click.Path(exists=True, path_type=str),
+    help="queries.jsonl (or a native folder) with outcomes[NAME] = {score, cost, ...} on labelled queries.",
+)
+@click.option(
+    "--image-tokens",
+    default=None,
+    metavar="RULE",
+    help="The model's image-token rule, for per-query expected costs (with --bundle and --price-in): "
+    "openai-high-detail, claude-pixels-div-750, gemini-258, qwen2-vl-28px, internvl2-448-tiles, "
+    'llava-next-anyres, mllama-560-tiles, fixed-576, or JSON such as \'{"rule": "fixed", '
+    '"tokens": 300}\'.',
+)
 def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_tokens):
     """Add a model from a few labelled queries (48 recommended, 24 minimum); the network is not retrained.
 
@@ -98,8 +128,10 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
         except json.JSONDecodeError as e:
             raise click.BadParameter(f"not valid JSON ({e})", param_hint="--image-tokens") from None
     if run_dir and image_tokens:
-        raise click.UsageError("--image-tokens applies to a bundle (--bundle B --out B2); a training run takes the "
-                               "rule from its dataset's models.json")
+        raise click.UsageError(
+            "--image-tokens applies to a bundle (--bundle B --out B2); a training run takes the "
+            "rule from its dataset's models.json"
+        )
     if run_dir:
         from ..export.train.pool import add_model
 
@@ -109,12 +141,22 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
         from ..runtime.manage import add_model as add_to_bundle
 
         rows = labelled_queries(load_outcomes_for(outcomes, name))
-        rep = add_to_bundle(load_router(bundle, "auto"), out, name, *rows, price_in=price_in, price_out=price_out,
-                            image_tokens=image_tokens)
-    click.echo(f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
-               f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} per query "
-               f"({rep['cost_estimator']}" + (f"; observed {rep['observed_cost']:.4g}" if "observed_cost" in rep else "")
-               + f"); queries per slice {rep['slice_counts']}")
+        rep = add_to_bundle(
+            load_router(bundle, "auto"),
+            out,
+            name,
+            *rows,
+            price_in=price_in,
+            price_out=price_out,
+            image_tokens=image_tokens,
+        )
+    click.echo(
+        f"added {name}: {rep['queries']} labelled queries, observed score {rep['observed_score']:.3f}, "
+        f"predicted {rep['predicted_score']:.3f}, expected cost {rep['expected_cost']:.4g} per query "
+        f"({rep['cost_estimator']}"
+        + (f"; observed {rep['observed_cost']:.4g}" if "observed_cost" in rep else "")
+        + f"); queries per slice {rep['slice_counts']}"
+    )
     if rep.get("pool_scores"):
         click.echo("predicted mu_tilde on these labelled queries, by model (the new one last):")
         for n, v in sorted(rep["pool_scores"].items(), key=lambda kv: (kv[0] == name, -kv[1])):
@@ -125,8 +167,11 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
 
 @models.command("remove")
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str),
-              help="A bundle to remove the model from (it is copied to --out, never changed).")
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    help="A bundle to remove the model from (it is copied to --out, never changed).",
+)
 @click.option("--out", type=click.Path(path_type=str), help="Where to write the reduced copy of --bundle.")
 @click.option("--name", required=True, help="The pool model to remove (`lr-onnx info` lists the pool).")
 def models_remove(run_dir, bundle, out, name):
@@ -145,8 +190,12 @@ def models_remove(run_dir, bundle, out, name):
 
 @main.command("info")
 @BUNDLE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the same facts as JSON (pool, graphs, preprocessing, "
-                                                       "lambda and presets, coverage, providers, digest).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the same facts as JSON (pool, graphs, preprocessing, lambda and presets, coverage, providers, digest).",
+)
 def info_cmd(bundle, as_json):
     """Show a bundle: pool and prices, graphs, preprocessing, lambda, available providers."""
     from ..runtime.bundle import load_bundle
@@ -167,47 +216,68 @@ def info_lines(b) -> list[str]:
     from ..runtime.memory import MIN_CLOSENESS
 
     m = b.manifest
-    out = [f"bundle  {b.path}", f"        schema {m.schema_version}, {m.precision or '?'}, opset {m.opset or '?'}, "
-           f"setting {m.setting or '?'}, encoders {m.encoder_version or '?'}, digest {b.digest[:16]}", "",
-           f"pool ({len(m.pool)} models)",
-           f"  {'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost"]
+    out = [
+        f"bundle  {b.path}",
+        f"        schema {m.schema_version}, {m.precision or '?'}, opset {m.opset or '?'}, "
+        f"setting {m.setting or '?'}, encoders {m.encoder_version or '?'}, digest {b.digest[:16]}",
+        "",
+        f"pool ({len(m.pool)} models)",
+        f"  {'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost",
+    ]
     for p in m.pool:
         pi, po, rule = p.price_in_per_mtok, p.price_out_per_mtok, p.image_tokens
         rule = rule if isinstance(rule, str) else (rule or {}).get("rule")
-        how = f"{rule}, {p.output_tokens:g} output tokens" if rule and p.output_tokens is not None \
-            else "- (the constant)"
-        out.append(f"  {p.name[:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} "
-                   f"{'-' if po is None else f'{po:g}':>8s} {p.expected_cost_usd:>12.3g}  {how}")
+        how = (
+            f"{rule}, {p.output_tokens:g} output tokens" if rule and p.output_tokens is not None else "- (the constant)"
+        )
+        out.append(
+            f"  {p.name[:28]:28s} {'-' if pi is None else f'{pi:g}':>8s} "
+            f"{'-' if po is None else f'{po:g}':>8s} {p.expected_cost_usd:>12.3g}  {how}"
+        )
     out += ["", "graphs"]
     for name, g in m.graphs.items():
         size = b.file(g.file).stat().st_size / 1e6
         shapes = ", ".join(f"{k} [{', '.join(map(str, v))}]" for k, v in g.inputs.items()) or "?"
         out.append(f"  graph {name:14s} {g.file:20s} {size:6.1f} MB  inputs {shapes}")
     im = m.image
-    out += ["", "preprocessing",
-            f"  image  letterbox to {im.size} px ({im.resample}), mean {' '.join(f'{x:g}' for x in im.mean)}, "
-            f"std {' '.join(f'{x:g}' for x in im.std)}",
-            f"  text   {m.text.tokenizer_file}, at most {m.text.max_tokens} tokens", "", "routing"]
+    out += [
+        "",
+        "preprocessing",
+        f"  image  letterbox to {im.size} px ({im.resample}), mean {' '.join(f'{x:g}' for x in im.mean)}, "
+        f"std {' '.join(f'{x:g}' for x in im.std)}",
+        f"  text   {m.text.tokenizer_file}, at most {m.text.max_tokens} tokens",
+        "",
+        "routing",
+    ]
     calibrated = m.lambdas.extra.get("calibrated")
-    out.append(f"  lambda    default {m.lambdas.default:g}" +
-               (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else "") +
-               "; presets (--lambda NAME):")
+    out.append(
+        f"  lambda    default {m.lambdas.default:g}"
+        + (f" (calibrated: {calibrated.get('target')})" if isinstance(calibrated, dict) else "")
+        + "; presets (--lambda NAME):"
+    )
     for name, preset in m.lambdas.presets.items():
         vs, vc = preset.extra.get("val_score"), preset.extra.get("val_cost")
-        score = (f"validation score {vs:.3f} at ${vc:.2e}/query"
-                 if isinstance(vs, (int, float)) and isinstance(vc, (int, float)) else "")
+        score = (
+            f"validation score {vs:.3f} at ${vc:.2e}/query"
+            if isinstance(vs, (int, float)) and isinstance(vc, (int, float))
+            else ""
+        )
         out.append(f"    --lambda {name}: {preset.lam:g}  {score}".rstrip())
     if m.coverage is not None:
-        out.append(f"  coverage  a query is flagged out of coverage below similarity {m.coverage.threshold:.4f} to "
-                   f"the slice centroids (the training queries' {m.coverage.percentile:g}st percentile)")
+        out.append(
+            f"  coverage  a query is flagged out of coverage below similarity {m.coverage.threshold:.4f} to "
+            f"the slice centroids (the training queries' {m.coverage.percentile:g}st percentile)"
+        )
     mem = m.memory
     if mem is not None:
         st = mem.settings
         blend = "?" if mem.blend is None else f"{mem.blend:g}"
-        out += [f"  memory    {mem.rows:,} labelled queries x {len(mem.models)} models in {mem.dim} dimensions; "
-                f"estimates from the {st.k} nearest (pseudo-count {st.kappa:g})",
-                f"            network correction {blend} (0 = the memory alone); closeness < {MIN_CLOSENESS:g} "
-                f"is flagged out of coverage too"]
+        out += [
+            f"  memory    {mem.rows:,} labelled queries x {len(mem.models)} models in {mem.dim} dimensions; "
+            f"estimates from the {st.k} nearest (pseudo-count {st.kappa:g})",
+            f"            network correction {blend} (0 = the memory alone); closeness < {MIN_CLOSENESS:g} "
+            f"is flagged out of coverage too",
+        ]
     return out
 
 
@@ -224,13 +294,16 @@ def doctor_cmd(bundle, provider):
     click.echo(f"onnxruntime wheels: {', '.join(dists) or 'none'}")
     if len(dists) > 1:
         problems += 1
-        click.echo("  PROBLEM: several onnxruntime wheels are installed and overwrite each other; "
-                   "pip uninstall them all, then install one of lr-onnx[cpu] / lr-onnx[gpu]")
+        click.echo(
+            "  PROBLEM: several onnxruntime wheels are installed and overwrite each other; "
+            "pip uninstall them all, then install one of lr-onnx[cpu] / lr-onnx[gpu]"
+        )
     rt = ort()
     click.echo(f"providers available: {', '.join(rt.get_available_providers())}")
     router = load_router(bundle, provider)  # verifies every sha256
-    click.echo(f"bundle {router.bundle.path}: closed, {len(router.bundle.manifest.files)} listed files, "
-               f"sha256 verified")
+    click.echo(
+        f"bundle {router.bundle.path}: closed, {len(router.bundle.manifest.files)} listed files, sha256 verified"
+    )
     for name, bound in router.bound_providers().items():
         click.echo(f"  {name}: bound {', '.join(bound)}")
     g = check_golden(router)
@@ -244,12 +317,22 @@ def doctor_cmd(bundle, provider):
 
 @main.command("calibrate")
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
-              help="Your labelled queries in the native format (outcomes of the bundle's models).")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    help="Your labelled queries in the native format (outcomes of the bundle's models).",
+)
 @click.option("--max-avg-cost", type=USD, default=None, help="Target: mean cost per query (USD) at most X.")
 @click.option("--max-share", default=None, help="Target: MODEL:P, at most a share P of queries sent to MODEL.")
-@click.option("--split", type=click.Choice(["all", "val", "test", "train"]), default="all", show_default=True,
-              help="Which rows of DATA to calibrate on (a `split` field is needed for val/test/train).")
+@click.option(
+    "--split",
+    type=click.Choice(["all", "val", "test", "train"]),
+    default="all",
+    show_default=True,
+    help="Which rows of DATA to calibrate on (a `split` field is needed for val/test/train).",
+)
 def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
     """Pick lambda on your labelled data for one budget target and record it in the bundle's manifest.
 
@@ -278,22 +361,40 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
         raise click.ClickException(f"{data_dir}: no rows in split '{split}'")
     if not set(router.names) & set(data.model_names):
         raise click.ClickException(f"{data_dir}: none of the bundle's models has outcomes in this data")
-    data = data.for_pool(router.names)        # outcome columns in the bundle's pool order
+    data = data.for_pool(router.names)  # outcome columns in the bundle's pool order
     qs = [(data.images[i], data.question[i]) for i in rows]
     feats, meta = [], []
     with click.progressbar(range(0, len(qs), 64), label="encoding", file=sys.stderr) as bar:
         for s in bar:
-            feats.append(router.features(qs[s:s + 64], meta=meta))
-    res = calibrate(router, np.concatenate(feats), data.Y[rows], data.C[rows], data.A[rows],
-                    meta=meta, max_avg_cost=max_avg_cost, max_share=share)
-    click.echo(f"{'lambda':>10s} {'mean score':>10s} {'mean cost $':>12s}" + (f" {'share':>6s}" if share else "")
-               + "  meets the target")
+            feats.append(router.features(qs[s : s + 64], meta=meta))
+    res = calibrate(
+        router,
+        np.concatenate(feats),
+        data.Y[rows],
+        data.C[rows],
+        data.A[rows],
+        meta=meta,
+        max_avg_cost=max_avg_cost,
+        max_share=share,
+    )
+    click.echo(
+        f"{'lambda':>10s} {'mean score':>10s} {'mean cost $':>12s}"
+        + (f" {'share':>6s}" if share else "")
+        + "  meets the target"
+    )
     for p in tradeoff(res["points"]):
         mark = "*" if p["lambda"] == res["lambda"] else " "
-        click.echo(f"{mark}{p['lambda']:>9.4g} {p['score']:>10.4f} {p['cost']:>12.4g}"
-                   + (f" {p['share']:>6.3f}" if share else "") + f"  {'yes' if p['feasible'] else 'no'}")
+        click.echo(
+            f"{mark}{p['lambda']:>9.4g} {p['score']:>10.4f} {p['cost']:>12.4g}"
+            + (f" {p['share']:>6.3f}" if share else "")
+            + f"  {'yes' if p['feasible'] else 'no'}"
+        )
     if not res["met"]:
-        raise click.ClickException(f"no lambda meets the target on these {res['queries']} queries (see the table); "
-                                   f"{bundle}/manifest.json was left as it was")
-    click.echo(f"lambda {res['lambda']:g}: mean score {res['score']:.4f}, mean cost {res['cost']:.4g} on "
-               f"{res['queries']} queries; recorded in {bundle}/manifest.json")
+        raise click.ClickException(
+            f"no lambda meets the target on these {res['queries']} queries (see the table); "
+            f"{bundle}/manifest.json was left as it was"
+        )
+    click.echo(
+        f"lambda {res['lambda']:g}: mean score {res['score']:.4f}, mean cost {res['cost']:.4g} on "
+        f"{res['queries']} queries; recorded in {bundle}/manifest.json"
+    )

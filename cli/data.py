@@ -1,4 +1,5 @@
 """Dataset commands: data check, convert, merge and demo."""
+
 from __future__ import annotations
 
 
@@ -42,16 +43,21 @@ def data_convert():
 @data_convert.command("mmr")
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
-@click.option("--mmr-official-split", is_flag=True,
-              help="Reproduce MMR-Bench's split (train_size=0.2, random_state=42, CSV order) "
-                   "instead of the generated 70/10/20 split.")
+@click.option(
+    "--mmr-official-split",
+    is_flag=True,
+    help="Reproduce MMR-Bench's split (train_size=0.2, random_state=42, CSV order) "
+    "instead of the generated 70/10/20 split.",
+)
 def convert_mmr(src, out, mmr_official_split):
     """MMR-Bench: SRC holds MMR_Bench.csv and the image folders (or images.tar.gz). OUT must not exist."""
     from ..export.data.convert import convert_mmr as run
 
     summary = run(src, out, official_split=mmr_official_split)
-    click.echo(f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
-               f"({summary['missing_images']} rows without an image file)")
+    click.echo(
+        f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
+        f"({summary['missing_images']} rows without an image file)"
+    )
 
 
 @data_convert.command("vl-routerbench")
@@ -67,22 +73,26 @@ def convert_vl(src, out):
     from ..export.data.convert import convert_vl_routerbench as run
 
     summary = run(src, out)
-    click.echo(f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
-               f"(layout {summary['layout']}, cost_mode {summary['cost_mode']})")
+    click.echo(
+        f"wrote {summary['rows']} queries x {summary['models']} models to {out} "
+        f"(layout {summary['layout']}, cost_mode {summary['cost_mode']})"
+    )
     for w in summary.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
 
 
 @data.command("demo")
 @click.argument("out", type=click.Path(path_type=str))
-@click.option("--n", "n", type=click.IntRange(min=50), default=12000, show_default=True,
-              help="Number of queries.")
+@click.option("--n", "n", type=click.IntRange(min=50), default=12000, show_default=True, help="Number of queries.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for images, questions and outcomes.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Rendering processes (default: CPU count).")
-@click.option("--skills", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="The published-accuracy table (default: ../shared/data/mllm-skills/skills.json beside the "
-                   "checkout, or $LR_ONNX_SKILLS).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Rendering processes (default: CPU count).")
+@click.option(
+    "--skills",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="The published-accuracy table (default: ../shared/data/mllm-skills/skills.json beside the "
+    "checkout, or $LR_ONNX_SKILLS).",
+)
 def data_demo(out, n, seed, workers, skills):
     """Write the multimodal demo routing benchmark to OUT (which must not exist).
 
@@ -95,9 +105,11 @@ def data_demo(out, n, seed, workers, skills):
     from ..export.data.demo import build_demo
 
     summary = build_demo(out, n=n, seed=seed, workers=workers, skills=skills)
-    click.echo(f"wrote {summary['queries']} queries ({summary['images']} images, "
-               f"{summary['mean_image_kb']:.1f} KB mean) x {summary['models']} models to {out} "
-               f"in {summary['seconds']:.1f} s")
+    click.echo(
+        f"wrote {summary['queries']} queries ({summary['images']} images, "
+        f"{summary['mean_image_kb']:.1f} KB mean) x {summary['models']} models to {out} "
+        f"in {summary['seconds']:.1f} s"
+    )
 
 
 @data.command("merge")
@@ -117,5 +129,7 @@ def data_merge(out, sources):
     s = merge_datasets(out, list(sources))
     click.echo(f"wrote {s['queries']} queries x {s['models']} models to {out}")
     for name, v in s["per_source"].items():
-        click.echo(f"  {name}: {v['queries']} queries, {len(v['models'])} models, split {v['split']}"
-                   + (f", {v['ids_prefixed']} ids prefixed" if v["ids_prefixed"] else ""))
+        click.echo(
+            f"  {name}: {v['queries']} queries, {len(v['models'])} models, split {v['split']}"
+            + (f", {v['ids_prefixed']} ids prefixed" if v["ids_prefixed"] else "")
+        )

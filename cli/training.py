@@ -1,4 +1,5 @@
 """Training-side commands: train, evaluate, export (PyTorch, the [export] extra)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,18 +12,36 @@ from .base import main
 @main.command("train")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Run folder to write.")
-@click.option("--setting", type=click.Choice(["performance", "cost"]), default="performance", show_default=True,
-              help="performance: utility = score; cost: utility = score - 0.03 x normalised cost.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
-              help="At most this many epochs; early stopping (patience 5) on the validation utility.")
+@click.option(
+    "--setting",
+    type=click.Choice(["performance", "cost"]),
+    default="performance",
+    show_default=True,
+    help="performance: utility = score; cost: utility = score - 0.03 x normalised cost.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="At most this many epochs; early stopping (patience 5) on the validation utility.",
+)
 @click.option("--seed", type=int, default=20260308, show_default=True)
 @click.option("--no-few-shot", is_flag=True, help="Ablation: no few-shot profile simulation (method.md 3.4).")
 @click.option("--no-pool-dropout", is_flag=True, help="Ablation: no random sub-pools in training (method.md 3.4).")
-@click.option("--layers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Latent communication layers (0 = the no-communication ablation).")
+@click.option(
+    "--layers",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Latent communication layers (0 = the no-communication ablation).",
+)
 @click.option("--text-only", is_flag=True, help="Ablation: ignore the image part of the query features.")
-@click.option("--no-memory", is_flag=True,
-              help="Ablation: no capability memory (the k nearest labelled queries' outcomes per model).")
+@click.option(
+    "--no-memory",
+    is_flag=True,
+    help="Ablation: no capability memory (the k nearest labelled queries' outcomes per model).",
+)
 def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout, layers, text_only, no_memory):
     """Train LatentRouter on DATA_DIR's train split with early stopping on validation.
 
@@ -37,25 +56,36 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
     """
     from ..export.train.trainer import TrainConfig, train
 
-    cfg = TrainConfig(setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only,
-                      memory=not no_memory)
+    cfg = TrainConfig(
+        setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only, memory=not no_memory
+    )
     if no_few_shot:
         cfg.few_shot = 0.0
     if no_pool_dropout:
         cfg.pool_dropout = 0.0
     summary = train(data_dir, out, cfg)
-    click.echo(f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
-               f"best validation utility {summary['best_val_utility']:.4f}; wrote {out}")
+    click.echo(
+        f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
+        f"best validation utility {summary['best_val_utility']:.4f}; wrote {out}"
+    )
 
 
 @main.command("evaluate")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
-              help="Dataset folder (default: the one the run was trained on). Another dataset: transfer "
-                   "evaluation, the run as trained, on the models both pools share (RUN/transfer_NAME.json).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=str),
+    default=None,
+    help="Dataset folder (default: the one the run was trained on). Another dataset: transfer "
+    "evaluation, the run as trained, on the models both pools share (RUN/transfer_NAME.json).",
+)
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
-@click.option("--no-ablations", is_flag=True,
-              help="Skip training the ablations (no_communication, text_only, no_memory, no_slice_prior).")
+@click.option(
+    "--no-ablations",
+    is_flag=True,
+    help="Skip training the ablations (no_communication, text_only, no_memory, no_slice_prior).",
+)
 def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     """Compare the trained router with the baselines; write metrics.json, frontier.png, report.md.
 
@@ -77,29 +107,42 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
 
         t = transfer_evaluate(run_dir, data_dir, split=split)
         lr, b = t["latentrouter"], t["best_single"]
-        click.echo(f"transfer to {data_dir} ({t['rows']} queries, {t['split']}; shared models: "
-                   f"{', '.join(t['shared_models'])}): latentrouter {lr['score_at_lambda0']:.4f} at lambda 0, nAUC "
-                   f"{lr['nauc']}; best single {b['name']} {b['score']:.4f}; oracle {t['oracle']['score']:.4f}; "
-                   f"wrote {run_dir}/transfer_{Path(data_dir).resolve().name}.json")
+        click.echo(
+            f"transfer to {data_dir} ({t['rows']} queries, {t['split']}; shared models: "
+            f"{', '.join(t['shared_models'])}): latentrouter {lr['score_at_lambda0']:.4f} at lambda 0, nAUC "
+            f"{lr['nauc']}; best single {b['name']} {b['score']:.4f}; oracle {t['oracle']['score']:.4f}; "
+            f"wrote {run_dir}/transfer_{Path(data_dir).resolve().name}.json"
+        )
         return
     out = evaluate(run_dir, data_dir=data_dir, split=split, ablations=not no_ablations)
     m = out["methods"]["latentrouter"]
     b = out["best_single"]
-    click.echo(f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single {b['name']} "
-               f"{b['score']:.4f}), nAUC {m['nauc']}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, "
-               f"frontier.png, report.md")
+    click.echo(
+        f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single {b['name']} "
+        f"{b['score']:.4f}), nAUC {m['nauc']}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, "
+        f"frontier.png, report.md"
+    )
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Bundle folder (must not exist).")
-@click.option("--precision", type=click.Choice(["fp32", "int8", "int8-full", "fp16"]), default="fp32",
-              show_default=True,
-              help="int8: MiniLM with 8-bit weights, the image CNN kept fp32 (the default bundle's choice; holds "
-                   "98% decision agreement); int8-full: the CNN too (static QDQ; faster on CPU, but changes 2-4% of "
-                   "decisions, so its export fails the 98% bar); fp16: for GPUs.")
-@click.option("--opset", type=click.IntRange(18, 23), default=18, show_default=True,
-              help="ONNX opset (torch 2.13's exporter implements 18 and later).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8", "int8-full", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="int8: MiniLM with 8-bit weights, the image CNN kept fp32 (the default bundle's choice; holds "
+    "98% decision agreement); int8-full: the CNN too (static QDQ; faster on CPU, but changes 2-4% of "
+    "decisions, so its export fails the 98% bar); fp16: for GPUs.",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(18, 23),
+    default=18,
+    show_default=True,
+    help="ONNX opset (torch 2.13's exporter implements 18 and later).",
+)
 @click.option("--fused", is_flag=True, help="Also write fused.onnx: pixels + token ids + pool -> scores in one graph.")
 def export_cmd(run_dir, out, precision, opset, fused):
     """Export a trained run to an ONNX bundle and check it (writes OUT/parity.json).
@@ -113,8 +156,10 @@ def export_cmd(run_dir, out, precision, opset, fused):
     parity = export_bundle(run_dir, out, precision=precision, opset=opset, fused=fused)
     h = parity["held_out"]
     status = "passed" if parity["passed"] else "FAILED"
-    click.echo(f"wrote {out}: parity {status} (max |d mu_tilde| {h['max_abs_diff']['mu_tilde']:.2e}, "
-               f"decision agreement {h['decision_agreement_lambda0']:.1%} at lambda 0, changed decisions lose "
-               f"{h['changed_decision_regret_lambda0']['mean']:.4f} mu_tilde on average)")
+    click.echo(
+        f"wrote {out}: parity {status} (max |d mu_tilde| {h['max_abs_diff']['mu_tilde']:.2e}, "
+        f"decision agreement {h['decision_agreement_lambda0']:.1%} at lambda 0, changed decisions lose "
+        f"{h['changed_decision_regret_lambda0']['mean']:.4f} mu_tilde on average)"
+    )
     if not parity["passed"]:
         raise click.ClickException(f"the exported bundle misses the parity bars; see {out}/parity.json")

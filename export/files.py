@@ -1,4 +1,5 @@
 """Crash-safe file writing: whole files and whole folders appear atomically or not at all."""
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ Guarantees (the README repeats them):
   left by a crash (kill -9) is cut off when the next run opens OUT. A rerun skips the
   ids already in OUT, so it resumes exactly where the last whole line ended.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,9 +32,10 @@ from typing import Any, BinaryIO, Callable, Iterator, TYPE_CHECKING
 from .errors import InputError, LrOnnxError
 from .files import atomic_write_bytes
 from .prefetch import prefetched
-from .validate import loads_json, read_regular_file, text
+from .validate import loads_json, read_regular_file
+from .records import parse_record, prepare_records, route_records
 
-if TYPE_CHECKING:   # annotations only: no import cycle at run time
+if TYPE_CHECKING:  # annotations only: no import cycle at run time
     from .decision import RouteOptions
     from .router import Router
 
@@ -86,8 +88,9 @@ def count_records(path: Path) -> int:
     return max(0, n - 1) if path.suffix.lower() == ".csv" else n
 
 
-def read_queries(fh: BinaryIO, base: Path, *, csv_format: bool = False,
-                 name: str = "input") -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def read_queries(
+    fh: BinaryIO, base: Path, *, csv_format: bool = False, name: str = "input"
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, {"id", "question", "images"} or None, problem or None) per record; never raises on a record."""
     if csv_format:
         yield from _read_csv(fh, base, name)
@@ -150,37 +153,13 @@ def _read_csv(fh: BinaryIO, base: Path, name: str) -> Iterator[Any]:
         rec = dict(zip(header, row))
         images = [p for p in rec.get("images", "").replace("|", ";").split(";") if p.strip()]
         try:
-            yield reader.line_num, parse_record({**rec, "images": images}, reader.line_num, base,
-                                           id_given="id" in header), None
+            yield (
+                reader.line_num,
+                parse_record({**rec, "images": images}, reader.line_num, base, id_given="id" in header),
+                None,
+            )
         except InputError as e:
             yield reader.line_num, None, str(e)
-
-
-def parse_record(rec: dict[str, Any], lineno: int, base: Path, *, id_given: bool) -> dict[str, Any]:
-    """One validated query; raises `InputError` naming the field."""
-    question = text(rec.get("question"), "'question'")
-    if not id_given:
-        qid = f"line-{lineno}"
-    else:
-        raw = rec.get("id")
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            qid = str(raw)
-        elif isinstance(raw, str) and raw.strip():
-            qid = text(raw, "'id'")
-        else:
-            raise InputError(f"'id' must be a non-empty string or an integer, got {json.dumps(raw)[:40]}")
-    images = rec.get("images")
-    if images is None:
-        images = []
-    elif isinstance(images, str):
-        images = [images]
-    if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
-        raise InputError("'images' must be a path or a list of paths")
-    paths = []
-    for p in images:
-        p = text(p, "image path").strip()
-        paths.append(p if os.path.isabs(p) or "://" in p else str(base / p))  # URIs: the ray engine reads them
-    return {"id": qid, "question": question, "images": paths}
 
 
 # ----------------------------------------------------------------------------- output
@@ -206,8 +185,9 @@ def open_out(out: Path, inp_path: Path | None, inp_stream: BinaryIO | None = Non
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise InputError(f"{out}: another route-batch is writing this file; wait for it or choose another OUT") \
-            from None
+        raise InputError(
+            f"{out}: another route-batch is writing this file; wait for it or choose another OUT"
+        ) from None
     return fd
 
 
@@ -246,16 +226,22 @@ def claim_out(fd: int, out: Path, *, bundle: str, input_name: str) -> None:
     try:
         got = loads_json(read_regular_file(side, 1 << 16, "route-batch sidecar"), str(side))
     except InputError:
-        raise InputError(f"{out}: holds data but is not the output of an lr-onnx route-batch run (no readable "
-                         f"{side.name} beside it); choose a new OUT, nothing was written") from None
+        raise InputError(
+            f"{out}: holds data but is not the output of an lr-onnx route-batch run (no readable "
+            f"{side.name} beside it); choose a new OUT, nothing was written"
+        ) from None
     if not isinstance(got, dict) or got.get("tool") != TOOL:
         raise InputError(f"{side}: not an lr-onnx route-batch sidecar; choose a new OUT, nothing was written")
     if got.get("bundle_sha256") != bundle:
-        raise InputError(f"{out}: was written with another bundle (digest {str(got.get('bundle_sha256'))[:12]}, this "
-                         f"one {bundle[:12]}); choose a new OUT to route with this bundle")
+        raise InputError(
+            f"{out}: was written with another bundle (digest {str(got.get('bundle_sha256'))[:12]}, this "
+            f"one {bundle[:12]}); choose a new OUT to route with this bundle"
+        )
     if got.get("input") != input_name:
-        raise InputError(f"{out}: was written from the input {got.get('input')!r}, not {input_name!r}; choose a new "
-                         f"OUT for this input")
+        raise InputError(
+            f"{out}: was written from the input {got.get('input')!r}, not {input_name!r}; choose a new "
+            f"OUT for this input"
+        )
 
 
 def repair_and_read_ids(fd: int, out: Path) -> set[str]:
@@ -292,45 +278,23 @@ def append_lines(fd: int, out: Path, payload: bytes, written: int) -> None:
             os.ftruncate(fd, start)
         except OSError:
             pass
-        raise LrOnnxError(f"{out}: write failed ({e.strerror}); {written} decisions were written before it and "
-                          f"OUT ends on a whole line: rerun to resume") from None
+        raise LrOnnxError(
+            f"{out}: write failed ({e.strerror}); {written} decisions were written before it and "
+            f"OUT ends on a whole line: rerun to resume"
+        ) from None
 
 
-# ----------------------------------------------------------------------------- routing records (both engines)
-def prepare_records(router: "Router", records: list[dict[str, Any]]) -> list[Any]:
-    """Each record's images decoded on its own (`Router.prepare`): a record whose image cannot be read gets its
-    error in its place, and its batch-mates are unaffected."""
-    out: list[Any] = []
-    for q in records:
-        try:
-            out.append(router.prepare(q["images"], q["question"]))
-        except LrOnnxError as e:
-            out.append(e)
-    return out
-
-
-def route_records(router: "Router", records: list[dict[str, Any]], prepared: list[Any],
-                  opts: Any) -> list[tuple[dict[str, Any], Any, str]]:
-    """(record, Decision or None, problem) per record, in order: the good ones encoded in one batch and decided
-    with `Router.decide_each`, so a record whose budget no model fits fails alone."""
-    good = [i for i, p in enumerate(prepared) if not isinstance(p, LrOnnxError)]
-    results = list(prepared)  # a record whose images failed keeps its error
-    if good:
-        try:
-            feats = router.encode([prepared[i] for i in good])
-            decided = router.decide_each(feats, [opts] * len(good), meta=[prepared[i].meta for i in good])
-        except LrOnnxError as e:  # the encoders themselves failed: every record of the batch says so
-            decided = [e] * len(good)
-        for i, d in zip(good, decided):
-            results[i] = d
-    return [(q, None, str(r)) if isinstance(r, LrOnnxError) else (q, r, "") for q, r in zip(records, results)]
-
-
-def route_batch(router: "Router", inp: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                opts: "RouteOptions | None" = None,
-                batch_size: int = 64,
-                on_progress: Callable[[int], None] | None = None, fifo_wait_s: float = FIFO_WAIT_S,
-                on_problem: Callable[[str], None] | None = None) -> dict[str, Any]:
+def route_batch(
+    router: "Router",
+    inp: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    opts: "RouteOptions | None" = None,
+    batch_size: int = 64,
+    on_progress: Callable[[int], None] | None = None,
+    fifo_wait_s: float = FIFO_WAIT_S,
+    on_problem: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Route every query of `inp` (a path, a FIFO or `-`) not yet in `out`; returns counts and per-line problems.
 
     `opts`: the `RouteOptions` every record is routed with, resolved once by the caller (`Router.options`, before
@@ -353,9 +317,20 @@ def route_batch(router: "Router", inp: str | os.PathLike[str], out: str | os.Pat
             fh.close()
 
 
-def _run(router: "Router", fh: Any, base: Any, name: Any, fd: Any, out: Any, skip: Any, batch_size: Any,
-         on_progress: Any, opts: Any, regular: bool,
-         on_problem: Callable[[str], None] | None = None) -> dict[str, Any]:
+def _run(
+    router: "Router",
+    fh: Any,
+    base: Any,
+    name: Any,
+    fd: Any,
+    out: Any,
+    skip: Any,
+    batch_size: Any,
+    on_progress: Any,
+    opts: Any,
+    regular: bool,
+    on_problem: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     # reading (in the prefetch thread, for a regular file) and routing (here) keep their own counts and problems
     read = {"failed": 0, "duplicates": 0, "skipped_done": 0}
     routed = {"routed": 0, "failed": 0, "out_of_coverage": 0}
@@ -382,8 +357,13 @@ def _run(router: "Router", fh: Any, base: Any, name: Any, fd: Any, out: Any, ski
                 read["failed"] += 1
                 continue
             if q["id"] in first_line:
-                read_problems.append((lineno, f"{name}:{lineno}: duplicate id '{q['id']}' (first on line "
-                                              f"{first_line[q['id']]}); give every record its own id"))
+                read_problems.append(
+                    (
+                        lineno,
+                        f"{name}:{lineno}: duplicate id '{q['id']}' (first on line "
+                        f"{first_line[q['id']]}); give every record its own id",
+                    )
+                )
                 read["duplicates"] += 1
                 continue
             first_line[q["id"]] = lineno
@@ -422,9 +402,17 @@ def _run(router: "Router", fh: Any, base: Any, name: Any, fd: Any, out: Any, ski
         routed["out_of_coverage"] += sum(bool(d.coverage and d.coverage["out_of_coverage"]) for _, d in results)
         if on_progress:
             on_progress(len(batch))
-    counts = {"routed": routed["routed"], "skipped_done": read["skipped_done"],
-              "failed": read["failed"] + routed["failed"], "duplicates": read["duplicates"],
-              "out_of_coverage": routed["out_of_coverage"]}
+    counts = {
+        "routed": routed["routed"],
+        "skipped_done": read["skipped_done"],
+        "failed": read["failed"] + routed["failed"],
+        "duplicates": read["duplicates"],
+        "out_of_coverage": routed["out_of_coverage"],
+    }
     tell()
-    return {**counts, "chosen": chosen, "expected_cost_usd": spent,
-            "problems": [m for _, m in sorted(read_problems + route_problems, key=lambda p: p[0])]}
+    return {
+        **counts,
+        "chosen": chosen,
+        "expected_cost_usd": spent,
+        "problems": [m for _, m in sorted(read_problems + route_problems, key=lambda p: p[0])],
+    }

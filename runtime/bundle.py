@@ -7,6 +7,7 @@ folder (symlinks followed), and checks the hash of the very bytes it returns. Th
 manifest is parsed and validated once (`runtime.manifest.Manifest`), so the rest of the
 runtime reads typed attributes it can trust.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,17 +46,34 @@ class Bundle:
         """sha256 of the manifest (which holds every file's sha256): names this bundle, pool included."""
         return hashlib.sha256(json.dumps(self.manifest.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
 
+    @cached_property
+    def space_digest(self) -> str:
+        """sha256 of the retrieval space and the slices (the memory projection's hash and the profile centroids),
+        which `refresh` keeps: a bundle and its refreshed successors share it, so their decision records mix."""
+        m = self.manifest
+        proj = m.files[m.memory.files["projection"]].sha256 if m.memory is not None else ""
+        cent = json.dumps(m.profile_space.to_dict()["centroids"]).encode("utf-8")
+        return hashlib.sha256(proj.encode() + cent).hexdigest()
+
     def summary(self) -> dict[str, Any]:
         """What `lr-onnx info --json` shows: identity, pool and prices, graphs with sizes, preprocessing, lambda,
         coverage and the memory's entry (its file list left out)."""
         m = self.manifest.to_dict()
         keep = ("name", "price_in_per_mtok", "price_out_per_mtok", "expected_cost_usd", "image_tokens", "output_tokens")
-        return {"bundle": str(self.path), "digest": self.digest, "schema_version": m["schema_version"],
-                "precision": m.get("precision"), "opset": m.get("opset"), "setting": m.get("setting"),
-                "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
-                "graphs": {n: {**g, "bytes": self.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
-                "preprocessing": m["preprocessing"], "lambda": m["lambda"], "coverage": m.get("coverage"),
-                "memory": {k: v for k, v in m["memory"].items() if k != "files"} if "memory" in m else None}
+        return {
+            "bundle": str(self.path),
+            "digest": self.digest,
+            "schema_version": m["schema_version"],
+            "precision": m.get("precision"),
+            "opset": m.get("opset"),
+            "setting": m.get("setting"),
+            "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
+            "graphs": {n: {**g, "bytes": self.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
+            "preprocessing": m["preprocessing"],
+            "lambda": m["lambda"],
+            "coverage": m.get("coverage"),
+            "memory": {k: v for k, v in m["memory"].items() if k != "files"} if "memory" in m else None,
+        }
 
     def file(self, name: str) -> Path:
         """The path of a listed file, inside the bundle folder (anything else is a `BundleError`)."""
@@ -123,5 +141,7 @@ def self_contained(graph: bytes, folder: str | os.PathLike[str], file: str) -> N
         raise BundleError(f"{folder}: {file} is not a valid ONNX graph ({e})") from None
     if refs:
         named = ", ".join(repr(r) for r in refs if r) or "an unnamed file"
-        raise BundleError(f"{folder}: {file} keeps tensors as external data ({named}); a bundle's graphs must be "
-                          f"self-contained (every file the runtime reads is listed and hashed)")
+        raise BundleError(
+            f"{folder}: {file} keeps tensors as external data ({named}); a bundle's graphs must be "
+            f"self-contained (every file the runtime reads is listed and hashed)"
+        )

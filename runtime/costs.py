@@ -11,11 +11,14 @@ A model's image-token rule is data in the bundle manifest (`"image_tokens": {"ru
 a new vendor needs only a new entry in RULES. A model without prices or without a rule (for a query
 with images) falls back to its per-model constant `expected_cost_usd`.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 from typing import Any, Callable
+
+import numpy as np
 
 TOKENS_PER_WORD = 1.3
 
@@ -34,8 +37,9 @@ def openai_high_detail(w: float, h: float, *, base: int = 85, per_tile: int = 17
     return base + per_tile * math.ceil(w / 512) * math.ceil(h / 512)
 
 
-def claude_pixels(w: float, h: float, *, long_edge: int = 1568, max_pixels: float = 1_150_000,
-                  per_token: float = 750) -> float:
+def claude_pixels(
+    w: float, h: float, *, long_edge: int = 1568, max_pixels: float = 1_150_000, per_token: float = 750
+) -> float:
     """Claude 3 / 3.5: long edge capped at 1568, then at ~1.15 megapixels (aspect kept); tokens = w*h/750."""
     s = min(1.0, long_edge / max(w, h))
     w, h = w * s, h * s
@@ -50,8 +54,9 @@ def fixed(w: float, h: float, *, tokens: int) -> float:
     return tokens
 
 
-def qwen2_vl(w: float, h: float, *, factor: int = 28, min_pixels: int = 4 * 28 * 28,
-             max_pixels: int = 16384 * 28 * 28) -> float:
+def qwen2_vl(
+    w: float, h: float, *, factor: int = 28, min_pixels: int = 4 * 28 * 28, max_pixels: int = 16384 * 28 * 28
+) -> float:
     """Qwen2-VL smart_resize: sides rounded to multiples of 28, pixels clamped; one token per 28x28 cell."""
     hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
     if hb * wb > max_pixels:
@@ -63,8 +68,9 @@ def qwen2_vl(w: float, h: float, *, factor: int = 28, min_pixels: int = 4 * 28 *
     return (hb // factor) * (wb // factor)
 
 
-def internvl2_tiles(w: float, h: float, *, tile: int = 448, max_num: int = 12, per_tile: int = 256,
-                    thumbnail: bool = True) -> float:
+def internvl2_tiles(
+    w: float, h: float, *, tile: int = 448, max_num: int = 12, per_tile: int = 256, thumbnail: bool = True
+) -> float:
     """InternVL2 dynamic_preprocess: the tile grid (<= 12) closest to the image's aspect ratio, plus a
     thumbnail tile when there is more than one; 256 tokens per tile."""
     aspect = w / h
@@ -82,8 +88,18 @@ def internvl2_tiles(w: float, h: float, *, tile: int = 448, max_num: int = 12, p
 @functools.lru_cache(maxsize=8)
 def _grids(max_num: int) -> tuple[tuple[int, int], ...]:
     """InternVL2's candidate tile grids (i x j <= max_num), smallest first, as its code orders them."""
-    return tuple(sorted({(i, j) for n in range(1, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-                         if i * j <= max_num}, key=lambda r: r[0] * r[1]))
+    return tuple(
+        sorted(
+            {
+                (i, j)
+                for n in range(1, max_num + 1)
+                for i in range(1, n + 1)
+                for j in range(1, n + 1)
+                if i * j <= max_num
+            },
+            key=lambda r: r[0] * r[1],
+        )
+    )
 
 
 LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -105,8 +121,12 @@ def llava_next_anyres(w: float, h: float, *, cell: int = 336, per_cell: int = 57
 def mllama_tiles(w: float, h: float, *, tile: int = 560, max_tiles: int = 4, per_tile: int = 1601) -> float:
     """Llama-3.2-Vision: the tile canvas (<= 4 tiles of 560 px) needing the least upscaling, or if every one
     downscales, the least downscaling (smallest area on ties); 1,601 tokens per tile."""
-    canvases = [(c * tile, r * tile, r * c) for r in range(1, max_tiles + 1) for c in range(1, max_tiles + 1)
-                if r * c <= max_tiles]
+    canvases = [
+        (c * tile, r * tile, r * c)
+        for r in range(1, max_tiles + 1)
+        for c in range(1, max_tiles + 1)
+        if r * c <= max_tiles
+    ]
     scales = [(min(cw / w, ch / h), cw * ch, n) for cw, ch, n in canvases]
     up = [s for s in scales if s[0] >= 1]
     pick = min(up, key=lambda s: (s[0], s[1])) if up else max(scales, key=lambda s: (s[0], -s[1]))
@@ -163,6 +183,24 @@ def query_cost(entry: dict[str, Any], question: str, sizes: list[tuple[int, int]
     assert spec is not None or not sizes
     tokens_in = text_tokens(question) + sum((image_tokens(spec, w, h) for w, h in sizes), 0.0)  # type: ignore[arg-type]
     return float(pin * tokens_in + (pout or 0.0) * float(entry.get("output_tokens") or 0.0)) / 1e6
+
+
+def query_costs(
+    pricing: list[dict[str, Any]] | None, expected_cost: np.ndarray, meta: list[Any] | None, n: int
+) -> np.ndarray:
+    """`[B, K]` expected USD per query and model: each model's image-token rule on each image's original size, its
+    prices and its mean output tokens (`query_cost`); the per-model constant `expected_cost` where a model has no
+    rule, or when `meta` ((question, image sizes) per query) or `pricing` (each model's `PoolEntry.pricing()`) is
+    not given."""
+    out = np.broadcast_to(expected_cost, (n, len(expected_cost))).copy()
+    if pricing is not None and meta is not None:
+        for i, (question, sizes) in enumerate(meta):
+            for k, entry in enumerate(pricing):
+                if entry["output_tokens"] is not None:
+                    c = query_cost(entry, question, sizes)
+                    if c is not None:
+                        out[i, k] = c
+    return out
 
 
 def mean_output_tokens(entry: dict[str, Any], queries: list[tuple[str, list[Any]]], cost: Any, tokens: Any) -> float:

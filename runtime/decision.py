@@ -1,6 +1,7 @@
 """What routing produces and takes: a decision with its candidates, the options of a request, a prepared query.
 
 Plain frozen dataclasses, shared by the Router, the batch engines, the gateway and the decision log."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,15 +42,23 @@ class Decision:
     candidates: tuple[Candidate, ...]
     excluded: tuple[str, ...] = ()
     explain: dict[str, Any] = field(default_factory=dict)
-    coverage: dict[str, Any] | None = None  # {similarity, threshold, out_of_coverage}; None if the bundle has no threshold
-    id: str | None = None         # set when the router logs its decisions (feedback names the decision by it)
-    propensity: float = 1.0       # the probability the policy had of choosing `model` (below 1 only when exploring)
+    coverage: dict[str, Any] | None = (
+        None  # {similarity, threshold, out_of_coverage}; None if the bundle has no threshold
+    )
+    id: str | None = None  # set when the router logs its decisions (feedback names the decision by it)
+    propensity: float = 1.0  # the probability the policy had of choosing `model` (below 1 only when exploring)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**({"decision_id": self.id} if self.id else {}), "model": self.model, "lambda": self.lam,
-                "excluded": list(self.excluded), "candidates": [c.__dict__ for c in self.candidates],
-                "coverage": self.coverage, **({"propensity": self.propensity} if self.propensity < 1 else {}),
-                **({"explain": self.explain} if self.explain else {})}
+        return {
+            **({"decision_id": self.id} if self.id else {}),
+            "model": self.model,
+            "lambda": self.lam,
+            "excluded": list(self.excluded),
+            "candidates": [c.__dict__ for c in self.candidates],
+            "coverage": self.coverage,
+            **({"propensity": self.propensity} if self.propensity < 1 else {}),
+            **({"explain": self.explain} if self.explain else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -63,3 +72,17 @@ class Prepared:
     @property
     def meta(self) -> tuple[str, tuple[Any, ...]]:
         return self.question, self.sizes
+
+
+def ranked_candidates(
+    names: list[str], scores: dict[str, np.ndarray], cost: np.ndarray, c_hat: np.ndarray, avail: np.ndarray, lam: float
+) -> tuple[Candidate, ...]:
+    """One query's available models as candidates, best utility (mu_tilde - lambda c_hat) first; ties keep pool
+    order. `scores`: the router's `[K]` mu, sigma and mu_tilde for this query."""
+    mu, sigma, mt = scores["mu"], scores["sigma"], scores["mu_tilde"]
+    cands = (
+        Candidate(n, float(mu[k]), float(sigma[k]), float(mt[k]), float(cost[k]), float(mt[k] - lam * c_hat[k]))
+        for k, n in enumerate(names)
+        if avail[k]
+    )
+    return tuple(sorted(cands, key=lambda c: (-c.utility, names.index(c.name))))

@@ -12,6 +12,7 @@ interleave), a new file past `max_file_bytes`; with `keep_files` N, only the new
 request never waits for the disk. A full queue or a failing disk (ENOSPC) drops records, counts them in
 `dropped`, and routing goes on. Whole lines only: a record is serialised first and written in one call.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,7 +29,7 @@ import numpy as np
 
 from .errors import InputError
 
-if TYPE_CHECKING:   # annotations only: no import cycle at run time
+if TYPE_CHECKING:  # annotations only: no import cycle at run time
     from .decision import Decision
     from .router import Router
 
@@ -37,7 +38,7 @@ FEEDBACK = "feedback-"
 SUFFIX = ".jsonl"
 DEFAULT_MAX_FILE_MB = 64.0
 DEFAULT_QUEUE = 10_000
-ROUND = 6   # decimals kept of each number in a record
+ROUND = 6  # decimals kept of each number in a record
 
 
 def new_id() -> str:
@@ -99,16 +100,22 @@ def read_records(files: list[Path]) -> Iterator[dict[str, Any]]:
 class DecisionLog:
     """Append decisions to `folder` from a background thread; `submit` never blocks and never raises on the disk."""
 
-    def __init__(self, folder: str | os.PathLike[str], *, content: bool = False,
-                 max_file_mb: float = DEFAULT_MAX_FILE_MB,
-                 keep_files: int = 0, queue_size: int = DEFAULT_QUEUE):
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        content: bool = False,
+        max_file_mb: float = DEFAULT_MAX_FILE_MB,
+        keep_files: int = 0,
+        queue_size: int = DEFAULT_QUEUE,
+    ):
         self.folder = log_folder(folder)
         self.content = bool(content)
         self.max_file_bytes = max(1, int(max_file_mb * 2**20))
-        self.keep_files = max(0, int(keep_files))   # 0: keep every file; else the newest N decision files stay
+        self.keep_files = max(0, int(keep_files))  # 0: keep every file; else the newest N decision files stay
         self.written = 0
         self.dropped = 0
-        self.listeners: list[Any] = []          # called with each record as it is submitted (feedback's id index)
+        self.listeners: list[Any] = []  # called with each record as it is submitted (feedback's id index)
         self._q: queue.Queue[Any] = queue.Queue(queue_size)
         self._fh = None
         self._size = 0
@@ -152,8 +159,8 @@ class DecisionLog:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = self.folder / f"{DECISIONS}{stamp}-{os.getpid()}-{self._seq:04d}{SUFFIX}"
         fh = open(path, "ab", buffering=0)
-        if self.keep_files:   # retention: the oldest decision files go (names start with the time: oldest first)
-            for old in log_files(self.folder, DECISIONS)[:-self.keep_files]:
+        if self.keep_files:  # retention: the oldest decision files go (names start with the time: oldest first)
+            for old in log_files(self.folder, DECISIONS)[: -self.keep_files]:
                 try:
                     old.unlink()
                 except OSError:
@@ -168,10 +175,10 @@ class DecisionLog:
                 self._fh, self._size = None, 0
                 self._fh = self._open()
             assert self._fh is not None
-            self._fh.write(payload)   # unbuffered: one write call per batch of whole lines
+            self._fh.write(payload)  # unbuffered: one write call per batch of whole lines
             self._size += len(payload)
             self.written += n
-        except OSError:               # disk full, folder gone, ...: drop, count, carry on with a fresh file
+        except OSError:  # disk full, folder gone, ...: drop, count, carry on with a fresh file
             self.dropped += n
             try:
                 if self._fh is not None:
@@ -201,23 +208,46 @@ class DecisionLog:
                 return
 
 
-def decision_record(decision: "Decision", *, time_s: float, bundle: str, space: str | None, key: np.ndarray | None,
-                    slice_: int, question: str | None = None, sizes: Any = None, explore: str | None = None) -> dict[str, Any]:
+def decision_record(
+    decision: "Decision",
+    *,
+    time_s: float,
+    bundle: str,
+    space: str | None,
+    key: np.ndarray | None,
+    slice_: int,
+    question: str | None = None,
+    sizes: Any = None,
+    explore: str | None = None,
+) -> dict[str, Any]:
     """The log line of one `Decision` (its `id` set), with what `refresh` needs to learn from it later."""
-    cands = {c.name: [round(c.mu, ROUND), round(c.sigma, ROUND), round(c.mu_tilde, ROUND),
-                      float(f"{c.expected_cost:.6g}")] for c in decision.candidates}
-    rec = {"id": decision.id, "time": round(time_s, 3), "bundle": bundle, "space": space, "lambda": decision.lam,
-           "pool": list(cands), "chosen": decision.model, "propensity": round(decision.propensity, ROUND),
-           "explore": explore, "candidates": cands, "slice": int(slice_),
-           "out_of_coverage": None if decision.coverage is None else decision.coverage["out_of_coverage"],
-           "key": None if key is None else encode_key(key)}
+    cands = {
+        c.name: [round(c.mu, ROUND), round(c.sigma, ROUND), round(c.mu_tilde, ROUND), float(f"{c.expected_cost:.6g}")]
+        for c in decision.candidates
+    }
+    rec = {
+        "id": decision.id,
+        "time": round(time_s, 3),
+        "bundle": bundle,
+        "space": space,
+        "lambda": decision.lam,
+        "pool": list(cands),
+        "chosen": decision.model,
+        "propensity": round(decision.propensity, ROUND),
+        "explore": explore,
+        "candidates": cands,
+        "slice": int(slice_),
+        "out_of_coverage": None if decision.coverage is None else decision.coverage["out_of_coverage"],
+        "key": None if key is None else encode_key(key),
+    }
     if question is not None:
         rec["content"] = {"question": question, "image_sizes": [list(s) for s in (sizes or ())]}
     return rec
 
 
-def log_decisions(router: "Router", decisions: list[Any], q: np.ndarray, sims: np.ndarray, opts: list[Any],
-                  meta: list[Any] | None) -> list[Any]:
+def log_decisions(
+    router: "Router", decisions: list[Any], q: np.ndarray, sims: np.ndarray, opts: list[Any], meta: list[Any] | None
+) -> list[Any]:
     """Give each of `router`'s decisions an id and hand its record to the router's log (which never blocks): the
     query's memory key and slice (`sims`, its similarity to the slices) go with it."""
     from dataclasses import replace
@@ -233,8 +263,18 @@ def log_decisions(router: "Router", decisions: list[Any], q: np.ndarray, sims: n
     for i, d in enumerate(decisions):
         d = replace(d, id=new_id())
         question, sizes = meta[i] if (meta is not None and log.content) else (None, None)
-        log.submit(decision_record(d, time_s=now, bundle=bundle, space=space, key=None if keys is None else keys[i],
-                                   slice_=int(slices[i]), question=question, sizes=sizes,
-                                   explore=None if opts[i].explore is None else str(opts[i].explore)))
+        log.submit(
+            decision_record(
+                d,
+                time_s=now,
+                bundle=bundle,
+                space=space,
+                key=None if keys is None else keys[i],
+                slice_=int(slices[i]),
+                question=question,
+                sizes=sizes,
+                explore=None if opts[i].explore is None else str(opts[i].explore),
+            )
+        )
         out.append(d)
     return out

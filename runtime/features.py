@@ -5,6 +5,7 @@
 
 Only query content goes in: never dataset labels, file names or paths.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,15 +37,23 @@ def n_words(question: str) -> int:
 def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images: Any, words: Any) -> np.ndarray:
     """Assemble `[B, D_q]` float32 from raw text vectors `[B, 384]` and pooled image vectors `[B, 1280]`."""
     n_images = np.asarray(n_images, np.float32)
-    side = np.stack([(n_images > 0).astype(np.float32), np.log1p(n_images),
-                     np.log1p(np.asarray(words, np.float32))], axis=1)
-    return np.concatenate([l2_normalise(np.asarray(text_vecs, np.float32)), np.asarray(image_vecs, np.float32),
-                           side], axis=1).astype(np.float32)
+    side = np.stack(
+        [(n_images > 0).astype(np.float32), np.log1p(n_images), np.log1p(np.asarray(words, np.float32))], axis=1
+    )
+    return np.concatenate(
+        [l2_normalise(np.asarray(text_vecs, np.float32)), np.asarray(image_vecs, np.float32), side], axis=1
+    ).astype(np.float32)
 
 
-def encode_raw_queries(questions: list[str], images: list[list[Any]], text: Any, image: Any, *,
-                       text_batch: int | None = None,
-                       image_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_raw_queries(
+    questions: list[str],
+    images: list[list[Any]],
+    text: Any,
+    image: Any,
+    *,
+    text_batch: int | None = None,
+    image_batch: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The one query pipeline, for any encoders: (text `[B, 384]`, pooled image `[B, 1280]`) of B queries.
 
     `text(questions) -> [n, 384]` tokenises and encodes; `image(items) -> [n, 1280]` encodes images (items are
@@ -53,16 +62,22 @@ def encode_raw_queries(questions: list[str], images: list[list[Any]], text: Any,
     ONNX Runtime at serving (`Router.encode`), PyTorch at training (`export.train.encoding`)."""
     B = len(questions)
     tb = text_batch or max(B, 1)
-    text_vecs = np.concatenate([np.asarray(text(questions[s:s + tb]), np.float32) for s in range(0, B, tb)]) \
-        if B else np.zeros((0, TEXT_DIM), np.float32)
+    text_vecs = (
+        np.concatenate([np.asarray(text(questions[s : s + tb]), np.float32) for s in range(0, B, tb)])
+        if B
+        else np.zeros((0, TEXT_DIM), np.float32)
+    )
     flat = [x for row in images for x in row]
     ib = image_batch or max(len(flat), 1)
-    per = np.concatenate([np.asarray(image(flat[s:s + ib]), np.float32) for s in range(0, len(flat), ib)]) \
-        if flat else np.zeros((0, IMAGE_DIM), np.float32)
+    per = (
+        np.concatenate([np.asarray(image(flat[s : s + ib]), np.float32) for s in range(0, len(flat), ib)])
+        if flat
+        else np.zeros((0, IMAGE_DIM), np.float32)
+    )
     pooled = np.zeros((B, IMAGE_DIM), np.float32)
     start = 0
     for i, row in enumerate(images):
         if row:
-            pooled[i] = pool_images(per[start:start + len(row)])
+            pooled[i] = pool_images(per[start : start + len(row)])
             start += len(row)
     return text_vecs, pooled

@@ -10,6 +10,7 @@ per (id, model): the same outcome twice is recorded once. A lock orders concurre
 `flock` on `.feedback.lock` orders processes (a server and `lr-onnx feedback` on one folder), each re-reading
 the lines the others appended before it checks.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -74,7 +75,7 @@ class FeedbackStore:
         self._seen: dict[tuple[str, str], tuple[float, float | None]] = {}
         self._offsets: dict[Path, int] = {}
         self._file: Path | None = None
-        for rec in read_records(self._recent(DECISIONS)):   # a long-running log: only files the window can reach
+        for rec in read_records(self._recent(DECISIONS)):  # a long-running log: only files the window can reach
             self.remember(rec)
         self._catch_up()
         if log is not None:
@@ -124,7 +125,7 @@ class FeedbackStore:
                     data = fh.read(size - start)
             except OSError:
                 continue
-            end = data.rfind(b"\n") + 1     # a line being written by another process is read next time
+            end = data.rfind(b"\n") + 1  # a line being written by another process is read next time
             for line in data[:end].splitlines():
                 try:
                     rec = json.loads(line)
@@ -153,16 +154,23 @@ class FeedbackStore:
         now = time.time() if now is None else now
         d = self._decisions.get(item["id"])
         if d is None or d[0] < now - self.window_s:
-            raise UnknownDecision(f"no logged decision with id {item['id']!r}"
-                                  + (" within the feedback window" if d is not None else ""))
+            raise UnknownDecision(
+                f"no logged decision with id {item['id']!r}" + (" within the feedback window" if d is not None else "")
+            )
         t, chosen, pool = d
         model = item.get("model") or chosen
         if model is None:
             raise InputError(f"decision {item['id']!r} routed to no model: name the model the outcome is for")
         if model not in pool:
             raise InputError(f"model {model!r} was not a candidate of decision {item['id']!r}")
-        return {"id": item["id"], "model": model, "score": item["score"], "cost": item.get("cost"),
-                "decision_time": t, "time": round(now, 3)}
+        return {
+            "id": item["id"],
+            "model": model,
+            "score": item["score"],
+            "cost": item.get("cost"),
+            "decision_time": t,
+            "time": round(now, 3),
+        }
 
     def add(self, items: list[dict[str, Any]]) -> list[str]:
         """Record parsed items, all or none: each checked first (any refusal raises and nothing is written), then
@@ -177,8 +185,10 @@ class FeedbackStore:
                 prev = self._seen.get(key, batch.get(key))
                 if prev is not None:
                     if prev != (rec["score"], rec["cost"]):
-                        raise FeedbackConflict(f"decision {rec['id']!r} already has a different outcome for model "
-                                               f"{rec['model']!r} (score {prev[0]:g}); feedback is recorded once")
+                        raise FeedbackConflict(
+                            f"decision {rec['id']!r} already has a different outcome for model "
+                            f"{rec['model']!r} (score {prev[0]:g}); feedback is recorded once"
+                        )
                     status.append("duplicate")
                     continue
                 batch[key] = (rec["score"], rec["cost"])
@@ -192,7 +202,7 @@ class FeedbackStore:
     def _append(self, payload: bytes) -> None:
         if self._file is None:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            self._file = self.folder / f"{FEEDBACK}{stamp}-{os.getpid()}-{id(self) & 0xffff:04x}{SUFFIX}"
+            self._file = self.folder / f"{FEEDBACK}{stamp}-{os.getpid()}-{id(self) & 0xFFFF:04x}{SUFFIX}"
         try:
             fd = os.open(self._file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as e:
@@ -203,7 +213,7 @@ class FeedbackStore:
                 n = os.write(fd, payload)
                 if n != len(payload):
                     raise OSError(28, "short write")
-            except OSError as e:   # a full disk: cut the partial line away so the file stays whole lines
+            except OSError as e:  # a full disk: cut the partial line away so the file stays whole lines
                 os.ftruncate(fd, start)
                 raise FeedbackUnavailable(f"{self._file}: feedback not recorded ({e.strerror or e})") from None
         finally:

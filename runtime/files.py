@@ -1,5 +1,6 @@
 """Crash-safe file writing, defined once for both sides: a file appears whole, through a temporary
 sibling and a rename, or not at all. And the one check that a file a bundle names stays inside it."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Every change writes a manifest through a temporary file and a rename; `models add`
 and `models remove` write a new bundle folder (a copy) and never touch the source.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ from .validate import number, text
 from .policy import LAMBDA_GRID, choose
 from .profiles import new_model_profile
 
-if TYPE_CHECKING:   # annotations only: no import cycle at run time
+if TYPE_CHECKING:  # annotations only: no import cycle at run time
     from .router import Router
 
 
@@ -47,17 +48,27 @@ def edited_copy(src: Path, out: str | os.PathLike[str]) -> Iterator[Path]:
     if not out.parent.is_dir():
         raise InputError(f"{out}: the folder {out.parent} does not exist")
     try:
-        with staged_folder(out, InputError) as tmp:    # the one staged-folder writer (runtime.files)
+        with staged_folder(out, InputError) as tmp:  # the one staged-folder writer (runtime.files)
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             yield tmp
     except OSError as e:
         raise InputError(f"{out}: cannot be written ({e.strerror or type(e).__name__})") from None
 
 
-def add_model(router: "Router", out: str | os.PathLike[str], name: str, queries: list[tuple[list[Any], str]],
-              y: np.ndarray,
-              cost: np.ndarray, lat: np.ndarray, tok: np.ndarray, *, price_in: float | None = None,
-              price_out: float | None = None, image_tokens: str | dict[str, Any] | None = None) -> dict[str, Any]:
+def add_model(
+    router: "Router",
+    out: str | os.PathLike[str],
+    name: str,
+    queries: list[tuple[list[Any], str]],
+    y: np.ndarray,
+    cost: np.ndarray,
+    lat: np.ndarray,
+    tok: np.ndarray,
+    *,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    image_tokens: str | dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A copy of the router's bundle with `name` appended to the pool (method.md §3.5)."""
     m = router.bundle.manifest
     if name in router.names:
@@ -70,8 +81,18 @@ def add_model(router: "Router", out: str | os.PathLike[str], name: str, queries:
     space = m.profile_space
     meta: list[Any] = []
     q = router.features(queries, meta=meta)
-    new = new_model_profile(space, q, y, cost, lat, tok, [x for _, x in queries], price_in=price_in,
-                            price_out=price_out, pool_mean=float(np.mean([p.prior for p in m.pool])))
+    new = new_model_profile(
+        space,
+        q,
+        y,
+        cost,
+        lat,
+        tok,
+        [x for _, x in queries],
+        price_in=price_in,
+        price_out=price_out,
+        pool_mean=float(np.mean([p.prior for p in m.pool])),
+    )
     raw, e_bar, estimator = new["raw"], new["e_bar"], new["estimator"]
     rule = out_tokens = None
     if image_tokens is not None:
@@ -81,17 +102,25 @@ def add_model(router: "Router", out: str | os.PathLike[str], name: str, queries:
             rule = rule_spec(image_tokens)
         except ValueError as e:
             raise OptionError(str(e)) from None
-        out_tokens = mean_output_tokens({"price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
-                                         "image_tokens": rule}, meta, cost, tok)
-    entry = PoolEntry(name=name, expected_cost_usd=e_bar, cost_hat=e_bar / space.cost_scale,
-                      raw_profile=tuple(raw.tolist()), profile=tuple(space.standardise(raw).tolist()),
-                      price_in_per_mtok=price_in, price_out_per_mtok=price_out, image_tokens=rule,
-                      output_tokens=out_tokens,
-                      extra={"added_with": {"queries": len(queries), "cost_estimator": estimator}})
+        out_tokens = mean_output_tokens(
+            {"price_in_per_mtok": price_in, "price_out_per_mtok": price_out, "image_tokens": rule}, meta, cost, tok
+        )
+    entry = PoolEntry(
+        name=name,
+        expected_cost_usd=e_bar,
+        cost_hat=e_bar / space.cost_scale,
+        raw_profile=tuple(raw.tolist()),
+        profile=tuple(space.standardise(raw).tolist()),
+        price_in_per_mtok=price_in,
+        price_out_per_mtok=price_out,
+        image_tokens=rule,
+        output_tokens=out_tokens,
+        extra={"added_with": {"queries": len(queries), "cost_estimator": estimator}},
+    )
     mem = router.memory()
     with edited_copy(router.bundle.path, out) as tmp:
         grown_m = m.with_pool(m.pool + (entry,))
-        if mem is not None:   # its labelled queries join the memory: a local estimate from the first query on
+        if mem is not None:  # its labelled queries join the memory: a local estimate from the first query on
             grown_m = with_memory(tmp, grown_m, mem.with_rows(q, name, y))
         write_manifest(tmp, grown_m)
     from .router import Router
@@ -99,11 +128,18 @@ def add_model(router: "Router", out: str | os.PathLike[str], name: str, queries:
     grown = Router.load(Path(out), provider=router.provider)
     costs = grown.query_costs(meta, len(q))  # what `route` will show for these very queries
     sc = grown.score_features(q, np.ones((len(q), len(grown.names)), bool), costs / grown.space.cost_scale)
-    return {"name": name, "queries": len(queries), "observed_score": float(np.mean(y)),
-            "predicted_score": float(sc["mu_tilde"][:, -1].mean()), "expected_cost": float(costs[:, -1].mean()),
-            "observed_cost": float(np.mean(cost)), "cost_estimator": estimator, "slice_counts": new["slice_counts"],
-            "pool_scores": {n: round(float(sc["mu_tilde"][:, k].mean()), 4) for k, n in enumerate(grown.names)},
-            "warnings": new["warnings"]}
+    return {
+        "name": name,
+        "queries": len(queries),
+        "observed_score": float(np.mean(y)),
+        "predicted_score": float(sc["mu_tilde"][:, -1].mean()),
+        "expected_cost": float(costs[:, -1].mean()),
+        "observed_cost": float(np.mean(cost)),
+        "cost_estimator": estimator,
+        "slice_counts": new["slice_counts"],
+        "pool_scores": {n: round(float(sc["mu_tilde"][:, k].mean()), 4) for k, n in enumerate(grown.names)},
+        "warnings": new["warnings"],
+    }
 
 
 def write_proposal(out: str | os.PathLike[str], rows: list[dict[str, Any]], err: type[Exception]) -> None:
@@ -122,9 +158,16 @@ def write_proposal(out: str | os.PathLike[str], rows: list[dict[str, Any]], err:
         atomic_write_text(tmp / "queries.jsonl", "\n".join(lines) + "\n")
 
 
-def propose_from_queries(router: "Router", records: list[dict[str, Any]], out: str | os.PathLike[str], *, n: int = 48,
-                         seed: int = 20260308,
-                         batch_size: int = 64, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def propose_from_queries(
+    router: "Router",
+    records: list[dict[str, Any]],
+    out: str | os.PathLike[str],
+    *,
+    n: int = 48,
+    seed: int = 20260308,
+    batch_size: int = 64,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """`models propose --bundle`: n of the user's own queries (route-batch records: id, question, images),
     spread over the bundle's capability slices like a run's proposal, written to the new folder `out` as
     queries.jsonl plus copies of their images, ready for a new model's outcomes and `models add`. Numpy
@@ -138,7 +181,7 @@ def propose_from_queries(router: "Router", records: list[dict[str, Any]], out: s
     space = router.space
     feats = []
     for s in range(0, len(records), batch_size):
-        chunk = records[s:s + batch_size]
+        chunk = records[s : s + batch_size]
         feats.append(router.features([(r["images"], r["question"]) for r in chunk]))
         if on_progress:
             on_progress(len(chunk))
@@ -152,11 +195,19 @@ def propose_from_queries(router: "Router", records: list[dict[str, Any]], out: s
         for s in range(S):
             if pools[s] and len(picked) < n:
                 picked.append((int(pools[s].pop()), s))
-    write_proposal(out, [{**{k: records[i][k] for k in ("id", "question", "images")}, "slice": int(s)}
-                         for i, s in picked], InputError)
+    write_proposal(
+        out,
+        [{**{k: records[i][k] for k in ("id", "question", "images")}, "slice": int(s)} for i, s in picked],
+        InputError,
+    )
     counts = np.bincount([s for _, s in picked], minlength=S)
-    return {"queries": len(picked), "per_slice": counts.tolist(), "slices": S,
-            "target_per_slice": math.ceil(n / S), "short_slices": [s for s in range(S) if (slices == s).sum() < math.ceil(n / S)]}
+    return {
+        "queries": len(picked),
+        "per_slice": counts.tolist(),
+        "slices": S,
+        "target_per_slice": math.ceil(n / S),
+        "short_slices": [s for s in range(S) if (slices == s).sum() < math.ceil(n / S)],
+    }
 
 
 def remove_model(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str], name: str) -> None:
@@ -172,7 +223,7 @@ def remove_model(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str
             mem = Memory.from_bundle(b).without_models([name])
             if len(mem):
                 m = with_memory(tmp, m, mem)
-            else:   # only the removed model had outcomes: the router has nothing left to remember
+            else:  # only the removed model had outcomes: the router has nothing left to remember
                 raise OptionError(f"model '{name}' holds every outcome of the bundle's memory; it cannot be removed")
         write_manifest(tmp, m)
 
@@ -193,8 +244,9 @@ def with_memory(folder: Path, manifest: Manifest, mem: "Memory") -> Manifest:
     return replace(manifest, memory=entry, files=files)
 
 
-def calibration_target(router: "Router", max_avg_cost: float | None,
-                       max_share: tuple[str, float] | None) -> dict[str, Any]:
+def calibration_target(
+    router: "Router", max_avg_cost: float | None, max_share: tuple[str, float] | None
+) -> dict[str, Any]:
     """The one budget target, checked before any query is encoded."""
     if (max_avg_cost is None) == (max_share is None):
         raise OptionError("give exactly one target: --max-avg-cost or --max-share MODEL:P")
@@ -205,9 +257,17 @@ def calibration_target(router: "Router", max_avg_cost: float | None,
     return {"max_share": {"model": max_share[0], "share": max_share[1]}}
 
 
-def calibrate(router: "Router", q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, *,
-              meta: list[Any] | None = None,
-              max_avg_cost: float | None = None, max_share: tuple[str, float] | None = None) -> dict[str, Any]:
+def calibrate(
+    router: "Router",
+    q: np.ndarray,
+    Y: np.ndarray,
+    C: np.ndarray,
+    A: np.ndarray,
+    *,
+    meta: list[Any] | None = None,
+    max_avg_cost: float | None = None,
+    max_share: tuple[str, float] | None = None,
+) -> dict[str, Any]:
     """Pick lambda on the user's labelled queries for one budget target and record it in the manifest.
 
     Y, C, A are `[N, K]` in the bundle's pool order (realised scores, costs, availability); `meta`
@@ -230,26 +290,43 @@ def calibrate(router: "Router", q: np.ndarray, Y: np.ndarray, C: np.ndarray, A: 
         ch = choose(mt, c_hat, A, lam)
         score, cost = float(Y[rows, ch].mean()), float(C[rows, ch].mean())
         share = float((ch == router.names.index(max_share[0])).mean()) if max_share else None
-        feasible = cost <= max_avg_cost if max_avg_cost is not None else (
-            max_share is not None and share is not None and share <= max_share[1])
+        feasible = (
+            cost <= max_avg_cost
+            if max_avg_cost is not None
+            else (max_share is not None and share is not None and share <= max_share[1])
+        )
         points.append({"lambda": float(lam), "score": score, "cost": cost, "share": share, "feasible": feasible})
     feas = [p for p in points if p["feasible"]]
     if not feas:
         return {"met": False, "lambda": None, "queries": int(len(q)), "points": points, "target": target}
     best = max(feas, key=lambda p: (p["score"], -p["cost"], p["lambda"]))
     m = router.bundle.manifest
-    lam = replace(m.lambdas, default=best["lambda"], extra={
-        **m.lambdas.extra, "calibrated": {"target": target, "queries": int(len(q)), "operating_point": best}})
+    lam = replace(
+        m.lambdas,
+        default=best["lambda"],
+        extra={**m.lambdas.extra, "calibrated": {"target": target, "queries": int(len(q)), "operating_point": best}},
+    )
     write_manifest(router.bundle.path, replace(m, lambdas=lam))
-    return {"met": True, "lambda": best["lambda"], "score": best["score"], "cost": best["cost"], "share": best["share"],
-            "queries": int(len(q)), "points": points, "target": target}
+    return {
+        "met": True,
+        "lambda": best["lambda"],
+        "score": best["score"],
+        "cost": best["cost"],
+        "share": best["share"],
+        "queries": int(len(q)),
+        "points": points,
+        "target": target,
+    }
 
 
 def tradeoff(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The distinct operating points of a lambda sweep (consecutive lambdas that choose alike are one row)."""
     out: list[dict[str, Any]] = []
     for p in points:
-        if out and (round(out[-1]["score"], 6), round(out[-1]["cost"], 12)) == (round(p["score"], 6), round(p["cost"], 12)):
+        if out and (round(out[-1]["score"], 6), round(out[-1]["cost"], 12)) == (
+            round(p["score"], 6),
+            round(p["cost"], 12),
+        ):
             continue
         out.append(p)
     return out
@@ -266,8 +343,12 @@ def check_golden(router: "Router") -> dict[str, Any]:
     ref = np.asarray(g["mu_tilde"])
     k = min(ref.shape[1], mt.shape[1])
     diff = float(np.abs(mt[:, :k] - ref[:, :k]).max())
-    return {"max_abs_diff": diff, "tolerance": g["tolerance"], "passed": diff <= g["tolerance"],
-            "same_choice": bool((mt[:, :k].argmax(1) == ref[:, :k].argmax(1)).all())}
+    return {
+        "max_abs_diff": diff,
+        "tolerance": g["tolerance"],
+        "passed": diff <= g["tolerance"],
+        "same_choice": bool((mt[:, :k].argmax(1) == ref[:, :k].argmax(1)).all()),
+    }
 
 
 def _golden_image() -> np.ndarray:

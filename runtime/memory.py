@@ -20,6 +20,7 @@ Gather only, so a graph can carry it; here it is numpy with `einsum` loops, neve
 same reason as `profiles.centroid_similarity`: a woken OpenBLAS thread spins and takes a core from ONNX
 Runtime. The bundle stores it in three `.npy` files (fp16), read through `Bundle.read` like every file.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,27 +34,27 @@ import numpy as np
 from .errors import BundleError
 from .features import HAS_IMAGE_COL, TEXT_DIM, l2_normalise
 
-if TYPE_CHECKING:   # annotations only: no import cycle at run time
+if TYPE_CHECKING:  # annotations only: no import cycle at run time
     from .bundle import Bundle
     from .manifest import MemoryEntry
 
-COLUMNS = 3                  # estimate (as a logit), log1p(evidence), closeness
+COLUMNS = 3  # estimate (as a logit), log1p(evidence), closeness
 MAX_DIM = 256
 MAX_ROWS = 1 << 22
 FILES = {"projection": "memory_projection.npy", "keys": "memory_keys.npy", "outcomes": "memory_outcomes.npy"}
-P_CLIP = 1e-3                # estimates are kept inside [P_CLIP, 1 - P_CLIP] before the logit
-MIN_CLOSENESS = 0.1          # below it the query's neighbours count for little: its scores are the global means
+P_CLIP = 1e-3  # estimates are kept inside [P_CLIP, 1 - P_CLIP] before the logit
+MIN_CLOSENESS = 0.1  # below it the query's neighbours count for little: its scores are the global means
 
 
 @dataclass(frozen=True)
 class MemorySettings:
     """How the memory estimates: chosen on validation at training (`export.train.memory.select_settings`)."""
 
-    k: int = 32                # neighbours
-    kappa: float = 3.0         # pseudo-count of the model's global mean
-    tau: float = 0.05          # similarity scale of the closeness weight
+    k: int = 32  # neighbours
+    kappa: float = 3.0  # pseudo-count of the model's global mean
+    tau: float = 0.05  # similarity scale of the closeness weight
     image_weight: float = 1.0  # weight of the image block against the text block in the retrieval space
-    s_ref: float = 0.5         # similarity at which a neighbour counts fully (set from the training queries)
+    s_ref: float = 0.5  # similarity at which a neighbour counts fully (set from the training queries)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,19 +72,25 @@ def logit(p: Any) -> np.ndarray:
 class Memory:
     """Labelled queries in the retrieval space, with each model's outcome on them (NaN: none recorded)."""
 
-    def __init__(self, projection: np.ndarray, keys: np.ndarray, outcomes: np.ndarray, models: list[str],
-                 settings: MemorySettings):
-        self.center = np.ascontiguousarray(projection[:, 0], np.float32)    # [D_e]
-        self.proj = np.ascontiguousarray(projection[:, 1:], np.float32)     # [D_e, d]
-        self.keys = np.ascontiguousarray(keys, np.float32)                   # [N, d], unit rows
-        self.outcomes = np.asarray(outcomes, np.float32)                     # [N, K_mem]
+    def __init__(
+        self,
+        projection: np.ndarray,
+        keys: np.ndarray,
+        outcomes: np.ndarray,
+        models: list[str],
+        settings: MemorySettings,
+    ):
+        self.center = np.ascontiguousarray(projection[:, 0], np.float32)  # [D_e]
+        self.proj = np.ascontiguousarray(projection[:, 1:], np.float32)  # [D_e, d]
+        self.keys = np.ascontiguousarray(keys, np.float32)  # [N, d], unit rows
+        self.outcomes = np.asarray(outcomes, np.float32)  # [N, K_mem]
         self.models = list(models)
         self.settings = settings
-        self.known = np.isfinite(self.outcomes)                              # [N, K_mem]
+        self.known = np.isfinite(self.outcomes)  # [N, K_mem]
         self.values = np.where(self.known, self.outcomes, 0.0).astype(np.float32)
         n = self.known.sum(axis=0)
         self.global_mean = np.where(n > 0, self.values.sum(axis=0) / np.maximum(n, 1), 0.5)  # [K_mem]
-        self.rows: np.ndarray | None = None   # training only: the data rows held (for leave-one-out)
+        self.rows: np.ndarray | None = None  # training only: the data rows held (for leave-one-out)
 
     @property
     def dim(self) -> int:
@@ -101,8 +108,9 @@ class Memory:
         """`[B, d]` unit vectors of raw query features `q [B, D_q]` in the retrieval space."""
         return embed(q, self.center, self.proj, self.settings.image_weight)
 
-    def neighbours(self, e: np.ndarray, k: int, exclude: np.ndarray | None = None,
-                   blas: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def neighbours(
+        self, e: np.ndarray, k: int, exclude: np.ndarray | None = None, blas: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, indices) `[B, k']` of the k nearest memory rows, k' = min(k, N); `exclude` `[B]` drops one
         row per query (the query itself, when training rows are estimated leave-one-out). `blas` for training only."""
         sims = (e @ self.keys.T) if blas else np.einsum("bd,nd->bn", e, self.keys)
@@ -112,9 +120,17 @@ class Memory:
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         return np.take_along_axis(sims, idx, axis=1), idx
 
-    def columns(self, q: np.ndarray | None, models: list[str] | None = None, *, prior: Sequence[float] | None = None,
-                exclude: np.ndarray | None = None, blas: bool = False, e: np.ndarray | None = None,
-                found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def columns(
+        self,
+        q: np.ndarray | None,
+        models: list[str] | None = None,
+        *,
+        prior: Sequence[float] | None = None,
+        exclude: np.ndarray | None = None,
+        blas: bool = False,
+        e: np.ndarray | None = None,
+        found: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """`[B, K, COLUMNS]` memory columns for the given pool (default: the memory's own models, in order). A pool
         model the memory holds no outcome for gets its `prior` (the profile's overall score; 0.5 if not given) as its
         estimate, with no evidence. `found`: the (similarities, indices) of the neighbours, when a graph
@@ -123,16 +139,19 @@ class Memory:
         if found is None:
             found = self.neighbours(self.embed(q) if e is None else e, s.k, exclude, blas)  # type: ignore[arg-type]
         sims, idx = found
-        w = np.minimum(1.0, np.exp((np.maximum(sims, -1.0) - s.s_ref) / s.tau)).astype(np.float32)   # [B, k]
-        cols = list(range(len(self.models))) if models is None else [
-            self.models.index(m) if m in self.models else -1 for m in models]
+        w = np.minimum(1.0, np.exp((np.maximum(sims, -1.0) - s.s_ref) / s.tau)).astype(np.float32)  # [B, k]
+        cols = (
+            list(range(len(self.models)))
+            if models is None
+            else [self.models.index(m) if m in self.models else -1 for m in models]
+        )
         out = np.zeros((len(idx), len(cols), COLUMNS), np.float32)
         out[..., 0] = logit(np.full(len(cols), 0.5) if prior is None else prior)
         out[..., 2] = w.mean(axis=1, keepdims=True)
         pos = [i for i, c in enumerate(cols) if c >= 0]
         if pos:
             have = [cols[i] for i in pos]
-            kn = self.known[idx][..., have].astype(np.float32)            # [B, k, K'] (rows first: small)
+            kn = self.known[idx][..., have].astype(np.float32)  # [B, k, K'] (rows first: small)
             ev = np.einsum("bk,bkm->bm", w, kn)
             ys = np.einsum("bk,bkm->bm", w, self.values[idx][..., have])
             est = (ys + s.kappa * self.global_mean[have]) / (ev + s.kappa)
@@ -153,28 +172,42 @@ class Memory:
         (NaN: none); a model new to the memory gets its own column, with no outcome on the old rows."""
         names = self.models + [m for m in models if m not in self.models]
         out = np.full((len(self.keys) + len(keys), len(names)), np.nan, np.float32)
-        out[:len(self.keys), :len(self.models)] = self.outcomes
+        out[: len(self.keys), : len(self.models)] = self.outcomes
         for j, m in enumerate(models):
-            out[len(self.keys):, names.index(m)] = outcomes[:, j]
-        return Memory(self.projection(), np.concatenate([self.keys, np.asarray(keys, np.float32)]), out, names,
-                      self.settings)
+            out[len(self.keys) :, names.index(m)] = outcomes[:, j]
+        return Memory(
+            self.projection(), np.concatenate([self.keys, np.asarray(keys, np.float32)]), out, names, self.settings
+        )
 
     def without_models(self, drop: Any) -> "Memory":
         """A memory without these models' columns (and without rows left with no outcome at all)."""
         keep = [i for i, m in enumerate(self.models) if m not in set(drop)]
         rows = np.isfinite(self.outcomes[:, keep]).any(axis=1)
-        return Memory(self.projection(), self.keys[rows], self.outcomes[rows][:, keep],
-                      [self.models[i] for i in keep], self.settings)
+        return Memory(
+            self.projection(),
+            self.keys[rows],
+            self.outcomes[rows][:, keep],
+            [self.models[i] for i in keep],
+            self.settings,
+        )
 
     # ------------------------------------------------------------------ files
     def arrays(self) -> dict[str, np.ndarray]:
         """The three arrays a bundle stores, fp16 (the projection's first column is the centre)."""
-        return {"projection": self.projection().astype(np.float16), "keys": self.keys.astype(np.float16),
-                "outcomes": self.outcomes.astype(np.float16)}
+        return {
+            "projection": self.projection().astype(np.float16),
+            "keys": self.keys.astype(np.float16),
+            "outcomes": self.outcomes.astype(np.float16),
+        }
 
     def manifest_entry(self) -> dict[str, Any]:
-        return {"files": dict(FILES), "models": self.models, "rows": len(self.keys), "dim": self.dim,
-                "settings": self.settings.to_dict()}
+        return {
+            "files": dict(FILES),
+            "models": self.models,
+            "rows": len(self.keys),
+            "dim": self.dim,
+            "settings": self.settings.to_dict(),
+        }
 
     def write(self, folder: str | os.PathLike[str]) -> dict[str, Any]:
         """Write the three files into `folder` (a bundle being built); returns the manifest entry."""
@@ -198,8 +231,10 @@ class Memory:
         want = {"projection": (HAS_IMAGE_COL, dim + 1), "keys": (rows, dim), "outcomes": (rows, K)}
         for key, shape in want.items():
             if arrays[key].shape != shape:
-                raise BundleError(f"{where}: {entry.files[key]} has shape {list(arrays[key].shape)}, the "
-                                  f"manifest's memory entry gives {list(shape)}")
+                raise BundleError(
+                    f"{where}: {entry.files[key]} has shape {list(arrays[key].shape)}, the "
+                    f"manifest's memory entry gives {list(shape)}"
+                )
         if not np.isfinite(arrays["projection"]).all() or not np.isfinite(arrays["keys"]).all():
             raise BundleError(f"{where}: the memory's projection or keys hold non-finite numbers")
         o = arrays["outcomes"]
@@ -228,10 +263,11 @@ def _npy(data: bytes, where: str) -> np.ndarray:
         a = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise BundleError(f"{where}: not a numpy array file ({e})") from None
-    if not isinstance(a, np.ndarray) or a.dtype not in (np.float16, np.float32) or a.ndim != 2 \
-            or a.shape[0] > MAX_ROWS:
-        raise BundleError(f"{where}: expected a 2-d float16/float32 array, got {getattr(a, 'dtype', type(a))} "
-                          f"{list(getattr(a, 'shape', []))}")
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float16, np.float32) or a.ndim != 2 or a.shape[0] > MAX_ROWS:
+        raise BundleError(
+            f"{where}: expected a 2-d float16/float32 array, got {getattr(a, 'dtype', type(a))} "
+            f"{list(getattr(a, 'shape', []))}"
+        )
     return a.astype(np.float32)
 
 

@@ -6,19 +6,28 @@ A bundle is closed, so a graph that refers to any file is refused before ONNX Ru
 visits every place a tensor can live: initializers, sparse initializers, node attributes (Constant
 values, tensor lists) and every subgraph (If / Loop / Scan bodies) and function body, at any depth.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator
 
 # (message, field number) -> message type of that length-delimited field, for the fields that can lead to a tensor
 _CHILDREN = {
-    ("model", 7): "graph", ("model", 25): "function",
-    ("graph", 1): "node", ("graph", 5): "tensor", ("graph", 15): "sparse",
+    ("model", 7): "graph",
+    ("model", 25): "function",
+    ("graph", 1): "node",
+    ("graph", 5): "tensor",
+    ("graph", 15): "sparse",
     ("function", 7): "node",
     ("node", 5): "attribute",
-    ("attribute", 5): "tensor", ("attribute", 6): "graph", ("attribute", 10): "tensor", ("attribute", 11): "graph",
-    ("attribute", 22): "sparse", ("attribute", 23): "sparse",
-    ("sparse", 1): "tensor", ("sparse", 2): "tensor",
+    ("attribute", 5): "tensor",
+    ("attribute", 6): "graph",
+    ("attribute", 10): "tensor",
+    ("attribute", 11): "graph",
+    ("attribute", 22): "sparse",
+    ("attribute", 23): "sparse",
+    ("sparse", 1): "tensor",
+    ("sparse", 2): "tensor",
 }
 _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
 MAX_DEPTH = 64
@@ -56,7 +65,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
             size, i = _varint(buf, i)
             if i + size > n:
                 raise ProtoError("a length-delimited field runs past its message")
-            yield num, wire, buf[i:i + size]
+            yield num, wire, buf[i : i + size]
             i += size
         elif wire == 5:
             i += 4

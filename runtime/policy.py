@@ -5,6 +5,7 @@
 
 Computed in float64 outside the network; masked entries are -inf here, never a sentinel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ def choose(scores: np.ndarray, cost_hat: np.ndarray, avail: np.ndarray, lam: flo
 
 
 # ----------------------------------------------------------------------------- exploration (issue 26)
-THOMPSON_DRAWS = 256   # Monte Carlo draws behind a Thompson choice's propensity
+THOMPSON_DRAWS = 256  # Monte Carlo draws behind a Thompson choice's propensity
 
 
 @dataclass(frozen=True)
@@ -48,15 +49,17 @@ class Explore:
     more often, and one it knows well hardly. `epsilon:P` picks a uniformly random available candidate with
     probability P, else the argmax."""
 
-    kind: str              # "thompson" | "epsilon"
-    value: float = 1.0     # thompson: the scale S on sigma; epsilon: P
+    kind: str  # "thompson" | "epsilon"
+    value: float = 1.0  # thompson: the scale S on sigma; epsilon: P
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value:g}"
 
 
-EXPLORE_HELP = ("off, thompson[:S] (draws from mu_tilde +/- S sigma / sqrt(1 + n), S in (0, 4], default 1) or "
-                "epsilon:P (P in (0, 1])")
+EXPLORE_HELP = (
+    "off, thompson[:S] (draws from mu_tilde +/- S sigma / sqrt(1 + n), S in (0, 4], default 1) or "
+    "epsilon:P (P in (0, 1])"
+)
 
 
 def parse_explore(value: Any) -> Explore | None:
@@ -76,14 +79,21 @@ def parse_explore(value: Any) -> Explore | None:
     except ValueError:
         raise OptionError(f"explore must be {EXPLORE_HELP}; got {value!r}") from None
     hi = 4.0 if kind == "thompson" else 1.0
-    if not 0.0 < x <= hi:   # also refuses NaN
+    if not 0.0 < x <= hi:  # also refuses NaN
         raise OptionError(f"explore {kind}'s value must be in (0, {hi:g}], got {value!r}")
     return Explore(kind, x)
 
 
-def explore_choice(scores: np.ndarray, sigma: np.ndarray, cost_hat: np.ndarray, avail: np.ndarray,
-                   lam: float | np.ndarray, explore: Explore, rng: np.random.Generator,
-                   evidence: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def explore_choice(
+    scores: np.ndarray,
+    sigma: np.ndarray,
+    cost_hat: np.ndarray,
+    avail: np.ndarray,
+    lam: float | np.ndarray,
+    explore: Explore,
+    rng: np.random.Generator,
+    evidence: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(choice `[B]`, propensity `[B]`): the chosen index drawn from the explore policy's own probabilities, and the
     probability it had, which off-policy estimates divide by. Unavailable models are never drawn. `evidence` `[B, K]`:
     the memory's neighbour count per model (Thompson's spread shrinks with it)."""
@@ -99,11 +109,42 @@ def explore_choice(scores: np.ndarray, sigma: np.ndarray, cost_hat: np.ndarray, 
         sd = explore.value * np.asarray(sigma, np.float64)
         if evidence is not None:
             sd = sd / np.sqrt(1.0 + np.maximum(np.asarray(evidence, np.float64), 0.0))
-        draws = utilities(np.asarray(scores, np.float64)[None] + sd[None] * z,
-                          cost_hat, avail, lam)                              # [M, B, K]; lam scalar or [B]
-        wins = np.argmax(draws, axis=2)                                     # [M, B]
+        draws = utilities(
+            np.asarray(scores, np.float64)[None] + sd[None] * z, cost_hat, avail, lam
+        )  # [M, B, K]; lam scalar or [B]
+        wins = np.argmax(draws, axis=2)  # [M, B]
         probs = np.stack([np.bincount(wins[:, b], minlength=K) for b in range(B)]) / THOMPSON_DRAWS
-    choice = np.array([rng.choice(K, p=probs[b] / probs[b].sum()) if avail[b].any() else -1 for b in range(B)],
-                      np.int64)
+    choice = np.array(
+        [rng.choice(K, p=probs[b] / probs[b].sum()) if avail[b].any() else -1 for b in range(B)], np.int64
+    )
     prop = np.where(choice >= 0, probs[np.arange(B), np.maximum(choice, 0)], 1.0)
     return choice, prop
+
+
+def explore_rows(
+    explores: list[Explore | None],
+    choice: np.ndarray,
+    scores: np.ndarray,
+    sigma: np.ndarray,
+    cost_hat: np.ndarray,
+    avail: np.ndarray,
+    lam: np.ndarray,
+    rng: np.random.Generator,
+    evidence: np.ndarray | None = None,
+) -> np.ndarray:
+    """Requests of one batch that ask to explore, each by its own policy: their greedy `choice` replaced in place
+    by `explore_choice`'s draw; returns every row's propensity (1 for the greedy rows)."""
+    prop = np.ones(len(choice))
+    for kind in {e for e in explores if e is not None}:
+        rows = [i for i, e in enumerate(explores) if e == kind]
+        choice[rows], prop[rows] = explore_choice(
+            scores[rows],
+            sigma[rows],
+            cost_hat[rows],
+            avail[rows],
+            lam[rows],
+            kind,
+            rng,
+            None if evidence is None else evidence[rows],
+        )
+    return prop

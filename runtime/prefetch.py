@@ -5,6 +5,7 @@ i+1 in a background thread while batch i runs overlaps them: +12-15% routing thr
 cores (`Router.route_many`, 256 queries in batches of 32). The server does the same per request
 (`serve/batcher.py`); `route_many` and `route-batch` do it per batch with this helper.
 """
+
 from __future__ import annotations
 
 import queue

@@ -4,6 +4,7 @@ The training side encodes its data through these functions and writes their
 constants into the bundle manifest; the runtime rebuilds them from the manifest.
 So a served query is preprocessed exactly like the training queries were.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,20 +14,42 @@ import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BundleError, InputError
 
+if TYPE_CHECKING:  # annotations only
+    from .decision import Prepared
+
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb limit, checked per image (global PIL state untouched)
 # What one decoded image may hold in memory (width x height x bands x bytes per sample, from its header,
 # before any pixel is decoded): 80 MP of RGBA. The gateway's default is lower (serve/config.py).
 DEFAULT_MAX_IMAGE_BYTES = 320 << 20
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
-                    "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4,
-                    "CMYK": 4, "I": 4, "F": 4}
+_BYTES_PER_PIXEL = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "La": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "RGBA": 4,
+    "RGBa": 4,
+    "RGBX": 4,
+    "CMYK": 4,
+    "I": 4,
+    "F": 4,
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +90,11 @@ class TextSpec:
         return asdict(self)
 
 
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-             "nearest": Image.Resampling.NEAREST}
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 # The decoders lr-onnx lets Pillow run, and nothing else: Pillow otherwise probes every plugin it has,
@@ -78,8 +104,14 @@ DECODERS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 ALLOWED_FORMATS = DECODERS + ("MPO",)
 
 
-def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
-               max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, budget: list[int] | None = None) -> Image.Image:
+def open_image(
+    src: Any,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    budget: list[int] | None = None,
+) -> Image.Image:
     """Open a path, bytes, PIL image or HxW(x3/4) array as an upright RGB image held in memory.
 
     Only the ALLOWED_FORMATS decoders run. Applies EXIF orientation, converts P/L/LA/RGBA/CMYK/I;16
@@ -147,8 +179,14 @@ def declared_bytes(data: bytes) -> int:
         return 0
 
 
-def _decode(fh: Any, name: str, max_pixels: int, draft_size: int | None, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-            budget: list[int] | None = None) -> Image.Image:
+def _decode(
+    fh: Any,
+    name: str,
+    max_pixels: int,
+    draft_size: int | None,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    budget: list[int] | None = None,
+) -> Image.Image:
     """Decode one image from an open binary file with the allowed decoders only."""
     try:
         with warnings.catch_warnings():
@@ -171,17 +209,30 @@ def _decode(fh: Any, name: str, max_pixels: int, draft_size: int | None, max_byt
             img.draft("RGB", (draft_size, draft_size))
         cost = decoded_bytes(img)
         if cost > max_bytes:
-            raise InputError(f"{name}: {w}x{h} {img.mode} pixels decode to {cost / 2**20:,.0f} MiB, over the "
-                             f"{max_bytes / 2**20:,.0f} MiB per image")
+            raise InputError(
+                f"{name}: {w}x{h} {img.mode} pixels decode to {cost / 2**20:,.0f} MiB, over the "
+                f"{max_bytes / 2**20:,.0f} MiB per image"
+            )
         if budget is not None:
             if cost > budget[0]:
-                raise InputError(f"{name}: {w}x{h} {img.mode} pixels decode to {cost / 2**20:,.0f} MiB, over what is "
-                                 f"left of the request's image budget ({budget[0] / 2**20:,.0f} MiB)")
+                raise InputError(
+                    f"{name}: {w}x{h} {img.mode} pixels decode to {cost / 2**20:,.0f} MiB, over what is "
+                    f"left of the request's image budget ({budget[0] / 2**20:,.0f} MiB)"
+                )
             budget[0] -= cost
         try:
             img.load()
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
-                ZeroDivisionError, MemoryError) as e:
+        except (
+            OSError,
+            SyntaxError,
+            ValueError,
+            EOFError,
+            struct.error,
+            IndexError,
+            TypeError,
+            ZeroDivisionError,
+            MemoryError,
+        ) as e:
             raise InputError(f"{name}: truncated or corrupt image data ({type(e).__name__})") from None
         return _finish(img, name, max_pixels, original, decoded=True)
     finally:
@@ -201,8 +252,9 @@ def _first_frame(img: Image.Image, name: str) -> Image.Image:
 ORIGINAL_SIZE = "lr_onnx_original_size"
 
 
-def _finish(img: Image.Image, name: str, max_pixels: int, original: tuple[int, int], decoded: bool = False
-            ) -> Image.Image:
+def _finish(
+    img: Image.Image, name: str, max_pixels: int, original: tuple[int, int], decoded: bool = False
+) -> Image.Image:
     """Size checks, EXIF orientation and RGB conversion; the result owns its pixels (no file behind it) and
     carries the image's original size (before any draft decoding) in `info[ORIGINAL_SIZE]`: what a vendor
     counts image tokens on."""
@@ -260,7 +312,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         top = float(a.max()) if a.size and a.max() > 0 else 1.0
         out = np.empty(a.shape, np.uint8)  # scaled in row blocks: never a float copy of the whole image
         for r in range(0, a.shape[0], 256):
-            out[r:r + 256] = (a[r:r + 256].astype(np.float32) * np.float32(255.0 / top)).astype(np.uint8)
+            out[r : r + 256] = (a[r : r + 256].astype(np.float32) * np.float32(255.0 / top)).astype(np.uint8)
         return Image.fromarray(out).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return _on_white(img if img.mode == "RGBA" else img.convert("RGBA"))
@@ -298,7 +350,7 @@ def image_tensor(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = Non
     x[...] = pad[:, None, None]
     y0, x0 = (size - nh) // 2, (size - nw) // 2
     for c in range(3):
-        np.take(lut[c], a[:, :, c], out=x[c, y0:y0 + nh, x0:x0 + nw], mode="clip")  # uint8: never clips
+        np.take(lut[c], a[:, :, c], out=x[c, y0 : y0 + nh, x0 : x0 + nw], mode="clip")  # uint8: never clips
     return x
 
 
@@ -342,3 +394,27 @@ def tokenize(tok: Any, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.array([e.ids for e in enc], dtype=np.int64)
     mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
     return ids, mask
+
+
+def prepare_query(
+    images: list[Any],
+    question: str,
+    spec: ImageSpec,
+    *,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_request_bytes: int | None = None,
+) -> "Prepared":
+    """A checked question and its images, each decoded (allow-listed decoders, pixel limit, decoded-byte budgets per
+    image and, when given, for the request's images together) and turned into its tensor."""
+    from .decision import Prepared
+
+    budget = None if max_request_bytes is None else [int(max_request_bytes)]
+    tensors, sizes = [], []
+    for img in images:
+        pil = open_image(
+            img, max_pixels=spec.max_pixels, draft_size=spec.size, max_bytes=max_image_bytes, budget=budget
+        )
+        sizes.append(pil.info.get(ORIGINAL_SIZE, pil.size))
+        tensors.append(image_tensor(pil, spec))
+        del pil  # one decoded image at a time: a request's peak memory is its largest image, not their sum
+    return Prepared(question, tuple(tensors), tuple(sizes))

@@ -6,6 +6,7 @@ embedding), expected cost, latency, output tokens and evidence. Its width
 (S + 7) does not depend on the pool, so models can be added or removed without
 retraining. The centroids and standardisation constants are frozen at training.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,8 +40,17 @@ def assign_slices(q: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.asarray(np.argmax(slice_embedding(q) @ np.asarray(centroids, np.float64).T, axis=1))
 
 
-def raw_profile(y: np.ndarray, cost: np.ndarray, lat: np.ndarray, tok: np.ndarray, slices: np.ndarray, S: int,
-                cost_scale: float, fill_lat: float, fill_tok: float) -> np.ndarray:
+def raw_profile(
+    y: np.ndarray,
+    cost: np.ndarray,
+    lat: np.ndarray,
+    tok: np.ndarray,
+    slices: np.ndarray,
+    S: int,
+    cost_scale: float,
+    fill_lat: float,
+    fill_tok: float,
+) -> np.ndarray:
     """One model's raw profile `[S + 7]` from its available calibration rows."""
     n = len(y)
     ybar = float(y.mean()) if n else 0.0
@@ -67,10 +77,10 @@ def column_floors(S: int) -> np.ndarray:
 class ProfileSpace:
     """Everything frozen at training time that turns outcomes into standardised profiles."""
 
-    centroids: np.ndarray      # [S, D_e]
-    cost_scale: float          # s_c
-    mean: np.ndarray           # [S + 7]
-    std: np.ndarray            # [S + 7]
+    centroids: np.ndarray  # [S, D_e]
+    cost_scale: float  # s_c
+    mean: np.ndarray  # [S + 7]
+    std: np.ndarray  # [S + 7]
     fill_lat: float
     fill_tok: float
 
@@ -96,13 +106,25 @@ class ProfileSpace:
         return np.concatenate([prof, c_hat[:, None]], axis=1).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"centroids": np.round(self.centroids, 7).tolist(), "cost_scale": self.cost_scale, "mean": self.mean.tolist(),
-                "std": self.std.tolist(), "fill_lat": self.fill_lat, "fill_tok": self.fill_tok}
+        return {
+            "centroids": np.round(self.centroids, 7).tolist(),
+            "cost_scale": self.cost_scale,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "fill_lat": self.fill_lat,
+            "fill_tok": self.fill_tok,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ProfileSpace":
-        return cls(np.asarray(d["centroids"]), float(d["cost_scale"]), np.asarray(d["mean"]), np.asarray(d["std"]),
-                   float(d["fill_lat"]), float(d["fill_tok"]))
+        return cls(
+            np.asarray(d["centroids"]),
+            float(d["cost_scale"]),
+            np.asarray(d["mean"]),
+            np.asarray(d["std"]),
+            float(d["fill_lat"]),
+            float(d["fill_tok"]),
+        )
 
 
 def pool_features(pool: Any) -> np.ndarray:
@@ -111,8 +133,9 @@ def pool_features(pool: Any) -> np.ndarray:
     return np.array([[*p.profile, p.cost_hat] for p in pool], np.float32)
 
 
-def model_features(base: np.ndarray, c_hat: np.ndarray | None = None, memory: np.ndarray | None = None,
-                   rows: int | None = None) -> np.ndarray:
+def model_features(
+    base: np.ndarray, c_hat: np.ndarray | None = None, memory: np.ndarray | None = None, rows: int | None = None
+) -> np.ndarray:
     """The router graph's `model_feat` `[B, K, P_in]`, assembled in one place for training, export and serving:
     each model's standardised profile (`base[:, :-1]`), then the capability memory's columns for this query (if the
     router has a memory, `[B, K, 3]`), then its normalised expected cost (`c_hat [B, K]`, or the per-model constant
@@ -130,9 +153,19 @@ def model_features(base: np.ndarray, c_hat: np.ndarray | None = None, memory: np
 MIN_NEW_MODEL_QUERIES = 24
 
 
-def new_model_profile(space: ProfileSpace, q: np.ndarray, y: Any, cost: Any, lat: Any, tok: Any, questions: list[str],
-                      *,
-                      price_in: float | None, price_out: float | None, pool_mean: float) -> dict[str, Any]:
+def new_model_profile(
+    space: ProfileSpace,
+    q: np.ndarray,
+    y: Any,
+    cost: Any,
+    lat: Any,
+    tok: Any,
+    questions: list[str],
+    *,
+    price_in: float | None,
+    price_out: float | None,
+    pool_mean: float,
+) -> dict[str, Any]:
     """Raw profile, expected cost and warnings for a model added from labelled queries (§3.5).
 
     Expected cost: the mean observed cost of the labelled queries when the outcomes carry costs (what
@@ -159,8 +192,14 @@ def new_model_profile(space: ProfileSpace, q: np.ndarray, y: Any, cost: Any, lat
     if len(y) < MIN_NEW_MODEL_QUERIES:
         warnings.append(f"only {len(y)} labelled queries (< {MIN_NEW_MODEL_QUERIES}): the profile is thin")
     if (counts == 0).any() and abs(float(np.mean(y)) - pool_mean) > 0.15:
-        warnings.append(f"slices {np.flatnonzero(counts == 0).tolist()} have no labelled query and the model's mean "
-                        f"score {np.mean(y):.2f} is far from the pool mean {pool_mean:.2f}")
-    return {"raw": raw, "e_bar": float(e_bar), "estimator": estimator, "slice_counts": counts.tolist(),
-            "warnings": warnings}
-
+        warnings.append(
+            f"slices {np.flatnonzero(counts == 0).tolist()} have no labelled query and the model's mean "
+            f"score {np.mean(y):.2f} is far from the pool mean {pool_mean:.2f}"
+        )
+    return {
+        "raw": raw,
+        "e_bar": float(e_bar),
+        "estimator": estimator,
+        "slice_counts": counts.tolist(),
+        "warnings": warnings,
+    }

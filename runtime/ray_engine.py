@@ -11,6 +11,7 @@ job. Ids are required here (no line numbers across a cluster); duplicates are re
 Image paths must be readable where the actors run: absolute paths on a shared file system, or URIs
 that pyarrow's file systems open (s3://, gs://, hdfs://), read as bytes by the actor.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,13 @@ from typing import Any, Callable, TYPE_CHECKING
 
 import numpy as np
 
-from .batch import (append_lines, claim_out, input_label, open_out, parse_record, prepare_records, repair_and_read_ids,
-                    route_records)
+from .batch import append_lines, claim_out, input_label, open_out, repair_and_read_ids
+from .records import parse_record, prepare_records, route_records
 from .errors import InputError
 from .files import atomic_write_bytes
 from .validate import loads_json
 
-if TYPE_CHECKING:   # annotations only: no import cycle at run time
+if TYPE_CHECKING:  # annotations only: no import cycle at run time
     from .decision import RouteOptions
     from .router import Router
 
@@ -37,13 +38,19 @@ _SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
 class RouterActor:
     """One Router per Ray actor; `__call__` routes one batch of rows and returns (id, decision JSON, problem)."""
 
-    def __init__(self, bundle: str | None, opts: "RouteOptions | None", base: str, done: frozenset[str],
-                 log: tuple[str, bool] | None = None) -> None:
+    def __init__(
+        self,
+        bundle: str | None,
+        opts: "RouteOptions | None",
+        base: str,
+        done: frozenset[str],
+        log: tuple[str, bool] | None = None,
+    ) -> None:
         from .router import Router
 
         self.router = Router.load(bundle, provider="cpu")
         self.opts, self.base, self.done = opts, Path(base), done
-        if log is not None:   # each actor appends its own files to the (shared) log folder
+        if log is not None:  # each actor appends its own files to the (shared) log folder
             self.router.start_log(log[0], content=log[1])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,10 +84,13 @@ class RouterActor:
             ids.append(q["id"])
             decisions.append(json.dumps(d.to_dict(), allow_nan=False) if d is not None else "")
             problems.append(err)
-        if self.router.log is not None:   # an actor may be stopped without notice once the last batch is out
+        if self.router.log is not None:  # an actor may be stopped without notice once the last batch is out
             self.router.log.flush()
-        return {"id": np.array(ids, dtype=object), "decision": np.array(decisions, dtype=object),
-                "problem": np.array(problems, dtype=object)}
+        return {
+            "id": np.array(ids, dtype=object),
+            "decision": np.array(decisions, dtype=object),
+            "problem": np.array(problems, dtype=object),
+        }
 
 
 def _read_uri(uri: str) -> bytes:
@@ -119,10 +129,19 @@ def read_dataset(inp: str) -> Any:
     return ray.data.read_text(inp, drop_empty_lines=True)
 
 
-def route_batch_ray(router: "Router", inp: str, out: str | os.PathLike[str], *, bundle: str | None,
-                    address: str | None = None,
-                    opts: "RouteOptions | None" = None, batch_size: int = 64, actors: int | None = None,
-                    on_progress: Callable[[int], None] | None = None, log: tuple[str, bool] | None = None) -> dict[str, Any]:
+def route_batch_ray(
+    router: "Router",
+    inp: str,
+    out: str | os.PathLike[str],
+    *,
+    bundle: str | None,
+    address: str | None = None,
+    opts: "RouteOptions | None" = None,
+    batch_size: int = 64,
+    actors: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    log: tuple[str, bool] | None = None,
+) -> dict[str, Any]:
     """Route `inp` with Ray Data; `opts` (`RouteOptions`, resolved once by the caller with `router`; None = the
     bundle's defaults) travel to every actor as they are. `log`: (folder, content): each actor logs its decisions
     there (`runtime.decisionlog`; the folder must be reachable by the actors)."""
@@ -138,8 +157,9 @@ def route_batch_ray(router: "Router", inp: str, out: str | os.PathLike[str], *, 
     fd = None if parquet else open_out(out, Path(inp) if Path(inp).is_file() else None)
     try:
         if fd is not None:
-            claim_out(fd, out, bundle=router.bundle.digest,
-                      input_name=inp if inp.startswith(_SCHEMES) else input_label(inp))
+            claim_out(
+                fd, out, bundle=router.bundle.digest, input_name=inp if inp.startswith(_SCHEMES) else input_label(inp)
+            )
         done = frozenset() if fd is None else frozenset(repair_and_read_ids(fd, out))
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -153,10 +173,13 @@ def route_batch_ray(router: "Router", inp: str, out: str | os.PathLike[str], *, 
         cpus = ray.cluster_resources().get("CPU", 2)  # type: ignore[no-untyped-call]
         n_actors = actors or max(1, int(cpus) - 1)
         ds = read_dataset(inp).map_batches(
-            RouterActor, fn_constructor_kwargs={"bundle": bundle, "opts": opts, "base": base, "done": done,
-                                                "log": log},
-            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=1,
-            batch_format="numpy")
+            RouterActor,
+            fn_constructor_kwargs={"bundle": bundle, "opts": opts, "base": base, "done": done, "log": log},
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=1,
+            batch_format="numpy",
+        )
         return _write(ds, out, fd, parquet, done, on_progress)
     finally:
         if fd is not None:
@@ -202,12 +225,17 @@ def _write_parquet(out: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"id": [r["id"] for r in rows], "model": [r["model"] for r in rows],
-                      "lambda": [r["lambda"] for r in rows],
-                      "utility": [r["candidates"][0]["utility"] if r["candidates"] else None for r in rows],
-                      "decision": [json.dumps(r, allow_nan=False) for r in rows]})
+    table = pa.table(
+        {
+            "id": [r["id"] for r in rows],
+            "model": [r["model"] for r in rows],
+            "lambda": [r["lambda"] for r in rows],
+            "utility": [r["candidates"][0]["utility"] if r["candidates"] else None for r in rows],
+            "decision": [json.dumps(r, allow_nan=False) for r in rows],
+        }
+    )
     if not out.parent.is_dir():
         raise InputError(f"{out}: the folder {out.parent} does not exist")
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
-    atomic_write_bytes(out, buf.getvalue().to_pybytes())   # the one atomic writer (runtime.files)
+    atomic_write_bytes(out, buf.getvalue().to_pybytes())  # the one atomic writer (runtime.files)

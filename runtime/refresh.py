@@ -20,6 +20,7 @@ slices, which a refresh keeps) are used, and only feedback newer than the bundle
 B2 again from the same log adds nothing twice. The report (`report.json` and a PNG over time) gives each model's
 predicted against observed score, the share of out-of-coverage traffic, the chosen-model mix and a verdict.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,12 +41,18 @@ from .files import atomic_write_bytes, atomic_write_text
 from .manifest import PoolEntry
 from .profiles import KAPPA, ProfileSpace
 
-MAX_IPS_WEIGHT = 100.0        # 1 / propensity, capped: one lucky exploration must not outweigh a hundred choices
-RETRAIN_OOC_SHARE = 0.25      # default verdict threshold: more out-of-coverage traffic than this -> retrain
+MAX_IPS_WEIGHT = 100.0  # 1 / propensity, capped: one lucky exploration must not outweigh a hundred choices
+RETRAIN_OOC_SHARE = 0.25  # default verdict threshold: more out-of-coverage traffic than this -> retrain
 
 
-def refresh(bundle_path: str | os.PathLike[str], log_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-            retrain_ooc_share: float = RETRAIN_OOC_SHARE, report: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def refresh(
+    bundle_path: str | os.PathLike[str],
+    log_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    retrain_ooc_share: float = RETRAIN_OOC_SHARE,
+    report: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
     """Write the refreshed copy `out` of bundle `bundle_path` from the feedback in `log_dir`; returns the report
     (also written to `report`, default `<out>.report.json`, with its PNG beside it)."""
     from .manage import edited_copy, with_memory, write_manifest
@@ -64,17 +71,27 @@ def refresh(bundle_path: str | os.PathLike[str], log_dir: str | os.PathLike[str]
     use: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for f in feedback:
         d = decisions.get(f["id"])
-        why = ("already_used" if float(f.get("time", 0)) <= since else "no_decision" if d is None
-               else "other_bundle_space" if d.get("space") != space_id
-               else "model_not_in_pool" if f.get("model") not in router.names else None)
+        why = (
+            "already_used"
+            if float(f.get("time", 0)) <= since
+            else "no_decision"
+            if d is None
+            else "other_bundle_space"
+            if d.get("space") != space_id
+            else "model_not_in_pool"
+            if f.get("model") not in router.names
+            else None
+        )
         if why or d is None:
             skipped[why or "no_decision"] += 1
         else:
             use.append((d, f))
     traffic = [d for d in decisions.values() if d.get("space") == space_id and float(d.get("time", 0)) > seen_since]
     if not use:
-        raise InputError(f"{log_dir}: no new feedback for this bundle's decisions "
-                         f"({', '.join(f'{v} {k}' for k, v in skipped.items()) or 'no feedback at all'})")
+        raise InputError(
+            f"{log_dir}: no new feedback for this bundle's decisions "
+            f"({', '.join(f'{v} {k}' for k, v in skipped.items()) or 'no feedback at all'})"
+        )
 
     pool, per_model = _update_profiles(m.pool, m.profile_space, use)
     mem = router.memory()
@@ -86,11 +103,17 @@ def refresh(bundle_path: str | os.PathLike[str], log_dir: str | os.PathLike[str]
             mem = mem.with_outcomes(keys, outcomes, models)
     rep = _report(use, traffic, per_model, skipped, retrain_ooc_share, rows_added)
     with edited_copy(router.bundle.path, out) as tmp:
-        new_m = replace(m.with_pool(pool), refreshed={
-            "from": router.bundle.digest[:16], "feedback_through": max(float(f["time"]) for _, f in use),
-            "decisions_through": max([float(d["time"]) for d in traffic], default=seen_since),
-            "records": len(use), "memory_rows_added": rows_added,
-            "refreshes": int(before.get("refreshes", 0)) + 1})
+        new_m = replace(
+            m.with_pool(pool),
+            refreshed={
+                "from": router.bundle.digest[:16],
+                "feedback_through": max(float(f["time"]) for _, f in use),
+                "decisions_through": max([float(d["time"]) for d in traffic], default=seen_since),
+                "records": len(use),
+                "memory_rows_added": rows_added,
+                "refreshes": int(before.get("refreshes", 0)) + 1,
+            },
+        )
         if mem is not None and rows_added:
             new_m = with_memory(tmp, new_m, mem)
         write_manifest(tmp, new_m)
@@ -107,8 +130,9 @@ def _ips(d: dict[str, Any], f: dict[str, Any]) -> float:
     return min(1.0 / max(p, 1e-12), MAX_IPS_WEIGHT)
 
 
-def _update_profiles(pool: tuple[PoolEntry, ...], space: ProfileSpace,
-                     use: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[list[PoolEntry], dict[str, Any]]:
+def _update_profiles(
+    pool: tuple[PoolEntry, ...], space: ProfileSpace, use: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> tuple[list[PoolEntry], dict[str, Any]]:
     """Each model's raw profile (overall score, per-slice scores, cost, evidence) moved towards its feedback; returns
     the new pool and, per model, what it saw."""
     S = space.S
@@ -129,8 +153,9 @@ def _update_profiles(pool: tuple[PoolEntry, ...], space: ProfileSpace,
         for s in np.unique(sl[(sl >= 0) & (sl < S)]):
             sel = sl == s
             prior = n_old / S + KAPPA
-            raw[1 + s] = (prior * raw[1 + s] + sel.sum() * float(np.sum(w[sel] * y[sel]) / np.sum(w[sel]))) \
-                / (prior + sel.sum())
+            raw[1 + s] = (prior * raw[1 + s] + sel.sum() * float(np.sum(w[sel] * y[sel]) / np.sum(w[sel]))) / (
+                prior + sel.sum()
+            )
         costs = np.array([f["cost"] for _, f in rows if f.get("cost") is not None], np.float64)
         if len(costs):
             e = (n_old * entry.expected_cost_usd + len(costs) * float(costs.mean())) / (n_old + len(costs))
@@ -140,15 +165,19 @@ def _update_profiles(pool: tuple[PoolEntry, ...], space: ProfileSpace,
         entry = replace(entry, raw_profile=tuple(raw.tolist()), profile=tuple(space.standardise(raw).tolist()))
         new_pool.append(entry)
         predicted = [d["candidates"][entry.name][2] for d, _ in rows if entry.name in d.get("candidates", {})]
-        out[entry.name] = {"labels": n, "observed": round(float(y.mean()), 4),
-                              "observed_ips": round(float(np.sum(w * y) / np.sum(w)), 4),
-                              "predicted": round(float(np.mean(predicted)), 4) if predicted else None,
-                              "profile_evidence_before": round(n_old, 1)}
+        out[entry.name] = {
+            "labels": n,
+            "observed": round(float(y.mean()), 4),
+            "observed_ips": round(float(np.sum(w * y) / np.sum(w)), 4),
+            "predicted": round(float(np.mean(predicted)), 4) if predicted else None,
+            "profile_evidence_before": round(n_old, 1),
+        }
     return new_pool, out
 
 
-def _memory_rows(use: list[tuple[dict[str, Any], dict[str, Any]]], dim: int) -> tuple[np.ndarray, np.ndarray,
-                 list[str]]:
+def _memory_rows(
+    use: list[tuple[dict[str, Any], dict[str, Any]]], dim: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One memory row per labelled decision with a usable key: the key, and each model's outcome (NaN: none)."""
     models = sorted({f["model"] for _, f in use})
     rows: dict[str, int] = {}
@@ -168,21 +197,37 @@ def _memory_rows(use: list[tuple[dict[str, Any], dict[str, Any]]], dim: int) -> 
     return np.stack(keys).astype(np.float32), np.stack(outcomes), models
 
 
-def _report(use: list[tuple[dict[str, Any], dict[str, Any]]], traffic: list[dict[str, Any]],
-            per_model: dict[str, Any], skipped: Counter[str], retrain_share: float, rows_added: int) -> dict[str, Any]:
+def _report(
+    use: list[tuple[dict[str, Any], dict[str, Any]]],
+    traffic: list[dict[str, Any]],
+    per_model: dict[str, Any],
+    skipped: Counter[str],
+    retrain_share: float,
+    rows_added: int,
+) -> dict[str, Any]:
     ooc = [bool(d.get("out_of_coverage")) for d in traffic if d.get("out_of_coverage") is not None]
     share = float(np.mean(ooc)) if ooc else 0.0
     mix = Counter(d.get("chosen") for d in traffic)
     drift = {k: round(v["observed"] - v["predicted"], 4) for k, v in per_model.items() if v["predicted"] is not None}
     worst = max(drift.items(), key=lambda kv: abs(kv[1]), default=None)
-    verdict = (f"retrain: {share:.0%} of the traffic is out of coverage (threshold {retrain_share:.0%}); the "
-               f"router is seeing queries unlike its training data" if share > retrain_share else
-               f"refresh is enough: {share:.0%} of the traffic is out of coverage (threshold {retrain_share:.0%})"
-               + (f"; the largest calibration drift is {worst[1]:+.3f} for {worst[0]}" if worst else ""))
-    return {"records_used": len(use), "records_skipped": dict(skipped), "memory_rows_added": rows_added,
-            "decisions": len(traffic), "out_of_coverage_share": round(share, 4),
-            "chosen_mix": {str(k): round(v / max(len(traffic), 1), 4) for k, v in mix.most_common()},
-            "models": per_model, "calibration_drift": drift, "verdict": verdict}
+    verdict = (
+        f"retrain: {share:.0%} of the traffic is out of coverage (threshold {retrain_share:.0%}); the "
+        f"router is seeing queries unlike its training data"
+        if share > retrain_share
+        else f"refresh is enough: {share:.0%} of the traffic is out of coverage (threshold {retrain_share:.0%})"
+        + (f"; the largest calibration drift is {worst[1]:+.3f} for {worst[0]}" if worst else "")
+    )
+    return {
+        "records_used": len(use),
+        "records_skipped": dict(skipped),
+        "memory_rows_added": rows_added,
+        "decisions": len(traffic),
+        "out_of_coverage_share": round(share, 4),
+        "chosen_mix": {str(k): round(v / max(len(traffic), 1), 4) for k, v in mix.most_common()},
+        "models": per_model,
+        "calibration_drift": drift,
+        "verdict": verdict,
+    }
 
 
 def _plot(use: Any, traffic: Any, width: int = 720, height: int = 360) -> bytes:
@@ -203,25 +248,35 @@ def _plot(use: Any, traffic: Any, width: int = 720, height: int = 360) -> bytes:
         vals = np.array([v for _, v in points], float)
         return [float(vals[at == b].mean()) if (at == b).any() else None for b in range(nb)]
 
-    gap = series([(float(d["time"]), f["score"] - d["candidates"][f["model"]][2]) for d, f in use
-                  if f["model"] in d.get("candidates", {})])
-    ooc = series([(float(d["time"]), float(d["out_of_coverage"])) for d in traffic
-                  if d.get("out_of_coverage") is not None])
+    gap = series(
+        [
+            (float(d["time"]), f["score"] - d["candidates"][f["model"]][2])
+            for d, f in use
+            if f["model"] in d.get("candidates", {})
+        ]
+    )
+    ooc = series(
+        [(float(d["time"]), float(d["out_of_coverage"])) for d in traffic if d.get("out_of_coverage") is not None]
+    )
     img = Image.new("RGB", (width, height), "white")
     g = ImageDraw.Draw(img)
     left, top, right, bottom = 60, 30, width - 20, height - 40
     g.rectangle([left, top, right, bottom], outline=(180, 180, 180))
     mid = (top + bottom) / 2
     g.line([left, mid, right, mid], fill=(220, 220, 220))
-    g.text((left, 8), "observed - predicted score (blue, -0.5..0.5) | out-of-coverage share (orange, 0..1)",
-           fill="black")
+    g.text(
+        (left, 8), "observed - predicted score (blue, -0.5..0.5) | out-of-coverage share (orange, 0..1)", fill="black"
+    )
     stamp = "%Y-%m-%d %H:%M"
     g.text((left, bottom + 6), time.strftime(stamp, time.gmtime(t0)) + " UTC", fill="black")
     g.text((right - 110, bottom + 6), time.strftime(stamp, time.gmtime(t1)), fill="black")
     g.text((left, bottom + 22), f"{nb} time buckets, {len(traffic)} decisions, {len(use)} with feedback", fill="black")
     for vals, colour, lo, hi in ((gap, (31, 119, 180), -0.5, 0.5), (ooc, (255, 127, 14), 0.0, 1.0)):
-        pts = [(left + (right - left) * (i + 0.5) / nb, bottom - (bottom - top) * (min(max(v, lo), hi) - lo) / (hi - lo))
-               for i, v in enumerate(vals) if v is not None]
+        pts = [
+            (left + (right - left) * (i + 0.5) / nb, bottom - (bottom - top) * (min(max(v, lo), hi) - lo) / (hi - lo))
+            for i, v in enumerate(vals)
+            if v is not None
+        ]
         if len(pts) > 1:
             g.line(pts, fill=colour, width=2)
         for x, y in pts:

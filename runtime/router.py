@@ -8,6 +8,7 @@
 Sessions are created lazily on first use and shared across threads; the pool,
 prices and preprocessing come from the bundle's manifest. No torch anywhere.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,27 +19,24 @@ from typing import Any, Iterable, TYPE_CHECKING
 
 import numpy as np
 
-from .bounds import MAX_COST_USD, MAX_LAMBDA
-from .bundle import Bundle, load_bundle, self_contained
+from .bundle import Bundle, load_bundle
 from .errors import BundleError, LrOnnxError, OptionError
 from .features import QUERY_DIM, encode_raw_queries, n_words, query_features
-from .policy import choose, explore_choice, parse_explore
+from .options import resolve_lambda, resolve_options
+from .policy import choose, explore_rows
 from .prefetch import prefetched
-from .costs import query_cost
-from .preprocess import DEFAULT_MAX_IMAGE_BYTES, ORIGINAL_SIZE, load_tokenizer, open_image, image_tensor, tokenize
+from .costs import query_costs
+from .preprocess import DEFAULT_MAX_IMAGE_BYTES, load_tokenizer, prepare_query, tokenize
 from .memory import COLUMNS, Memory
 from .profiles import model_features, pool_features
-from .sessions import run
-from .decision import Candidate, Decision, Prepared, RouteOptions  # noqa: F401  (Router's API: importable here)
-from .validate import as_iterable, as_list, as_query, clean_question, integer, names as valid_names, number
+from .sessions import BundleSessions, run
+from .decision import Candidate, Decision, Prepared, RouteOptions, ranked_candidates  # noqa: F401  (Router's API)
+from .validate import as_iterable, as_list, as_query, clean_question, integer
 
 if TYPE_CHECKING:
     from .decisionlog import DecisionLog
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "bundle"
-
-
-SMALL_BATCH = 4  # router batches up to this size run single-threaded on the CPU (`Router.session`)
 
 
 class Router:
@@ -47,93 +45,54 @@ class Router:
         self.provider, self.threads, self.spinning = provider, threads, spinning
         m = bundle.manifest
         self.image_spec, self.text_spec = m.image, m.text
-        self.pool = m.pool
-        self.names = m.model_names
+        self.pool, self.names = m.pool, m.model_names
         self.expected_cost = np.array([p.expected_cost_usd for p in m.pool], np.float64)
         self.cost_hat = np.array([p.cost_hat for p in m.pool], np.float64)
-        self.model_feat = pool_features(m.pool)                                  # [K, W + 1] profile, cost
+        self.model_feat = pool_features(m.pool)  # [K, W + 1] profile, cost
         self.per_query_cost = any(p.output_tokens is not None and p.image_tokens for p in m.pool)
         self._pricing = [p.pricing() for p in m.pool]
         self.default_lambda = m.lambdas.default
         self.presets = {k: v.lam for k, v in m.lambdas.presets.items()}
         self.space = m.profile_space
         self.coverage_threshold = None if m.coverage is None else m.coverage.threshold
-        self._sessions: dict[str, Any] = {}
+        width = self.model_feat.shape[1] + (COLUMNS if m.memory is not None else 0)  # the memory adds its columns
+        self.sessions = BundleSessions(
+            bundle, {"query": QUERY_DIM, "model_feat": width}, provider=provider, threads=threads, spinning=spinning
+        )
         self._memory: Memory | None = None
-        self._memory_keys = None
-        self._tokenizer = None
+        self._memory_keys = self._tokenizer = None  # made on first use
         self._lock = threading.Lock()
-        self.log: DecisionLog | None = None   # every decision appended to it (`start_log`)
+        self.log: DecisionLog | None = None  # every decision appended to it (`start_log`)
         self._rng = np.random.default_rng()
-        self._ids: tuple[str, str] | None = None   # (bundle digest, retrieval-space digest) named in log records
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
-             spinning: bool = False, verify: bool = True) -> "Router":
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        provider: str = "auto",
+        threads: int | None = None,
+        spinning: bool = False,
+        verify: bool = True,
+    ) -> "Router":
         """Load a bundle folder (None = the default bundle shipped in assets/); hashes are checked first."""
-        return cls(load_bundle(DEFAULT_BUNDLE if path is None else path, verify=verify), provider=provider,
-                   threads=threads, spinning=spinning)
+        return cls(
+            load_bundle(DEFAULT_BUNDLE if path is None else path, verify=verify),
+            provider=provider,
+            threads=threads,
+            spinning=spinning,
+        )
 
-    # ------------------------------------------------------------------ sessions (lazy, thread-safe)
+    # ------------------------------------------------------------------ sessions (runtime.sessions.BundleSessions)
     def session(self, name: str, *, small: bool = False) -> Any:
-        """The graph's session, created on first use. `small`: the router's single-threaded twin for batches of
-        at most SMALL_BATCH rows on the CPU, where the graph is dispatch-bound (396 small nodes) and handing
-        each node to a second thread costs more than it saves (0.75 ms against 1.0 ms at B=1, 2 cores)."""
-        key = name + (":small" if small else "")
-        s = self._sessions.get(key)
-        if s is None:
-            from .sessions import new_session
-
-            with self._lock:
-                s = self._sessions.get(key)
-                if s is None:
-                    file = self.bundle.manifest.graphs[name].file
-                    data = self.bundle.read(file)
-                    self_contained(data, self.bundle.path, file)
-                    s = new_session(data, name=file, provider=self.provider, threads=1 if small else self.threads,
-                                    spinning=self.spinning)
-                    self._check_graph(name, s)
-                    self._sessions[key] = s
-        return s
+        """The graph's session, created and checked on first use (`small`: its single-threaded twin)."""
+        return self.sessions.get(name, small=small)
 
     def _session_for(self, name: str, rows: int) -> Any:
-        full = self.session(name)
-        if rows <= SMALL_BATCH and full.get_providers()[0] == "CPUExecutionProvider":
-            return self.session(name, small=True)
-        return full
-
-    # the element type of every graph input and output the runtime feeds or reads (fp16 bundles keep fp32 IO)
-    _DTYPES = {"query": "tensor(float)", "model_feat": "tensor(float)", "avail": "tensor(bool)", "keys": "tensor(float)",
-               "pixels": "tensor(float)", "input_ids": "tensor(int64)", "attention_mask": "tensor(int64)"}
-
-    def _check_graph(self, name: str, sess: Any) -> None:
-        """A graph must have the inputs and outputs its manifest entry lists (names, ranks, fixed sizes) and the
-        element types the runtime feeds: a graph copied over another one (with its hash updated) is one
-        `BundleError` line at load, not an ONNX Runtime traceback at the first query. The pool must fit the
-        router (a hand-edited profile of another width would not)."""
-        spec = self.bundle.manifest.graphs[name]
-        want_width = {"query": QUERY_DIM, "model_feat": self.model_feat.shape[1] + (COLUMNS if self.has_memory else 0)}
-        for kind, got in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
-            want = spec.inputs if kind == "inputs" else spec.outputs
-            if sorted(a.name for a in got) != sorted(want):
-                raise BundleError(f"{self.bundle.path}: graph {spec.file} has {kind} "
-                                  f"{', '.join(sorted(a.name for a in got)) or 'none'}, the manifest lists "
-                                  f"{', '.join(sorted(want)) or 'none'} for {name}")
-            for a in got:
-                dims = want[a.name]
-                fixed = [(i, d) for i, d in enumerate(dims) if isinstance(d, int)]
-                if len(a.shape) != len(dims) or any(isinstance(a.shape[i], int) and a.shape[i] != d for i, d in fixed):
-                    raise BundleError(f"{self.bundle.path}: graph {spec.file} {kind[:-1]} {a.name} has shape "
-                                      f"{list(a.shape)}, the manifest gives {dims}")
-                if kind == "inputs" and a.name in self._DTYPES and a.type != self._DTYPES[a.name]:
-                    raise BundleError(f"{self.bundle.path}: graph {spec.file} input {a.name} is {a.type}, the "
-                                      f"runtime feeds {self._DTYPES[a.name]}")
-                if a.name in want_width and isinstance(a.shape[-1], int) and a.shape[-1] != want_width[a.name]:
-                    raise BundleError(f"{self.bundle.path}: router graph input {a.name} has width {a.shape[-1]}, "
-                                      f"the manifest gives {want_width[a.name]}")
+        return self.sessions.for_rows(name, rows)
 
     def bound_providers(self) -> dict[str, list[str]]:
-        return {n: self.session(n).get_providers() for n in ("router", "image_encoder", "text_encoder")}
+        return self.sessions.bound_providers()
 
     @property
     def has_memory(self) -> bool:
@@ -159,8 +118,9 @@ class Router:
         assert mem is not None
         sess = self._session_for("memory", len(q))
         cpu = sess.get_providers()[0] == "CPUExecutionProvider"
-        sims, idx = run(sess, {"query": np.ascontiguousarray(q, np.float32),
-                               "keys": self._memory_keys if cpu else mem.keys})
+        sims, idx = run(
+            sess, {"query": np.ascontiguousarray(q, np.float32), "keys": self._memory_keys if cpu else mem.keys}
+        )
         return sims, idx
 
     def global_means(self) -> np.ndarray:
@@ -182,22 +142,23 @@ class Router:
         return self._tokenizer
 
     # ------------------------------------------------------------------ features
-    def prepare(self, images: list[Any], question: str, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                max_request_bytes: int | None = None) -> "Prepared":
-        """One query's CPU-side preprocessing, before any graph runs: the question checked, each image decoded
-        (allow-listed decoders, pixel limit, decoded-byte budgets per image and, when given, for the request's
-        images together) and turned into its tensor. Separate from `encode` so a server can decode requests
-        as they arrive while the previous batch is in the encoders."""
-        question = clean_question(question)
-        budget = None if max_request_bytes is None else [int(max_request_bytes)]
-        tensors, sizes = [], []
-        for img in images:
-            pil = open_image(img, max_pixels=self.image_spec.max_pixels, draft_size=self.image_spec.size,
-                             max_bytes=max_image_bytes, budget=budget)
-            sizes.append(pil.info.get(ORIGINAL_SIZE, pil.size))
-            tensors.append(image_tensor(pil, self.image_spec))
-            del pil  # one decoded image at a time: a request's peak memory is its largest image, not their sum
-        return Prepared(question, tuple(tensors), tuple(sizes))
+    def prepare(
+        self,
+        images: list[Any],
+        question: str,
+        *,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_request_bytes: int | None = None,
+    ) -> "Prepared":
+        """One query's CPU-side preprocessing, before any graph runs (`preprocess.prepare_query`). Separate from
+        `encode` so a server can decode requests as they arrive while the previous batch is in the encoders."""
+        return prepare_query(
+            images,
+            clean_question(question),
+            self.image_spec,
+            max_image_bytes=max_image_bytes,
+            max_request_bytes=max_request_bytes,
+        )
 
     def encode(self, prepared: list["Prepared"]) -> np.ndarray:
         """Raw query features `[B, D_q]` of prepared queries: the text and image encoders once for the batch."""
@@ -207,6 +168,7 @@ class Router:
     def encode_raw(self, prepared: list["Prepared"]) -> tuple[np.ndarray, np.ndarray]:
         """(text vectors `[B, 384]`, pooled image vectors `[B, 1280]`): the encoders' outputs before `query_features`
         (export parity compares them with PyTorch's)."""
+
         def text(questions: list[str]) -> np.ndarray:
             ids, mask = tokenize(self.tokenizer(), questions)
             return np.asarray(run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0])
@@ -225,99 +187,102 @@ class Router:
         return self.encode(prepared)
 
     # ------------------------------------------------------------------ scoring and routing
-    def availability(self, models: str | Iterable[str] | None = None,
-                     exclude: str | Iterable[str] | None = None) -> np.ndarray:
-        """The pool mask `[K]` from an allow-list and a deny-list (a budget is per query: see `decide`). A name in
-        the allow-list must be in the pool (a typo there would silently route elsewhere); excluding a model the
-        pool does not have changes nothing (a gateway serving part of the pool answers the same requests)."""
-        keep = np.ones(len(self.names), bool)
-        models, exclude = valid_names(models, "models"), valid_names(exclude, "exclude")
-        if models:
-            unknown = [n for n in models if n not in self.names]
-            if unknown:
-                raise OptionError(f"unknown model(s) {', '.join(unknown)} in models; pool: {', '.join(self.names)}")
-        if models:
-            keep &= np.isin(self.names, list(models))
-        if exclude:
-            keep &= ~np.isin(self.names, list(exclude))
-        if not keep.any():
-            raise OptionError("every model is excluded: nothing left to route to")
-        return keep
-
     def query_costs(self, meta: list[Any] | None, n: int) -> np.ndarray:
-        """`[B, K]` expected USD per query and model: the model's image-token rule on each image's original
-        size, its prices and its mean output tokens (`runtime.costs`); the per-model constant where a model
-        has no rule, or when `meta` is not known."""
-        out = np.broadcast_to(self.expected_cost, (n, len(self.names))).copy()
-        if self.per_query_cost and meta is not None:
-            for i, (question, sizes) in enumerate(meta):
-                for k, entry in enumerate(self._pricing):
-                    if entry["output_tokens"] is not None:
-                        c = query_cost(entry, question, sizes)
-                        if c is not None:
-                            out[i, k] = c
-        return out
+        """`[B, K]` expected USD per query and model (`runtime.costs.query_costs`)."""
+        return query_costs(self._pricing if self.per_query_cost else None, self.expected_cost, meta, n)
 
-    def score_features(self, q: np.ndarray, avail: np.ndarray,
-                       c_hat: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def score_features(
+        self, q: np.ndarray, avail: np.ndarray, c_hat: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """The router graph on feature rows; `c_hat` `[B, K]` (normalised per-query expected costs) replaces the
         per-model constant in the model features' cost column."""
         B = q.shape[0]
         q = np.ascontiguousarray(q, np.float32)
         mem = self.memory()
         cols = None
-        if mem is not None:   # the k nearest labelled queries, found by memory.onnx; their outcomes gathered in numpy
-            cols = mem.columns(None, self.names, prior=[p.prior for p in self.pool],
-                               found=self.memory_search(q))
+        if mem is not None:  # the k nearest labelled queries, found by memory.onnx; their outcomes gathered in numpy
+            cols = mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=self.memory_search(q))
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
             bad = avail & ~np.isfinite(v)
             if bad.any():  # never a decision: a broken graph or profile must not pick "the first model"
                 k = int(np.flatnonzero(bad.any(axis=0))[0])
-                raise BundleError(f"{self.bundle.path}: the router produced a non-finite {label} for model "
-                                  f"{self.names[k]!r}; the bundle's graph or profiles are broken")
+                raise BundleError(
+                    f"{self.bundle.path}: the router produced a non-finite {label} for model "
+                    f"{self.names[k]!r}; the bundle's graph or profiles are broken"
+                )
         return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt, "memory": cols}
 
     def score(self, images: Any, question: str, models: str | Iterable[str] | None = None) -> dict[str, Any]:
         """Per-model mu, sigma, mu_tilde, expected cost and utility at the default lambda (available models only)."""
         d = self.route(images, question, models=models)
-        return {c.name: {"mu": c.mu, "sigma": c.sigma, "mu_tilde": c.mu_tilde, "expected_cost": c.expected_cost,
-                         "utility": c.utility} for c in sorted(d.candidates, key=lambda c: self.names.index(c.name))}
+        return {
+            c.name: {
+                "mu": c.mu,
+                "sigma": c.sigma,
+                "mu_tilde": c.mu_tilde,
+                "expected_cost": c.expected_cost,
+                "utility": c.utility,
+            }
+            for c in sorted(d.candidates, key=lambda c: self.names.index(c.name))
+        }
 
     def resolve_lambda(self, lam: float | str | None) -> float:
-        """None -> the bundle's default; a name -> that preset of the manifest (`quality`, `balanced`,
-        `budget_50`, ...: points calibrated on validation at export); a number passes through."""
-        if lam is None:
-            return self.default_lambda
-        if isinstance(lam, str):
-            if lam not in self.presets:
-                known = ", ".join(self.presets) or "none in this bundle"
-                raise OptionError(f"unknown lambda preset '{lam}'; presets: {known}")
-            return self.presets[lam]
-        return number(lam, "lambda", hi=MAX_LAMBDA)
+        """None -> the bundle's default; a preset name -> its value; a number passes through (`runtime.options`)."""
+        return resolve_lambda(lam, self.presets, self.default_lambda)
 
-    def route(self, images: Any, question: str, *, models: str | Iterable[str] | None = None,
-              exclude: str | Iterable[str] | None = None, lam: float | str | None = None,
-              max_cost: float | None = None, explain: bool = False, explore: Any = None,
-              options: RouteOptions | None = None) -> Decision:
-        return self.route_many([(as_list(images), question)], models=models, exclude=exclude, lam=lam,
-                               max_cost=max_cost, explain=explain, explore=explore, options=options)[0]
+    def route(
+        self,
+        images: Any,
+        question: str,
+        *,
+        models: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        lam: float | str | None = None,
+        max_cost: float | None = None,
+        explain: bool = False,
+        explore: Any = None,
+        options: RouteOptions | None = None,
+    ) -> Decision:
+        return self.route_many(
+            [(as_list(images), question)],
+            models=models,
+            exclude=exclude,
+            lam=lam,
+            max_cost=max_cost,
+            explain=explain,
+            explore=explore,
+            options=options,
+        )[0]
 
-    def route_many(self, queries: Any, *, batch_size: int = 64, models: str | Iterable[str] | None = None,
-                   exclude: str | Iterable[str] | None = None,
-                   lam: float | str | None = None,
-                   max_cost: float | None = None, explain: bool = False, explore: Any = None,
-                   options: RouteOptions | None = None) -> list[Decision]:
+    def route_many(
+        self,
+        queries: Any,
+        *,
+        batch_size: int = 64,
+        models: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        lam: float | str | None = None,
+        max_cost: float | None = None,
+        explain: bool = False,
+        explore: Any = None,
+        options: RouteOptions | None = None,
+    ) -> list[Decision]:
         """Route (images, question) pairs in batches; one Decision per query, in order. The options are resolved
         here (`options`), or were resolved once by the caller and given as `options` (then give no other option)."""
         if options is not None and (explain or any(v is not None for v in (models, exclude, lam, max_cost, explore))):
             raise OptionError("give either options= or the individual routing options, not both")
-        opts = options if options is not None else self.options(models=models, exclude=exclude, lam=lam,
-                                                                max_cost=max_cost, explain=explain, explore=explore)
+        opts = (
+            options
+            if options is not None
+            else self.options(
+                models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain, explore=explore
+            )
+        )
         batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
         queries = [as_query(x) for x in as_iterable(queries)]
-        chunks = [queries[s:s + batch_size] for s in range(0, len(queries), batch_size)]
+        chunks = [queries[s : s + batch_size] for s in range(0, len(queries), batch_size)]
         out: list[Decision] = []
         for _, prepared in prefetched(chunks, lambda chunk: [self.prepare(im, q) for im, q in chunk]):
             out += self.route_prepared(prepared, opts)
@@ -329,27 +294,46 @@ class Router:
             return []
         return self.decide(self.encode(prepared), [opts] * len(prepared), meta=[p.meta for p in prepared])
 
-    def options(self, *, models: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None,
-                lam: float | str | None = None,
-                max_cost: float | None = None,
-                explain: bool = False, explore: Any = None) -> "RouteOptions":
-        """Validate one request's routing options once: the pool mask, lambda resolved to a number, exploration
-        (`policy.parse_explore`: None, "thompson" or "epsilon:P")."""
-        lam = self.resolve_lambda(lam)
-        avail = self.availability(models, exclude)
-        budget = None if max_cost is None else number(max_cost, "max_cost", hi=MAX_COST_USD)
-        return RouteOptions(avail, lam, bool(explain), budget, parse_explore(explore))
+    def options(
+        self,
+        *,
+        models: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        lam: float | str | None = None,
+        max_cost: float | None = None,
+        explain: bool = False,
+        explore: Any = None,
+    ) -> "RouteOptions":
+        """Validate one request's routing options once (`runtime.options.resolve_options`)."""
+        return resolve_options(
+            self.names,
+            self.presets,
+            self.default_lambda,
+            models=models,
+            exclude=exclude,
+            lam=lam,
+            max_cost=max_cost,
+            explain=explain,
+            explore=explore,
+        )
 
-    def start_log(self, folder: str | os.PathLike[str], *, content: bool = False, max_file_mb: float | None = None,
-                  keep_files: int = 0) -> "DecisionLog":
+    def start_log(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        content: bool = False,
+        max_file_mb: float | None = None,
+        keep_files: int = 0,
+    ) -> "DecisionLog":
         """Log every decision from now on into `folder` (`runtime.decisionlog`); returns the log (close it at the end:
         `close` waits for the last records to be written)."""
         from .decisionlog import DEFAULT_MAX_FILE_MB, DecisionLog
 
         if self.log is not None:
             self.log.close()
-        self.log = DecisionLog(folder, content=content, max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB,
-                               keep_files=keep_files)
+        self.log = DecisionLog(
+            folder, content=content, max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB, keep_files=keep_files
+        )
         return self.log
 
     def seed(self, seed: int) -> None:
@@ -357,21 +341,17 @@ class Router:
         self._rng = np.random.default_rng(seed)
 
     def log_ids(self) -> tuple[str, str]:
-        """(bundle, space): short digests a log record names. `space` names the retrieval space and the slices
-        (memory projection and profile centroids), which `refresh` keeps: records of a bundle and of its refreshed
-        successors share it, and only records in the bundle's own space can join its memory."""
-        if self._ids is None:
-            import hashlib
-            import json
+        """(bundle, space): short digests a log record names (`Bundle.digest`, `Bundle.space_digest`); only records
+        in the bundle's own space can join its memory."""
+        return self.bundle.digest[:16], self.bundle.space_digest[:16]
 
-            m = self.bundle.manifest
-            proj = m.files[m.memory.files["projection"]].sha256 if m.memory is not None else ""
-            cent = json.dumps(m.profile_space.to_dict()["centroids"]).encode("utf-8")
-            self._ids = (self.bundle.digest[:16], hashlib.sha256(proj.encode() + cent).hexdigest()[:16])
-        return self._ids
-
-    def decide(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict[str, Any] | None = None,
-               meta: list[Any] | None = None) -> list[Decision]:
+    def decide(
+        self,
+        q: np.ndarray,
+        opts: list["RouteOptions"],
+        timings: dict[str, Any] | None = None,
+        meta: list[Any] | None = None,
+    ) -> list[Decision]:
         """Decisions for feature rows `q [B, D_q]`, each row with its own options, in ONE router call
         (how the server batches requests that ask for different pools and lambdas). `meta` (from `features`)
         gives per-query expected costs; without it every model costs its per-model constant."""
@@ -383,38 +363,55 @@ class Router:
             if o.max_cost is not None:
                 within = avail[i] & (cost[i] <= o.max_cost)
                 if not within.any():
-                    raise OptionError(f"no model's expected cost fits max_cost {o.max_cost:g} USD for this query "
-                                      f"(cheapest available: {cost[i][avail[i]].min():.3g})")
+                    raise OptionError(
+                        f"no model's expected cost fits max_cost {o.max_cost:g} USD for this query "
+                        f"(cheapest available: {cost[i][avail[i]].min():.3g})"
+                    )
                 avail[i] = within
         c_hat = cost / self.space.cost_scale
         sc = self.score_features(q, avail, c_hat)
         from .explain import explain
         from .profiles import centroid_similarity
 
-        sims = centroid_similarity(q, self.space.centroids) \
-            if self.coverage_threshold is not None or self.log is not None else None
+        sims = (
+            centroid_similarity(q, self.space.centroids)
+            if self.coverage_threshold is not None or self.log is not None
+            else None
+        )
         cover = self.coverage(q, None if sc["memory"] is None else sc["memory"][:, 0, 2], sims=sims)
         choice = choose(sc["mu_tilde"], c_hat, avail, lam)
         prop = np.ones(len(q))
-        ex = [i for i, o in enumerate(opts) if o.explore is not None]
-        for kind in {e for i in ex if (e := opts[i].explore) is not None}:
-            rows = [i for i in ex if opts[i].explore == kind]
-            with self._lock:   # one generator, shared by the threads of a server
-                choice[rows], prop[rows] = explore_choice(
-                    sc["mu_tilde"][rows], sc["sigma"][rows], c_hat[rows], avail[rows], lam[rows], kind, self._rng,
-                    None if sc["memory"] is None else np.expm1(sc["memory"][rows, :, 1]))
+        if any(o.explore is not None for o in opts):
+            with self._lock:  # one generator, shared by the threads of a server
+                prop = explore_rows(
+                    [o.explore for o in opts],
+                    choice,
+                    sc["mu_tilde"],
+                    sc["sigma"],
+                    c_hat,
+                    avail,
+                    lam,
+                    self._rng,
+                    None if sc["memory"] is None else np.expm1(sc["memory"][:, :, 1]),
+                )
         out = []
         for i, o in enumerate(opts):
-            cands = sorted((Candidate(n, float(sc["mu"][i, k]), float(sc["sigma"][i, k]),
-                                      float(sc["mu_tilde"][i, k]), float(cost[i, k]),
-                                      float(sc["mu_tilde"][i, k] - o.lam * c_hat[i, k]))
-                            for k, n in enumerate(self.names) if avail[i, k]),
-                           key=lambda c: (-c.utility, self.names.index(c.name)))
+            cands = ranked_candidates(
+                self.names, {k: v[i] for k, v in sc.items() if k != "memory"}, cost[i], c_hat[i], avail[i], o.lam
+            )
             why = explain(self, q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}
-            out.append(Decision(self.names[choice[i]] if choice[i] >= 0 else None, float(o.lam), tuple(cands),
-                                tuple(n for k, n in enumerate(self.names) if not avail[i, k]), why, cover[i],
-                                propensity=float(prop[i])))
-        if self.log is not None and sims is not None:   # (sims are computed whenever a log is attached)
+            out.append(
+                Decision(
+                    self.names[choice[i]] if choice[i] >= 0 else None,
+                    float(o.lam),
+                    cands,
+                    tuple(n for k, n in enumerate(self.names) if not avail[i, k]),
+                    why,
+                    cover[i],
+                    propensity=float(prop[i]),
+                )
+            )
+        if self.log is not None and sims is not None:  # (sims are computed whenever a log is attached)
             from .decisionlog import log_decisions
 
             out = log_decisions(self, out, q, sims, opts, meta)
@@ -422,8 +419,13 @@ class Router:
             timings["router"] = timings.get("router", 0.0) + time.perf_counter() - t0
         return out
 
-    def decide_each(self, q: np.ndarray, opts: list["RouteOptions"], timings: dict[str, Any] | None = None,
-                    meta: list[Any] | None = None) -> list[Any]:
+    def decide_each(
+        self,
+        q: np.ndarray,
+        opts: list["RouteOptions"],
+        timings: dict[str, Any] | None = None,
+        meta: list[Any] | None = None,
+    ) -> list[Any]:
         """`decide` for batches of independent requests: a row whose own options fail (no model's expected cost
         fits its max_cost) gets its error in its place, and the other rows keep their decisions. The rows are
         encoded already, so a failure costs router calls, never the encoders again."""
@@ -433,13 +435,14 @@ class Router:
             out: list[Any] = []
             for i, o in enumerate(opts):
                 try:
-                    out.append(self.decide(q[i:i + 1], [o], meta=None if meta is None else [meta[i]])[0])
+                    out.append(self.decide(q[i : i + 1], [o], meta=None if meta is None else [meta[i]])[0])
                 except LrOnnxError as e:
                     out.append(e)
             return out
 
-    def coverage(self, q: np.ndarray, closeness: np.ndarray | None = None, sims: np.ndarray | None = None
-                 ) -> list[dict[str, Any] | None]:
+    def coverage(
+        self, q: np.ndarray, closeness: np.ndarray | None = None, sims: np.ndarray | None = None
+    ) -> list[dict[str, Any] | None]:
         """Per row: the query's coverage (`runtime.explain.coverage`)."""
         from .explain import coverage
 

@@ -4,6 +4,7 @@ CLI options, API arguments, manifests, datasets and batch files all meet user da
 through these few functions, so "finite, in range, valid UTF-8, not nested past
 reason" is decided once, and every refusal is one line naming the field.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,14 @@ def names(value: Any, field: str, *, err: type[LrOnnxError] = InputError) -> lis
     return out
 
 
-def loads_json(data: str | bytes, where: str, *, err: type[LrOnnxError] = InputError,
-               max_depth: int = MAX_JSON_DEPTH, strict: bool = False) -> Any:
+def loads_json(
+    data: str | bytes,
+    where: str,
+    *,
+    err: type[LrOnnxError] = InputError,
+    max_depth: int = MAX_JSON_DEPTH,
+    strict: bool = False,
+) -> Any:
     """Parse one JSON document; every way it can be malformed is one `err` line naming `where`.
 
     Integers longer than MAX_INT_DIGITS become floats (so a 400-digit number is inf and the field's
@@ -191,7 +198,11 @@ def as_query(x: Any) -> tuple[list[Any], str]:
 def clean_question(value: Any) -> str:
     q = text(value, "question")
     if len(q) > MAX_QUESTION_CHARS:
-        warnings.warn(f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
-                      f"(the text encoder reads at most its first tokens anyway)", LrOnnxWarning, stacklevel=3)
+        warnings.warn(
+            f"question of {len(q):,} characters truncated to {MAX_QUESTION_CHARS:,} "
+            f"(the text encoder reads at most its first tokens anyway)",
+            LrOnnxWarning,
+            stacklevel=3,
+        )
         q = q[:MAX_QUESTION_CHARS]
     return q

@@ -12,6 +12,7 @@ being decoded or a batch is running: an idle server answers a lone request at on
 in a pool of `threads` inference threads: the encoders once for all of them, then ONE router call in
 which each row keeps its own options (`Router.decide`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,9 +39,19 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, router: Router, metrics: Metrics, *, max_batch: int, max_wait_ms: float, threads: int,
-                 queue_size: int, decode_threads: int = 1, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                 max_request_bytes: int | None = None):
+    def __init__(
+        self,
+        router: Router,
+        metrics: Metrics,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        threads: int,
+        queue_size: int,
+        decode_threads: int = 1,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_request_bytes: int | None = None,
+    ):
         self.router, self.metrics = router, metrics
         self.max_image_bytes, self.max_request_bytes = max_image_bytes, max_request_bytes
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
@@ -74,8 +85,9 @@ class MicroBatcher:
             self._decoding += 1
             try:
                 heavy = sum(declared_bytes(i) for i in images if isinstance(i, (bytes, bytearray))) > HEAVY_BYTES
-                prepared = await loop.run_in_executor(self.heavy if heavy else self.decoders, self._prepare, images,
-                                                      question)
+                prepared = await loop.run_in_executor(
+                    self.heavy if heavy else self.decoders, self._prepare, images, question
+                )
             finally:
                 self._decoding -= 1
         else:
@@ -127,8 +139,9 @@ class MicroBatcher:
     def _prepare(self, images: list, question: str) -> Prepared:
         """Runs in a decode thread (stage 1)."""
         t0 = time.perf_counter()
-        prepared = self.router.prepare(images, question, max_image_bytes=self.max_image_bytes,
-                                       max_request_bytes=self.max_request_bytes)
+        prepared = self.router.prepare(
+            images, question, max_image_bytes=self.max_image_bytes, max_request_bytes=self.max_request_bytes
+        )
         self.metrics.stage.labels("decode").observe(time.perf_counter() - t0)
         return prepared
 

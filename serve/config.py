@@ -45,6 +45,7 @@
 
 Models of the pool without a `[models.NAME]` table leave the pool at start-up (logged once).
 """
+
 from __future__ import annotations
 
 import os
@@ -98,15 +99,15 @@ class Logging:
     """The decision log (runtime.decisionlog) and feedback: off unless `dir` is set."""
 
     dir: str = ""
-    content: bool = False            # also store each question (user content); never the image bytes
-    max_file_mb: float = 64.0        # a new log file past this size
-    keep_files: int = 0              # 0: keep every decision file; N: only the newest N (older ones are deleted)
-    feedback_window_h: float = 168.0 # feedback accepted for decisions at most this old
+    content: bool = False  # also store each question (user content); never the image bytes
+    max_file_mb: float = 64.0  # a new log file past this size
+    keep_files: int = 0  # 0: keep every decision file; N: only the newest N (older ones are deleted)
+    feedback_window_h: float = 168.0  # feedback accepted for decisions at most this old
 
 
 @dataclass(frozen=True)
 class Routing:
-    explore: str = "off"             # off | thompson[:S] | epsilon:P (runtime.policy.parse_explore)
+    explore: str = "off"  # off | thompson[:S] | epsilon:P (runtime.policy.parse_explore)
 
 
 @dataclass(frozen=True)
@@ -134,17 +135,32 @@ class ServeConfig:
 
 
 _BOUNDS = {  # field -> (kind, lo, hi)
-    "max_body_mb": (float, 0.001, 1024), "max_images": (int, 0, 64), "max_question_chars": (int, 1, 1_000_000),
-    "max_json_depth": (int, 2, 64), "queue_size": (int, 1, 100_000), "allow_image_urls": (bool, 0, 1),
-    "image_url_max_mb": (float, 0.001, 1024), "image_url_timeout_s": (float, 0.01, 600),
-    "max_batch": (int, 1, 1024), "max_wait_ms": (float, 0, 10_000), "threads": (int, 1, 256),
+    "max_body_mb": (float, 0.001, 1024),
+    "max_images": (int, 0, 64),
+    "max_question_chars": (int, 1, 1_000_000),
+    "max_json_depth": (int, 2, 64),
+    "queue_size": (int, 1, 100_000),
+    "allow_image_urls": (bool, 0, 1),
+    "image_url_max_mb": (float, 0.001, 1024),
+    "image_url_timeout_s": (float, 0.01, 600),
+    "max_batch": (int, 1, 1024),
+    "max_wait_ms": (float, 0, 10_000),
+    "threads": (int, 1, 256),
     "decode_threads": (int, 1, 256),
-    "timeout_s": (float, 0.01, 3600), "retries": (int, 0, 16),
-    "body_timeout_s": (float, 0.01, 3600), "allow_private_image_hosts": (bool, 0, 1),
-    "max_image_mb": (float, 0.01, 4096), "max_request_image_mb": (float, 0.01, 65536),
-    "stream_idle_s": (float, 0.01, 3600), "grace_s": (float, 0, 86400),
-    "dir": (str, 0, 4096), "content": (bool, 0, 1), "max_file_mb": (float, 0.001, 1 << 20),
-    "feedback_window_h": (float, 0.001, 24 * 3650), "explore": (str, 0, 64), "keep_files": (int, 0, 1_000_000),
+    "timeout_s": (float, 0.01, 3600),
+    "retries": (int, 0, 16),
+    "body_timeout_s": (float, 0.01, 3600),
+    "allow_private_image_hosts": (bool, 0, 1),
+    "max_image_mb": (float, 0.01, 4096),
+    "max_request_image_mb": (float, 0.01, 65536),
+    "stream_idle_s": (float, 0.01, 3600),
+    "grace_s": (float, 0, 86400),
+    "dir": (str, 0, 4096),
+    "content": (bool, 0, 1),
+    "max_file_mb": (float, 0.001, 1 << 20),
+    "feedback_window_h": (float, 0.001, 24 * 3650),
+    "explore": (str, 0, 64),
+    "keep_files": (int, 0, 1_000_000),
 }
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -156,8 +172,9 @@ def _section(raw: dict, name: str, cls, where: str):
     known = {f.name for f in fields(cls)}
     unknown = set(table) - known
     if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} in [{name}]; known: "
-                         f"{', '.join(sorted(known))}")
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))} in [{name}]; known: {', '.join(sorted(known))}"
+        )
     values = {}
     for key, v in table.items():
         kind, lo, hi = _BOUNDS[key]
@@ -192,8 +209,10 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
         raise InputError(f"{where}: malformed TOML ({e})") from None
     unknown = set(raw) - {"limits", "batching", "upstream", "server", "models", "logging", "routing"}
     if unknown:
-        raise InputError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: limits, batching, "
-                         f"upstream, server, models, logging, routing")
+        raise InputError(
+            f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: limits, batching, "
+            f"upstream, server, models, logging, routing"
+        )
     models = raw.get("models", {})
     if not isinstance(models, dict):
         raise InputError(f"{where}: [models] must hold one table per model")
@@ -204,8 +223,11 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
             raise InputError(f"{label} must be a table with base_url, upstream_model and api_key_env")
         unknown = set(spec) - {"base_url", "upstream_model", "api_key_env"}
         if unknown:
-            hint = ("; put the key in an environment variable and name it with api_key_env"
-                    if any("key" in k for k in unknown) else "")
+            hint = (
+                "; put the key in an environment variable and name it with api_key_env"
+                if any("key" in k for k in unknown)
+                else ""
+            )
             raise InputError(f"{label}: unknown key(s) {', '.join(sorted(unknown))}{hint}")
         base = text(spec.get("base_url"), f"{label}.base_url").rstrip("/")
         if not base.startswith(("http://", "https://")):
@@ -221,6 +243,12 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
         parse_explore(routing.explore)
     except OptionError as e:
         raise InputError(f"{where}: routing.{e}") from None
-    return ServeConfig(_section(raw, "limits", Limits, where), _section(raw, "batching", Batching, where),
-                       _section(raw, "upstream", UpstreamPolicy, where), _section(raw, "server", ServerPolicy, where),
-                       ups, _section(raw, "logging", Logging, where), routing)
+    return ServeConfig(
+        _section(raw, "limits", Limits, where),
+        _section(raw, "batching", Batching, where),
+        _section(raw, "upstream", UpstreamPolicy, where),
+        _section(raw, "server", ServerPolicy, where),
+        ups,
+        _section(raw, "logging", Logging, where),
+        routing,
+    )

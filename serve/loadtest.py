@@ -7,6 +7,7 @@ check: a server with a small queue gets an open-loop arrival rate of 4x the sust
 a few seconds; the admitted requests must answer 200, the rest 503, nothing else, and nothing may hang.
 The reference is `Router.route_many` on the same queries in this process, batched like the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,21 +27,29 @@ from ..runtime.router import DEFAULT_BUNDLE, Router
 from .standin import free_port
 
 EXAMPLES = DEFAULT_BUNDLE.parent / "examples"
-QUESTIONS = ["What is the total amount?", "Which bar is the highest?", "What does this picture show?",
-             "Summarise this page in one sentence.", "What is 17 times 23?", "Name three prime numbers above 50."]
+QUESTIONS = [
+    "What is the total amount?",
+    "Which bar is the highest?",
+    "What does this picture show?",
+    "Summarise this page in one sentence.",
+    "What is 17 times 23?",
+    "Name three prime numbers above 50.",
+]
 
 
 def workload(n: int) -> list[tuple[list[bytes], str]]:
     """n queries, every other one with one of the shipped example images."""
     images = [p.read_bytes() for p in sorted(EXAMPLES.glob("*")) if p.suffix in (".png", ".jpg")]
-    return [([images[i % len(images)]] if i % 2 == 0 else [], f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})")
-            for i in range(n)]
+    return [
+        ([images[i % len(images)]] if i % 2 == 0 else [], f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})") for i in range(n)
+    ]
 
 
 def _chat_body(images: list[bytes], question: str) -> bytes:
     parts = [{"type": "text", "text": question}] + [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b).decode()}}
-        for b in images]
+        for b in images
+    ]
     return json.dumps({"model": "lr-onnx/auto", "messages": [{"role": "user", "content": parts}]}).encode()
 
 
@@ -52,8 +61,11 @@ class _StandIn:
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.serve.standin", "--port", str(port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lr_onnx.serve.standin", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -76,8 +88,10 @@ class _Served:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # the shipped defaults, but for the queue and the batch size each phase sets
-        cfg = [f"[limits]\nqueue_size = {queue_size}\n[batching]\nmax_batch = {max_batch}\n"
-               f"[upstream]\ntimeout_s = 30\nretries = 0\n"]
+        cfg = [
+            f"[limits]\nqueue_size = {queue_size}\n[batching]\nmax_batch = {max_batch}\n"
+            f"[upstream]\ntimeout_s = 30\nretries = 0\n"
+        ]
         cfg += [f'[models."{n}"]\nbase_url = "{upstream_url}/ok/v1"\nupstream_model = "{n}"\n' for n in names]
         fd, self.cfg = tempfile.mkstemp(suffix=".toml")
         with os.fdopen(fd, "w") as fh:
@@ -129,8 +143,10 @@ class _Conn:
     async def post(self, path: str, body: bytes, timeout: float) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        head = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode()
         try:
             self.writer.write(head + body)
             return await asyncio.wait_for(self._response(), timeout)
@@ -239,19 +255,27 @@ def _server_p99_ms(url: str, endpoint: str = "chat_completions") -> float | None
 def _summary(lat: list[float], status: dict, lost: int, wall: float, sent: int) -> dict:
     ms = np.asarray(lat) * 1000
     pct = {f"p{p}_ms": round(float(np.percentile(ms, p)), 1) if len(ms) else None for p in (50, 95, 99)}
-    return {"requests": sent, "seconds": round(wall, 2), "qps": round(status.get(200, 0) / wall, 1), **pct,
-            "status": {str(k): v for k, v in sorted(status.items())},
-            "errors": sum(v for k, v in status.items() if k not in (200, 503)), "lost": lost}
+    return {
+        "requests": sent,
+        "seconds": round(wall, 2),
+        "qps": round(status.get(200, 0) / wall, 1),
+        **pct,
+        "status": {str(k): v for k, v in sorted(status.items())},
+        "errors": sum(v for k, v in status.items() if k not in (200, 503)),
+        "lost": lost,
+    }
 
 
-def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False, bundle=None,
-                    progress=lambda message: None) -> dict:
+def run_serve_bench(
+    out: str | os.PathLike | None = None, *, quick: bool = False, bundle=None, progress=lambda message: None
+) -> dict:
     """Run every phase (`progress` hears of each as it starts) and write the JSON atomically."""
     n = 96 if quick else 256
     queries = workload(n)
     bodies = [_chat_body(im, q) for im, q in queries]
-    route_bodies = [json.dumps({"question": q, "images": [base64.b64encode(b).decode() for b in im]}).encode()
-                    for im, q in queries]
+    route_bodies = [
+        json.dumps({"question": q, "images": [base64.b64encode(b).decode() for b in im]}).encode() for im, q in queries
+    ]
     router = Router.load(bundle)
     progress(f"in-process reference: Router.route_many on {n} queries, best of 3 passes")
     router.route_many(queries[:8], batch_size=8)  # warm the sessions
@@ -261,9 +285,14 @@ def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False
         router.route_many(queries, batch_size=32)
         best = min(best, time.perf_counter() - t0)
     ref_qps = n / best
-    result = {"host": platform.node(), "cpus": os.cpu_count(), "queries": n, "mix": "half with an image",
-              "in_process_route_many": {"batch_size": 32, "qps": round(ref_qps, 1), "passes": "best of 3"},
-              "levels": {}}
+    result = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "queries": n,
+        "mix": "half with an image",
+        "in_process_route_many": {"batch_size": 32, "qps": round(ref_qps, 1), "passes": "best of 3"},
+        "levels": {},
+    }
     with _StandIn() as up:
         progress("starting the stand-in upstream and lr-onnx serve")
         with _Served(up.url, router.names, queue_size=256, max_batch=32, bundle=bundle) as srv:
@@ -280,7 +309,9 @@ def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False
             asyncio.run(_closed_loop(srv.url, bodies[:16], 4))
             result["no_batching_c32"] = asyncio.run(_closed_loop(srv.url, bodies, 32))  # max_batch = 1
         sustainable = result["levels"]["32"]["qps"]
-        progress(f"overload: {4 * sustainable:.0f} q/s offered for {3 if quick else 5} s to a server with a queue of 16")
+        progress(
+            f"overload: {4 * sustainable:.0f} q/s offered for {3 if quick else 5} s to a server with a queue of 16"
+        )
         with _Served(up.url, router.names, queue_size=16, max_batch=32, bundle=bundle) as srv:
             over = asyncio.run(_open_loop(srv.url, bodies, rate=4 * sustainable, seconds=3 if quick else 5))
             over["queue_size"] = 16
@@ -307,15 +338,21 @@ def run_serve_bench(out: str | os.PathLike | None = None, *, quick: bool = False
 
 
 def table(r: dict) -> str:
-    lines = [f"in-process Router.route_many (batch 32): {r['in_process_route_many']['qps']} q/s",
-             f"{'concurrency':>11s} {'q/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'lost':>5s}"]
+    lines = [
+        f"in-process Router.route_many (batch 32): {r['in_process_route_many']['qps']} q/s",
+        f"{'concurrency':>11s} {'q/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'lost':>5s}",
+    ]
     for c, v in r["levels"].items():
-        lines.append(f"{c:>11s} {v['qps']:>7.1f} {v['p50_ms']:>8.1f} {v['p95_ms']:>8.1f} {v['p99_ms']:>8.1f} "
-                     f"{v['errors']:>6d} {v['lost']:>5d}")
+        lines.append(
+            f"{c:>11s} {v['qps']:>7.1f} {v['p50_ms']:>8.1f} {v['p95_ms']:>8.1f} {v['p99_ms']:>8.1f} "
+            f"{v['errors']:>6d} {v['lost']:>5d}"
+        )
     o = r["overload_4x"]
-    lines.append(f"overload: offered {o['offered_qps']} q/s to a queue of {o['queue_size']}: status {o['status']}, "
-                 f"p99 of the admitted {o['p99_ms']} ms at the client, <= {o['server_side_p99_ms_at_most']} ms in "
-                 f"the server, errors {o['errors']}, lost {o['lost']}")
+    lines.append(
+        f"overload: offered {o['offered_qps']} q/s to a queue of {o['queue_size']}: status {o['status']}, "
+        f"p99 of the admitted {o['p99_ms']} ms at the client, <= {o['server_side_p99_ms_at_most']} ms in "
+        f"the server, errors {o['errors']}, lost {o['lost']}"
+    )
     rt = r["route_endpoint_c32"]
     lines.append(f"/v1/route at concurrency 32 (no upstream hop): {rt['qps']} q/s, p99 {rt['p99_ms']} ms")
     lines.append(f"without micro-batching (max_batch 1) at concurrency 32: {r['no_batching_c32']['qps']} q/s")

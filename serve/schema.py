@@ -3,6 +3,7 @@
 `/v1/route` answers with `Decision.to_dict()`, the very JSON `lr-onnx route --json` prints, so the CLI
 and the server share one response schema. Every refusal here is an `HTTPError` with one line.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,8 +21,15 @@ PREFIX = "lr-onnx/"
 class HTTPError(Exception):
     """An answer other than 200: status, one-line message, OpenAI error type and code."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.code = status, message, type, code
         self.headers = headers or {}
@@ -60,8 +68,11 @@ def decode_image(value, limits: Limits, where: str):
         raise _bad(f"{where} must be a data: URL or base64 string")
     if value.startswith(("http://", "https://")):
         if not limits.allow_image_urls:
-            raise _bad(f"{where}: http(s) image URLs are not fetched by this server (send the image as a data: URL, "
-                       f"or set limits.allow_image_urls in the config)", "image_url_not_allowed")
+            raise _bad(
+                f"{where}: http(s) image URLs are not fetched by this server (send the image as a data: URL, "
+                f"or set limits.allow_image_urls in the config)",
+                "image_url_not_allowed",
+            )
         if any(ord(c) < 0x21 or c == "\x7f" for c in value) or len(value) > 8192:
             raise _bad(f"{where}: not a valid URL (control characters, spaces or over 8192 characters)")
         return value
@@ -85,15 +96,19 @@ def _question(value, limits: Limits) -> str:
     except InputError as e:
         raise _bad(str(e)) from None
     if len(q) > limits.max_question_chars:
-        raise HTTPError(413, f"question of {len(q):,} characters exceeds the limit of {limits.max_question_chars:,}",
-                        code="question_too_long")
+        raise HTTPError(
+            413,
+            f"question of {len(q):,} characters exceeds the limit of {limits.max_question_chars:,}",
+            code="question_too_long",
+        )
     return q
 
 
 def _images(values, limits: Limits) -> list:
     if len(values) > limits.max_images:
-        raise HTTPError(413, f"{len(values)} images exceed the limit of {limits.max_images} per request",
-                        code="too_many_images")
+        raise HTTPError(
+            413, f"{len(values)} images exceed the limit of {limits.max_images} per request", code="too_many_images"
+        )
     return [decode_image(v, limits, f"images[{i}]") for i, v in enumerate(values)]
 
 
@@ -111,8 +126,15 @@ def route_request(doc, limits: Limits) -> RouteRequest:
     if not isinstance(explain, bool):
         raise _bad("explain must be true or false")
     # lambda, models, exclude and max_cost are checked by Router.options, the one place for routing options
-    return RouteRequest(_question(doc.get("question"), limits), _images(images, limits), doc.get("lambda"),
-                        doc.get("models"), doc.get("exclude"), doc.get("max_cost"), explain)
+    return RouteRequest(
+        _question(doc.get("question"), limits),
+        _images(images, limits),
+        doc.get("lambda"),
+        doc.get("models"),
+        doc.get("exclude"),
+        doc.get("max_cost"),
+        explain,
+    )
 
 
 @dataclass
@@ -142,8 +164,8 @@ def chat_request(doc, limits: Limits, presets: list[str], upstream_names: dict[s
         return ChatRequest(doc, stream, None, upstream_names[model])
     if model == AUTO:
         lam = None
-    elif model.startswith(PREFIX) and model[len(PREFIX):] in presets:
-        lam = model[len(PREFIX):]
+    elif model.startswith(PREFIX) and model[len(PREFIX) :] in presets:
+        lam = model[len(PREFIX) :]
     else:
         known = ", ".join([AUTO] + [PREFIX + p for p in presets] + sorted(upstream_names))
         raise HTTPError(400, f"unknown model {model!r}; use one of {known}", code="model_not_found")

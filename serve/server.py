@@ -3,6 +3,7 @@
 SIGTERM / SIGINT: uvicorn stops accepting, every admitted request is answered (streams included, up to
 `[server] grace_s`; a stream still running then is ended with an error event), then the process exits 0.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,9 @@ def served_router(router: Router, config: ServeConfig) -> tuple[Router, list[str
     and the names that left. A config naming a model outside the pool is refused."""
     unknown = sorted(set(config.models) - set(router.names))
     if unknown:
-        raise InputError(f"config names model(s) {', '.join(unknown)} that are not in the bundle's pool "
-                         f"({', '.join(router.names)})")
+        raise InputError(
+            f"config names model(s) {', '.join(unknown)} that are not in the bundle's pool ({', '.join(router.names)})"
+        )
     if not config.models:
         return router, []
     gone = [n for n in router.names if n not in config.models]
@@ -44,8 +46,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, api_key_env: str | None,
-          provider: str = "auto", echo=None, strict: bool = False) -> None:
+def serve(
+    *,
+    bundle: str | None,
+    host: str,
+    port: int,
+    config_path: str | None,
+    api_key_env: str | None,
+    provider: str = "auto",
+    echo=None,
+    strict: bool = False,
+) -> None:
     import click
     import uvicorn
 
@@ -62,8 +73,11 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
     if unset and strict:
         raise InputError(f"upstream key variable(s) unset or empty: {', '.join(unset)} (--strict)")
     for entry in unset:
-        echo(f"warning: the upstream key variable of {entry} is unset or empty: calls go out without "
-             f"credentials (--strict refuses to start)", err=True)
+        echo(
+            f"warning: the upstream key variable of {entry} is unset or empty: calls go out without "
+            f"credentials (--strict refuses to start)",
+            err=True,
+        )
     router, gone = served_router(Router.load(bundle, provider=provider), config)
     router.bound_providers()  # every graph loaded and checked against the manifest now: a broken bundle is one line
     if gone:
@@ -79,12 +93,23 @@ def serve(*, bundle: str | None, host: str, port: int, config_path: str | None, 
     app = create_app(router, config, api_key=key)
     _Server = _server_class(app.state.upstreams, config.server.grace_s)
     shown = f"[{host}]" if ":" in host else host
-    echo(f"lr-onnx serve: http://{shown}:{port}/v1 ({_count(len(router.names), 'model')}"
-         f"{', ' + _count(len(config.models), 'upstream') if config.models else ', route only'}"
-         f"{', gateway key required' if key else ''}); Ctrl-C stops")
+    echo(
+        f"lr-onnx serve: http://{shown}:{port}/v1 ({_count(len(router.names), 'model')}"
+        f"{', ' + _count(len(config.models), 'upstream') if config.models else ', route only'}"
+        f"{', gateway key required' if key else ''}); Ctrl-C stops"
+    )
     _log_to_stderr()
-    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                           timeout_graceful_shutdown=config.server.grace_s)).run()
+    _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=config.server.grace_s,
+        )
+    ).run()
 
 
 def _count(n: int, noun: str) -> str:

@@ -9,6 +9,7 @@ two SSE chunks, then break the connection or fall silent; `/gzipstream/v1` gzips
 whatever the client accepts. Every request it received is kept in `seen` (behaviour, body) and every
 stream it closed early in `closed`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,16 +23,26 @@ from starlette.routing import Route
 
 
 def completion(model: str, text: str) -> dict:
-    return {"id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return {
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 def chunks(model: str, text: str) -> list[bytes]:
     out = []
     for word in text.split(" "):
-        delta = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0, "model": model,
-                 "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+        delta = {
+            "id": "chatcmpl-standin",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+        }
         out.append(f"data: {json.dumps(delta)}\n\n".encode())
     return out + [b"data: [DONE]\n\n"]
 
@@ -62,29 +73,45 @@ def standin_app(*, record: bool = True) -> Starlette:
             await asyncio.sleep(3600)
         if kind == "unauthorized":
             given = request.headers.get("authorization", "")
-            return JSONResponse({"error": {"message": f"Incorrect API key provided: {given}", "type": "invalid_request_error",
-                                           "code": "invalid_api_key"}}, status_code=401)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {given}",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                status_code=401,
+            )
         if kind == "drip":
+
             async def drip():
                 for _ in range(600):
                     yield b" "
                     await asyncio.sleep(0.2)
+
             return StreamingResponse(drip(), media_type="application/json")
         if kind in ("cutstream", "stallstream"):
+
             async def broken():
                 for c in chunks(model, "two words")[:2]:
                     yield c
                 if kind == "stallstream":
                     await asyncio.sleep(3600)
                 raise RuntimeError("the stand-in cuts this stream")  # uvicorn drops the connection mid-body
+
             return StreamingResponse(broken(), media_type="text/event-stream")
         if kind == "gzipstream":
             import gzip
 
-            return Response(gzip.compress(b"".join(chunks(model, f"answer from {model}"))), media_type="text/event-stream",
-                            headers={"content-encoding": "gzip"})
+            return Response(
+                gzip.compress(b"".join(chunks(model, f"answer from {model}"))),
+                media_type="text/event-stream",
+                headers={"content-encoding": "gzip"},
+            )
         text = f"answer from {model}"
         if kind == "slowstream":
+
             async def slow():
                 try:
                     for i in range(1200):
@@ -92,11 +119,14 @@ def standin_app(*, record: bool = True) -> Starlette:
                         await asyncio.sleep(0.05)
                 finally:
                     closed.append(model)
+
             return StreamingResponse(slow(), media_type="text/event-stream")
         if body.get("stream"):
+
             async def gen():
                 for c in chunks(model, text):
                     yield c
+
             return StreamingResponse(gen(), media_type="text/event-stream")
         return JSONResponse(completion(model, text))
 
@@ -143,8 +173,17 @@ class BackgroundServer:
         self.port = port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         # a stand-in's hanging requests are cut after 2 s at shutdown instead of holding the thread
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    access_log=False, lifespan="on", timeout_graceful_shutdown=2))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=2,
+            )
+        )
 
     def __enter__(self) -> "BackgroundServer":
         import threading

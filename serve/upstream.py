@@ -12,6 +12,7 @@ shape, a WARNING line and the upstream-error counter. A client that disconnects 
 upstream call. Keys come from the environment at call time and never appear in a log, an error or
 anything sent back.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,10 +71,13 @@ class Upstreams:
 
     def __init__(self, config: ServeConfig, metrics: Metrics):
         self.config, self.metrics = config, metrics
-        self.clients = [httpx.AsyncClient(timeout=httpx.Timeout(config.upstream.timeout_s),
-                                          limits=httpx.Limits(max_connections=CONNECTIONS_PER_POOL,
-                                                              max_keepalive_connections=KEEPALIVE_PER_POOL))
-                        for _ in range(POOLS)]
+        self.clients = [
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(config.upstream.timeout_s),
+                limits=httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=KEEPALIVE_PER_POOL),
+            )
+            for _ in range(POOLS)
+        ]
         self._turn = itertools.count()
         self.throttled = Throttled(log)
         self.stop_by: float | None = None  # set at SIGTERM: streams still running then end with an error event
@@ -100,22 +104,32 @@ class Upstreams:
                 parsed = httpx.URL(url)
                 address = await _resolve(parsed, public_only=not lim.allow_private_image_hosts)
                 ext = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
-                async with self.next_client().stream("GET", parsed.copy_with(host=address),
-                                                     headers={"host": parsed.netloc.decode("ascii")},
-                                                     timeout=lim.image_url_timeout_s, extensions=ext) as resp:
+                async with self.next_client().stream(
+                    "GET",
+                    parsed.copy_with(host=address),
+                    headers={"host": parsed.netloc.decode("ascii")},
+                    timeout=lim.image_url_timeout_s,
+                    extensions=ext,
+                ) as resp:
                     if resp.status_code != 200:
                         raise HTTPError(400, f"image URL answered {resp.status_code}", code="image_url_failed")
-                    return await read_capped(resp.aiter_bytes(), cap, HTTPError(
-                        413, f"image URL is larger than {lim.image_url_max_mb:g} MB", code="image_too_large"))
+                    return await read_capped(
+                        resp.aiter_bytes(),
+                        cap,
+                        HTTPError(413, f"image URL is larger than {lim.image_url_max_mb:g} MB", code="image_too_large"),
+                    )
         except (TimeoutError, httpx.TimeoutException):
-            raise HTTPError(400, f"image URL not fetched within {lim.image_url_timeout_s:g} s",
-                            code="image_url_failed") from None
+            raise HTTPError(
+                400, f"image URL not fetched within {lim.image_url_timeout_s:g} s", code="image_url_failed"
+            ) from None
         except (httpx.HTTPError, httpx.InvalidURL) as e:
-            raise HTTPError(400, f"image URL could not be fetched ({type(e).__name__})",
-                            code="image_url_failed") from None
+            raise HTTPError(
+                400, f"image URL could not be fetched ({type(e).__name__})", code="image_url_failed"
+            ) from None
 
-    async def forward(self, body: dict, candidates: list[tuple[str, float | None]], *, stream: bool,
-                      headers: dict[str, str]) -> Response:
+    async def forward(
+        self, body: dict, candidates: list[tuple[str, float | None]], *, stream: bool, headers: dict[str, str]
+    ) -> Response:
         """Try `candidates` ([(pool model, utility or None when nothing was routed)], best first) until one
         answers; `headers` are ours to add."""
         failed: list[str] = []
@@ -127,8 +141,13 @@ class Upstreams:
                 return await self._call(name, body, stream, ours, failed)
             except _Failed as e:
                 failed.append(self._fail(name, e.reason))
-        raise HTTPError(502, f"no upstream answered: {', '.join(failed) or 'no candidate'}", type="upstream_error",
-                        code="upstream_failed", headers={**headers, "x-lr-onnx-failed": ", ".join(failed)})
+        raise HTTPError(
+            502,
+            f"no upstream answered: {', '.join(failed) or 'no candidate'}",
+            type="upstream_error",
+            code="upstream_failed",
+            headers={**headers, "x-lr-onnx-failed": ", ".join(failed)},
+        )
 
     async def _call(self, name: str, body: dict, stream: bool, ours: dict, failed: list[str]) -> Response:
         up = self.config.models[name]
@@ -138,8 +157,9 @@ class Upstreams:
         if key:
             send["authorization"] = f"Bearer {key}"
         client = self.next_client()
-        req = client.build_request("POST", f"{up.base_url}/chat/completions",
-                                   json=dict(body, model=up.upstream_model), headers=send)
+        req = client.build_request(
+            "POST", f"{up.base_url}/chat/completions", json=dict(body, model=up.upstream_model), headers=send
+        )
         t0 = time.perf_counter()
         resp = None
         try:
@@ -153,8 +173,13 @@ class Upstreams:
                     ours["x-lr-onnx-failed"] = ", ".join(failed)
                 passed = {k: v for k, v in resp.headers.items() if k.lower() in _PASS_HEADERS}
                 if not stream or not 200 <= resp.status_code < 300:  # whole answers (and every error) are redacted
-                    content = self._redact(await read_capped(resp.aiter_bytes(), MAX_ERROR_BODY if resp.status_code
-                                                             >= 300 else 1 << 30, _Failed("answer too large")))
+                    content = self._redact(
+                        await read_capped(
+                            resp.aiter_bytes(),
+                            MAX_ERROR_BODY if resp.status_code >= 300 else 1 << 30,
+                            _Failed("answer too large"),
+                        )
+                    )
                     await resp.aclose()
                     self.metrics.stage.labels("upstream").observe(time.perf_counter() - t0)
                     return Response(content, status_code=resp.status_code, headers={**passed, **ours})
@@ -169,8 +194,12 @@ class Upstreams:
         except _Failed:
             await _close(resp)
             raise
-        return StreamingResponse(self._relay(name, resp, chunks, first, t0), status_code=resp.status_code,
-                                 headers={**passed, **ours}, media_type=resp.headers.get("content-type"))
+        return StreamingResponse(
+            self._relay(name, resp, chunks, first, t0),
+            status_code=resp.status_code,
+            headers={**passed, **ours},
+            media_type=resp.headers.get("content-type"),
+        )
 
     async def _relay(self, name: str, resp: httpx.Response, chunks, first: bytes, t0: float):
         """The upstream's stream as it comes (decoded, redacted); an upstream that breaks off or falls silent
@@ -207,8 +236,13 @@ class Upstreams:
     def _stream_error(self, name: str, reason: str, *, upstream_fault: bool = True) -> bytes:
         if upstream_fault:
             self._fail(name, reason)
-        event = {"error": {"message": f"the upstream of {name} failed mid-stream: {reason}", "type": "upstream_error",
-                           "code": "upstream_stream_failed"}}
+        event = {
+            "error": {
+                "message": f"the upstream of {name} failed mid-stream: {reason}",
+                "type": "upstream_error",
+                "code": "upstream_stream_failed",
+            }
+        }
         return f"data: {json.dumps(event)}\n\n".encode()
 
     def _redact(self, data: bytes) -> bytes:
@@ -233,8 +267,9 @@ async def _resolve(url: httpx.URL, *, public_only: bool) -> str:
     if not host:
         raise HTTPError(400, "image URL has no host", code="image_url_failed")
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80),
-                                                             type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM
+        )
     except (OSError, UnicodeError):
         raise HTTPError(400, f"image URL host {host!r} does not resolve", code="image_url_failed") from None
     if not infos:
@@ -242,8 +277,12 @@ async def _resolve(url: httpx.URL, *, public_only: bool) -> str:
     for info in infos if public_only else ():
         addr = ipaddress.ip_address(info[4][0].split("%")[0])
         if not addr.is_global or addr.is_multicast:
-            raise HTTPError(400, f"image URL host {host!r} resolves to a non-public address; refused (set "
-                                 f"limits.allow_private_image_hosts to allow it)", code="image_url_private")
+            raise HTTPError(
+                400,
+                f"image URL host {host!r} resolves to a non-public address; refused (set "
+                f"limits.allow_private_image_hosts to allow it)",
+                code="image_url_private",
+            )
     return str(infos[0][4][0]).split("%")[0]
 
 

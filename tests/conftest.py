@@ -4,6 +4,7 @@ Tests that read `../shared/data/<name>` carry `@pytest.mark.shared_data`: they s
 `../shared` is absent (a user's fresh clone), and fail instead when LR_ONNX_REQUIRE_SHARED_DATA=1 (`.ci/run`
 sets it, so CI can never pass by skipping them). LR_ONNX_SHARED_DATA points elsewhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))   # the experiment drivers (newmodel, coverage_flag) are scripts there
+sys.path.insert(0, str(REPO / "benchmarks"))  # the experiment drivers (newmodel, coverage_flag) are scripts there
 SHARED_DATA = Path(os.environ.get("LR_ONNX_SHARED_DATA") or REPO.parent / "shared" / "data")
 DCROUTER = SHARED_DATA / "dcrouter"
 BLINDTEST = SHARED_DATA / "blindtest"
@@ -29,8 +30,11 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("shared_data")
         if marker is None:
             continue
-        missing = [n for n in (marker.args or ("dcrouter",)) if not any((SHARED_DATA / n / f).is_file()
-                                                                        for f in ("queries.jsonl", "skills.json"))]
+        missing = [
+            n
+            for n in (marker.args or ("dcrouter",))
+            if not any((SHARED_DATA / n / f).is_file() for f in ("queries.jsonl", "skills.json"))
+        ]
         if not missing:
             continue
         why = f"needs {', '.join(str(SHARED_DATA / n) for n in missing)} (the project's shared data)"
@@ -58,8 +62,13 @@ def write_native(root: Path, records: list[dict], models: list[dict] | None = No
 
 
 def rec(i: int, **kw) -> dict:
-    r = {"id": f"q{i}", "question": f"question {i}", "images": [], "dataset": "ds" + str(i % 2),
-         "outcomes": {"a": {"score": 1.0, "cost": 0.1}, "b": {"score": 0.0, "cost": 0.01}}}
+    r = {
+        "id": f"q{i}",
+        "question": f"question {i}",
+        "images": [],
+        "dataset": "ds" + str(i % 2),
+        "outcomes": {"a": {"score": 1.0, "cost": 0.1}, "b": {"score": 0.0, "cost": 0.01}},
+    }
     r.update(kw)
     return r
 

@@ -1,4 +1,5 @@
 """route-batch, info, doctor, models add/remove on bundles, calibrate and the provider option, from the command line."""
+
 from __future__ import annotations
 
 import json
@@ -51,16 +52,14 @@ def test_route_batch_csv(runner, tmp_path):
 
 def test_info_and_doctor(runner):
     res = runner.invoke(main, ["info"])
-    assert res.exit_code == 0 and load_bundle(DEFAULT_BUNDLE).model_names[0] in res.output and "graph router" in res.output
+    assert (
+        res.exit_code == 0 and load_bundle(DEFAULT_BUNDLE).model_names[0] in res.output and "graph router" in res.output
+    )
     res = runner.invoke(main, ["doctor"])
     assert res.exit_code == 0, res.output
-    assert "sha256 verified" in res.output and "golden parity" in res.output and "bound CPUExecutionProvider" in res.output
-
-
-
-
-
-
+    assert (
+        "sha256 verified" in res.output and "golden parity" in res.output and "bound CPUExecutionProvider" in res.output
+    )
 
 
 def test_cli_unavailable_provider_is_one_line(runner):
@@ -75,17 +74,40 @@ def test_cli_unavailable_provider_is_one_line(runner):
 def _labelled(tmp_path, name="NewVLM", n=30):
     recs = []
     for i in range(n):
-        recs.append({"id": f"n{i}", "question": f"What is {i} * 3?", "images": [], "dataset": "x",
-                     "outcomes": {name: {"score": float(i % 3 == 0), "cost": 0.0004, "tokens": 40}}})
+        recs.append(
+            {
+                "id": f"n{i}",
+                "question": f"What is {i} * 3?",
+                "images": [],
+                "dataset": "x",
+                "outcomes": {name: {"score": float(i % 3 == 0), "cost": 0.0004, "tokens": 40}},
+            }
+        )
     (tmp_path / "new.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     return tmp_path / "new.jsonl"
 
 
 def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
     before = (DEFAULT_BUNDLE / "manifest.json").read_bytes()
-    res = runner.invoke(main, ["models", "add", "--bundle", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "b2"),
-                               "--name", "NewVLM", "--price-in", "0.3", "--price-out", "0.6",
-                               "--outcomes", str(_labelled(tmp_path))])
+    res = runner.invoke(
+        main,
+        [
+            "models",
+            "add",
+            "--bundle",
+            str(DEFAULT_BUNDLE),
+            "--out",
+            str(tmp_path / "b2"),
+            "--name",
+            "NewVLM",
+            "--price-in",
+            "0.3",
+            "--price-out",
+            "0.6",
+            "--outcomes",
+            str(_labelled(tmp_path)),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (DEFAULT_BUNDLE / "manifest.json").read_bytes() == before  # the source bundle is untouched
     r = Router.load(tmp_path / "b2")
@@ -93,12 +115,19 @@ def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
     assert r.names[-1] == "NewVLM" and len(r.names) == len(load_bundle(DEFAULT_BUNDLE).model_names) + 1
     d = r.route(None, "What is 4 * 3?", models=["NewVLM", first])
     assert d.model in ("NewVLM", first) and len(d.candidates) == 2
-    res = runner.invoke(main, ["models", "remove", "--bundle", str(tmp_path / "b2"), "--out", str(tmp_path / "b3"),
-                               "--name", first])
+    res = runner.invoke(
+        main, ["models", "remove", "--bundle", str(tmp_path / "b2"), "--out", str(tmp_path / "b3"), "--name", first]
+    )
     assert res.exit_code == 0 and first not in Router.load(tmp_path / "b3").names
-    assert runner.invoke(main, ["models", "remove", "--bundle", str(tmp_path / "b3"), "--out",
-                                str(tmp_path / "b4"), "--name", first]).exit_code == 2  # not in the pool: usage
-    assert runner.invoke(main, ["models", "add", "--name", "x", "--outcomes", str(tmp_path / "new.jsonl")]).exit_code == 2
+    assert (
+        runner.invoke(
+            main, ["models", "remove", "--bundle", str(tmp_path / "b3"), "--out", str(tmp_path / "b4"), "--name", first]
+        ).exit_code
+        == 2
+    )  # not in the pool: usage
+    assert (
+        runner.invoke(main, ["models", "add", "--name", "x", "--outcomes", str(tmp_path / "new.jsonl")]).exit_code == 2
+    )
 
 
 def test_calibrate_records_lambda_atomically(runner, tmp_path):
@@ -110,14 +139,17 @@ def test_calibrate_records_lambda_atomically(runner, tmp_path):
     rng = np.random.default_rng(0)
     recs = []
     for i in range(40):
-        outs = {m: {"score": float(rng.random() < 0.5 + 0.04 * k), "cost": float(exp_cost[k])}
-                for k, m in enumerate(pool)}
+        outs = {
+            m: {"score": float(rng.random() < 0.5 + 0.04 * k), "cost": float(exp_cost[k])} for k, m in enumerate(pool)
+        }
         question = f"What is {i} - 2?" + " Explain each step in detail." * (i % 7) * 40  # per-query costs vary
         recs.append({"id": f"c{i}", "question": question, "images": [], "dataset": "d", "outcomes": outs})
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     (tmp_path / "d" / "models.json").write_text(json.dumps([{"name": m} for m in pool]))
-    res = runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"), "--max-avg-cost", str(budget)])
+    res = runner.invoke(
+        main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"), "--max-avg-cost", str(budget)]
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((b / "manifest.json").read_text())
     cal = m["lambda"]["calibrated"]
@@ -128,13 +160,20 @@ def test_calibrate_records_lambda_atomically(runner, tmp_path):
     got = [recs[i]["outcomes"][d.model] for i, d in enumerate(routed)]
     assert np.mean([o["cost"] for o in got]) == pytest.approx(cal["operating_point"]["cost"], rel=1e-9)
     assert np.mean([o["score"] for o in got]) == pytest.approx(cal["operating_point"]["score"], rel=1e-9)
-    res = runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"),
-                               "--max-share", f"{pool[0]}:0.1"])
-    assert res.exit_code == 0 and json.loads((b / "manifest.json").read_text())["lambda"]["calibrated"]["target"][
-        "max_share"]["share"] == 0.1
+    res = runner.invoke(
+        main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"), "--max-share", f"{pool[0]}:0.1"]
+    )
+    assert (
+        res.exit_code == 0
+        and json.loads((b / "manifest.json").read_text())["lambda"]["calibrated"]["target"]["max_share"]["share"] == 0.1
+    )
     assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d")]).exit_code == 2
-    assert runner.invoke(main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"),
-                                "--max-share", f"{pool[0]}:7"]).exit_code == 2
+    assert (
+        runner.invoke(
+            main, ["calibrate", "--bundle", str(b), "--data", str(tmp_path / "d"), "--max-share", f"{pool[0]}:7"]
+        ).exit_code
+        == 2
+    )
 
 
 def test_out_of_coverage_flag_in_route_json_api_and_batch(runner, tmp_path):
@@ -152,10 +191,10 @@ def test_out_of_coverage_flag_in_route_json_api_and_batch(runner, tmp_path):
     assert res.exit_code == 0 and "note: out of coverage" in res.output
     m["coverage"]["threshold"] = -1.0
     (b / "manifest.json").write_text(json.dumps(m))
-    far = Router.load(b).route([], "What is 2 + 2?").coverage      # a text question: far from the image memory
+    far = Router.load(b).route([], "What is 2 + 2?").coverage  # a text question: far from the image memory
     assert far["out_of_coverage"] is True and far["memory_closeness"] < 0.1
     assert "closeness" in runner.invoke(main, ["route", "What is 2 + 2?", "--bundle", str(b)]).output
-    ex = DEFAULT_BUNDLE.parent / "examples" / "lines.png"   # a blindtest-like picture: in the slices' coverage
+    ex = DEFAULT_BUNDLE.parent / "examples" / "lines.png"  # a blindtest-like picture: in the slices' coverage
     assert Router.load(b).route([ex], "How many times do the two lines intersect?").coverage["similarity"] > -1.0
     m["coverage"]["threshold"] = 0.999
     (b / "manifest.json").write_text(json.dumps(m))
@@ -163,4 +202,7 @@ def test_out_of_coverage_flag_in_route_json_api_and_batch(runner, tmp_path):
     inp.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i}?"}) + "\n" for i in range(3)))
     res = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "o.jsonl"), "--bundle", str(b)])
     assert res.exit_code == 0 and "out of coverage 3" in res.output
-    assert Router.load(DEFAULT_BUNDLE).route([], "q").coverage is None or load_bundle(DEFAULT_BUNDLE).manifest.coverage is not None
+    assert (
+        Router.load(DEFAULT_BUNDLE).route([], "q").coverage is None
+        or load_bundle(DEFAULT_BUNDLE).manifest.coverage is not None
+    )

@@ -1,4 +1,5 @@
 """`lr-onnx data ...` through click's CliRunner and as the installed console script."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,11 +33,14 @@ def test_check_table_is_readable(runner):
     assert "every model has an outcome on every query" in res.output
 
 
-@pytest.mark.parametrize("make,pattern", [
-    (lambda p: write_native(p, [rec(0)], raw_lines=["{oops"]), r"queries.jsonl:2: malformed JSON"),
-    (lambda p: write_native(p, [rec(0), rec(0)]), r"duplicate id 'q0'"),
-    (lambda p: p, "no such dataset folder"),
-])
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda p: write_native(p, [rec(0)], raw_lines=["{oops"]), r"queries.jsonl:2: malformed JSON"),
+        (lambda p: write_native(p, [rec(0), rec(0)]), r"duplicate id 'q0'"),
+        (lambda p: p, "no such dataset folder"),
+    ],
+)
 def test_bad_data_is_one_line_exit_1(runner, tmp_path, make, pattern):
     target = make(tmp_path / "d")
     res = runner.invoke(main, ["data", "check", str(target)])
@@ -44,6 +48,7 @@ def test_bad_data_is_one_line_exit_1(runner, tmp_path, make, pattern):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     import re
+
     assert re.search(pattern, lines[0]) and "Traceback" not in res.output
 
 
@@ -54,9 +59,15 @@ def test_usage_errors_exit_2(runner, tmp_path):
 
 
 def test_every_help_page_renders(runner):
-    for args in (["--help"], ["data", "--help"], ["data", "check", "--help"], ["data", "demo", "--help"],
-                 ["data", "convert", "--help"], ["data", "convert", "mmr", "--help"],
-                 ["data", "convert", "vl-routerbench", "--help"]):
+    for args in (
+        ["--help"],
+        ["data", "--help"],
+        ["data", "check", "--help"],
+        ["data", "demo", "--help"],
+        ["data", "convert", "--help"],
+        ["data", "convert", "mmr", "--help"],
+        ["data", "convert", "vl-routerbench", "--help"],
+    ):
         res = runner.invoke(main, args)
         assert res.exit_code == 0 and "Usage:" in res.output
     assert "SIMULATED" in runner.invoke(main, ["data", "demo", "--help"]).output
@@ -83,7 +94,9 @@ def test_demo_is_deterministic_and_independent_of_workers(tmp_path):
 
 
 def test_demo_needs_the_skills_table_and_says_where(runner, tmp_path):
-    res = runner.invoke(main, ["data", "demo", str(tmp_path / "out"), "--n", "60", "--skills", str(tmp_path / "no.json")])
+    res = runner.invoke(
+        main, ["data", "demo", str(tmp_path / "out"), "--n", "60", "--skills", str(tmp_path / "no.json")]
+    )
     assert res.exit_code == 1 and "no.json: no such file" in res.output and "mllm-skills" in res.output
     assert not (tmp_path / "out").exists()
 
@@ -105,8 +118,9 @@ def test_demo_2000_has_the_fair_routing_properties(tmp_path):
     assert exe, "the console script must be installed (pip install -e .)"
     out = tmp_path / "demo"
     subprocess.run([exe, "data", "demo", str(out), "--n", "2000"], check=True, capture_output=True)
-    rep = json.loads(subprocess.run([exe, "data", "check", str(out), "--json"], check=True,
-                                    capture_output=True, text=True).stdout)
+    rep = json.loads(
+        subprocess.run([exe, "data", "check", str(out), "--json"], check=True, capture_output=True, text=True).stdout
+    )
     props = rep["properties"]
     failing = [k for k, v in props.items() if not v["holds"]]
     assert failing == [], {k: props[k] for k in failing}

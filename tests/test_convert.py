@@ -1,4 +1,5 @@
 """Converters on fixtures written to the published layouts (method.md §6.3, §6.4), including their error paths."""
+
 from __future__ import annotations
 
 import base64
@@ -12,8 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lr_onnx.export.data.convert import (convert_mmr, convert_vl_routerbench, load_plain_pickle, mmr_image_for,
-                                    safe_extract)
+from lr_onnx.export.data.convert import (
+    convert_mmr,
+    convert_vl_routerbench,
+    load_plain_pickle,
+    mmr_image_for,
+    safe_extract,
+)
 from lr_onnx.export.data.format import load_dataset
 from lr_onnx.runtime.errors import DataError
 
@@ -33,8 +39,20 @@ def write_mmr(root, rows=None, extra_cols=()):
     (root / "MMStar" / "12.jpg").write_bytes(png_bytes())
     (root / "SEEDBenchv2Plus").mkdir()
     (root / "SEEDBenchv2Plus" / "0.png").write_bytes(png_bytes((0, 255, 0)))
-    header = ["dataset_idx", "question", "answer", "m1_correct", "m1_cost", "m1_prediction", "m2_correct", "m2_cost",
-              "m2_token", "ghost_correct", "other_cost", *extra_cols]
+    header = [
+        "dataset_idx",
+        "question",
+        "answer",
+        "m1_correct",
+        "m1_cost",
+        "m1_prediction",
+        "m2_correct",
+        "m2_cost",
+        "m2_token",
+        "ghost_correct",
+        "other_cost",
+        *extra_cols,
+    ]
     rows = rows or [
         ["MMStar_12", "What colour?", "red", "True", "0.002", "red", "0", "0.001", "5", "1", "0.3"],
         ["SEEDBench2_Plus_0", "Which?", "B", "yes", "0.002", "B", "0.7", "0.001", "7", "1", "0.3"],
@@ -70,8 +88,10 @@ def test_mmr_converts_scores_costs_images_and_models(tmp_path):
 
 
 def test_mmr_duplicate_dataset_idx_gets_question_hash(tmp_path):
-    rows = [["MMStar_12", "q one", "a", "1", "0.1", "", "0", "0.1", "", "", ""],
-            ["MMStar_12", "q two", "a", "0", "0.1", "", "1", "0.1", "", "", ""]]
+    rows = [
+        ["MMStar_12", "q one", "a", "1", "0.1", "", "0", "0.1", "", "", ""],
+        ["MMStar_12", "q two", "a", "0", "0.1", "", "1", "0.1", "", "", ""],
+    ]
     convert_mmr(write_mmr(tmp_path / "src", rows), tmp_path / "out")
     ids = load_dataset(tmp_path / "out").ids
     assert len(set(ids)) == 2 and all(i.startswith("MMStar_12#") and len(i) == len("MMStar_12#") + 8 for i in ids)
@@ -101,6 +121,7 @@ def test_mmr_official_split_reproduces_sklearn(tmp_path):
     convert_mmr(write_mmr(tmp_path / "src", rows), tmp_path / "out", official_split=True)
     d = load_dataset(tmp_path / "out")
     from sklearn.model_selection import train_test_split
+
     train, _ = train_test_split(list(range(20)), train_size=0.2, shuffle=True, random_state=42)
     assert [i for i, s in enumerate(d.split) if s == "train"] == sorted(train)
 
@@ -108,6 +129,7 @@ def test_mmr_official_split_reproduces_sklearn(tmp_path):
 def test_mmr_images_archive_is_extracted_safely(tmp_path):
     src = write_mmr(tmp_path / "src")
     import shutil
+
     with tarfile.open(src / "images.tar.gz", "w:gz") as tf:
         tf.add(src / "MMStar", arcname="MMStar")
         tf.add(src / "SEEDBenchv2Plus", arcname="SEEDBenchv2Plus")
@@ -137,14 +159,17 @@ def _member(tf, name, data=b"x", **kw):
     tf.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
 
 
-@pytest.mark.parametrize("name,kw,pattern", [
-    ("/etc/evil", {}, "absolute or '..'"),
-    ("a/../../evil", {}, "absolute or '..'"),
-    ("link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, "is a link"),
-    ("hard", {"type": tarfile.LNKTYPE, "linkname": "x"}, "is a link"),
-    ("dev", {"type": tarfile.CHRTYPE}, "device or special"),
-    ("fifo", {"type": tarfile.FIFOTYPE}, "device or special"),
-])
+@pytest.mark.parametrize(
+    "name,kw,pattern",
+    [
+        ("/etc/evil", {}, "absolute or '..'"),
+        ("a/../../evil", {}, "absolute or '..'"),
+        ("link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, "is a link"),
+        ("hard", {"type": tarfile.LNKTYPE, "linkname": "x"}, "is a link"),
+        ("dev", {"type": tarfile.CHRTYPE}, "device or special"),
+        ("fifo", {"type": tarfile.FIFOTYPE}, "device or special"),
+    ],
+)
 def test_safe_extract_rejects_escapes_links_and_devices(tmp_path, name, kw, pattern):
     path = _tar_with(tmp_path, lambda tf: _member(tf, name, **kw))
     with pytest.raises(DataError, match=pattern):
@@ -172,6 +197,7 @@ def test_restricted_unpickler_loads_plain_data_and_refuses_objects(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
+
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(DataError, match="refusing to load builtins.print"):
         load_plain_pickle(tmp_path / "evil.pkl")
@@ -197,8 +223,10 @@ def write_layout_a(root, *, with_sample_ids=True):
     else:
         np.save(mat / "C.npy", C)
     (mat / "cost_bounds.json").write_text(json.dumps({"cmin": 5e-4, "cmax": 0.01}))
-    pq.write_table(pa.table({"sample_id": sids, "dataset": ["MMStar", "MMStar", "ChartQA_TEST", "ChartQA_TEST"]}),
-                   reg / "meta.parquet")
+    pq.write_table(
+        pa.table({"sample_id": sids, "dataset": ["MMStar", "MMStar", "ChartQA_TEST", "ChartQA_TEST"]}),
+        reg / "meta.parquet",
+    )
     (reg / "model_index.pkl").write_bytes(pickle.dumps({"GPT4o": 0, "SmolVLM2": 1}))
     (root / "SPLITS").mkdir()
     (root / "SPLITS" / "train.jsonl").write_text('{"sample_id": "MMStar/0"}\n{"sample_id": "ChartQA_TEST/1"}\n')
@@ -206,12 +234,26 @@ def write_layout_a(root, *, with_sample_ids=True):
     (root / "SPLITS" / "test.jsonl").write_text('{"sample_id": "ChartQA_TEST/0"}\n')
     bench = root / "BENCHMARKS" / "general"
     bench.mkdir(parents=True)
-    recs = [{"sample_id": "MMStar/0", "dataset": "MMStar", "prompt": "What is red?",
-             "assets": [{"type": "image_tsv", "tsv_file": "/abs/ignored/MMStar.tsv", "index": 0}]},
-            {"sample_id": "MMStar/1", "dataset": "MMStar", "prompt": "Same picture?",
-             "assets": [{"type": "image_tsv", "tsv_file": "MMStar.tsv", "index": 1}]},
-            {"sample_id": "ChartQA_TEST/0", "dataset": "ChartQA_TEST", "prompt": "Broken image",
-             "assets": [{"type": "image_tsv", "tsv_file": "MMStar.tsv", "index": 2}]}]
+    recs = [
+        {
+            "sample_id": "MMStar/0",
+            "dataset": "MMStar",
+            "prompt": "What is red?",
+            "assets": [{"type": "image_tsv", "tsv_file": "/abs/ignored/MMStar.tsv", "index": 0}],
+        },
+        {
+            "sample_id": "MMStar/1",
+            "dataset": "MMStar",
+            "prompt": "Same picture?",
+            "assets": [{"type": "image_tsv", "tsv_file": "MMStar.tsv", "index": 1}],
+        },
+        {
+            "sample_id": "ChartQA_TEST/0",
+            "dataset": "ChartQA_TEST",
+            "prompt": "Broken image",
+            "assets": [{"type": "image_tsv", "tsv_file": "MMStar.tsv", "index": 2}],
+        },
+    ]
     (bench / "mmstar_samples.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     tsv = root / "TSV_images"
     tsv.mkdir()
@@ -277,14 +319,22 @@ def _xlsx(path, header, rows):
 
 def write_layout_b(root):
     ev = root / "vlm_router_data" / "VLMEvalKit_evaluation"
-    _xlsx(ev / "GPT4o" / "GPT4o_MMStar_openai_result.xlsx", ["index", "question", "A", "B", "prediction", "hit"],
-          [[0, "Pick one", "cat", "dog", "A", 1], [1, "Pick two", "x", "y", "B", 0]])
+    _xlsx(
+        ev / "GPT4o" / "GPT4o_MMStar_openai_result.xlsx",
+        ["index", "question", "A", "B", "prediction", "hit"],
+        [[0, "Pick one", "cat", "dog", "A", 1], [1, "Pick two", "x", "y", "B", 0]],
+    )
     _xlsx(ev / "GPT4o" / "GPT4o_MMStar_acc.xlsx", ["index", "hit"], [[0, 0], [1, 1]])  # auxiliary: ignored
-    _xlsx(ev / "SmolVLM2" / "SmolVLM2_MMStar_results.xlsx", ["index", "question", "prediction", "score"],
-          [[0, "Pick one", "B", 0.0], [1, "Pick two", "B", 1.0]])
-    _xlsx(ev / "SmolVLM2" / "SmolVLM2_MathVista_MINI_gpt-4o-mini.xlsx",
-          ["index", "question", "hint", "prediction", "is_correct", "score"],
-          [[5, "Solve", "use pi", "3.14", "true", 0]])
+    _xlsx(
+        ev / "SmolVLM2" / "SmolVLM2_MMStar_results.xlsx",
+        ["index", "question", "prediction", "score"],
+        [[0, "Pick one", "B", 0.0], [1, "Pick two", "B", 1.0]],
+    )
+    _xlsx(
+        ev / "SmolVLM2" / "SmolVLM2_MathVista_MINI_gpt-4o-mini.xlsx",
+        ["index", "question", "hint", "prediction", "is_correct", "score"],
+        [[5, "Solve", "use pi", "3.14", "true", 0]],
+    )
     _xlsx(ev / "SmolVLM2" / "SmolVLM2_Unknown_results.xlsx", ["index", "hit"], [[0, 1]])
     tsv = root / "vlm_router_data" / "TSV_images"
     tsv.mkdir(parents=True)
@@ -317,8 +367,11 @@ def test_layout_b_archive_and_unknown_price(tmp_path):
     with tarfile.open(arch, "w:gz") as tf:
         tf.add(raw / "vlm_router_data", arcname="vlm_router_data")
     assert convert_vl_routerbench(arch, tmp_path / "out")["rows"] == 3
-    _xlsx(raw / "vlm_router_data" / "VLMEvalKit_evaluation" / "NewModel" / "NewModel_MMStar_results.xlsx",
-          ["index", "question", "prediction", "hit"], [[0, "Pick one", "A", 1]])
+    _xlsx(
+        raw / "vlm_router_data" / "VLMEvalKit_evaluation" / "NewModel" / "NewModel_MMStar_results.xlsx",
+        ["index", "question", "prediction", "hit"],
+        [[0, "Pick one", "A", 1]],
+    )
     with pytest.raises(DataError, match="'NewModel' has no published price"):
         convert_vl_routerbench(raw, tmp_path / "out2")
 

@@ -1,4 +1,5 @@
 """Per-query expected cost (issue 13 §1): the image-token rules, the router's use of them, `models add --image-tokens`."""
+
 from __future__ import annotations
 
 import io
@@ -15,29 +16,36 @@ from lr_onnx.runtime.errors import BundleError
 from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
 
 
-@pytest.mark.parametrize("rule,w,h,tokens", [
-    ("openai-high-detail", 2000, 2000, 85 + 170 * 4),      # 2000 -> 768x768 -> 2x2 tiles: 765, as the issue says
-    ("openai-high-detail", 512, 512, 85 + 170),
-    ("openai-high-detail", 640, 480, 85 + 170 * 2),
-    ("claude-pixels-div-750", 1000, 500, 667),              # ceil(500,000 / 750)
-    ("claude-pixels-div-750", 2000, 2000, 1534),            # 1568 long edge, then the 1.15 MP cap
-    ("gemini-258", 4000, 3000, 258),
-    ("fixed-576", 10, 10, 576),
-    ("qwen2-vl-28px", 640, 480, 23 * 17),                   # 644 x 476 -> 23 x 17 cells
-    ("internvl2-448-tiles", 448, 448, 256),                 # one tile, no thumbnail
-    ("internvl2-448-tiles", 896, 448, 256 * 3),             # 2 x 1 tiles + thumbnail
-    ("llava-next-anyres", 640, 480, 576 * 5),               # 672 x 672: 4 cells + base
-    ("llava-next-anyres", 300, 700, 576 * 4),               # 336 x 1008 keeps the full resolution
-    ("mllama-560-tiles", 640, 480, 1601 * 2),               # 1120 x 560: the least upscaling, then the least area
-])
+@pytest.mark.parametrize(
+    "rule,w,h,tokens",
+    [
+        ("openai-high-detail", 2000, 2000, 85 + 170 * 4),  # 2000 -> 768x768 -> 2x2 tiles: 765, as the issue says
+        ("openai-high-detail", 512, 512, 85 + 170),
+        ("openai-high-detail", 640, 480, 85 + 170 * 2),
+        ("claude-pixels-div-750", 1000, 500, 667),  # ceil(500,000 / 750)
+        ("claude-pixels-div-750", 2000, 2000, 1534),  # 1568 long edge, then the 1.15 MP cap
+        ("gemini-258", 4000, 3000, 258),
+        ("fixed-576", 10, 10, 576),
+        ("qwen2-vl-28px", 640, 480, 23 * 17),  # 644 x 476 -> 23 x 17 cells
+        ("internvl2-448-tiles", 448, 448, 256),  # one tile, no thumbnail
+        ("internvl2-448-tiles", 896, 448, 256 * 3),  # 2 x 1 tiles + thumbnail
+        ("llava-next-anyres", 640, 480, 576 * 5),  # 672 x 672: 4 cells + base
+        ("llava-next-anyres", 300, 700, 576 * 4),  # 336 x 1008 keeps the full resolution
+        ("mllama-560-tiles", 640, 480, 1601 * 2),  # 1120 x 560: the least upscaling, then the least area
+    ],
+)
 def test_image_token_rules(rule, w, h, tokens):
     assert costs.image_tokens(costs.rule_spec(rule), w, h) == tokens
 
 
 def test_text_tokens_and_query_cost():
     assert costs.text_tokens("one two three four") == 6  # ceil(1.3 * 4)
-    entry = {"price_in_per_mtok": 2.5, "price_out_per_mtok": 10.0, "image_tokens": "openai-high-detail",
-             "output_tokens": 300}
+    entry = {
+        "price_in_per_mtok": 2.5,
+        "price_out_per_mtok": 10.0,
+        "image_tokens": "openai-high-detail",
+        "output_tokens": 300,
+    }
     assert costs.query_cost(entry, "one two three four", [(640, 480)]) == pytest.approx((2.5 * (6 + 425) + 3000) / 1e6)
     assert costs.query_cost(entry, "one two three four", []) == pytest.approx((2.5 * 6 + 3000) / 1e6)
     assert costs.query_cost({**entry, "image_tokens": None}, "q", [(5, 5)]) is None  # no rule: the caller's constant
@@ -102,8 +110,7 @@ def test_router_prices_each_query(tmp_path, runner):
         assert c.utility == pytest.approx(c.mu_tilde - lam * c.expected_cost / r.space.cost_scale, abs=1e-6)
     budget = (cost["text"][G] + cost["big"][G]) / 2
     assert G in {c.name for c in r.route([], "What is two plus two?", max_cost=budget).candidates}
-    assert G not in {c.name for c in r.route([_png(2000, 1000)], "What is two plus two?",
-                                                     max_cost=budget).candidates}
+    assert G not in {c.name for c in r.route([_png(2000, 1000)], "What is two plus two?", max_cost=budget).candidates}
     res = runner.invoke(main, ["route", "What is two plus two?", "--bundle", str(b), "--json"])
     assert json.loads(res.output)["candidates"]
     m["pool"][0]["image_tokens"] = "magic-tiles"
@@ -114,19 +121,64 @@ def test_router_prices_each_query(tmp_path, runner):
 
 def test_models_add_image_tokens(runner, tmp_path):
     outcomes = tmp_path / "new.jsonl"
-    outcomes.write_text("\n".join(json.dumps({"id": f"n{i}", "question": f"What is {i} times two?", "images": [],
-                                              "outcomes": {"NewVLM": {"score": i % 2, "cost": 2e-4, "tokens": 120}}})
-                                  for i in range(30)) + "\n")
-    res = runner.invoke(main, ["models", "add", "--bundle", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "b2"),
-                               "--name", "NewVLM", "--price-in", "0.5", "--price-out", "1.5", "--image-tokens",
-                               "qwen2-vl-28px", "--outcomes", str(outcomes)])
+    outcomes.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "id": f"n{i}",
+                    "question": f"What is {i} times two?",
+                    "images": [],
+                    "outcomes": {"NewVLM": {"score": i % 2, "cost": 2e-4, "tokens": 120}},
+                }
+            )
+            for i in range(30)
+        )
+        + "\n"
+    )
+    res = runner.invoke(
+        main,
+        [
+            "models",
+            "add",
+            "--bundle",
+            str(DEFAULT_BUNDLE),
+            "--out",
+            str(tmp_path / "b2"),
+            "--name",
+            "NewVLM",
+            "--price-in",
+            "0.5",
+            "--price-out",
+            "1.5",
+            "--image-tokens",
+            "qwen2-vl-28px",
+            "--outcomes",
+            str(outcomes),
+        ],
+    )
     assert res.exit_code == 0, res.output
     entry = json.loads((tmp_path / "b2" / "manifest.json").read_text())["pool"][-1]
     assert entry["image_tokens"] == {"rule": "qwen2-vl-28px"} and entry["output_tokens"] == 120
     r = Router.load(tmp_path / "b2")
     c = {x.name: x.expected_cost for x in r.route([_png(640, 480)], "What is this?", models=["NewVLM"]).candidates}
     assert c["NewVLM"] == pytest.approx((0.5 * (costs.text_tokens("What is this?") + 23 * 17) + 1.5 * 120) / 1e6)
-    bad = runner.invoke(main, ["models", "add", "--bundle", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "b3"),
-                               "--name", "NewVLM", "--price-in", "1", "--image-tokens", "magic", "--outcomes",
-                               str(outcomes)])
+    bad = runner.invoke(
+        main,
+        [
+            "models",
+            "add",
+            "--bundle",
+            str(DEFAULT_BUNDLE),
+            "--out",
+            str(tmp_path / "b3"),
+            "--name",
+            "NewVLM",
+            "--price-in",
+            "1",
+            "--image-tokens",
+            "magic",
+            "--outcomes",
+            str(outcomes),
+        ],
+    )
     assert bad.exit_code == 2 and "unknown image-token rule" in bad.output and not (tmp_path / "b3").exists()

@@ -1,4 +1,5 @@
 """The native-format loader: real data loads with the published statistics; every fault is one clear line."""
+
 from __future__ import annotations
 
 import json
@@ -58,14 +59,23 @@ def test_missing_image_is_counted_or_strict_error(tmp_path):
 BAD_CASES = [
     ("malformed", ['{"id": "x", '], r"queries.jsonl:3: malformed JSON"),
     ("duplicate", [json.dumps(rec(0))], r"queries.jsonl:3: duplicate id 'q0' \(first on line 1\)"),
-    ("above one", [json.dumps(rec(9, outcomes={"a": {"score": 1.5, "cost": 0}}))],
-     r"queries.jsonl:3: score 1.5 for model 'a' is outside \[0, 1\]"),
+    (
+        "above one",
+        [json.dumps(rec(9, outcomes={"a": {"score": 1.5, "cost": 0}}))],
+        r"queries.jsonl:3: score 1.5 for model 'a' is outside \[0, 1\]",
+    ),
     ("negative", [json.dumps(rec(9, outcomes={"a": {"score": -0.1, "cost": 0}}))], r"outside \[0, 1\]"),
-    ("nan", ['{"id": "q9", "question": "", "images": [], "dataset": "d", "outcomes": {"a": {"score": NaN, "cost": 0}}}'],
-     r"queries.jsonl:3: score nan for model 'a' is not a number"),
+    (
+        "nan",
+        ['{"id": "q9", "question": "", "images": [], "dataset": "d", "outcomes": {"a": {"score": NaN, "cost": 0}}}'],
+        r"queries.jsonl:3: score nan for model 'a' is not a number",
+    ),
     ("string score", [json.dumps(rec(9, outcomes={"a": {"score": "1", "cost": 0}}))], r"is not a number in \[0, 1\]"),
-    ("unknown model", [json.dumps(rec(9, outcomes={"zz": {"score": 1, "cost": 0}}))],
-     r"queries.jsonl:3: outcome for model 'zz', which is not in models.json"),
+    (
+        "unknown model",
+        [json.dumps(rec(9, outcomes={"zz": {"score": 1, "cost": 0}}))],
+        r"queries.jsonl:3: outcome for model 'zz', which is not in models.json",
+    ),
     ("no outcomes", [json.dumps(rec(9, outcomes={}))], r"queries.jsonl:3: query 'q9' has no outcomes"),
     ("all null", [json.dumps(rec(9, outcomes={"a": {"score": None, "cost": None}}))], r"query 'q9' has no outcomes"),
     ("absolute image", [json.dumps(rec(9, images=["/etc/passwd"]))], r"must be relative to the dataset folder"),

@@ -1,5 +1,6 @@
 """The shipped default bundle's behaviour where issue 21 asked for it: new models are believed where their own
 labelled queries speak for them, and queries unlike the training data get no near-certain score."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,18 +12,24 @@ from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
 from conftest import SHARED_DATA
 
 EXAMPLES = DEFAULT_BUNDLE.parent / "examples"
-EVERYDAY = [(["coffee.jpg"], "What is in this cup?"), (["coffee.jpg"], "Is this coffee still hot?"),
-            (["coffee.jpg"], "Describe the picture."), (["chart.png"], "What is the highest value in this chart?"),
-            (["chart.png"], "Summarise this chart in one sentence."), (["chart.png"], "Which bar is the smallest?"),
-            ([], "Write a haiku about autumn."), ([], "What is the capital of Australia?"),
-            ([], "Translate 'good morning' into French.")]
+EVERYDAY = [
+    (["coffee.jpg"], "What is in this cup?"),
+    (["coffee.jpg"], "Is this coffee still hot?"),
+    (["coffee.jpg"], "Describe the picture."),
+    (["chart.png"], "What is the highest value in this chart?"),
+    (["chart.png"], "Summarise this chart in one sentence."),
+    (["chart.png"], "Which bar is the smallest?"),
+    ([], "Write a haiku about autumn."),
+    ([], "What is the capital of Australia?"),
+    ([], "Translate 'good morning' into French."),
+]
 
 
 def test_the_default_bundle_has_a_capability_memory():
     r = Router.load()
     mem = r.memory()
     assert mem is not None and len(mem) > 1000 and set(r.names) <= set(mem.models)
-    assert (r.bundle.path / "README.md").is_file()                     # the model card ships beside it
+    assert (r.bundle.path / "README.md").is_file()  # the model card ships beside it
 
 
 def test_everyday_queries_out_of_coverage_never_saturate():
@@ -35,8 +42,8 @@ def test_everyday_queries_out_of_coverage_never_saturate():
     assert sat["candidates"] == 0, sat
     g = dict(zip(r.names, r.global_means()))
     far = [d for d in decisions if d.explain["memory"]["closeness"] < 0.1]
-    assert len(far) >= 6                                   # the memory knows none of these
-    for d in far:                                          # so each model scores what it does on average
+    assert len(far) >= 6  # the memory knows none of these
+    for d in far:  # so each model scores what it does on average
         assert all(abs(c.mu_tilde - g[c.name]) < 0.03 for c in d.candidates)
 
 
@@ -71,8 +78,16 @@ def test_a_model_perfect_and_cheap_on_one_task_wins_that_task(tmp_path):
     labelled, others = rows[:48], rows[48:]
     r = Router.load()
     n = len(labelled)
-    add_model(r, tmp_path / "b2", "perfect", [(data.images[i], data.question[i]) for i in labelled], np.ones(n),
-              np.full(n, 1e-5), np.full(n, np.nan), np.full(n, np.nan))
+    add_model(
+        r,
+        tmp_path / "b2",
+        "perfect",
+        [(data.images[i], data.question[i]) for i in labelled],
+        np.ones(n),
+        np.full(n, 1e-5),
+        np.full(n, np.nan),
+        np.full(n, np.nan),
+    )
     r2 = Router.load(tmp_path / "b2")
     decisions = r2.route_many([(data.images[i], data.question[i]) for i in others], lam=0.0)
     won = sum(d.model == "perfect" for d in decisions)
@@ -86,8 +101,16 @@ def test_a_model_added_from_24_perfect_outcomes_wins_its_own_queries(tmp_path):
     data, rows = _task_rows("", 24)
     r = Router.load()
     queries = [(data.images[i], data.question[i]) for i in rows]
-    rep = add_model(r, tmp_path / "b2", "newbie", queries, np.ones(24), np.full(24, float(np.median(r.expected_cost))),
-                    np.full(24, np.nan), np.full(24, np.nan))
+    rep = add_model(
+        r,
+        tmp_path / "b2",
+        "newbie",
+        queries,
+        np.ones(24),
+        np.full(24, float(np.median(r.expected_cost))),
+        np.full(24, np.nan),
+        np.full(24, np.nan),
+    )
     r2 = Router.load(tmp_path / "b2")
     won = sum(d.model == "newbie" for d in r2.route_many(queries, lam=0.0))
     assert won >= 20, (won, rep["pool_scores"])

@@ -1,4 +1,5 @@
 """The pretrained encoders load from the wheels, classify real photos, and share the runtime preprocessing."""
+
 from __future__ import annotations
 
 import io
@@ -10,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from lr_onnx.export.train.encoders import load_image_encoder, load_text_encoder, minilm_dir  # noqa: E402
 from lr_onnx.export.train.encoding import IMAGE_SPEC, TEXT_SPEC  # noqa: E402
-from lr_onnx.runtime.preprocess import (ImageSpec, image_tensor, load_tokenizer, preprocess_image, tokenize)
+from lr_onnx.runtime.preprocess import ImageSpec, image_tensor, load_tokenizer, preprocess_image, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +19,14 @@ def image_encoder():
     return load_image_encoder()
 
 
-@pytest.mark.parametrize("name,classes", [
-    ("chelsea", {281, 282, 285}),  # tabby, tiger cat, Egyptian cat
-    ("coffee", {967, 968}),  # espresso, cup
-    ("rocket", {657, 744, 812}),  # missile, projectile, space shuttle
-])
+@pytest.mark.parametrize(
+    "name,classes",
+    [
+        ("chelsea", {281, 282, 285}),  # tabby, tiger cat, Egyptian cat
+        ("coffee", {967, 968}),  # espresso, cup
+        ("rocket", {657, 744, 812}),  # missile, projectile, space shuttle
+    ],
+)
 def test_efficientnet_lite0_classifies_sample_photos(image_encoder, name, classes):
     import skimage.data
 
@@ -57,8 +61,10 @@ def test_one_preprocessing_for_every_input_form(tmp_path):
     arr = skimage.data.astronaut()
     Image.fromarray(arr).save(tmp_path / "a.png")
     data = (tmp_path / "a.png").read_bytes()
-    outs = [preprocess_image(s, IMAGE_SPEC) for s in (tmp_path / "a.png", str(tmp_path / "a.png"), data,
-                                                       Image.open(io.BytesIO(data)), arr)]
+    outs = [
+        preprocess_image(s, IMAGE_SPEC)
+        for s in (tmp_path / "a.png", str(tmp_path / "a.png"), data, Image.open(io.BytesIO(data)), arr)
+    ]
     for o in outs[1:]:
         np.testing.assert_array_equal(outs[0], o)
     assert outs[0].shape == (3, 224, 224) and outs[0].dtype == np.float32

@@ -1,4 +1,5 @@
 """Learning from production (issue 26): decision log, feedback, exploration and refresh, on the shipped bundle."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,12 @@ from lr_onnx.runtime.refresh import refresh
 from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
 
 EXAMPLES = REPO / "assets" / "examples"
-QUERIES = [([EXAMPLES / "chart.png"], "What is the largest value in this chart?"),
-           ([EXAMPLES / "receipt.jpg"], "What is the total on this receipt?"),
-           ([], "What is 17 times 3?"), ([EXAMPLES / "lines.png"], "How many times do the lines cross?")]
+QUERIES = [
+    ([EXAMPLES / "chart.png"], "What is the largest value in this chart?"),
+    ([EXAMPLES / "receipt.jpg"], "What is the total on this receipt?"),
+    ([], "What is 17 times 3?"),
+    ([EXAMPLES / "lines.png"], "How many times do the lines cross?"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,7 @@ def test_exploration_draws_with_the_propensity_it_reports():
         for k, ps in props.items():
             freq = picks.count(k) / len(picks)
             assert abs(freq - float(np.mean(ps))) < 0.05, (explore, k, freq, np.mean(ps))
-        assert len(props) >= 2   # it explores
+        assert len(props) >= 2  # it explores
 
 
 def test_thompson_tries_what_the_memory_knows_little_about():
@@ -80,10 +84,12 @@ def test_thompson_tries_what_the_memory_knows_little_about():
     p = {}
     for name, ev in (("known", np.array([[16.0, 16.0, 0.0]])), ("thin", np.array([[16.0, 0.0, 16.0]]))):
         _, prop = explore_choice(scores, sigma, np.zeros((1, 3)), avail, 0.0, Explore("thompson", 1.0), rng, ev)
-        c = [int(explore_choice(scores, sigma, np.zeros((1, 3)), avail, 0.0, Explore("thompson", 1.0), rng, ev)[0][0])
-             for _ in range(400)]
+        c = [
+            int(explore_choice(scores, sigma, np.zeros((1, 3)), avail, 0.0, Explore("thompson", 1.0), rng, ev)[0][0])
+            for _ in range(400)
+        ]
         p[name] = (c.count(1) / 400, c.count(2) / 400)
-    assert p["known"][1] > 0.25 and p["known"][1] > 2 * p["known"][0]   # no evidence: tried far more often
+    assert p["known"][1] > 0.25 and p["known"][1] > 2 * p["known"][0]  # no evidence: tried far more often
     assert p["thin"][0] > 0.25 and p["thin"][0] > 2 * p["thin"][1]
 
 
@@ -112,7 +118,7 @@ def test_each_decision_is_one_whole_line_without_user_content(tmp_path, features
     assert rec["bundle"] == bundle and rec["space"] == space and rec["chosen"] == ds[0].model
     assert rec["pool"] == [c.name for c in ds[0].candidates]
     assert rec["candidates"][ds[0].model][2] == pytest.approx(ds[0].candidates[0].mu_tilde, abs=1e-5)
-    assert "content" not in rec and "What" not in json.dumps(recs)   # no question unless asked
+    assert "content" not in rec and "What" not in json.dumps(recs)  # no question unless asked
     assert ds[0].to_dict()["decision_id"] == ds[0].id
 
 
@@ -126,9 +132,9 @@ def test_log_content_is_opt_in(tmp_path):
 
 def test_the_log_rotates_by_size(tmp_path, features):
     q, meta = features
-    r = logged_router(tmp_path / "log", max_file_mb=2e-3)   # ~2 kB: a few records per file
+    r = logged_router(tmp_path / "log", max_file_mb=2e-3)  # ~2 kB: a few records per file
     for i in range(0, len(q), 4):
-        r.decide(q[i:i + 4], [r.options()] * 4)
+        r.decide(q[i : i + 4], [r.options()] * 4)
         r.log.flush()
     r.log.close()
     files = log_files(tmp_path / "log", DECISIONS)
@@ -138,11 +144,11 @@ def test_the_log_rotates_by_size(tmp_path, features):
     kept = logged_router(tmp_path / "kept", max_file_mb=2e-3, keep_files=2)
     ids = []
     for i in range(0, len(q), 4):
-        ids += [d.id for d in kept.decide(q[i:i + 4], [kept.options()] * 4)]
+        ids += [d.id for d in kept.decide(q[i : i + 4], [kept.options()] * 4)]
         kept.log.flush()
     kept.log.close()
     files = log_files(tmp_path / "kept", DECISIONS)
-    assert len(files) == 2 and [x["id"] for x in read_records(files)] == ids[-len(list(read_records(files))):]
+    assert len(files) == 2 and [x["id"] for x in read_records(files)] == ids[-len(list(read_records(files))) :]
 
 
 def test_a_full_disk_drops_records_and_routing_goes_on(tmp_path, features, monkeypatch):
@@ -158,7 +164,7 @@ def test_a_full_disk_drops_records_and_routing_goes_on(tmp_path, features, monke
 def test_a_full_queue_drops_instead_of_blocking(tmp_path):
     log = DecisionLog(tmp_path / "log", queue_size=1)
     gate = threading.Event()
-    log._write = lambda payload, n: gate.wait(5)   # a stalled disk
+    log._write = lambda payload, n: gate.wait(5)  # a stalled disk
     for i in range(50):
         log.submit({"id": str(i), "time": 0})
     assert log.dropped >= 48
@@ -182,11 +188,25 @@ def decided(tmp_path, features):
     return r, store, ds
 
 
-@pytest.mark.parametrize("bad", [
-    "not an object", {"score": 1}, {"id": "x"}, {"id": 3, "score": 1}, {"id": "x", "score": "1"},
-    {"id": "x", "score": True}, {"id": "x", "score": float("nan")}, {"id": "x", "score": 1.5},
-    {"id": "x", "score": -0.1}, {"id": "x", "score": 1, "cost": -1}, {"id": "x", "score": 1, "cost": float("inf")},
-    {"id": "x", "score": 1, "model": 7}, {"id": "x", "score": 1, "extra": 1}, {"id": "", "score": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not an object",
+        {"score": 1},
+        {"id": "x"},
+        {"id": 3, "score": 1},
+        {"id": "x", "score": "1"},
+        {"id": "x", "score": True},
+        {"id": "x", "score": float("nan")},
+        {"id": "x", "score": 1.5},
+        {"id": "x", "score": -0.1},
+        {"id": "x", "score": 1, "cost": -1},
+        {"id": "x", "score": 1, "cost": float("inf")},
+        {"id": "x", "score": 1, "model": 7},
+        {"id": "x", "score": 1, "extra": 1},
+        {"id": "", "score": 1},
+    ],
+)
 def test_bad_feedback_is_refused_with_one_line(bad):
     with pytest.raises(InputError) as e:
         parse_feedback(bad)
@@ -223,7 +243,7 @@ def test_feedback_outside_the_window_is_refused(decided, tmp_path):
     item = parse_feedback({"id": ds[0].id, "score": 1.0})
     late.check(item)
     with pytest.raises(UnknownDecision, match="window"):
-        late.check(item, now=ds and 10 ** 10)
+        late.check(item, now=ds and 10**10)
     # a store opened later does not even read decision files last written before its window
     import os
 
@@ -243,7 +263,7 @@ def test_concurrent_feedback_records_each_outcome_once(decided, tmp_path):
         for d in ds[:8]:
             try:
                 results.append(stores[k % 3].add([parse_feedback({"id": d.id, "score": 1.0})])[0])
-            except Exception as e:   # noqa: BLE001 - collected and asserted below
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
                 errors.append(e)
 
     threads = [threading.Thread(target=send, args=(k,)) for k in range(9)]
@@ -269,8 +289,8 @@ def test_refresh_learns_from_feedback_into_a_new_closed_bundle(decided, tmp_path
     _feedback_for_all(store, ds, lambda d: 0.0 if d.model == chosen else 1.0)
     before = _digest(DEFAULT_BUNDLE)
     rep = refresh(DEFAULT_BUNDLE, tmp_path / "log", tmp_path / "b2")
-    assert _digest(DEFAULT_BUNDLE) == before                       # B is never modified
-    r2 = Router.load(tmp_path / "b2")                               # every file hashed and verified
+    assert _digest(DEFAULT_BUNDLE) == before  # B is never modified
+    r2 = Router.load(tmp_path / "b2")  # every file hashed and verified
     assert len(r2.memory()) == len(r.memory()) + len(ds)
     assert rep["records_used"] == len(ds) and rep["memory_rows_added"] == len(ds)
     assert rep["models"][chosen]["observed"] == 0.0 and chosen in rep["calibration_drift"]
@@ -278,7 +298,7 @@ def test_refresh_learns_from_feedback_into_a_new_closed_bundle(decided, tmp_path
     assert (tmp_path / "b2.report.json").is_file() and (tmp_path / "b2.report.png").read_bytes()[:4] == b"\x89PNG"
     p_old = next(p for p in r.bundle.pool if p.name == chosen)
     p_new = next(p for p in r2.bundle.pool if p.name == chosen)
-    assert p_new.prior < p_old.prior       # its overall score moved down
+    assert p_new.prior < p_old.prior  # its overall score moved down
     # the model that failed every logged query now loses those queries
     meta: list = []
     q = r.features(QUERIES, meta=meta)
@@ -297,8 +317,16 @@ def test_a_model_added_and_explored_gets_a_real_profile(tmp_path, features):
 
     r = Router.load()
     labelled = QUERIES * 6
-    add_model(r, tmp_path / "b1", "newbie", labelled, np.full(24, 0.9), np.full(24, 1e-4), np.full(24, np.nan),
-              np.full(24, np.nan))
+    add_model(
+        r,
+        tmp_path / "b1",
+        "newbie",
+        labelled,
+        np.full(24, 0.9),
+        np.full(24, 1e-4),
+        np.full(24, np.nan),
+        np.full(24, np.nan),
+    )
     r1 = Router.load(tmp_path / "b1")
     r1.start_log(tmp_path / "log")
     store = FeedbackStore(tmp_path / "log", log=r1.log)
@@ -313,8 +341,8 @@ def test_a_model_added_and_explored_gets_a_real_profile(tmp_path, features):
     before = next(p for p in r1.bundle.pool if p.name == "newbie").raw_profile
     after = next(p for p in Router.load(tmp_path / "b2").bundle.pool if p.name == "newbie").raw_profile
     assert rep["models"]["newbie"]["labels"] == len(newbie)
-    assert after[-1] > before[-1]                 # more evidence
-    n = len(newbie)   # 24 labels at 0.9, then n explored outcomes at 0.1 (the IPS weights are equal here)
+    assert after[-1] > before[-1]  # more evidence
+    n = len(newbie)  # 24 labels at 0.9, then n explored outcomes at 0.1 (the IPS weights are equal here)
     assert after[0] == pytest.approx((24 * 0.9 + n * 0.1) / (24 + n), abs=1e-6)
 
 
@@ -332,8 +360,9 @@ def test_records_of_another_bundle_space_are_skipped(decided, tmp_path):
 # ----------------------------------------------------------------------------- CLI
 def test_cli_route_log_feedback_refresh(tmp_path, runner):
     log = tmp_path / "log"
-    res = runner.invoke(main, ["route", str(QUERIES[0][0][0]), QUERIES[0][1], "--log", str(log), "--json",
-                               "--explore", "epsilon:0.5"])
+    res = runner.invoke(
+        main, ["route", str(QUERIES[0][0][0]), QUERIES[0][1], "--log", str(log), "--json", "--explore", "epsilon:0.5"]
+    )
     assert res.exit_code == 0, res.output
     decision_id = json.loads(res.output)["decision_id"]
     fb = tmp_path / "fb.jsonl"
@@ -343,8 +372,9 @@ def test_cli_route_log_feedback_refresh(tmp_path, runner):
     fb.write_text(json.dumps({"id": decision_id, "score": 1}) + "\n" + '{"id": "x", "score": NaN}\n')
     res = runner.invoke(main, ["feedback", str(log), str(fb)])
     assert res.exit_code == 1 and "fb.jsonl:2" in res.output and "Traceback" not in res.output
-    res = runner.invoke(main, ["refresh", "--bundle", str(DEFAULT_BUNDLE), "--log", str(log), "--out",
-                               str(tmp_path / "b2")])
+    res = runner.invoke(
+        main, ["refresh", "--bundle", str(DEFAULT_BUNDLE), "--log", str(log), "--out", str(tmp_path / "b2")]
+    )
     assert res.exit_code == 0, res.output
     assert "verdict:" in res.output and Router.load(tmp_path / "b2").bundle.manifest.refreshed["records"] == 1
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--log-content"])
@@ -364,8 +394,10 @@ def test_gateway_logs_decisions_and_takes_feedback(tmp_path):
         assert res.status_code == 404 and res.json()["error"]["code"] == "feedback_disabled"
         assert "x-lr-onnx-request-id" not in c.post("/v1/route", json={"question": "What is 2 + 2?"}).headers
     config = ServeConfig(logging=Logging(dir=str(tmp_path / "log")), routing=Routing(explore="epsilon:0.1"))
-    with BackgroundServer(create_app(Router.load(), config, api_key="k")) as s, \
-            httpx.Client(base_url=s.url, headers={"authorization": "Bearer k"}) as c:
+    with (
+        BackgroundServer(create_app(Router.load(), config, api_key="k")) as s,
+        httpx.Client(base_url=s.url, headers={"authorization": "Bearer k"}) as c,
+    ):
         res = c.post("/v1/route", json={"question": "What is 2 + 2?"})
         assert res.status_code == 200
         rid = res.headers["x-lr-onnx-request-id"]
@@ -373,16 +405,18 @@ def test_gateway_logs_decisions_and_takes_feedback(tmp_path):
         ok = c.post("/v1/feedback", json={"id": rid, "score": 0.5, "cost": 0.001})
         assert ok.status_code == 200 and ok.json() == {"id": rid, "status": "recorded"}
         assert c.post("/v1/feedback", json={"id": rid, "score": 0.5, "cost": 0.001}).json()["status"] == "duplicate"
-        for body, status, code in (({"id": rid, "score": 0.9, "cost": 0.001}, 409, "feedback_conflict"),
-                                   ({"id": "f" * 32, "score": 1}, 404, "unknown_decision"),
-                                   ({"id": rid, "score": "high"}, 400, "invalid_value"),
-                                   ({"id": rid, "score": 2}, 400, "invalid_value"),
-                                   ([rid], 400, "invalid_value")):
+        for body, status, code in (
+            ({"id": rid, "score": 0.9, "cost": 0.001}, 409, "feedback_conflict"),
+            ({"id": "f" * 32, "score": 1}, 404, "unknown_decision"),
+            ({"id": rid, "score": "high"}, 400, "invalid_value"),
+            ({"id": rid, "score": 2}, 400, "invalid_value"),
+            ([rid], 400, "invalid_value"),
+        ):
             res = c.post("/v1/feedback", json=body)
             assert res.status_code == status and res.json()["error"]["code"] == code, res.text
         res = c.post("/v1/feedback", content=b'{"id": "a", "score": NaN}', headers={"content-type": "application/json"})
         assert res.status_code == 400
-        assert httpx.post(f"{s.url}/v1/feedback", json={"id": rid, "score": 1}).status_code == 401   # behind the key
+        assert httpx.post(f"{s.url}/v1/feedback", json={"id": rid, "score": 1}).status_code == 401  # behind the key
         metrics = c.get("/metrics").text
         assert "lr_onnx_decision_log_written_total" in metrics and "lr_onnx_decision_log_dropped_total 0.0" in metrics
         assert 'lr_onnx_feedback_total{status="recorded"} 1.0' in metrics
@@ -398,8 +432,14 @@ def test_serve_config_checks_logging_and_exploration(tmp_path):
     c = load_config(cfg)
     assert c.logging.dir == "/tmp/x" and c.logging.content and c.routing.explore == "thompson:0.5"
     assert c.logging.keep_files == 5
-    for bad in ('[routing]\nexplore = "sometimes"\n', '[logging]\ncontent = "yes"\n', '[logging]\nfolder = "x"\n',
-                '[logging]\nfeedback_window_h = -1\n', '[logging]\nkeep_files = -2\n', '[logging]\nkeep_files = 1.5\n'):
+    for bad in (
+        '[routing]\nexplore = "sometimes"\n',
+        '[logging]\ncontent = "yes"\n',
+        '[logging]\nfolder = "x"\n',
+        "[logging]\nfeedback_window_h = -1\n",
+        "[logging]\nkeep_files = -2\n",
+        "[logging]\nkeep_files = 1.5\n",
+    ):
         cfg.write_text(bad)
         with pytest.raises(InputError) as e:
             load_config(cfg)

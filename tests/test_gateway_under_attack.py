@@ -3,6 +3,7 @@
 Servers are the real app on 127.0.0.1 (uvicorn in a thread), upstreams the stand-in in another thread;
 every load or timing test is bounded in requests and seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def stalled(url: str, path: str = "/v1/route") -> socket.socket:
     """A connection that sends its headers and one byte of a 1000-byte body, then nothing."""
     host, port = url.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)))
-    s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
-              .encode())
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{".encode()
+    )
     return s
 
 
@@ -60,12 +62,17 @@ def test_stalled_bodies_never_take_a_routing_slot(router, upstream):
 
 
 # ----------------------------------------------------------------------------- 6. values JSON cannot carry
-@pytest.mark.parametrize("raw", [
-    b'{"model": "lr-onnx/auto", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}',
-    b'{"model": "lr-onnx/auto", "max_tokens": Infinity, "messages": [{"role": "user", "content": "hi"}]}',
-    b'{"model": "lr-onnx/auto", "max_tokens": ' + b"9" * 400 + b', "messages": [{"role": "user", "content": "hi"}]}',
-    b'{"model": "lr-onnx/auto", "messages": [{"role": "system", "content": "\\ud800"}, {"role": "user", "content": "hi"}]}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "lr-onnx/auto", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}',
+        b'{"model": "lr-onnx/auto", "max_tokens": Infinity, "messages": [{"role": "user", "content": "hi"}]}',
+        b'{"model": "lr-onnx/auto", "max_tokens": '
+        + b"9" * 400
+        + b', "messages": [{"role": "user", "content": "hi"}]}',
+        b'{"model": "lr-onnx/auto", "messages": [{"role": "system", "content": "\\ud800"}, {"role": "user", "content": "hi"}]}',
+    ],
+)
 def test_values_json_cannot_carry_are_400_and_counted(router, upstream, raw):
     with make_server(router, upstream, {}) as s:
         for model in ("lr-onnx/auto", f"up-{FIRST.lower()}"):  # routed and passed through
@@ -80,10 +87,13 @@ def test_image_urls_with_control_characters_or_private_hosts_are_400(router, ups
     images = BackgroundServer(standin_app())
     limits = Limits(allow_image_urls=True, image_url_timeout_s=2.0)
     with images as img, make_server(router, upstream, {}, limits=limits) as s:
-        for url, code in ((f"{img.url}/a.png\r\nx-injected: 1", "invalid_value"),
-                          (f"{img.url}/chart.png", "image_url_private"),  # 127.0.0.1: loopback
-                          ("http://[::1]:9/a.png", "image_url_private"), ("http://10.0.0.1/a.png", "image_url_private"),
-                          ("http://169.254.169.254/latest/meta-data", "image_url_private")):
+        for url, code in (
+            (f"{img.url}/a.png\r\nx-injected: 1", "invalid_value"),
+            (f"{img.url}/chart.png", "image_url_private"),  # 127.0.0.1: loopback
+            ("http://[::1]:9/a.png", "image_url_private"),
+            ("http://10.0.0.1/a.png", "image_url_private"),
+            ("http://169.254.169.254/latest/meta-data", "image_url_private"),
+        ):
             res = httpx.post(f"{s.url}/v1/route", json={"question": "q", "images": [url]}, timeout=10)
             assert res.status_code == 400 and res.json()["error"]["code"] == code, (url, res.text)
 
@@ -125,7 +135,11 @@ def test_a_stream_cut_upstream_ends_with_an_error_event(router, upstream, logged
             assert r.status_code == 200
             events = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
         last = json.loads(events[-1][6:])
-        assert len(events) == 3 and last["error"]["code"] == "upstream_stream_failed" and reason in last["error"]["message"]
+        assert (
+            len(events) == 3
+            and last["error"]["code"] == "upstream_stream_failed"
+            and reason in last["error"]["message"]
+        )
         assert metric(s.url, f'lr_onnx_upstream_errors_total{{model="{top}",reason="stream"}}') == 1
     assert any(top in r.getMessage() and reason in r.getMessage() for r in logged.records)
 
@@ -170,16 +184,22 @@ def test_an_image_over_the_servers_decoded_byte_budget_is_refused_before_decodin
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     # 79 megapixels of RGBA declared (under the 80 MP pixel limit): 316 MB decoded, over the server's 64 MB
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8900, 8900, 8, 6, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 8900, 8900, 8, 6, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
     url = "data:image/png;base64," + base64.b64encode(png).decode()
     with make_server(router, upstream, {}) as s:
         t0 = time.monotonic()
         res = httpx.post(f"{s.url}/v1/route", json={"question": "q", "images": [url] * 8})
         assert res.status_code == 400 and "MiB per image" in res.json()["error"]["message"], res.text
         assert time.monotonic() - t0 < 2
-        ok = httpx.post(f"{s.url}/v1/route", json={"question": QUESTION, "images": [
-            "data:image/png;base64," + base64.b64encode(CHART).decode()]})
+        ok = httpx.post(
+            f"{s.url}/v1/route",
+            json={"question": QUESTION, "images": ["data:image/png;base64," + base64.b64encode(CHART).decode()]},
+        )
         assert ok.status_code == 200
 
 
@@ -193,8 +213,12 @@ def test_config_files_that_are_not_small_regular_files_are_one_line(tmp_path):
     os.mkfifo(fifo)
     big = tmp_path / "big.toml"
     big.write_text("# x\n" * 400_000)
-    for path, words in ((deep, "nested too deeply"), (fifo, "regular file"), ("/dev/zero", "regular file"),
-                        (big, "larger than")):
+    for path, words in (
+        (deep, "nested too deeply"),
+        (fifo, "regular file"),
+        ("/dev/zero", "regular file"),
+        (big, "larger than"),
+    ):
         t0 = time.monotonic()
         with pytest.raises(Exception) as e:
             load_config(path)
@@ -223,13 +247,18 @@ def test_a_stream_longer_than_the_grace_period_ends_cleanly_at_sigterm(router, u
     cfg = tmp_path / "serve.toml"
     cfg.write_text(f'[server]\ngrace_s = 2\n\n[models."{top}"]\nbase_url = "{upstream.url}/slowstream/v1"\n')
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port), "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port), "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, proc)
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat("Stream forever?", stream=True),
-                          timeout=30) as r:
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=chat("Stream forever?", stream=True), timeout=30
+        ) as r:
             assert r.status_code == 200
             lines = r.iter_lines()
             next(ln for ln in lines if ln.startswith("data: "))

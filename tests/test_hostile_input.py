@@ -2,6 +2,7 @@
 
 Every test here failed on the code before the hardening change; each names the class it covers.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -76,8 +77,9 @@ def test_postscript_named_png_never_reaches_ghostscript(tmp_path, monkeypatch):
     fake_gs.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_gs.parent}:{os.environ['PATH']}")
     eps = tmp_path / "x.png"
-    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n"
-                    b"showpage\n%%EOF\n")
+    eps.write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+    )
     with pytest.raises(InputError, match="accepted format"):
         preprocess.open_image(eps)
     assert not marker.exists()
@@ -107,6 +109,7 @@ def test_a_pil_image_of_a_refused_format_is_refused():
 @pytest.mark.parametrize("what", ["tokenizer", "graph", "empty", "absent"])
 def test_a_bundle_must_list_every_file_it_opens(tmp_path, runner, what):
     """A graph or tokenizer missing from `files` loaded unchecked, and doctor said "sha256 verified"."""
+
     def edit(m):
         if what == "tokenizer":
             del m["files"]["tokenizer.json"]
@@ -168,8 +171,23 @@ def test_no_manifest_path_leaves_the_bundle_folder(tmp_path, where):
 @pytest.mark.parametrize("price", ["nan", "inf", "-inf", "1" * 400])
 def test_models_add_refuses_non_finite_prices(runner, tmp_path, price):
     out = tmp_path / "b2"
-    res = runner.invoke(main, ["models", "add", "--bundle", str(DEFAULT_BUNDLE), "--out", str(out), "--name", "X",
-                               "--price-in", price, "--outcomes", str(tmp_path)])
+    res = runner.invoke(
+        main,
+        [
+            "models",
+            "add",
+            "--bundle",
+            str(DEFAULT_BUNDLE),
+            "--out",
+            str(out),
+            "--name",
+            "X",
+            "--price-in",
+            price,
+            "--outcomes",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 2 and "finite number" in res.output and not out.exists()
 
 
@@ -190,8 +208,10 @@ def test_a_non_finite_score_is_an_error_never_a_decision(router, monkeypatch):
         policy.choose(np.array([[np.nan, 0.5]]), np.zeros(2), np.ones((1, 2), bool), 0.0)
 
 
-@pytest.mark.parametrize("kw", [{"lam": 10 ** 400}, {"max_cost": 10 ** 400}, {"lam": float("nan")},
-                                {"max_cost": np.float64("inf")}, {"lam": True}])
+@pytest.mark.parametrize(
+    "kw",
+    [{"lam": 10**400}, {"max_cost": 10**400}, {"lam": float("nan")}, {"max_cost": np.float64("inf")}, {"lam": True}],
+)
 def test_api_refuses_huge_and_non_finite_numbers(router, kw):
     with pytest.raises(InputError, match="lambda|max_cost"):
         router.route([], "What is 2 + 2?", **kw)
@@ -202,15 +222,28 @@ def test_api_accepts_numpy_scalars(router):
     assert d.model in router.names and d.lam == 0.25
 
 
-@pytest.mark.parametrize("line,pattern", [
-    ('{"id": "q9", "question": "x", "dataset": "d", "images": [], "outcomes": {"a": {"score": 1, "cost": 1'
-     + "0" * 400 + "}}}", "cost"),
-    ("[" * 100_000 + "]" * 100_000, "nested"),
-    ('{"id": "q9", "question": "\\ud800", "dataset": "d", "images": [], "outcomes": {"a": {"score": 1, "cost": 1}}}',
-     "UTF-8"),
-    ('{"id": "q9", "question": "x", "dataset": "d", "images": [], "outcomes": {"a": {"score": 1, "cost": '
-     + "9" * 5000 + "}}}", "cost|malformed"),
-])
+@pytest.mark.parametrize(
+    "line,pattern",
+    [
+        (
+            '{"id": "q9", "question": "x", "dataset": "d", "images": [], "outcomes": {"a": {"score": 1, "cost": 1'
+            + "0" * 400
+            + "}}}",
+            "cost",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested"),
+        (
+            '{"id": "q9", "question": "\\ud800", "dataset": "d", "images": [], "outcomes": {"a": {"score": 1, "cost": 1}}}',
+            "UTF-8",
+        ),
+        (
+            '{"id": "q9", "question": "x", "dataset": "d", "images": [], "outcomes": {"a": {"score": 1, "cost": '
+            + "9" * 5000
+            + "}}}",
+            "cost|malformed",
+        ),
+    ],
+)
 def test_hostile_data_files_are_one_line_data_errors(tmp_path, runner, line, pattern):
     d = write_native(tmp_path / "d", [rec(i) for i in range(3)], raw_lines=[line])
     with pytest.raises(DataError, match=pattern):
@@ -229,8 +262,15 @@ def _decisions(path: Path) -> list[dict]:
 def test_route_batch_bad_records_cost_nothing_else(runner, tmp_path):
     """`"images": 5`, a lone surrogate, invalid UTF-8 and an oversized CSV field each sank the run or its batch."""
     good = [json.dumps({"id": f"g{i}", "question": f"What is {i} + 1?"}) for i in range(4)]
-    lines = [good[0], json.dumps({"id": "b1", "question": "q", "images": 5}), good[1],
-             '{"id": "b2", "question": "\\udc80 lone"}', good[2], b'{"id": "b3", "question": "\xff\xfe"}', good[3]]
+    lines = [
+        good[0],
+        json.dumps({"id": "b1", "question": "q", "images": 5}),
+        good[1],
+        '{"id": "b2", "question": "\\udc80 lone"}',
+        good[2],
+        b'{"id": "b3", "question": "\xff\xfe"}',
+        good[3],
+    ]
     inp = tmp_path / "in.jsonl"
     inp.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
     out = tmp_path / "out.jsonl"
@@ -250,10 +290,21 @@ def test_route_batch_bad_records_cost_nothing_else(runner, tmp_path):
 
 def test_route_batch_ids_duplicates_falsy_and_bom(runner, tmp_path):
     inp = tmp_path / "in.jsonl"
-    inp.write_text("\n".join(json.dumps(r) for r in [
-        {"id": 0, "question": "What is 0?"}, {"id": "a", "question": "What is a?"},
-        {"id": "a", "question": "Another question"}, {"id": False, "question": "q"}, {"id": "", "question": "q"},
-        {"id": None, "question": "q"}, {"question": "no id at all"}]) + "\n")
+    inp.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": 0, "question": "What is 0?"},
+                {"id": "a", "question": "What is a?"},
+                {"id": "a", "question": "Another question"},
+                {"id": False, "question": "q"},
+                {"id": "", "question": "q"},
+                {"id": None, "question": "q"},
+                {"question": "no id at all"},
+            ]
+        )
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
     res = runner.invoke(main, ["route-batch", str(inp), "--out", str(out)])
     assert res.exit_code == 1 and "duplicate id 'a' (first on line 2)" in res.output
@@ -297,17 +348,25 @@ def test_route_batch_write_failures_leave_whole_lines(tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(json.dumps({"id": f"q{i}", "question": f"What is {i}?"}) for i in range(6)) + "\n")
     out = tmp_path / "out.jsonl"
-    limited = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000)); "
-               "from lr_onnx.cli import main; sys.argv = ['lr-onnx'] + sys.argv[1:]; main()")
-    run = subprocess.run([sys.executable, "-c", limited, "route-batch", str(inp), "--out", str(out),
-                          "--batch-size", "1"], capture_output=True, text=True)
+    limited = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000)); "
+        "from lr_onnx.cli import main; sys.argv = ['lr-onnx'] + sys.argv[1:]; main()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", limited, "route-batch", str(inp), "--out", str(out), "--batch-size", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr and "write failed" in run.stderr
     done = _decisions(out)  # whole lines only
     assert 0 < len(done) < 6 and out.stat().st_size <= 5000
     rerun = subprocess.run(LR_ONNX + ["route-batch", str(inp), "--out", str(out)], capture_output=True, text=True)
     assert rerun.returncode == 0 and sorted(d["id"] for d in _decisions(out)) == [f"q{i}" for i in range(6)]
-    for target, msg in (("/dev/full", "regular file"), (str(tmp_path / "nope" / "o.jsonl"), "does not exist"),
-                        (str(tmp_path), "")):
+    for target, msg in (
+        ("/dev/full", "regular file"),
+        (str(tmp_path / "nope" / "o.jsonl"), "does not exist"),
+        (str(tmp_path), ""),
+    ):
         r = subprocess.run(LR_ONNX + ["route-batch", str(inp), "--out", target], capture_output=True, text=True)
         assert r.returncode in (1, 2) and "Traceback" not in r.stderr and msg in r.stderr
 
@@ -328,8 +387,12 @@ def test_route_batch_writes_each_batch_as_soon_as_a_slow_stream_completes_it(tmp
     """Reading ahead (to decode the next batch while this one is encoded) happens off the main thread: a
     producer that writes slowly on standard input sees batch 1 in OUT before it sends batch 2."""
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(LR_ONNX + ["route-batch", "-", "--out", str(out), "--batch-size", "2"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        LR_ONNX + ["route-batch", "-", "--out", str(out), "--batch-size", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         for i in range(2):
             proc.stdin.write((json.dumps({"id": f"s{i}", "question": f"What is {i}?"}) + "\n").encode())
@@ -349,8 +412,9 @@ def test_route_batch_writes_each_batch_as_soon_as_a_slow_stream_completes_it(tmp
 
 # ----------------------------------------------------------------------------- 4. the error contract
 def test_invalid_utf8_in_argv_is_one_line():
-    r = subprocess.run([os.fsencode(sys.executable), b"-m", b"lr_onnx.cli", b"route", b"What is \xff\xfe?"],
-                       capture_output=True)
+    r = subprocess.run(
+        [os.fsencode(sys.executable), b"-m", b"lr_onnx.cli", b"route", b"What is \xff\xfe?"], capture_output=True
+    )
     assert r.returncode == 1 and b"Traceback" not in r.stderr and b"Error: question is not valid UTF-8" in r.stderr
 
 
@@ -372,7 +436,7 @@ def test_gif_cut_inside_its_second_frame(router):
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50)
     data = buf.getvalue()
     second = data.index(b"\x2c", data.index(b"\x2c") + 1)  # the second image descriptor
-    d = router.route([data[:second + 5]], "What colour is this?")
+    d = router.route([data[: second + 5]], "What colour is this?")
     assert d.model in router.names  # frame 0 is intact: a decision, not IndexError/struct.error
 
 
@@ -384,18 +448,26 @@ def test_empty_images(router, img):
         router.route([img], "What is this?")
 
 
-@pytest.mark.parametrize("manifest", [
-    "[]", "null", '"a string"', "5",
-    lambda m: {**m, "schema_version": 0}, lambda m: {**m, "schema_version": -1},
-    lambda m: {**m, "schema_version": True}, lambda m: {k: v for k, v in m.items() if k != "pool"},
-    lambda m: {k: v for k, v in m.items() if k != "preprocessing"},
-    lambda m: {k: v for k, v in m.items() if k != "graphs"},
-    lambda m: {**m, "files": {k: {"bytes": 1} for k in m["files"]}},
-    lambda m: _deep(m, ("preprocessing", "image", "size"), 0),
-    lambda m: _deep(m, ("preprocessing", "image", "resample"), "lanczos9"),
-    lambda m: _deep(m, ("lambda", "default"), "1e400"),
-    lambda m: {**m, "pool": [{**m["pool"][0], "expected_cost_usd": None}] + m["pool"][1:]},
-])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        "[]",
+        "null",
+        '"a string"',
+        "5",
+        lambda m: {**m, "schema_version": 0},
+        lambda m: {**m, "schema_version": -1},
+        lambda m: {**m, "schema_version": True},
+        lambda m: {k: v for k, v in m.items() if k != "pool"},
+        lambda m: {k: v for k, v in m.items() if k != "preprocessing"},
+        lambda m: {k: v for k, v in m.items() if k != "graphs"},
+        lambda m: {**m, "files": {k: {"bytes": 1} for k in m["files"]}},
+        lambda m: _deep(m, ("preprocessing", "image", "size"), 0),
+        lambda m: _deep(m, ("preprocessing", "image", "resample"), "lanczos9"),
+        lambda m: _deep(m, ("lambda", "default"), "1e400"),
+        lambda m: {**m, "pool": [{**m["pool"][0], "expected_cost_usd": None}] + m["pool"][1:]},
+    ],
+)
 def test_malformed_manifests_are_one_line(tmp_path, runner, manifest):
     b = linked_bundle(tmp_path / "b", (lambda m: manifest) if isinstance(manifest, str) else manifest)
     with pytest.raises(BundleError):
@@ -464,24 +536,61 @@ def test_models_add_and_remove_clean_up_on_failure(runner, tmp_path, monkeypatch
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     outcomes = tmp_path / "new.jsonl"
-    outcomes.write_text("\n".join(json.dumps({"id": f"n{i}", "question": f"What is {i} * 2?", "images": [],
-                                              "outcomes": {"NewVLM": {"score": i % 2, "cost": 1e-4}}})
-                                  for i in range(30)) + "\n")
+    outcomes.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "id": f"n{i}",
+                    "question": f"What is {i} * 2?",
+                    "images": [],
+                    "outcomes": {"NewVLM": {"score": i % 2, "cost": 1e-4}},
+                }
+            )
+            for i in range(30)
+        )
+        + "\n"
+    )
     out = tmp_path / "missing" / "b2"
-    for cmd in (["models", "add", "--bundle", str(DEFAULT_BUNDLE), "--out", str(out), "--name", "NewVLM",
-                 "--outcomes", str(outcomes)],
-                ["models", "remove", "--bundle", str(DEFAULT_BUNDLE), "--out", str(out), "--name",
-                 load_bundle(DEFAULT_BUNDLE).model_names[0]]):
+    for cmd in (
+        [
+            "models",
+            "add",
+            "--bundle",
+            str(DEFAULT_BUNDLE),
+            "--out",
+            str(out),
+            "--name",
+            "NewVLM",
+            "--outcomes",
+            str(outcomes),
+        ],
+        [
+            "models",
+            "remove",
+            "--bundle",
+            str(DEFAULT_BUNDLE),
+            "--out",
+            str(out),
+            "--name",
+            load_bundle(DEFAULT_BUNDLE).model_names[0],
+        ],
+    ):
         res = runner.invoke(main, cmd)
         assert res.exit_code == 1 and "does not exist" in res.output and one_error_line(res)
     assert list(scratch.iterdir()) == [] and not out.parent.exists()
 
 
 # ----------------------------------------------------------------------------- 5. CLI and API conventions
-@pytest.mark.parametrize("args", [
-    ["route", "q", "--lambda", "cheapest"], ["route", "q", "--models", "nope"],
-    ["route", "q", "--exclude", "x"], ["route", "q", "--models", ",,,"], ["route", "q", "--bundle", ""],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["route", "q", "--lambda", "cheapest"],
+        ["route", "q", "--models", "nope"],
+        ["route", "q", "--exclude", "x"],
+        ["route", "q", "--models", ",,,"],
+        ["route", "q", "--bundle", ""],
+    ],
+)
 def test_usage_errors_exit_2(runner, args, router):
     if args[-1] == "x":
         args = args[:-1] + [",".join(router.names)]  # everything excluded
@@ -501,12 +610,20 @@ def test_route_batch_option_errors_are_reported_once(runner, tmp_path):
     assert res.exit_code == 2 and res.output.count("unknown model") == 1 and not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.parametrize("call", [
-    lambda r: r.route_many([([], "q")], batch_size=-1), lambda r: r.route_many([([], "q")], batch_size=0),
-    lambda r: r.route(5, "What?"), lambda r: r.route([], None), lambda r: r.route([], "q", models=[3]),
-    lambda r: r.route_many("abc"), lambda r: r.route_many([("q",)]), lambda r: r.route([object()], "q"),
-    lambda r: r.route([np.zeros((4, 4, 3), dtype=object)], "q"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: r.route_many([([], "q")], batch_size=-1),
+        lambda r: r.route_many([([], "q")], batch_size=0),
+        lambda r: r.route(5, "What?"),
+        lambda r: r.route([], None),
+        lambda r: r.route([], "q", models=[3]),
+        lambda r: r.route_many("abc"),
+        lambda r: r.route_many([("q",)]),
+        lambda r: r.route([object()], "q"),
+        lambda r: r.route([np.zeros((4, 4, 3), dtype=object)], "q"),
+    ],
+)
 def test_unsupported_api_inputs_raise_input_error(router, call):
     with pytest.raises(InputError):
         call(router)

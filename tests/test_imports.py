@@ -1,4 +1,5 @@
 """The serving side never loads the training side: proved in fresh interpreters."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,9 @@ print("LOADED:" + ",".join(bad))
 
 
 def _loaded(stmt: str) -> str:
-    out = subprocess.run([sys.executable, "-c", PROBE.format(stmt=stmt, forbidden=FORBIDDEN)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(stmt=stmt, forbidden=FORBIDDEN)], capture_output=True, text=True, check=True
+    )
     return out.stdout.rsplit("LOADED:", 1)[1].strip()
 
 
@@ -26,17 +28,21 @@ def test_runtime_package_imports_nothing_from_the_training_side():
 
 def test_routing_a_real_image_loads_no_training_module():
     """The whole serving path (bundle, sessions, preprocessing, encoders, router) in a fresh interpreter."""
-    stmt = ("from lr_onnx import Router\nimport pathlib\nimport lr_onnx\n"
-            "ex = pathlib.Path(lr_onnx.__file__).parent / 'assets' / 'examples' / 'receipt.jpg'\n"
-            "print(Router.load().route([ex], 'What is the total?').model)")
+    stmt = (
+        "from lr_onnx import Router\nimport pathlib\nimport lr_onnx\n"
+        "ex = pathlib.Path(lr_onnx.__file__).parent / 'assets' / 'examples' / 'receipt.jpg'\n"
+        "print(Router.load().route([ex], 'What is the total?').model)"
+    )
     assert _loaded(stmt) == ""
 
 
 def test_serving_gateway_imports_nothing_from_the_training_side():
     """`lr-onnx serve`'s whole app, its upstream client and the stand-in, in a fresh interpreter."""
-    stmt = ("import lr_onnx.serve.app, lr_onnx.serve.server, lr_onnx.serve.upstream, lr_onnx.serve.standin\n"
-            "from lr_onnx.serve.app import create_app\nfrom lr_onnx.serve.config import ServeConfig\n"
-            "from lr_onnx import Router\ncreate_app(Router.load(), ServeConfig())")
+    stmt = (
+        "import lr_onnx.serve.app, lr_onnx.serve.server, lr_onnx.serve.upstream, lr_onnx.serve.standin\n"
+        "from lr_onnx.serve.app import create_app\nfrom lr_onnx.serve.config import ServeConfig\n"
+        "from lr_onnx import Router\ncreate_app(Router.load(), ServeConfig())"
+    )
     assert _loaded(stmt) == ""
 
 
@@ -51,8 +57,9 @@ def test_runtime_sources_never_import_export_or_torch():
 
     repo = pathlib.Path(__file__).resolve().parents[1]
     pat = re.compile(r"^\s*(import|from)\s+(torch|onnx\b|optimum|transformers|\.\.export|lr_onnx\.export)", re.M)
-    offenders = [p.name for root in (repo / "runtime", repo / "serve") for p in root.rglob("*.py")
-                 if pat.search(p.read_text())]
+    offenders = [
+        p.name for root in (repo / "runtime", repo / "serve") for p in root.rglob("*.py") if pat.search(p.read_text())
+    ]
     assert offenders == []
 
 
@@ -67,8 +74,11 @@ def test_import_rules_between_the_sides():
     offenders = []
     for side, banned in rules.items():
         pat = re.compile(r"^\s*(?:from|import)\s+(?:\.{2,}|lr_onnx\.)(" + "|".join(banned) + r")\b", re.M)
-        offenders += [f"{p.relative_to(repo)} imports {m.group(1)}" for p in (repo / side).rglob("*.py")
-                      for m in pat.finditer(p.read_text())]
+        offenders += [
+            f"{p.relative_to(repo)} imports {m.group(1)}"
+            for p in (repo / side).rglob("*.py")
+            for m in pat.finditer(p.read_text())
+        ]
     assert offenders == []
 
 
@@ -78,9 +88,15 @@ def test_no_source_file_outside_tests_is_longer_than_450_lines():
     import subprocess
 
     repo = pathlib.Path(__file__).resolve().parents[1]
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "*.py"], cwd=repo, capture_output=True,
-                            text=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "*.py"], cwd=repo, capture_output=True, text=True
+    ).stdout.split()
     files = listed or [str(p.relative_to(repo)) for p in repo.rglob("*.py") if ".venv" not in p.parts]
-    long = {f: n for f in files if not f.startswith("tests/") and (repo / f).is_file()
-            and (n := len((repo / f).read_text(encoding="utf-8").splitlines())) > 450}
+    long = {
+        f: n
+        for f in files
+        if not f.startswith("tests/")
+        and (repo / f).is_file()
+        and (n := len((repo / f).read_text(encoding="utf-8").splitlines())) > 450
+    }
     assert long == {}

@@ -1,4 +1,5 @@
 """The typed manifest: one parse (`Manifest.from_dict`), one writer (`Manifest.to_dict`)."""
+
 from __future__ import annotations
 
 import json
@@ -44,14 +45,17 @@ def test_unknown_keys_survive_an_edit():
     assert out == d and list(out)[-1] == "from_the_future" and list(out["pool"][0])[-1] == "added_with"
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda d: d["pool"][1].update(cost_hat="cheap"), r"pool\[1\]\.cost_hat"),
-    (lambda d: d["pool"][0].update(profile=d["pool"][0]["profile"][:-1]), "another width"),
-    (lambda d: d["graphs"]["router"].update(inputs=[1]), "graphs.router.inputs and .outputs"),
-    (lambda d: d["files"]["router.onnx"].update(bytes=-1), r"files\['router.onnx'\]\.bytes"),
-    (lambda d: d["lambda"]["presets"].update(cheap={"lambda": -1}), "lambda.presets.cheap.lambda"),
-    (lambda d: d.update(coverage=[]), "'coverage' must be an object"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d["pool"][1].update(cost_hat="cheap"), r"pool\[1\]\.cost_hat"),
+        (lambda d: d["pool"][0].update(profile=d["pool"][0]["profile"][:-1]), "another width"),
+        (lambda d: d["graphs"]["router"].update(inputs=[1]), "graphs.router.inputs and .outputs"),
+        (lambda d: d["files"]["router.onnx"].update(bytes=-1), r"files\['router.onnx'\]\.bytes"),
+        (lambda d: d["lambda"]["presets"].update(cheap={"lambda": -1}), "lambda.presets.cheap.lambda"),
+        (lambda d: d.update(coverage=[]), "'coverage' must be an object"),
+    ],
+)
 def test_a_bad_entry_is_one_line_naming_it(tmp_path, edit, match):
     b = tmp_path / "b"
     shutil.copytree(DEFAULT_BUNDLE, b)

@@ -1,4 +1,5 @@
 """The capability memory (runtime/memory.py): estimates, the fallback far from the data, its files and manifest."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,7 @@ def _memory(n=200, seed=0, **kw) -> tuple[Memory, np.ndarray]:
     q[cluster == 0, 0] += 3.0
     q[cluster == 1, 1] += 3.0
     proj = np.zeros((HAS_IMAGE_COL, D + 1), np.float32)
-    proj[np.arange(D), 1 + np.arange(D)] = 1.0            # the first D text dimensions, no centring
+    proj[np.arange(D), 1 + np.arange(D)] = 1.0  # the first D text dimensions, no centring
     y = np.stack([cluster == 0, cluster == 1], axis=1).astype(np.float32)
     settings = MemorySettings(**{"k": 10, "kappa": 2.0, "tau": 0.05, "image_weight": 1.0, "s_ref": 0.9, **kw})
     from lr_onnx.runtime.memory import embed
@@ -39,15 +40,15 @@ def test_estimates_follow_the_neighbours_and_fall_back_far_from_them():
     cols = mem.columns(q[:2], ["a", "b"])
     est = 1 / (1 + np.exp(-cols[..., 0]))
     assert cols.shape == (2, 2, COLUMNS)
-    assert est[0, 0] > 0.8 and est[0, 1] < 0.2            # cluster 0: a is right, b wrong
+    assert est[0, 0] > 0.8 and est[0, 1] < 0.2  # cluster 0: a is right, b wrong
     assert est[1, 1] > 0.8 and est[1, 0] < 0.2
-    assert np.allclose(cols[..., 2], 1.0, atol=0.05)       # close to the memory
+    assert np.allclose(cols[..., 2], 1.0, atol=0.05)  # close to the memory
     far = np.zeros((1, QUERY_DIM), np.float32)
-    far[0, 5] = 1.0                                         # orthogonal to both clusters
+    far[0, 5] = 1.0  # orthogonal to both clusters
     fc = mem.columns(far, ["a", "b"])
-    assert fc[0, 0, 2] < 0.01                               # hardly any closeness ...
+    assert fc[0, 0, 2] < 0.01  # hardly any closeness ...
     assert np.allclose(1 / (1 + np.exp(-fc[0, :, 0])), mem.global_mean, atol=0.02)  # ... so the global means
-    assert (fc[0, :, 1] < 0.05).all()                       # and no evidence
+    assert (fc[0, :, 1] < 0.05).all()  # and no evidence
 
 
 def test_leave_one_out_never_sees_the_row_itself():
@@ -55,7 +56,7 @@ def test_leave_one_out_never_sees_the_row_itself():
     sims, idx = mem.neighbours(mem.embed(q), 5, exclude=np.arange(40))
     assert not (idx == np.arange(40)[:, None]).any()
     _, idx_in = mem.neighbours(mem.embed(q), 5)
-    assert (idx_in == np.arange(40)[:, None]).any(axis=1).all()    # without exclusion each row finds itself
+    assert (idx_in == np.arange(40)[:, None]).any(axis=1).all()  # without exclusion each row finds itself
 
 
 def test_a_model_outside_the_memory_gets_its_prior_and_no_evidence():
@@ -67,7 +68,7 @@ def test_a_model_outside_the_memory_gets_its_prior_and_no_evidence():
 
 def test_rows_added_for_a_new_model_speak_for_it_at_once():
     mem, q = _memory()
-    grown = mem.with_rows(q[:20], "c", np.ones(20))         # perfect on 20 queries of both clusters
+    grown = mem.with_rows(q[:20], "c", np.ones(20))  # perfect on 20 queries of both clusters
     assert grown.models == ["a", "b", "c"] and len(grown) == len(mem) + 20
     est = 1 / (1 + np.exp(-grown.columns(q[:20], ["a", "b", "c"])[..., 0]))
     assert (est[:, 2] > 0.7).all() and (est[:, 2] >= est[:, :2].max(axis=1)).all()
@@ -80,7 +81,7 @@ def test_files_round_trip_and_refuse_bad_arrays(tmp_path):
     entry = MemoryEntry.from_written(mem.write(tmp_path))
     data = {k: (tmp_path / FILES[k]).read_bytes() for k in FILES}
     back = Memory.from_files(data, entry, "b")
-    assert np.allclose(back.columns(q[:4]), mem.columns(q[:4]), atol=2e-2)   # fp16 files
+    assert np.allclose(back.columns(q[:4]), mem.columns(q[:4]), atol=2e-2)  # fp16 files
     bad = dict(data, keys=npy_bytes(np.full((len(mem), D), np.nan, np.float16)))
     with pytest.raises(BundleError, match="non-finite"):
         Memory.from_files(bad, entry, "b")
@@ -89,7 +90,7 @@ def test_files_round_trip_and_refuse_bad_arrays(tmp_path):
     with pytest.raises(BundleError, match=r"\[0, 1\]"):
         Memory.from_files(dict(data, outcomes=npy_bytes(np.full((len(mem), 2), 2.0, np.float16))), entry, "b")
     obj = np.empty((2, 2), object)
-    with pytest.raises(BundleError, match="numpy array file|float16"):   # pickled arrays are never loaded
+    with pytest.raises(BundleError, match="numpy array file|float16"):  # pickled arrays are never loaded
         import io
 
         buf = io.BytesIO()
@@ -104,10 +105,12 @@ def test_manifest_memory_entry_is_validated(tmp_path):
     from lr_onnx.runtime.router import DEFAULT_BUNDLE
 
     m = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
-    for change, match in ((lambda e: e.update(rows=0), "memory.rows"),
-                          (lambda e: e["settings"].update(tau=0), "memory.settings.tau"),
-                          (lambda e: e.update(models=["x", "x"]), "distinct"),
-                          (lambda e: e["files"].update(keys="other.npy"), "not listed")):
+    for change, match in (
+        (lambda e: e.update(rows=0), "memory.rows"),
+        (lambda e: e["settings"].update(tau=0), "memory.settings.tau"),
+        (lambda e: e.update(models=["x", "x"]), "distinct"),
+        (lambda e: e["files"].update(keys="other.npy"), "not listed"),
+    ):
         b = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
         shutil.copytree(DEFAULT_BUNDLE, b)
         mm = json.loads(json.dumps(m))
@@ -125,7 +128,7 @@ def test_a_tampered_memory_file_fails_its_hash(tmp_path):
     shutil.copytree(DEFAULT_BUNDLE, b)
     f = b / m["memory"]["files"]["outcomes"]
     data = bytearray(f.read_bytes())
-    data[len(data) // 2] ^= 0x01                        # one bit of one outcome
+    data[len(data) // 2] ^= 0x01  # one bit of one outcome
     f.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="sha256"):
         Router.load(b)
@@ -149,4 +152,4 @@ def test_the_search_graph_finds_what_numpy_finds(tmp_path):
     assert all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_i.tolist()))
     np.testing.assert_allclose(mem.columns(None, found=(sims, idx)), mem.columns(q[:7]), atol=1e-5)
     few = sess.run(None, {"query": q[:2], "keys": mem.keys[:4]})[1]
-    assert few.shape == (2, 4)                                  # fewer rows than k: every row, best first
+    assert few.shape == (2, 4)  # fewer rows than k: every row, best first

@@ -1,4 +1,5 @@
 """`data merge` (a ragged pool from several sources) and the `task_lookup` baseline."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,12 @@ from lr_onnx.runtime.errors import DataError
 
 
 def _two_sources(tmp_path):
-    a = write_native(tmp_path / "alpha", [rec(i, split="train" if i < 20 else "test") for i in range(30)],
-                     models=[{"name": "a", "price_in_per_mtok": 1.0}, {"name": "b"}])
-    b_rows = [rec(i, outcomes={"b": {"score": 1.0, "cost": 0.02}, "c": {"score": 0.0, "cost": 0.5}})
-              for i in range(25)]
+    a = write_native(
+        tmp_path / "alpha",
+        [rec(i, split="train" if i < 20 else "test") for i in range(30)],
+        models=[{"name": "a", "price_in_per_mtok": 1.0}, {"name": "b"}],
+    )
+    b_rows = [rec(i, outcomes={"b": {"score": 1.0, "cost": 0.02}, "c": {"score": 0.0, "cost": 0.5}}) for i in range(25)]
     b = write_native(tmp_path / "beta", b_rows, models=[{"name": "b"}, {"name": "c", "price_in_per_mtok": 3.0}])
     return a, b
 
@@ -30,7 +33,7 @@ def test_merge_builds_a_ragged_pool_with_unique_ids_and_labels(tmp_path):
     assert d.model_names == ["a", "b", "c"] and d.n == 55 and s["per_source"]["beta"]["ids_prefixed"] == 25
     alpha = np.array([lab.startswith("alpha/") for lab in d.dataset])
     assert alpha.sum() == 30 and all(lab.startswith(("alpha/", "beta/")) for lab in d.dataset)
-    assert d.A[alpha][:, 2].sum() == 0 and d.A[~alpha][:, 0].sum() == 0     # c never ran on alpha, a never on beta
+    assert d.A[alpha][:, 2].sum() == 0 and d.A[~alpha][:, 0].sum() == 0  # c never ran on alpha, a never on beta
     assert len(set(d.ids)) == 55 and "beta:q0" in d.ids
     # alpha's own split is kept; beta had none, so its generated split is written into its rows
     assert [s for i, s in zip(d.ids, d.split) if i == "q25"] == ["test"]

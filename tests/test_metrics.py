@@ -1,23 +1,35 @@
 """Routing metrics against the hand-computed anchors of method.md §8.9."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lr_onnx.export.evaluate.routing_metrics import (aiq, apgr, cpt, nauc, nauc_ref, oracle_choice, pareto_frontier, peak_score, qnc,
-                                    rank_score, uncertainty)
+from lr_onnx.export.evaluate.routing_metrics import (
+    aiq,
+    apgr,
+    cpt,
+    nauc,
+    nauc_ref,
+    oracle_choice,
+    pareto_frontier,
+    peak_score,
+    qnc,
+    rank_score,
+    uncertainty,
+)
 from lr_onnx.runtime.policy import LAMBDA_GRID, choose
 
-HAND = [(1, .50), (2, .70), (3, .65), (4, .80)]
+HAND = [(1, 0.50), (2, 0.70), (3, 0.65), (4, 0.80)]
 
 
 def test_hand_example():
-    assert pareto_frontier(HAND) == [(1, .5), (2, .7), (4, .8)]
+    assert pareto_frontier(HAND) == [(1, 0.5), (2, 0.7), (4, 0.8)]
     assert nauc(HAND) == pytest.approx(0.70)
     assert nauc_ref(HAND) == pytest.approx(0.68333, abs=1e-5)
     assert peak_score(HAND) == 0.8
     assert qnc(HAND, 0.8, 4) == pytest.approx(1.0)
-    weak, strong = (1, .5), (4, .8)
+    weak, strong = (1, 0.5), (4, 0.8)
     assert apgr(HAND, weak, strong) == pytest.approx(0.55556, abs=1e-5)
     assert cpt(HAND, weak, strong, 0.5) == pytest.approx(25.0)
     assert cpt(HAND, weak, strong, 0.8) == pytest.approx(60.0)
@@ -25,11 +37,11 @@ def test_hand_example():
 
 
 def test_three_point_example_and_degenerate_cases():
-    pts = [(0, .5), (.5, .4), (1, .9)]
+    pts = [(0, 0.5), (0.5, 0.4), (1, 0.9)]
     assert nauc(pts) == pytest.approx(0.70)
     assert nauc_ref(pts) == pytest.approx(0.60)
-    assert np.isnan(nauc([(1, .5)]))
-    assert nauc_ref([(1, .5)]) == 0.5
+    assert np.isnan(nauc([(1, 0.5)]))
+    assert nauc_ref([(1, 0.5)]) == 0.5
     assert qnc(HAND, 0.9, 4) == float("inf")
 
 
@@ -61,8 +73,8 @@ def test_uncertainty_quality_by_hand():
     sigma = np.array([0.15, 0.2, 0.15, 0.5])
     u = uncertainty(mu, mu, sigma, y)
     assert u["bin_counts"] == [0, 1, 1, 0, 0, 0, 0, 1, 0, 1]
-    assert u["ece"] == pytest.approx((0.25 + 0.85 + 0.25 + 0.08) / 4)     # one entry per bin here
+    assert u["ece"] == pytest.approx((0.25 + 0.85 + 0.25 + 0.08) / 4)  # one entry per bin here
     assert u["brier"] == pytest.approx((0.0625 + 0.7225 + 0.0625 + 0.0064) / 4)
-    assert u["coverage_1.96sigma"] == 0.75                                 # 0.85 > 1.96 x 0.2
-    assert u["spearman_sigma_abs_error"] == pytest.approx(-1 / 3)          # ranks [.5 2 .5 3] vs [1.5 3 1.5 0]
+    assert u["coverage_1.96sigma"] == 0.75  # 0.85 > 1.96 x 0.2
+    assert u["spearman_sigma_abs_error"] == pytest.approx(-1 / 3)  # ranks [.5 2 .5 3] vs [1.5 3 1.5 0]
     assert u["gaussian_nll"] == pytest.approx(2.35019, abs=1e-5)

@@ -1,4 +1,5 @@
 """LatentRouter shapes, masking and the architecture anchor (method.md §2.8)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,7 +39,7 @@ def net(request):
 
 def _prior_net(S=3):
     m = LatentRouter(RouterConfig(slices=S)).eval()
-    m.slice_prior.centroids.copy_(torch.eye(S, 1664))            # slice s = direction s of the embedding
+    m.slice_prior.centroids.copy_(torch.eye(S, 1664))  # slice s = direction s of the embedding
     m.slice_prior.score_mean.fill_(0.5)
     m.slice_prior.score_std.fill_(0.1)
     return m
@@ -47,15 +48,15 @@ def _prior_net(S=3):
 def test_slice_prior_is_the_models_score_on_the_querys_slice():
     """Hand-computed: a query on slice 1 gets logit(score on slice 1); half-way between 0 and 1, the mean of both."""
     m = _prior_net()
-    raw = torch.tensor([[0.2, 0.9, 0.4], [0.7, 0.3, 0.5]])       # [K=2, S=3] raw shrunk slice scores
+    raw = torch.tensor([[0.2, 0.9, 0.4], [0.7, 0.3, 0.5]])  # [K=2, S=3] raw shrunk slice scores
     mf = torch.zeros(2, 2, 16)
-    mf[:, :, 1:4] = (raw - 0.5) / 0.1                             # standardised, as in model_feat
+    mf[:, :, 1:4] = (raw - 0.5) / 0.1  # standardised, as in model_feat
     q = torch.zeros(2, 1667)
-    q[0, 1] = 3.0                                                 # exactly slice 1 (the norm does not matter)
-    q[1, 0] = q[1, 1] = 1.0                                       # cosine 0.707 to slices 0 and 1, 0 to slice 2
+    q[0, 1] = 3.0  # exactly slice 1 (the norm does not matter)
+    q[1, 0] = q[1, 1] = 1.0  # cosine 0.707 to slices 0 and 1, 0 to slice 2
     with torch.no_grad():
         prior = m.slice_prior(q, mf)
-    logit = lambda p: torch.log(p / (1 - p))                      # noqa: E731
+    logit = lambda p: torch.log(p / (1 - p))  # noqa: E731
     torch.testing.assert_close(prior[0], logit(raw[:, 1]), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(prior[1], logit((raw[:, 0] + raw[:, 1]) / 2), atol=1e-4, rtol=1e-4)
 
@@ -68,7 +69,7 @@ def test_slice_prior_reads_the_profile_so_an_added_model_gets_one():
     q[0, 2] = 1.0
     with torch.no_grad():
         before = m.slice_prior(q, mf)
-        mf[0, 1, 3] = 2.0                                         # model 1, slice 2: 0.5 -> 0.7
+        mf[0, 1, 3] = 2.0  # model 1, slice 2: 0.5 -> 0.7
         after = m.slice_prior(q, mf)
     assert after[0, 1] > before[0, 1] + 0.8 and torch.equal(after[0, [0, 2]], before[0, [0, 2]])
 
@@ -139,7 +140,8 @@ def test_nll_clamps_sigma_at_the_floor_and_nowhere_else():
     """A collapsed sigma cannot blow the NLL up: hand-computed value at the floor, and the default floor is 0.05."""
     import math
 
-    from lr_onnx.export.train.trainer import TrainConfig, losses
+    from lr_onnx.export.train.losses import losses
+    from lr_onnx.export.train.trainer import TrainConfig
 
     mu = torch.tensor([[0.0, 0.5]])
     sigma = torch.tensor([[1e-4, 0.3]], requires_grad=True)
@@ -150,16 +152,16 @@ def test_nll_clamps_sigma_at_the_floor_and_nowhere_else():
     _, t = losses(*args, sigma_floor=0.05)
     want = ((0.5 * (1 / 0.05) ** 2 + math.log(0.05)) + (0 + math.log(0.3))) / 2
     assert float(t["nll"].detach()) == pytest.approx(want, rel=1e-5)
-    _, raw = losses(*args)                        # the method's 1e-4: 5e7
+    _, raw = losses(*args)  # the method's 1e-4: 5e7
     assert float(raw["nll"].detach()) > 1e7
     t["nll"].backward()
-    assert sigma.grad[0, 0] == 0 and sigma.grad[0, 1] != 0    # below the floor: no pull further down
+    assert sigma.grad[0, 0] == 0 and sigma.grad[0, 1] != 0  # below the floor: no pull further down
     assert TrainConfig().nll_sigma_floor == 0.05
 
 
 def _memory_net(blend: float):
     torch.manual_seed(0)
-    m = LatentRouter(RouterConfig(model_dim=19, memory=3)).eval()   # 15 profile columns, 3 memory, 1 cost
+    m = LatentRouter(RouterConfig(model_dim=19, memory=3)).eval()  # 15 profile columns, 3 memory, 1 cost
     m.memory.blend.fill_(blend)
     return m
 

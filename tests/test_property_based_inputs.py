@@ -4,6 +4,7 @@ Whatever hypothesis feeds in, the answer is a decision or an `LrOnnxError`, noth
 outside the bundle folder is ever opened (watched with an audit hook on every `open`). Bounded so the
 whole file runs in well under a minute on 2 cores.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,12 @@ def _seed_images() -> dict[str, bytes]:
     img = Image.new("RGB", (48, 40))
     img.putdata([((x * 5) % 256, (y * 6) % 256, (x * y) % 256) for y in range(40) for x in range(48)])
     out = {}
-    for fmt, kw in (("PNG", {}), ("JPEG", {"quality": 80}), ("TIFF", {}),
-                    ("GIF", {"save_all": True, "append_images": [img.rotate(90)]})):
+    for fmt, kw in (
+        ("PNG", {}),
+        ("JPEG", {"quality": 80}),
+        ("TIFF", {}),
+        ("GIF", {"save_all": True, "append_images": [img.rotate(90)]}),
+    ):
         buf = io.BytesIO()
         img.save(buf, fmt, **kw)
         out[fmt] = buf.getvalue()
@@ -60,7 +65,7 @@ def mutated_image(draw):
         elif kind == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
         else:
-            data[8 + pos % 24:12 + pos % 24] = draw(st.binary(min_size=4, max_size=4))
+            data[8 + pos % 24 : 12 + pos % 24] = draw(st.binary(min_size=4, max_size=4))
     return bytes(data)
 
 
@@ -99,11 +104,27 @@ def _paths(node, prefix=(), depth=0) -> list[tuple]:
 
 PATHS = _paths(BASE)
 HOSTILE = st.one_of(
-    st.none(), st.booleans(), st.integers(-10 ** 6, 10 ** 6), st.just(10 ** 400),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([
-        "../secret.onnx", "/etc/passwd", "router.onnx", "tokenizer.json", "", "lanczos", "\udc80",
-        "golden.json", "./router.onnx", "sub/../../secret.onnx"]),
-    st.lists(st.integers(-3, 300), max_size=4), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.just(10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "../secret.onnx",
+            "/etc/passwd",
+            "router.onnx",
+            "tokenizer.json",
+            "",
+            "lanczos",
+            "\udc80",
+            "golden.json",
+            "./router.onnx",
+            "sub/../../secret.onnx",
+        ]
+    ),
+    st.lists(st.integers(-3, 300), max_size=4),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
 
 

@@ -1,4 +1,5 @@
 """Everything the README shows runs as shown (issue 23): its Python and shell blocks, its config, its commands."""
+
 from __future__ import annotations
 
 import os
@@ -25,23 +26,28 @@ def _env() -> dict:
 
 
 def _runnable(lang: str) -> list[str]:
-    return [code for kind, code in BLOCKS if kind == lang and not code.startswith(GATEWAY)
-            and not any(x in code for x in INSTALL)]
+    return [
+        code
+        for kind, code in BLOCKS
+        if kind == lang and not code.startswith(GATEWAY) and not any(x in code for x in INSTALL)
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("code", _runnable("python"), ids=lambda c: c.splitlines()[0][:40])
 def test_readme_python_blocks_run(code):
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=_env(),
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=_env(), timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("code", _runnable("bash"), ids=lambda c: c.splitlines()[0][:40])
 def test_readme_shell_blocks_run(code):
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env=_env(), timeout=300)
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code], cwd=REPO, capture_output=True, text=True, env=_env(), timeout=300
+    )
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
 
 
@@ -82,4 +88,4 @@ def test_readme_command_table_matches_the_cli(runner):
     listed = set(re.findall(r"^\| `lr-onnx ([a-z-]+)", README, re.M))
     commands = runner.invoke(main, ["--help"]).output.split("Commands:", 1)[1]
     helped = set(re.findall(r"^  ([a-z][a-z-]*)\s", commands, re.M))
-    assert listed == helped, (listed ^ helped)
+    assert listed == helped, listed ^ helped

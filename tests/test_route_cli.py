@@ -1,4 +1,5 @@
 """lr-onnx route from the command line: table and JSON output, usage errors, damaged bundles, the console script."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,12 @@ def test_cli_table_json_and_usage_errors(runner):
     assert res.exit_code == 0 and "chosen:" in res.output and res.output.count("\n* ") + res.output.startswith("*") == 1
     js = json.loads(runner.invoke(main, ["route", "What is 2 + 2?", "--json", "--explain"]).output)
     assert js["model"] == js["candidates"][0]["name"] and "closest_slices" in js["explain"]
-    for bad in (["route", "q", "--lambda", "-1"], ["route", "q", "--lambda", "nan"], ["route"],
-                ["route", "q", "--provider", "gpu"]):
+    for bad in (
+        ["route", "q", "--lambda", "-1"],
+        ["route", "q", "--lambda", "nan"],
+        ["route"],
+        ["route", "q", "--provider", "gpu"],
+    ):
         assert runner.invoke(main, bad).exit_code == 2
     assert runner.invoke(main, ["route", "q", "--models", "nope"]).exit_code == 2  # a usage error
 
@@ -49,7 +54,11 @@ def test_corrupted_and_newer_bundles(tmp_path, runner):
 def test_console_script_routes_an_example():
     exe = shutil.which("lr-onnx")
     assert exe
-    out = subprocess.run([exe, "route", str(EXAMPLES / "chart.png"), "What is the value shown?"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [exe, "route", str(EXAMPLES / "chart.png"), "What is the value shown?"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "chosen:" in out.stdout

@@ -1,4 +1,5 @@
 """The Router API against the committed default bundle: routing, options, bad inputs, threads, BLAS (issue: runtime)."""
+
 from __future__ import annotations
 
 import io
@@ -67,8 +68,11 @@ def test_masking_lambda_and_budget(router):
 def test_prepare_then_encode_is_features(router):
     """The server decodes on arrival (`prepare`) and encodes later in a batch (`encode`): the same features, with
     images of several queries (one with two, one with none) pooled back to their own query."""
-    qs = [([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?"), ([], "What is 3 + 4?"),
-          ([EXAMPLES / "chart.png"], "Which bar is highest?")]
+    qs = [
+        ([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?"),
+        ([], "What is 3 + 4?"),
+        ([EXAMPLES / "chart.png"], "Which bar is highest?"),
+    ]
     meta: list = []
     whole = router.features(qs, meta=meta)
     prepared = [router.prepare(im, q) for im, q in qs]
@@ -91,14 +95,18 @@ def test_decide_each_keeps_a_failing_row_to_itself(router):
     out = router.decide_each(q, opts, meta=meta)
     assert isinstance(out[1], OptionError) and "max_cost" in str(out[1])
     for i in (0, 2):
-        assert out[i] == router.decide(q[i:i + 1], [opts[i]], meta=[meta[i]])[0]
-    assert router.decide_each(q, [router.options()] * 3, meta=meta) == router.decide(q, [router.options()] * 3,
-                                                                                     meta=meta)
+        assert out[i] == router.decide(q[i : i + 1], [opts[i]], meta=[meta[i]])[0]
+    assert router.decide_each(q, [router.options()] * 3, meta=meta) == router.decide(
+        q, [router.options()] * 3, meta=meta
+    )
 
 
 def test_route_many_matches_single_routes(router):
-    qs = [([EXAMPLES / "chart.png"], "Which category has the highest bar?"), ([], "What is 3 + 4?"),
-          ([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?")]
+    qs = [
+        ([EXAMPLES / "chart.png"], "Which category has the highest bar?"),
+        ([], "What is 3 + 4?"),
+        ([EXAMPLES / "page.png", EXAMPLES / "text.png"], "What is the title?"),
+    ]
     many = router.route_many(qs, batch_size=2)
     for (im, q), d in zip(qs, many):
         one = router.route(im, q)
@@ -107,11 +115,16 @@ def test_route_many_matches_single_routes(router):
         assert d.candidates[0].mu_tilde == pytest.approx(one.candidates[0].mu_tilde, abs=2e-3)
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    ({"models": ["nope"]}, "unknown model"), ({"exclude": "ALL"}, "every model is excluded"),
-    ({"lam": -1.0}, "lambda must be"), ({"lam": float("nan")}, "lambda must be"),
-    ({"max_cost": 1e-12}, "no model's expected cost fits"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"models": ["nope"]}, "unknown model"),
+        ({"exclude": "ALL"}, "every model is excluded"),
+        ({"lam": -1.0}, "lambda must be"),
+        ({"lam": float("nan")}, "lambda must be"),
+        ({"max_cost": 1e-12}, "no model's expected cost fits"),
+    ],
+)
 def test_bad_routing_options(router, kwargs, pattern):
     if kwargs.get("exclude") == "ALL":
         kwargs = {"exclude": router.names}
@@ -133,11 +146,18 @@ def _bad_files(tmp):
     return tmp
 
 
-@pytest.mark.parametrize("name,pattern", [
-    ("missing.png", "no such image file"), ("dir.png", "is a directory"), ("empty.png", "empty file"),
-    ("trunc.png", "not a readable image|truncated"), ("trunc.jpg", "truncated|not a readable"),
-    ("notes.png", "not a readable image"), ("bomb.png", "exceeds the 80,000,000-pixel limit"),
-])
+@pytest.mark.parametrize(
+    "name,pattern",
+    [
+        ("missing.png", "no such image file"),
+        ("dir.png", "is a directory"),
+        ("empty.png", "empty file"),
+        ("trunc.png", "not a readable image|truncated"),
+        ("trunc.jpg", "truncated|not a readable"),
+        ("notes.png", "not a readable image"),
+        ("bomb.png", "exceeds the 80,000,000-pixel limit"),
+    ],
+)
 def test_bad_images_are_one_line_errors(router, runner, tmp_path, name, pattern):
     _bad_files(tmp_path)
     with pytest.raises(InputError, match=pattern):
@@ -175,10 +195,15 @@ def test_lambda_presets_from_the_manifest(router, runner):
     assert {"quality", "balanced", "budget_50", "budget_25"} <= set(presets)
     assert router.resolve_lambda("quality") == 0.0 and router.resolve_lambda(None) == router.default_lambda
     assert router.resolve_lambda(0.3) == 0.3
-    qs = [(None, "What is 12 * 13?"), ([EXAMPLES / "receipt.jpg"], "What is the total?"),
-          ([EXAMPLES / "coffee.jpg"], "What is in the cup?")]
-    cost = {name: np.mean([router.expected_cost[router.names.index(d.model)]
-                           for d in router.route_many(qs, lam=name)]) for name in ("quality", "budget_25")}
+    qs = [
+        (None, "What is 12 * 13?"),
+        ([EXAMPLES / "receipt.jpg"], "What is the total?"),
+        ([EXAMPLES / "coffee.jpg"], "What is in the cup?"),
+    ]
+    cost = {
+        name: np.mean([router.expected_cost[router.names.index(d.model)] for d in router.route_many(qs, lam=name)])
+        for name in ("quality", "budget_25")
+    }
     assert cost["budget_25"] <= cost["quality"]
     with pytest.raises(InputError, match="unknown lambda preset 'cheapest'; presets: quality"):
         router.resolve_lambda("cheapest")
@@ -187,12 +212,6 @@ def test_lambda_presets_from_the_manifest(router, runner):
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--lambda", "cheapest"])
     assert res.exit_code == 2 and "unknown lambda preset" in res.output and "Traceback" not in res.output
     assert "--lambda budget_25:" in runner.invoke(main, ["info"]).output
-
-
-
-
-
-
 
 
 def test_one_router_serves_many_threads():
@@ -215,8 +234,14 @@ def test_one_router_serves_many_threads():
     for t in threads:
         t.join()
     assert got == expected
-    assert sorted(r._sessions) == ["image_encoder", "memory", "memory:small", "router", "router:small",
-                                   "text_encoder"]  # B=1: the small twins
+    assert r.sessions.loaded == [
+        "image_encoder",
+        "memory",
+        "memory:small",
+        "router",
+        "router:small",
+        "text_encoder",
+    ]  # B=1: the small twins
 
 
 _BLAS_PROBE = """
@@ -250,8 +275,13 @@ def test_routing_never_wakes_numpy_blas_threads():
     """The routing path does no BLAS matmul (coverage and explain use a plain loop): an OpenBLAS worker woken by a
     small matmul spins afterwards and took a core from ONNX Runtime (route_many -13%, the server -10%)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
-    res = subprocess.run([sys.executable, "-c", _BLAS_PROBE, str(EXAMPLES / "chart.png")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", _BLAS_PROBE, str(EXAMPLES / "chart.png")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     if res.stdout.strip() == "none":
         pytest.skip("numpy's BLAS started no worker thread here")

@@ -1,4 +1,5 @@
 """`lr-onnx serve` (issue 15): a real server on 127.0.0.1, a real HTTP client, a stand-in upstream on another port."""
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,12 @@ def _bomb_png() -> str:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
@@ -74,10 +79,16 @@ def ranked(router, question=QUESTION, images=(), lam=None) -> list[str]:
 
 def make_server(router, standin, behaviours: dict[str, str], **cfg):
     """A served app in which pool model NAME is answered by the stand-in behaving as behaviours[NAME] (ok)."""
-    models = {n: Upstream(n, f"{standin.url}/{behaviours.get(n, 'ok')}/v1", f"up-{n.lower()}", "LR_TEST_KEY")
-              for n in router.names}
-    config = ServeConfig(limits=cfg.pop("limits", Limits()), batching=cfg.pop("batching", Batching()),
-                         upstream=cfg.pop("upstream", UpstreamPolicy(timeout_s=1.0, retries=2)), models=models)
+    models = {
+        n: Upstream(n, f"{standin.url}/{behaviours.get(n, 'ok')}/v1", f"up-{n.lower()}", "LR_TEST_KEY")
+        for n in router.names
+    }
+    config = ServeConfig(
+        limits=cfg.pop("limits", Limits()),
+        batching=cfg.pop("batching", Batching()),
+        upstream=cfg.pop("upstream", UpstreamPolicy(timeout_s=1.0, retries=2)),
+        models=models,
+    )
     served, _ = served_router(router, config)
     return BackgroundServer(create_app(served, config, **cfg))
 
@@ -90,18 +101,30 @@ def server(router, upstream):
 
 def chat(text, model="lr-onnx/auto", stream=False, images=()):
     content = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": u}} for u in images]
-    return {"model": model, "stream": stream, "messages": [{"role": "system", "content": "be brief"},
-                                                           {"role": "user", "content": content}]}
+    return {
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": content}],
+    }
 
 
 def test_route_endpoint_equals_router_route(router, server):
     with httpx.Client(base_url=server.url) as c:
         assert c.get("/readyz").json()["status"] == "ready" and c.get("/healthz").status_code == 200
-        for body, kw in (({"question": QUESTION, "images": [DATA_URL]}, {}),
-                         ({"question": QUESTION, "images": [base64.b64encode(CHART).decode()], "lambda": "budget_25",
-                           "exclude": [FIRST], "explain": True}, {"lam": "budget_25", "exclude": [FIRST],
-                                                                    "explain": True}),
-                         ({"question": "What is 7 * 6?", "models": [FIRST, LAST], "lambda": 0.3}, None)):
+        for body, kw in (
+            ({"question": QUESTION, "images": [DATA_URL]}, {}),
+            (
+                {
+                    "question": QUESTION,
+                    "images": [base64.b64encode(CHART).decode()],
+                    "lambda": "budget_25",
+                    "exclude": [FIRST],
+                    "explain": True,
+                },
+                {"lam": "budget_25", "exclude": [FIRST], "explain": True},
+            ),
+            ({"question": "What is 7 * 6?", "models": [FIRST, LAST], "lambda": 0.3}, None),
+        ):
             res = c.post("/v1/route", json=body)
             assert res.status_code == 200, res.text
             images = [CHART] if body.get("images") else []
@@ -140,8 +163,9 @@ def test_an_idle_server_does_not_hold_a_lone_request_for_company(router, upstrea
 
         async def burst():
             async with httpx.AsyncClient(base_url=s.url, timeout=60) as c:
-                return await asyncio.gather(*(c.post("/v1/route", json={"question": QUESTION, "images": [DATA_URL]})
-                                              for _ in range(16)))
+                return await asyncio.gather(
+                    *(c.post("/v1/route", json={"question": QUESTION, "images": [DATA_URL]}) for _ in range(16))
+                )
 
         assert all(r.status_code == 200 for r in asyncio.run(burst()))
         m = httpx.get(f"{s.url}/metrics").text
@@ -184,8 +208,9 @@ def test_chat_completion_forwarded_unchanged_with_headers(router, upstream, serv
 
 def test_chat_completion_streams_sse(router, server):
     top = ranked(router, QUESTION, [CHART], lam="quality")[0]
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions",
-                      json=chat(QUESTION, "lr-onnx/quality", True, [DATA_URL])) as res:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=chat(QUESTION, "lr-onnx/quality", True, [DATA_URL])
+    ) as res:
         assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
         data = res.read().decode()
     assert res.headers["x-lr-onnx-model"] == top and data.endswith("data: [DONE]\n\n")
@@ -201,18 +226,21 @@ def test_failing_and_hanging_upstreams_fall_back_to_the_next_candidate(router, u
         assert res.status_code == 200 and res.headers["x-lr-onnx-model"] == order[2]
         assert res.headers["x-lr-onnx-failed"] == f"{order[0]} (500), {order[1]} (timeout)"
         assert time.monotonic() - t0 < 10
-        with httpx.stream("POST", f"{s.url}/v1/chat/completions", json=chat("What is 9 * 9?", stream=True),
-                          timeout=30) as r:
+        with httpx.stream(
+            "POST", f"{s.url}/v1/chat/completions", json=chat("What is 9 * 9?", stream=True), timeout=30
+        ) as r:
             assert r.status_code == 200 and r.headers["x-lr-onnx-model"] == order[2]
         m = httpx.get(f"{s.url}/metrics").text
         assert f'lr_onnx_upstream_errors_total{{model="{order[0]}",reason="500"}}' in m
     lines = [r.getMessage() for r in logged.records]
-    assert any(order[0] in ln and "500" in ln for ln in lines) and any(order[1] in ln and "timeout" in ln
-                                                                       for ln in lines)
+    assert any(order[0] in ln and "500" in ln for ln in lines) and any(
+        order[1] in ln and "timeout" in ln for ln in lines
+    )
     assert len([ln for ln in lines if order[0] in ln]) == 1  # two failures of the same kind: one line a minute
     assert not any("sk-" in ln or "Bearer" in ln for ln in lines)
-    with make_server(router, upstream, {n: "fail" for n in router.names},
-                     upstream=UpstreamPolicy(timeout_s=1.0, retries=1)) as s:
+    with make_server(
+        router, upstream, {n: "fail" for n in router.names}, upstream=UpstreamPolicy(timeout_s=1.0, retries=1)
+    ) as s:
         res = httpx.post(f"{s.url}/v1/chat/completions", json=chat("What is 9 * 9?"))
         assert res.status_code == 502 and res.json()["error"]["code"] == "upstream_failed"
         assert res.headers["x-lr-onnx-failed"] == f"{order[0]} (500), {order[1]} (500)"
@@ -256,22 +284,31 @@ def test_image_urls_when_allowed_are_fetched_within_size_and_time_limits(router,
         await asyncio.sleep(30)
         yield b""
 
-    images = Starlette(routes=[
-        Route("/chart.png", lambda r: Response(CHART, media_type="image/png")),
-        Route("/big.png", lambda r: Response(b"\0" * 200_000, media_type="image/png")),
-        Route("/missing.png", lambda r: Response(b"no", status_code=404)),
-        Route("/drip.png", lambda r: StreamingResponse(drip(), media_type="image/png")),
-        Route("/stall.png", lambda r: StreamingResponse(stall(), media_type="image/png"))])
-    limits = Limits(allow_image_urls=True, allow_private_image_hosts=True, image_url_max_mb=0.05,
-                    image_url_timeout_s=1.0)
+    images = Starlette(
+        routes=[
+            Route("/chart.png", lambda r: Response(CHART, media_type="image/png")),
+            Route("/big.png", lambda r: Response(b"\0" * 200_000, media_type="image/png")),
+            Route("/missing.png", lambda r: Response(b"no", status_code=404)),
+            Route("/drip.png", lambda r: StreamingResponse(drip(), media_type="image/png")),
+            Route("/stall.png", lambda r: StreamingResponse(stall(), media_type="image/png")),
+        ]
+    )
+    limits = Limits(
+        allow_image_urls=True, allow_private_image_hosts=True, image_url_max_mb=0.05, image_url_timeout_s=1.0
+    )
     with BackgroundServer(images) as img, make_server(router, upstream, {}, limits=limits) as s:
         res = httpx.post(f"{s.url}/v1/route", json={"question": QUESTION, "images": [f"{img.url}/chart.png"]})
         assert res.status_code == 200 and res.json()["model"] == router.route([CHART], QUESTION).model
-        for name, status, code in (("big", 413, "image_too_large"), ("missing", 400, "image_url_failed"),
-                                   ("drip", 400, "image_url_failed"), ("stall", 400, "image_url_failed")):
+        for name, status, code in (
+            ("big", 413, "image_too_large"),
+            ("missing", 400, "image_url_failed"),
+            ("drip", 400, "image_url_failed"),
+            ("stall", 400, "image_url_failed"),
+        ):
             t0 = time.monotonic()
-            res = httpx.post(f"{s.url}/v1/route", json={"question": "q", "images": [f"{img.url}/{name}.png"]},
-                             timeout=30)
+            res = httpx.post(
+                f"{s.url}/v1/route", json={"question": "q", "images": [f"{img.url}/{name}.png"]}, timeout=30
+            )
             err = res.json()["error"]
             assert res.status_code == status and err["code"] == code and "\n" not in err["message"], (name, res.text)
             assert time.monotonic() - t0 < 5, name
@@ -284,21 +321,29 @@ def limited(router, upstream):
         yield s
 
 
-@pytest.mark.parametrize("send,status,code", [
-    (lambda: {"content": b"{not json"}, 400, "invalid_json"),
-    (lambda: {"json": {"question": "q", "colour": 1}}, 400, "unknown_field"),
-    (lambda: {"json": {"question": ""}}, 400, "invalid_value"),
-    (lambda: {"json": {"question": "q", "lambda": "cheapest"}}, 400, "invalid_value"),
-    (lambda: {"json": {"question": "q", "models": ["nope"]}}, 400, "invalid_value"),
-    (lambda: {"json": {"question": "q", "images": ["http://example.invalid/a.png"]}}, 400, "image_url_not_allowed"),
-    (lambda: {"json": {"question": "q", "images": ["data:image/png;base64,@@@"]}}, 400, "invalid_value"),
-    (lambda: {"json": {"question": "q", "images": ["data:image/png;base64," + base64.b64encode(b"%!PS").decode()]}},
-     400, "invalid_value"),
-    (lambda: {"json": {"question": "q", "images": [TINY] * 3}}, 413, "too_many_images"),
-    (lambda: {"json": {"question": "x" * 101}}, 413, "question_too_long"),
-    (lambda: {"content": json.dumps({"question": "q", "explain": [[[[[[[[[[1]]]]]]]]]]})}, 400, "invalid_json"),
-    (lambda: {"content": b"{" + b" " * 3000 + b"}"}, 413, "body_too_large"),
-])
+@pytest.mark.parametrize(
+    "send,status,code",
+    [
+        (lambda: {"content": b"{not json"}, 400, "invalid_json"),
+        (lambda: {"json": {"question": "q", "colour": 1}}, 400, "unknown_field"),
+        (lambda: {"json": {"question": ""}}, 400, "invalid_value"),
+        (lambda: {"json": {"question": "q", "lambda": "cheapest"}}, 400, "invalid_value"),
+        (lambda: {"json": {"question": "q", "models": ["nope"]}}, 400, "invalid_value"),
+        (lambda: {"json": {"question": "q", "images": ["http://example.invalid/a.png"]}}, 400, "image_url_not_allowed"),
+        (lambda: {"json": {"question": "q", "images": ["data:image/png;base64,@@@"]}}, 400, "invalid_value"),
+        (
+            lambda: {
+                "json": {"question": "q", "images": ["data:image/png;base64," + base64.b64encode(b"%!PS").decode()]}
+            },
+            400,
+            "invalid_value",
+        ),
+        (lambda: {"json": {"question": "q", "images": [TINY] * 3}}, 413, "too_many_images"),
+        (lambda: {"json": {"question": "x" * 101}}, 413, "question_too_long"),
+        (lambda: {"content": json.dumps({"question": "q", "explain": [[[[[[[[[[1]]]]]]]]]]})}, 400, "invalid_json"),
+        (lambda: {"content": b"{" + b" " * 3000 + b"}"}, 413, "body_too_large"),
+    ],
+)
 def test_limits_and_malformed_requests_are_one_line_4xx(limited, send, status, code):
     res = httpx.post(f"{limited.url}/v1/route", headers={"content-type": "application/json"}, **send())
     err = res.json()["error"]
@@ -320,18 +365,24 @@ def test_gateway_key(router, upstream):
         ok = httpx.post(f"{s.url}/v1/route", json={"question": "q"}, headers={"authorization": "Bearer gw-key"})
         assert ok.status_code == 200
         assert httpx.get(f"{s.url}/healthz").status_code == 200  # probes need no key
-        res = httpx.post(f"{s.url}/v1/chat/completions", json=chat("hi", "up-nope-unknown"),
-                         headers={"authorization": "Bearer gw-key"})
+        res = httpx.post(
+            f"{s.url}/v1/chat/completions",
+            json=chat("hi", "up-nope-unknown"),
+            headers={"authorization": "Bearer gw-key"},
+        )
         assert "upstream-secret-123" not in res.text and "upstream-secret-123" not in str(res.headers)
 
 
 def test_full_queue_answers_503_with_retry_after_and_nothing_else(router, upstream):
-    with make_server(router, upstream, {}, limits=Limits(queue_size=2),
-                     batching=Batching(max_batch=1, max_wait_ms=0, threads=1)) as s:
+    with make_server(
+        router, upstream, {}, limits=Limits(queue_size=2), batching=Batching(max_batch=1, max_wait_ms=0, threads=1)
+    ) as s:
+
         async def flood():
             async with httpx.AsyncClient(base_url=s.url, timeout=60) as c:
-                return await asyncio.gather(*(c.post("/v1/route", json={"question": f"What is {i}?"})
-                                              for i in range(40)))
+                return await asyncio.gather(
+                    *(c.post("/v1/route", json={"question": f"What is {i}?"}) for i in range(40))
+                )
 
         codes = [r.status_code for r in asyncio.run(flood())]
         assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
@@ -343,14 +394,19 @@ def test_config_file_is_validated_with_one_line(tmp_path, runner):
     from lr_onnx.cli import main
 
     good = tmp_path / "ok.toml"
-    good.write_text(f'[limits]\nmax_images = 4\n[batching]\nmax_batch = 8\n[models."{FIRST}"]\n'
-                    'base_url = "http://127.0.0.1:9/v1"\napi_key_env = "OPENAI_API_KEY"\nupstream_model = "gpt-4o"\n')
+    good.write_text(
+        f'[limits]\nmax_images = 4\n[batching]\nmax_batch = 8\n[models."{FIRST}"]\n'
+        'base_url = "http://127.0.0.1:9/v1"\napi_key_env = "OPENAI_API_KEY"\nupstream_model = "gpt-4o"\n'
+    )
     cfg = load_config(good)
     assert cfg.limits.max_images == 4 and cfg.batching.max_batch == 8 and cfg.models[FIRST].upstream_model == "gpt-4o"
-    for bad, msg in (('[limits]\nmax_images = -1\n', "between"), ('[limitz]\n', "unknown section"),
-                     ('[models.X]\nbase_url = "ftp://x"\n', "http"), (f'[models."{FIRST}"]\nbase_url = "http://x"\n'
-                                                                     'api_key = "sk-123"\n', "unknown key"),
-                     ("not toml [", "malformed TOML")):
+    for bad, msg in (
+        ("[limits]\nmax_images = -1\n", "between"),
+        ("[limitz]\n", "unknown section"),
+        ('[models.X]\nbase_url = "ftp://x"\n', "http"),
+        (f'[models."{FIRST}"]\nbase_url = "http://x"\napi_key = "sk-123"\n', "unknown key"),
+        ("not toml [", "malformed TOML"),
+    ):
         p = tmp_path / "bad.toml"
         p.write_text(bad)
         res = runner.invoke(main, ["serve", "--config", str(p), "--port", "1"])
@@ -366,17 +422,24 @@ def test_sigterm_answers_every_admitted_request_then_exits_0(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lr_onnx.cli", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, proc)
 
         async def in_flight():
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-                tasks = [asyncio.create_task(c.post("/v1/route", json={"question": f"What is {i} * {i}?",
-                                                                        "images": [DATA_URL]}))
-                         for i in range(16)]
+                tasks = [
+                    asyncio.create_task(
+                        c.post("/v1/route", json={"question": f"What is {i} * {i}?", "images": [DATA_URL]})
+                    )
+                    for i in range(16)
+                ]
                 await asyncio.sleep(0.3)
                 proc.send_signal(signal.SIGTERM)
                 return await asyncio.gather(*tasks, return_exceptions=True)
@@ -435,11 +498,14 @@ def test_an_image_url_is_fetched_from_the_address_that_was_checked(router, upstr
 
     monkeypatch.setattr(upstream_module, "_resolve", resolve)
     limits = Limits(allow_image_urls=True, allow_private_image_hosts=True, image_url_timeout_s=2.0)
-    with BackgroundServer(Starlette(routes=[Route("/chart.png", chart)])) as img, \
-            make_server(router, upstream, {}, limits=limits) as s:
+    with (
+        BackgroundServer(Starlette(routes=[Route("/chart.png", chart)])) as img,
+        make_server(router, upstream, {}, limits=limits) as s,
+    ):
         port = int(img.url.rsplit(":", 1)[1])
-        res = httpx.post(f"{s.url}/v1/route", json={"question": QUESTION,
-                                                    "images": [f"http://rebind.lr-onnx.test:{port}/chart.png"]})
+        res = httpx.post(
+            f"{s.url}/v1/route", json={"question": QUESTION, "images": [f"http://rebind.lr-onnx.test:{port}/chart.png"]}
+        )
         assert res.status_code == 200, res.text
         assert res.json()["model"] == router.route([CHART], QUESTION).model
         assert seen == {"resolved": "rebind.lr-onnx.test", "host": f"rebind.lr-onnx.test:{port}"}

@@ -1,4 +1,5 @@
 """The one session factory: provider order and fallback, accelerators that do not bind, the IO-binding path."""
+
 from __future__ import annotations
 
 import pytest
@@ -46,9 +47,11 @@ def test_io_binding_path_matches_plain_run(monkeypatch):
     s = new_session(DEFAULT_BUNDLE / "router.onnx", provider="cpu")
     rng = np.random.default_rng(0)
     k, p_in = 5, s.get_inputs()[1].shape[2]
-    feeds = {"query": rng.standard_normal((7, 1667)).astype(np.float32),
-             "model_feat": rng.standard_normal((7, k, p_in)).astype(np.float32),
-             "avail": rng.random((7, k)) > 0.3}
+    feeds = {
+        "query": rng.standard_normal((7, 1667)).astype(np.float32),
+        "model_feat": rng.standard_normal((7, k, p_in)).astype(np.float32),
+        "avail": rng.random((7, k)) > 0.3,
+    }
     plain = s.run(None, feeds)
     for a, b in zip(plain, sessions.run_bound(s, feeds, "cpu")):
         np.testing.assert_array_equal(a, b)

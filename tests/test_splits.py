@@ -1,4 +1,5 @@
 """Splits (method.md §7): deterministic, order-independent, stratified, reused from disk, calibration disjoint."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,22 @@ import pytest
 
 from conftest import DCROUTER, rec, write_native
 from lr_onnx.export.data.format import load_dataset
-from lr_onnx.export.data.splits import (META_FILE, SPLITS_FILE, ensure_splits, make_splits, partition_counts,
-                                   split_masks)
+from lr_onnx.export.data.splits import META_FILE, SPLITS_FILE, ensure_splits, make_splits, partition_counts, split_masks
 from lr_onnx.runtime.errors import DataError
 
 
-@pytest.mark.parametrize("n,expected", [(1, [1, 0, 0]), (2, [1, 0, 1]), (3, [1, 1, 1]), (4, [2, 1, 1]),
-                                        (10, [7, 1, 2]), (11, [8, 1, 2]), (100, [70, 10, 20])])
+@pytest.mark.parametrize(
+    "n,expected",
+    [
+        (1, [1, 0, 0]),
+        (2, [1, 0, 1]),
+        (3, [1, 1, 1]),
+        (4, [2, 1, 1]),
+        (10, [7, 1, 2]),
+        (11, [8, 1, 2]),
+        (100, [70, 10, 20]),
+    ],
+)
 def test_partition_counts_follow_largest_remainder_and_min_one(n, expected):
     assert partition_counts(n, (0.7, 0.1, 0.2)) == expected
     assert sum(partition_counts(n, (0.7, 0.1, 0.2))) == n

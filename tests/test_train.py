@@ -1,4 +1,5 @@
 """Training, evaluation and pool edits on a small real-image demo set (slow: the encoders run once)."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ def env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LR_ONNX_CACHE", str(base / "cache"))
         build_demo(base / "demo", n=400, seed=1, workers=1, progress=False)
-        _make_read_only(base / "demo")   # data folders may be read-only: every test below trains on this one
+        _make_read_only(base / "demo")  # data folders may be read-only: every test below trains on this one
         yield base
 
 
@@ -55,7 +56,7 @@ def test_train_writes_run_and_is_deterministic(env, run):
     assert a["best_val_utility"] == b["best_val_utility"]
     prof = json.loads((run_dir / "profiles.json").read_text())
     assert len(prof["raw_profiles"]) == 10 and len(prof["raw_profiles"][0]) == len(prof["space"]["centroids"]) + 7
-    assert _snapshot(env / "demo") == before          # nothing is written into the (read-only) data folder
+    assert _snapshot(env / "demo") == before  # nothing is written into the (read-only) data folder
     assert not (env / "demo" / "splits.csv").exists()
     assert (run_dir / "splits.csv").read_text() == (env / "run_b" / "splits.csv").read_text()
 
@@ -92,7 +93,7 @@ def test_the_memory_is_chosen_on_validation_and_read_leave_one_out(env, run):
     r = P.memory.rows[:16]
     with_self = P.memory.columns(P.q[r], blas=True)
     np.testing.assert_allclose(P.mem_cols[r], P.memory.columns(P.q[r], exclude=np.arange(16), blas=True), atol=1e-6)
-    assert not np.allclose(P.mem_cols[r], with_self)      # the row itself would have been its nearest neighbour
+    assert not np.allclose(P.mem_cols[r], with_self)  # the row itself would have been its nearest neighbour
     plain = train(env / "demo", env / "run_plain", TrainConfig(epochs=1, slices=2, memory=False), progress=False)
     assert plain["epochs_run"] == 1
     pcfg = json.loads((env / "run_plain" / "config.json").read_text())
@@ -109,34 +110,36 @@ def test_floored_std_lifts_only_the_small_stds_of_each_block():
         med = np.median(std[block])
         np.testing.assert_allclose(out[block], np.maximum(std[block], med), rtol=1e-6)
         assert (out[block] >= med * (1 - 1e-6)).all()
-    np.testing.assert_allclose(out[1664:], std[1664:], rtol=1e-6)          # side features untouched
-    np.testing.assert_allclose(floored_std(std, 0.0), std, rtol=1e-6)      # 0 = the method's s_q
+    np.testing.assert_allclose(out[1664:], std[1664:], rtol=1e-6)  # side features untouched
+    np.testing.assert_allclose(floored_std(std, 0.0), std, rtol=1e-6)  # 0 = the method's s_q
 
 
 def test_few_shot_profiles_are_thin_bootstraps_of_the_calibration_rows(env):
     """§3.4: 8 bootstrap profiles per model from R_cal subsets of 25, 50 or 100 rows, seeded."""
-    from lr_onnx.export.train.trainer import FEW_SHOT_DRAWS, few_shot_profiles, load_training_set
+    from lr_onnx.export.train.slices import FEW_SHOT_DRAWS, few_shot_profiles
+    from lr_onnx.export.train.trainer import load_training_set
 
     P = load_training_set(env / "demo", slices=2, progress=False)
     boot = few_shot_profiles(P, seed=7)
     full = P.model_feat()
     assert boot.shape == (P.data.k, FEW_SHOT_DRAWS, full.shape[1])
-    np.testing.assert_array_equal(boot, few_shot_profiles(P, seed=7))            # seeded
+    np.testing.assert_array_equal(boot, few_shot_profiles(P, seed=7))  # seeded
     assert not np.array_equal(boot, few_shot_profiles(P, seed=8))
     np.testing.assert_array_equal(boot[..., -1], np.broadcast_to(full[:, None, -1], boot.shape[:2]))  # cost kept
     n_cal = P.data.A[P.masks["cal"]].sum(axis=0)
-    evidence = np.expm1(boot[..., -2] * P.space.std[-1] + P.space.mean[-1])      # log1p(n) column, unstandardised
+    evidence = np.expm1(boot[..., -2] * P.space.std[-1] + P.space.mean[-1])  # log1p(n) column, unstandardised
     allowed = [{min(s, n) for s in (25, 50, 100)} for n in n_cal]
     assert all(round(float(e)) in allowed[k] for k in range(P.data.k) for e in evidence[k])
-    assert not np.allclose(boot[:, :, 1:-2], full[:, None, 1:-2])                  # thin profiles differ
+    assert not np.allclose(boot[:, :, 1:-2], full[:, None, 1:-2])  # thin profiles differ
 
 
 def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
     from lr_onnx.cli import main
 
     out = env / "run_cli"
-    res = runner.invoke(main, ["train", str(env / "demo"), "--out", str(out), "--epochs", "1", "--no-few-shot",
-                               "--no-pool-dropout"])
+    res = runner.invoke(
+        main, ["train", str(env / "demo"), "--out", str(out), "--epochs", "1", "--no-few-shot", "--no-pool-dropout"]
+    )
     assert res.exit_code == 0, res.output
     assert "best validation utility" in res.output
     cfg = json.loads((out / "config.json").read_text())["train"]
@@ -150,16 +153,32 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
     m = json.loads((run[0] / "metrics.json").read_text())
     assert set(m["methods"]) == set(METHODS) - {"no_communication", "text_only", "no_memory", "no_slice_prior"}
     for row in m["methods"].values():
-        for key in ("nauc", "peak_score", "qnc", "rank_score", "apgr", "cpt50", "cpt80", "score_at_lambda0",
-                    "cost_at_lambda0"):
+        for key in (
+            "nauc",
+            "peak_score",
+            "qnc",
+            "rank_score",
+            "apgr",
+            "cpt50",
+            "cpt80",
+            "score_at_lambda0",
+            "cost_at_lambda0",
+        ):
             assert key in row
     assert set(m["best_single"]) == {"name", "score", "cost"} and m["oracle"]["score"] >= m["best_single"]["score"]
-    assert "full" in m["pool_shift"] and "drop_strongest" in m["pool_shift"] and m["collapse"]["share_at_lambda0"] is not None
-    u = m["uncertainty"]                                  # §8.8 uncertainty quality on the binary test entries
+    assert (
+        "full" in m["pool_shift"]
+        and "drop_strongest" in m["pool_shift"]
+        and m["collapse"]["share_at_lambda0"] is not None
+    )
+    u = m["uncertainty"]  # §8.8 uncertainty quality on the binary test entries
     assert u["entries"] == sum(u["bin_counts"]) > 0 and 0 <= u["ece"] <= 1 and 0 <= u["coverage_1.96sigma"] <= 1
     assert "Uncertainty (" in (run[0] / "report.md").read_text()
     presets = m["methods"]["latentrouter"]["presets"]
-    assert presets["quality"]["lambda"] == 0.0 and presets["balanced"]["lambda"] == m["methods"]["latentrouter"]["lambda_val"]
+    assert (
+        presets["quality"]["lambda"] == 0.0
+        and presets["balanced"]["lambda"] == m["methods"]["latentrouter"]["lambda_val"]
+    )
     from lr_onnx.export.evaluate import routing_metrics as M
     from lr_onnx.export.data.format import load_dataset
     from lr_onnx.export.data.splits import ensure_splits, split_masks
@@ -182,12 +201,12 @@ def test_spread_over_slices_takes_n_queries_spread_over_the_slices():
     from lr_onnx.export.train.pool import spread_over_slices
 
     slices = np.repeat(np.arange(8), 10)
-    slices[slices == 7] = 6                                           # slice 7 empty, slice 6 has 20 rows
+    slices[slices == 7] = 6  # slice 7 empty, slice 6 has 20 rows
     rows = np.arange(1000, 1080)
     got = spread_over_slices(rows, slices, 8, 48, seed=1)
     per = np.bincount([s for _, s in got], minlength=8)
     assert per.tolist() == [6, 6, 6, 6, 6, 6, 6, 0] and all(slices[r - 1000] == s for r, s in got)
-    assert got == spread_over_slices(rows, slices, 8, 48, seed=1)     # seeded
+    assert got == spread_over_slices(rows, slices, 8, 48, seed=1)  # seeded
     many = np.arange(58).repeat(3)
     got = spread_over_slices(np.arange(len(many)), many, 58, 24, seed=2)
     assert len(got) == 24 and len({s for _, s in got}) == 24
@@ -219,10 +238,10 @@ def test_text_only_runs_use_their_own_features_for_slices_and_cannot_be_exported
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     prof["space"]["centroids"] = c.tolist()
     (run_dir / "profiles.json").write_text(json.dumps(prof))
-    assert (assign_slices(full, c) == 0).any()                   # with the image, some queries are slice 0 ...
+    assert (assign_slices(full, c) == 0).any()  # with the image, some queries are slice 0 ...
     rep = propose_queries(run_dir, tmp_path / "cal", n=24, progress=False)
     recs = [json.loads(ln) for ln in (tmp_path / "cal" / "queries.jsonl").read_text().splitlines()]
-    assert rep["per_slice"][0] == 0 and {r["slice"] for r in recs} == {1}   # ... never for the text-only run
+    assert rep["per_slice"][0] == 0 and {r["slice"] for r in recs} == {1}  # ... never for the text-only run
     res = runner.invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "b")])
     assert res.exit_code == 1 and "--text-only ablation" in res.output and not (tmp_path / "b").exists()
 
@@ -257,8 +276,11 @@ def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
     assert res.exit_code == 0, res.output
     assert f"added NewVLM: {len(recs)} labelled queries" in res.output
     res = runner.invoke(main, ["models", "propose", str(run_dir), "--out", str(tmp_path / "cal")])
-    assert res.exit_code == 1 and "already exists" in res.output                # nothing overwritten
-    assert runner.invoke(main, ["models", "propose", str(run_dir), "--out", str(tmp_path / "x"), "--n", "5"]).exit_code == 2
+    assert res.exit_code == 1 and "already exists" in res.output  # nothing overwritten
+    assert (
+        runner.invoke(main, ["models", "propose", str(run_dir), "--out", str(tmp_path / "x"), "--n", "5"]).exit_code
+        == 2
+    )
 
 
 def test_models_add_and_remove_without_retraining(env, run, tmp_path):
@@ -282,7 +304,7 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     assert (run_dir / "weights.safetensors").read_bytes() == weights  # no retraining
     from lr_onnx.export.train.pool import run_memory
 
-    added = prof["models"][-1]["memory"]                             # its labelled queries join the run's memory
+    added = prof["models"][-1]["memory"]  # its labelled queries join the run's memory
     assert len(added["keys"]) == 30 and len(added["keys"][0]) == 128 and len(added["outcomes"]) == 30
     mem = run_memory(run_dir)
     assert "NewVLM" in mem.models and int(np.isfinite(mem.outcomes[:, -1]).sum()) == 30
@@ -307,10 +329,20 @@ def test_transfer_evaluation_on_another_pool(env, run, runner, tmp_path):
     keep = demo.model_names[:3]
     recs = []
     for i in range(40):
-        outs = {(m if j < 2 else "SomeOtherModel"): {"score": float((i + j) % 2), "cost": 1e-4 * (j + 1)}
-                for j, m in enumerate(keep)}
-        recs.append({"id": f"t{i}", "question": demo.question[i], "images": [], "dataset": "other",
-                     "split": "test", "outcomes": outs})
+        outs = {
+            (m if j < 2 else "SomeOtherModel"): {"score": float((i + j) % 2), "cost": 1e-4 * (j + 1)}
+            for j, m in enumerate(keep)
+        }
+        recs.append(
+            {
+                "id": f"t{i}",
+                "question": demo.question[i],
+                "images": [],
+                "dataset": "other",
+                "split": "test",
+                "outcomes": outs,
+            }
+        )
     other = write_native(tmp_path / "other", recs, [{"name": keep[0]}, {"name": keep[1]}, {"name": "SomeOtherModel"}])
     res = runner.invoke(main, ["evaluate", str(run[0]), "--data", str(other)])
     assert res.exit_code == 0, res.output
@@ -318,8 +350,9 @@ def test_transfer_evaluation_on_another_pool(env, run, runner, tmp_path):
     assert t["shared_models"] == keep[:2] and t["rows"] == 40 and t["not_shared"]["data_only"] == ["SomeOtherModel"]
     assert 0.0 <= t["latentrouter"]["score_at_lambda0"] <= t["oracle"]["score"] <= 1.0
     assert sum(t["latentrouter"]["choices_at_lambda0"].values()) == 40
-    lone = write_native(tmp_path / "lone", [{**r, "outcomes": {keep[0]: r["outcomes"][keep[0]]}} for r in recs],
-                        [{"name": keep[0]}])
+    lone = write_native(
+        tmp_path / "lone", [{**r, "outcomes": {keep[0]: r["outcomes"][keep[0]]}} for r in recs], [{"name": keep[0]}]
+    )
     res = runner.invoke(main, ["evaluate", str(run[0]), "--data", str(lone)])
     assert res.exit_code == 1 and "transfer evaluation needs at least two" in res.output
 
@@ -342,8 +375,9 @@ def test_export_parity_meets_the_bars(bundle):
     cov = manifest["coverage"]  # the out-of-coverage threshold: 1st percentile of the training queries' similarity
     assert cov["percentile"] == 1.0 and -1 <= cov["threshold"] <= cov["train_similarity"]["p5"] <= 1
     assert {(s["B"], s["K"]) for s in parity["router_shapes"]} >= {(1, 1), (64, 16), (7, 33)}
-    assert all(s["max_abs_diff"] <= 1e-4 and s["finite"] and s["masked_row_sentinels_ok"]
-               for s in parity["router_shapes"])
+    assert all(
+        s["max_abs_diff"] <= 1e-4 and s["finite"] and s["masked_row_sentinels_ok"] for s in parity["router_shapes"]
+    )
     assert parity["reference_evaluator_max_abs_diff"] <= 1e-4
     assert max(parity["held_out"]["max_abs_diff"].values()) <= 1e-4
     assert parity["held_out"]["decision_agreement_min_over_grid"] == 1.0
@@ -371,14 +405,27 @@ def test_manifest_schema(bundle):
     assert m["schema_version"] == SCHEMA_VERSION and m["precision"] == "fp32"
     for key in ("graphs", "preprocessing", "pool", "profile_space", "lambda", "created_by", "files"):
         assert key in m
-    assert m["graphs"]["router"]["inputs"] == {"query": ["batch", 1667], "model_feat": ["batch", "models", m["model_dim"]],
-                                               "avail": ["batch", "models"]}
+    assert m["graphs"]["router"]["inputs"] == {
+        "query": ["batch", 1667],
+        "model_feat": ["batch", "models", m["model_dim"]],
+        "avail": ["batch", "models"],
+    }
     assert m["graphs"]["text_encoder"]["inputs"]["input_ids"] == ["batch", "tokens"]
-    assert set(m["files"]) == {"image_encoder.onnx", "text_encoder.onnx", "router.onnx", "fused.onnx", "memory.onnx",
-                               "memory_projection.npy", "memory_keys.npy", "memory_outcomes.npy",
-                               "tokenizer.json", "golden.json", "parity.json"}  # closed: everything it holds
+    assert set(m["files"]) == {
+        "image_encoder.onnx",
+        "text_encoder.onnx",
+        "router.onnx",
+        "fused.onnx",
+        "memory.onnx",
+        "memory_projection.npy",
+        "memory_keys.npy",
+        "memory_outcomes.npy",
+        "tokenizer.json",
+        "golden.json",
+        "parity.json",
+    }  # closed: everything it holds
     assert m["graphs"]["memory"]["inputs"] == {"query": ["batch", 1667], "keys": ["rows", m["memory"]["dim"]]}
-    assert m["model_dim"] == len(m["profile_space"]["mean"]) + 1 + 3      # profile, memory columns, cost
+    assert m["model_dim"] == len(m["profile_space"]["mean"]) + 1 + 3  # profile, memory columns, cost
     assert m["graphs"]["fused"]["inputs"]["pixels"] == ["batch", 3, 224, 224]
     for p in m["pool"]:
         assert len(p["profile"]) == len(m["profile_space"]["mean"]) == len(m["profile_space"]["centroids"]) + 7
@@ -412,8 +459,12 @@ def test_int8_text_encoder_stays_close_to_fp32(env, bundle):
     assert dst.stat().st_size < 0.3 * src.stat().st_size
     questions = [json.loads(ln)["question"] for ln in (env / "demo" / "queries.jsonl").read_text().splitlines()][:64]
     ids, mask = tokenize(load_tokenizer(bundle[0] / "tokenizer.json", TextSpec()), questions)
-    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids, "attention_mask": mask})[0] for p in (src, dst))
+    a, b = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
+            None, {"input_ids": ids, "attention_mask": mask}
+        )[0]
+        for p in (src, dst)
+    )
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.995, cos.min()
 
@@ -434,7 +485,9 @@ def test_int8_keeps_the_cnn_fp32_and_int8_full_quantises_it(env, bundle):
         quantize_encoders(d, calib, image=cnn_int8)
         ops = {n.op_type for n in onnx.load(str(d / "image_encoder.onnx")).graph.node}
         assert ("QuantizeLinear" in ops) is cnn_int8, precision
-        assert (d / "image_encoder.onnx").read_bytes() != (bundle[0] / "image_encoder.onnx").read_bytes() or not cnn_int8
+        assert (d / "image_encoder.onnx").read_bytes() != (
+            bundle[0] / "image_encoder.onnx"
+        ).read_bytes() or not cnn_int8
         assert "MatMulNBits" in {n.op_type for n in onnx.load(str(d / "text_encoder.onnx")).graph.node}
         assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in bundle[0].iterdir())  # no temp files left
 
@@ -454,13 +507,19 @@ def test_fp16_encoders_pass_the_checker_and_stay_close(env, bundle):
     to_fp16(d)
     assert (d / "router.onnx").read_bytes() == (bundle[0] / "router.onnx").read_bytes()
     px = np.random.default_rng(1).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
-    for name, feed in (("image_encoder.onnx", {"pixels": px}),
-                       ("text_encoder.onnx", {"input_ids": np.array([[101, 2054, 2003, 102]]),
-                                              "attention_mask": np.ones((1, 4), np.int64)})):
+    for name, feed in (
+        ("image_encoder.onnx", {"pixels": px}),
+        (
+            "text_encoder.onnx",
+            {"input_ids": np.array([[101, 2054, 2003, 102]]), "attention_mask": np.ones((1, 4), np.int64)},
+        ),
+    ):
         onnx.checker.check_model(str(d / name), full_check=True)
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(d / name)).graph.initializer)
-        a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-                for p in (bundle[0] / name, d / name))
+        a, b = (
+            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+            for p in (bundle[0] / name, d / name)
+        )
         assert a.dtype == b.dtype == np.float32
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() >= 0.999, (name, cos.min())
@@ -479,8 +538,9 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     from newmodel import added_model_feat, run as protocol
     from lr_onnx.export.train.trainer import TrainConfig, load_training_set
 
-    res = protocol(env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2),
-                   progress=False)
+    res = protocol(
+        env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2), progress=False
+    )
     assert json.loads((tmp_path / "newmodel.json").read_text())["sizes"] == [24]
     full = load_training_set(env / "demo", slices=2, progress=False)
     d, cal = full.data, full.masks["cal"]
@@ -491,7 +551,7 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     assert why["cheapest"] == d.model_names[int(np.nanargmin([s["cost"] for s in single]))]
     for name, e in res["models"].items():
         models = [m["name"] for m in json.loads((tmp_path / f"without_{name}" / "profiles.json").read_text())["models"]]
-        assert name not in models and len(models) == d.k - 1               # trained with no column, no profile
+        assert name not in models and len(models) == d.k - 1  # trained with no column, no profile
         added = e["added"]["24"]
         assert 0 < added["queries"] <= 24 and 0.0 <= added["share_routed_to_model_at_lambda0"] <= 1.0
         assert set(added["recovery"]) == {"score_at_lambda0", "nauc"}
@@ -516,8 +576,12 @@ def test_a_run_whose_per_model_lists_disagree_is_refused(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    prof = {"models": [{"name": "a"}, {"name": "b"}], "raw_profiles": [[0.0], [1.0]], "e_bar": [1.0, 2.0],
-            "cost_model": [{"output_tokens": None}]}
+    prof = {
+        "models": [{"name": "a"}, {"name": "b"}],
+        "raw_profiles": [[0.0], [1.0]],
+        "e_bar": [1.0, 2.0],
+        "cost_model": [{"output_tokens": None}],
+    }
     (run / "profiles.json").write_text(json.dumps(prof))
     with pytest.raises(DataError, match="cost_model 1"):
         read_profiles(run)

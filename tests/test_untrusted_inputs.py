@@ -1,6 +1,7 @@
 """Inputs the runtime must refuse with one line, however they arrive (issue 22): paths with NUL bytes, images
 that would cost more memory than allowed, graphs that read files outside the bundle, a graph copied over
 another one, and a route-batch OUT that is not a previous run's output."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,11 +32,16 @@ def router():
 
 def declared_png(w: int, h: int, colour_type: int = 6, depth: int = 8) -> bytes:
     """A tiny PNG whose header declares w x h pixels (RGBA by default); its pixel data is a few bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 # ----------------------------------------------------------------------------- NUL bytes in image paths
@@ -46,9 +52,17 @@ def test_a_nul_byte_in_an_image_path_is_an_input_error(router):
 
 def test_route_batch_skips_a_record_with_a_nul_byte_and_routes_the_rest(runner, tmp_path):
     inp = tmp_path / "in.jsonl"
-    inp.write_text("\n".join(json.dumps(r) for r in [
-        {"id": "a", "question": "What is 1 + 1?"}, {"id": "b", "question": "q", "images": ["x\u0000y.png"]},
-        {"id": "c", "question": "What is 2 + 2?"}]) + "\n")
+    inp.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "a", "question": "What is 1 + 1?"},
+                {"id": "b", "question": "q", "images": ["x\u0000y.png"]},
+                {"id": "c", "question": "What is 2 + 2?"},
+            ]
+        )
+        + "\n"
+    )
     csv_in = tmp_path / "in.csv"
     csv_in.write_text("id,question,images\nd,What is 3?,\ne,q,x\x00y.png\n")
     for src in (inp, csv_in):
@@ -67,7 +81,7 @@ def test_an_image_is_refused_by_its_decoded_bytes_before_any_pixel_is_decoded():
     assert time.monotonic() - t0 < 0.5
     budget = [100 << 20]
     mid = declared_png(4000, 3000)  # 48 MB of RGBA each; its pixel data is a stub, so each decode fails after
-    for _ in range(2):              # the budget check passed
+    for _ in range(2):  # the budget check passed
         with pytest.raises(InputError, match="truncated|corrupt|readable"):
             open_image(mid, max_bytes=64 << 20, budget=budget)
     assert budget[0] == (100 << 20) - 2 * 4000 * 3000 * 4
@@ -122,10 +136,17 @@ def test_a_graph_with_external_data_is_refused_even_when_the_file_is_listed(tmp_
     m = onnx.load(str(REPO / "assets" / "bundle" / "router.onnx"))
     work = tmp_path / "x"
     work.mkdir()
-    onnx.save_model(m, str(work / "router.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="w.bin", size_threshold=0)
-    b = _with_graph(tmp_path, "router.onnx", (work / "router.onnx").read_bytes(),
-                    {"w.bin": (work / "w.bin").read_bytes()})
+    onnx.save_model(
+        m,
+        str(work / "router.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    b = _with_graph(
+        tmp_path, "router.onnx", (work / "router.onnx").read_bytes(), {"w.bin": (work / "w.bin").read_bytes()}
+    )
     monkeypatch.chdir(b)  # where ONNX Runtime would look for w.bin
     with pytest.raises(BundleError, match="external data .*'w.bin'"):
         Router.load(b).route([], "What is 2 + 2?")
@@ -139,8 +160,9 @@ def test_a_graph_copied_over_another_is_one_line_at_load(tmp_path, runner):
     res = runner.invoke(main, ["route", "--bundle", str(b), "What is 2 + 2?"])
     assert res.exit_code == 1 and "Traceback" not in res.output and "has inputs" in res.output
     pytest.importorskip("uvicorn")
-    run = subprocess.run(LR_ONNX + ["serve", "--bundle", str(b), "--port", "9"], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        LR_ONNX + ["serve", "--bundle", str(b), "--port", "9"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr and "has inputs" in run.stderr
 
 
@@ -183,6 +205,7 @@ def test_route_batch_refuses_its_own_out_on_standard_input(tmp_path):
         assert subprocess.run(LR_ONNX + ["route-batch", "-", "--out", str(out)], stdin=fh).returncode == 0
     before = out.read_bytes()
     with open(out, "rb") as fh:
-        run = subprocess.run(LR_ONNX + ["route-batch", "-", "--out", str(out)], stdin=fh, capture_output=True,
-                             text=True)
+        run = subprocess.run(
+            LR_ONNX + ["route-batch", "-", "--out", str(out)], stdin=fh, capture_output=True, text=True
+        )
     assert run.returncode == 1 and "OUT is the input" in run.stderr and out.read_bytes() == before

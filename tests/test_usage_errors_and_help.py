@@ -1,4 +1,5 @@
 """What a newcomer hits in the first hour (issue 23): usage errors, help texts, the serve extra."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,9 +45,18 @@ def _labelled(tmp, pool, exp_cost, n=30):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    recs = [{"id": f"c{i}", "question": f"What is {i} - 2?", "images": [], "dataset": "d",
-             "outcomes": {m: {"score": float(rng.random() < 0.5), "cost": float(exp_cost[k])} for k, m in enumerate(pool)}}
-            for i in range(n)]
+    recs = [
+        {
+            "id": f"c{i}",
+            "question": f"What is {i} - 2?",
+            "images": [],
+            "dataset": "d",
+            "outcomes": {
+                m: {"score": float(rng.random() < 0.5), "cost": float(exp_cost[k])} for k, m in enumerate(pool)
+            },
+        }
+        for i in range(n)
+    ]
     tmp.mkdir()
     (tmp / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     (tmp / "models.json").write_text(json.dumps([{"name": m} for m in pool]))
@@ -86,18 +96,46 @@ def test_models_add_reports_what_it_used_and_prices_like_route(runner, tmp_path)
     shutil.copytree(DEFAULT_BUNDLE, b)
     chart = DEFAULT_BUNDLE.parent / "examples" / "chart.png"
     shutil.copy(chart, tmp_path / "chart.png")  # an outcome file's image paths are relative to it
-    entry = {"price_in_per_mtok": 2.5, "price_out_per_mtok": 10.0, "image_tokens": rule_spec("openai-high-detail"),
-             "output_tokens": 50.0}
+    entry = {
+        "price_in_per_mtok": 2.5,
+        "price_out_per_mtok": 10.0,
+        "image_tokens": rule_spec("openai-high-detail"),
+        "output_tokens": 50.0,
+    }
     size = Image.open(chart).size
     recs = []
     for i in range(24):
         q = f"What is the value of bar {i}?"
-        recs.append({"id": f"n{i}", "question": q, "images": ["chart.png"],
-                     "outcomes": {"newbie": {"score": 1.0, "cost": query_cost(entry, q, [size])}}})
+        recs.append(
+            {
+                "id": f"n{i}",
+                "question": q,
+                "images": ["chart.png"],
+                "outcomes": {"newbie": {"score": 1.0, "cost": query_cost(entry, q, [size])}},
+            }
+        )
     (tmp_path / "new.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    res = runner.invoke(main, ["models", "add", "--bundle", str(b), "--out", str(tmp_path / "b2"), "--name", "newbie",
-                               "--price-in", "2.5", "--price-out", "10", "--image-tokens", "openai-high-detail",
-                               "--outcomes", str(tmp_path / "new.jsonl")])
+    res = runner.invoke(
+        main,
+        [
+            "models",
+            "add",
+            "--bundle",
+            str(b),
+            "--out",
+            str(tmp_path / "b2"),
+            "--name",
+            "newbie",
+            "--price-in",
+            "2.5",
+            "--price-out",
+            "10",
+            "--image-tokens",
+            "openai-high-detail",
+            "--outcomes",
+            str(tmp_path / "new.jsonl"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "24 labelled queries" in res.output and "predicted mu_tilde on these labelled queries" in res.output
     r2 = Router.load(tmp_path / "b2")
@@ -116,27 +154,51 @@ def test_info_json_and_route_batch_summary(runner, tmp_path):
     info = json.loads(runner.invoke(main, ["info", "--json"]).output)
     assert len(info["pool"]) == len(Router.load().names) and len(info["digest"]) == 64 and "presets" in info["lambda"]
     inp = tmp_path / "in.jsonl"
-    inp.write_text("\n".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?"}) for i in range(5))
-                   + "\n{broken\n")
+    inp.write_text(
+        "\n".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?"}) for i in range(5)) + "\n{broken\n"
+    )
     res = runner.invoke(main, ["route-batch", str(inp), "--out", str(tmp_path / "out.jsonl")])
     assert res.exit_code == 1 and res.output.count("in.jsonl:6:") == 1
     line = next(ln for ln in res.output.splitlines() if ln.startswith("chosen: "))
-    assert "expected cost" in line and sum(int(part.rsplit(" ", 1)[1]) for part in
-                                           line.removeprefix("chosen: ").split(";")[0].split(", ")) == 5
+    assert (
+        "expected cost" in line
+        and sum(int(part.rsplit(" ", 1)[1]) for part in line.removeprefix("chosen: ").split(";")[0].split(", ")) == 5
+    )
 
 
 def test_models_propose_works_from_a_bundle_and_your_own_queries(runner, tmp_path):
     import json
 
     chart = str((Path(__file__).resolve().parents[1] / "assets" / "examples" / "chart.png"))
-    qs = [{"id": f"u{i}", "question": f"What is {i} times {i + 3}?" if i % 2 else f"Which bar is number {i}?",
-           "images": [] if i % 2 else [chart]} for i in range(40)]
+    qs = [
+        {
+            "id": f"u{i}",
+            "question": f"What is {i} times {i + 3}?" if i % 2 else f"Which bar is number {i}?",
+            "images": [] if i % 2 else [chart],
+        }
+        for i in range(40)
+    ]
     (tmp_path / "mine.jsonl").write_text("\n".join(json.dumps(q) for q in qs) + "\n")
-    res = runner.invoke(main, ["models", "propose", "--bundle", "assets/bundle", "--from", str(tmp_path / "mine.jsonl"),
-                               "--out", str(tmp_path / "cal"), "--n", "24"])
+    res = runner.invoke(
+        main,
+        [
+            "models",
+            "propose",
+            "--bundle",
+            "assets/bundle",
+            "--from",
+            str(tmp_path / "mine.jsonl"),
+            "--out",
+            str(tmp_path / "cal"),
+            "--n",
+            "24",
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = [json.loads(ln) for ln in (tmp_path / "cal" / "queries.jsonl").read_text().splitlines()]
     assert len(got) == 24 and len({g["id"] for g in got}) == 24
     assert all((tmp_path / "cal" / p).is_file() for g in got for p in g["images"])
-    assert runner.invoke(main, ["models", "propose", "--bundle", "assets/bundle", "--out", str(tmp_path / "x")]
-                         ).exit_code == 2
+    assert (
+        runner.invoke(main, ["models", "propose", "--bundle", "assets/bundle", "--out", str(tmp_path / "x")]).exit_code
+        == 2
+    )

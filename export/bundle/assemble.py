@@ -7,6 +7,7 @@ outputs, preprocessing, pool with prices / expected costs / standardised profile
 lambda presets, training metrics, tool versions) and `parity.json`, the checks the
 export ran on itself. Loading a bundle never executes code.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ...runtime.manifest import MANIFEST, Coverage, FileEntry, GraphEntry, LambdaSpec, Manifest, MemoryEntry, PoolEntry, \
-    Preset
+from ...runtime.manifest import (
+    MANIFEST,
+    Coverage,
+    FileEntry,
+    GraphEntry,
+    LambdaSpec,
+    Manifest,
+    MemoryEntry,
+    PoolEntry,
+    Preset,
+)
 from ...runtime.errors import DataError
 from ...runtime.profiles import ProfileSpace
 from ...version import __version__
@@ -30,8 +40,16 @@ from .parity import check_fused, check_parity, write_golden
 from .quantise import PRECISIONS, quantize_encoders, to_fp16
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp32", opset: int = OPSET,
-                  parity_queries: int = 256, fused: bool = False, progress: bool = True) -> dict:
+def export_bundle(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    precision: str = "fp32",
+    opset: int = OPSET,
+    parity_queries: int = 256,
+    fused: bool = False,
+    progress: bool = True,
+) -> dict:
     """Export `run_dir` to the bundle folder `out` (must not exist); returns parity.json's content."""
     import onnx
     import torch
@@ -45,18 +63,26 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
     run_dir = Path(run_dir)
     net, cfg = load_router(run_dir)
     if cfg["train"].get("text_only"):
-        raise DataError(f"{run_dir} is a --text-only ablation run: its router expects query features with the image "
-                        f"removed, which the runtime never produces; export a run trained without --text-only")
+        raise DataError(
+            f"{run_dir} is a --text-only ablation run: its router expects query features with the image "
+            f"removed, which the runtime never produces; export a run trained without --text-only"
+        )
     from ..train.pool import read_profiles, run_memory
 
     prof = read_profiles(run_dir)
     t0 = time.perf_counter()
     with staged_output(out) as tmp:
         export_graphs(net, tmp, opset)
-        memory = run_memory(run_dir, prof) if net.cfg.memory else None   # rebuilt once, for every graph below
+        memory = run_memory(run_dir, prof) if net.cfg.memory else None  # rebuilt once, for every graph below
         if fused:
-            FusedRouter.export(net, tmp / "fused.onnx", opset, memory, [m["name"] for m in prof["models"]],
-                               [r[0] for r in prof["raw_profiles"]])
+            FusedRouter.export(
+                net,
+                tmp / "fused.onnx",
+                opset,
+                memory,
+                [m["name"] for m in prof["models"]],
+                [r[0] for r in prof["raw_profiles"]],
+            )
         held_out = _held_out(cfg, parity_queries, [m["name"] for m in prof["models"]])
         if precision in ("int8", "int8-full"):
             quantize_encoders(tmp, held_out["calib_pixels"], image=precision == "int8-full")
@@ -67,8 +93,11 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
             from .memory_graph import build_memory_graph
 
             build_memory_graph(memory, tmp / "memory.onnx", opset)
-        graph_files = ["router.onnx", "image_encoder.onnx", "text_encoder.onnx"] + (["fused.onnx"] if fused else []) \
+        graph_files = (
+            ["router.onnx", "image_encoder.onnx", "text_encoder.onnx"]
+            + (["fused.onnx"] if fused else [])
             + (["memory.onnx"] if memory is not None else [])
+        )
         for name in graph_files:
             onnx.checker.check_model(str(tmp / name), full_check=True)
         space = ProfileSpace.from_dict(prof["space"])
@@ -76,28 +105,62 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         std = space.standardise(np.asarray(prof["raw_profiles"], float))
         metrics = _metrics_summary(run_dir)
         presets = metrics.pop("presets", {})
-        pool = [PoolEntry(name=m["name"], price_in_per_mtok=m.get("price_in_per_mtok"),
-                          price_out_per_mtok=m.get("price_out_per_mtok"), expected_cost_usd=float(e), cost_hat=float(c),
-                          raw_profile=tuple(r), profile=tuple(s.tolist()),
-                          **({"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
-                             if cm and cm.get("output_tokens") is not None else {}))
-                for m, e, c, r, s, cm in zip(prof["models"], prof["e_bar"], c_hat, prof["raw_profiles"], std,
-                                             prof.get("cost_model") or [None] * len(prof["models"]))]
+        pool = [
+            PoolEntry(
+                name=m["name"],
+                price_in_per_mtok=m.get("price_in_per_mtok"),
+                price_out_per_mtok=m.get("price_out_per_mtok"),
+                expected_cost_usd=float(e),
+                cost_hat=float(c),
+                raw_profile=tuple(r),
+                profile=tuple(s.tolist()),
+                **(
+                    {"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
+                    if cm and cm.get("output_tokens") is not None
+                    else {}
+                ),
+            )
+            for m, e, c, r, s, cm in zip(
+                prof["models"],
+                prof["e_bar"],
+                c_hat,
+                prof["raw_profiles"],
+                std,
+                prof.get("cost_model") or [None] * len(prof["models"]),
+            )
+        ]
         cov = coverage_threshold(held_out, space)
         blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
         manifest = Manifest(
-            created_by={"lr_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                        "onnxruntime": _ort_version(), "python": platform.python_version()},
-            precision=precision, opset=opset, setting=cfg["train"]["setting"], encoder_version=ENCODER_VERSION,
+            created_by={
+                "lr_onnx": __version__,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": _ort_version(),
+                "python": platform.python_version(),
+            },
+            precision=precision,
+            opset=opset,
+            setting=cfg["train"]["setting"],
+            encoder_version=ENCODER_VERSION,
             graphs={name.removesuffix(".onnx"): GraphEntry(name, **graph_dims(tmp / name)) for name in graph_files},
-            image=IMAGE_SPEC, text=TEXT_SPEC, query_dim=net.cfg.query_dim, model_dim=net.cfg.model_dim,
-            pool=tuple(pool), profile_space=space, cost_estimator=prof.get("cost_estimator", "calib_mean"),
-            lambdas=LambdaSpec(metrics.get("lambda_val", 0.0),
-                               {k: Preset(p["lambda"], {x: v for x, v in p.items() if x != "lambda"})
-                                for k, p in presets.items()}),
-            coverage=Coverage(cov.pop("threshold"), cov), training_metrics=metrics,
-            memory=None if memory is None else MemoryEntry.from_written(
-                memory.write(tmp), None if blend is None else float(blend)))
+            image=IMAGE_SPEC,
+            text=TEXT_SPEC,
+            query_dim=net.cfg.query_dim,
+            model_dim=net.cfg.model_dim,
+            pool=tuple(pool),
+            profile_space=space,
+            cost_estimator=prof.get("cost_estimator", "calib_mean"),
+            lambdas=LambdaSpec(
+                metrics.get("lambda_val", 0.0),
+                {k: Preset(p["lambda"], {x: v for x, v in p.items() if x != "lambda"}) for k, p in presets.items()},
+            ),
+            coverage=Coverage(cov.pop("threshold"), cov),
+            training_metrics=metrics,
+            memory=None
+            if memory is None
+            else MemoryEntry.from_written(memory.write(tmp), None if blend is None else float(blend)),
+        )
         parity = check_parity(net, tmp, manifest, held_out, precision)
         if fused:
             parity["fused"] = check_fused(tmp, manifest, held_out)
@@ -106,9 +169,13 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, precision: str = "fp3
         # the runtime may open is listed and verified); it holds no timings, so rebuilds stay byte-identical
         atomic_write_text(tmp / "parity.json", json.dumps(parity, indent=2, allow_nan=False) + "\n")
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        manifest = replace(manifest, files={f: FileEntry(sha256_file(tmp / f), (tmp / f).stat().st_size) for f in files})
+        manifest = replace(
+            manifest, files={f: FileEntry(sha256_file(tmp / f), (tmp / f).stat().st_size) for f in files}
+        )
         written = manifest.to_dict()
-        Manifest.from_dict(written, tmp)   # what the runtime will accept: a bad number is an export error, not a load error
+        Manifest.from_dict(
+            written, tmp
+        )  # what the runtime will accept: a bad number is an export error, not a load error
         atomic_write_text(tmp / MANIFEST, json.dumps(written, indent=2) + "\n")
     return dict(parity, export_seconds=round(time.perf_counter() - t0, 1))
 
@@ -129,10 +196,17 @@ def _metrics_summary(run_dir: Path) -> dict:
     if m is None:
         return {}
     lr = m["methods"]["latentrouter"]
-    return {"split": m["split"], "score_at_lambda0": lr["score_at_lambda0"], "cost_at_lambda0": lr["cost_at_lambda0"],
-            "nauc": lr["nauc"], "qnc": lr["qnc"], "lambda_val": lr.get("lambda_val", 0.0),
-            "presets": lr.get("presets", {}),
-            "best_single": m["best_single"], "oracle": m["oracle"]}
+    return {
+        "split": m["split"],
+        "score_at_lambda0": lr["score_at_lambda0"],
+        "cost_at_lambda0": lr["cost_at_lambda0"],
+        "nauc": lr["nauc"],
+        "qnc": lr["qnc"],
+        "lambda_val": lr.get("lambda_val", 0.0),
+        "presets": lr.get("presets", {}),
+        "best_single": m["best_single"],
+        "oracle": m["oracle"],
+    }
 
 
 def _held_out(cfg: dict, n: int, pool: list[str]) -> dict:
@@ -150,8 +224,11 @@ def _held_out(cfg: dict, n: int, pool: list[str]) -> dict:
     rows = test[np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))] if len(test) else test
     # spread over the whole test split: merged data lists its sources one after the other
     calib = [i for i in np.flatnonzero(masks["train"]) if data.images[i]][:128]  # quantisation never sees test
-    pixels = np.stack([preprocess_image(data.images[i][0], IMAGE_SPEC) for i in calib]) if calib \
+    pixels = (
+        np.stack([preprocess_image(data.images[i][0], IMAGE_SPEC) for i in calib])
+        if calib
         else np.zeros((1, 3, IMAGE_SPEC.size, IMAGE_SPEC.size), np.float32)
+    )
     return {"data": data, "rows": rows, "calib_pixels": pixels, "train_rows": np.flatnonzero(masks["train"])}
 
 
@@ -166,6 +243,9 @@ def coverage_threshold(held: dict, space: ProfileSpace) -> dict:
 
     q = encode_dataset(held["data"], progress=False)[held["train_rows"]]
     best = (slice_embedding(q) @ space.centroids.T).max(axis=1)
-    return {"threshold": float(np.percentile(best, COVERAGE_PERCENTILE)), "percentile": COVERAGE_PERCENTILE,
-            "train_similarity": {f"p{p}": round(float(np.percentile(best, p)), 4) for p in (1, 5, 50)},
-            "train_queries": int(len(best))}
+    return {
+        "threshold": float(np.percentile(best, COVERAGE_PERCENTILE)),
+        "percentile": COVERAGE_PERCENTILE,
+        "train_similarity": {f"p{p}": round(float(np.percentile(best, p)), 4) for p in (1, 5, 50)},
+        "train_queries": int(len(best)),
+    }

@@ -7,6 +7,7 @@ temporary folder, against the same modules run by PyTorch eager. The shipped
 default bundle is measured too (cold start, memory, its own end-to-end latency).
 Results go to benchmarks/results/<host>.json and a markdown table next to it.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,6 @@ import os
 import platform
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +25,7 @@ import numpy as np
 from ...runtime.features import IMAGE_DIM, n_words, pool_images, query_features
 from ...runtime.policy import choose
 from ...runtime.preprocess import ImageSpec, TextSpec, image_tensor, load_tokenizer, open_image, tokenize
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "assets" / "examples"
-QUESTION = "What is the total amount on this receipt?"
+from .footprint import EXAMPLES, QUESTION, REPO, cold_start, cpu_name, install_size, peak_rss
 
 
 def _pct(xs) -> dict:
@@ -119,17 +115,22 @@ class Pipelines:
 
         from ...runtime.sessions import new_session
 
-        from ...runtime.router import SMALL_BATCH
+        from ...runtime.sessions import SMALL_BATCH
 
         self.sess = {}
         gc.collect()
         self.small_batch = SMALL_BATCH
-        self.sess = {v: {g: new_session(self.tmp / v / f"{g}.onnx", provider="cpu", threads=self.threads,
-                                        spinning=False)
-                         for g in ("image_encoder", "text_encoder", "router")} for v in variants}
+        self.sess = {
+            v: {
+                g: new_session(self.tmp / v / f"{g}.onnx", provider="cpu", threads=self.threads, spinning=False)
+                for g in ("image_encoder", "text_encoder", "router")
+            }
+            for v in variants
+        }
         for v in variants:  # as Router does: small router batches on a single-threaded twin of the graph
-            self.sess[v]["router_small"] = new_session(self.tmp / v / "router.onnx", provider="cpu", threads=1,
-                                                       spinning=False)
+            self.sess[v]["router_small"] = new_session(
+                self.tmp / v / "router.onnx", provider="cpu", threads=1, spinning=False
+            )
 
     # one stage at a time, so the breakdown and the end-to-end path share code
     def decode(self, data: bytes):
@@ -149,8 +150,10 @@ class Pipelines:
         s = self.spec.size / max(w, h)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
         canvas = Image.new("RGB", (self.spec.size, self.spec.size), tuple(self.spec.pad))
-        canvas.paste(img.resize((nw, nh), _RESAMPLE[self.spec.resample]),
-                     ((self.spec.size - nw) // 2, (self.spec.size - nh) // 2))
+        canvas.paste(
+            img.resize((nw, nh), _RESAMPLE[self.spec.resample]),
+            ((self.spec.size - nw) // 2, (self.spec.size - nh) // 2),
+        )
         x = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float().div(255.0)  # TF.to_tensor
         mean, std = torch.tensor(self.spec.mean), torch.tensor(self.spec.std)
         return x.sub(mean[:, None, None]).div(std[:, None, None]).numpy()  # TF.normalize
@@ -181,8 +184,9 @@ class Pipelines:
             with torch.no_grad():
                 return self.net(torch.from_numpy(q), torch.from_numpy(mf), torch.from_numpy(avail))[3].numpy()
         graph = "router_small" if len(q) <= self.small_batch else "router"
-        return self.sess[variant][graph].run(
-            None, {"query": q, "model_feat": mf, "avail": avail})[3]  # the router graph is fp32 in both
+        return self.sess[variant][graph].run(None, {"query": q, "model_feat": mf, "avail": avail})[
+            3
+        ]  # the router graph is fp32 in both
 
     def route(self, variant: str, images: list[bytes | None], questions: list[str]) -> np.ndarray:
         """Decode + preprocess + encoders + router + policy for a batch; returns the choices."""
@@ -194,7 +198,7 @@ class Pipelines:
             j = 0
             for i, b in enumerate(images):
                 if b is not None:
-                    img[i] = pool_images(per[j:j + 1])
+                    img[i] = pool_images(per[j : j + 1])
                     j += 1
         q = query_features(text, img, [int(b is not None) for b in images], [n_words(x) for x in questions])
         mt = self.router(variant, q)
@@ -205,10 +209,14 @@ def run_bench(out: Path | None = None, *, quick: bool = False, threads: int | No
     threads = threads or os.cpu_count() or 1
     reps = 10 if quick else 50
     jpeg = _jpeg_640x480()
-    res: dict = {"device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                           f"({_cpu_name()}), no GPU used",
-                 "host": socket.gethostname(), "python": platform.python_version(), "threads": threads,
-                 "quick": quick, "repeats": reps}
+    res: dict = {
+        "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({cpu_name()}), no GPU used",
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "threads": threads,
+        "quick": quick,
+        "repeats": reps,
+    }
     with tempfile.TemporaryDirectory() as td:
         P = Pipelines(Path(td), threads)
         import onnxruntime
@@ -232,18 +240,23 @@ def run_bench(out: Path | None = None, *, quick: bool = False, threads: int | No
         res["e2e_text_only_b1_ms"] = each(lambda v: lambda: P.route(v, [None], ["What is 37 + 58?"]), reps)
         best_ort = min(res["e2e_b1_ms"]["ort_fp32"]["p50"], res["e2e_b1_ms"]["ort_int8"]["p50"])
         res["speedup_vs_torch_b1"] = round(res["e2e_b1_ms"]["torch"]["p50"] / best_ort, 2)
-        stage_fns = {"decode": lambda v: lambda: P.decode(jpeg), "preprocess": lambda v: lambda: P.prep(img, v),
-                     "image_encoder": lambda v: lambda: P.image(v, px),
-                     "text_encoder": lambda v: lambda: P.text(v, [QUESTION]),
-                     "router": lambda v: lambda: P.router(v, q1)}
+        stage_fns = {
+            "decode": lambda v: lambda: P.decode(jpeg),
+            "preprocess": lambda v: lambda: P.prep(img, v),
+            "image_encoder": lambda v: lambda: P.image(v, px),
+            "text_encoder": lambda v: lambda: P.text(v, [QUESTION]),
+            "router": lambda v: lambda: P.router(v, q1),
+        }
         st = {stage: each(make, reps * (4 if stage == "router" else 1)) for stage, make in stage_fns.items()}
         res["stages_b1_ms_p50"] = {k: {stage: st[stage][k]["p50"] for stage in stage_fns} for k in order}
         # where the B=64 time goes: each stage over a whole batch of 64 (medians of a few runs)
-        s64 = {"decode": lambda v: lambda: [P.decode(jpeg) for _ in range(64)],
-               "preprocess": lambda v: lambda: [P.prep(i, v) for i in imgs64],
-               "image_encoder": lambda v: lambda: P.image(v, np.repeat(px, 64, 0)),
-               "text_encoder": lambda v: lambda: P.text(v, [QUESTION] * 64),
-               "router": lambda v: lambda: P.router(v, np.repeat(q1, 64, 0))}
+        s64 = {
+            "decode": lambda v: lambda: [P.decode(jpeg) for _ in range(64)],
+            "preprocess": lambda v: lambda: [P.prep(i, v) for i in imgs64],
+            "image_encoder": lambda v: lambda: P.image(v, np.repeat(px, 64, 0)),
+            "text_encoder": lambda v: lambda: P.text(v, [QUESTION] * 64),
+            "router": lambda v: lambda: P.router(v, np.repeat(q1, 64, 0)),
+        }
         st64 = {stage: each(make, r64) for stage, make in s64.items()}
         res["stages_b64_ms_median"] = {k: {stage: st64[stage][k]["p50"] for stage in s64} for k in order}
         res["throughput_qps"] = {}
@@ -253,22 +266,26 @@ def run_bench(out: Path | None = None, *, quick: bool = False, threads: int | No
             t = each(lambda v: lambda: P.route(v, imgs, qs), 1 if quick else 3)
             res["throughput_qps"][f"b{B}"] = {k: round(B / (t[k]["p50"] / 1000), 1) for k in order}
         res["router_b1_k16_ms"] = _pct(_timeit(lambda: P.router("fp32", q1, K=16), reps * 4))["p50"]
-        res["router_vs_k"] = {str(K): _pct(_timeit(lambda: P.router("fp32", q1, K=K), reps * 2))["p50"]
-                              for K in (2, 4, 8, 16, 32, 64)}
-        res["router_vs_b_k16"] = {str(B): _pct(_timeit(
-            lambda: P.router("fp32", np.repeat(q1, B, 0), K=16), max(3, reps // 2)))["p50"] for B in (1, 8, 64, 256)}
+        res["router_vs_k"] = {
+            str(K): _pct(_timeit(lambda: P.router("fp32", q1, K=K), reps * 2))["p50"] for K in (2, 4, 8, 16, 32, 64)
+        }
+        res["router_vs_b_k16"] = {
+            str(B): _pct(_timeit(lambda: P.router("fp32", np.repeat(q1, B, 0), K=16), max(3, reps // 2)))["p50"]
+            for B in (1, 8, 64, 256)
+        }
         P.open_sessions(())  # closed before the default bundle, cold start and memory are measured
         res["default_bundle_e2e_b1_ms"] = _default_bundle_latency(jpeg, reps)
-    res["cold_start_s"] = _cold_start(3 if quick else 5)
-    res["peak_rss_mb"] = _peak_rss()
-    res["runtime_install_mb"], res["install_breakdown_mb"] = _install_size()
+    res["cold_start_s"] = cold_start(3 if quick else 5)
+    res["peak_rss_mb"] = peak_rss()
+    res["runtime_install_mb"], res["install_breakdown_mb"] = install_size()
     db = res["default_bundle_e2e_b1_ms"]
     res["targets"] = {
         "ort_3x_faster_than_torch_b1": res["speedup_vs_torch_b1"] >= 3.0,
         "preprocess_le_0_5ms": res["stages_b1_ms_p50"]["ort_int8"]["preprocess"] <= 0.5,
         "router_and_numpy_le_5pct_of_e2e_b1": db["decide"]["p50"] <= 0.05 * db["image"]["p50"],
         "router_b1_k16_le_1ms": res["router_b1_k16_ms"] <= 1.0,
-        "e2e_p50_le_30ms_640x480": min(res["e2e_b1_ms"]["ort_fp32"]["p50"], res["e2e_b1_ms"]["ort_int8"]["p50"]) <= 30.0,
+        "e2e_p50_le_30ms_640x480": min(res["e2e_b1_ms"]["ort_fp32"]["p50"], res["e2e_b1_ms"]["ort_int8"]["p50"])
+        <= 30.0,
         "cold_start_le_1s": res["cold_start_s"] <= 1.0,
         "peak_rss_le_300mb": res["peak_rss_mb"] <= 300,
         "runtime_install_le_50mb": res["runtime_install_mb"] <= 50,
@@ -282,16 +299,6 @@ def run_bench(out: Path | None = None, *, quick: bool = False, threads: int | No
     return res
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _default_bundle_latency(jpeg: bytes, reps: int) -> dict:
     from ...runtime.router import Router
 
@@ -301,74 +308,31 @@ def _default_bundle_latency(jpeg: bytes, reps: int) -> dict:
     q, opts = r.encode([prepared]), r.options()
     # "decide": everything after the encoders (per-query costs, the router graph, coverage, the decision),
     # timed in turns with the whole route, so its share of the end-to-end time is read off one stretch of time
-    return _interleaved({"image": lambda: r.route([jpeg], QUESTION),
-                         "text_only": lambda: r.route(None, "What is 37 + 58?"),
-                         "decide": lambda: r.decide(q, [opts], meta=[prepared.meta])}, reps)
-
-
-def _console() -> list[str]:
-    exe = shutil.which("lr-onnx")
-    return [exe] if exe else [sys.executable, "-m", "lr_onnx.cli"]
-
-
-def _cold_start(n: int) -> float:
-    """Wall time of a whole `lr-onnx route IMAGE QUESTION` process (median of n)."""
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        subprocess.run([*_console(), "route", str(EXAMPLES / "receipt.jpg"), QUESTION], check=True,
-                       capture_output=True)
-        times.append(time.perf_counter() - t)
-    return round(float(np.median(times)), 3)
-
-
-# VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report the (large) benchmark parent.
-PROBE = """
-import sys
-from lr_onnx import Router
-r = Router.load()
-for _ in range(3):
-    r.route([sys.argv[1]], "What is the total amount on this receipt?")
-print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
-"""
-
-
-def _peak_rss() -> float:
-    """Peak resident memory (MB) of a fresh process that loads the default bundle and routes."""
-    out = subprocess.run([sys.executable, "-c", PROBE, str(EXAMPLES / "coffee.jpg")], check=True,
-                         capture_output=True, text=True).stdout
-    return round(int(out.strip().splitlines()[-1]) / 1024, 1)
-
-
-def _install_size() -> tuple[float, dict]:
-    """Installed size of the runtime: lr-onnx itself (code + default bundle) and its serving dependencies."""
-    from importlib import metadata
-
-    sizes = {}
-    for dist in ("lr-onnx", "numpy", "pillow", "tokenizers", "click"):
-        try:
-            files = metadata.distribution(dist).files or []
-            sizes[dist] = round(sum(f.locate().stat().st_size for f in files if f.locate().is_file()) / 1e6, 1)
-        except metadata.PackageNotFoundError:
-            sizes[dist] = None
-    pkg = REPO
-    code = sum(p.stat().st_size for p in pkg.rglob("*.py") if ".venv" not in p.parts and "tests" not in p.parts)
-    bundle = sum(p.stat().st_size for p in (pkg / "assets").rglob("*") if p.is_file())
-    sizes["lr_onnx_code"] = round(code / 1e6, 2)
-    sizes["lr_onnx_assets"] = round(bundle / 1e6, 1)
-    return round((code + bundle) / 1e6, 1), sizes
+    return _interleaved(
+        {
+            "image": lambda: r.route([jpeg], QUESTION),
+            "text_only": lambda: r.route(None, "What is 37 + 58?"),
+            "decide": lambda: r.decide(q, [opts], meta=[prepared.meta]),
+        },
+        reps,
+    )
 
 
 def table(r: dict) -> str:
     e, t, th = r["e2e_b1_ms"], r["e2e_text_only_b1_ms"], r["throughput_qps"]
-    lines = [f"# lr-onnx benchmark: {r['device']}", "",
-             f"`lr-onnx bench{' --quick' if r['quick'] else ''}`, {r['repeats']} repeats, {r['threads']} threads, "
-             f"onnxruntime {r['versions']['onnxruntime']}, torch {r['versions']['torch']}.", "",
-             "| path | e2e B=1 640x480 JPEG p50 / p95 ms | text-only p50 ms | B=64 q/s | B=256 q/s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# lr-onnx benchmark: {r['device']}",
+        "",
+        f"`lr-onnx bench{' --quick' if r['quick'] else ''}`, {r['repeats']} repeats, {r['threads']} threads, "
+        f"onnxruntime {r['versions']['onnxruntime']}, torch {r['versions']['torch']}.",
+        "",
+        "| path | e2e B=1 640x480 JPEG p50 / p95 ms | text-only p50 ms | B=64 q/s | B=256 q/s |",
+        "|---|---|---|---|---|",
+    ]
     for k in ("ort_fp32", "ort_int8", "torch"):
-        lines.append(f"| {k} | {e[k]['p50']:.1f} / {e[k]['p95']:.1f} | {t[k]['p50']:.1f} | {th['b64'][k]} | "
-                     f"{th['b256'][k]} |")
+        lines.append(
+            f"| {k} | {e[k]['p50']:.1f} / {e[k]['p95']:.1f} | {t[k]['p50']:.1f} | {th['b64'][k]} | {th['b256'][k]} |"
+        )
     s = r["stages_b1_ms_p50"]
     lines += ["", "| stage (B=1, p50 ms) | " + " | ".join(s) + " |", "|---|" + "---|" * len(s)]
     for st in ("decode", "preprocess", "image_encoder", "text_encoder", "router"):
@@ -378,20 +342,29 @@ def table(r: dict) -> str:
         lines += ["", "| stage (B=64, whole batch, ms) | " + " | ".join(s64) + " |", "|---|" + "---|" * len(s64)]
         for st in ("decode", "preprocess", "image_encoder", "text_encoder", "router"):
             lines.append(f"| {st} | " + " | ".join(f"{s64[k][st]:.1f}" for k in s64) + " |")
-    lines += ["", f"- speed-up of ONNX Runtime over PyTorch eager at B=1: **{r['speedup_vs_torch_b1']}x** "
-              "(the variants timed in turns)",
-              f"- router graph alone, B=1, K=16: **{r['router_b1_k16_ms']} ms**; vs K: "
-              + ", ".join(f"K={k}: {v} ms" for k, v in r["router_vs_k"].items()),
-              "- router vs B (K=16): " + ", ".join(f"B={k}: {v} ms" for k, v in r["router_vs_b_k16"].items()),
-              f"- default bundle (int8 text encoder), B=1: image {r['default_bundle_e2e_b1_ms']['image']['p50']} ms, "
-              f"text-only {r['default_bundle_e2e_b1_ms']['text_only']['p50']} ms (p50); after the encoders (costs, "
-              f"router graph, coverage, decision): {r['default_bundle_e2e_b1_ms']['decide']['p50']} ms",
-              f"- CLI cold start (`lr-onnx route IMAGE QUESTION`, whole process): **{r['cold_start_s']} s**",
-              f"- peak RSS of a routing process: **{r['peak_rss_mb']} MB**",
-              f"- lr-onnx installed (code + default bundle, without onnxruntime): **{r['runtime_install_mb']} MB**; "
-              f"dependencies: " + ", ".join(f"{k} {v} MB" for k, v in r["install_breakdown_mb"].items()
-                                           if k not in ("lr_onnx_code", "lr_onnx_assets", "lr-onnx")),
-              "", "| target | met |", "|---|---|"]
+    lines += [
+        "",
+        f"- speed-up of ONNX Runtime over PyTorch eager at B=1: **{r['speedup_vs_torch_b1']}x** "
+        "(the variants timed in turns)",
+        f"- router graph alone, B=1, K=16: **{r['router_b1_k16_ms']} ms**; vs K: "
+        + ", ".join(f"K={k}: {v} ms" for k, v in r["router_vs_k"].items()),
+        "- router vs B (K=16): " + ", ".join(f"B={k}: {v} ms" for k, v in r["router_vs_b_k16"].items()),
+        f"- default bundle (int8 text encoder), B=1: image {r['default_bundle_e2e_b1_ms']['image']['p50']} ms, "
+        f"text-only {r['default_bundle_e2e_b1_ms']['text_only']['p50']} ms (p50); after the encoders (costs, "
+        f"router graph, coverage, decision): {r['default_bundle_e2e_b1_ms']['decide']['p50']} ms",
+        f"- CLI cold start (`lr-onnx route IMAGE QUESTION`, whole process): **{r['cold_start_s']} s**",
+        f"- peak RSS of a routing process: **{r['peak_rss_mb']} MB**",
+        f"- lr-onnx installed (code + default bundle, without onnxruntime): **{r['runtime_install_mb']} MB**; "
+        f"dependencies: "
+        + ", ".join(
+            f"{k} {v} MB"
+            for k, v in r["install_breakdown_mb"].items()
+            if k not in ("lr_onnx_code", "lr_onnx_assets", "lr-onnx")
+        ),
+        "",
+        "| target | met |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in r["targets"].items()]
     return "\n".join(lines) + "\n"
 

@@ -2,6 +2,7 @@
 
 Each graph is traced with the dynamo exporter, stripped of provenance (so rebuilds are byte-identical) and
 optimised offline at ONNX Runtime's portable BASIC level."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,17 @@ OPSET = 18  # the torch 2.13 dynamo exporter implements >= 18; 17 needs a lossy 
 def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int) -> None:
     import torch
 
-    prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, input_names=input_names,
-                             output_names=output_names, opset_version=opset, external_data=False, verbose=False)
+    prog = torch.onnx.export(
+        module,
+        args,
+        dynamo=True,
+        dynamic_shapes=dynamic_shapes,
+        input_names=input_names,
+        output_names=output_names,
+        opset_version=opset,
+        external_data=False,
+        verbose=False,
+    )
     prog.save(str(path))
     _strip_provenance(path)
 
@@ -69,20 +79,42 @@ def export_graphs(net, out: Path, opset: int = OPSET) -> None:
     B = Dim("batch")
     with torch.no_grad():
         K = Dim("models")
-        _export(net, (torch.randn(3, net.cfg.query_dim), torch.randn(3, 5, net.cfg.model_dim), torch.rand(3, 5) > 0.2),
-                out / "router.onnx", ["query", "model_feat", "avail"], ["mu", "sigma", "delta", "mu_tilde"],
-                ({0: B}, {0: B, 1: K}, {0: B, 1: K}), opset)
-        _export(load_image_encoder(), (torch.randn(2, 3, IMAGE_SPEC.size, IMAGE_SPEC.size),), out / "image_encoder.onnx", ["pixels"],
-                ["image_features"], ({0: B},), opset)
+        _export(
+            net,
+            (torch.randn(3, net.cfg.query_dim), torch.randn(3, 5, net.cfg.model_dim), torch.rand(3, 5) > 0.2),
+            out / "router.onnx",
+            ["query", "model_feat", "avail"],
+            ["mu", "sigma", "delta", "mu_tilde"],
+            ({0: B}, {0: B, 1: K}, {0: B, 1: K}),
+            opset,
+        )
+        _export(
+            load_image_encoder(),
+            (torch.randn(2, 3, IMAGE_SPEC.size, IMAGE_SPEC.size),),
+            out / "image_encoder.onnx",
+            ["pixels"],
+            ["image_features"],
+            ({0: B},),
+            opset,
+        )
         T = Dim("tokens", min=2, max=512)
         ids = torch.randint(0, 1000, (2, 7))
-        _export(load_text_encoder(), (ids, torch.ones_like(ids)), out / "text_encoder.onnx",
-                ["input_ids", "attention_mask"], ["text_features"], ({0: B, 1: T}, {0: B, 1: T}), opset)
+        _export(
+            load_text_encoder(),
+            (ids, torch.ones_like(ids)),
+            out / "text_encoder.onnx",
+            ["input_ids", "attention_mask"],
+            ["text_features"],
+            ({0: B, 1: T}, {0: B, 1: T}),
+            opset,
+        )
     for name in ("router.onnx", "image_encoder.onnx", "text_encoder.onnx"):
         optimize_offline(out / name)
-    for name, sym in (("router.onnx", {"query": [0], "model_feat": [0, 1], "avail": [0, 1]}),
-                      ("image_encoder.onnx", {"pixels": [0]}),
-                      ("text_encoder.onnx", {"input_ids": [0, 1], "attention_mask": [0, 1]})):
+    for name, sym in (
+        ("router.onnx", {"query": [0], "model_feat": [0, 1], "avail": [0, 1]}),
+        ("image_encoder.onnx", {"pixels": [0]}),
+        ("text_encoder.onnx", {"input_ids": [0, 1], "attention_mask": [0, 1]}),
+    ):
         dims = graph_dims(out / name)["inputs"]
         for inp, axes in sym.items():
             for ax in axes:
@@ -115,22 +147,30 @@ class FusedRouter:
                 st = memory.settings
                 cols = [memory.models.index(m) if m in memory.models else -1 for m in pool]
                 known = np.stack([memory.known[:, c] if c >= 0 else np.zeros(len(memory), bool) for c in cols], 1)
-                values = np.stack([memory.values[:, c] if c >= 0 else np.zeros(len(memory), np.float32) for c in cols], 1)
+                values = np.stack(
+                    [memory.values[:, c] if c >= 0 else np.zeros(len(memory), np.float32) for c in cols], 1
+                )
                 g = np.array([memory.global_mean[c] if c >= 0 else p for c, p in zip(cols, prior)], np.float32)
                 weight = block_weights(st.image_weight)
-                for name, a in (("weight", weight), ("center", memory.center), ("proj", memory.proj),
-                                ("keys", memory.keys), ("known", known.astype(np.float32)), ("values", values),
-                                ("g", g)):
+                for name, a in (
+                    ("weight", weight),
+                    ("center", memory.center),
+                    ("proj", memory.proj),
+                    ("keys", memory.keys),
+                    ("known", known.astype(np.float32)),
+                    ("values", values),
+                    ("g", g),
+                ):
                     self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(a, np.float32)))
                 self.k, self.kappa, self.tau, self.s_ref = min(st.k, len(memory)), st.kappa, st.tau, st.s_ref
                 self.has = torch.tensor([c >= 0 for c in cols])
 
-            def forward(self, q):                                           # q [B, D_q] -> [B, K, 3]
-                x = (q[:, :self.center.shape[0]] * self.weight - self.center) @ self.proj
+            def forward(self, q):  # q [B, D_q] -> [B, K, 3]
+                x = (q[:, : self.center.shape[0]] * self.weight - self.center) @ self.proj
                 e = x / torch.clamp(x.norm(dim=1, keepdim=True), min=1e-12)
                 sims, idx = torch.topk(e @ self.keys.T, self.k, dim=1)
                 w = torch.clamp(torch.exp((torch.clamp(sims, min=-1.0) - self.s_ref) / self.tau), max=1.0)
-                ev = (w.unsqueeze(-1) * self.known[idx]).sum(1)           # [B, K]
+                ev = (w.unsqueeze(-1) * self.known[idx]).sum(1)  # [B, K]
                 ys = (w.unsqueeze(-1) * self.values[idx]).sum(1)
                 est = torch.clamp((ys + self.kappa * self.g) / (ev + self.kappa), P_CLIP, 1 - P_CLIP)
                 lg = torch.log(est) - torch.log1p(-est)
@@ -152,7 +192,7 @@ class FusedRouter:
                 h = has_image.unsqueeze(1)
                 side = torch.cat([h, torch.log1p(h), torch.log1p(n_words.unsqueeze(1))], dim=1)
                 q = torch.cat([t, i * h, side], dim=1)
-                if self.memory is not None:   # profile, the memory's columns, cost (runtime.profiles.model_features)
+                if self.memory is not None:  # profile, the memory's columns, cost (runtime.profiles.model_features)
                     model_feat = torch.cat([model_feat[..., :-1], self.memory(q), model_feat[..., -1:]], dim=-1)
                 return self.router(q, model_feat, avail)
 
@@ -164,15 +204,27 @@ class FusedRouter:
         from torch.export import Dim
 
         B, T = Dim("batch"), Dim("tokens", min=2, max=512)
-        K = len(pool) if memory is not None else 5      # with a memory the pool is fixed: its columns are constants
+        K = len(pool) if memory is not None else 5  # with a memory the pool is fixed: its columns are constants
         width = net.cfg.model_dim - (net.cfg.memory if memory is not None else 0)
         ids = torch.randint(0, 1000, (3, 7))
-        args = (torch.randn(3, 3, IMAGE_SPEC.size, IMAGE_SPEC.size), torch.tensor([1.0, 0.0, 1.0]), ids, torch.ones_like(ids),
-                torch.tensor([5.0, 7.0, 3.0]), torch.randn(3, K, width), torch.rand(3, K) > 0.2)
+        args = (
+            torch.randn(3, 3, IMAGE_SPEC.size, IMAGE_SPEC.size),
+            torch.tensor([1.0, 0.0, 1.0]),
+            ids,
+            torch.ones_like(ids),
+            torch.tensor([5.0, 7.0, 3.0]),
+            torch.randn(3, K, width),
+            torch.rand(3, K) > 0.2,
+        )
         k_dim = None if memory is not None else Dim("models")
         mf_dims, av_dims = ({0: B}, {0: B}) if memory is not None else ({0: B, 1: k_dim}, {0: B, 1: k_dim})
         with torch.no_grad():
-            _export(FusedRouter.module(net, memory, pool, prior), args, path,
-                    ["pixels", "has_image", "input_ids", "attention_mask", "n_words", "model_feat", "avail"],
-                    ["mu", "sigma", "delta", "mu_tilde"],
-                    ({0: B}, {0: B}, {0: B, 1: T}, {0: B, 1: T}, {0: B}, mf_dims, av_dims), opset)
+            _export(
+                FusedRouter.module(net, memory, pool, prior),
+                args,
+                path,
+                ["pixels", "has_image", "input_ids", "attention_mask", "n_words", "model_feat", "avail"],
+                ["mu", "sigma", "delta", "mu_tilde"],
+                ({0: B}, {0: B}, {0: B, 1: T}, {0: B, 1: T}, {0: B}, mf_dims, av_dims),
+                opset,
+            )

@@ -10,6 +10,7 @@ the MatMul on its own threads: no numpy BLAS thread wakes, and a batch of 64 que
 costs milliseconds instead of the ~100 ms of a plain numpy loop. The per-model estimate from the k
 neighbours is a small gather that stays in numpy (`Memory.columns`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,11 +30,19 @@ def build_memory_graph(memory, path: Path, opset: int) -> None:
 
     st = memory.settings
     weight = block_weights(st.image_weight)
-    inits = [numpy_helper.from_array(a, name) for name, a in (
-        ("starts", np.array([0], np.int64)), ("ends", np.array([HAS_IMAGE_COL], np.int64)),
-        ("axes", np.array([1], np.int64)), ("weight", weight), ("center", memory.center.astype(np.float32)),
-        ("proj", memory.proj.astype(np.float32)), ("eps", np.array(EPS, np.float32)),
-        ("k", np.array([st.k], np.int64)))]
+    inits = [
+        numpy_helper.from_array(a, name)
+        for name, a in (
+            ("starts", np.array([0], np.int64)),
+            ("ends", np.array([HAS_IMAGE_COL], np.int64)),
+            ("axes", np.array([1], np.int64)),
+            ("weight", weight),
+            ("center", memory.center.astype(np.float32)),
+            ("proj", memory.proj.astype(np.float32)),
+            ("eps", np.array(EPS, np.float32)),
+            ("k", np.array([st.k], np.int64)),
+        )
+    ]
     nodes = [
         helper.make_node("Slice", ["query", "starts", "ends", "axes"], ["x"]),
         helper.make_node("Mul", ["x", "weight"], ["xw"]),
@@ -48,12 +57,18 @@ def build_memory_graph(memory, path: Path, opset: int) -> None:
         helper.make_node("TopK", ["sims", "top"], ["similarity", "index"], axis=1, largest=1, sorted=1),
     ]
     graph = helper.make_graph(
-        nodes, "lr_onnx_memory",
-        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["batch", QUERY_DIM]),
-         helper.make_tensor_value_info("keys", TensorProto.FLOAT, ["rows", memory.dim])],
-        [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", "top"]),
-         helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", "top"])],
-        inits)
+        nodes,
+        "lr_onnx_memory",
+        [
+            helper.make_tensor_value_info("query", TensorProto.FLOAT, ["batch", QUERY_DIM]),
+            helper.make_tensor_value_info("keys", TensorProto.FLOAT, ["rows", memory.dim]),
+        ],
+        [
+            helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", "top"]),
+            helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", "top"]),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="lr-onnx")
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))

@@ -1,5 +1,6 @@
 """The checks an export runs on the bundle it wrote: ONNX Runtime against PyTorch (parity.json), the memory graph
 against numpy, the fused graph against the separate ones, and the golden fixture (golden.json)."""
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,7 @@ def check_parity(net, bundle: Path, manifest: Manifest, held: dict, precision: s
     from ...runtime.policy import LAMBDA_GRID, choose
     from ..train.encoding import encode_raw
 
-    router = bundle_router(bundle, manifest)     # the ONNX side is the runtime's own Router on the bundle written
+    router = bundle_router(bundle, manifest)  # the ONNX side is the runtime's own Router on the bundle written
     sess = {"router": router.session("router")}
     rep: dict = {"precision": precision, "checker": "onnx.checker full_check passed for all graphs"}
 
@@ -75,8 +76,15 @@ def check_parity(net, bundle: Path, manifest: Manifest, held: dict, precision: s
             ref = [t.numpy() for t in net(q, mf, a)]
         got = sess["router"].run(None, {"query": q.numpy(), "model_feat": mf.numpy(), "avail": a.numpy()})
         diff = max(float(np.abs(x - y).max()) for x, y in zip(got, ref))
-        shapes.append({"B": B, "K": K, "max_abs_diff": diff, "finite": bool(all(np.isfinite(x).all() for x in got)),
-                       "masked_row_sentinels_ok": bool((got[3][0] == -1).all())})
+        shapes.append(
+            {
+                "B": B,
+                "K": K,
+                "max_abs_diff": diff,
+                "finite": bool(all(np.isfinite(x).all() for x in got)),
+                "masked_row_sentinels_ok": bool((got[3][0] == -1).all()),
+            }
+        )
     rep["router_shapes"] = shapes
     q = torch.randn(4, net.cfg.query_dim, generator=g)
     mf = torch.randn(4, 6, net.cfg.model_dim, generator=g)
@@ -93,8 +101,10 @@ def check_parity(net, bundle: Path, manifest: Manifest, held: dict, precision: s
     from ...runtime.features import n_words, query_features
 
     q_t = query_features(text_t, image_t, [len(p) for p in sub.images], [n_words(x) for x in sub.question])
-    raw = [router.encode_raw([router.prepare(p, q) for p, q in zip(sub.images[s:s + 64], sub.question[s:s + 64])])
-           for s in range(0, sub.n, 64)]
+    raw = [
+        router.encode_raw([router.prepare(p, q) for p, q in zip(sub.images[s : s + 64], sub.question[s : s + 64])])
+        for s in range(0, sub.n, 64)
+    ]
     text_o, image_o = np.concatenate([t for t, _ in raw]), np.concatenate([i for _, i in raw])
     nimg = [len(p) for p in sub.images]
     q_o = query_features(text_o, image_o, nimg, [n_words(x) for x in sub.question])
@@ -106,8 +116,13 @@ def check_parity(net, bundle: Path, manifest: Manifest, held: dict, precision: s
         ref = [t.numpy() for t in net(torch.from_numpy(q_t), torch.from_numpy(mf_t), torch.from_numpy(avail))]
     got = sess["router"].run(None, {"query": q_o, "model_feat": mf_o, "avail": avail})
     c_hat = mf_t[0, :, -1]
-    decisions = [(choose(ref[3], np.broadcast_to(c_hat, ref[3].shape), avail, lam),
-                  choose(got[3], np.broadcast_to(c_hat, got[3].shape), avail, lam)) for lam in LAMBDA_GRID]
+    decisions = [
+        (
+            choose(ref[3], np.broadcast_to(c_hat, ref[3].shape), avail, lam),
+            choose(got[3], np.broadcast_to(c_hat, got[3].shape), avail, lam),
+        )
+        for lam in LAMBDA_GRID
+    ]
     agree = [float((a == b).mean()) for a, b in decisions]
     # what a changed decision costs, in PyTorch's own utility at lambda 0 (LAMBDA_GRID[0]): near-ties flip cheaply
     best, took = decisions[0]
@@ -123,27 +138,41 @@ def check_parity(net, bundle: Path, manifest: Manifest, held: dict, precision: s
     n_t = nauc([(p["cost"], p["score"]) for p in sweep(ref[3], Yh, Ch, avail, c_hat)])
     n_o = nauc([(p["cost"], p["score"]) for p in sweep(got[3], Yh, Ch, avail, c_hat)])
     rep["held_out"] = {
-        "nauc_torch": _finite(n_t), "nauc_onnx": _finite(n_o), "nauc_change": _finite(n_o - n_t),
-        "queries": int(sub.n), "with_images": int(sum(1 for p in sub.images if p)),
-        "max_abs_diff": {n: float(np.abs(x - y).max()) for n, x, y in zip(("mu", "sigma", "delta", "mu_tilde"), got, ref)},
+        "nauc_torch": _finite(n_t),
+        "nauc_onnx": _finite(n_o),
+        "nauc_change": _finite(n_o - n_t),
+        "queries": int(sub.n),
+        "with_images": int(sum(1 for p in sub.images if p)),
+        "max_abs_diff": {
+            n: float(np.abs(x - y).max()) for n, x, y in zip(("mu", "sigma", "delta", "mu_tilde"), got, ref)
+        },
         "text_feature_cosine_min": float(_cos(text_t, text_o).min()),
         "image_feature_cosine_min": float(_cos(image_t[np.array(nimg) > 0], image_o[np.array(nimg) > 0]).min())
-        if any(nimg) else None,
-        "decision_agreement_lambda0": agree[0], "decision_agreement_min_over_grid": min(agree),
-        "changed_decision_regret_lambda0": {"mean": float(regret.mean()) if len(regret) else 0.0,
-                                            "max": float(regret.max()) if len(regret) else 0.0},
+        if any(nimg)
+        else None,
+        "decision_agreement_lambda0": agree[0],
+        "decision_agreement_min_over_grid": min(agree),
+        "changed_decision_regret_lambda0": {
+            "mean": float(regret.mean()) if len(regret) else 0.0,
+            "max": float(regret.max()) if len(regret) else 0.0,
+        },
         "near_tie_share_lambda0": near_tie,
     }
-    rep["bars"] = {"max_abs_diff": 1e-4 if precision == "fp32" else None,
-                   "agreement": 1.0 if precision == "fp32" else 0.98}
+    rep["bars"] = {
+        "max_abs_diff": 1e-4 if precision == "fp32" else None,
+        "agreement": 1.0 if precision == "fp32" else 0.98,
+    }
     router_ok = all(s["max_abs_diff"] <= 1e-4 and s["finite"] and s["masked_row_sentinels_ok"] for s in shapes)
     if precision == "fp32":
         rep["passed"] = bool(router_ok and max(rep["held_out"]["max_abs_diff"].values()) <= 1e-4 and agree[0] == 1.0)
     else:
         rep["passed"] = bool(router_ok and agree[0] >= 0.98)
-    if "memory" in rep:   # the search graph finds what numpy finds (ties aside)
-        rep["passed"] = bool(rep["passed"] and rep["memory"]["similarity_max_abs_diff"] <= 1e-4
-                             and rep["memory"]["neighbour_overlap"] >= 0.99)
+    if "memory" in rep:  # the search graph finds what numpy finds (ties aside)
+        rep["passed"] = bool(
+            rep["passed"]
+            and rep["memory"]["similarity_max_abs_diff"] <= 1e-4
+            and rep["memory"]["neighbour_overlap"] >= 0.99
+        )
     return rep
 
 
@@ -160,9 +189,14 @@ def check_memory_graph(bundle: Path, manifest: Manifest, q: np.ndarray) -> dict:
     names = manifest.model_names
     cols = mem.columns(None, names, found=(sims, idx))
     ref_cols = mem.columns(q, names)
-    return {"similarity_max_abs_diff": float(np.abs(sims - ref_s).max()), "neighbour_overlap": float(same),
-            "columns_max_abs_diff": float(np.abs(cols - ref_cols).max()), "rows": len(mem), "dim": mem.dim,
-            "k": mem.settings.k}
+    return {
+        "similarity_max_abs_diff": float(np.abs(sims - ref_s).max()),
+        "neighbour_overlap": float(same),
+        "columns_max_abs_diff": float(np.abs(cols - ref_cols).max()),
+        "rows": len(mem),
+        "dim": mem.dim,
+        "k": mem.settings.k,
+    }
 
 
 def check_fused(bundle: Path, manifest: Manifest, held: dict | None = None) -> dict:
@@ -175,7 +209,10 @@ def check_fused(bundle: Path, manifest: Manifest, held: dict | None = None) -> d
 
     from ...runtime.sessions import new_session
 
-    s = {n: new_session(bundle / f"{n}.onnx", provider="cpu") for n in ("fused", "image_encoder", "text_encoder", "router")}
+    s = {
+        n: new_session(bundle / f"{n}.onnx", provider="cpu")
+        for n in ("fused", "image_encoder", "text_encoder", "router")
+    }
     spec = manifest.image
     tok = load_tokenizer(bundle / "tokenizer.json", manifest.text)
     golden = np.repeat(image_tensor(open_image(_golden_image()), spec)[None], len(GOLDEN_QUESTIONS), 0)
@@ -193,13 +230,25 @@ def check_fused(bundle: Path, manifest: Manifest, held: dict | None = None) -> d
         words = np.array([n_words(q) for q in qs], np.float32)
         text = s["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
         img = s["image_encoder"].run(None, {"pixels": px})[0]
-        image = np.stack([pool_images(img[j:j + 1]) if h else np.zeros(IMAGE_DIM, np.float32) for j, h in enumerate(has)])
+        image = np.stack(
+            [pool_images(img[j : j + 1]) if h else np.zeros(IMAGE_DIM, np.float32) for j, h in enumerate(has)]
+        )
         q = query_features(text, image, has.astype(int), words)
-        mf = bundle_model_feat(bundle, manifest, q)   # the memory's columns (numpy) from the separate graphs' features
+        mf = bundle_model_feat(bundle, manifest, q)  # the memory's columns (numpy) from the separate graphs' features
         avail = np.ones(mf.shape[:2], bool)
         own = model_features(pool_features(manifest.pool), None, None, rows=len(qs)) if manifest.memory else mf
-        fused = s["fused"].run(None, {"pixels": px, "has_image": has, "input_ids": ids, "attention_mask": mask,
-                                      "n_words": words, "model_feat": own, "avail": avail})[3]
+        fused = s["fused"].run(
+            None,
+            {
+                "pixels": px,
+                "has_image": has,
+                "input_ids": ids,
+                "attention_mask": mask,
+                "n_words": words,
+                "model_feat": own,
+                "avail": avail,
+            },
+        )[3]
         sep = s["router"].run(None, {"query": q, "model_feat": mf, "avail": avail})[3]
         out[name] = float(np.abs(fused - sep).max())
         if manifest.memory is not None:
@@ -207,8 +256,12 @@ def check_fused(bundle: Path, manifest: Manifest, held: dict | None = None) -> d
     return {"max_abs_diff_vs_separate_graphs": max(v for k, v in out.items() if "closeness" not in k), **out}
 
 
-GOLDEN_QUESTIONS = [("What is 12 * 13?", False), ("What does this image show?", True),
-                    ("What is the value shown?", True), ("Which city is the capital of France?", False)]
+GOLDEN_QUESTIONS = [
+    ("What is 12 * 13?", False),
+    ("What does this image show?", True),
+    ("What is the value shown?", True),
+    ("Which city is the capital of France?", False),
+]
 GOLDEN_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.1, "int8-full": 0.3}
 
 
@@ -233,8 +286,12 @@ def write_golden(net, bundle: Path, manifest: Manifest, precision: str) -> None:
         q = query_features(text, image, [int(h) for _, h in GOLDEN_QUESTIONS], [n_words(x) for x in qs])
         mf = torch.from_numpy(bundle_model_feat(bundle, manifest, q))
         mt = net(torch.from_numpy(q), mf, torch.ones(mf.shape[:2], dtype=torch.bool))[3].numpy()
-    golden = {"queries": [{"question": x, "image": h} for x, h in GOLDEN_QUESTIONS], "mu_tilde": mt.tolist(),
-              "pool": manifest.model_names, "tolerance": GOLDEN_TOLERANCE[precision]}
+    golden = {
+        "queries": [{"question": x, "image": h} for x, h in GOLDEN_QUESTIONS],
+        "mu_tilde": mt.tolist(),
+        "pool": manifest.model_names,
+        "tolerance": GOLDEN_TOLERANCE[precision],
+    }
     atomic_write_text(bundle / "golden.json", json.dumps(golden, indent=2) + "\n")
 
 
@@ -247,7 +304,18 @@ def _subset(data, rows):
     from ..data.format import RoutingData
 
     pick = list(rows)
-    return RoutingData(root=data.root, ids=[data.ids[i] for i in pick], split=[data.split[i] for i in pick],
-                       dataset=[data.dataset[i] for i in pick], question=[data.question[i] for i in pick],
-                       images=[data.images[i] for i in pick], models=data.models, Y=data.Y[pick], C=data.C[pick],
-                       A=data.A[pick], Lat=data.Lat[pick], Tok=data.Tok[pick], meta=[data.meta[i] for i in pick])
+    return RoutingData(
+        root=data.root,
+        ids=[data.ids[i] for i in pick],
+        split=[data.split[i] for i in pick],
+        dataset=[data.dataset[i] for i in pick],
+        question=[data.question[i] for i in pick],
+        images=[data.images[i] for i in pick],
+        models=data.models,
+        Y=data.Y[pick],
+        C=data.C[pick],
+        A=data.A[pick],
+        Lat=data.Lat[pick],
+        Tok=data.Tok[pick],
+        meta=[data.meta[i] for i in pick],
+    )

@@ -1,4 +1,5 @@
 """Lower precisions of a bundle's encoders: int8 (the text encoder's weights), int8-full (the CNN too), fp16."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,7 +13,6 @@ import numpy as np
 # (top-2 mu_tilde within 0.01), which any encoder error flips (the slice-prior router: a fifth, int8-full 2.3% on
 # 256 held-out queries). So `int8` keeps the CNN (13 MB, 3.7 ms) in fp32 to hold 98%.
 PRECISIONS = ("fp32", "int8", "int8-full", "fp16")
-
 
 
 def quantize_text_encoder(src: Path, dst: Path) -> None:
@@ -30,21 +30,30 @@ def quantize_text_encoder(src: Path, dst: Path) -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-    for h in root.handlers[:]:             # that module calls logging.basicConfig(INFO) on import: undo it
+
+    for h in root.handlers[:]:  # that module calls logging.basicConfig(INFO) on import: undo it
         if h not in handlers:
             root.removeHandler(h)
     root.setLevel(level)
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=DefaultWeightOnlyQuantConfig(
-        block_size=64, is_symmetric=True, bits=8, accuracy_level=4))
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(src)),
+        algo_config=DefaultWeightOnlyQuantConfig(block_size=64, is_symmetric=True, bits=8, accuracy_level=4),
+    )
     q.process()
     mid = dst.with_name(dst.stem + ".nbits.onnx")
     q.model.save_model_to_file(str(mid), False)
-    root.setLevel(logging.ERROR)             # its "consider pre-processing" hint is for activation quantisation
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" hint is for activation quantisation
     try:
-        quantize_dynamic(str(mid), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                         op_types_to_quantize=["Gather"])
+        quantize_dynamic(
+            str(mid),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            op_types_to_quantize=["Gather"],
+        )
     finally:
         root.setLevel(level)
     mid.unlink()
@@ -52,8 +61,13 @@ def quantize_text_encoder(src: Path, dst: Path) -> None:
 
 def quantize_encoders(out: Path, calib_pixels: np.ndarray, *, image: bool = True) -> None:
     """int8 encoders: 8-bit weights for MiniLM, static QDQ per-channel for the CNN (if `image`)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     tmp = out / "text_encoder.fp32.onnx"
@@ -65,7 +79,7 @@ def quantize_encoders(out: Path, calib_pixels: np.ndarray, *, image: bool = True
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"pixels": calib_pixels[i:i + 1]} for i in range(len(calib_pixels))])
+            self.items = iter([{"pixels": calib_pixels[i : i + 1]} for i in range(len(calib_pixels))])
 
         def get_next(self):
             return next(self.items, None)
@@ -81,10 +95,19 @@ def quantize_encoders(out: Path, calib_pixels: np.ndarray, *, image: bool = True
     import onnx
 
     convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-    quantize_static(str(pre), str(out / "image_encoder.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
-                    extra_options={"CalibPercentile": 99.99}, nodes_to_exclude=convs[:len(convs) // 3] + [convs[-1]])
+    quantize_static(
+        str(pre),
+        str(out / "image_encoder.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Percentile,
+        extra_options={"CalibPercentile": 99.99},
+        nodes_to_exclude=convs[: len(convs) // 3] + [convs[-1]],
+    )
     src.unlink()
     pre.unlink()
 
@@ -99,8 +122,11 @@ def to_fp16(out: Path) -> None:
 
     for name in ("image_encoder.onnx", "text_encoder.onnx"):
         m = onnx.load(str(out / name))
-        m16 = convert_float_to_float16(m, keep_io_types=True, op_block_list=[
-            "LayerNormalization", "Softmax", "Sigmoid", "Softplus", "Log", "Exp", "Erf"])
+        m16 = convert_float_to_float16(
+            m,
+            keep_io_types=True,
+            op_block_list=["LayerNormalization", "Softmax", "Sigmoid", "Softplus", "Log", "Exp", "Erf"],
+        )
         OnnxModel(m16).topological_sort()
         del m16.graph.value_info[:]  # some stale fp16 annotations around the kept-fp32 ops; types are re-inferred
         onnx.save(m16, str(out / name))

@@ -3,6 +3,7 @@
 Read-only: the split is read from `splits.csv` when one exists, otherwise computed
 in memory exactly as training would create it.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,10 +34,13 @@ def reference_block(data: RoutingData, rows: np.ndarray) -> dict:
     return {
         "rows": int(len(rows)),
         "unroutable": int((~A.any(axis=1)).sum()),
-        "per_model": {n: {"score": _r(s["score"]), "cost": _r(s["cost"]), "coverage": _r(s["coverage"])}
-                      for n, s in zip(names, stats)},
-        "best_single": ({"name": names[b], "score": _r(stats[b]["score"]), "cost": _r(stats[b]["cost"])}
-                        if b >= 0 else None),
+        "per_model": {
+            n: {"score": _r(s["score"]), "cost": _r(s["cost"]), "coverage": _r(s["coverage"])}
+            for n, s in zip(names, stats)
+        },
+        "best_single": (
+            {"name": names[b], "score": _r(stats[b]["score"]), "cost": _r(stats[b]["cost"])} if b >= 0 else None
+        ),
         "oracle": {"score": _r(oq), "cost": _r(oc)},
         "random": {"score": _r(rq), "cost": _r(rc)},
     }
@@ -62,12 +66,15 @@ def summarize(data: RoutingData) -> dict:
             "files_referenced": data.image_refs,
             "files_missing": data.missing_images,
         },
-        "splits": {"policy": policy if policy != "file" else f"from {SPLITS_FILE}",
-                   **{s: int(masks[s].sum()) for s in ("train", "val", "test", "fit", "cal")}},
+        "splits": {
+            "policy": policy if policy != "file" else f"from {SPLITS_FILE}",
+            **{s: int(masks[s].sum()) for s in ("train", "val", "test", "fit", "cal")},
+        },
     }
     out.update(reference_block(data, all_rows))
-    out["per_split"] = {s: reference_block(data, np.flatnonzero(masks[s]))
-                        for s in ("train", "val", "test") if masks[s].any()}
+    out["per_split"] = {
+        s: reference_block(data, np.flatnonzero(masks[s])) for s in ("train", "val", "test") if masks[s].any()
+    }
     ds_arr = np.array(data.dataset)
     out["coverage"] = {
         name: {ds: _r(float(data.A[ds_arr == ds, k].mean())) for ds in out["datasets"]}
@@ -113,8 +120,11 @@ def demo_properties(data: RoutingData) -> dict:
         sel = np.array([d == ds for d in data.dataset])
         e, h = sel & (lv == "easy"), sel & (lv == "hard")
         if e.any() and h.any():
-            per_family[ds] = {"easy": _r(row_mean[e].mean()), "hard": _r(row_mean[h].mean()),
-                              "gap": _r(row_mean[e].mean() - row_mean[h].mean())}
+            per_family[ds] = {
+                "easy": _r(row_mean[e].mean()),
+                "hard": _r(row_mean[h].mean()),
+                "gap": _r(row_mean[e].mean() - row_mean[h].mean()),
+            }
     e, h = with_image & (lv == "easy"), with_image & (lv == "hard")
     diff_gap = float(row_mean[e].mean() - row_mean[h].mean()) if e.any() and h.any() else float("nan")
 
@@ -124,19 +134,38 @@ def demo_properties(data: RoutingData) -> dict:
     mean_kb = float(np.mean(sizes) / 1024) if sizes else 0.0
 
     return {
-        "no_model_best_everywhere": {"holds": len(winners) > 1, "winners": sorted(winners),
-                                     "best_per_cell": best_of_cell},
+        "no_model_best_everywhere": {
+            "holds": len(winners) > 1,
+            "winners": sorted(winners),
+            "best_per_cell": best_of_cell,
+        },
         "cheap_model_best_somewhere": {"holds": bool(cheap_cells), "cheap_models": cheap, "cells": cheap_cells},
-        "oracle_minus_best_single": {"holds": bool(gap >= MIN_ORACLE_GAP), "value": _r(gap),
-                                     "threshold": MIN_ORACLE_GAP},
-        "difficulty_moves_accuracy": {"holds": bool(diff_gap >= MIN_DIFFICULTY_GAP), "easy_minus_hard": _r(diff_gap),
-                                      "threshold": MIN_DIFFICULTY_GAP, "per_dataset": per_family},
-        "generic_questions": {"holds": bool(generic.mean() >= MIN_GENERIC_SHARE), "share": _r(generic.mean()),
-                              "threshold": MIN_GENERIC_SHARE},
-        "text_only_queries": {"holds": bool(text_only.mean() >= MIN_TEXT_ONLY_SHARE), "share": _r(text_only.mean()),
-                              "threshold": MIN_TEXT_ONLY_SHARE},
-        "mean_image_kb": {"holds": bool(mean_kb <= MAX_MEAN_IMAGE_KB), "value": _r(mean_kb),
-                          "threshold": MAX_MEAN_IMAGE_KB},
+        "oracle_minus_best_single": {
+            "holds": bool(gap >= MIN_ORACLE_GAP),
+            "value": _r(gap),
+            "threshold": MIN_ORACLE_GAP,
+        },
+        "difficulty_moves_accuracy": {
+            "holds": bool(diff_gap >= MIN_DIFFICULTY_GAP),
+            "easy_minus_hard": _r(diff_gap),
+            "threshold": MIN_DIFFICULTY_GAP,
+            "per_dataset": per_family,
+        },
+        "generic_questions": {
+            "holds": bool(generic.mean() >= MIN_GENERIC_SHARE),
+            "share": _r(generic.mean()),
+            "threshold": MIN_GENERIC_SHARE,
+        },
+        "text_only_queries": {
+            "holds": bool(text_only.mean() >= MIN_TEXT_ONLY_SHARE),
+            "share": _r(text_only.mean()),
+            "threshold": MIN_TEXT_ONLY_SHARE,
+        },
+        "mean_image_kb": {
+            "holds": bool(mean_kb <= MAX_MEAN_IMAGE_KB),
+            "value": _r(mean_kb),
+            "threshold": MAX_MEAN_IMAGE_KB,
+        },
     }
 
 
@@ -144,11 +173,15 @@ def format_report(s: dict) -> str:
     """The human-readable `data check` table."""
     lines = [f"{s['path']}: {s['queries']} queries, {len(s['models'])} models, {len(s['datasets'])} datasets"]
     im = s["images"]
-    lines.append(f"images: {im['queries_with_images']} queries with images, {im['text_only_queries']} text-only, "
-                 f"{im['files_referenced']} files referenced, {im['files_missing']} missing")
+    lines.append(
+        f"images: {im['queries_with_images']} queries with images, {im['text_only_queries']} text-only, "
+        f"{im['files_referenced']} files referenced, {im['files_missing']} missing"
+    )
     sp = s["splits"]
-    lines.append(f"split ({sp['policy']}): train {sp['train']} (fit {sp['fit']}, cal {sp['cal']}), "
-                 f"val {sp['val']}, test {sp['test']}")
+    lines.append(
+        f"split ({sp['policy']}): train {sp['train']} (fit {sp['fit']}, cal {sp['cal']}), "
+        f"val {sp['val']}, test {sp['test']}"
+    )
     lines.append("datasets: " + ", ".join(f"{k} {v}" for k, v in s["datasets"].items()))
     lines.append("")
     splits = list(s["per_split"])
@@ -160,9 +193,11 @@ def format_report(s: dict) -> str:
     lines.append("")
     for label, block in [("all", s), *[(sp, s["per_split"][sp]) for sp in splits]]:
         b = block["best_single"]
-        lines.append(f"[{label}] best single {b['name']} {_f(b['score'])} at {_g(b['cost'])}; "
-                     f"oracle {_f(block['oracle']['score'])} at {_g(block['oracle']['cost'])}; "
-                     f"random {_f(block['random']['score'])}; unroutable {block['unroutable']}")
+        lines.append(
+            f"[{label}] best single {b['name']} {_f(b['score'])} at {_g(b['cost'])}; "
+            f"oracle {_f(block['oracle']['score'])} at {_g(block['oracle']['cost'])}; "
+            f"random {_f(block['random']['score'])}; unroutable {block['unroutable']}"
+        )
     lines.append("")
     lines.append("coverage (share of queries with an observed outcome):")
     full = all(v == 1.0 for m in s["coverage"].values() for v in m.values())

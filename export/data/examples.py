@@ -1,7 +1,8 @@
 """Write the example images shipped in assets/examples (real pictures, with their licences).
 
-    python -m lr_onnx.export.data.examples assets/examples
+python -m lr_onnx.export.data.examples assets/examples
 """
+
 from __future__ import annotations
 
 import sys

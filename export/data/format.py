@@ -5,6 +5,7 @@ observed outcome) and `models.json` (the registry, in routing order). Everything
 else in lr-onnx (converters, demo generator, training, evaluation) meets data
 only through this module. It needs numpy and the standard library, nothing more.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,11 @@ class RoutingData:
         if unknown:
             raise DataError(f"not in the pool: {', '.join(sorted(unknown))}")
         keep = [j for j, m in enumerate(self.model_names) if m not in set(names)]
-        return replace(self, models=[self.models[j] for j in keep],
-                       **{f: getattr(self, f)[:, keep] for f in ("Y", "C", "A", "Lat", "Tok")})
+        return replace(
+            self,
+            models=[self.models[j] for j in keep],
+            **{f: getattr(self, f)[:, keep] for f in ("Y", "C", "A", "Lat", "Tok")},
+        )
 
     def for_pool(self, names: list[str]) -> "RoutingData":
         """The same queries with the outcome columns in the order of a pool: a model this data has no column for
@@ -82,11 +86,17 @@ class RoutingData:
         idx = [self.model_names.index(m) if m in self.model_names else -1 for m in names]
 
         def cols(a: np.ndarray, fill) -> np.ndarray:
-            return np.stack([a[:, j] if j >= 0 else np.full(len(a), fill, a.dtype) for j in idx], axis=1) \
-                if idx else a[:, :0]
+            return (
+                np.stack([a[:, j] if j >= 0 else np.full(len(a), fill, a.dtype) for j in idx], axis=1)
+                if idx
+                else a[:, :0]
+            )
 
-        return replace(self, models=[self.models[j] if j >= 0 else {"name": m} for j, m in zip(idx, names)],
-                       **{f: cols(getattr(self, f), False if f == "A" else np.nan) for f in ("Y", "C", "A", "Lat", "Tok")})
+        return replace(
+            self,
+            models=[self.models[j] if j >= 0 else {"name": m} for j, m in zip(idx, names)],
+            **{f: cols(getattr(self, f), False if f == "A" else np.nan) for f in ("Y", "C", "A", "Lat", "Tok")},
+        )
 
 
 def load_models(path: Path) -> list[dict]:
@@ -173,8 +183,10 @@ def load_dataset(root: str | os.PathLike, *, strict_images: bool = False) -> Rou
         if split_first is None:
             split_first = (lineno, has_split)
         elif split_first[1] != has_split:
-            raise DataError(f"{where}: 'split' must be on every row or on none (line {split_first[0]} "
-                            f"{'has' if split_first[1] else 'lacks'} it)")
+            raise DataError(
+                f"{where}: 'split' must be on every row or on none (line {split_first[0]} "
+                f"{'has' if split_first[1] else 'lacks'} it)"
+            )
         split = None
         if has_split:
             split = SPLIT_ALIASES.get(str(rec["split"]).lower())
@@ -216,9 +228,22 @@ def load_dataset(root: str | os.PathLike, *, strict_images: bool = False) -> Rou
     Y = np.vstack(rows_y)
     C = np.vstack(rows_c)
     return RoutingData(
-        root=root, ids=ids, split=splits, dataset=datasets, question=questions, images=images,
-        models=models, Y=Y, C=C, A=np.isfinite(Y) & np.isfinite(C), Lat=np.vstack(rows_l),
-        Tok=np.vstack(rows_t), meta=metas, missing_images=missing, image_refs=refs, line_of=line_of,
+        root=root,
+        ids=ids,
+        split=splits,
+        dataset=datasets,
+        question=questions,
+        images=images,
+        models=models,
+        Y=Y,
+        C=C,
+        A=np.isfinite(Y) & np.isfinite(C),
+        Lat=np.vstack(rows_l),
+        Tok=np.vstack(rows_t),
+        meta=metas,
+        missing_images=missing,
+        image_refs=refs,
+        line_of=line_of,
     )
 
 
@@ -320,11 +345,20 @@ def load_outcomes_for(path: str | os.PathLike, name: str) -> RoutingData:
     if not rows:
         raise DataError(f"{path}: no query has an outcome for model '{name}'")
     return RoutingData(
-        root=root, ids=[r[0] for r in rows], split=[None] * len(rows), dataset=[r[7] for r in rows],
-        question=[r[1] for r in rows], images=[r[2] for r in rows], models=[{"name": name}],
-        Y=np.vstack([r[3] for r in rows]), C=np.vstack([r[4] for r in rows]),
-        A=np.vstack([np.isfinite(r[3]) & np.isfinite(r[4]) for r in rows]), Lat=np.vstack([r[5] for r in rows]),
-        Tok=np.vstack([r[6] for r in rows]), meta=[None] * len(rows))
+        root=root,
+        ids=[r[0] for r in rows],
+        split=[None] * len(rows),
+        dataset=[r[7] for r in rows],
+        question=[r[1] for r in rows],
+        images=[r[2] for r in rows],
+        models=[{"name": name}],
+        Y=np.vstack([r[3] for r in rows]),
+        C=np.vstack([r[4] for r in rows]),
+        A=np.vstack([np.isfinite(r[3]) & np.isfinite(r[4]) for r in rows]),
+        Lat=np.vstack([r[5] for r in rows]),
+        Tok=np.vstack([r[6] for r in rows]),
+        meta=[None] * len(rows),
+    )
 
 
 def labelled_queries(data: RoutingData, k: int = 0):
@@ -332,5 +366,10 @@ def labelled_queries(data: RoutingData, k: int = 0):
     costs, latencies and output tokens), only the rows where it has an outcome."""
     ok = data.A[:, k]
     rows = [i for i in range(data.n) if ok[i]]
-    return ([(data.images[i], data.question[i]) for i in rows], data.Y[ok, k], data.C[ok, k], data.Lat[ok, k],
-            data.Tok[ok, k])
+    return (
+        [(data.images[i], data.question[i]) for i in rows],
+        data.Y[ok, k],
+        data.C[ok, k],
+        data.Lat[ok, k],
+        data.Tok[ok, k],
+    )

@@ -8,6 +8,7 @@ an id that collides with an earlier source's gets `<source>:` in front. Images a
 into `OUT/images/<source>/`, so OUT stands alone. Each source's own split is kept; a source without
 one gets its generated split written into its rows, so the merge never depends on row order.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def merge_datasets(out: str | os.PathLike, sources: list[str | os.PathLike], *, 
         raise DataError("data merge needs at least two source datasets")
     names = [s.resolve().name for s in srcs]
     if len(set(names)) != len(names):
-        raise DataError(f"two sources share the folder name '{_first_dup(names)}'; each source's name prefixes "
-                        f"its labels, so rename one")
+        raise DataError(
+            f"two sources share the folder name '{_first_dup(names)}'; each source's name prefixes "
+            f"its labels, so rename one"
+        )
     out = Path(out)
     for s in srcs:
         if out.resolve() == s.resolve() or s.resolve() in out.resolve().parents:
@@ -47,15 +50,17 @@ def merge_datasets(out: str | os.PathLike, sources: list[str | os.PathLike], *, 
                 by_name[m["name"]] = m
                 pool.append(m)
             elif any(_differs(seen.get(k), m.get(k)) for k in PRICE_KEYS):
-                raise DataError(f"model '{m['name']}' has different prices in {s} and an earlier source; "
-                                f"a merged pool needs one price per model")
+                raise DataError(
+                    f"model '{m['name']}' has different prices in {s} and an earlier source; "
+                    f"a merged pool needs one price per model"
+                )
 
     records: list[dict] = []
     ids: set[str] = set()
     per_source = {}
     with staged_output(out) as tmp:
         for src, name in zip(srcs, names):
-            data = load_dataset(src)                     # validates everything once
+            data = load_dataset(src)  # validates everything once
             split = None if data.has_split else {i: s for i, (s, _) in make_splits(data)[0].items()}
             renamed = 0
             linked: dict[Path, str] = {}
@@ -72,7 +77,7 @@ def merge_datasets(out: str | os.PathLike, sources: list[str | os.PathLike], *, 
                 for p in rec["images"]:
                     full = src / p
                     if not full.is_file():
-                        continue                          # counted as missing by load_dataset already
+                        continue  # counted as missing by load_dataset already
                     if full not in linked:
                         rel = Path("images") / name / p
                         _link_or_copy(full, tmp / rel)
@@ -85,12 +90,21 @@ def merge_datasets(out: str | os.PathLike, sources: list[str | os.PathLike], *, 
                 meta["source"] = name
                 new["meta"] = meta
                 records.append(new)
-            per_source[name] = {"queries": data.n, "models": data.model_names, "ids_prefixed": renamed,
-                                "split": "own" if split is None else "generated"}
+            per_source[name] = {
+                "queries": data.n,
+                "models": data.model_names,
+                "ids_prefixed": renamed,
+                "split": "own" if split is None else "generated",
+            }
         write_dataset(tmp, pool, records)
-        (tmp / "merge.json").write_text(json.dumps({"sources": [str(s) for s in srcs], "per_source": per_source,
-                                                    "models": [m["name"] for m in pool]}, indent=2) + "\n",
-                                        encoding="utf-8")
+        (tmp / "merge.json").write_text(
+            json.dumps(
+                {"sources": [str(s) for s in srcs], "per_source": per_source, "models": [m["name"] for m in pool]},
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     return {"queries": len(records), "models": len(pool), "per_source": per_source}
 
 

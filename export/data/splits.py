@@ -5,6 +5,7 @@ Every method sees the same split because it is a pure function of the ids, their
 order, machine or run. Nothing is written into a data folder; training records the
 split it used in its run folder (`splits.csv` + `splits.meta.json`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,7 @@ def partition_counts(n: int, fractions: tuple[float, ...]) -> list[int]:
     return counts
 
 
-def stratified_partition(ids: list[str], labels: list[str], fractions: tuple[float, ...],
-                         seed: int) -> dict[str, int]:
+def stratified_partition(ids: list[str], labels: list[str], fractions: tuple[float, ...], seed: int) -> dict[str, int]:
     """Map each id to a part index, stratified by label, with one rng shared across groups.
 
     Ids are sorted, groups visited in sorted label order, each group shuffled by the
@@ -68,7 +68,7 @@ def stratified_partition(ids: list[str], labels: list[str], fractions: tuple[flo
         rng.shuffle(arr)
         start = 0
         for j, cnt in enumerate(partition_counts(len(arr), fractions)):
-            for i in arr[start:start + cnt]:
+            for i in arr[start : start + cnt]:
                 part_of[str(i)] = j
             start += cnt
     return part_of
@@ -85,8 +85,9 @@ def make_splits(data: RoutingData, seed: int = SPLIT_SEED) -> tuple[dict[str, tu
             policy = "official+carved_val"
             train_ids = [i for i in data.ids if split[i] == "train"]
             lab_of = dict(zip(data.ids, data.dataset))
-            part = stratified_partition(train_ids, [lab_of[i] for i in train_ids],
-                                        (1 - VAL_OF_TRAIN, VAL_OF_TRAIN), seed)
+            part = stratified_partition(
+                train_ids, [lab_of[i] for i in train_ids], (1 - VAL_OF_TRAIN, VAL_OF_TRAIN), seed
+            )
             for i, j in part.items():
                 split[i] = "train" if j == 0 else "val"
     else:
@@ -107,8 +108,9 @@ def ids_digest(ids) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
 
 
-def ensure_splits(data: RoutingData, seed: int = SPLIT_SEED, directory: Path | None = None
-                  ) -> dict[str, tuple[str, str]]:
+def ensure_splits(
+    data: RoutingData, seed: int = SPLIT_SEED, directory: Path | None = None
+) -> dict[str, tuple[str, str]]:
     """Return the dataset's split; write it (`splits.csv` + meta) into `directory` when one is given.
 
     The split is a pure function of the ids, their labels, the dataset's own `split` column and the
@@ -127,8 +129,7 @@ def ensure_splits(data: RoutingData, seed: int = SPLIT_SEED, directory: Path | N
     return table
 
 
-def write_splits(directory: Path, data: RoutingData, table: dict[str, tuple[str, str]], policy: str,
-                 seed: int) -> None:
+def write_splits(directory: Path, data: RoutingData, table: dict[str, tuple[str, str]], policy: str, seed: int) -> None:
     """`splits.csv` (id, split, part) and `splits.meta.json` into `directory`, atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -136,9 +137,15 @@ def write_splits(directory: Path, data: RoutingData, table: dict[str, tuple[str,
     for i in sorted(table):
         w.writerow([i, *table[i]])
     meta = {
-        "seed": seed, "fractions": {"train": FRACTIONS[0], "val": FRACTIONS[1], "test": FRACTIONS[2]},
-        "val_of_train_when_carved": VAL_OF_TRAIN, "cal_fraction_of_train": CAL_FRACTION, "cal_seed": seed + 1,
-        "policy": policy, "ids_sha256": ids_digest(data.ids), "n": len(table), "lr_onnx_version": __version__,
+        "seed": seed,
+        "fractions": {"train": FRACTIONS[0], "val": FRACTIONS[1], "test": FRACTIONS[2]},
+        "val_of_train_when_carved": VAL_OF_TRAIN,
+        "cal_fraction_of_train": CAL_FRACTION,
+        "cal_seed": seed + 1,
+        "policy": policy,
+        "ids_sha256": ids_digest(data.ids),
+        "n": len(table),
+        "lr_onnx_version": __version__,
         "counts": {s: sum(1 for v in table.values() if v[0] == s) for s in ("train", "val", "test")},
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -163,8 +170,10 @@ def read_splits(path: Path, ids: list[str]) -> dict[str, tuple[str, str]]:
     if set(table) != set(ids):
         extra = len(set(table) - set(ids))
         lack = len(set(ids) - set(table))
-        raise DataError(f"{path}: split file does not match the data ({lack} ids missing, {extra} unknown); "
-                        f"delete it to regenerate the split")
+        raise DataError(
+            f"{path}: split file does not match the data ({lack} ids missing, {extra} unknown); "
+            f"delete it to regenerate the split"
+        )
     return table
 
 

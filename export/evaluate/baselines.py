@@ -4,6 +4,7 @@ Each baseline is fitted on training rows and returns a predicted-score matrix
 `[n, K]`; `runtime.policy.choose` then routes every method the same way, by
 argmax(score - lambda x c_hat) over the available models.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ def best_single_scores(P: TrainingSet, rows: np.ndarray) -> np.ndarray:
     The scores are shifted by a large constant so no lambda can move the choice (it ignores cost).
     """
     val = P.masks["val"]
-    means = np.array([P.data.Y[val & P.data.A[:, k], k].mean() if (val & P.data.A[:, k]).any() else -1.0
-                      for k in range(P.data.k)])
+    means = np.array(
+        [P.data.Y[val & P.data.A[:, k], k].mean() if (val & P.data.A[:, k]).any() else -1.0 for k in range(P.data.k)]
+    )
     return np.broadcast_to(means * 1e9, (len(rows), P.data.k)).copy()
 
 
@@ -54,13 +56,13 @@ def knn_scores(P: TrainingSet, rows: np.ndarray, k: int = 50) -> np.ndarray:
     fallback = np.array([Yt[At[:, j], j].mean() if At[:, j].any() else 0.0 for j in range(P.data.k)])
     out = np.zeros((len(rows), P.data.k))
     for s in range(0, len(rows), 1024):
-        r = rows[s:s + 1024]
+        r = rows[s : s + 1024]
         sims = l2_normalise(P.q[r].astype(np.float64)) @ X.T
         nn_idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        a = At[nn_idx]                                              # [b, k, K]
+        a = At[nn_idx]  # [b, k, K]
         y = Yt[nn_idx]
         cnt = a.sum(axis=1)
-        out[s:s + 1024] = np.where(cnt > 0, (y * a).sum(axis=1) / np.maximum(cnt, 1), fallback)
+        out[s : s + 1024] = np.where(cnt > 0, (y * a).sum(axis=1) / np.maximum(cnt, 1), fallback)
     return out
 
 
@@ -95,14 +97,19 @@ def mlp_scores(P: TrainingSet, rows: np.ndarray, *, epochs: int = 50, seed: int 
     X = torch.from_numpy(((P.q - P.q_mean) / P.q_std).astype(np.float32))
     Y = torch.from_numpy(np.nan_to_num(P.data.Y).astype(np.float32))
     A = torch.from_numpy(P.data.A.astype(np.float32))
-    net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                              torch.nn.ReLU(), torch.nn.Linear(128, P.data.k))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(X.shape[1], 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, P.data.k),
+    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         order = rng.permutation(train)
         for s in range(0, len(order), 32):
-            b = torch.from_numpy(order[s:s + 32])
+            b = torch.from_numpy(order[s : s + 32])
             err = ((net(X[b]) - Y[b]) ** 2) * A[b]
             loss = err.sum() / A[b].sum().clamp(min=1.0)
             opt.zero_grad()
@@ -112,8 +119,9 @@ def mlp_scores(P: TrainingSet, rows: np.ndarray, *, epochs: int = 50, seed: int 
         return net(X[torch.from_numpy(rows)]).numpy().astype(np.float64)
 
 
-def irt_scores(P: TrainingSet, rows: np.ndarray, *, dim: int = 16, epochs: int = 60, patience: int = 5,
-               seed: int = BASELINE_SEED) -> np.ndarray:
+def irt_scores(
+    P: TrainingSet, rows: np.ndarray, *, dim: int = 16, epochs: int = 60, patience: int = 5, seed: int = BASELINE_SEED
+) -> np.ndarray:
     """Item-response routing (the MIRT family that leads RouterArena): P(y | q, m) = sigmoid(a(q) . theta_m -
     b(q)), with a(q) (discrimination, `dim` wide) and b(q) (difficulty) small heads on a shared 128-unit
     trunk over the standardised query features, and theta_m each model's ability vector. Masked binary
@@ -152,7 +160,7 @@ def irt_scores(P: TrainingSet, rows: np.ndarray, *, dim: int = 16, epochs: int =
         order = rng.permutation(train)
         for s in range(0, len(order), 64):
             opt.zero_grad()
-            loss(net, order[s:s + 64]).backward()
+            loss(net, order[s : s + 64]).backward()
             opt.step()
         net.eval()
         with torch.no_grad():

@@ -4,6 +4,7 @@ Every method is a predicted-score matrix routed by the same policy over the same
 lambda grid with realised costs. Lambda is chosen on validation, never on test.
 Writes RUN_DIR/metrics.json, frontier.png and report.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,34 +19,62 @@ from . import routing_metrics as M
 from ..files import atomic_write_text
 from ..train.trainer import TrainingSet, TrainConfig, attach_run_memory, load_router, predict, load_training_set, train
 from ..train.rundir import METRICS, RunDir
+from .render import plot_frontier, report
 
-METHODS = ["latentrouter", "memory_only", "network_only", "no_memory", "no_slice_prior", "no_communication",
-           "text_only", "knn", "mf", "mlp", "irt", "task_lookup", "random",
-           "best_single"]
+METHODS = [
+    "latentrouter",
+    "memory_only",
+    "network_only",
+    "no_memory",
+    "no_slice_prior",
+    "no_communication",
+    "text_only",
+    "knn",
+    "mf",
+    "mlp",
+    "irt",
+    "task_lookup",
+    "random",
+    "best_single",
+]
 USES_DATASET_LABEL = ("task_lookup",)
 # ablations retrained from the run's own config with one change each (A0 of method.md, and each lr-onnx addition)
-ABLATIONS = (("no_communication", {"layers": 0}), ("text_only", {"text_only": True}), ("no_memory", {"memory": False}),
-             ("no_slice_prior", {"slice_prior": False}))  # baselines that read metadata the router never sees
+ABLATIONS = (
+    ("no_communication", {"layers": 0}),
+    ("text_only", {"text_only": True}),
+    ("no_memory", {"memory": False}),
+    ("no_slice_prior", {"slice_prior": False}),
+)  # baselines that read metadata the router never sees
 
 
-def sweep(scores: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, c_hat: np.ndarray,
-          grid=LAMBDA_GRID) -> list[dict]:
+def sweep(
+    scores: np.ndarray, Y: np.ndarray, C: np.ndarray, A: np.ndarray, c_hat: np.ndarray, grid=LAMBDA_GRID
+) -> list[dict]:
     """(lambda, mean score, mean realised cost, choices) for every lambda of the grid."""
     out = []
     ok = A.any(axis=1)
     rows = np.flatnonzero(ok)
     for lam in grid:
         ch = choose(scores, np.broadcast_to(c_hat, scores.shape), A, lam)
-        out.append({"lam": float(lam), "score": float(Y[rows, ch[ok]].mean()), "cost": float(C[rows, ch[ok]].mean()),
-                    "choice": ch})
+        out.append(
+            {
+                "lam": float(lam),
+                "score": float(Y[rows, ch[ok]].mean()),
+                "cost": float(C[rows, ch[ok]].mean()),
+                "choice": ch,
+            }
+        )
     return out
 
 
-def summarise(points: list[tuple[float, float]], ref: dict, at0: tuple[float, float], rank_at: tuple[float, float]
-              ) -> dict:
+def summarise(
+    points: list[tuple[float, float]], ref: dict, at0: tuple[float, float], rank_at: tuple[float, float]
+) -> dict:
     """The metric row of one method."""
     return {
-        "nauc": _f(M.nauc(points)), "nauc_ref": _f(M.nauc_ref(points)), "peak_score": _f(M.peak_score(points)),
+        "nauc": _f(M.nauc(points)),
+        "nauc_ref": _f(M.nauc_ref(points)),
+        "peak_score": _f(M.peak_score(points)),
         "qnc": _f(M.qnc(points, ref["best_q"], ref["best_c"])),
         "qnc_99": _f(M.qnc(points, ref["best_q"], ref["best_c"], 0.99)),
         "rank_score": _f(M.rank_score(rank_at[1], rank_at[0], ref["cmin"], ref["cmax"])),
@@ -53,12 +82,19 @@ def summarise(points: list[tuple[float, float]], ref: dict, at0: tuple[float, fl
         "cpt50": _f(M.cpt(points, ref["weak"], ref["strong"], 0.5)),
         "cpt80": _f(M.cpt(points, ref["weak"], ref["strong"], 0.8)),
         "aiq": _f(M.aiq(points, ref["c_hi"])),
-        "score_at_lambda0": _f(at0[1]), "cost_at_lambda0": _f(at0[0]),
+        "score_at_lambda0": _f(at0[1]),
+        "cost_at_lambda0": _f(at0[0]),
     }
 
 
-def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: str = "test",
-             ablations: bool = True, progress: bool = True) -> dict:
+def evaluate(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    ablations: bool = True,
+    progress: bool = True,
+) -> dict:
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     net, cfg = load_router(run_dir)
@@ -69,10 +105,10 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     rows = np.flatnonzero(P.masks[split] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
     both = np.concatenate([val, rows])
-    chat_test, chat_val = P.c_hat_rows(rows), P.c_hat_rows(val)   # per-query expected costs where there is a rule
+    chat_test, chat_val = P.c_hat_rows(rows), P.c_hat_rows(val)  # per-query expected costs where there is a rule
 
     scores: dict[str, np.ndarray] = {"latentrouter": predict(net, P, both)[0]}
-    if P.memory is not None:                    # the two halves of the blend, from the same run
+    if P.memory is not None:  # the two halves of the blend, from the same run
         from ..train.memory import estimate
 
         scores["memory_only"] = estimate(P.mem_cols[both])
@@ -83,9 +119,9 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     if ablations:
         for name, over in ABLATIONS:
             if name == "text_only" and not any(d.images):
-                continue                                   # text-only data: the ablation is the router itself
+                continue  # text-only data: the ablation is the router itself
             if over.get("memory") is False and P.memory is None:
-                continue                                   # the router has no memory: it is this ablation
+                continue  # the router has no memory: it is this ablation
             sub = run_dir / "ablations" / name
             abl = TrainConfig(**{**cfg["train"], **over})
             if abl.text_only:
@@ -121,9 +157,14 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     b = M.best_single(Y, C, A)
     oq, oc = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
     all_costs = [s["cost"] for s in single] + [oc]
-    ref = {"best_q": single[b]["score"], "best_c": single[b]["cost"], "cmin": bounds[0], "cmax": bounds[1],
-           "weak": (single[weak_k]["cost"], single[weak_k]["score"]),
-           "strong": (single[strong_k]["cost"], single[strong_k]["score"])}
+    ref = {
+        "best_q": single[b]["score"],
+        "best_c": single[b]["cost"],
+        "cmin": bounds[0],
+        "cmax": bounds[1],
+        "weak": (single[weak_k]["cost"], single[weak_k]["score"]),
+        "strong": (single[strong_k]["cost"], single[strong_k]["score"]),
+    }
 
     nv = len(val)
     curves, methods, chosen_lam = {}, {}, {}
@@ -142,7 +183,9 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     for name, curve in curves.items():
         pts = [(p["cost"], p["score"]) for p in curve]
         j = chosen_lam[name]
-        methods[name] = summarise(pts, ref, (curve[0]["cost"], curve[0]["score"]), (curve[j]["cost"], curve[j]["score"]))
+        methods[name] = summarise(
+            pts, ref, (curve[0]["cost"], curve[0]["score"]), (curve[j]["cost"], curve[j]["score"])
+        )
         methods[name]["lambda_val"] = float(LAMBDA_GRID[j])
         methods[name]["score_at_lambda_val"] = _f(curve[j]["score"])
         methods[name]["cost_at_lambda_val"] = _f(curve[j]["cost"])
@@ -153,7 +196,10 @@ def evaluate(run_dir: str | Path, *, data_dir: str | Path | None = None, split: 
     methods["random"] = summarise([(rc, rq)], ref, (rc, rq), (rc, rq))
 
     out = {
-        "split": split, "rows": int(len(rows)), "data": str(data_dir), "has_images": bool(any(d.images)),
+        "split": split,
+        "rows": int(len(rows)),
+        "data": str(data_dir),
+        "has_images": bool(any(d.images)),
         "n_unroutable": int((P.masks[split] & ~d.A.any(axis=1)).sum()),
         "methods": methods,
         "best_single": {"name": names[b], "score": _f(single[b]["score"]), "cost": _f(single[b]["cost"])},
@@ -181,10 +227,16 @@ def budget_presets(val_curve, test_curve, Yv, Cv, Av, j_val: int) -> dict:
     """Named operating points for the bundle, all chosen on validation (test score and cost only recorded):
     `quality` (lambda 0), `balanced` (the rank-score lambda) and `budget_P`: the best validation score
     among the lambdas whose validation cost stays within P% of the best single model's cost."""
+
     def point(j, **extra):
-        return {"lambda": float(LAMBDA_GRID[j]), **extra, "val_score": _f(val_curve[j]["score"]),
-                "val_cost": _f(val_curve[j]["cost"]), "test_score": _f(test_curve[j]["score"]),
-                "test_cost": _f(test_curve[j]["cost"])}
+        return {
+            "lambda": float(LAMBDA_GRID[j]),
+            **extra,
+            "val_score": _f(val_curve[j]["score"]),
+            "val_cost": _f(val_curve[j]["cost"]),
+            "test_score": _f(test_curve[j]["score"]),
+            "test_cost": _f(test_curve[j]["cost"]),
+        }
 
     cap = M.single_models(Yv, Cv, Av)[M.best_single(Yv, Cv, Av)]["cost"]
     out = {"quality": point(0), "balanced": point(j_val)}
@@ -203,11 +255,15 @@ def per_query_cost(P: TrainingSet, rows, mt, Y, C, A, ref: dict, names: list[str
         return {"used": False, "why": "no model of this dataset has an image-token rule and prices"}
     from ..train.pricing import cost_error
 
-    out = {"used": True, "models_with_a_rule": [n for n, e in zip(names, P.cost_model) if e["output_tokens"] is not None],
-           "output_tokens": {n: e["output_tokens"] for n, e in zip(names, P.cost_model) if e["output_tokens"] is not None},
-           "mape_per_model": cost_error(P.row_cost[rows], P.data.C[rows], P.data.A[rows], names),
-           "mape_per_model_constant": cost_error(np.broadcast_to(P.e_bar, (len(rows), len(names))),
-                                                 P.data.C[rows], P.data.A[rows], names)}
+    out = {
+        "used": True,
+        "models_with_a_rule": [n for n, e in zip(names, P.cost_model) if e["output_tokens"] is not None],
+        "output_tokens": {n: e["output_tokens"] for n, e in zip(names, P.cost_model) if e["output_tokens"] is not None},
+        "mape_per_model": cost_error(P.row_cost[rows], P.data.C[rows], P.data.A[rows], names),
+        "mape_per_model_constant": cost_error(
+            np.broadcast_to(P.e_bar, (len(rows), len(names))), P.data.C[rows], P.data.A[rows], names
+        ),
+    }
     for label, c_hat in (("per_query", P.c_hat_rows(rows)), ("constant", np.broadcast_to(P.cost_hat, A.shape))):
         curve = sweep(mt, Y, C, A, c_hat)
         pts = [(p["cost"], p["score"]) for p in curve]
@@ -241,13 +297,18 @@ def per_dataset(P: TrainingSet, rows, curves: dict, j_val) -> dict:
         b = M.best_single(Y, C, A)
         single = M.single_models(Y, C, A)
         oq, oc = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
-        res[name] = {"rows": int(sel.sum()), "best_single": {"name": d.model_names[b], "score": _f(single[b]["score"])},
-                     "oracle": _f(oq)}
+        res[name] = {
+            "rows": int(sel.sum()),
+            "best_single": {"name": d.model_names[b], "score": _f(single[b]["score"])},
+            "oracle": _f(oq),
+        }
         for label, j in (("lambda0", 0), ("lambda_val", j_val)):
             q, c = M.routed_means(Y, C, curve[j]["choice"][sel])
             res[name][f"latentrouter_score_{label}"] = _f(q)
             res[name][f"latentrouter_cost_{label}"] = _f(c)
-        res[name]["score_at_lambda0"] = {m: _f(M.routed_means(Y, C, cv[0]["choice"][sel])[0]) for m, cv in curves.items()}
+        res[name]["score_at_lambda0"] = {
+            m: _f(M.routed_means(Y, C, cv[0]["choice"][sel])[0]) for m, cv in curves.items()
+        }
     return res
 
 
@@ -285,9 +346,13 @@ def pool_shift(net, P: TrainingSet, rows, single_cal) -> dict:
         oq, _ = M.routed_means(Y, C, M.oracle_choice(Y, C, A))
         q0 = curve[0]["score"]
         full_q = q0 if label == "full" else full_q
-        out[label] = {"score_at_lambda0": _f(q0), "nauc": _f(M.nauc([(p["cost"], p["score"]) for p in curve])),
-                      "best_single": _f(M.single_models(Y, C, A)[b]["score"]), "oracle": _f(oq),
-                      "regret_vs_full": _f(full_q - q0)}
+        out[label] = {
+            "score_at_lambda0": _f(q0),
+            "nauc": _f(M.nauc([(p["cost"], p["score"]) for p in curve])),
+            "best_single": _f(M.single_models(Y, C, A)[b]["score"]),
+            "oracle": _f(oq),
+            "regret_vs_full": _f(full_q - q0),
+        }
     for prefix in ("drop_30pct", "drop_50pct"):
         vals = [v["score_at_lambda0"] - v["best_single"] for k, v in out.items() if k.startswith(prefix)]
         out[f"{prefix}_mean_gain_over_best_single"] = _f(float(np.mean(vals)))
@@ -302,13 +367,16 @@ def collapse(curve, Y, C, A, P: TrainingSet, c_best: float) -> dict:
     shares = [float((p["choice"][rows_ok] == priciest[rows_ok]).mean()) for p in curve]
     orc = M.oracle_choice(Y, C, A)
     first = next((j for j, p in enumerate(curve) if p["cost"] <= c_best), None)
-    share_vectors = {f"{p['lam']:.4g}": np.bincount(p["choice"][rows_ok], minlength=A.shape[1]).tolist()
-                     for p in curve[::10]}
-    return {"share_most_expensive_per_lambda": [_f(s) for s in shares],
-            "share_at_lambda0": _f(shares[0]),
-            "oracle_share": _f(float((orc[rows_ok] == priciest[rows_ok]).mean())),
-            "share_at_first_lambda_under_best_single_cost": _f(shares[first]) if first is not None else None,
-            "choice_counts_every_10th_lambda": share_vectors}
+    share_vectors = {
+        f"{p['lam']:.4g}": np.bincount(p["choice"][rows_ok], minlength=A.shape[1]).tolist() for p in curve[::10]
+    }
+    return {
+        "share_most_expensive_per_lambda": [_f(s) for s in shares],
+        "share_at_lambda0": _f(shares[0]),
+        "oracle_share": _f(float((orc[rows_ok] == priciest[rows_ok]).mean())),
+        "share_at_first_lambda_under_best_single_cost": _f(shares[first]) if first is not None else None,
+        "choice_counts_every_10th_lambda": share_vectors,
+    }
 
 
 def _cost_bounds(data_dir: Path, single_train) -> tuple[float, float]:
@@ -321,76 +389,6 @@ def _cost_bounds(data_dir: Path, single_train) -> tuple[float, float]:
     return (min(pos) if pos else 1e-12), max(costs)
 
 
-def plot_frontier(path: Path, curves: dict, out: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, curve in curves.items():
-        pts = sorted((p["cost"], p["score"]) for p in curve)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if name != "latentrouter" else "o",
-                lw=2.5 if name == "latentrouter" else 1.2, label=name)
-    for name, s in out["single_models"].items():
-        ax.scatter(s["cost"], s["score"], marker="x", color="gray")
-        ax.annotate(name, (s["cost"], s["score"]), fontsize=6, color="gray")
-    r = out["methods"]["random"]
-    ax.scatter(r["cost_at_lambda0"], r["score_at_lambda0"], marker="s", color="black", label="random")
-    ax.scatter(out["oracle"]["cost"], out["oracle"]["score"], marker="*", s=150, color="gold", label="oracle")
-    ax.set_xscale("log")
-    ax.set_xlabel("mean realised cost per query (USD, log scale)")
-    ax.set_ylabel("mean score")
-    ax.set_title(f"cost-quality frontier on the {out['split']} split ({out['rows']} queries)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def report(out: dict) -> str:
-    cols = ["nauc", "nauc_ref", "peak_score", "qnc", "rank_score", "apgr", "cpt50", "cpt80", "aiq",
-            "score_at_lambda0", "cost_at_lambda0"]
-    lines = [f"# Evaluation on the {out['split']} split ({out['rows']} queries, {out['data']})", "",
-             f"Best single: {out['best_single']['name']} {out['best_single']['score']:.4f} at "
-             f"{out['best_single']['cost']:.4g}; oracle {out['oracle']['score']:.4f} at {out['oracle']['cost']:.4g}. "
-             "Lambda for the rank score is chosen on validation.", "",
-             "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name, m in out["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
-    lines += ["", "`task_lookup` (best training model per `dataset` label) reads metadata the router never sees: "
-              "it is the bar to clear on real data, not a method on equal terms."]
-    lines += ["", "## Per dataset (LatentRouter at lambda 0)", "", "| dataset | rows | best single | router | oracle |",
-              "|---|---|---|---|---|"]
-    for ds, v in out["per_dataset"].items():
-        lines.append(f"| {ds} | {v['rows']} | {v['best_single']['name']} {_fmt(v['best_single']['score'])} | "
-                     f"{_fmt(v['latentrouter_score_lambda0'])} | {_fmt(v['oracle'])} |")
-    lines += ["", "## Pool shift (LatentRouter at lambda 0, masked pool)", "",
-              "| spec | router | best single | oracle | regret vs full |", "|---|---|---|---|---|"]
-    for spec, v in out["pool_shift"].items():
-        if isinstance(v, dict):
-            lines.append(f"| {spec} | {_fmt(v['score_at_lambda0'])} | {_fmt(v['best_single'])} | {_fmt(v['oracle'])} | "
-                         f"{_fmt(v['regret_vs_full'])} |")
-    lines += ["", "## Lambda presets (chosen on validation; shipped in the bundle, `lr-onnx route --lambda NAME`)", "",
-              "| preset | lambda | validation score | validation cost | test score | test cost |",
-              "|---|---|---|---|---|---|"]
-    for name, p in out["methods"]["latentrouter"].get("presets", {}).items():
-        lines.append(f"| {name} | {p['lambda']:.4g} | {_fmt(p['val_score'])} | {_fmt(p['val_cost'])} | "
-                     f"{_fmt(p['test_score'])} | {_fmt(p['test_cost'])} |")
-    c = out["collapse"]
-    lines += ["", f"Routing collapse: share of queries sent to the most expensive model at lambda 0 "
-              f"{_fmt(c['share_at_lambda0'])} (oracle {_fmt(c['oracle_share'])})."]
-    u = out.get("uncertainty", {})
-    if u.get("entries"):
-        lines += ["", f"Uncertainty ({u['entries']} binary entries): ECE {_fmt(u['ece'])}, Brier {_fmt(u['brier'])}, "
-                  f"Gaussian NLL {_fmt(u['gaussian_nll'])}, coverage of mu +/- 1.96 sigma "
-                  f"{_fmt(u['coverage_1.96sigma'])}, Spearman(sigma, |y - mu|) {_fmt(u['spearman_sigma_abs_error'])}."]
-    return "\n".join(lines) + "\n"
-
-
 def _f(x):
     if x is None:
         return None
@@ -400,11 +398,3 @@ def _f(x):
     if np.isinf(x):
         return "inf" if x > 0 else "-inf"  # JSON has no infinity; e.g. QNC when best-single quality is never reached
     return float(f"{x:.6g}")
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    return f"{x:.4g}"

@@ -4,6 +4,7 @@ Every function takes the outcome matrices `Y`, `C` (`[N, K]`, NaN where unknown)
 and the availability mask `A` and returns plain Python numbers, so the same code
 serves `data check`, `evaluate` and the tests.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,12 +17,14 @@ def single_models(Y: np.ndarray, C: np.ndarray, A: np.ndarray) -> list[dict]:
     for k in range(Y.shape[1]):
         rows = A[:, k]
         cnt = int(rows.sum())
-        out.append({
-            "score": float(Y[rows, k].mean()) if cnt else float("nan"),
-            "cost": float(C[rows, k].mean()) if cnt else float("nan"),
-            "coverage": cnt / n,
-            "n": cnt,
-        })
+        out.append(
+            {
+                "score": float(Y[rows, k].mean()) if cnt else float("nan"),
+                "cost": float(C[rows, k].mean()) if cnt else float("nan"),
+                "coverage": cnt / n,
+                "n": cnt,
+            }
+        )
     return out
 
 
@@ -206,8 +209,12 @@ def uncertainty(mu_t: np.ndarray, mu: np.ndarray, sigma: np.ndarray, y: np.ndarr
     z = (y - mu) / sigma
     rs, re = _ranks(sigma), _ranks(err)
     sd = rs.std() * re.std()
-    return {"entries": int(n), "ece": float(gap.sum() / n), "brier": float(np.mean((mu_t - y) ** 2)),
-            "gaussian_nll": float(np.mean(0.5 * z * z + np.log(sigma) + 0.5 * np.log(2 * np.pi))),
-            "coverage_1.96sigma": float(np.mean(err <= 1.96 * sigma)),
-            "spearman_sigma_abs_error": float(np.mean((rs - rs.mean()) * (re - re.mean())) / sd) if sd > 0 else None,
-            "bin_counts": cnt.tolist()}
+    return {
+        "entries": int(n),
+        "ece": float(gap.sum() / n),
+        "brier": float(np.mean((mu_t - y) ** 2)),
+        "gaussian_nll": float(np.mean(0.5 * z * z + np.log(sigma) + 0.5 * np.log(2 * np.pi))),
+        "coverage_1.96sigma": float(np.mean(err <= 1.96 * sigma)),
+        "spearman_sigma_abs_error": float(np.mean((rs - rs.mean()) * (re - re.mean())) / sd) if sd > 0 else None,
+        "bin_counts": cnt.tolist(),
+    }

@@ -6,6 +6,7 @@ is refused with one line. The other dataset's queries are encoded by the same fr
 routed choices are scored with the other dataset's realised outcomes and costs: how far the router's
 knowledge carries to queries it has not seen the like of. Written to RUN/transfer_<name>.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ from ..train.trainer import load_router, predict, run_features
 from ..train.rundir import RunDir
 
 
-def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str = "test",
-                      progress: bool = True) -> dict:
+def transfer_evaluate(
+    run_dir: str | Path, other_dir: str | Path, *, split: str = "test", progress: bool = True
+) -> dict:
     run_dir, other_dir = Path(run_dir), Path(other_dir)
     net, cfg = load_router(run_dir)
     if cfg["train"].get("text_only"):
@@ -35,8 +37,10 @@ def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str 
     run_models = [m["name"] if isinstance(m, dict) else m for m in prof["models"]]
     shared = [m for m in run_models if m in data.model_names]
     if len(shared) < 2:
-        raise DataError(f"{other_dir}: shares {len(shared)} model(s) with the run's pool "
-                        f"({', '.join(shared) or 'none'}); transfer evaluation needs at least two")
+        raise DataError(
+            f"{other_dir}: shares {len(shared)} model(s) with the run's pool "
+            f"({', '.join(shared) or 'none'}); transfer evaluation needs at least two"
+        )
     if data.has_split:
         rows = np.array([i for i in range(data.n) if data.split[i] == split])
         which = f"its own '{split}' split"
@@ -54,7 +58,7 @@ def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str 
     q = run_features(data, False, progress=progress)
     view = SimpleNamespace(q=q, data=SimpleNamespace(A=A_all))
     cols = None
-    if net.cfg.memory:   # the run's memory (its training queries), asked about the other dataset's queries
+    if net.cfg.memory:  # the run's memory (its training queries), asked about the other dataset's queries
         from ..train.pool import run_memory
 
         cols = run_memory(run_dir, prof).columns(q[rows], shared, blas=True)
@@ -69,20 +73,33 @@ def transfer_evaluate(run_dir: str | Path, other_dir: str | Path, *, split: str 
     rq, rc = M.random_router(Y, C, A)
     run_best = int(np.argmax([p[0] for p in np.asarray(prof["raw_profiles"], float)[kr]]))
     out = {
-        "run": str(run_dir), "trained_on": cfg.get("data"), "data": str(other_dir), "rows": int(len(rows)),
-        "split": which, "shared_models": shared,
-        "not_shared": {"run_only": [m for m in run_models if m not in shared],
-                       "data_only": [m for m in data.model_names if m not in shared]},
-        "latentrouter": {"score_at_lambda0": _f(curve[0]["score"]), "cost_at_lambda0": _f(curve[0]["cost"]),
-                         "nauc": _f(M.nauc(points)),
-                         "choices_at_lambda0": {m: int((curve[0]["choice"] == k).sum()) for k, m in enumerate(shared)}},
+        "run": str(run_dir),
+        "trained_on": cfg.get("data"),
+        "data": str(other_dir),
+        "rows": int(len(rows)),
+        "split": which,
+        "shared_models": shared,
+        "not_shared": {
+            "run_only": [m for m in run_models if m not in shared],
+            "data_only": [m for m in data.model_names if m not in shared],
+        },
+        "latentrouter": {
+            "score_at_lambda0": _f(curve[0]["score"]),
+            "cost_at_lambda0": _f(curve[0]["cost"]),
+            "nauc": _f(M.nauc(points)),
+            "choices_at_lambda0": {m: int((curve[0]["choice"] == k).sum()) for k, m in enumerate(shared)},
+        },
         "best_single": {"name": shared[b], "score": _f(single[b]["score"]), "cost": _f(single[b]["cost"])},
-        "run_best_model": {"name": shared[run_best], "score": _f(single[run_best]["score"]),
-                           "note": "the shared model with the best overall score on the run's calibration rows"},
+        "run_best_model": {
+            "name": shared[run_best],
+            "score": _f(single[run_best]["score"]),
+            "note": "the shared model with the best overall score on the run's calibration rows",
+        },
         "oracle": {"score": _f(oq), "cost": _f(oc)},
         "random": {"score": _f(rq), "cost": _f(rc)},
         "single_models": {m: {"score": _f(s["score"]), "cost": _f(s["cost"])} for m, s in zip(shared, single)},
     }
-    atomic_write_text(run_dir / f"transfer_{other_dir.resolve().name}.json",
-                      json.dumps(out, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(
+        run_dir / f"transfer_{other_dir.resolve().name}.json", json.dumps(out, indent=2, allow_nan=False) + "\n"
+    )
     return out

@@ -9,6 +9,7 @@
 
 Both are `nn.Module`s with ONNX-friendly forwards; nothing here downloads anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,13 @@ from ...runtime.features import IMAGE_DIM, TEXT_DIM  # noqa: F401  (defined once
 # (repeats, kernel, stride, expand ratio, in, out) per stage; Lite removes squeeze-excitation
 # and uses ReLU6, with the stem (32) and head (1280) widths fixed.
 LITE0_STAGES = [
-    (1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320),
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
 ]
 BN_EPS = 1e-3
 
@@ -133,8 +139,10 @@ class MiniLM(nn.Module):
         self.position = nn.Embedding(cfg["max_position_embeddings"], h)
         self.token_type = nn.Embedding(cfg["type_vocab_size"], h)
         self.emb_ln = nn.LayerNorm(h, eps=eps)
-        self.layers = nn.ModuleList(_Layer(h, cfg["num_attention_heads"], cfg["intermediate_size"], eps)
-                                    for _ in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(
+            _Layer(h, cfg["num_attention_heads"], cfg["intermediate_size"], eps)
+            for _ in range(cfg["num_hidden_layers"])
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         T = input_ids.shape[1]
@@ -162,12 +170,22 @@ def load_text_encoder() -> MiniLM:
     cfg = json.loads((d / "config.json").read_text())
     src = load_file(str(d / "model.safetensors"))
     src = {k.removeprefix("bert."): v for k, v in src.items()}
-    rename = {"word": "embeddings.word_embeddings", "position": "embeddings.position_embeddings",
-              "token_type": "embeddings.token_type_embeddings", "emb_ln": "embeddings.LayerNorm"}
-    layer_map = {"qkv.query": "attention.self.query", "qkv.key": "attention.self.key",
-                 "qkv.value": "attention.self.value", "attn_out": "attention.output.dense",
-                 "attn_ln": "attention.output.LayerNorm", "inter": "intermediate.dense",
-                 "out": "output.dense", "out_ln": "output.LayerNorm"}
+    rename = {
+        "word": "embeddings.word_embeddings",
+        "position": "embeddings.position_embeddings",
+        "token_type": "embeddings.token_type_embeddings",
+        "emb_ln": "embeddings.LayerNorm",
+    }
+    layer_map = {
+        "qkv.query": "attention.self.query",
+        "qkv.key": "attention.self.key",
+        "qkv.value": "attention.self.value",
+        "attn_out": "attention.output.dense",
+        "attn_ln": "attention.output.LayerNorm",
+        "inter": "intermediate.dense",
+        "out": "output.dense",
+        "out_ln": "output.LayerNorm",
+    }
     model = MiniLM(cfg)
     state = {}
     for name in model.state_dict():

@@ -4,6 +4,7 @@ The cache is keyed by the content of every image file and question (sha256) and 
 the encoder version, so renaming files or relabelling datasets reuses it, and
 changing the encoders or preprocessing invalidates it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,13 +44,15 @@ def content_keys(data: RoutingData) -> tuple[list[str], list[list[str]]]:
     return q, imgs
 
 
-def encode_dataset(data: RoutingData, *, batch_size: int = 32, progress: bool = True,
-                   use_cache: bool = True) -> np.ndarray:
+def encode_dataset(
+    data: RoutingData, *, batch_size: int = 32, progress: bool = True, use_cache: bool = True
+) -> np.ndarray:
     """`[N, D_q]` query features for every row of `data` (computed once, then read from the cache)."""
     qkeys, ikeys = content_keys(data)
     spec = json.dumps([ENCODER_VERSION, IMAGE_SPEC.to_dict(), TEXT_SPEC.to_dict()], sort_keys=True)
-    digest = hashlib.sha256((spec + "|" + "|".join(q + ":" + ",".join(i) for q, i in zip(qkeys, ikeys)))
-                            .encode()).hexdigest()[:24]
+    digest = hashlib.sha256(
+        (spec + "|" + "|".join(q + ":" + ",".join(i) for q, i in zip(qkeys, ikeys))).encode()
+    ).hexdigest()[:24]
     path = cache_dir() / f"{digest}.npz"
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
@@ -64,8 +67,9 @@ def encode_dataset(data: RoutingData, *, batch_size: int = 32, progress: bool = 
     return feats
 
 
-def encode_raw(data: RoutingData, *, batch_size: int = 32, progress: bool = True,
-               image_keys: list[list[str]] | None = None):
+def encode_raw(
+    data: RoutingData, *, batch_size: int = 32, progress: bool = True, image_keys: list[list[str]] | None = None
+):
     """Raw text vectors `[N, 384]` and pooled image vectors `[N, 1280]` from the torch encoders. With `image_keys`
     (each image file's sha256, from `content_keys`) every distinct image is encoded once, and images another
     dataset already encoded (a merge, a grown dataset) come from the image store of the cache."""
@@ -87,7 +91,7 @@ def _read_image_store() -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return dict(zip(z["keys"].tolist(), z["vectors"]))
-    except (OSError, ValueError, KeyError):   # a damaged store is a cache miss, never an error
+    except (OSError, ValueError, KeyError):  # a damaged store is a cache miss, never an error
         return {}
 
 
@@ -115,11 +119,11 @@ def _encode(data: RoutingData, batch_size: int, progress: bool, image_keys):
     todo: dict[str, Path] = {}
     for k, p in zip(keys, flat):
         if k not in store and k not in todo:
-            todo[k] = p                                  # each distinct image once
+            todo[k] = p  # each distinct image once
     items = list(todo.items())
     fresh: dict[str, np.ndarray] = {}
     for s in tqdm(range(0, len(items), batch_size), desc="encoding images", disable=not progress, leave=False):
-        chunk = items[s:s + batch_size]
+        chunk = items[s : s + batch_size]
         batch = np.stack([preprocess_image(p, IMAGE_SPEC) for _, p in chunk])
         for (k, _), v in zip(chunk, img_enc(torch.from_numpy(batch)).numpy()):
             fresh[k] = v
@@ -133,10 +137,11 @@ def _encode(data: RoutingData, batch_size: int, progress: bool, image_keys):
         bar.update(len(questions))
         return text_enc(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
-    per_query, start = [], 0                             # each query's image keys, in the pipeline's order
+    per_query, start = [], 0  # each query's image keys, in the pipeline's order
     for paths in data.images:
-        per_query.append(keys[start:start + len(paths)])
+        per_query.append(keys[start : start + len(paths)])
         start += len(paths)
     with bar:
-        return encode_raw_queries(list(data.question), per_query, text, lambda ks: np.stack([store[k] for k in ks]),
-                                  text_batch=128)
+        return encode_raw_queries(
+            list(data.question), per_query, text, lambda ks: np.stack([store[k] for k in ks]), text_batch=128
+        )

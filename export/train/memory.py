@@ -8,6 +8,7 @@ The memory holds the training rows (R_fit and R_cal): a memory of R_cal alone ga
 (issue 21). Each training row is estimated without itself, so the network learns from columns like the
 ones it sees on a query it has never met. Only validation rows choose the settings.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,11 +16,11 @@ import numpy as np
 from ...runtime.features import HAS_IMAGE_COL, TEXT_DIM
 from ...runtime.memory import COLUMNS, Memory, MemorySettings, embed
 
-DIM = 128                         # retrieval dimensions (<= runtime.memory.MAX_DIM)
+DIM = 128  # retrieval dimensions (<= runtime.memory.MAX_DIM)
 PCA_SEED = 20260308
-S_REF_QUANTILE = 0.10             # s_ref: a training query's mean neighbour similarity at this quantile counts fully
+S_REF_QUANTILE = 0.10  # s_ref: a training query's mean neighbour similarity at this quantile counts fully
 GRID = {"image_weight": (0.5, 1.0, 2.0), "k": (16, 32, 64), "kappa": (1.0, 3.0, 10.0), "tau": (0.03, 0.1)}
-SIZES = (0.5, 1.0)                # share of the training rows the memory keeps (checked at the chosen settings)
+SIZES = (0.5, 1.0)  # share of the training rows the memory keeps (checked at the chosen settings)
 
 
 def memory_rows(P) -> np.ndarray:
@@ -61,7 +62,7 @@ def fit_memory(P, settings: MemorySettings, size: float = 1.0, projection: np.nd
     s_ref = reference_similarity(keys, settings.k)
     st = MemorySettings(settings.k, settings.kappa, settings.tau, settings.image_weight, s_ref)
     mem = Memory(_f16(proj), _f16(keys), _f16(outcomes), P.data.model_names, st)
-    mem.rows = rows                                   # which data rows it holds (leave-one-out needs it)
+    mem.rows = rows  # which data rows it holds (leave-one-out needs it)
     return mem
 
 
@@ -77,16 +78,16 @@ def memory_columns(P, mem: Memory, rows: np.ndarray | None = None, batch: int = 
     pos[mem.rows] = np.arange(len(mem.rows))
     out = np.zeros((len(rows), P.data.k, COLUMNS), np.float32)
     for s in range(0, len(rows), batch):
-        r = rows[s:s + batch]
+        r = rows[s : s + batch]
         self_pos = pos[r]
         if (self_pos >= 0).all():
-            out[s:s + batch] = mem.columns(P.q[r], exclude=self_pos, blas=True)
+            out[s : s + batch] = mem.columns(P.q[r], exclude=self_pos, blas=True)
         elif (self_pos < 0).all():
-            out[s:s + batch] = mem.columns(P.q[r], blas=True)
+            out[s : s + batch] = mem.columns(P.q[r], blas=True)
         else:
             inn = self_pos >= 0
-            out[s:s + batch][inn] = mem.columns(P.q[r[inn]], exclude=self_pos[inn], blas=True)
-            out[s:s + batch][~inn] = mem.columns(P.q[r[~inn]], blas=True)
+            out[s : s + batch][inn] = mem.columns(P.q[r[inn]], exclude=self_pos[inn], blas=True)
+            out[s : s + batch][~inn] = mem.columns(P.q[r[~inn]], blas=True)
     return out
 
 
@@ -120,8 +121,9 @@ def select_settings(P, progress: bool = False) -> tuple[MemorySettings, float, l
             for kappa in GRID["kappa"]:
                 for tau in GRID["tau"]:
                     st = MemorySettings(k, kappa, tau, iw, s_ref)
-                    cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models,
-                                  st).columns(P.q[val], e=e, blas=True)
+                    cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st).columns(
+                        P.q[val], e=e, blas=True
+                    )
                     s0, na = routing_value(estimate(cols), P, val)
                     trials.append({**st.to_dict(), "size": 1.0, "val_score_at_lambda0": s0, "val_nauc": na})
                     if best is None or s0 + na > best[0] + 1e-12:
@@ -137,5 +139,3 @@ def select_settings(P, progress: bool = False) -> tuple[MemorySettings, float, l
         if s0 + na > best[0] + 1e-12:
             best, size = (s0 + na, st), frac
     return MemorySettings(st.k, st.kappa, st.tau, st.image_weight), size, trials
-
-

@@ -5,6 +5,7 @@ model to answer; `add` builds that model's capability profile from its labelled
 answers with the frozen slice centroids and standardisation of the run. The
 network weights are not touched, and K simply grows by one.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,15 @@ def _run_config(run_dir: Path) -> dict:
     return RunDir.of(run_dir).config()
 
 
-def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in: float | None = None,
-              price_out: float | None = None, progress: bool = True) -> dict:
+def add_model(
+    run_dir: str | Path,
+    name: str,
+    outcomes: str | Path,
+    *,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    progress: bool = True,
+) -> dict:
     """Append `name` to the run's pool; return a report (observed vs predicted score, slice counts, warnings)."""
     from .trainer import run_features
 
@@ -48,25 +56,53 @@ def add_model(run_dir: str | Path, name: str, outcomes: str | Path, *, price_in:
     space = ProfileSpace.from_dict(prof["space"])
     q = run_features(data, text_only, progress=progress)[ok]
     y = data.Y[ok, 0]
-    new = new_model_profile(space, q, y, data.C[ok, 0], data.Lat[ok, 0], data.Tok[ok, 0],
-                            [data.question[i] for i in np.flatnonzero(ok)], price_in=price_in, price_out=price_out,
-                            pool_mean=float(np.mean([r[0] for r in prof["raw_profiles"]])))
+    new = new_model_profile(
+        space,
+        q,
+        y,
+        data.C[ok, 0],
+        data.Lat[ok, 0],
+        data.Tok[ok, 0],
+        [data.question[i] for i in np.flatnonzero(ok)],
+        price_in=price_in,
+        price_out=price_out,
+        pool_mean=float(np.mean([r[0] for r in prof["raw_profiles"]])),
+    )
     raw, e_bar, estimator = new["raw"], new["e_bar"], new["estimator"]
-    prof["models"].append({"name": name, "price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
-                           "added_with": {"queries": int(ok.sum()), "cost_estimator": estimator}})
+    prof["models"].append(
+        {
+            "name": name,
+            "price_in_per_mtok": price_in,
+            "price_out_per_mtok": price_out,
+            "added_with": {"queries": int(ok.sum()), "cost_estimator": estimator},
+        }
+    )
     prof["raw_profiles"].append(raw.tolist())
     prof["e_bar"].append(float(e_bar))
     if isinstance(prof.get("cost_model"), list):  # no image-token rule: its expected cost is the per-model constant
-        prof["cost_model"].append({"price_in_per_mtok": price_in, "price_out_per_mtok": price_out,
-                                   "image_tokens": None, "output_tokens": None})
+        prof["cost_model"].append(
+            {
+                "price_in_per_mtok": price_in,
+                "price_out_per_mtok": price_out,
+                "image_tokens": None,
+                "output_tokens": None,
+            }
+        )
     mem = run_memory(run_dir, prof)
-    if mem is not None:   # its labelled queries join the run's memory (kept in the retrieval space, 128 numbers each)
+    if mem is not None:  # its labelled queries join the run's memory (kept in the retrieval space, 128 numbers each)
         prof["models"][-1]["memory"] = {"keys": np.round(mem.embed(q), 5).tolist(), "outcomes": y.tolist()}
     predicted = _predicted_mean(run_dir, prof, q)
     RunDir.of(run_dir).write_profiles(prof)
-    return {"name": name, "queries": int(ok.sum()), "observed_score": float(y.mean()),
-            "predicted_score": predicted, "expected_cost": float(e_bar), "cost_estimator": estimator,
-            "slice_counts": new["slice_counts"], "warnings": new["warnings"]}
+    return {
+        "name": name,
+        "queries": int(ok.sum()),
+        "observed_score": float(y.mean()),
+        "predicted_score": predicted,
+        "expected_cost": float(e_bar),
+        "cost_estimator": estimator,
+        "slice_counts": new["slice_counts"],
+        "warnings": new["warnings"],
+    }
 
 
 def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int) -> list[tuple[int, int]]:
@@ -81,8 +117,9 @@ def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, see
     return picked
 
 
-def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: int = 20260308,
-                    progress: bool = True) -> dict:
+def propose_queries(
+    run_dir: str | Path, out: str | Path, *, n: int = 48, seed: int = 20260308, progress: bool = True
+) -> dict:
     """§3.5 step 1: n calibration queries from the run's R_cal rows, spread over the capability slices by
     `spread_over_slices`, written to the new folder `out` as queries.jsonl plus copies of their images,
     ready for the new model's outcomes and `models add --outcomes out`."""
@@ -98,18 +135,32 @@ def propose_queries(run_dir: str | Path, out: str | Path, *, n: int = 48, seed: 
     cfg = _run_config(run_dir)
     data_dir = cfg["data"]
     if not Path(data_dir).is_dir():
-        raise DataError(f"{run_dir} was trained on {data_dir}, which is gone; the proposal draws from its "
-                        f"calibration rows")
+        raise DataError(
+            f"{run_dir} was trained on {data_dir}, which is gone; the proposal draws from its calibration rows"
+        )
     data = load_dataset(data_dir)
     cal = np.flatnonzero(split_masks(data, ensure_splits(data))["cal"])
     space = ProfileSpace.from_dict(prof["space"])
-    slices = assign_slices(run_features(data, cfg["train"].get("text_only", False), progress=progress)[cal],
-                           space.centroids)
+    slices = assign_slices(
+        run_features(data, cfg["train"].get("text_only", False), progress=progress)[cal], space.centroids
+    )
     S, per = len(space.centroids), math.ceil(n / len(space.centroids))
     picked = spread_over_slices(cal, slices, S, n, seed)
     counts = np.bincount([s for _, s in picked], minlength=S).tolist()
-    write_proposal(out, [{"id": data.ids[i], "question": data.question[i], "images": data.images[i],
-                          "dataset": data.dataset[i], "slice": s} for i, s in picked], DataError)
+    write_proposal(
+        out,
+        [
+            {
+                "id": data.ids[i],
+                "question": data.question[i],
+                "images": data.images[i],
+                "dataset": data.dataset[i],
+                "slice": s,
+            }
+            for i, s in picked
+        ],
+        DataError,
+    )
     short = [s for s in range(S) if (slices == s).sum() < per]
     return {"queries": len(picked), "per_slice": counts, "slices": S, "target_per_slice": per, "short_slices": short}
 

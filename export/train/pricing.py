@@ -7,6 +7,7 @@ Then every row gets each such model's predicted cost from its question and its i
 (`meta.image_size` where the data records it, the file's own size otherwise). Models without a rule keep
 the per-model constant (the calibration mean), as before.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,9 @@ def cost_entries(data: RoutingData, cal: np.ndarray, sizes: list | None) -> list
         entry = {"price_in_per_mtok": pin, "price_out_per_mtok": pout, "image_tokens": spec, "output_tokens": None}
         if spec is not None and pin is not None and sizes is not None:
             rows = cal[data.A[cal, k]]
-            entry["output_tokens"] = mean_output_tokens(entry, [(data.question[i], sizes[i]) for i in rows],
-                                                        data.C[rows, k], data.Tok[rows, k])
+            entry["output_tokens"] = mean_output_tokens(
+                entry, [(data.question[i], sizes[i]) for i in rows], data.C[rows, k], data.Tok[rows, k]
+            )
         entries.append(entry)
     return entries
 

@@ -9,6 +9,7 @@
 Readers get a clear `DataError` naming the folder when a file is missing or broken, instead of a KeyError or a
 JSON traceback; writers replace whole files atomically (`runtime.files`).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,11 @@ class RunDir:
         prof = self.read_json(PROFILES)
         lengths = {k: len(prof[k]) for k in PER_MODEL if isinstance(prof.get(k), list)}
         if len(set(lengths.values())) > 1:
-            raise DataError(f"{self.file(PROFILES)}: its per-model lists disagree on the pool size ("
-                            + ", ".join(f"{k} {n}" for k, n in lengths.items()) + "); re-add the models or retrain")
+            raise DataError(
+                f"{self.file(PROFILES)}: its per-model lists disagree on the pool size ("
+                + ", ".join(f"{k} {n}" for k, n in lengths.items())
+                + "); re-add the models or retrain"
+            )
         return prof
 
     def write_profiles(self, prof: dict) -> None:

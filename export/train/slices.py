@@ -6,6 +6,7 @@ embeddings, never dataset labels), expected cost, latency, output tokens and
 evidence. Its width (S + 7) does not depend on the pool, so models can be added
 or removed without retraining.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,11 @@ def build_profiles(q: np.ndarray, Y, C, A, Lat, Tok, train_rows, cal_rows, S: in
     cost_scale = float(np.nanmax(e_bar)) if np.isfinite(e_bar).any() and np.nanmax(e_bar) > 0 else 1.0
 
     def col_mean(M):
-        vals = [np.log1p(M[cal_rows, k][A[cal_rows, k] & np.isfinite(M[cal_rows, k])].mean())
-                for k in range(K) if (A[cal_rows, k] & np.isfinite(M[cal_rows, k])).any()]
+        vals = [
+            np.log1p(M[cal_rows, k][A[cal_rows, k] & np.isfinite(M[cal_rows, k])].mean())
+            for k in range(K)
+            if (A[cal_rows, k] & np.isfinite(M[cal_rows, k])).any()
+        ]
         return float(np.mean(vals)) if vals else 0.0
 
     width = len(centroids) + 7
@@ -50,3 +54,30 @@ def build_profiles(q: np.ndarray, Y, C, A, Lat, Tok, train_rows, cal_rows, S: in
     space.mean = raw.mean(axis=0)
     space.std = np.maximum(raw.std(axis=0), column_floors(space.S))
     return space, raw, e_bar
+
+
+FEW_SHOT_DRAWS, FEW_SHOT_SIZES = 8, (25, 50, 100)
+
+
+def few_shot_profiles(P, seed: int) -> np.ndarray:
+    """`[K, 8, P_in]` model features from bootstrap profiles on random R_cal subsets of 25, 50 or 100 rows (§3.4).
+
+    Swapping them in during training teaches the network how far to trust a thin profile,
+    which is what a model added later with 24-96 labelled queries has.
+    """
+    d = P.data
+    rng = np.random.default_rng(seed + 2)
+    cal = np.flatnonzero(P.masks["cal"])
+    slices = assign_slices(P.q[cal], P.space.centroids)
+    out = np.repeat(P.model_feat()[:, None, :], FEW_SHOT_DRAWS, axis=1)
+    for k in range(d.k):
+        have = np.flatnonzero(d.A[cal, k])
+        for b in range(FEW_SHOT_DRAWS):
+            n = min(int(rng.choice(FEW_SHOT_SIZES)), len(have))
+            if n == 0:
+                continue
+            pick = np.sort(rng.choice(have, n, replace=False))
+            r = cal[pick]
+            raw = P.space.profile(d.Y[r, k], d.C[r, k], d.Lat[r, k], d.Tok[r, k], slices[pick])
+            out[k, b, :-1] = P.space.standardise(raw)
+    return out.astype(np.float32)

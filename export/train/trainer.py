@@ -6,6 +6,7 @@
 
 Same seed, same result: CPU training is deterministic.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,37 +21,39 @@ from ...runtime.memory import COLUMNS
 from ...version import __version__
 from ..data.format import RoutingData, load_dataset
 from ...runtime.profiles import ProfileSpace, model_features
-from .slices import SLICES, build_profiles
+from .slices import FEW_SHOT_DRAWS, SLICES, build_profiles, few_shot_profiles
 from ..data.splits import SPLIT_SEED, ensure_splits, split_masks
 from .rundir import CONFIG, RunDir, WEIGHTS
+from .losses import losses, WeightAverage
 
 
 @dataclass
 class TrainConfig:
-    setting: str = "performance"   # performance (w_c = 0) or cost (w_c = 0.03)
-    epochs: int = 20               # method.md: 10 / 3; the weight average needs a few more epochs to settle
+    setting: str = "performance"  # performance (w_c = 0) or cost (w_c = 0.03)
+    epochs: int = 20  # method.md: 10 / 3; the weight average needs a few more epochs to settle
     patience: int = 5
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     clip_norm: float = 5.0
     seed: int = SPLIT_SEED
-    slices: int = SLICES           # k-means slices; capped at |R_cal| / 50 (method.md says 8, see `SlicePrior`)
-    slice_prior: bool = True       # give the network each model's score on the query's slices (lr-onnx addition)
-    memory: bool = True            # the capability memory (runtime/memory.py, issue 21); settings chosen on validation
-    pool_dropout: float = 0.5      # §3.4: share of rows that get a random sub-pool
-    few_shot: float = 0.25         # §3.4: per-batch chance that a model's profile is a small-sample bootstrap
-    text_only: bool = False        # ablation: zero the image part of the query features
-    layers: int = 2                # 0 = no-communication ablation (A0)
-    hidden: int = 48               # H (method.md §2.6)
-    query_tokens: int = 4          # Q
+    slices: int = SLICES  # k-means slices; capped at |R_cal| / 50 (method.md says 8, see `SlicePrior`)
+    slice_prior: bool = True  # give the network each model's score on the query's slices (lr-onnx addition)
+    memory: bool = True  # the capability memory (runtime/memory.py, issue 21); settings chosen on validation
+    pool_dropout: float = 0.5  # §3.4: share of rows that get a random sub-pool
+    few_shot: float = 0.25  # §3.4: per-batch chance that a model's profile is a small-sample bootstrap
+    text_only: bool = False  # ablation: zero the image part of the query features
+    layers: int = 2  # 0 = no-communication ablation (A0)
+    hidden: int = 48  # H (method.md §2.6)
+    query_tokens: int = 4  # Q
     dropout: float = 0.1
-    std_floor: float = 0.5         # floor each block's feature std at this quantile of the block (0 = method.md)
-    ema: float = 0.99              # validate and keep an exponential moving average of the weights (0 = off)
+    std_floor: float = 0.5  # floor each block's feature std at this quantile of the block (0 = method.md)
+    ema: float = 0.99  # validate and keep an exponential moving average of the weights (0 = off)
     nll_sigma_floor: float = 0.05  # method.md clamps sigma at 1e-4 in the NLL; on 0/1 outcomes sigma then
     #                                collapses and the NLL explodes (dcrouter: 0.5 -> 6,800 by epoch 13)
-    loss_weights: dict = field(default_factory=lambda: {"nll": 1.0, "pair": 0.35, "list": 0.65, "util": 0.25,
-                                                        "mean": 0.10, "res": 0.05})
+    loss_weights: dict = field(
+        default_factory=lambda: {"nll": 1.0, "pair": 0.35, "list": 0.65, "util": 0.25, "mean": 0.10, "res": 0.05}
+    )
 
     @property
     def w_c(self) -> float:
@@ -62,16 +65,16 @@ class TrainingSet:
     """Everything the model and the baselines share: features, outcomes, split, profiles."""
 
     data: RoutingData
-    q: np.ndarray            # [N, D_q] raw query features
-    masks: dict              # train / val / test / fit / cal row masks
+    q: np.ndarray  # [N, D_q] raw query features
+    masks: dict  # train / val / test / fit / cal row masks
     space: ProfileSpace
     raw_profiles: np.ndarray  # [K, S + 7]
-    e_bar: np.ndarray        # [K] expected cost per model (calib_mean)
+    e_bar: np.ndarray  # [K] expected cost per model (calib_mean)
     q_mean: np.ndarray
     q_std: np.ndarray
-    cost_model: list | None = None   # per model: prices, image-token rule, output tokens (runtime.costs)
+    cost_model: list | None = None  # per model: prices, image-token rule, output tokens (runtime.costs)
     row_cost: np.ndarray | None = None  # [N, K] predicted USD per query (None: per-model constants only)
-    memory: object | None = None     # runtime.memory.Memory of the training rows (None: no memory)
+    memory: object | None = None  # runtime.memory.Memory of the training rows (None: no memory)
     mem_cols: np.ndarray | None = None  # [N, K, 3] memory columns, training rows leave-one-out
     memory_size: float = 1.0
 
@@ -98,7 +101,9 @@ class TrainingSet:
     def feat_rows(self, rows: np.ndarray) -> np.ndarray:
         """[n, K, P_in] model features per query: the profiles, the memory's columns (if any), then that query's
         normalised expected cost."""
-        return model_features(self.model_feat(), self.c_hat_rows(rows), None if self.mem_cols is None else self.mem_cols[rows])
+        return model_features(
+            self.model_feat(), self.c_hat_rows(rows), None if self.mem_cols is None else self.mem_cols[rows]
+        )
 
     def model_feat(self) -> np.ndarray:
         """[K, P_in]: each model's standardised profile, then its normalised expected cost (same for every row)."""
@@ -119,8 +124,14 @@ def run_features(data: RoutingData, text_only: bool, *, progress: bool = True) -
     return q
 
 
-def load_training_set(data_dir: str | Path, *, slices: int = SLICES, text_only: bool = False, progress: bool = True,
-                      exclude: tuple[str, ...] = ()) -> TrainingSet:
+def load_training_set(
+    data_dir: str | Path,
+    *,
+    slices: int = SLICES,
+    text_only: bool = False,
+    progress: bool = True,
+    exclude: tuple[str, ...] = (),
+) -> TrainingSet:
     """Load, split, encode (cached) and build the profiles; `exclude` drops models from the pool entirely."""
     data = load_dataset(data_dir)
     if exclude:
@@ -142,7 +153,9 @@ def load_training_set(data_dir: str | Path, *, slices: int = SLICES, text_only: 
 
     sizes = image_sizes(data) if needs_sizes(data) else None
     entries = cost_entries(data, cal, sizes)
-    return TrainingSet(data, q, masks, space, raw, e_bar, q_mean, q_std, entries, row_costs(data, entries, sizes, e_bar))
+    return TrainingSet(
+        data, q, masks, space, raw, e_bar, q_mean, q_std, entries, row_costs(data, entries, sizes, e_bar)
+    )
 
 
 def attach_run_memory(P: TrainingSet, run_cfg: dict) -> TrainingSet:
@@ -169,96 +182,14 @@ def floored_std(q_std: np.ndarray, quantile: float) -> np.ndarray:
     return out
 
 
-FEW_SHOT_DRAWS, FEW_SHOT_SIZES = 8, (25, 50, 100)
-
-
-def few_shot_profiles(P: TrainingSet, seed: int) -> np.ndarray:
-    """`[K, 8, P_in]` model features from bootstrap profiles on random R_cal subsets of 25, 50 or 100 rows (§3.4).
-
-    Swapping them in during training teaches the network how far to trust a thin profile,
-    which is what a model added later with 24-96 labelled queries has.
-    """
-    from ...runtime.profiles import assign_slices
-
-    d = P.data
-    rng = np.random.default_rng(seed + 2)
-    cal = np.flatnonzero(P.masks["cal"])
-    slices = assign_slices(P.q[cal], P.space.centroids)
-    out = np.repeat(P.model_feat()[:, None, :], FEW_SHOT_DRAWS, axis=1)
-    for k in range(d.k):
-        have = np.flatnonzero(d.A[cal, k])
-        for b in range(FEW_SHOT_DRAWS):
-            n = min(int(rng.choice(FEW_SHOT_SIZES)), len(have))
-            if n == 0:
-                continue
-            pick = np.sort(rng.choice(have, n, replace=False))
-            r = cal[pick]
-            raw = P.space.profile(d.Y[r, k], d.C[r, k], d.Lat[r, k], d.Tok[r, k], slices[pick])
-            out[k, b, :-1] = P.space.standardise(raw)
-    return out.astype(np.float32)
-
-
-class WeightAverage:
-    """Bias-corrected exponential moving average of the weights (as Adam corrects its moments).
-
-    A plain EMA started from the initial weights keeps decay**t of them: with decay 0.99 and the ~43
-    steps of one epoch on 6,000 demo queries, 65% of each averaged weight was still the random
-    initialisation, so early stopping compared mostly-untrained snapshots and could keep one. Here the
-    average starts from zero and is divided by 1 - decay**t: a weighted mean of the trained weights only.
-    """
-
-    def __init__(self, net, decay: float):
-        self.net, self.decay, self.steps = net, decay, 0
-        self.sums = {k: v.detach().clone().zero_() for k, v in net.named_parameters()}
-
-    def update(self, net) -> None:
-        self.steps += 1
-        for k, v in net.named_parameters():
-            self.sums[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-
-    def averaged(self) -> dict:
-        """A full state dict: averaged parameters, the live buffers (constants such as the standardisation)."""
-        scale = 1.0 / (1.0 - self.decay ** max(self.steps, 1))
-        state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-        state.update({k: v * scale for k, v in self.sums.items()})
-        return state
-
-
-
-def losses(mu, sigma, delta, mu_t, y, u, avail, c_hat, w_c: float, weights: dict, sigma_floor: float = 1e-4):
-    """The six loss terms of §4.2 as masked means (an empty set contributes 0); sigma is clamped at
-    `sigma_floor` inside the NLL only (the model's own sigma output is untouched)."""
-    import torch
-
-    om = avail.float()
-    n = om.sum().clamp(min=1.0)
-    s = mu_t - w_c * c_hat                                             # route score [B, K]
-    sig = sigma.clamp(min=sigma_floor)
-    z = (y - mu) / sig
-    l_nll = ((0.5 * z * z + torch.log(sig)) * om).sum() / n
-    # pairwise ranking over ordered pairs of available models
-    ds = s.unsqueeze(2) - s.unsqueeze(1)                              # [B, K, K] s_j - s_k
-    target = (u.unsqueeze(2) > u.unsqueeze(1)).float()
-    pm = (avail.unsqueeze(2) & avail.unsqueeze(1)).float()
-    eye = torch.eye(s.shape[1], device=s.device).unsqueeze(0)
-    pm = pm * (1 - eye)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(ds, target, reduction="none")
-    l_pair = (bce * pm).sum() / pm.sum().clamp(min=1.0)
-    # listwise: soft target from utilities at temperature 0.05
-    NEG = -1e4
-    row = avail.any(dim=1).float()
-    tgt = torch.softmax(torch.where(avail, u / 0.05, torch.full_like(u, NEG)), dim=1)
-    logp = torch.log_softmax(torch.where(avail, s, torch.full_like(s, NEG)), dim=1)
-    l_list = (-(tgt * logp * om).sum(dim=1) * row).sum() / row.sum().clamp(min=1.0)
-    l_util = (((s - u) ** 2) * om).sum() / n
-    l_mean = (((mu - y) ** 2) * om).sum() / n
-    l_res = ((delta ** 2) * om).sum() / n
-    terms = {"nll": l_nll, "pair": l_pair, "list": l_list, "util": l_util, "mean": l_mean, "res": l_res}
-    return sum(weights[k] * v for k, v in terms.items()), terms
-
-
-def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: TrainingSet | None = None,
-          progress: bool = True) -> dict:
+def train(
+    data_dir: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    prepared: TrainingSet | None = None,
+    progress: bool = True,
+) -> dict:
     """Train and write RUN_DIR; returns the training summary."""
     import torch
     from safetensors.torch import save_file
@@ -279,13 +210,20 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
         P.memory, P.mem_cols = None, None
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    rcfg = RouterConfig(query_dim=P.q.shape[1], model_dim=P.feat_rows(np.arange(1)).shape[-1], layers=cfg.layers,
-                        hidden=cfg.hidden, query_tokens=cfg.query_tokens, dropout=cfg.dropout,
-                        slices=P.space.S if cfg.slice_prior else 0, memory=COLUMNS if P.memory is not None else 0)
+    rcfg = RouterConfig(
+        query_dim=P.q.shape[1],
+        model_dim=P.feat_rows(np.arange(1)).shape[-1],
+        layers=cfg.layers,
+        hidden=cfg.hidden,
+        query_tokens=cfg.query_tokens,
+        dropout=cfg.dropout,
+        slices=P.space.S if cfg.slice_prior else 0,
+        memory=COLUMNS if P.memory is not None else 0,
+    )
     net = LatentRouter(rcfg)
     net.q_mean.copy_(torch.from_numpy(P.q_mean))
     net.q_std.copy_(torch.from_numpy(floored_std(P.q_std, cfg.std_floor)))
-    if rcfg.slices:                        # the frozen slices and profile standardisation, inside the graph
+    if rcfg.slices:  # the frozen slices and profile standardisation, inside the graph
         cols = slice(1, P.space.S + 1)
         net.slice_prior.centroids.copy_(torch.from_numpy(P.space.centroids))
         net.slice_prior.score_mean.copy_(torch.from_numpy(P.space.mean[cols]))
@@ -307,28 +245,38 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
         order = rng.permutation(fit)
         sums: dict[str, float] = {}
         for s in range(0, len(order), cfg.batch_size):
-            rows = order[s:s + cfg.batch_size]
+            rows = order[s : s + cfg.batch_size]
             avail = torch.from_numpy(d.A[rows].copy())
-            drop = rng.random(len(rows)) < cfg.pool_dropout                      # §3.4 pool dropout
+            drop = rng.random(len(rows)) < cfg.pool_dropout  # §3.4 pool dropout
             keep = rng.random(avail.shape) < 0.5
             for i in np.flatnonzero(drop):
                 k = keep[i] & d.A[rows[i]]
                 if k.sum() >= 2:
                     avail[i] = torch.from_numpy(k)
             q = torch.from_numpy(P.q[rows])
-            mf = torch.from_numpy(P.feat_rows(rows))                              # [B, K, P_in], per-query cost
-            if boot is not None:                                                  # §3.4 few-shot profiles
+            mf = torch.from_numpy(P.feat_rows(rows))  # [B, K, P_in], per-query cost
+            if boot is not None:  # §3.4 few-shot profiles
                 swap = rng.random(d.k) < cfg.few_shot
                 draw = rng.integers(0, FEW_SHOT_DRAWS, d.k)
                 if swap.any():
-                    thin = boot[torch.arange(d.k), torch.from_numpy(draw)]                    # [K, P_in]
+                    thin = boot[torch.arange(d.k), torch.from_numpy(draw)]  # [K, P_in]
                     sw = torch.from_numpy(swap)
                     W = P.space.width
-                    mf[:, sw, :W] = thin[sw, :W]                                  # the profile, not memory or cost
+                    mf[:, sw, :W] = thin[sw, :W]  # the profile, not memory or cost
             mu, sigma, delta, mt = net(q, mf, avail)
-            loss, terms = losses(mu, sigma, delta, mt, torch.from_numpy(Y[rows]), torch.from_numpy(U[rows]),
-                                 avail, torch.from_numpy(P.c_hat_rows(rows)), cfg.w_c, cfg.loss_weights,
-                                 cfg.nll_sigma_floor)
+            loss, terms = losses(
+                mu,
+                sigma,
+                delta,
+                mt,
+                torch.from_numpy(Y[rows]),
+                torch.from_numpy(U[rows]),
+                avail,
+                torch.from_numpy(P.c_hat_rows(rows)),
+                cfg.w_c,
+                cfg.loss_weights,
+                cfg.nll_sigma_floor,
+            )
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)
@@ -342,8 +290,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
             net.load_state_dict(ema.averaged())
         v_util = validation_utility(net, P, val, U, cfg.w_c)
         curves.append({"epoch": epoch + 1, "val_utility": v_util, **{k: v / len(fit) for k, v in sums.items()}})
-        bar.set_postfix(loss=f"{sum(cfg.loss_weights[k] * v for k, v in sums.items()) / len(fit):.3f}",
-                        val=f"{v_util:.4f}")
+        bar.set_postfix(
+            loss=f"{sum(cfg.loss_weights[k] * v for k, v in sums.items()) / len(fit):.3f}", val=f"{v_util:.4f}"
+        )
         if v_util > best + 1e-9:
             best, bad = v_util, 0
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -358,23 +307,51 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, prepared: 
     blend = choose_blend(net, P, val) if rcfg.memory else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_splits(d, directory=out)                      # the split this run used, for the record
+    ensure_splits(d, directory=out)  # the split this run used, for the record
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / WEIGHTS))
-    summary = {"best_val_utility": best, "epochs_run": len(curves), "seconds": time.perf_counter() - t0,
-               "train_rows": int(len(fit)), "val_rows": int(len(val))}
-    memory = None if P.memory is None else {"settings": P.memory.settings.to_dict(), "size": P.memory_size,
-                                            "rows": len(P.memory), "blend": blend}
+    summary = {
+        "best_val_utility": best,
+        "epochs_run": len(curves),
+        "seconds": time.perf_counter() - t0,
+        "train_rows": int(len(fit)),
+        "val_rows": int(len(val)),
+    }
+    memory = (
+        None
+        if P.memory is None
+        else {"settings": P.memory.settings.to_dict(), "size": P.memory_size, "rows": len(P.memory), "blend": blend}
+    )
     run = RunDir(out)
     if selection is not None:
         run.write_json("memory_selection.json", selection, indent=1)
-    run.write_json(CONFIG, {"lr_onnx_version": __version__, "data": str(Path(data_dir).resolve()),
-                            "router": rcfg.to_dict(), "train": asdict(cfg), "memory": memory, "summary": summary})
-    run.write_profiles({"models": d.models, "space": P.space.to_dict(), "raw_profiles": P.raw_profiles.tolist(),
-                        "e_bar": P.e_bar.tolist(), "cost_estimator": "calib_mean", "cost_model": P.cost_model})
+    run.write_json(
+        CONFIG,
+        {
+            "lr_onnx_version": __version__,
+            "data": str(Path(data_dir).resolve()),
+            "router": rcfg.to_dict(),
+            "train": asdict(cfg),
+            "memory": memory,
+            "summary": summary,
+        },
+    )
+    run.write_profiles(
+        {
+            "models": d.models,
+            "space": P.space.to_dict(),
+            "raw_profiles": P.raw_profiles.tolist(),
+            "e_bar": P.e_bar.tolist(),
+            "cost_estimator": "calib_mean",
+            "cost_model": P.cost_model,
+        }
+    )
     run.write_json("curves.json", curves)
     from .encoding import ENCODER_VERSION, IMAGE_SPEC, TEXT_SPEC
-    run.write_json("preprocessing.json", {"encoder_version": ENCODER_VERSION, "image": IMAGE_SPEC.to_dict(),
-                                          "text": TEXT_SPEC.to_dict()})
+
+    run.write_json(
+        "preprocessing.json",
+        {"encoder_version": ENCODER_VERSION, "image": IMAGE_SPEC.to_dict(), "text": TEXT_SPEC.to_dict()},
+    )
     return summary
 
 
@@ -393,8 +370,16 @@ def load_router(run_dir: str | Path):
     return net.eval(), cfg
 
 
-def predict(net, P: TrainingSet, rows: np.ndarray, avail: np.ndarray | None = None, batch: int = 512,
-            with_mu: bool = False, model_feat: np.ndarray | None = None, mem_cols: np.ndarray | None = None):
+def predict(
+    net,
+    P: TrainingSet,
+    rows: np.ndarray,
+    avail: np.ndarray | None = None,
+    batch: int = 512,
+    with_mu: bool = False,
+    model_feat: np.ndarray | None = None,
+    mem_cols: np.ndarray | None = None,
+):
     """mu_tilde and sigma `[n, K]` for the given rows (eval mode, no grad); mu too with `with_mu`.
     `model_feat` `[K, P_in]` replaces the run's own pool (with `avail` to match, and `mem_cols` `[n, K, 3]` when the
     router has a memory), e.g. after adding a model."""
@@ -405,13 +390,16 @@ def predict(net, P: TrainingSet, rows: np.ndarray, avail: np.ndarray | None = No
     outs_mt, outs_sig, outs_mu = [], [], []
     with torch.no_grad():
         for s in range(0, len(rows), batch):
-            r = rows[s:s + batch]
+            r = rows[s : s + batch]
             if model_feat is None:
                 mf = P.feat_rows(r)
             else:
-                mf = model_features(model_feat, None, None if mem_cols is None else mem_cols[s:s + batch], rows=len(r))
-            mu, sigma, delta, mt = net(torch.from_numpy(P.q[r]), torch.from_numpy(mf),
-                                       torch.from_numpy(np.ascontiguousarray(A[s:s + batch])))
+                mf = model_features(
+                    model_feat, None, None if mem_cols is None else mem_cols[s : s + batch], rows=len(r)
+                )
+            mu, sigma, delta, mt = net(
+                torch.from_numpy(P.q[r]), torch.from_numpy(mf), torch.from_numpy(np.ascontiguousarray(A[s : s + batch]))
+            )
             outs_mt.append(mt.numpy())
             outs_sig.append(sigma.numpy())
             outs_mu.append(mu.numpy())

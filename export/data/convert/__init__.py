@@ -6,6 +6,7 @@ built in a temporary sibling folder and renamed into place at the end, so a fail
 conversion leaves nothing behind. Archives are extracted member by member under
 explicit checks, and pickles are read with an unpickler that refuses every class.
 """
+
 from .mmr import convert_mmr, mmr_image_for
 from .safe_io import load_plain_pickle, safe_extract
 from .vl_routerbench import convert_vl_routerbench

@@ -1,4 +1,5 @@
 """MMR-Bench (method.md §6.3) to the native format."""
+
 from __future__ import annotations
 
 import ast
@@ -27,8 +28,13 @@ from .safe_io import (
 
 
 MMR_PREFIXES = {
-    "MathVerse": "MathVerse", "MathVision": "MathVision", "MathVista": "MathVista", "OCRBench": "OCRBench",
-    "RealWorldQA": "RealWorldQA", "MMStar": "MMStar", "SEEDBench2_Plus": "SEEDBenchv2Plus",
+    "MathVerse": "MathVerse",
+    "MathVision": "MathVision",
+    "MathVista": "MathVista",
+    "OCRBench": "OCRBench",
+    "RealWorldQA": "RealWorldQA",
+    "MMStar": "MMStar",
+    "SEEDBench2_Plus": "SEEDBenchv2Plus",
 }
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".webp")
 
@@ -42,7 +48,7 @@ def mmr_image_for(dataset_idx: str) -> tuple[str | None, str | None, str | None]
                 best = p
     if best is None:
         return None, None, None
-    return best, MMR_PREFIXES[best], dataset_idx[len(best) + 1:]
+    return best, MMR_PREFIXES[best], dataset_idx[len(best) + 1 :]
 
 
 def convert_mmr(src: str | os.PathLike, out: str | os.PathLike, *, official_split: bool = False) -> dict:
@@ -67,8 +73,15 @@ def convert_mmr(src: str | os.PathLike, out: str | os.PathLike, *, official_spli
                     files.append(found)
             if not files:
                 missing += 1
-            records.append({"id": r["id"], "question": r["question"], "images": files,
-                            "dataset": r["dataset"], "outcomes": r["outcomes"]})
+            records.append(
+                {
+                    "id": r["id"],
+                    "question": r["question"],
+                    "images": files,
+                    "dataset": r["dataset"],
+                    "outcomes": r["outcomes"],
+                }
+            )
         if official_split:
             train = set(_sklearn_train_indices(len(records), train_size=0.2, seed=42))
             for i, rec in enumerate(records):
@@ -83,10 +96,19 @@ def convert_mmr(src: str | os.PathLike, out: str | os.PathLike, *, official_spli
         if image_root != src:
             shutil.rmtree(image_root)
         write_dataset(tmp, registry, records)
-        write_conversion_manifest(tmp, source="MMR-Bench", source_file=csv_path.name, source_sha256=sha256_file(csv_path),
-                        rows=len(records), models=len(models), rows_without_image=missing,
-                        non_binary_scores=nonbinary, zero_costs=zero_costs, cost_mode="dataset",
-                        split_policy="official (MMR-Bench train_test_split)" if official_split else "generated")
+        write_conversion_manifest(
+            tmp,
+            source="MMR-Bench",
+            source_file=csv_path.name,
+            source_sha256=sha256_file(csv_path),
+            rows=len(records),
+            models=len(models),
+            rows_without_image=missing,
+            non_binary_scores=nonbinary,
+            zero_costs=zero_costs,
+            cost_mode="dataset",
+            split_policy="official (MMR-Bench train_test_split)" if official_split else "generated",
+        )
     return {"rows": len(records), "models": len(models), "missing_images": missing}
 
 
@@ -96,8 +118,11 @@ def _read_mmr_csv(csv_path: Path, src: Path, image_root: Path):
         headers = reader.fieldnames or []
         if "dataset_idx" not in headers or "question" not in headers:
             raise DataError(f"{csv_path}: needs the columns 'dataset_idx' and 'question'")
-        found = [h[: -len("_correct")] for h in headers
-                 if h.endswith("_correct") and f"{h[: -len('_correct')]}_cost" in headers]
+        found = [
+            h[: -len("_correct")]
+            for h in headers
+            if h.endswith("_correct") and f"{h[: -len('_correct')]}_cost" in headers
+        ]
         if not found:
             raise DataError(f"{csv_path}: no model columns (a model needs both <name>_correct and <name>_cost)")
         models = model_order(src, found)
@@ -133,9 +158,16 @@ def _read_mmr_csv(csv_path: Path, src: Path, image_root: Path):
                 images = [next((p for p in images if (image_root / p).is_file()), images[0])]
             else:
                 images = []
-            raw.append({"didx": didx, "sample_id": (row.get("sample_id") or "").strip(),
-                        "question": row.get("question") or "", "images": images,
-                        "dataset": dataset or didx.rsplit("_", 1)[0], "outcomes": outcomes})
+            raw.append(
+                {
+                    "didx": didx,
+                    "sample_id": (row.get("sample_id") or "").strip(),
+                    "question": row.get("question") or "",
+                    "images": images,
+                    "dataset": dataset or didx.rsplit("_", 1)[0],
+                    "outcomes": outcomes,
+                }
+            )
     counts: dict[str, int] = {}
     for r in raw:
         counts[r["didx"]] = counts.get(r["didx"], 0) + 1

@@ -1,5 +1,6 @@
 """What every converter shares: safe archive extraction, a pickle reader that refuses every class, array and
 correctness-value readers, and the manifest a converted folder carries."""
+
 from __future__ import annotations
 
 import csv
@@ -25,6 +26,7 @@ from ..format import safe_relative_path
 FORMAT_VERSION = 1
 MAX_MEMBERS = 2_000_000
 MAX_TOTAL_BYTES = 200 * 1024**3
+
 
 # ----------------------------------------------------------------------------- shared helpers
 @contextmanager
@@ -57,14 +59,15 @@ def load_array(path: Path, key: str | None = None) -> np.ndarray:
                 a = z
             return np.asarray(a, dtype=float)
     except (ValueError, TypeError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a numeric array file ({str(e).splitlines()[0][:120]}); "
-                        f"pickled or object arrays are never loaded") from None
+        raise DataError(
+            f"{path}: not a numeric array file ({str(e).splitlines()[0][:120]}); "
+            f"pickled or object arrays are never loaded"
+        ) from None
 
 
-
-
-def safe_extract(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
-                 max_bytes: int = MAX_TOTAL_BYTES) -> None:
+def safe_extract(
+    archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS, max_bytes: int = MAX_TOTAL_BYTES
+) -> None:
     """Extract a tar archive into an empty `dest`, refusing anything that could escape it.
 
     Rejected: absolute names, '..' components, symbolic and hard links, device and
@@ -110,8 +113,10 @@ def load_plain_pickle(path: Path):
         with open(path, "rb") as fh:
             return _RefusingUnpickler(fh).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: not a plain pickle of lists/dicts ({e}); provide a text sidecar "
-                        f"({path.stem.replace('_index', '')}s.txt or .json) instead") from None
+        raise DataError(
+            f"{path}: not a plain pickle of lists/dicts ({e}); provide a text sidecar "
+            f"({path.stem.replace('_index', '')}s.txt or .json) instead"
+        ) from None
 
 
 def coerce_correct(value, *, where: str, column: str) -> tuple[float | None, bool]:
@@ -174,7 +179,7 @@ def models_spec(src: Path) -> list:
     if isinstance(spec, dict):
         spec = spec.get("models", [])
     if not isinstance(spec, list):
-        raise DataError(f"{path}: expected a list of models or {{\"models\": [...]}}")
+        raise DataError(f'{path}: expected a list of models or {{"models": [...]}}')
     return spec
 
 

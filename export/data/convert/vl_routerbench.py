@@ -1,10 +1,8 @@
 """VL-RouterBench (method.md §6.4) to the native format."""
+
 from __future__ import annotations
 
-import ast
-import base64
 import csv
-import io
 import math
 import os
 import re
@@ -16,11 +14,10 @@ import numpy as np
 
 from ....runtime.errors import DataError
 from ....runtime.validate import loads_json
-from ..format import jsonl_objects, safe_relative_path, write_dataset
+from ..format import jsonl_objects, write_dataset
 from ...files import sha256_file, staged_output
 from .safe_io import (
     coerce_correct,
-    copy_image,
     load_array,
     load_plain_pickle,
     model_prices,
@@ -28,27 +25,62 @@ from .safe_io import (
     source_errors,
     write_conversion_manifest,
 )
+from .vl_tsv_images import TsvImages, find_dir
 
 
 VL_PRICES = {  # USD per 1M tokens (in, out), as in VL-RouterBench
-    "InternVL2_5-78B": (1.00, 1.50), "Qwen2.5-VL-72B-Instruct": (0.80, 1.20), "Qwen2.5-VL-32B-Instruct": (0.40, 0.60),
-    "Gemma3-27B": (0.35, 0.50), "deepseek_vl2": (0.35, 0.50), "Pixtral-12B": (0.25, 0.35),
-    "MiMo-VL-7B-RL": (0.20, 0.30), "Kimi-VL-A3B-Thinking-2506": (0.20, 0.25), "llava_next_vicuna_7b": (0.20, 0.20),
-    "Janus-Pro-7B": (0.18, 0.25), "Qianfan-VL-8B": (0.18, 0.25), "Phi-3.5-Vision": (0.10, 0.10),
-    "SmolVLM2": (0.06, 0.06), "Janus-Pro-1B": (0.05, 0.05), "deepseek_vl2_tiny": (0.05, 0.05),
-    "GPT4o": (2.50, 10.00), "GeminiFlash2-5": (0.30, 2.40),
+    "InternVL2_5-78B": (1.00, 1.50),
+    "Qwen2.5-VL-72B-Instruct": (0.80, 1.20),
+    "Qwen2.5-VL-32B-Instruct": (0.40, 0.60),
+    "Gemma3-27B": (0.35, 0.50),
+    "deepseek_vl2": (0.35, 0.50),
+    "Pixtral-12B": (0.25, 0.35),
+    "MiMo-VL-7B-RL": (0.20, 0.30),
+    "Kimi-VL-A3B-Thinking-2506": (0.20, 0.25),
+    "llava_next_vicuna_7b": (0.20, 0.20),
+    "Janus-Pro-7B": (0.18, 0.25),
+    "Qianfan-VL-8B": (0.18, 0.25),
+    "Phi-3.5-Vision": (0.10, 0.10),
+    "SmolVLM2": (0.06, 0.06),
+    "Janus-Pro-1B": (0.05, 0.05),
+    "deepseek_vl2_tiny": (0.05, 0.05),
+    "GPT4o": (2.50, 10.00),
+    "GeminiFlash2-5": (0.30, 2.40),
 }
 VL_DATASETS = [
-    "MMMU_DEV_VAL", "MMBench_DEV_EN_V11", "RealWorldQA", "MMStar", "HallusionBench", "InfoVQA_VAL",
-    "MathVista_MINI", "MathVision_MINI", "MathVerse_MINI", "AI2D_TEST",
-    "TextVQA_VAL", "ChartQA_TEST", "DocVQA_VAL", "OCRBench",
+    "MMMU_DEV_VAL",
+    "MMBench_DEV_EN_V11",
+    "RealWorldQA",
+    "MMStar",
+    "HallusionBench",
+    "InfoVQA_VAL",
+    "MathVista_MINI",
+    "MathVision_MINI",
+    "MathVerse_MINI",
+    "AI2D_TEST",
+    "TextVQA_VAL",
+    "ChartQA_TEST",
+    "DocVQA_VAL",
+    "OCRBench",
 ]
-RESULT_SUFFIXES = ["_openai_result.xlsx", "_gpt-4o-mini_score.xlsx", "_gpt-4o-mini.xlsx", "_auxmatch.xlsx",
-                   "_results.xlsx"]
+RESULT_SUFFIXES = [
+    "_openai_result.xlsx",
+    "_gpt-4o-mini_score.xlsx",
+    "_gpt-4o-mini.xlsx",
+    "_auxmatch.xlsx",
+    "_results.xlsx",
+]
 IGNORED_SUFFIXES = ("_acc.xlsx", "_extract.xlsx", "_score.xlsx")
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-SPLIT_NAMES = {"train": "train", "training": "train", "dev": "val", "val": "val", "valid": "val",
-               "validation": "val", "test": "test"}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "dev": "val",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 def convert_vl_routerbench(src: str | os.PathLike, out: str | os.PathLike) -> dict:
@@ -65,7 +97,7 @@ def convert_vl_routerbench(src: str | os.PathLike, out: str | os.PathLike) -> di
         if (root / "data" / "matrices").is_dir():
             summary = _convert_layout_a(root, tmp, warn)
         else:
-            eval_dir = _find_dir(root, "VLMEvalKit_evaluation")
+            eval_dir = find_dir(root, "VLMEvalKit_evaluation")
             if eval_dir is None:
                 raise DataError(f"{src}: neither data/matrices/ (Layout A) nor VLMEvalKit_evaluation/ (Layout B) found")
             summary = _convert_layout_b(root, eval_dir, tmp, warn)
@@ -77,21 +109,15 @@ def convert_vl_routerbench(src: str | os.PathLike, out: str | os.PathLike) -> di
     return summary
 
 
-def _find_dir(root: Path, name: str) -> Path | None:
-    for cand in (root / name, root / "vlm_router_data" / name):
-        if cand.is_dir():
-            return cand
-    return None
-
-
 def _load_model_names(reg: Path) -> list[str]:
     if (reg / "models.txt").is_file():
         return [ln.strip() for ln in (reg / "models.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
     if (reg / "models.json").is_file():
         spec = loads_json((reg / "models.json").read_bytes(), str(reg / "models.json"), err=DataError)
         spec = spec.get("models", []) if isinstance(spec, dict) else spec
-        if not isinstance(spec, list) or not all(isinstance(m, (str, dict)) and (isinstance(m, str) or
-                                                 isinstance(m.get("name"), str)) for m in spec):
+        if not isinstance(spec, list) or not all(
+            isinstance(m, (str, dict)) and (isinstance(m, str) or isinstance(m.get("name"), str)) for m in spec
+        ):
             raise DataError(f"{reg / 'models.json'}: expected a list of model names or {{'name': ...}} objects")
         return [m["name"] if isinstance(m, dict) else m for m in spec]
     if (reg / "model_index.pkl").is_file():
@@ -167,7 +193,7 @@ def _convert_layout_a(root: Path, tmp: Path, warn: list[str]) -> dict:
     splits = _official_splits(root)
     if not splits and "split" in meta:
         splits = {s: SPLIT_NAMES.get(str(v).lower(), "") for s, v in zip(sids, meta["split"])}
-    tsv = _TsvImages(root, tmp, warn)
+    tsv = TsvImages(root, tmp, warn)
     records, excluded, nonbinary = [], 0, 0
     for i, sid in enumerate(sids):
         if splits and not splits.get(sid):
@@ -188,15 +214,28 @@ def _convert_layout_a(root: Path, tmp: Path, warn: list[str]) -> dict:
         if splits:
             rec["split"] = splits[sid]
         records.append(rec)
-    registry = [{"name": m, "price_in_per_mtok": VL_PRICES.get(m, (None, None))[0],
-                 "price_out_per_mtok": VL_PRICES.get(m, (None, None))[1]} for m in models]
+    registry = [
+        {
+            "name": m,
+            "price_in_per_mtok": VL_PRICES.get(m, (None, None))[0],
+            "price_out_per_mtok": VL_PRICES.get(m, (None, None))[1],
+        }
+        for m in models
+    ]
     write_dataset(tmp, registry, records)
     bounds = mat / "cost_bounds.json"
     if bounds.is_file():
         shutil.copyfile(bounds, tmp / "cost_bounds.json")
-    return {"layout": "A", "rows": len(records), "models": len(models), "excluded_rows": excluded,
-            "non_binary_scores": nonbinary, "images_failed": tsv.failed, "cost_mode": "paper_tokens",
-            "split_policy": "official" if splits else "generated"}
+    return {
+        "layout": "A",
+        "rows": len(records),
+        "models": len(models),
+        "excluded_rows": excluded,
+        "non_binary_scores": nonbinary,
+        "images_failed": tsv.failed,
+        "cost_mode": "paper_tokens",
+        "split_policy": "official" if splits else "generated",
+    }
 
 
 def _read_parquet(path: Path) -> dict[str, list]:
@@ -225,91 +264,6 @@ def _benchmark_records(root: Path) -> tuple[dict[str, str], dict[str, list]]:
     return text, assets
 
 
-class _TsvImages:
-    """Decode base64 images from `TSV_images/<DATASET>.tsv` into the output folder, on demand."""
-
-    def __init__(self, root: Path, out: Path, warn: list[str]):
-        self.dir = _find_dir(root, "TSV_images")
-        self.root, self.out, self.warn = root, out, warn
-        self.cache: dict[str, tuple[list[dict], dict[str, int]]] = {}
-        self.failed = 0
-
-    def _table(self, name: str):
-        if name not in self.cache:
-            rows, by_index = [], {}
-            path = self.dir / Path(name).name if self.dir else None
-            if path is not None and path.is_file():
-                previous = csv.field_size_limit(1 << 30)  # base64 images; the global limit is restored below
-                try:
-                    with open(path, newline="", encoding="utf-8") as fh:
-                        for j, r in enumerate(csv.DictReader(fh, delimiter="\t")):
-                            rows.append(r)
-                            by_index[str(r.get("index"))] = j
-                finally:
-                    csv.field_size_limit(previous)
-            elif path is not None:
-                self.warn.append(f"TSV file {name} not found")
-            self.cache[name] = (rows, by_index)
-        return self.cache[name]
-
-    def _decode(self, rows, by_index, j: int, stem: str) -> list[str]:
-        cell = rows[j].get("image") or ""
-        for _ in range(4):  # a short cell refers to another row's image
-            if len(cell) <= 64 and cell in by_index:
-                cell = rows[by_index[cell]].get("image") or ""
-            else:
-                break
-        blobs = [cell]
-        if cell.startswith("["):
-            try:
-                blobs = [str(b) for b in ast.literal_eval(cell)]
-            except (ValueError, SyntaxError):
-                blobs = []
-        paths = []
-        for n, b in enumerate(blobs):
-            try:
-                raw = base64.b64decode(b, validate=False)
-                from PIL import Image
-                with Image.open(io.BytesIO(raw)) as im:
-                    ext = (im.format or "png").lower().replace("jpeg", "jpg")
-            except Exception:  # any undecodable image becomes "no image", counted
-                self.failed += 1
-                continue
-            rel = f"images/{stem}_{n}.{ext}"
-            (self.out / "images").mkdir(exist_ok=True)
-            (self.out / rel).write_bytes(raw)
-            paths.append(rel)
-        return paths
-
-    def images_for(self, sid: str, assets: list) -> list[str]:
-        out = []
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", sid)
-        for a in assets:
-            if not isinstance(a, dict):
-                continue
-            if a.get("type") == "image_tsv" and self.dir is not None:
-                rows, by_index = self._table(str(a.get("tsv_file", "")))
-                j = a.get("index")
-                if isinstance(j, int) and 0 <= j < len(rows):
-                    out += self._decode(rows, by_index, j, stem)
-                else:
-                    self.failed += 1
-            elif a.get("type") == "image":
-                rel = safe_relative_path(str(a.get("uri", "")))
-                if rel is not None and self.root.joinpath(*rel.parts).is_file():
-                    out.append(copy_image(self.root, str(rel), self.out))
-                else:
-                    self.failed += 1
-        return out
-
-    def by_workbook_id(self, dataset: str, wid: str, sid: str) -> list[str]:
-        rows, by_index = self._table(f"{dataset}.tsv")
-        j = by_index.get(str(wid))
-        if j is None:
-            return []
-        return self._decode(rows, by_index, j, re.sub(r"[^A-Za-z0-9_.-]", "_", sid))
-
-
 def _result_rank(name: str) -> int | None:
     """Precedence of a VLMEvalKit result file (lower wins); None for auxiliary files."""
     for r, suf in enumerate(RESULT_SUFFIXES):
@@ -322,7 +276,7 @@ def _result_rank(name: str) -> int | None:
 
 def _dataset_of(stem: str, model: str) -> str | None:
     if stem.startswith(model + "_"):
-        stem = stem[len(model) + 1:]
+        stem = stem[len(model) + 1 :]
     best = None
     for d in VL_DATASETS:
         if stem.startswith(d) and (best is None or len(d) > len(best)):
@@ -362,9 +316,11 @@ def _convert_layout_b(root: Path, eval_dir: Path, tmp: Path, warn: list[str]) ->
         raise DataError(f"{eval_dir}: no VLMEvalKit result workbooks found")
     for m in models:
         if prices.get(m, {}).get("price_in_per_mtok") is None:
-            raise DataError(f"model '{m}' has no published price; add it to a models.json in {root} "
-                            f"with price_in_per_mtok and price_out_per_mtok")
-    tsv = _TsvImages(root, tmp, warn)
+            raise DataError(
+                f"model '{m}' has no published price; add it to a models.json in {root} "
+                f"with price_in_per_mtok and price_out_per_mtok"
+            )
+    tsv = TsvImages(root, tmp, warn)
     queries: dict[str, dict] = {}
     nonbinary = 0
     for (model, ds), (_, f) in sorted(chosen.items()):
@@ -393,8 +349,13 @@ def _convert_layout_b(root: Path, eval_dir: Path, tmp: Path, warn: list[str]) ->
                 q = queries.get(sid)
                 if q is None:
                     text = _prompt_text(get)
-                    q = queries[sid] = {"id": sid, "question": text, "dataset": ds, "outcomes": {},
-                                        "images": tsv.by_workbook_id(ds, wid, sid)}
+                    q = queries[sid] = {
+                        "id": sid,
+                        "question": text,
+                        "dataset": ds,
+                        "outcomes": {},
+                        "images": tsv.by_workbook_id(ds, wid, sid),
+                    }
                 if y is None:
                     continue
                 t_in = len(TOKEN_RE.findall(q["question"]))
@@ -405,9 +366,17 @@ def _convert_layout_b(root: Path, eval_dir: Path, tmp: Path, warn: list[str]) ->
     records = [q for q in queries.values() if q["outcomes"]]
     registry = [{"name": m, **prices[m]} for m in models]
     write_dataset(tmp, registry, records)
-    return {"layout": "B", "rows": len(records), "models": len(models), "excluded_rows": len(queries) - len(records),
-            "non_binary_scores": nonbinary, "images_failed": tsv.failed, "cost_mode": "approx_text_tokens",
-            "prompt_mode": "hint+question+options", "split_policy": "generated"}
+    return {
+        "layout": "B",
+        "rows": len(records),
+        "models": len(models),
+        "excluded_rows": len(queries) - len(records),
+        "non_binary_scores": nonbinary,
+        "images_failed": tsv.failed,
+        "cost_mode": "approx_text_tokens",
+        "prompt_mode": "hint+question+options",
+        "split_policy": "generated",
+    }
 
 
 def _coerce_truncating(value, *, where: str, column: str) -> tuple[float | None, bool]:

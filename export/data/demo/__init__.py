@@ -5,6 +5,7 @@ answer); model outcomes are SIMULATED by `skills.py`. Query i is generated from
 `default_rng([seed, i])` alone, so the output does not depend on the number of
 worker processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ from .scenes import make_photo, make_spatial, make_text
 from .skills import POOL, load_skills, pool_registry, simulate
 
 FAMILIES = {  # one generator per task family (render.py, scenes.py)
-    "documents": make_document, "charts": make_chart, "tables": make_table, "math": make_math,
-    "photos": make_photo, "spatial": make_spatial, "text": make_text,
+    "documents": make_document,
+    "charts": make_chart,
+    "tables": make_table,
+    "math": make_math,
+    "photos": make_photo,
+    "spatial": make_spatial,
+    "text": make_text,
 }
 
 TEXT_SHARE = 0.12
@@ -39,9 +45,20 @@ def _render_one(args) -> dict:
     rng = np.random.default_rng([seed, i])
     family = "text" if rng.random() < TEXT_SHARE else IMAGE_FAMILIES[int(rng.integers(len(IMAGE_FAMILIES)))]
     s = FAMILIES[family](rng)
-    rec = {"i": i, "family": family, "subtype": s.subtype, "question": s.question, "answer": s.answer,
-           "generic": s.generic, "d_text": round(s.d_text, 4), "d_clutter": round(s.d_clutter, 4),
-           "attrs": s.attrs, "images": [], "size": None, "bytes": 0}
+    rec = {
+        "i": i,
+        "family": family,
+        "subtype": s.subtype,
+        "question": s.question,
+        "answer": s.answer,
+        "generic": s.generic,
+        "d_text": round(s.d_text, 4),
+        "d_clutter": round(s.d_clutter, 4),
+        "attrs": s.attrs,
+        "images": [],
+        "size": None,
+        "bytes": 0,
+    }
     if s.image is not None:
         rel = f"images/{i:05d}.{s.fmt}"
         path = os.path.join(out, rel)
@@ -53,8 +70,15 @@ def _render_one(args) -> dict:
     return rec
 
 
-def build_demo(out: str | os.PathLike, *, n: int = 12000, seed: int = 0, workers: int | None = None,
-               progress: bool = True, skills: str | os.PathLike | None = None) -> dict:
+def build_demo(
+    out: str | os.PathLike,
+    *,
+    n: int = 12000,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    skills: str | os.PathLike | None = None,
+) -> dict:
     """Generate the benchmark into `out` (must not exist); return a summary of what was written.
 
     `skills`: the mllm-skills table (default: `default_skills_path()`, the project's shared data)."""
@@ -83,28 +107,52 @@ def build_demo(out: str | os.PathLike, *, n: int = 12000, seed: int = 0, workers
         d_text = np.array([r["d_text"] for r in recs])
         d_clutter = np.array([r["d_clutter"] for r in recs])
         words = np.array([len(r["question"].split()) for r in recs], dtype=float)
-        names, Y, C, Tok, Lat, report = simulate(fam, [r["subtype"] for r in recs], d_text, d_clutter, words,
-                                                 [r["size"] for r in recs], seed, table)
+        names, Y, C, Tok, Lat, report = simulate(
+            fam, [r["subtype"] for r in recs], d_text, d_clutter, words, [r["size"] for r in recs], seed, table
+        )
         records = []
         for i, r in enumerate(recs):
             d = r["d_clutter"] if r["family"] == "text" else (r["d_text"] + r["d_clutter"]) / 2
-            records.append({
-                "id": f"demo-{i:05d}", "question": r["question"], "images": r["images"], "dataset": r["family"],
-                "outcomes": {m: {"score": float(Y[i, k]), "cost": float(f"{C[i, k]:.4g}"),
-                                 "latency_ms": float(Lat[i, k]), "tokens": int(Tok[i, k])}
-                             for k, m in enumerate(names)},
-                "meta": {"answer": r["answer"], "subtype": r["subtype"], "generic": r["generic"],
-                         "level": level_of(d), "difficulty": round(d, 4), "d_text": r["d_text"],
-                         "d_clutter": r["d_clutter"], **r["attrs"]},
-            })
+            records.append(
+                {
+                    "id": f"demo-{i:05d}",
+                    "question": r["question"],
+                    "images": r["images"],
+                    "dataset": r["family"],
+                    "outcomes": {
+                        m: {
+                            "score": float(Y[i, k]),
+                            "cost": float(f"{C[i, k]:.4g}"),
+                            "latency_ms": float(Lat[i, k]),
+                            "tokens": int(Tok[i, k]),
+                        }
+                        for k, m in enumerate(names)
+                    },
+                    "meta": {
+                        "answer": r["answer"],
+                        "subtype": r["subtype"],
+                        "generic": r["generic"],
+                        "level": level_of(d),
+                        "difficulty": round(d, 4),
+                        "d_text": r["d_text"],
+                        "d_clutter": r["d_clutter"],
+                        **r["attrs"],
+                    },
+                }
+            )
         write_dataset(tmp, pool_registry(table), records)
         calib = {k: v for k, v in report.items() if k != "P"}
         (tmp / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(n, seed, report, table), encoding="utf-8")
         n_img = sum(1 for r in recs if r["images"])
         mean_kb = sum(r["bytes"] for r in recs) / max(n_img, 1) / 1024
-    return {"queries": n, "images": n_img, "mean_image_kb": mean_kb, "models": len(names),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "queries": n,
+        "images": n_img,
+        "mean_image_kb": mean_kb,
+        "models": len(names),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _readme(n: int, seed: int, report: dict, skills: dict) -> str:
@@ -118,8 +166,11 @@ def _readme(n: int, seed: int, report: dict, skills: dict) -> str:
             cells.append(f"{t:.2f}{'*' if report['imputed'][m][f] else ''} / {report['realised'][m][f]:.2f}")
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     head = "| model | " + " | ".join(sk.FAMILY_SOURCE) + " |\n|---|" + "---|" * len(sk.FAMILY_SOURCE)
-    prices = "\n".join(f"| {m} | {skills['models'][m]['price_in_per_mtok']} | {skills['models'][m]['price_out_per_mtok']}"
-                       f" | {POOL[m]['read']} | {POOL[m]['out_tokens']} |" for m in POOL)
+    prices = "\n".join(
+        f"| {m} | {skills['models'][m]['price_in_per_mtok']} | {skills['models'][m]['price_out_per_mtok']}"
+        f" | {POOL[m]['read']} | {POOL[m]['out_tokens']} |"
+        for m in POOL
+    )
     return f"""# lr-onnx demo routing benchmark ({n} queries, seed {seed})
 
 Generated by `lr-onnx data demo`. **The images, questions and answers are real; the model

@@ -9,6 +9,7 @@ so a router has to look at the image to see it.
     d_text     0..1  how hard the small print is to read (font size, blur, low resolution)
     d_clutter  0..1  how busy the picture is (items, rows, series, shapes, distractors)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -68,14 +69,55 @@ def uniform01(rng) -> float:
 
 # ----------------------------------------------------------------------------- documents
 
-STORES = ["CORNER MARKET", "BLUE BAKERY", "CITY PHARMACY", "GREEN GROCER", "NORTH CAFE", "HARBOR HARDWARE",
-          "SUNRISE DELI", "PINE BOOKS", "RIVER NOODLES", "MAPLE FOODS"]
-ITEMS = ["milk", "bread", "eggs", "apples", "coffee", "tea", "rice", "pasta", "cheese", "butter", "tomatoes",
-         "soap", "batteries", "notebook", "pens", "juice", "yogurt", "bananas", "onions", "flour", "sugar",
-         "honey", "lamp", "tape", "gloves", "cereal", "olive oil", "chocolate", "water", "napkins"]
-WORDS = ("the of and to in for on with as by at from that this report data model system value results table "
-         "figure section analysis method quality cost router image question answer budget summary total review "
-         "annual meeting policy notice invoice project schedule account balance payment service order").split()
+STORES = [
+    "CORNER MARKET",
+    "BLUE BAKERY",
+    "CITY PHARMACY",
+    "GREEN GROCER",
+    "NORTH CAFE",
+    "HARBOR HARDWARE",
+    "SUNRISE DELI",
+    "PINE BOOKS",
+    "RIVER NOODLES",
+    "MAPLE FOODS",
+]
+ITEMS = [
+    "milk",
+    "bread",
+    "eggs",
+    "apples",
+    "coffee",
+    "tea",
+    "rice",
+    "pasta",
+    "cheese",
+    "butter",
+    "tomatoes",
+    "soap",
+    "batteries",
+    "notebook",
+    "pens",
+    "juice",
+    "yogurt",
+    "bananas",
+    "onions",
+    "flour",
+    "sugar",
+    "honey",
+    "lamp",
+    "tape",
+    "gloves",
+    "cereal",
+    "olive oil",
+    "chocolate",
+    "water",
+    "napkins",
+]
+WORDS = (
+    "the of and to in for on with as by at from that this report data model system value results table "
+    "figure section analysis method quality cost router image question answer budget summary total review "
+    "annual meeting policy notice invoice project schedule account balance payment service order"
+).split()
 
 
 def make_document(rng) -> Sample:
@@ -145,8 +187,20 @@ def make_document(rng) -> Sample:
 
 # ----------------------------------------------------------------------------- charts
 
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (90, 90, 200), (200, 90, 90)]
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (90, 90, 200),
+    (200, 90, 90),
+]
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -207,14 +261,15 @@ def make_chart(rng) -> Sample:
         cols: list[int] = []
         while len(cols) < n_series:  # a 12-month window where enough tickers have prices
             start = int(rng.integers(0, len(dates) - 13))
-            cols = [j for j in range(len(tickers)) if np.all(np.isfinite(table[start:start + 12, j]))]
+            cols = [j for j in range(len(tickers)) if np.all(np.isfinite(table[start : start + 12, j]))]
         pick = list(rng.choice(cols, size=min(n_series, len(cols)), replace=False))
-        data = table[start:start + 12, pick]
+        data = table[start : start + 12, pick]
         lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
         x0, y0, x1, y1 = 50, 30, W - 15, H - 40
         for s in range(data.shape[1]):
-            pts = [(x0 + (x1 - x0) * m / 11, y1 - (y1 - y0) * (data[m, s] - lo) / max(hi - lo, 1e-6))
-                   for m in range(12)]
+            pts = [
+                (x0 + (x1 - x0) * m / 11, y1 - (y1 - y0) * (data[m, s] - lo) / max(hi - lo, 1e-6)) for m in range(12)
+            ]
             dr.line(pts, fill=_PALETTE[s], width=2)
             dr.text((x1 - 60, y0 + s * (fs + 2)), tickers[pick[s]], fill=_PALETTE[s], font=f)
         for m in range(0, 12, 1 if fs < 11 else 2):
@@ -238,8 +293,14 @@ def make_chart(rng) -> Sample:
         raw = rng.dirichlet(np.ones(n) * 2.0)
         pct = np.round(raw * 100).astype(int)
         pct[-1] = 100 - pct[:-1].sum()
-        labels = [str(x) for x in rng.choice(["North", "South", "East", "West", "Online", "Retail", "Export",
-                                               "Other", "Services", "Hardware"], size=n, replace=False)]
+        labels = [
+            str(x)
+            for x in rng.choice(
+                ["North", "South", "East", "West", "Online", "Retail", "Export", "Other", "Services", "Hardware"],
+                size=n,
+                replace=False,
+            )
+        ]
         cx, cy, rad = 170, 190, 140
         ang = -90.0
         for j in range(n):
@@ -289,7 +350,15 @@ def make_table(rng) -> Sample:
             if j - 1 == hi_r and c - 1 == hi_c:
                 fill = (255, 236, 140)
             dr.rectangle([x, y, x + cw, y + rh], outline=(120, 120, 120), fill=fill)
-            txt = "" if j == 0 and c == 0 else cols[c - 1] if j == 0 else rows[j - 1] if c == 0 else str(vals[j - 1, c - 1])
+            txt = (
+                ""
+                if j == 0 and c == 0
+                else cols[c - 1]
+                if j == 0
+                else rows[j - 1]
+                if c == 0
+                else str(vals[j - 1, c - 1])
+            )
             dr.text((x + 4, y + (rh - fs) // 2), txt, fill=(0, 0, 0), font=f)
     r = rng.random()
     if r < 0.45:
@@ -316,8 +385,12 @@ def make_math(rng) -> Sample:
     for _ in range(n_distract):  # construction lines and stray labels
         p = rng.uniform([0, 0, 0, 0], [W, H, W, H])
         dr.line(list(map(float, p)), fill=(170, 170, 170), width=1)
-        dr.text((float(rng.uniform(0, W - 30)), float(rng.uniform(0, H - 20))), str(int(rng.integers(1, 99))),
-                fill=(140, 140, 140), font=f)
+        dr.text(
+            (float(rng.uniform(0, W - 30)), float(rng.uniform(0, H - 20))),
+            str(int(rng.integers(1, 99))),
+            fill=(140, 140, 140),
+            font=f,
+        )
     if kind == "triangle":
         a1, a2 = int(rng.integers(25, 80)), int(rng.integers(25, 80))
         a3 = 180 - a1 - a2
@@ -326,7 +399,11 @@ def make_math(rng) -> Sample:
         dr.text((70, 250), f"{a1}°", fill=(0, 0, 160), font=f)
         dr.text((315, 250), f"{a2}°", fill=(0, 0, 160), font=f)
         dr.text((pts[2][0] - 5, 75), "x", fill=(160, 0, 0), font=f)
-        prompt, ans, specific = "Find the angle x in degrees.", str(a3), "What is the value of angle x in this triangle?"
+        prompt, ans, specific = (
+            "Find the angle x in degrees.",
+            str(a3),
+            "What is the value of angle x in this triangle?",
+        )
     elif kind == "rectangle":
         w, h = int(rng.integers(3, 25)), int(rng.integers(3, 25))
         dr.rectangle([80, 90, 340, 260], outline=(0, 0, 0), width=2)
@@ -342,8 +419,11 @@ def make_math(rng) -> Sample:
         dr.ellipse([110, 70, 310, 270], outline=(0, 0, 0), width=2)
         dr.line([210, 170, 310, 170], fill=(0, 0, 0), width=2)
         dr.text((240, 150), f"r = {rad}", fill=(0, 0, 160), font=f)
-        prompt, ans, specific = ("Find the area (use pi = 3.14).", f"{3.14 * rad * rad:.2f}",
-                                 "What is the area of the circle (pi = 3.14)?")
+        prompt, ans, specific = (
+            "Find the area (use pi = 3.14).",
+            f"{3.14 * rad * rad:.2f}",
+            "What is the area of the circle (pi = 3.14)?",
+        )
     g = rng.random() < 0.5
     if g:
         dr.text((10, 8), prompt, fill=(0, 0, 0), font=font(max(fs, 11)))

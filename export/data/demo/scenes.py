@@ -1,5 +1,6 @@
 """Demo benchmark generators, continued: photos, spatial layouts of shapes and text-only questions
 (`render.py` holds the shared pieces, documents, charts, tables and math)."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -13,14 +14,20 @@ from .render import GENERIC_SHOW, GENERIC_IMAGE_Q, Sample, font, degrade, unifor
 # ----------------------------------------------------------------------------- photos
 
 PHOTOS = [  # (source, loader name, answer)
-    ("skimage", "astronaut", "an astronaut"), ("skimage", "coffee", "a cup of coffee"),
-    ("skimage", "chelsea", "a cat"), ("skimage", "rocket", "a rocket"),
+    ("skimage", "astronaut", "an astronaut"),
+    ("skimage", "coffee", "a cup of coffee"),
+    ("skimage", "chelsea", "a cat"),
+    ("skimage", "rocket", "a rocket"),
     ("skimage", "hubble_deep_field", "galaxies in deep space"),
     ("skimage", "immunohistochemistry", "stained tissue under a microscope"),
-    ("skimage", "retina", "a retina"), ("skimage", "camera", "a man with a camera"),
-    ("skimage", "moon", "the surface of the moon"), ("skimage", "coins", "coins"),
-    ("skimage", "clock", "a clock"), ("skimage", "colorwheel", "a color wheel"),
-    ("sklearn", "china.jpg", "a temple"), ("sklearn", "flower.jpg", "a flower"),
+    ("skimage", "retina", "a retina"),
+    ("skimage", "camera", "a man with a camera"),
+    ("skimage", "moon", "the surface of the moon"),
+    ("skimage", "coins", "coins"),
+    ("skimage", "clock", "a clock"),
+    ("skimage", "colorwheel", "a color wheel"),
+    ("sklearn", "china.jpg", "a temple"),
+    ("sklearn", "flower.jpg", "a flower"),
     ("matplotlib", "grace_hopper.jpg", "a woman in uniform"),
 ]
 
@@ -79,8 +86,14 @@ def make_photo(rng) -> Sample:
 
 # ----------------------------------------------------------------------------- spatial layouts
 
-COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 200, 30),
-          "purple": (140, 60, 180), "orange": (245, 140, 30)}
+COLORS = {
+    "red": (220, 40, 40),
+    "blue": (40, 80, 220),
+    "green": (40, 170, 60),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
 SHAPES = ["circle", "square", "triangle"]
 
 

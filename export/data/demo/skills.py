@@ -24,6 +24,7 @@ visual difficulties d_text, d_clutter in [0, 1] measured from the rendering:
 The score is a Bernoulli draw (exact-match VQA); costs come from the published
 per-token prices with approximate per-model image-token counts and output lengths.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,24 +38,29 @@ from ....runtime.validate import loads_json
 
 # skills.json family feeding each demo family ("tables" has no public family: mean of docs and charts).
 FAMILY_SOURCE = {
-    "documents": ["documents_ocr"], "charts": ["charts"], "tables": ["documents_ocr", "charts"],
-    "math": ["math"], "photos": ["general"], "spatial": ["spatial"], "text": ["text_only"],
+    "documents": ["documents_ocr"],
+    "charts": ["charts"],
+    "tables": ["documents_ocr", "charts"],
+    "math": ["math"],
+    "photos": ["general"],
+    "spatial": ["spatial"],
+    "text": ["text_only"],
 }
 
 # The candidate pool. read: robustness to small print (0..1, assumed from each model's published image
 # handling); lineage: models sharing a language backbone or lab share errors; out_tokens: typical answer
 # length (MiMo-VL-7B-RL is a reasoning model and writes long chains of thought); image tokens: approximate.
 POOL = {
-    "GPT4o":                   dict(read=0.35, lineage="openai",   out_tokens=60,  ms_tok=12, ttft=450, img="fixed:85"),
-    "InternVL2_5-78B":         dict(read=0.85, lineage="qwen",     out_tokens=40,  ms_tok=30, ttft=700, img="tiles:448:256"),
-    "Qwen2.5-VL-72B-Instruct": dict(read=0.95, lineage="qwen",     out_tokens=40,  ms_tok=28, ttft=650, img="patch:28"),
-    "Gemma3-27B":              dict(read=0.50, lineage="google",   out_tokens=50,  ms_tok=18, ttft=400, img="fixed:256"),
-    "Pixtral-12B":             dict(read=0.90, lineage="mistral",  out_tokens=70,  ms_tok=12, ttft=300, img="patch:16"),
-    "MiMo-VL-7B-RL":           dict(read=0.85, lineage="mimo",     out_tokens=700, ms_tok=9,  ttft=250, img="patch:28"),
-    "Qianfan-VL-8B":           dict(read=0.70, lineage="qianfan",  out_tokens=60,  ms_tok=9,  ttft=250, img="tiles:448:256"),
-    "Phi-3.5-Vision":          dict(read=0.50, lineage="phi",      out_tokens=40,  ms_tok=7,  ttft=200, img="tiles:336:144"),
-    "SmolVLM2":                dict(read=0.30, lineage="smol",     out_tokens=30,  ms_tok=5,  ttft=120, img="tiles:512:81"),
-    "deepseek_vl2_tiny":       dict(read=0.45, lineage="deepseek", out_tokens=35,  ms_tok=5,  ttft=150, img="tiles:384:196"),
+    "GPT4o": dict(read=0.35, lineage="openai", out_tokens=60, ms_tok=12, ttft=450, img="fixed:85"),
+    "InternVL2_5-78B": dict(read=0.85, lineage="qwen", out_tokens=40, ms_tok=30, ttft=700, img="tiles:448:256"),
+    "Qwen2.5-VL-72B-Instruct": dict(read=0.95, lineage="qwen", out_tokens=40, ms_tok=28, ttft=650, img="patch:28"),
+    "Gemma3-27B": dict(read=0.50, lineage="google", out_tokens=50, ms_tok=18, ttft=400, img="fixed:256"),
+    "Pixtral-12B": dict(read=0.90, lineage="mistral", out_tokens=70, ms_tok=12, ttft=300, img="patch:16"),
+    "MiMo-VL-7B-RL": dict(read=0.85, lineage="mimo", out_tokens=700, ms_tok=9, ttft=250, img="patch:28"),
+    "Qianfan-VL-8B": dict(read=0.70, lineage="qianfan", out_tokens=60, ms_tok=9, ttft=250, img="tiles:448:256"),
+    "Phi-3.5-Vision": dict(read=0.50, lineage="phi", out_tokens=40, ms_tok=7, ttft=200, img="tiles:336:144"),
+    "SmolVLM2": dict(read=0.30, lineage="smol", out_tokens=30, ms_tok=5, ttft=120, img="tiles:512:81"),
+    "deepseek_vl2_tiny": dict(read=0.45, lineage="deepseek", out_tokens=35, ms_tok=5, ttft=150, img="tiles:384:196"),
 }
 
 SUBSKILL_SD = 0.8
@@ -76,8 +82,10 @@ def load_skills(path: str | os.PathLike | None = None) -> dict:
     """The published-accuracy table (`mllm-skills/skills.json`: per-benchmark accuracies and prices)."""
     path = Path(path) if path is not None else default_skills_path()
     if not path.is_file():
-        raise DataError(f"{path}: no such file; the demo benchmark needs the mllm-skills table "
-                        f"(../shared/data/mllm-skills/skills.json, or --skills PATH / $LR_ONNX_SKILLS)")
+        raise DataError(
+            f"{path}: no such file; the demo benchmark needs the mllm-skills table "
+            f"(../shared/data/mllm-skills/skills.json, or --skills PATH / $LR_ONNX_SKILLS)"
+        )
     skills = loads_json(path.read_bytes(), str(path), err=DataError)
     if not isinstance(skills, dict) or not isinstance(skills.get("models"), dict) or "families" not in skills:
         raise DataError(f"{path}: not an mllm-skills table (expected 'models' and 'families')")
@@ -110,8 +118,10 @@ def impute_additive(table: dict[str, dict[str, float]], iters: int = 200) -> dic
         a = np.array([np.mean(X[i, obs[i]] - mu - b[obs[i]]) if obs[i].any() else 0.0 for i in range(len(models))])
         b = np.array([np.mean(X[obs[:, j], j] - mu - a[obs[:, j]]) for j in range(len(fams))])
     fit = mu + a[:, None] + b[None, :]
-    return {m: {f: float(np.clip(X[i, j] if obs[i, j] else fit[i, j], 0.05, 0.97)) for j, f in enumerate(fams)}
-            for i, m in enumerate(models)}
+    return {
+        m: {f: float(np.clip(X[i, j] if obs[i, j] else fit[i, j], 0.05, 0.97)) for j, f in enumerate(fams)}
+        for i, m in enumerate(models)
+    }
 
 
 def family_targets(skills: dict) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, bool]]]:
@@ -150,8 +160,16 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def simulate(families: list[str], subtypes: list[str], d_text: np.ndarray, d_clutter: np.ndarray,
-             words: np.ndarray, sizes: list[tuple[int, int] | None], seed: int, skills: dict | None = None):
+def simulate(
+    families: list[str],
+    subtypes: list[str],
+    d_text: np.ndarray,
+    d_clutter: np.ndarray,
+    words: np.ndarray,
+    sizes: list[tuple[int, int] | None],
+    seed: int,
+    skills: dict | None = None,
+):
     """Draw scores, costs, output tokens and latencies for every (query, pool model).
 
     Returns (names, Y, C, Tok, Lat, report) where report holds the calibration
@@ -197,15 +215,18 @@ def simulate(families: list[str], subtypes: list[str], d_text: np.ndarray, d_clu
     out_mean = np.array([POOL[m]["out_tokens"] for m in names])
     Tok = np.maximum(1, np.round(out_mean * rng.lognormal(0, 0.4, size=(N, K)) * (1 + 0.5 * d_clutter[:, None])))
     C = (price_in * t_in + price_out * Tok) / 1e6
-    Lat = np.round(np.array([POOL[m]["ttft"] for m in names]) + Tok * np.array([POOL[m]["ms_tok"] for m in names])
-                   + 0.2 * t_img, 1)
+    Lat = np.round(
+        np.array([POOL[m]["ttft"] for m in names]) + Tok * np.array([POOL[m]["ms_tok"] for m in names]) + 0.2 * t_img, 1
+    )
 
-    report = {"targets": targets, "imputed": imputed,
-              "realised": {m: {f: float(Y[fam == f, k].mean()) for f in sorted(set(families))}
-                           for k, m in enumerate(names)},
-              "beta_text": dict(zip(names, beta_t.round(3).tolist())),
-              "beta_clutter": dict(zip(names, beta_c.round(3).tolist())),
-              "P": P}
+    report = {
+        "targets": targets,
+        "imputed": imputed,
+        "realised": {m: {f: float(Y[fam == f, k].mean()) for f in sorted(set(families))} for k, m in enumerate(names)},
+        "beta_text": dict(zip(names, beta_t.round(3).tolist())),
+        "beta_clutter": dict(zip(names, beta_c.round(3).tolist())),
+        "P": P,
+    }
     return names, Y, C, Tok, Lat, report
 
 
@@ -215,7 +236,14 @@ def pool_registry(skills: dict | None = None) -> list[dict]:
     out = []
     for m in POOL:
         s = skills["models"][m]
-        out.append({"name": m, "price_in_per_mtok": s["price_in_per_mtok"],
-                    "price_out_per_mtok": s["price_out_per_mtok"], "params_b": s.get("params_b"),
-                    "checkpoint": s.get("checkpoint"), "price_source": s.get("price_source")})
+        out.append(
+            {
+                "name": m,
+                "price_in_per_mtok": s["price_in_per_mtok"],
+                "price_out_per_mtok": s["price_out_per_mtok"],
+                "params_b": s.get("params_b"),
+                "checkpoint": s.get("checkpoint"),
+                "price_source": s.get("price_source"),
+            }
+        )
     return out
