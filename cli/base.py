@@ -98,6 +98,12 @@ def split_names(value: str | None, option: str = "--models") -> list[str] | None
     return out
 
 
+def route_options(router, models, exclude, lam, max_cost, explore, explain=False):
+    """The command's routing options, resolved once (`Router.options`) before any query is read."""
+    models, exclude = split_names(models), split_names(exclude, "--exclude")
+    return router.options(models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain, explore=explore)
+
+
 def load_router(bundle, provider):
     from ..runtime.router import Router
 

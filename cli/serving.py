@@ -10,7 +10,7 @@ import click
 from .base import (
     echo_json,
     main,
-    split_names,
+    route_options,
     load_router,
     start_log,
     close_log,
@@ -72,14 +72,7 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
             f"file (usage: lr-onnx route [IMAGE ...] QUESTION)"
         )
     router = load_router(bundle, provider)
-    opts = router.options(
-        models=split_names(models),
-        exclude=split_names(exclude, "--exclude"),
-        lam=lam,
-        max_cost=max_cost,
-        explain=explain,
-        explore=explore,
-    )
+    opts = route_options(router, models, exclude, lam, max_cost, explore, explain)
     log = start_log(router, log_dir, log_content)
     d = router.route(images, question, options=opts)
     close_log(log)
@@ -207,13 +200,7 @@ def route_batch_cmd(
     if address and engine != "ray":
         raise click.UsageError("--address is for --engine ray")
     router = load_router(bundle, provider)
-    opts = router.options(
-        models=split_names(models),
-        exclude=split_names(exclude, "--exclude"),
-        lam=lam,
-        max_cost=max_cost,
-        explore=explore,
-    )
+    opts = route_options(router, models, exclude, lam, max_cost, explore)
     log = None if engine == "ray" else start_log(router, log_dir, log_content)
     total = count_records(Path(inp)) if inp != "-" and Path(inp).is_file() else None
     said = set()

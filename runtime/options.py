@@ -4,7 +4,7 @@ object, so a bad option is one error at the start, never a failure halfway throu
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TypedDict
 
 import numpy as np
 
@@ -13,6 +13,17 @@ from .decision import RouteOptions
 from .errors import OptionError
 from .policy import parse_explore
 from .validate import names as valid_names, number
+
+
+class RouteArgs(TypedDict, total=False):
+    """The routing options `Router.route`, `route_many` and `options` take by keyword (defaults in `resolve_options`)."""
+
+    models: str | Iterable[str] | None  # an allow-list of the pool's models
+    exclude: str | Iterable[str] | None  # a deny-list
+    lam: float | str | None  # a number, a preset name of the bundle, or None: its default
+    max_cost: float | None  # USD per query: models whose expected cost for the query is above it are left out
+    explain: bool  # attach what drove the choice
+    explore: Any  # None, "thompson[:S]", "epsilon:P" or an `Explore`
 
 
 def availability(

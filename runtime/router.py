@@ -15,14 +15,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Unpack
 
 import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, LrOnnxError, OptionError
 from .features import QUERY_DIM, encode_raw_queries, n_words, query_features
-from .options import resolve_lambda, resolve_options
+from .options import RouteArgs, resolve_lambda, resolve_options
 from .policy import choose, explore_rows
 from .prefetch import prefetched
 from .costs import query_costs
@@ -233,53 +233,19 @@ class Router:
         return resolve_lambda(lam, self.presets, self.default_lambda)
 
     def route(
-        self,
-        images: Any,
-        question: str,
-        *,
-        models: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        lam: float | str | None = None,
-        max_cost: float | None = None,
-        explain: bool = False,
-        explore: Any = None,
-        options: RouteOptions | None = None,
+        self, images: Any, question: str, *, options: RouteOptions | None = None, **kw: Unpack[RouteArgs]
     ) -> Decision:
-        return self.route_many(
-            [(as_list(images), question)],
-            models=models,
-            exclude=exclude,
-            lam=lam,
-            max_cost=max_cost,
-            explain=explain,
-            explore=explore,
-            options=options,
-        )[0]
+        """Route one query (`route_many`); the routing options (`runtime.options.RouteArgs`) by keyword."""
+        return self.route_many([(as_list(images), question)], options=options, **kw)[0]
 
     def route_many(
-        self,
-        queries: Any,
-        *,
-        batch_size: int = 64,
-        models: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        lam: float | str | None = None,
-        max_cost: float | None = None,
-        explain: bool = False,
-        explore: Any = None,
-        options: RouteOptions | None = None,
+        self, queries: Any, *, batch_size: int = 64, options: RouteOptions | None = None, **kw: Unpack[RouteArgs]
     ) -> list[Decision]:
         """Route (images, question) pairs in batches; one Decision per query, in order. The options are resolved
         here (`options`), or were resolved once by the caller and given as `options` (then give no other option)."""
-        if options is not None and (explain or any(v is not None for v in (models, exclude, lam, max_cost, explore))):
+        if options is not None and any(v is not None and v is not False for v in kw.values()):
             raise OptionError("give either options= or the individual routing options, not both")
-        opts = (
-            options
-            if options is not None
-            else self.options(
-                models=models, exclude=exclude, lam=lam, max_cost=max_cost, explain=explain, explore=explore
-            )
-        )
+        opts = options if options is not None else self.options(**kw)
         batch_size = integer(batch_size, "batch_size", lo=1, hi=1 << 20)
         queries = [as_query(x) for x in as_iterable(queries)]
         chunks = [queries[s : s + batch_size] for s in range(0, len(queries), batch_size)]
@@ -294,28 +260,9 @@ class Router:
             return []
         return self.decide(self.encode(prepared), [opts] * len(prepared), meta=[p.meta for p in prepared])
 
-    def options(
-        self,
-        *,
-        models: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        lam: float | str | None = None,
-        max_cost: float | None = None,
-        explain: bool = False,
-        explore: Any = None,
-    ) -> "RouteOptions":
+    def options(self, **kw: Unpack[RouteArgs]) -> RouteOptions:
         """Validate one request's routing options once (`runtime.options.resolve_options`)."""
-        return resolve_options(
-            self.names,
-            self.presets,
-            self.default_lambda,
-            models=models,
-            exclude=exclude,
-            lam=lam,
-            max_cost=max_cost,
-            explain=explain,
-            explore=explore,
-        )
+        return resolve_options(self.names, self.presets, self.default_lambda, **kw)
 
     def start_log(
         self,
