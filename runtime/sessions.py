@@ -106,6 +106,17 @@ def session_options(*, threads: int | None = None, spinning: bool = False) -> An
     return so
 
 
+def save_optimized(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Write graph `path` to `out` as ONNX Runtime optimises it at the BASIC level (constant folding, redundant-node
+    elimination): plain ONNX ops only, portable across machines and providers (the exporter's offline step)."""
+    rt = ort()
+    so = rt.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(out)
+    rt.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def new_session(
     model: bytes | str | os.PathLike[str],
     *,

@@ -58,14 +58,10 @@ def optimize_offline(path: Path) -> None:
     """Save the graph as ONNX Runtime optimises it at the BASIC level (constant folding, redundant-node
     elimination): plain ONNX ops only, so the file stays portable across machines and providers.
     Hardware-specific levels (EXTENDED / ALL layouts, fusions) are left to each session at load time."""
-    import onnxruntime as ort
+    from ...runtime.sessions import save_optimized
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     tmp = path.with_suffix(".opt.onnx")
-    so.optimized_model_filepath = str(tmp)
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    save_optimized(path, tmp)
     tmp.replace(path)
 
 
