@@ -175,9 +175,16 @@ def check_bundle_path(ctx, param, value):
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# the kinds of path the commands take (click checks existence where it says so)
+FOLDER = click.Path(exists=True, file_okay=False, path_type=str)  # an existing folder
+FILE = click.Path(exists=True, dir_okay=False, path_type=str)  # an existing file
+FOLDER_PATH = click.Path(file_okay=False, path_type=str)  # a folder, existing or to be written
+FILE_PATH = click.Path(dir_okay=False, path_type=str)  # a file, existing or to be written
+ANY_PATH = click.Path(path_type=str)
+
 BUNDLE_OPTION = click.option(
     "--bundle",
-    type=click.Path(path_type=str),
+    type=ANY_PATH,
     default=None,
     callback=check_bundle_path,
     help="Bundle folder (default: the bundle shipped in assets/).",
@@ -185,7 +192,7 @@ BUNDLE_OPTION = click.option(
 LOG_OPTION = click.option(
     "--log",
     "log_dir",
-    type=click.Path(file_okay=False, path_type=str),
+    type=FOLDER_PATH,
     default=None,
     help="Append each decision (id, pool, choice, every candidate's mu, sigma and cost, the query's "
     "compact embedding) to the decision log in this folder, for `lr-onnx feedback` and "

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import click
 
-from .base import Group, main, BUNDLE_OPTION
+from .base import Group, main, BUNDLE_OPTION, FILE_PATH
 
 
 @main.group("bench", cls=Group, invoke_without_command=True)
 @click.option("--quick", is_flag=True, help="Fewer repeats: under 3 minutes on 2 cores.")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=FILE_PATH,
     default=None,
     help="JSON output (default: benchmarks/results/<host>.json); a .md table is written beside it.",
 )
@@ -36,7 +36,7 @@ def bench_cmd(ctx, quick, out, threads):
 @click.option("--quick", is_flag=True, help="96 requests per level instead of 256, a 3 s overload phase.")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=FILE_PATH,
     default=None,
     help="JSON output (default: benchmarks/results/serve.json).",
 )

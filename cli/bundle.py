@@ -7,7 +7,20 @@ import sys
 
 import click
 
-from .base import Group, echo_json, main, load_router, printable, USD, PRICE, BUNDLE_OPTION, PROVIDER_OPTION
+from .base import (
+    Group,
+    echo_json,
+    main,
+    load_router,
+    printable,
+    USD,
+    PRICE,
+    BUNDLE_OPTION,
+    PROVIDER_OPTION,
+    ANY_PATH,
+    FILE,
+    FOLDER,
+)
 
 
 @main.group("models", cls=Group)
@@ -23,23 +36,23 @@ def _pool_target(run_dir, bundle, out):
 
 
 @models.command("propose")
-@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("run_dir", required=False, type=FOLDER)
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=str),
+    type=ANY_PATH,
     help="Folder to write (must not exist): queries.jsonl and images/.",
 )
 @click.option(
     "--bundle",
-    type=click.Path(exists=True, file_okay=False, path_type=str),
+    type=FOLDER,
     default=None,
     help="Propose from your own queries (--from) for this bundle instead of a training run's rows.",
 )
 @click.option(
     "--from",
     "from_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    type=FILE,
     default=None,
     help="With --bundle: your queries, as route-batch reads them (JSONL or CSV with id, question, images).",
 )
@@ -94,9 +107,9 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
 
 
 @models.command("add")
-@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=str), help="Bundle to extend.")
-@click.option("--out", type=click.Path(path_type=str), help="Where to write the extended copy of --bundle.")
+@click.argument("run_dir", required=False, type=FOLDER)
+@click.option("--bundle", type=FOLDER, help="Bundle to extend.")
+@click.option("--out", type=ANY_PATH, help="Where to write the extended copy of --bundle.")
 @click.option("--name", required=True, help="Name of the new model.")
 @click.option("--price-in", type=PRICE, default=None, help="USD per 1M input tokens.")
 @click.option("--price-out", type=PRICE, default=None, help="USD per 1M output tokens.")
@@ -166,13 +179,13 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
 
 
 @models.command("remove")
-@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("run_dir", required=False, type=FOLDER)
 @click.option(
     "--bundle",
-    type=click.Path(exists=True, file_okay=False, path_type=str),
+    type=FOLDER,
     help="A bundle to remove the model from (it is copied to --out, never changed).",
 )
-@click.option("--out", type=click.Path(path_type=str), help="Where to write the reduced copy of --bundle.")
+@click.option("--out", type=ANY_PATH, help="Where to write the reduced copy of --bundle.")
 @click.option("--name", required=True, help="The pool model to remove (`lr-onnx info` lists the pool).")
 def models_remove(run_dir, bundle, out, name):
     """Remove a model from a pool (RUN_DIR in place, or a copy of --bundle at --out)."""
@@ -316,12 +329,12 @@ def doctor_cmd(bundle, provider):
 
 
 @main.command("calibrate")
-@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--bundle", required=True, type=FOLDER)
 @click.option(
     "--data",
     "data_dir",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=str),
+    type=FOLDER,
     help="Your labelled queries in the native format (outcomes of the bundle's models).",
 )
 @click.option("--max-avg-cost", type=USD, default=None, help="Target: mean cost per query (USD) at most X.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .base import Group, echo_json, main
+from .base import Group, echo_json, main, ANY_PATH, FILE_PATH, FOLDER, FOLDER_PATH
 
 
 @main.group(cls=Group)
@@ -14,7 +14,7 @@ def data():
 
 
 @data.command("check")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.argument("directory", type=FOLDER_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option("--strict-images", is_flag=True, help="Treat a missing image file as an error (default: counted).")
 def data_check(directory, as_json, strict_images):
@@ -41,8 +41,8 @@ def data_convert():
 
 
 @data_convert.command("mmr")
-@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
+@click.argument("src", type=FOLDER)
+@click.argument("out", type=ANY_PATH)
 @click.option(
     "--mmr-official-split",
     is_flag=True,
@@ -62,7 +62,7 @@ def convert_mmr(src, out, mmr_official_split):
 
 @data_convert.command("vl-routerbench")
 @click.argument("src", type=click.Path(exists=True, path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
+@click.argument("out", type=ANY_PATH)
 def convert_vl(src, out):
     """VL-RouterBench: SRC is the matrices layout, an extracted vlm_router_data/, or vlm_router_data.tar.gz.
 
@@ -82,13 +82,13 @@ def convert_vl(src, out):
 
 
 @data.command("demo")
-@click.argument("out", type=click.Path(path_type=str))
+@click.argument("out", type=ANY_PATH)
 @click.option("--n", "n", type=click.IntRange(min=50), default=12000, show_default=True, help="Number of queries.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for images, questions and outcomes.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Rendering processes (default: CPU count).")
 @click.option(
     "--skills",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=FILE_PATH,
     default=None,
     help="The published-accuracy table (default: ../shared/data/mllm-skills/skills.json beside the "
     "checkout, or $LR_ONNX_SKILLS).",
@@ -113,8 +113,8 @@ def data_demo(out, n, seed, workers, skills):
 
 
 @data.command("merge")
-@click.argument("out", type=click.Path(path_type=str))
-@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("out", type=ANY_PATH)
+@click.argument("sources", nargs=-1, required=True, type=FOLDER)
 def data_merge(out, sources):
     """Merge native datasets SOURCES... into OUT (which must not exist).
 

@@ -24,6 +24,9 @@ from .base import (
     LOG_CONTENT_OPTION,
     EXPLORE_OPTION,
     PROVIDER_OPTION,
+    ANY_PATH,
+    FILE_PATH,
+    FOLDER_PATH,
 )
 
 
@@ -141,7 +144,7 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
 @click.option(
     "--out",
     required=True,
-    type=click.Path(dir_okay=False, path_type=str),
+    type=FILE_PATH,
     help="JSONL of decisions; appended to, so a rerun resumes where it stopped.",
 )
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
@@ -255,7 +258,7 @@ def route_batch_cmd(
 
 
 @main.command("feedback")
-@click.argument("log_dir", metavar="LOG", type=click.Path(file_okay=False, path_type=str))
+@click.argument("log_dir", metavar="LOG", type=FOLDER_PATH)
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=False, path_type=str))
 @click.option(
     "--window-h",
@@ -290,20 +293,20 @@ def feedback_cmd(log_dir, file, window_h):
     "--bundle",
     "bundle",
     required=True,
-    type=click.Path(file_okay=False, path_type=str),
+    type=FOLDER_PATH,
     help="The bundle that routed the logged decisions (never modified).",
 )
 @click.option(
     "--log",
     "log_dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=str),
+    type=FOLDER_PATH,
     help="The decision log folder, with feedback attached.",
 )
-@click.option("--out", required=True, type=click.Path(path_type=str), help="The refreshed bundle folder to write.")
+@click.option("--out", required=True, type=ANY_PATH, help="The refreshed bundle folder to write.")
 @click.option(
     "--report",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=FILE_PATH,
     default=None,
     help="Report JSON to write (default: OUT.report.json; a PNG beside it).",
 )
@@ -350,7 +353,7 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=FILE_PATH,
     default=None,
     help="TOML file: upstreams per pool model ([models.NAME] base_url, api_key_env, upstream_model), "
     "limits, batching, retries (README, 'Serving'). Without it: /v1/route only, every default.",

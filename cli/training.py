@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from .base import main
+from .base import main, ANY_PATH, FOLDER
 
 
 @main.command("train")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Run folder to write.")
+@click.argument("data_dir", type=FOLDER)
+@click.option("--out", "out", required=True, type=ANY_PATH, help="Run folder to write.")
 @click.option(
     "--setting",
     type=click.Choice(["performance", "cost"]),
@@ -71,11 +71,11 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
 
 
 @main.command("evaluate")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("run_dir", type=FOLDER)
 @click.option(
     "--data",
     "data_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=str),
+    type=FOLDER,
     default=None,
     help="Dataset folder (default: the one the run was trained on). Another dataset: transfer "
     "evaluation, the run as trained, on the models both pools share (RUN/transfer_NAME.json).",
@@ -125,8 +125,8 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
 
 
 @main.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Bundle folder (must not exist).")
+@click.argument("run_dir", type=FOLDER)
+@click.option("--out", "out", required=True, type=ANY_PATH, help="Bundle folder (must not exist).")
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "int8", "int8-full", "fp16"]),
