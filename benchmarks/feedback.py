@@ -164,19 +164,8 @@ def scenario(name: str, work: Path, meta: dict, *, explore: str, lam: float, eve
         row = {}
         for arm, bundle, learn in (("frozen", history, False), ("refresh", history, True), ("ceiling", ceiling, False)):
             t = time.perf_counter()
-            row[arm], chosen = replay(
-                bundle,
-                q,
-                Y,
-                C,
-                A,
-                names,
-                explore=None if setting == "off" else setting,
-                lam=lam,
-                every=every,
-                learn=learn,
-                work=work / "replay" / f"{name}_{arm}",
-            )
+            how = {"explore": None if setting == "off" else setting, "lam": lam, "every": every, "learn": learn}
+            row[arm], chosen = replay(bundle, q, Y, C, A, names, **how, work=work / "replay" / f"{name}_{arm}")
             if name == "new_model":
                 row[arm]["share_routed_to_added_model"] = round(chosen.count(feedback_setup.NEW_MODEL) / len(chosen), 4)
             print(
@@ -208,19 +197,11 @@ def other_orders(name: str, work: Path, meta: dict, seeds: list[int], *, explore
     for seed in seeds:
         q, Y, C, A, names, _ = stream_table(src, feedback_setup.stream_ids(records, seed=seed))
         for setting in ("off", explore):
+            how = {"explore": None if setting == "off" else setting, "lam": lam, "every": every}
+            history = work / "bundles" / f"{name}_history"
             res = {
                 arm: replay(
-                    work / "bundles" / f"{name}_history",
-                    q,
-                    Y,
-                    C,
-                    A,
-                    names,
-                    explore=None if setting == "off" else setting,
-                    lam=lam,
-                    every=every,
-                    learn=learn,
-                    work=work / "replay" / f"{name}_order{seed}_{arm}",
+                    history, q, Y, C, A, names, **how, learn=learn, work=work / "replay" / f"{name}_order{seed}_{arm}"
                 )[0]
                 for arm, learn in (("frozen", False), ("refresh", True))
             }

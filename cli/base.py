@@ -185,7 +185,6 @@ ANY_PATH = click.Path(path_type=str)
 BUNDLE_OPTION = click.option(
     "--bundle",
     type=ANY_PATH,
-    default=None,
     callback=check_bundle_path,
     help="Bundle folder (default: the bundle shipped in assets/).",
 )
@@ -193,7 +192,6 @@ LOG_OPTION = click.option(
     "--log",
     "log_dir",
     type=FOLDER_PATH,
-    default=None,
     help="Append each decision (id, pool, choice, every candidate's mu, sigma and cost, the query's "
     "compact embedding) to the decision log in this folder, for `lr-onnx feedback` and "
     "`lr-onnx refresh`. No question or image is stored unless --log-content.",
@@ -203,7 +201,6 @@ LOG_CONTENT_OPTION = click.option(
 )
 EXPLORE_OPTION = click.option(
     "--explore",
-    default=None,
     metavar="POLICY",
     help="Opt-in exploration, so feedback can teach the router about models it rarely picks: "
     "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma / sqrt(1 + n), n the labelled "

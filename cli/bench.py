@@ -13,10 +13,9 @@ from .base import Group, main, BUNDLE_OPTION, FILE_PATH
 @click.option(
     "--out",
     type=FILE_PATH,
-    default=None,
     help="JSON output (default: benchmarks/results/<host>.json); a .md table is written beside it.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per engine (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads per engine (default: all cores).")
 @click.pass_context
 def bench_cmd(ctx, quick, out, threads):
     """Latency, throughput, memory and cold start: ONNX Runtime fp32 / int8 vs PyTorch eager, side by side.
@@ -37,7 +36,6 @@ def bench_cmd(ctx, quick, out, threads):
 @click.option(
     "--out",
     type=FILE_PATH,
-    default=None,
     help="JSON output (default: benchmarks/results/serve.json).",
 )
 @BUNDLE_OPTION

@@ -46,14 +46,12 @@ def _pool_target(run_dir, bundle, out):
 @click.option(
     "--bundle",
     type=FOLDER,
-    default=None,
     help="Propose from your own queries (--from) for this bundle instead of a training run's rows.",
 )
 @click.option(
     "--from",
     "from_file",
     type=FILE,
-    default=None,
     help="With --bundle: your queries, as route-batch reads them (JSONL or CSV with id, question, images).",
 )
 @click.option(
@@ -111,8 +109,8 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
 @click.option("--bundle", type=FOLDER, help="Bundle to extend.")
 @click.option("--out", type=ANY_PATH, help="Where to write the extended copy of --bundle.")
 @click.option("--name", required=True, help="Name of the new model.")
-@click.option("--price-in", type=PRICE, default=None, help="USD per 1M input tokens.")
-@click.option("--price-out", type=PRICE, default=None, help="USD per 1M output tokens.")
+@click.option("--price-in", type=PRICE, help="USD per 1M input tokens.")
+@click.option("--price-out", type=PRICE, help="USD per 1M output tokens.")
 @click.option(
     "--outcomes",
     required=True,
@@ -121,7 +119,6 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
 )
 @click.option(
     "--image-tokens",
-    default=None,
     metavar="RULE",
     help="The model's image-token rule, for per-query expected costs (with --bundle and --price-in): "
     "openai-high-detail, claude-pixels-div-750, gemini-258, qwen2-vl-28px, internvl2-448-tiles, "
@@ -337,8 +334,8 @@ def doctor_cmd(bundle, provider):
     type=FOLDER,
     help="Your labelled queries in the native format (outcomes of the bundle's models).",
 )
-@click.option("--max-avg-cost", type=USD, default=None, help="Target: mean cost per query (USD) at most X.")
-@click.option("--max-share", default=None, help="Target: MODEL:P, at most a share P of queries sent to MODEL.")
+@click.option("--max-avg-cost", type=USD, help="Target: mean cost per query (USD) at most X.")
+@click.option("--max-share", help="Target: MODEL:P, at most a share P of queries sent to MODEL.")
 @click.option(
     "--split",
     type=click.Choice(["all", "val", "test", "train"]),

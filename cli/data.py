@@ -85,11 +85,10 @@ def convert_vl(src, out):
 @click.argument("out", type=ANY_PATH)
 @click.option("--n", "n", type=click.IntRange(min=50), default=12000, show_default=True, help="Number of queries.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for images, questions and outcomes.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Rendering processes (default: CPU count).")
+@click.option("--workers", type=click.IntRange(min=1), help="Rendering processes (default: CPU count).")
 @click.option(
     "--skills",
     type=FILE_PATH,
-    default=None,
     help="The published-accuracy table (default: ../shared/data/mllm-skills/skills.json beside the "
     "checkout, or $LR_ONNX_SKILLS).",
 )

@@ -39,13 +39,12 @@ from .base import (
     "--lambda",
     "lam",
     type=LAMBDA,
-    default=None,
     metavar="NUMBER|PRESET",
     help="Cost weight: utility = predicted quality - lambda x normalised expected cost; a number or "
     "a preset of the bundle (quality, balanced, budget_50, budget_25, budget_10; `lr-onnx info` "
     "lists them). Default: the bundle's calibrated value.",
 )
-@click.option("--max-cost", type=USD, default=None, help="Per-query budget in USD (expected cost).")
+@click.option("--max-cost", type=USD, help="Per-query budget in USD (expected cost).")
 @click.option(
     "--explain",
     is_flag=True,
@@ -150,10 +149,8 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--models", help="Comma-separated allow-list of candidate models.")
 @click.option("--exclude", help="Comma-separated models that may not be chosen.")
-@click.option(
-    "--lambda", "lam", type=LAMBDA, default=None, help="Cost weight: a number or a preset name (default: the bundle's)."
-)
-@click.option("--max-cost", type=USD, default=None, help="Per-query budget in USD (expected cost).")
+@click.option("--lambda", "lam", type=LAMBDA, help="Cost weight: a number or a preset name (default: the bundle's).")
+@click.option("--max-cost", type=USD, help="Per-query budget in USD (expected cost).")
 @click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
@@ -162,7 +159,7 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
     help="ray: Ray Data over an actor pool, one Router per actor (pip install '.[cpu,ray]'); reads "
     "JSONL, CSV or Parquet, writes JSONL (resumable) or Parquet (OUT ending in .parquet).",
 )
-@click.option("--address", default=None, help="Ray cluster address (with --engine ray; default: a local Ray).")
+@click.option("--address", help="Ray cluster address (with --engine ray; default: a local Ray).")
 @LOG_OPTION
 @LOG_CONTENT_OPTION
 @EXPLORE_OPTION
@@ -307,7 +304,6 @@ def feedback_cmd(log_dir, file, window_h):
 @click.option(
     "--report",
     type=FILE_PATH,
-    default=None,
     help="Report JSON to write (default: OUT.report.json; a PNG beside it).",
 )
 @click.option(
@@ -354,13 +350,11 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
     "--config",
     "config_path",
     type=FILE_PATH,
-    default=None,
     help="TOML file: upstreams per pool model ([models.NAME] base_url, api_key_env, upstream_model), "
     "limits, batching, retries (README, 'Serving'). Without it: /v1/route only, every default.",
 )
 @click.option(
     "--api-key-env",
-    default=None,
     metavar="NAME",
     help="Environment variable holding the gateway key clients must send (Authorization: Bearer ...).",
 )

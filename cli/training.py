@@ -76,7 +76,6 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
     "--data",
     "data_dir",
     type=FOLDER,
-    default=None,
     help="Dataset folder (default: the one the run was trained on). Another dataset: transfer "
     "evaluation, the run as trained, on the models both pools share (RUN/transfer_NAME.json).",
 )

@@ -187,19 +187,10 @@ def make_document(rng) -> Sample:
 
 # ----------------------------------------------------------------------------- charts
 
+# matplotlib's tab10 and two more, as hex
 _PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-    (90, 90, 200),
-    (200, 90, 90),
+    tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))
+    for h in "1f77b4 ff7f0e 2ca02c d62728 9467bd 8c564b e377c2 7f7f7f bcbd22 17becf 5a5ac8 c85a5a".split()
 ]
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
