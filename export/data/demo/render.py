@@ -211,12 +211,18 @@ def stock_table() -> tuple[list[str], list[str], np.ndarray]:
     return header[1:], [d for d, k in zip(dates, keep) if k], vals[keep]
 
 
-def make_chart(rng) -> Sample:
-    kind = str(rng.choice(["bar", "line", "pie"]))
+def drawn(rng, kinds: list[str], fs_easy: int, fs_span: int, W: int, H: int) -> tuple:
+    """A drawn family's start, in this RNG order: its kind, its two difficulties, the font size the text difficulty
+    gives (fs_easy px at 0, fs_easy - fs_span at 1) and a blank W x H canvas with that font."""
+    kind = str(rng.choice(kinds))
     d_text, d_clutter = uniform01(rng), uniform01(rng)
-    fs = int(round(16 - 9 * d_text))
+    fs = int(round(fs_easy - fs_span * d_text))
+    return (kind, d_text, d_clutter, fs, *canvas(W, H, fs))
+
+
+def make_chart(rng) -> Sample:
     W, H = 480, 360
-    img, dr, f = canvas(W, H, fs)
+    kind, d_text, d_clutter, fs, img, dr, f = drawn(rng, ["bar", "line", "pie"], 16, 9, W, H)
     tickers, dates, table = stock_table()
     if kind == "bar":
         n = int(3 + round(9 * d_clutter))
@@ -367,11 +373,8 @@ def make_table(rng) -> Sample:
 
 
 def make_math(rng) -> Sample:
-    kind = str(rng.choice(["triangle", "rectangle", "circle"]))
-    d_text, d_clutter = uniform01(rng), uniform01(rng)
-    fs = int(round(20 - 11 * d_text))
     W, H = 420, 340
-    img, dr, f = canvas(W, H, fs)
+    kind, d_text, d_clutter, fs, img, dr, f = drawn(rng, ["triangle", "rectangle", "circle"], 20, 11, W, H)
     n_distract = int(round(8 * d_clutter))
     for _ in range(n_distract):  # construction lines and stray labels
         p = rng.uniform([0, 0, 0, 0], [W, H, W, H])
