@@ -206,8 +206,6 @@ def query_costs(
 def mean_output_tokens(entry: dict[str, Any], queries: list[tuple[str, list[Any]]], cost: Any, tokens: Any) -> float:
     """A model's mean output tokens on labelled queries ((question, image sizes) each): the recorded tokens
     where there are any, else recovered from the recorded costs minus what its rule says the input cost."""
-    import numpy as np
-
     tokens, cost = np.asarray(tokens, float), np.asarray(cost, float)
     if np.isfinite(tokens).any():
         return round(float(np.nanmean(tokens)), 2)

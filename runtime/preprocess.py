@@ -14,15 +14,13 @@ import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .decision import Prepared
 from .errors import BundleError, InputError
-
-if TYPE_CHECKING:  # annotations only
-    from .decision import Prepared
 
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb limit, checked per image (global PIL state untouched)
 # What one decoded image may hold in memory (width x height x bands x bytes per sample, from its header,
@@ -406,8 +404,6 @@ def prepare_query(
 ) -> "Prepared":
     """A checked question and its images, each decoded (allow-listed decoders, pixel limit, decoded-byte budgets per
     image and, when given, for the request's images together) and turned into its tensor."""
-    from .decision import Prepared
-
     budget = None if max_request_bytes is None else [int(max_request_bytes)]
     tensors, sizes = [], []
     for img in images:

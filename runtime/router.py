@@ -47,10 +47,9 @@ class Router:
         self.image_spec, self.text_spec = m.image, m.text
         self.pool, self.names = m.pool, m.model_names
         self.expected_cost = np.array([p.expected_cost_usd for p in m.pool], np.float64)
-        self.cost_hat = np.array([p.cost_hat for p in m.pool], np.float64)
         self.model_feat = pool_features(m.pool)  # [K, W + 1] profile, cost
-        self.per_query_cost = any(p.output_tokens is not None and p.image_tokens for p in m.pool)
-        self._pricing = [p.pricing() for p in m.pool]
+        per_query = any(p.output_tokens is not None and p.image_tokens for p in m.pool)
+        self._pricing = [p.pricing() for p in m.pool] if per_query else None  # None: every model's constant
         self.default_lambda = m.lambdas.default
         self.presets = {k: v.lam for k, v in m.lambdas.presets.items()}
         self.space = m.profile_space
@@ -189,7 +188,7 @@ class Router:
     # ------------------------------------------------------------------ scoring and routing
     def query_costs(self, meta: list[Any] | None, n: int) -> np.ndarray:
         """`[B, K]` expected USD per query and model (`runtime.costs.query_costs`)."""
-        return query_costs(self._pricing if self.per_query_cost else None, self.expected_cost, meta, n)
+        return query_costs(self._pricing, self.expected_cost, meta, n)
 
     def score_features(
         self, q: np.ndarray, avail: np.ndarray, c_hat: np.ndarray | None = None
