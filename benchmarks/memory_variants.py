@@ -13,6 +13,8 @@ unless said otherwise:
                    on training rows (leave-one-out), times c in {0.5, 1, 2}
     loo_selection  the current settings, chosen on up to 3,000 training rows (leave-one-out) + validation
     oracle         the current settings chosen on the scored half itself: the headroom, not a method
+    avg_over_k_tau_kappa   no choice within an image weight: the mean estimate over every (k, tau, kappa)
+    top5           the mean estimate of the current settings' five best on validation (less selection noise?)
 
     python benchmarks/memory_variants.py blindtest=../shared/data/blindtest dynamath=../shared/data/dynamath
         [--resplits 6] [--out benchmarks/results/memory_variants.json]
@@ -144,6 +146,9 @@ def cell(P, resplits: int) -> dict:
     mrows = memory_rows(P)
     loo = np.sort(rng.choice(len(mrows), min(LOO_ROWS, len(mrows)), replace=False))
     cands = candidates(P, pool, loo)
+    for iw in GRID["image_weight"]:  # the averaged family: one candidate per image weight
+        group = [c for c in cands if c["family"] == "current" and c["settings"][0] == iw]
+        cands.append({"family": "avg", "settings": (iw,), "est": np.mean([c["est"] for c in group], axis=0)})
     Y, A = np.nan_to_num(d.Y[pool]), d.A[pool]
 
     def value(c, idx):
@@ -163,13 +168,19 @@ def cell(P, resplits: int) -> dict:
             lambda c, idx: (len(idx) * value(c, idx) + len(loo) * loo_value[id(c)]) / (len(idx) + len(loo)),
         ),
         "oracle": ("current", None),
+        "avg_over_k_tau_kappa": ("avg", value),
+        "top5": ("top5", value),
     }
     result = {}
     for name, (family, crit) in rules.items():
         scored = []
         for choose, score in halves:
-            pick = [c for c in cands if c["family"] == family]
-            best = max(pick, key=lambda c: crit(c, choose) if crit else value(c, score))
+            if family == "top5":
+                cur = sorted((c for c in cands if c["family"] == "current"), key=lambda c: -value(c, choose))[:5]
+                best = {"est": np.mean([c["est"] for c in cur], axis=0), "settings": ()}
+            else:
+                pick = [c for c in cands if c["family"] == family]
+                best = max(pick, key=lambda c: crit(c, choose) if crit else value(c, score))
             scored.append(routing_value(best["est"][score], P, pool[score]) + (list(best["settings"]),))
         result[name] = {
             "test_split": {"score_at_lambda0": scored[0][0], "nauc": scored[0][1], "settings": scored[0][2]},
