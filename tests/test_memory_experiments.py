@@ -1,0 +1,63 @@
+"""The estimators of the memory experiments (benchmarks/memory_variants.py): their numbers are quoted in
+docs/results.md, so each must do what its docstring says on data where the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lr_onnx.runtime.features import HAS_IMAGE_COL
+from lr_onnx.runtime.memory import Memory, MemorySettings
+from memory_variants import eb_kappa, ridge, shrunk, summary
+
+
+def test_ridge_recovers_a_linear_outcome_per_model_on_its_own_rows():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 5))
+    w = rng.normal(size=(5, 2))
+    Y = X @ w + np.array([0.3, 0.7])
+    A = np.ones_like(Y, bool)
+    A[::2, 1] = False  # model 1 answered half the rows
+    Y[~A] = 99.0  # never read
+    W = ridge(X, Y, A, alpha=1e-6)
+    assert np.allclose(W[:-1], w, atol=1e-4) and np.allclose(W[-1], [0.3, 0.7], atol=1e-4)
+    lonely = np.zeros_like(A)
+    lonely[0, 0] = True  # fewer than two rows: no fit, zero weights
+    assert not ridge(X, Y, lonely, alpha=1.0)[:, 0].any()
+
+
+def test_eb_kappa_trusts_neighbours_only_for_a_model_whose_outcomes_vary_by_neighbourhood():
+    rng = np.random.default_rng(1)
+    n, k = 200, 10
+    cluster = np.arange(n) // 100  # two neighbourhoods of 100 rows
+    outcomes = np.stack([cluster.astype(float), rng.integers(0, 2, n).astype(float)], 1).astype(np.float32)
+    mem = Memory(
+        np.zeros((HAS_IMAGE_COL, 3), np.float32),
+        np.eye(n, 2, dtype=np.float32),
+        outcomes,
+        ["a", "b"],
+        MemorySettings(k=k, s_ref=0.5),
+    )
+    idx = np.stack(
+        [rng.choice(np.flatnonzero((cluster == cluster[i]) & (np.arange(n) != i)), k, replace=False) for i in range(n)]
+    )
+    kappa = eb_kappa(mem, (np.ones((n, k)), idx), mem.settings)
+    # "a" is 0 in one neighbourhood and 1 in the other: its local mean is all signal, a tiny pseudo-count.
+    # "b" is a coin flip everywhere: its local means are noise, a large pseudo-count keeps its global mean.
+    assert kappa[0] <= 0.3 + 1e-9 and kappa[1] > 20
+    est = shrunk(np.full((1, 2), 10.0), np.array([[10.0, 10.0]]), kappa, mem.global_mean)
+    assert est[0, 0] > 0.95 and abs(est[0, 1] - mem.global_mean[1]) < 0.2
+
+
+def test_summary_is_each_variant_against_current():
+    def cell(s0, na):
+        point = {"score_at_lambda0": s0, "nauc": na}
+        return {"test_split": point, "resplit_mean": point}
+
+    cells = {
+        "x": {"current": cell(0.5, 0.5), "v": cell(0.6, 0.4)},
+        "y": {"current": cell(0.5, 0.5), "v": cell(0.5, 0.7)},
+    }
+    row = summary(cells)["v"]
+    assert row["test_split_score_at_lambda0_mean_diff"] == 0.05 and row["test_split_score_at_lambda0_cells_ahead"] == 1
+    assert row["resplit_mean_nauc_mean_diff"] == 0.05 and row["resplit_mean_nauc_cells_ahead"] == 1
+    assert "current" not in summary(cells)
