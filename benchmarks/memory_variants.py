@@ -221,6 +221,7 @@ def main(argv=None) -> None:
         res["cells"][name] = cell(load_training_set(data_dir, progress=False), a.resplits)
         res["summary"] = summary(res["cells"])
         res["cells_in_summary"] = len(res["cells"])
+        res["selection_grid"] = {key: list(v) for key, v in GRID.items()}  # the settings the rules choose among
         atomic_write_text(a.out, json.dumps(res, indent=2) + "\n")
         for rule, r in res["cells"][name].items():
             t, m = r["test_split"], r["resplit_mean"]

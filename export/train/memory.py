@@ -19,7 +19,7 @@ from ...runtime.memory import COLUMNS, Memory, MemorySettings, embed
 DIM = 128  # retrieval dimensions (<= runtime.memory.MAX_DIM)
 PCA_SEED = 20260308
 S_REF_QUANTILE = 0.10  # s_ref: a training query's mean neighbour similarity at this quantile counts fully
-GRID = {"image_weight": (0.5, 1.0, 2.0), "k": (16, 32, 64), "kappa": (1.0, 3.0, 10.0), "tau": (0.03, 0.1)}
+GRID = {"image_weight": (0.5, 1.0, 2.0), "k": (16, 32, 64, 128, 256), "kappa": (1.0, 3.0, 10.0), "tau": (0.03, 0.1)}
 SIZES = (0.5, 1.0)  # share of the training rows the memory keeps (checked at the chosen settings)
 
 
