@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lr_onnx.runtime.memory import untrained_answer
 from lr_onnx.runtime.profiles import assign_slices, new_model_profile
 from lr_onnx.export.evaluate import routing_metrics as M
 from lr_onnx.export.evaluate.report import sweep
@@ -158,6 +159,9 @@ def run(
                 grown = P_wo.memory.with_rows(full.q[ok], name, d.Y[ok, k])
                 cols = grown.columns(full.q[test], [d.model_names[j] for j in order], blas=True)
             mt = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
+            if cols is not None:  # as the Router does: the added model gets the memory's answer
+                added = np.arange(len(order)) == len(keep)
+                mt = untrained_answer(mt, mt, np.zeros_like(mt), cols, added)[1]
             r = _route(mt, Y[:, order], C[:, order], A[:, order], c_hat)
             entry["added"][str(n)] = {
                 "queries": int(len(rows)),

@@ -4,7 +4,9 @@ Runs after `benchmarks/newmodel.py` (it reuses that run's routers in OUT_DIR and
 trained without the strongest model routes the test pool with the model added back as `models add` does, and
 then with the added model's predicted score replaced by each of
 
-    as_added             what `models add` gives it (profile + its labelled queries in the memory)
+    as_added             what `models add` gives it: the memory's estimate (its labelled queries among the neighbours,
+                         else its mean), as the Router answers for a model added after training
+    network_column       the trained network's column for it, read from its profile (what the Router gave before)
     labelled_mean        the mean of its 48 labelled outcomes, the same for every query
     test_mean            its true mean on the test split, the same for every query (an oracle constant)
     ridge_on_others_A    ridge (alpha A) of its 48 outcomes on the other models' predictions for those queries
@@ -27,6 +29,7 @@ import numpy as np
 from lr_onnx.export.files import atomic_write_text
 from lr_onnx.export.train.pool import spread_over_slices
 from lr_onnx.export.train.trainer import TrainConfig, load_training_set, predict
+from lr_onnx.runtime.memory import untrained_answer
 from lr_onnx.runtime.profiles import assign_slices
 
 from newmodel import PICK_SEED, _route, _trained, added_model_feat, held_out_models, recovery  # benchmarks/newmodel.py
@@ -54,11 +57,14 @@ def diagnose(data_dir: Path, out: Path) -> dict:
     feat, c_hat = added_model_feat(P_wo, full, k, rows)
     grown = P_wo.memory.with_rows(full.q[rows], name, d.Y[rows, k])
     cols = grown.columns(full.q[test], [d.model_names[j] for j in order], blas=True)
-    mt = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
+    net_column = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
+    added = np.arange(len(order)) == len(keep)
+    mt = untrained_answer(net_column, net_column, np.zeros_like(net_column), cols, added)[1]  # as the Router
     others = predict(net, P_wo, rows)[0]  # the other models on the labelled queries (memory leave-one-out)
     y = d.Y[rows, k]
     columns = {
         "as_added": mt[:, -1],
+        "network_column": net_column[:, -1],
         "labelled_mean": np.full(len(test), y.mean()),
         "test_mean": np.full(len(test), Y[A[:, k], k].mean()),
     }

@@ -243,6 +243,23 @@ class Memory:
         return cls(arrays["projection"], arrays["keys"], o, list(entry.models), entry.settings)
 
 
+def untrained_answer(
+    mu: np.ndarray, mu_tilde: np.ndarray, delta: np.ndarray, cols: np.ndarray, untrained: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mu, mu_tilde, delta) `[B, K]` with the models in `untrained` `[K]` (added after training, `models add`) given
+    the memory's estimate from `cols` and no correction: the network never learned them, and its correction of a
+    column read from a profile of a few dozen labels misleads (issue 21: holding out dynamath's strongest model and
+    adding it back from 48 labels, routing recovered -67% of the gap with the network's column, +40% with the
+    memory's). Unavailable entries (-1) stay as they are."""
+    est = 1.0 / (1.0 + np.exp(-cols[..., 0].astype(np.float64)))
+    swap = untrained[None, :] & (mu >= 0)
+    return (
+        np.where(swap, est, mu).astype(mu.dtype),
+        np.where(swap, est, mu_tilde).astype(mu_tilde.dtype),
+        np.where(swap, 0.0, delta).astype(delta.dtype),
+    )
+
+
 def block_weights(image_weight: float) -> np.ndarray:
     """`[D_e]` per-dimension weight of the retrieval space: 1 on the text vector, `image_weight` on the image vector
     (numpy here, constants in memory.onnx and fused.onnx)."""

@@ -27,7 +27,7 @@ from .policy import choose, explore_rows
 from .prefetch import prefetched
 from .costs import query_costs
 from .preprocess import DEFAULT_MAX_IMAGE_BYTES, load_tokenizer, prepare_query, tokenize
-from .memory import COLUMNS, Memory
+from .memory import COLUMNS, Memory, untrained_answer
 from .profiles import model_features, pool_features
 from .sessions import BundleSessions, run
 from .decision import Candidate, Decision, Prepared, RouteOptions, ranked_candidates  # noqa: F401  (Router's API)
@@ -203,6 +203,9 @@ class Router:
             cols = mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=self.memory_search(q))
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
+        added = np.array([bool(p.extra.get("added_with")) for p in self.pool])
+        if cols is not None and added.any():  # models the network never trained on: the memory's answer
+            mu, mt, delta = untrained_answer(mu, mt, delta, cols, added)
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
             bad = avail & ~np.isfinite(v)
             if bad.any():  # never a decision: a broken graph or profile must not pick "the first model"

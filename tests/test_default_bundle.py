@@ -95,7 +95,7 @@ def test_a_model_perfect_and_cheap_on_one_task_wins_that_task(tmp_path):
 
 
 @pytest.mark.shared_data("blindtest")
-def test_a_model_added_from_24_perfect_outcomes_wins_its_own_queries(tmp_path):
+def test_a_model_added_from_24_perfect_outcomes_wins_its_own_queries(tmp_path, monkeypatch):
     """Issue 21 §3: a user adds a model from 24 made-up perfect outcomes and routes those very queries: it used to be
     chosen 0 times in 24. Its labelled neighbours (the queries themselves) now say it wins, so it must."""
     data, rows = _task_rows("", 24)
@@ -115,3 +115,13 @@ def test_a_model_added_from_24_perfect_outcomes_wins_its_own_queries(tmp_path):
     won = sum(d.model == "newbie" for d in r2.route_many(queries, lam=0.0))
     assert won >= 20, (won, rep["pool_scores"])
     assert rep["predicted_score"] > 0.9
+    # the network never trained on it: the router hands its column to the memory (runtime.memory.untrained_answer)
+    import lr_onnx.runtime.router as router_module
+
+    seen = []
+    real = router_module.untrained_answer
+    monkeypatch.setattr(router_module, "untrained_answer", lambda *a: seen.append(a[-1]) or real(*a))
+    sc = r2.score_features(r2.features(queries[:4]), np.ones((4, len(r2.names)), bool))
+    assert [list(np.flatnonzero(m)) for m in seen] == [[r2.names.index("newbie")]]
+    k = r2.names.index("newbie")
+    assert np.allclose(sc["mu_tilde"][:, k], 1 / (1 + np.exp(-sc["memory"][:, k, 0])), atol=1e-6)

@@ -153,3 +153,18 @@ def test_the_search_graph_finds_what_numpy_finds(tmp_path):
     np.testing.assert_allclose(mem.columns(None, found=(sims, idx)), mem.columns(q[:7]), atol=1e-5)
     few = sess.run(None, {"query": q[:2], "keys": mem.keys[:4]})[1]
     assert few.shape == (2, 4)  # fewer rows than k: every row, best first
+
+
+def test_models_added_after_training_get_the_memorys_estimate_and_no_correction():
+    from lr_onnx.runtime.memory import untrained_answer
+
+    mu = np.array([[0.9, 0.2, -1.0], [0.1, 0.8, 0.7]], np.float32)  # -1: unavailable
+    mt, delta = mu + 0.01, np.full_like(mu, 0.01)
+    cols = np.zeros((2, 3, 3), np.float32)
+    cols[..., 0] = np.log(0.6 / 0.4)  # the memory says 0.6 everywhere
+    added = np.array([False, True, True])
+    m2, mt2, d2 = untrained_answer(mu, mt, delta, cols, added)
+    assert np.allclose(mt2[:, 1], 0.6) and np.allclose(m2[:, 1], 0.6) and not d2[:, 1].any()
+    assert mt2[0, 2] == mt[0, 2] and m2[0, 2] == -1.0  # unavailable stays unavailable
+    assert np.allclose(mt2[1, 2], 0.6)
+    assert (mt2[:, 0] == mt[:, 0]).all() and (d2[:, 0] == delta[:, 0]).all()  # trained models untouched
