@@ -100,3 +100,9 @@ def logged():
     log.addHandler(keep)
     yield keep
     log.removeHandler(keep)
+
+
+def models_add_args(bundle, out, name, *rest: str) -> list[str]:
+    """`lr-onnx models add --bundle BUNDLE --out OUT --name NAME REST...`: the arguments every models-add test starts
+    with, the options that matter to each test after them."""
+    return ["models", "add", "--bundle", str(bundle), "--out", str(out), "--name", str(name), *rest]

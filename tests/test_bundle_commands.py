@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, models_add_args
 from lr_onnx.cli import main
 from lr_onnx.runtime.bundle import load_bundle
 from lr_onnx.runtime.router import DEFAULT_BUNDLE, Router
@@ -91,14 +91,9 @@ def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
     before = (DEFAULT_BUNDLE / "manifest.json").read_bytes()
     res = runner.invoke(
         main,
-        [
-            "models",
-            "add",
-            "--bundle",
-            str(DEFAULT_BUNDLE),
-            "--out",
-            str(tmp_path / "b2"),
-            "--name",
+        models_add_args(
+            DEFAULT_BUNDLE,
+            tmp_path / "b2",
             "NewVLM",
             "--price-in",
             "0.3",
@@ -106,7 +101,7 @@ def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
             "0.6",
             "--outcomes",
             str(_labelled(tmp_path)),
-        ],
+        ),
     )
     assert res.exit_code == 0, res.output
     assert (DEFAULT_BUNDLE / "manifest.json").read_bytes() == before  # the source bundle is untouched

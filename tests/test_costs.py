@@ -9,7 +9,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, models_add_args
 from lr_onnx.cli import main
 from lr_onnx.runtime import costs
 from lr_onnx.runtime.errors import BundleError
@@ -137,14 +137,9 @@ def test_models_add_image_tokens(runner, tmp_path):
     )
     res = runner.invoke(
         main,
-        [
-            "models",
-            "add",
-            "--bundle",
-            str(DEFAULT_BUNDLE),
-            "--out",
-            str(tmp_path / "b2"),
-            "--name",
+        models_add_args(
+            DEFAULT_BUNDLE,
+            tmp_path / "b2",
             "NewVLM",
             "--price-in",
             "0.5",
@@ -154,7 +149,7 @@ def test_models_add_image_tokens(runner, tmp_path):
             "qwen2-vl-28px",
             "--outcomes",
             str(outcomes),
-        ],
+        ),
     )
     assert res.exit_code == 0, res.output
     entry = json.loads((tmp_path / "b2" / "manifest.json").read_text())["pool"][-1]
@@ -164,14 +159,9 @@ def test_models_add_image_tokens(runner, tmp_path):
     assert c["NewVLM"] == pytest.approx((0.5 * (costs.text_tokens("What is this?") + 23 * 17) + 1.5 * 120) / 1e6)
     bad = runner.invoke(
         main,
-        [
-            "models",
-            "add",
-            "--bundle",
-            str(DEFAULT_BUNDLE),
-            "--out",
-            str(tmp_path / "b3"),
-            "--name",
+        models_add_args(
+            DEFAULT_BUNDLE,
+            tmp_path / "b3",
             "NewVLM",
             "--price-in",
             "1",
@@ -179,6 +169,6 @@ def test_models_add_image_tokens(runner, tmp_path):
             "magic",
             "--outcomes",
             str(outcomes),
-        ],
+        ),
     )
     assert bad.exit_code == 2 and "unknown image-token rule" in bad.output and not (tmp_path / "b3").exists()

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, rec, write_native
+from conftest import REPO, models_add_args, rec, write_native
 from lr_onnx.cli import main
 from lr_onnx.runtime import policy, preprocess
 from lr_onnx.runtime.batch import route_batch
@@ -173,20 +173,15 @@ def test_models_add_refuses_non_finite_prices(runner, tmp_path, price):
     out = tmp_path / "b2"
     res = runner.invoke(
         main,
-        [
-            "models",
-            "add",
-            "--bundle",
-            str(DEFAULT_BUNDLE),
-            "--out",
-            str(out),
-            "--name",
+        models_add_args(
+            DEFAULT_BUNDLE,
+            out,
             "X",
             "--price-in",
             price,
             "--outcomes",
             str(tmp_path),
-        ],
+        ),
     )
     assert res.exit_code == 2 and "finite number" in res.output and not out.exists()
 
@@ -552,18 +547,13 @@ def test_models_add_and_remove_clean_up_on_failure(runner, tmp_path, monkeypatch
     )
     out = tmp_path / "missing" / "b2"
     for cmd in (
-        [
-            "models",
-            "add",
-            "--bundle",
-            str(DEFAULT_BUNDLE),
-            "--out",
-            str(out),
-            "--name",
+        models_add_args(
+            DEFAULT_BUNDLE,
+            out,
             "NewVLM",
             "--outcomes",
             str(outcomes),
-        ],
+        ),
         [
             "models",
             "remove",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from conftest import models_add_args
 from lr_onnx.cli import main
 from lr_onnx.runtime.router import Router
 
@@ -117,14 +118,9 @@ def test_models_add_reports_what_it_used_and_prices_like_route(runner, tmp_path)
     (tmp_path / "new.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     res = runner.invoke(
         main,
-        [
-            "models",
-            "add",
-            "--bundle",
-            str(b),
-            "--out",
-            str(tmp_path / "b2"),
-            "--name",
+        models_add_args(
+            b,
+            tmp_path / "b2",
             "newbie",
             "--price-in",
             "2.5",
@@ -134,7 +130,7 @@ def test_models_add_reports_what_it_used_and_prices_like_route(runner, tmp_path)
             "openai-high-detail",
             "--outcomes",
             str(tmp_path / "new.jsonl"),
-        ],
+        ),
     )
     assert res.exit_code == 0, res.output
     assert "24 labelled queries" in res.output and "predicted mu_tilde on these labelled queries" in res.output
