@@ -63,6 +63,11 @@ def ridge(X: np.ndarray, Y: np.ndarray, A: np.ndarray, alpha: float) -> np.ndarr
     return W
 
 
+def ridge_predict(W: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """`[n, K]` the ridge estimate of `ridge`'s weights on rows `X`."""
+    return np.concatenate([X, np.ones((len(X), 1))], 1) @ W
+
+
 def ridge_on_training(X: np.ndarray, Y: np.ndarray, A: np.ndarray) -> np.ndarray:
     """Ridge weights with alpha chosen by 5-fold squared error on the training rows themselves."""
 
@@ -71,7 +76,7 @@ def ridge_on_training(X: np.ndarray, Y: np.ndarray, A: np.ndarray) -> np.ndarray
         e = 0.0
         for i in range(5):
             W = ridge(X[fold != i], Y[fold != i], A[fold != i], alpha)
-            p = np.concatenate([X[fold == i], np.ones(((fold == i).sum(), 1))], 1) @ W
+            p = ridge_predict(W, X[fold == i])
             e += float(np.sum(A[fold == i] * (p - Y[fold == i]) ** 2))
         return e
 
@@ -112,7 +117,7 @@ def candidates(P, pool: np.ndarray, loo: np.ndarray) -> list[dict]:
         F = sorted_found(mem.neighbours(e, KMAX, blas=True), KMAX)
         Ft = sorted_found(mem.neighbours(mem.keys[loo], KMAX, exclude=loo, blas=True), KMAX)
         W = ridge_on_training(mem.keys, np.nan_to_num(d.Y[rows]), d.A[rows])
-        lin = np.clip(np.concatenate([e, np.ones((len(e), 1))], 1) @ W, 0.01, 0.99)
+        lin = np.clip(ridge_predict(W, e), 0.01, 0.99)
         for k, tau in itertools.product(GRID["k"], GRID["tau"]):
             st = MemorySettings(k, 1.0, tau, iw, reference_similarity(mem.keys, k))
             f, ft = (F[0][:, :k], F[1][:, :k]), (Ft[0][:, :k], Ft[1][:, :k])

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import targets  # noqa: E402  (benchmarks/targets.py)
-from memory_variants import ridge  # noqa: E402
+from memory_variants import ridge, ridge_predict  # noqa: E402
 
 from lr_onnx.export.train import trainer  # noqa: E402
 from lr_onnx.runtime.features import HAS_IMAGE_COL  # noqa: E402
@@ -31,10 +31,6 @@ from lr_onnx.runtime.memory import COLUMNS, logit  # noqa: E402
 FOLDS = 5
 ALPHAS = (0.01, 0.1, 1.0, 10.0)
 SIDE_SCALE = 0.1  # standardised side features, scaled to sit beside a unit retrieval vector
-
-
-def _predict(W: np.ndarray, X: np.ndarray) -> np.ndarray:
-    return np.concatenate([X, np.ones((len(X), 1))], 1) @ W
 
 
 def ridge_column(P, mem) -> np.ndarray:
@@ -51,7 +47,10 @@ def ridge_column(P, mem) -> np.ndarray:
             float(
                 np.sum(
                     A[fold == i]
-                    * (_predict(ridge(Xr[fold != i], Y[fold != i], A[fold != i], alpha), Xr[fold == i]) - Y[fold == i])
+                    * (
+                        ridge_predict(ridge(Xr[fold != i], Y[fold != i], A[fold != i], alpha), Xr[fold == i])
+                        - Y[fold == i]
+                    )
                     ** 2
                 )
             )
@@ -59,9 +58,9 @@ def ridge_column(P, mem) -> np.ndarray:
         )
 
     alpha = min(ALPHAS, key=error)
-    out = _predict(ridge(Xr, Y, A, alpha), X)
+    out = ridge_predict(ridge(Xr, Y, A, alpha), X)
     for i in range(FOLDS):
-        out[rows[fold == i]] = _predict(ridge(Xr[fold != i], Y[fold != i], A[fold != i], alpha), Xr[fold == i])
+        out[rows[fold == i]] = ridge_predict(ridge(Xr[fold != i], Y[fold != i], A[fold != i], alpha), Xr[fold == i])
     return logit(np.clip(out, 0.01, 0.99)).astype(np.float32)
 
 

@@ -46,6 +46,7 @@ class Router:
         m = bundle.manifest
         self.image_spec, self.text_spec = m.image, m.text
         self.pool, self.names = m.pool, m.model_names
+        self._added = np.array([bool(p.extra.get("added_with")) for p in m.pool])  # models the network never saw
         self.expected_cost = np.array([p.expected_cost_usd for p in m.pool], np.float64)
         self.model_feat = pool_features(m.pool)  # [K, W + 1] profile, cost
         per_query = any(p.output_tokens is not None and p.image_tokens for p in m.pool)
@@ -203,9 +204,8 @@ class Router:
             cols = mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=self.memory_search(q))
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
-        added = np.array([bool(p.extra.get("added_with")) for p in self.pool])
-        if cols is not None and added.any():  # models the network never trained on: the memory's answer
-            mu, mt, delta = untrained_answer(mu, mt, delta, cols, added)
+        if cols is not None and self._added.any():  # models the network never trained on: the memory's answer
+            mu, mt, delta = untrained_answer(mu, mt, delta, cols, self._added)
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
             bad = avail & ~np.isfinite(v)
             if bad.any():  # never a decision: a broken graph or profile must not pick "the first model"
