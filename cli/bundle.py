@@ -129,7 +129,9 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
     """Add a model from a few labelled queries (48 recommended, 24 minimum); the network is not retrained.
 
     Its capability profile is built with the frozen slices and standardisation, so it
-    routes immediately. With --bundle this needs no torch.
+    routes immediately. In a bundle with a capability memory (the default bundle has one)
+    its labelled queries join the memory, and the router answers for it with the memory's
+    estimate: the network never saw it. With --bundle this needs no torch.
     """
     _pool_target(run_dir, bundle, out)
     if image_tokens and image_tokens.lstrip().startswith("{"):
