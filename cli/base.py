@@ -118,6 +118,16 @@ def start_log(router, log_dir, content):
     return router.start_log(log_dir, content=content)
 
 
+def note_dropped(files) -> None:
+    """Say which baked graphs an edited bundle copy left out (runtime.manage.write_edited)."""
+    for f in files:
+        click.echo(
+            f"note: {f} was left out of the copy: it bakes in the old pool and memory; "
+            "re-export the run with --fused for a new one",
+            err=True,
+        )
+
+
 def close_log(log) -> None:
     if log is not None:
         log.close()

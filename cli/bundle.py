@@ -12,6 +12,7 @@ from .base import (
     echo_json,
     main,
     load_router,
+    note_dropped,
     printable,
     USD,
     PRICE,
@@ -175,6 +176,7 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
             click.echo(f"  {n[:32]:32s} {v:.3f}" + ("  (observed %.3f)" % rep["observed_score"] if n == name else ""))
     for w in rep["warnings"]:
         click.echo(f"warning: {w}", err=True)
+    note_dropped(rep.get("dropped", []))
 
 
 @models.command("remove")
@@ -193,11 +195,13 @@ def models_remove(run_dir, bundle, out, name):
         from ..export.train.pool import remove_model
 
         remove_model(run_dir, name)
+        dropped = []
     else:
         from ..runtime.manage import remove_model as remove_from_bundle
 
-        remove_from_bundle(bundle, out, name)
+        dropped = remove_from_bundle(bundle, out, name)
     click.echo(f"removed {name}" + (f"; wrote {out}" if out else ""))
+    note_dropped(dropped)
 
 
 @main.command("info")

@@ -14,6 +14,7 @@ from .base import (
     load_router,
     start_log,
     close_log,
+    note_dropped,
     is_file,
     printable,
     LAMBDA,
@@ -335,6 +336,7 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
     click.echo(f"out of coverage: {rep['out_of_coverage_share']:.1%} of {rep['decisions']} decisions")
     click.echo(f"verdict: {rep['verdict']}")
     click.echo(f"report: {report or str(out) + '.report.json'}")
+    note_dropped(rep["dropped"])
 
 
 @main.command("serve")

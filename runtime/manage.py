@@ -36,6 +36,28 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
     atomic_write_text(folder / MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
+BAKED_GRAPHS = ("fused",)  # graphs with the pool and the memory built in as constants (export --fused)
+
+
+def write_edited(folder: Path, before: Manifest, after: Manifest) -> list[str]:
+    """Write `after` into `folder` (a bundle copy being edited from `before`); returns the files dropped.
+
+    A graph that bakes in the pool and the memory (`fused.onnx`) would go on answering for the old ones
+    once either changes, so it leaves the copy: re-export with --fused for a new one."""
+    dropped: list[str] = []
+    if after.model_names != before.model_names or after.memory != before.memory:
+        graphs, files = dict(after.graphs), dict(after.files)
+        for g in BAKED_GRAPHS:
+            if g in graphs:
+                fname = graphs.pop(g).file
+                files.pop(fname, None)
+                (folder / fname).unlink(missing_ok=True)
+                dropped.append(fname)
+        after = replace(after, graphs=graphs, files=files)
+    write_manifest(folder, after)
+    return dropped
+
+
 @contextmanager
 def edited_copy(src: Path, out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary copy of bundle `src` beside `out`; it becomes `out` only if the block succeeds,
@@ -122,7 +144,7 @@ def add_model(
         grown_m = m.with_pool(m.pool + (entry,))
         if mem is not None:  # its labelled queries join the memory: a local estimate from the first query on
             grown_m = with_memory(tmp, grown_m, mem.with_rows(q, name, y))
-        write_manifest(tmp, grown_m)
+        dropped = write_edited(tmp, m, grown_m)
     from .router import Router
 
     grown = Router.load(Path(out), provider=router.provider)
@@ -139,6 +161,7 @@ def add_model(
         "slice_counts": new["slice_counts"],
         "pool_scores": {n: round(float(sc["mu_tilde"][:, k].mean()), 4) for k, n in enumerate(grown.names)},
         "warnings": new["warnings"],
+        "dropped": dropped,
     }
 
 
@@ -210,7 +233,8 @@ def propose_from_queries(
     }
 
 
-def remove_model(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str], name: str) -> None:
+def remove_model(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str], name: str) -> list[str]:
+    """A copy of bundle `bundle_path` at `out` without model `name`; returns the files dropped (`write_edited`)."""
     b = load_bundle(bundle_path)
     names = b.model_names
     if name not in names:
@@ -225,7 +249,8 @@ def remove_model(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str
                 m = with_memory(tmp, m, mem)
             else:  # only the removed model had outcomes: the router has nothing left to remember
                 raise OptionError(f"model '{name}' holds every outcome of the bundle's memory; it cannot be removed")
-        write_manifest(tmp, m)
+        dropped = write_edited(tmp, b.manifest, m)
+    return dropped
 
 
 def with_memory(folder: Path, manifest: Manifest, mem: "Memory") -> Manifest:

@@ -55,7 +55,7 @@ def refresh(
 ) -> dict[str, Any]:
     """Write the refreshed copy `out` of bundle `bundle_path` from the feedback in `log_dir`; returns the report
     (also written to `report`, default `<out>.report.json`, with its PNG beside it)."""
-    from .manage import edited_copy, with_memory, write_manifest
+    from .manage import edited_copy, with_memory, write_edited
     from .router import Router
 
     router = Router(load_bundle(bundle_path))
@@ -116,7 +116,7 @@ def refresh(
         )
         if mem is not None and rows_added:
             new_m = with_memory(tmp, new_m, mem)
-        write_manifest(tmp, new_m)
+        rep["dropped"] = write_edited(tmp, m, new_m)
     path = Path(report) if report is not None else Path(f"{out}.report.json")
     atomic_write_text(path, json.dumps(rep, indent=2, allow_nan=False) + "\n")
     atomic_write_bytes(path.with_suffix(".png"), _plot(use, traffic))

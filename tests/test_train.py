@@ -432,6 +432,26 @@ def test_manifest_schema(bundle):
         assert p["expected_cost_usd"] > 0 and p["cost_hat"] > 0
 
 
+def test_editing_the_pool_leaves_the_fused_graph_out_of_the_copy(bundle, tmp_path, runner):
+    """fused.onnx bakes in the pool and the memory: a copy with another pool must not carry it (stale answers)."""
+    from lr_onnx.cli import main
+    from lr_onnx.runtime.bundle import load_bundle
+
+    src = load_bundle(bundle[0])
+    name = src.model_names[0]
+    res = runner.invoke(
+        main, ["models", "remove", "--bundle", str(bundle[0]), "--out", str(tmp_path / "b2"), "--name", name]
+    )
+    assert res.exit_code == 0, res.output
+    assert "fused.onnx was left out" in res.output
+    b2 = load_bundle(tmp_path / "b2")  # verifies every hash the manifest lists
+    assert "fused" not in b2.manifest.graphs and "fused.onnx" not in b2.manifest.files
+    assert not (tmp_path / "b2" / "fused.onnx").exists() and name not in b2.model_names
+    assert (bundle[0] / "fused.onnx").is_file() and "fused" in load_bundle(
+        bundle[0]
+    ).manifest.graphs  # source untouched
+
+
 def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     """The served router (PIL + tokenizers + ONNX Runtime) reproduces the torch pipeline on real queries."""
     from lr_onnx.export.train.trainer import attach_run_memory, load_router, predict, load_training_set
