@@ -5,8 +5,10 @@ other), train with the model excluded (no column, no profile), add it back from 
 of its labelled R_cal queries (spread over the slices as `models propose` picks them, profiled by
 the same code as `models add`), and route the full test pool. The router trained with the
 model is the upper reference, the one without it (routing the pool minus the model) the lower.
+Each size is drawn `--draws` times (which queries a user happens to label moves the result a lot);
+the recovery recorded is the draws' mean, each draw's numbers beside it.
 
-    python benchmarks/newmodel.py DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96]
+    python benchmarks/newmodel.py DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96] [--draws 5]
                                       [--which strongest] [--into benchmarks/results/newmodel_real.json]
 
 Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR and reused on a rerun.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lr_onnx.runtime.memory import untrained_answer
+from lr_onnx.runtime.memory import LocalPrior, global_means, memory_estimates, untrained_answer
 from lr_onnx.runtime.profiles import assign_slices, new_model_profile
 from lr_onnx.export.evaluate import routing_metrics as M
 from lr_onnx.export.evaluate.report import sweep
@@ -39,6 +41,8 @@ from lr_onnx.export.train.rundir import RunDir
 
 SIZES = (24, 48, 96)
 PICK_SEED = 20260308
+RULES = ("added", "added_global_mean_prior", "added_line_unshrunk")  # the Router's rule, then its ablations
+DRAWS = 5  # label draws per size (seeds PICK_SEED + 0..4): one draw of 48 labels swings recovery by +-0.15
 
 
 def held_out_models(P: TrainingSet, seed: int = PICK_SEED) -> dict[str, str]:
@@ -94,6 +98,21 @@ def added_model_feat(
     return space.model_feat(np.vstack([P_wo.raw_profiles, new["raw"]]), e_bar), e_bar / space.cost_scale
 
 
+def added_estimates(mem, q_lab, y, q_test, names: list[str], rule: str = "added"):
+    """(estimates `[B, K]`, memory columns `[B, K, COLUMNS]`) on the test queries `q_test` for the pool `names`, whose
+    last model was added from its outcomes `y` on the labelled queries `q_lab`, as `models add` and the Router do:
+    its rows join the memory `mem`, and its estimate's prior is fitted on the trained models' local difficulty
+    (`LocalPrior`). The ablations (`RULES`): `added_global_mean_prior`, its global mean as the prior (the rule
+    before); `added_line_unshrunk`, the line's least-squares slope without its shrinkage."""
+    grown = mem.with_rows(q_lab, names[-1], y)
+    cols = grown.columns(q_test, names, blas=True)
+    lab = mem.columns(q_lab, names[:-1], blas=True)
+    lp = LocalPrior.fit(lab, y, names[:-1], [False] * (len(names) - 1), shrink=rule != "added_line_unshrunk")
+    priors = [None] * (len(names) - 1) + [None if rule == "added_global_mean_prior" else lp]
+    est = memory_estimates(cols, names, global_means(grown, names, [0.5] * len(names)), grown.settings.kappa, priors)
+    return est, cols
+
+
 def _trained(data_dir: Path, run_dir: Path, cfg: TrainConfig, P: TrainingSet, progress: bool):
     """The router of `run_dir` (trained on `P` first if absent), with `P` given the run's memory."""
     if not RunDir(run_dir).trained:
@@ -102,6 +121,19 @@ def _trained(data_dir: Path, run_dir: Path, cfg: TrainConfig, P: TrainingSet, pr
     if net.cfg.memory and P.memory is None:
         attach_run_memory(P, run_cfg)
     return net
+
+
+def mean_over_draws(per_draw: list[dict]) -> dict:
+    """The draws' mean of every number (recovery: of each part), with each draw's own numbers kept beside it."""
+    out = {k: round(float(np.mean([r[k] for r in per_draw])), 4) for k in per_draw[0] if k != "recovery"}
+    out["queries"] = per_draw[0]["queries"]
+    out["recovery"] = {}
+    for key in per_draw[0]["recovery"]:
+        vals = [r["recovery"][key] for r in per_draw if r["recovery"][key] is not None]  # None: no gap to close
+        out["recovery"][key] = round(float(np.mean(vals)), 4) if vals else None
+    out["draws"] = len(per_draw)
+    out["per_draw"] = per_draw
+    return out
 
 
 def recovery(lower: dict, added: dict, upper: dict) -> dict:
@@ -121,6 +153,7 @@ def run(
     sizes=SIZES,
     cfg: TrainConfig | None = None,
     which: tuple[str, ...] = ("strongest", "cheapest", "random"),
+    draws: int = DRAWS,
     progress: bool = True,
 ) -> dict:
     cfg = cfg or TrainConfig()
@@ -134,6 +167,7 @@ def run(
         "data": str(data_dir),
         "test_rows": int(len(test)),
         "sizes": list(sizes),
+        "label_draws": draws,
         "full_run": str(full_run),
         "upper_all_models": _summary(upper),
         "models": {},
@@ -149,28 +183,39 @@ def run(
         order = keep + [k]  # the added model is the last column
         cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])  # R_cal rows the held-out model answered
         slices = assign_slices(full.q[cal], P_wo.space.centroids)
-        entry = {"why": why, "upper": _summary(upper, share_of=k), "lower_without": _summary(lower), "added": {}}
+        entry = {"why": why, "upper": _summary(upper, share_of=k), "lower_without": _summary(lower)}
         for n in sizes:
-            rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED)])
-            feat, c_hat = added_model_feat(P_wo, full, k, rows)
-            cols = None
-            if P_wo.memory is not None:  # as `models add` does: its labelled queries join the memory
-                ok = rows[d.A[rows, k]]
-                grown = P_wo.memory.with_rows(full.q[ok], name, d.Y[ok, k])
-                cols = grown.columns(full.q[test], [d.model_names[j] for j in order], blas=True)
-            mt = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
-            if cols is not None:  # as the Router does: the added model gets the memory's answer
-                added = np.arange(len(order)) == len(keep)
-                mt = untrained_answer(mt, mt, np.zeros_like(mt), cols, added)[1]
-            r = _route(mt, Y[:, order], C[:, order], A[:, order], c_hat)
-            entry["added"][str(n)] = {
-                "queries": int(len(rows)),
-                **_summary(r, share_of=len(keep)),
-                "recovery": recovery(lower, r, upper),
-                "observed_score": round(float(d.Y[rows, k].mean()), 4),
-                "mean_mu_tilde_on_test": round(float(mt[:, -1][A[:, k]].mean()), 4),
-                "observed_score_on_test": round(float(Y[A[:, k], k].mean()), 4),
-            }
+            per_draw: dict[str, list] = {rule: [] for rule in RULES}
+            for draw in range(draws):  # label draws: which n queries the user happened to label
+                rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED + draw)])
+                feat, c_hat = added_model_feat(P_wo, full, k, rows)
+                names, ok = [d.model_names[j] for j in order], rows[d.A[rows, k]]
+                rules = dict.fromkeys(RULES)
+                cols = None
+                if P_wo.memory is not None:  # as `models add` does: its labelled queries join the memory
+                    for rule in RULES:
+                        rules[rule], cols = added_estimates(
+                            P_wo.memory, full.q[ok], d.Y[ok, k], full.q[test], names, rule
+                        )
+                net_mt = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
+                for key, est in rules.items():
+                    mt = net_mt
+                    if est is not None:  # as the Router does: the added model gets the memory's answer
+                        added = np.arange(len(order)) == len(keep)
+                        mt = untrained_answer(net_mt, net_mt, np.zeros_like(net_mt), est, added)[1]
+                    r = _route(mt, Y[:, order], C[:, order], A[:, order], c_hat)
+                    per_draw[key].append(
+                        {
+                            "queries": int(len(rows)),
+                            **_summary(r, share_of=len(keep)),
+                            "recovery": recovery(lower, r, upper),
+                            "observed_score": round(float(d.Y[rows, k].mean()), 4),
+                            "mean_mu_tilde_on_test": round(float(mt[:, -1][A[:, k]].mean()), 4),
+                            "observed_score_on_test": round(float(Y[A[:, k], k].mean()), 4),
+                        }
+                    )
+            for key, draws_of in per_draw.items():
+                entry.setdefault(key, {})[str(n)] = mean_over_draws(draws_of)
         result["models"][name] = entry
     atomic_write_text(out / "newmodel.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -188,6 +233,7 @@ def main(argv=None) -> None:
         "(the upper reference); trained into OUT_DIR/full when absent",
     )
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--draws", type=int, default=DRAWS, help="label draws per size; recovery is their mean")
     ap.add_argument(
         "--which",
         nargs="+",
@@ -204,7 +250,7 @@ def main(argv=None) -> None:
     )
     a = ap.parse_args(argv)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes, which=tuple(a.which))
+    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes, which=tuple(a.which), draws=a.draws)
     if a.into is not None:
         into = json.loads(a.into.read_text(encoding="utf-8")) if a.into.is_file() else {}
         into[a.data_dir.resolve().name] = res
@@ -217,9 +263,9 @@ def main(argv=None) -> None:
             f"{name} ({e['why']}): without nAUC {lo['nauc']:.4f} score@0 {lo['score_at_lambda0']:.4f}; "
             f"trained with it: share {e['upper']['share_routed_to_model_at_lambda0']:.3f}"
         )
-        for r in e["added"].values():
+        for key, r in [(rule, r) for rule in RULES for r in e[rule].values()]:
             print(
-                f"  added from {r['queries']:3d} queries: nAUC {r['nauc']:.4f} score@0 {r['score_at_lambda0']:.4f} "
+                f"  {key} from {r['queries']:3d} queries: nAUC {r['nauc']:.4f} score@0 {r['score_at_lambda0']:.4f} "
                 f"share {r['share_routed_to_model_at_lambda0']:.3f}  mean mu_tilde {r['mean_mu_tilde_on_test']:.3f} "
                 f"(observed {r['observed_score_on_test']:.3f}); recovers {r['recovery']}"
             )

@@ -5,7 +5,9 @@ trained without the strongest model routes the test pool with the model added ba
 then with the added model's predicted score replaced by each of
 
     as_added             what `models add` gives it: the memory's estimate (its labelled queries among the neighbours,
-                         else its mean), as the Router answers for a model added after training
+                         else a line in the trained models' local difficulty fitted on its labels, `LocalPrior`), as
+                         the Router answers for a model added after training
+    memory_global_mean_prior  the memory's estimate with its global mean as the prior (the rule before `LocalPrior`)
     network_column       the trained network's column for it, read from its profile (what the Router gave before)
     labelled_mean        the mean of its 48 labelled outcomes, the same for every query
     test_mean            its true mean on the test split, the same for every query (an oracle constant)
@@ -32,7 +34,15 @@ from lr_onnx.export.train.trainer import TrainConfig, load_training_set, predict
 from lr_onnx.runtime.memory import untrained_answer
 from lr_onnx.runtime.profiles import assign_slices
 
-from newmodel import PICK_SEED, _route, _trained, added_model_feat, held_out_models, recovery  # benchmarks/newmodel.py
+from newmodel import (
+    PICK_SEED,
+    _route,
+    _trained,
+    added_estimates,
+    added_model_feat,
+    held_out_models,
+    recovery,
+)  # benchmarks/newmodel.py
 
 N = 48
 
@@ -55,15 +65,19 @@ def diagnose(data_dir: Path, out: Path) -> dict:
     slices = assign_slices(full.q[cal], P_wo.space.centroids)
     rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, N, PICK_SEED)])
     feat, c_hat = added_model_feat(P_wo, full, k, rows)
-    grown = P_wo.memory.with_rows(full.q[rows], name, d.Y[rows, k])
-    cols = grown.columns(full.q[test], [d.model_names[j] for j in order], blas=True)
+    names = [d.model_names[j] for j in order]
+    est, cols = added_estimates(P_wo.memory, full.q[rows], d.Y[rows, k], full.q[test], names)
+    est_mean_prior = added_estimates(
+        P_wo.memory, full.q[rows], d.Y[rows, k], full.q[test], names, "added_global_mean_prior"
+    )[0]
     net_column = predict(net, full, test, avail=A[:, order], model_feat=feat, mem_cols=cols)[0]
     added = np.arange(len(order)) == len(keep)
-    mt = untrained_answer(net_column, net_column, np.zeros_like(net_column), cols, added)[1]  # as the Router
+    mt = untrained_answer(net_column, net_column, np.zeros_like(net_column), est, added)[1]  # as the Router
     others = predict(net, P_wo, rows)[0]  # the other models on the labelled queries (memory leave-one-out)
     y = d.Y[rows, k]
     columns = {
         "as_added": mt[:, -1],
+        "memory_global_mean_prior": est_mean_prior[:, -1],
         "network_column": net_column[:, -1],
         "labelled_mean": np.full(len(test), y.mean()),
         "test_mean": np.full(len(test), Y[A[:, k], k].mean()),

@@ -132,7 +132,9 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
     Its capability profile is built with the frozen slices and standardisation, so it
     routes immediately. In a bundle with a capability memory (the default bundle has one)
     its labelled queries join the memory, and the router answers for it with the memory's
-    estimate: the network never saw it. With --bundle this needs no torch.
+    estimate (the network never saw it), whose prior is a line in how hard the trained
+    models find each query, fitted on its labels. With --bundle this needs no torch; a
+    fused.onnx is left out of the new bundle (it bakes in the old pool).
     """
     _pool_target(run_dir, bundle, out)
     if image_tokens and image_tokens.lstrip().startswith("{"):

@@ -21,7 +21,7 @@ from .bounds import MAX_PRICE_PER_MTOK
 from .bundle import MANIFEST, load_bundle
 from .costs import mean_output_tokens, rule_spec
 from .errors import BundleError, InputError, OptionError
-from .memory import Memory
+from .memory import LocalPrior, Memory
 from .files import atomic_write_text, staged_folder
 from .manifest import FileEntry, Manifest, MemoryEntry, PoolEntry
 from .validate import number, text
@@ -127,6 +127,12 @@ def add_model(
         out_tokens = mean_output_tokens(
             {"price_in_per_mtok": price_in, "price_out_per_mtok": price_out, "image_tokens": rule}, meta, cost, tok
         )
+    added_with: dict[str, Any] = {"queries": len(queries), "cost_estimator": estimator}
+    cols = router.memory_columns(q)
+    if cols is not None:  # its estimate's per-query prior: a line in the trained models' local difficulty
+        lp = LocalPrior.fit(cols, y, router.names, [not t for t in router.trained])
+        if lp is not None:
+            added_with["local_prior"] = lp.to_dict()
     entry = PoolEntry(
         name=name,
         expected_cost_usd=e_bar,
@@ -137,7 +143,7 @@ def add_model(
         price_out_per_mtok=price_out,
         image_tokens=rule,
         output_tokens=out_tokens,
-        extra={"added_with": {"queries": len(queries), "cost_estimator": estimator}},
+        extra={"added_with": added_with},
     )
     mem = router.memory()
     with edited_copy(router.bundle.path, out) as tmp:

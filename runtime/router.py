@@ -27,7 +27,7 @@ from .policy import choose, explore_rows
 from .prefetch import prefetched
 from .costs import query_costs
 from .preprocess import DEFAULT_MAX_IMAGE_BYTES, load_tokenizer, prepare_query, tokenize
-from .memory import COLUMNS, Memory, untrained_answer
+from .memory import COLUMNS, LocalPrior, Memory, global_means, memory_estimates, untrained_answer
 from .profiles import model_features, pool_features
 from .sessions import BundleSessions, run
 from .decision import Candidate, Decision, Prepared, RouteOptions, ranked_candidates  # noqa: F401  (Router's API)
@@ -47,6 +47,9 @@ class Router:
         self.image_spec, self.text_spec = m.image, m.text
         self.pool, self.names = m.pool, m.model_names
         self._added = np.array([bool(p.extra.get("added_with")) for p in m.pool])  # models the network never saw
+        self._priors = LocalPrior.of_pool(
+            [(p.name, p.extra.get("added_with")) for p in m.pool], str(bundle.path)
+        )  # their estimates' per-query prior, if fitted
         self.expected_cost = np.array([p.expected_cost_usd for p in m.pool], np.float64)
         self.model_feat = pool_features(m.pool)  # [K, W + 1] profile, cost
         per_query = any(p.output_tokens is not None and p.image_tokens for p in m.pool)
@@ -123,16 +126,22 @@ class Router:
         )
         return sims, idx
 
-    def global_means(self) -> np.ndarray:
-        """`[K]` each model's mean score over the labelled queries the router knows it from: its memory rows where the
-        bundle has a memory holding it, else its profile's overall score. Out of coverage, estimates fall back to it."""
+    def memory_columns(self, q: np.ndarray) -> np.ndarray | None:
+        """`[B, K, COLUMNS]` the memory's columns for feature rows `q` and the pool: the k nearest labelled queries,
+        found by memory.onnx, their outcomes gathered in numpy (`Memory.columns`). None without a memory."""
         mem = self.memory()
-        out = np.array([p.prior for p in self.pool], np.float64)
-        if mem is not None:
-            for k, n in enumerate(self.names):
-                if n in mem.models:
-                    out[k] = mem.global_mean[mem.models.index(n)]
-        return out
+        if mem is None:
+            return None
+        return mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=self.memory_search(q))
+
+    def global_means(self) -> np.ndarray:
+        """`[K]` each model's mean score over the labelled queries the router knows it from (`memory.global_means`)."""
+        return global_means(self.memory(), self.names, [p.prior for p in self.pool])
+
+    @property
+    def trained(self) -> list[bool]:
+        """`[K]` whether the network was trained with each pool model (False: added later with `models add`)."""
+        return [not a for a in self._added]
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -199,13 +208,14 @@ class Router:
         B = q.shape[0]
         q = np.ascontiguousarray(q, np.float32)
         mem = self.memory()
-        cols = None
-        if mem is not None:  # the k nearest labelled queries, found by memory.onnx; their outcomes gathered in numpy
-            cols = mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=self.memory_search(q))
+        cols = self.memory_columns(q)
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
-        if cols is not None and self._added.any():  # models the network never trained on: the memory's answer
-            mu, mt, delta = untrained_answer(mu, mt, delta, cols, self._added)
+        if (
+            mem is not None and cols is not None and self._added.any()
+        ):  # models the network never trained on: the memory's answer
+            est = memory_estimates(cols, self.names, self.global_means(), mem.settings.kappa, self._priors)
+            mu, mt, delta = untrained_answer(mu, mt, delta, est, self._added)
         for label, v in (("mu", mu), ("sigma", sigma), ("mu_tilde", mt)):
             bad = avail & ~np.isfinite(v)
             if bad.any():  # never a decision: a broken graph or profile must not pick "the first model"

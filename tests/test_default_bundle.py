@@ -124,4 +124,50 @@ def test_a_model_added_from_24_perfect_outcomes_wins_its_own_queries(tmp_path, m
     sc = r2.score_features(r2.features(queries[:4]), np.ones((4, len(r2.names)), bool))
     assert [list(np.flatnonzero(m)) for m in seen] == [[r2.names.index("newbie")]]
     k = r2.names.index("newbie")
-    assert np.allclose(sc["mu_tilde"][:, k], 1 / (1 + np.exp(-sc["memory"][:, k, 0])), atol=1e-6)
+    lp = r2.pool[k].extra["added_with"]["local_prior"]  # 24 outcomes all 1: a flat line at (nearly) 1
+    assert lp["slope"] == 0.0 and lp["intercept"] == 1.0
+    assert np.allclose(sc["mu_tilde"][:, k], 1 / (1 + np.exp(-sc["memory"][:, k, 0])), atol=2e-3)
+
+
+@pytest.mark.shared_data("blindtest")
+def test_a_model_added_from_48_labels_gets_a_per_query_shape_where_it_was_not_labelled(tmp_path):
+    """LocalPrior (issue 21): a model whose outcomes follow the others' local difficulty, added from 48 labels, gets
+    estimates that rank unlabelled queries by its real outcomes; with its global mean as the prior (the rule before)
+    its estimate is almost flat far from its 48 queries. The twin here repeats a trained model's real outcomes."""
+    from lr_onnx.export.data.format import load_dataset
+    from lr_onnx.export.data.splits import ensure_splits, split_masks
+    from lr_onnx.runtime.memory import LocalPrior
+
+    data = load_dataset(SHARED_DATA / "blindtest")
+    test = np.flatnonzero(split_masks(data, ensure_splits(data))["test"])
+    r = Router.load()
+    twin_of = r.names.index(next(n for n in data.model_names if n in r.names))
+    j = data.model_names.index(r.names[twin_of])
+    rows = np.random.default_rng(7).permutation(test[data.A[test, j]])
+    labelled, others = rows[:48], rows[48:448]
+    y = data.Y[labelled, j]
+    add_model(
+        r,
+        tmp_path / "b2",
+        "twin",
+        [(data.images[i], data.question[i]) for i in labelled],
+        y,
+        np.full(48, float(r.expected_cost[twin_of])),
+        np.full(48, np.nan),
+        np.full(48, np.nan),
+    )
+    r2 = Router.load(tmp_path / "b2")
+    lp = LocalPrior.parse(r2.pool[-1].extra["added_with"]["local_prior"], "b2")
+    assert lp.slope > 0 and r2.names[twin_of] in lp.over  # harder where the others find it harder
+    q = r2.features([(data.images[i], data.question[i]) for i in others])
+    mt = r2.score_features(q, np.ones((len(q), len(r2.names)), bool))["mu_tilde"][:, -1]
+    truth = data.Y[others, j]
+
+    def auc(score: np.ndarray) -> float:  # P(a query the model got right ranks above one it got wrong)
+        pos, neg = score[truth > 0.5], score[truth <= 0.5]
+        return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
+
+    mem = r2.memory()
+    assert mem is not None
+    flat = 1 / (1 + np.exp(-mem.columns(q, r2.names)[:, -1, 0]))  # the estimate with its global mean as the prior
+    assert auc(mt) >= 0.65 and auc(mt) > auc(flat) + 0.05, (auc(mt), auc(flat))

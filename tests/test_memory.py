@@ -156,15 +156,80 @@ def test_the_search_graph_finds_what_numpy_finds(tmp_path):
 
 
 def test_models_added_after_training_get_the_memorys_estimate_and_no_correction():
-    from lr_onnx.runtime.memory import untrained_answer
+    from lr_onnx.runtime.memory import memory_estimates, untrained_answer
 
     mu = np.array([[0.9, 0.2, -1.0], [0.1, 0.8, 0.7]], np.float32)  # -1: unavailable
     mt, delta = mu + 0.01, np.full_like(mu, 0.01)
     cols = np.zeros((2, 3, 3), np.float32)
     cols[..., 0] = np.log(0.6 / 0.4)  # the memory says 0.6 everywhere
     added = np.array([False, True, True])
-    m2, mt2, d2 = untrained_answer(mu, mt, delta, cols, added)
+    est = memory_estimates(cols, ["a", "b", "c"], np.full(3, 0.5), 3.0, [None] * 3)
+    m2, mt2, d2 = untrained_answer(mu, mt, delta, est, added)
     assert np.allclose(mt2[:, 1], 0.6) and np.allclose(m2[:, 1], 0.6) and not d2[:, 1].any()
     assert mt2[0, 2] == mt[0, 2] and m2[0, 2] == -1.0  # unavailable stays unavailable
     assert np.allclose(mt2[1, 2], 0.6)
     assert (mt2[:, 0] == mt[:, 0]).all() and (d2[:, 0] == delta[:, 0]).all()  # trained models untouched
+
+
+def _difficulty_cols(x: np.ndarray, g_new: float, evidence: float = 0.0) -> np.ndarray:
+    """Memory columns for a pool of two trained models whose estimates are `x` and a third model, added, whose own
+    estimate is its global mean `g_new` with `evidence` behind it."""
+    from lr_onnx.runtime.memory import logit
+
+    cols = np.zeros((len(x), 3, 3), np.float32)
+    cols[:, 0, 0] = cols[:, 1, 0] = logit(x)
+    cols[:, 2, 0], cols[:, 2, 1] = logit(g_new), np.log1p(evidence)
+    return cols
+
+
+def test_a_local_prior_gives_an_added_model_the_shape_of_the_local_difficulty():
+    """LocalPrior (issue 21): an added model's outcomes that follow the trained models' local estimates are fitted as a
+    line, which then replaces its global mean as its estimate's prior, per query; evidence of its own outweighs it."""
+    from lr_onnx.runtime.memory import LocalPrior, memory_estimates
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, 48)
+    y = np.clip(0.1 + 0.8 * x + rng.normal(0, 0.02, 48), 0, 1)
+    names, added = ["a", "b", "new"], [False, False, True]
+    lp = LocalPrior.fit(_difficulty_cols(x, 0.5)[:, :2], y, names[:2], added[:2])
+    assert lp is not None and lp.over == ("a", "b")
+    assert abs(lp.slope - 0.8) < 0.05 and abs(lp.intercept - 0.1) < 0.03
+    g = float(y.mean())
+    t = np.array([0.25, 0.5, 0.75])
+    est = memory_estimates(_difficulty_cols(t, g), names, np.array([0.5, 0.5, g]), 3.0, [None, None, lp])
+    np.testing.assert_allclose(est[:, 2], lp.intercept + lp.slope * t, atol=1e-6)  # no evidence: the line itself
+    np.testing.assert_allclose(est[:, :2], np.tile(t[:, None], 2), atol=1e-6)  # the trained models untouched
+    flat = memory_estimates(_difficulty_cols(t, g), names, np.array([0.5, 0.5, g]), 3.0, [None] * 3)
+    np.testing.assert_allclose(flat[:, 2], g, atol=1e-6)  # without the prior: the same number everywhere
+    own = memory_estimates(
+        _difficulty_cols(t, 0.9, evidence=300.0), names, np.array([0.5, 0.5, g]), 3.0, [None, None, lp]
+    )
+    assert np.all(np.abs(own[:, 2] - 0.9) < 0.01)  # its own labelled neighbours speak louder than the line
+    gone = memory_estimates(_difficulty_cols(t, g), ["x", "y", "new"], np.array([0.5, 0.5, g]), 3.0, [None, None, lp])
+    np.testing.assert_allclose(gone[:, 2], g, atol=1e-6)  # the models it was fitted on left the pool: no line
+
+
+def test_a_local_prior_needs_a_spread_and_a_well_formed_manifest_entry():
+    from lr_onnx.runtime.errors import BundleError
+    from lr_onnx.runtime.memory import LocalPrior
+
+    assert LocalPrior.fit(_difficulty_cols(np.full(30, 0.4), 0.5)[:, :2], np.ones(30), ["a", "b"], [False] * 2) is None
+    assert (
+        LocalPrior.fit(_difficulty_cols(np.linspace(0.1, 0.9, 30), 0.5)[:, :2], np.ones(30), ["a", "b"], [True] * 2)
+        is None
+    )
+    good = LocalPrior(("a",), 0.1, 0.8)
+    assert LocalPrior.parse(good.to_dict(), "b") == good
+    models = [("a", None), ("new", {"queries": 48, "local_prior": good.to_dict()}), ("old", {"queries": 24})]
+    assert LocalPrior.of_pool(models, "b") == [None, good, None]
+    for bad in (
+        {"over": "a", "intercept": 0, "slope": 1},
+        {"over": ["a"], "intercept": "0", "slope": 1},
+        {"over": ["a"], "intercept": 0, "slope": float("nan")},
+        {"over": ["a"], "intercept": 0, "slope": 1e9},
+        {"over": ["a"], "slope": 1},
+        [1, 2],
+        {"over": ["a"], "intercept": True, "slope": 1},
+    ):
+        with pytest.raises(BundleError, match="local_prior"):
+            LocalPrior.of_pool([("new", {"local_prior": bad})], "b")

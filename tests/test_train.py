@@ -308,6 +308,17 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     assert len(added["keys"]) == 30 and len(added["keys"][0]) == 128 and len(added["outcomes"]) == 30
     mem = run_memory(run_dir)
     assert "NewVLM" in mem.models and int(np.isfinite(mem.outcomes[:, -1]).sum()) == 30
+    from lr_onnx.export.bundle.assemble import export_bundle, pool_entries
+    from lr_onnx.runtime.memory import LocalPrior
+    from lr_onnx.runtime.profiles import ProfileSpace
+
+    lp = LocalPrior.parse(prof["models"][-1]["added_with"]["local_prior"], "run")  # fitted, as runtime's add fits it
+    assert set(lp.over) == {m["name"] for m in prof["models"][:-1]}
+    entry = pool_entries(prof, ProfileSpace.from_dict(prof["space"]))[-1]  # export keeps it: the Router answers apart
+    assert entry.name == "NewVLM" and entry.extra["added_with"] == prof["models"][-1]["added_with"]
+    with pytest.raises(DataError, match="joined after training"):  # fused.onnx cannot answer for it apart
+        export_bundle(run_dir, tmp_path / "fused", fused=True, progress=False)
+    assert not (tmp_path / "fused").exists()
     with pytest.raises(DataError, match="already in the pool"):
         add_model(run_dir, "NewVLM", env / "demo" / "new_model.jsonl", progress=False)
     remove_model(run_dir, "NewVLM")
@@ -559,7 +570,13 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     from lr_onnx.export.train.trainer import TrainConfig, load_training_set
 
     res = protocol(
-        env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2), progress=False
+        env / "demo",
+        tmp_path,
+        full_run=run[0],
+        sizes=(24,),
+        cfg=TrainConfig(epochs=1, slices=2),
+        draws=2,
+        progress=False,
     )
     assert json.loads((tmp_path / "newmodel.json").read_text())["sizes"] == [24]
     full = load_training_set(env / "demo", slices=2, progress=False)
@@ -575,6 +592,11 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
         added = e["added"]["24"]
         assert 0 < added["queries"] <= 24 and 0.0 <= added["share_routed_to_model_at_lambda0"] <= 1.0
         assert set(added["recovery"]) == {"score_at_lambda0", "nauc"}
+        assert added["draws"] == 2 and len(added["per_draw"]) == 2  # two label draws, their mean recorded
+        rec = [r["recovery"]["nauc"] for r in added["per_draw"] if r["recovery"]["nauc"] is not None]
+        assert added["recovery"]["nauc"] == (pytest.approx(np.mean(rec), abs=1e-4) if rec else None)
+        for rule in ("added_global_mean_prior", "added_line_unshrunk"):  # the ablations
+            assert set(e[rule]["24"]["recovery"]) == {"score_at_lambda0", "nauc"}
         assert 0.0 <= e["lower_without"]["score_at_lambda0"] <= e["upper"]["score_at_lambda0"] + 0.5
     # the added model's profile is built from its own outcomes on the chosen rows (overall score = their mean)
     name = why["cheapest"]

@@ -70,6 +70,12 @@ def export_bundle(
     from ..train.pool import read_profiles, run_memory
 
     prof = read_profiles(run_dir)
+    added = [m["name"] for m in prof["models"] if m.get("added_with")]
+    if fused and added and net.cfg.memory:
+        raise DataError(
+            f"{run_dir}: --fused bakes in one answer for every model, but {', '.join(added)} joined after training "
+            f"and the runtime answers for it with the memory's estimate instead; export without --fused, or retrain"
+        )
     t0 = time.perf_counter()
     with staged_output(out) as tmp:
         export_graphs(net, tmp, opset)
@@ -101,34 +107,9 @@ def export_bundle(
         for name in graph_files:
             onnx.checker.check_model(str(tmp / name), full_check=True)
         space = ProfileSpace.from_dict(prof["space"])
-        c_hat = np.asarray(prof["e_bar"], float) / space.cost_scale
-        std = space.standardise(np.asarray(prof["raw_profiles"], float))
         metrics = _metrics_summary(run_dir)
         presets = metrics.pop("presets", {})
-        pool = [
-            PoolEntry(
-                name=m["name"],
-                price_in_per_mtok=m.get("price_in_per_mtok"),
-                price_out_per_mtok=m.get("price_out_per_mtok"),
-                expected_cost_usd=float(e),
-                cost_hat=float(c),
-                raw_profile=tuple(r),
-                profile=tuple(s.tolist()),
-                **(
-                    {"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
-                    if cm and cm.get("output_tokens") is not None
-                    else {}
-                ),
-            )
-            for m, e, c, r, s, cm in zip(
-                prof["models"],
-                prof["e_bar"],
-                c_hat,
-                prof["raw_profiles"],
-                std,
-                prof.get("cost_model") or [None] * len(prof["models"]),
-            )
-        ]
+        pool = pool_entries(prof, space)
         cov = coverage_threshold(held_out, space)
         blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
         manifest = Manifest(
@@ -233,6 +214,39 @@ def _held_out(cfg: dict, n: int, pool: list[str]) -> dict:
 
 
 COVERAGE_PERCENTILE = 1.0
+
+
+def pool_entries(prof: dict, space: ProfileSpace) -> list[PoolEntry]:
+    """The manifest's pool from a run's profiles.json: prices, expected costs, profiles (raw and standardised),
+    per-query cost rules, and `added_with` for a model added after training (the Router answers for it apart)."""
+    c_hat = np.asarray(prof["e_bar"], float) / space.cost_scale
+    std = space.standardise(np.asarray(prof["raw_profiles"], float))
+    return [
+        PoolEntry(
+            name=m["name"],
+            price_in_per_mtok=m.get("price_in_per_mtok"),
+            price_out_per_mtok=m.get("price_out_per_mtok"),
+            expected_cost_usd=float(e),
+            cost_hat=float(c),
+            raw_profile=tuple(r),
+            profile=tuple(s.tolist()),
+            **(
+                {"image_tokens": cm["image_tokens"], "output_tokens": cm["output_tokens"]}
+                if cm and cm.get("output_tokens") is not None
+                else {}
+            ),
+            # a model added to the run after training: the Router answers for it as the run does (pool.py)
+            extra={"added_with": m["added_with"]} if m.get("added_with") else {},
+        )
+        for m, e, c, r, s, cm in zip(
+            prof["models"],
+            prof["e_bar"],
+            c_hat,
+            prof["raw_profiles"],
+            std,
+            prof.get("cost_model") or [None] * len(prof["models"]),
+        )
+    ]
 
 
 def coverage_threshold(held: dict, space: ProfileSpace) -> dict:

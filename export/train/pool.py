@@ -15,6 +15,7 @@ import numpy as np
 
 from ...runtime.errors import DataError
 from ...runtime.manage import write_proposal
+from ...runtime.memory import LocalPrior, global_means, memory_estimates, untrained_answer
 from ...runtime.profiles import ProfileSpace, new_model_profile
 from ..data.format import load_outcomes_for
 from .rundir import PER_MODEL, RunDir
@@ -91,6 +92,11 @@ def add_model(
     mem = run_memory(run_dir, prof)
     if mem is not None:  # its labelled queries join the run's memory (kept in the retrieval space, 128 numbers each)
         prof["models"][-1]["memory"] = {"keys": np.round(mem.embed(q), 5).tolist(), "outcomes": y.tolist()}
+        names, added = [m["name"] for m in prof["models"]], [bool(m.get("added_with")) for m in prof["models"]]
+        cols = mem.columns(q, names, prior=[r[0] for r in prof["raw_profiles"]], blas=True)
+        lp = LocalPrior.fit(cols[:, :-1], y, names[:-1], added[:-1])  # as runtime.manage.add_model fits it
+        if lp is not None:
+            prof["models"][-1]["added_with"]["local_prior"] = lp.to_dict()
     predicted = _predicted_mean(run_dir, prof, q)
     RunDir.of(run_dir).write_profiles(prof)
     return {
@@ -184,7 +190,8 @@ def run_memory(run_dir: Path, prof: dict | None = None):
 
 
 def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
-    """Mean mu_tilde of the newest model on its own labelled queries, with the whole pool available."""
+    """Mean mu_tilde of the newest model on its own labelled queries, with the whole pool available; a model added
+    after training gets the memory's estimate, as the Router answers for it (`runtime.memory.untrained_answer`)."""
     import torch
 
     from ...runtime.profiles import model_features
@@ -193,12 +200,17 @@ def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
     net, _ = load_router(run_dir)
     feat = ProfileSpace.from_dict(prof["space"]).model_feat(prof["raw_profiles"], prof["e_bar"])
     mem = run_memory(run_dir, prof)
-    names = [m["name"] for m in prof["models"]]
-    cols = None if mem is None else mem.columns(q, names, prior=[r[0] for r in prof["raw_profiles"]], blas=True)
+    names, priors = [m["name"] for m in prof["models"]], [r[0] for r in prof["raw_profiles"]]
+    cols = None if mem is None else mem.columns(q, names, prior=priors, blas=True)
     mf = torch.from_numpy(model_features(feat, None, cols, rows=len(q)))
     with torch.no_grad():
-        mt = net(torch.from_numpy(q), mf, torch.ones(len(q), feat.shape[0], dtype=torch.bool))[3]
-    return float(mt[:, -1].mean())
+        mu = net(torch.from_numpy(q), mf, torch.ones(len(q), feat.shape[0], dtype=torch.bool))[3].numpy()
+    if mem is not None and cols is not None:
+        added = np.array([bool(m.get("added_with")) for m in prof["models"]])
+        lps = LocalPrior.of_pool([(m["name"], m.get("added_with")) for m in prof["models"]], str(run_dir))
+        est = memory_estimates(cols, names, global_means(mem, names, priors), mem.settings.kappa, lps)
+        mu = untrained_answer(mu, mu, np.zeros_like(mu), est, added)[1]
+    return float(mu[:, -1].mean())
 
 
 def remove_model(run_dir: str | Path, name: str) -> None:
