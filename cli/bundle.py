@@ -176,6 +176,12 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
         click.echo("predicted mu_tilde on these labelled queries, by model (the new one last):")
         for n, v in sorted(rep["pool_scores"].items(), key=lambda kv: (kv[0] == name, -kv[1])):
             click.echo(f"  {n[:32]:32s} {v:.3f}" + ("  (observed %.3f)" % rep["observed_score"] if n == name else ""))
+    lp = rep.get("local_prior")
+    if lp:
+        click.echo(
+            f"its estimate's prior: {lp['intercept']:.3f} + {lp['slope']:.3f} x the trained models' mean estimate "
+            f"for the query (slope shrunk by its evidence; 0 = the same prior everywhere)"
+        )
     for w in rep["warnings"]:
         click.echo(f"warning: {w}", err=True)
     note_dropped(rep.get("dropped", []))

@@ -167,6 +167,7 @@ def add_model(
         "slice_counts": new["slice_counts"],
         "pool_scores": {n: round(float(sc["mu_tilde"][:, k].mean()), 4) for k, n in enumerate(grown.names)},
         "warnings": new["warnings"],
+        "local_prior": added_with.get("local_prior"),
         "dropped": dropped,
     }
 

@@ -106,6 +106,9 @@ def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
     assert res.exit_code == 0, res.output
     assert (DEFAULT_BUNDLE / "manifest.json").read_bytes() == before  # the source bundle is untouched
     r = Router.load(tmp_path / "b2")
+    # arithmetic questions far from every memory row: every model's estimate is its global mean, so no difficulty
+    # varies across them and no local prior is fitted (nor printed)
+    assert "local_prior" not in r.pool[-1].extra["added_with"] and "its estimate's prior" not in res.output
     first = load_bundle(DEFAULT_BUNDLE).model_names[0]
     assert r.names[-1] == "NewVLM" and len(r.names) == len(load_bundle(DEFAULT_BUNDLE).model_names) + 1
     d = r.route(None, "What is 4 * 3?", models=["NewVLM", first])

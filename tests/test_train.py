@@ -275,6 +275,8 @@ def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
     res = runner.invoke(main, ["models", "add", str(run_dir), "--name", "NewVLM", "--outcomes", str(tmp_path / "cal")])
     assert res.exit_code == 0, res.output
     assert f"added NewVLM: {len(recs)} labelled queries" in res.output
+    lp = json.loads((run_dir / "profiles.json").read_text())["models"][-1]["added_with"]["local_prior"]
+    assert f"its estimate's prior: {lp['intercept']:.3f} + {lp['slope']:.3f} x" in res.output  # as recorded
     res = runner.invoke(main, ["models", "propose", str(run_dir), "--out", str(tmp_path / "cal")])
     assert res.exit_code == 1 and "already exists" in res.output  # nothing overwritten
     assert (

@@ -108,6 +108,7 @@ def add_model(
         "cost_estimator": estimator,
         "slice_counts": new["slice_counts"],
         "warnings": new["warnings"],
+        "local_prior": prof["models"][-1]["added_with"].get("local_prior"),
     }
 
 
