@@ -218,6 +218,9 @@ def test_a_local_prior_needs_a_spread_and_a_well_formed_manifest_entry():
         LocalPrior.fit(_difficulty_cols(np.linspace(0.1, 0.9, 30), 0.5)[:, :2], np.ones(30), ["a", "b"], [True] * 2)
         is None
     )
+    sliver = np.linspace(0.5, 0.5 + 1e-5, 30)  # a spread too thin to carry a line: its slope would be ~1e5
+    steep = (sliver - 0.5) / 1e-5  # outcomes 0..1 exactly along it: nothing to shrink
+    assert LocalPrior.fit(_difficulty_cols(sliver, 0.5)[:, :2], steep, ["a", "b"], [False] * 2) is None
     good = LocalPrior(("a",), 0.1, 0.8)
     assert LocalPrior.parse(good.to_dict(), "b") == good
     models = [("a", None), ("new", {"queries": 48, "local_prior": good.to_dict()}), ("old", {"queries": 24})]
