@@ -7,6 +7,7 @@ import numpy as np
 
 from lr_onnx.runtime.features import HAS_IMAGE_COL
 from lr_onnx.runtime.memory import Memory, MemorySettings
+from memory_per_source import vote
 from memory_variants import eb_kappa, ridge, shrunk, summary
 
 
@@ -61,3 +62,8 @@ def test_summary_is_each_variant_against_current():
     assert row["test_split_score_at_lambda0_mean_diff"] == 0.05 and row["test_split_score_at_lambda0_cells_ahead"] == 1
     assert row["resplit_mean_nauc_mean_diff"] == 0.05 and row["resplit_mean_nauc_cells_ahead"] == 1
     assert "current" not in summary(cells)
+
+
+def test_the_neighbour_vote_names_the_source_most_neighbours_come_from():
+    near = np.array([["a"] * 10 + ["b"] * 6, ["b"] * 9 + ["a"] * 7, ["a"] * 8 + ["b"] * 8, ["c"] * 16])
+    assert vote(near, ["a", "b"]).tolist() == ["a", "b", "a", "a"]  # a tie, or no known source: the first name
