@@ -298,7 +298,13 @@ def info_lines(b) -> list[str]:
         blend = "?" if mem.blend is None else f"{mem.blend:g}"
         out += [
             f"  memory    {mem.rows:,} labelled queries x {len(mem.models)} models in {mem.dim} dimensions; "
-            f"estimates from the {st.k} nearest (pseudo-count {st.kappa:g})",
+            f"estimates from the {st.k} nearest (pseudo-count {st.kappa:g})"
+            + (
+                "; per source, by the vote of the 16 nearest: "
+                + ", ".join(f"{n} {s.k} (pseudo-count {s.kappa:g})" for n, s in mem.sources)
+                if mem.sources
+                else ""
+            ),
             f"            network correction {blend} (0 = the memory alone); closeness < {MIN_CLOSENESS:g} "
             f"is flagged out of coverage too",
         ]

@@ -14,6 +14,7 @@ from .costs import rule_spec
 from .errors import BundleError
 from .files import inside
 from .memory import FILES as MEMORY_FILES, MAX_DIM as MEMORY_MAX_DIM, MAX_ROWS as MEMORY_MAX_ROWS, MemorySettings
+from .memory_sources import MAX_SOURCES
 from .validate import integer, number, text
 
 MANIFEST = "manifest.json"
@@ -243,6 +244,7 @@ class MemoryEntry:
     settings: MemorySettings
     blend: float | None = None  # for the record (the graph holds it): how far the network corrects the memory
     extra: Mapping[str, Any] = field(default_factory=dict)
+    sources: tuple[tuple[str, MemorySettings], ...] | None = None  # a setting per source (runtime.memory_sources)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +254,16 @@ class MemoryEntry:
             "dim": self.dim,
             "settings": self.settings.to_dict(),
             **({"blend": self.blend} if self.blend is not None else {}),
+            **(
+                {
+                    "sources": {
+                        "names": [n for n, _ in self.sources],
+                        "settings": [st.to_dict() for _, st in self.sources],
+                    }
+                }
+                if self.sources is not None
+                else {}
+            ),
             **self.extra,
         }
 
@@ -265,6 +277,7 @@ class MemoryEntry:
             int(entry["dim"]),
             MemorySettings.from_dict(entry["settings"]),
             blend,
+            sources=_sources(entry.get("sources")),
         )
 
     @classmethod
@@ -276,8 +289,9 @@ class MemoryEntry:
         if "memory" not in graphs:
             raise c.fail("a bundle with a memory needs graphs.memory, a file listed in 'files'")
         fl = mem.get("files")
-        if not isinstance(fl, dict) or sorted(fl) != sorted(MEMORY_FILES):
-            raise c.fail(f"memory.files must name the {', '.join(sorted(MEMORY_FILES))} files")
+        want = sorted([*MEMORY_FILES, *(["sources"] if "sources" in mem else [])])
+        if not isinstance(fl, dict) or sorted(fl) != want:
+            raise c.fail(f"memory.files must name the {', '.join(want)} files")
         for key, fname in fl.items():
             c.listed(fname, f"memory.files.{key}", files, f"memory.files.{key}")
         models = mem.get("models")
@@ -291,23 +305,49 @@ class MemoryEntry:
         rows = c.int_(mem.get("rows"), "memory.rows", 1, MEMORY_MAX_ROWS)
         blend = c.num(mem["blend"], "memory.blend", lo=0.0, hi=1.0) if "blend" in mem else None
         dim = c.int_(mem.get("dim"), "memory.dim", 1, MEMORY_MAX_DIM)
-        st = mem.get("settings")
-        if not isinstance(st, dict):
-            raise c.fail("memory.settings must be an object")
-        c.int_(st.get("k"), "memory.settings.k", 1, 4096)
-        for key, lo, hi in (
-            ("kappa", 1e-6, 1e6),
-            ("tau", 1e-4, 10.0),
-            ("image_weight", 0.0, 100.0),
-            ("s_ref", -1.0, 1.0),
-        ):
-            c.num(st.get(key), f"memory.settings.{key}", lo=lo, hi=hi)
+        st = _checked_settings(mem.get("settings"), "memory.settings", c)
+        sources = None
+        if "sources" in mem:
+            src = mem["sources"]
+            names = src.get("names") if isinstance(src, dict) else None
+            sts = src.get("settings") if isinstance(src, dict) else None
+            if (
+                not isinstance(names, list)
+                or not 1 <= len(names) <= MAX_SOURCES
+                or not all(isinstance(x, str) and x for x in names)
+                or len(set(names)) != len(names)
+                or not isinstance(sts, list)
+                or len(sts) != len(names)
+            ):
+                raise c.fail("memory.sources must be {names: [distinct names], settings: [one per name]}")
+            sources = tuple(
+                (n, _checked_settings(x, f"memory.sources.settings[{i}]", c))
+                for i, (n, x) in enumerate(zip(names, sts))
+            )
         return cls(
             dict(fl),
             tuple(models),
             rows,
             dim,
-            MemorySettings.from_dict(st),
+            st,
             blend,
-            extra_keys(mem, ("files", "models", "rows", "dim", "settings", "blend")),
+            extra_keys(mem, ("files", "models", "rows", "dim", "settings", "blend", "sources")),
+            sources,
         )
+
+
+def _checked_settings(st: Any, where: str, c: Checker) -> MemorySettings:
+    """Memory settings from the manifest, each number in its range."""
+    if not isinstance(st, dict):
+        raise c.fail(f"{where} must be an object")
+    c.int_(st.get("k"), f"{where}.k", 1, 4096)
+    for key, lo, hi in (("kappa", 1e-6, 1e6), ("tau", 1e-4, 10.0), ("image_weight", 0.0, 100.0), ("s_ref", -1.0, 1.0)):
+        c.num(st.get(key), f"{where}.{key}", lo=lo, hi=hi)
+    return MemorySettings.from_dict(st)
+
+
+def _sources(d: Any) -> tuple[tuple[str, MemorySettings], ...] | None:
+    """`Memory.write`'s `sources` entry (trusted), as MemoryEntry holds it."""
+    if d is None:
+        return None
+    return tuple((n, MemorySettings.from_dict(st)) for n, st in zip(d["names"], d["settings"]))

@@ -34,6 +34,7 @@ import numpy as np
 
 from .bounds import MAX_PRIOR_COEF
 from .errors import BundleError
+from .memory_sources import FILE as SOURCES_FILE, Sources, row_codes
 from .features import HAS_IMAGE_COL, TEXT_DIM, l2_normalise
 
 if TYPE_CHECKING:  # annotations only: no import cycle at run time
@@ -81,6 +82,7 @@ class Memory:
         outcomes: np.ndarray,
         models: list[str],
         settings: MemorySettings,
+        sources: Sources | None = None,
     ):
         self.center = np.ascontiguousarray(projection[:, 0], np.float32)  # [D_e]
         self.proj = np.ascontiguousarray(projection[:, 1:], np.float32)  # [D_e, d]
@@ -88,11 +90,17 @@ class Memory:
         self.outcomes = np.asarray(outcomes, np.float32)  # [N, K_mem]
         self.models = list(models)
         self.settings = settings
+        self.sources = sources  # a setting per source of a merged set, by neighbour vote (runtime.memory_sources)
         self.known = np.isfinite(self.outcomes)  # [N, K_mem]
         self.values = np.where(self.known, self.outcomes, 0.0).astype(np.float32)
         n = self.known.sum(axis=0)
         self.global_mean = np.where(n > 0, self.values.sum(axis=0) / np.maximum(n, 1), 0.5)  # [K_mem]
         self.rows: np.ndarray | None = None  # training only: the data rows held (for leave-one-out)
+
+    @property
+    def search_k(self) -> int:
+        """The neighbours a search returns: the most any setting reads (memory.onnx's k)."""
+        return max(self.settings.k, self.sources.k if self.sources is not None else 0)
 
     @property
     def dim(self) -> int:
@@ -136,17 +144,33 @@ class Memory:
         """`[B, K, COLUMNS]` memory columns for the given pool (default: the memory's own models, in order). A pool
         model the memory holds no outcome for gets its `prior` (the profile's overall score; 0.5 if not given) as its
         estimate, with no evidence. `found`: the (similarities, indices) of the neighbours, when a graph
-        (`memory.onnx`) has searched already; else they are searched here."""
-        s = self.settings
+        (`memory.onnx`) has searched already; else they are searched here. With `sources`, each query reads with
+        the setting of the source its nearest rows vote for."""
         if found is None:
-            found = self.neighbours(self.embed(q) if e is None else e, s.k, exclude, blas)  # type: ignore[arg-type]
-        sims, idx = found
-        w = np.minimum(1.0, np.exp((np.maximum(sims, -1.0) - s.s_ref) / s.tau)).astype(np.float32)  # [B, k]
+            emb = self.embed(q) if e is None else e  # type: ignore[arg-type]
+            found = self.neighbours(emb, self.search_k, exclude, blas)
         cols = (
             list(range(len(self.models)))
             if models is None
             else [self.models.index(m) if m in self.models else -1 for m in models]
         )
+        if self.sources is None:
+            return self._columns(*found, self.settings, cols, prior)
+        order = np.argsort(-found[0], axis=1, kind="stable")
+        sims, idx = np.take_along_axis(found[0], order, 1), np.take_along_axis(found[1], order, 1)
+        code = self.sources.vote(idx)
+        out = np.zeros((len(idx), len(cols), COLUMNS), np.float32)
+        for c in np.unique(code):
+            st = self.sources.settings[c] if c >= 0 else self.settings
+            b = code == c
+            out[b] = self._columns(sims[b, : st.k], idx[b, : st.k], st, cols, prior)
+        return out
+
+    def _columns(
+        self, sims: np.ndarray, idx: np.ndarray, s: MemorySettings, cols: list[int], prior: Sequence[float] | None
+    ) -> np.ndarray:
+        """`Memory.columns` of the neighbours (sims, idx) `[B, k]` read with the setting `s`."""
+        w = np.minimum(1.0, np.exp((np.maximum(sims, -1.0) - s.s_ref) / s.tau)).astype(np.float32)  # [B, k]
         out = np.zeros((len(idx), len(cols), COLUMNS), np.float32)
         out[..., 0] = logit(np.full(len(cols), 0.5) if prior is None else prior)
         out[..., 2] = w.mean(axis=1, keepdims=True)
@@ -178,7 +202,12 @@ class Memory:
         for j, m in enumerate(models):
             out[len(self.keys) :, names.index(m)] = outcomes[:, j]
         return Memory(
-            self.projection(), np.concatenate([self.keys, np.asarray(keys, np.float32)]), out, names, self.settings
+            self.projection(),
+            np.concatenate([self.keys, np.asarray(keys, np.float32)]),
+            out,
+            names,
+            self.settings,
+            None if self.sources is None else self.sources.grown(len(keys)),
         )
 
     def without_models(self, drop: Any) -> "Memory":
@@ -191,38 +220,46 @@ class Memory:
             self.outcomes[rows][:, keep],
             [self.models[i] for i in keep],
             self.settings,
+            None if self.sources is None else self.sources.take(rows),
         )
 
     # ------------------------------------------------------------------ files
     def arrays(self) -> dict[str, np.ndarray]:
-        """The three arrays a bundle stores, fp16 (the projection's first column is the centre)."""
-        return {
+        """The arrays a bundle stores, fp16 (the projection's first column is the centre; `sources` with them)."""
+        out = {
             "projection": self.projection().astype(np.float16),
             "keys": self.keys.astype(np.float16),
             "outcomes": self.outcomes.astype(np.float16),
         }
+        if self.sources is not None:
+            out["sources"] = self.sources.array()
+        return out
 
     def manifest_entry(self) -> dict[str, Any]:
-        return {
-            "files": dict(FILES),
+        entry = {
+            "files": {**FILES, **({"sources": SOURCES_FILE} if self.sources is not None else {})},
             "models": self.models,
             "rows": len(self.keys),
             "dim": self.dim,
             "settings": self.settings.to_dict(),
         }
+        if self.sources is not None:
+            entry["sources"] = self.sources.entry()
+        return entry
 
     def write(self, folder: str | os.PathLike[str]) -> dict[str, Any]:
-        """Write the three files into `folder` (a bundle being built); returns the manifest entry."""
+        """Write the files into `folder` (a bundle being built); returns the manifest entry."""
+        entry = self.manifest_entry()
         for key, a in self.arrays().items():
-            (Path(folder) / FILES[key]).write_bytes(npy_bytes(a))
-        return self.manifest_entry()
+            (Path(folder) / entry["files"][key]).write_bytes(npy_bytes(a))
+        return entry
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle") -> "Memory":
         """Read the memory a manifest lists (`manifest.memory`), hash-checked, shapes checked against the entry."""
         m = bundle.manifest.memory
         assert m is not None, "the bundle has no memory (check Router.has_memory first)"
-        return cls.from_files({key: bundle.read(m.files[key]) for key in FILES}, m, str(bundle.path))
+        return cls.from_files({key: bundle.read(fname) for key, fname in m.files.items()}, m, str(bundle.path))
 
     @classmethod
     def from_files(cls, data: dict[str, Any], entry: "MemoryEntry", where: str) -> "Memory":
@@ -242,7 +279,14 @@ class Memory:
         o = arrays["outcomes"]
         if np.any((o < 0) | (o > 1)):
             raise BundleError(f"{where}: the memory's outcomes must lie in [0, 1] (or be NaN: no outcome)")
-        return cls(arrays["projection"], arrays["keys"], o, list(entry.models), entry.settings)
+        sources = None
+        if entry.sources is not None:
+            names, settings = zip(*entry.sources)
+            src = _npy(data["sources"], f"{where}/{entry.files['sources']}")
+            if src.shape != (rows, 1):
+                raise BundleError(f"{where}: {entry.files['sources']} has shape {list(src.shape)}, want [{rows}, 1]")
+            sources = Sources(names, settings, row_codes(src, len(names), where))
+        return cls(arrays["projection"], arrays["keys"], o, list(entry.models), entry.settings, sources)
 
 
 def sigmoid(x: Any) -> np.ndarray:

@@ -110,6 +110,21 @@ def test_manifest_memory_entry_is_validated(tmp_path):
         (lambda e: e["settings"].update(tau=0), "memory.settings.tau"),
         (lambda e: e.update(models=["x", "x"]), "distinct"),
         (lambda e: e["files"].update(keys="other.npy"), "not listed"),
+        (lambda e: e.update(sources={"names": ["a"], "settings": [e["settings"]]}), "sources files"),
+        (
+            lambda e: (
+                e["files"].update(sources=e["files"]["keys"]),
+                e.update(sources={"names": ["a", "a"], "settings": [e["settings"]] * 2}),
+            ),
+            "memory.sources must be",
+        ),
+        (
+            lambda e: (
+                e["files"].update(sources=e["files"]["keys"]),
+                e.update(sources={"names": ["a"], "settings": [{**e["settings"], "k": 0}]}),
+            ),
+            r"memory.sources.settings\[0\].k",
+        ),
     ):
         b = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
         shutil.copytree(DEFAULT_BUNDLE, b)
@@ -236,3 +251,54 @@ def test_a_local_prior_needs_a_spread_and_a_well_formed_manifest_entry():
     ):
         with pytest.raises(BundleError, match="local_prior"):
             LocalPrior.of_pool([("new", {"local_prior": bad})], "b")
+
+
+def _sourced(k_a=3, k_b=40):
+    """`_memory` whose cluster 0 rows come from source "a" (read with k_a) and cluster 1 rows from "b" (k_b)."""
+    from lr_onnx.runtime.memory_sources import Sources
+
+    mem, q = _memory()
+    st = mem.settings
+    per = [MemorySettings(k, st.kappa, st.tau, st.image_weight, st.s_ref) for k in (k_a, k_b)]
+    src = Sources(["a", "b"], per, np.arange(len(mem)) % 2)
+    return Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st, src), mem, q, per
+
+
+def test_a_query_reads_with_the_setting_of_the_source_its_neighbours_vote_for():
+    """runtime.memory_sources: cluster-0 queries (their neighbours all from source a) read their 3 nearest rows,
+    cluster-1 queries their 40; the search returns the most any setting reads; rows without a source do not vote."""
+    sourced, plain, q, per = _sourced()
+    assert sourced.search_k == 40
+    got = sourced.columns(q[:8], exclude=np.arange(8))
+    for i in range(8):
+        ref = Memory(plain.projection(), plain.keys, plain.outcomes, plain.models, per[i % 2])
+        np.testing.assert_allclose(got[i], ref.columns(q[i : i + 1], exclude=np.array([i]))[0], atol=1e-6)
+    assert not np.allclose(got[0, :, 1], plain.columns(q[:1], exclude=np.array([0]))[0, :, 1])  # k 3, not 10
+    grown = sourced.with_rows(q[:20], "c", np.ones(20))  # rows added later have no source
+    assert (grown.sources.of_row[-20:] == -1).all() and len(grown.sources.of_row) == len(grown)
+    kept = grown.without_models(["a", "b"])  # only the new model's rows remain: none votes, the memory's own k
+    assert (kept.sources.of_row == -1).all()
+    np.testing.assert_allclose(
+        kept.columns(q[:3]),
+        Memory(kept.projection(), kept.keys, kept.outcomes, kept.models, plain.settings).columns(q[:3]),
+        atol=1e-6,
+    )
+
+
+def test_per_source_settings_round_trip_through_files_and_the_manifest(tmp_path):
+    from lr_onnx.runtime.manifest_entries import MemoryEntry as Entry
+    from lr_onnx.runtime.memory_sources import FILE
+
+    sourced, _, q, _ = _sourced()
+    written = sourced.write(tmp_path)
+    assert written["files"]["sources"] == FILE and written["sources"]["names"] == ["a", "b"]
+    entry = Entry.from_written(written)
+    data = {key: (tmp_path / fname).read_bytes() for key, fname in entry.files.items()}
+    back = Memory.from_files(data, entry, "b")
+    assert back.sources is not None and back.sources.names == ("a", "b") and back.search_k == 40
+    np.testing.assert_allclose(back.columns(q[:6]), sourced.columns(q[:6]), atol=2e-2)  # fp16 files
+    with pytest.raises(BundleError, match="integers from -1 to 1"):
+        Memory.from_files(dict(data, sources=npy_bytes(np.full((len(sourced), 1), 5, np.float16))), entry, "b")
+    with pytest.raises(BundleError, match="shape"):
+        Memory.from_files(dict(data, sources=npy_bytes(np.zeros((3, 1), np.float16))), entry, "b")
+    assert Entry.from_written(entry.to_dict()).sources == entry.sources  # the manifest keeps them as written

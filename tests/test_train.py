@@ -632,3 +632,36 @@ def test_a_run_whose_per_model_lists_disagree_is_refused(tmp_path):
     prof["cost_model"].append({"output_tokens": None})
     (run / "profiles.json").write_text(json.dumps(prof))
     assert len(read_profiles(run)["models"]) == 2
+
+
+def test_a_merge_gets_a_memory_setting_per_source(env, monkeypatch):
+    """export.train.memory.select_sources: on a merge (SOURCE/label), each source with enough validation rows chooses
+    its own k, kappa, tau in the one retrieval space; the memory keeps each row's source, and the run's config
+    rebuilds the same memory (attach_run_memory)."""
+    import dataclasses
+
+    import lr_onnx.export.train.memory as TM
+    from lr_onnx.export.train.trainer import attach_run_memory, load_training_set
+
+    P = load_training_set(env / "demo", slices=2, progress=False)
+    P.data = dataclasses.replace(P.data, dataset=[f"s{i % 2}/task" for i in range(P.data.n)])
+    assert TM.select_sources(P, TM.MemorySettings(image_weight=2.0), 1.0) == ({}, [])  # too few validation rows
+    monkeypatch.setattr(TM, "MIN_SOURCE_VAL", 5)
+    per, trials = TM.select_sources(P, TM.MemorySettings(image_weight=2.0), 1.0)
+    assert sorted(per) == ["s0", "s1"] and all(st.image_weight == 2.0 for st in per.values())
+    assert {t["source"] for t in trials} == {"s0", "s1"} and all(st.k in TM.GRID["k"] for st in per.values())
+    P.attach_memory(TM.MemorySettings(k=16, image_weight=2.0), 1.0, per)
+    src = P.memory.sources
+    assert src.names == ("s0", "s1") and [st.k for st in src.settings] == [per["s0"].k, per["s1"].k]
+    assert (src.of_row == np.array([int(P.data.dataset[i][1]) for i in P.memory.rows])).all()
+    cfg = {
+        "memory": {
+            "settings": P.memory.settings.to_dict(),
+            "size": 1.0,
+            "per_source": {n: s.to_dict() for n, s in zip(src.names, src.settings)},
+        }
+    }
+    Q = load_training_set(env / "demo", slices=2, progress=False)
+    Q.data = P.data
+    attach_run_memory(Q, cfg)
+    np.testing.assert_allclose(Q.mem_cols, P.mem_cols)  # the run's memory, rebuilt from its config

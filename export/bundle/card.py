@@ -105,6 +105,13 @@ def card(run_dir: Path, bundle_dir: Path, sources: list[str]) -> str:
             f"shrunk mean outcome of the query's {st.k} nearest ones (pseudo-count {st.kappa:g} of the "
             f"model's global mean), weighted by closeness. Settings chosen on validation."
             + (
+                " Per source of the merge, by the source most of the query's 16 nearest come from: "
+                + ", ".join(f"{n} {s.k} nearest (pseudo-count {s.kappa:g})" for n, s in mem.sources)
+                + "."
+                if mem.sources
+                else ""
+            )
+            + (
                 f" The network corrects it with strength {blend:g} (chosen on validation; 0 = the memory alone)."
                 if blend is not None
                 else ""

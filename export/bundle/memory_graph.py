@@ -40,7 +40,7 @@ def build_memory_graph(memory, path: Path, opset: int) -> None:
             ("center", memory.center.astype(np.float32)),
             ("proj", memory.proj.astype(np.float32)),
             ("eps", np.array(EPS, np.float32)),
-            ("k", np.array([st.k], np.int64)),
+            ("k", np.array([memory.search_k], np.int64)),  # the most any setting reads (memory_sources)
         )
     ]
     nodes = [

@@ -183,7 +183,7 @@ def check_memory_graph(bundle: Path, manifest: Manifest, q: np.ndarray) -> dict:
     mem = bundle_memory(bundle, manifest)
     sess = new_session(bundle / "memory.onnx", provider="cpu")
     sims, idx = sess.run(None, {"query": q.astype(np.float32), "keys": mem.keys})
-    ref_s, ref_i = mem.neighbours(mem.embed(q), mem.settings.k)
+    ref_s, ref_i = mem.neighbours(mem.embed(q), mem.search_k)
     ref_s = -np.sort(-ref_s, axis=1)
     same = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(idx.tolist(), ref_i.tolist())])
     names = manifest.model_names
@@ -195,7 +195,7 @@ def check_memory_graph(bundle: Path, manifest: Manifest, q: np.ndarray) -> dict:
         "columns_max_abs_diff": float(np.abs(cols - ref_cols).max()),
         "rows": len(mem),
         "dim": mem.dim,
-        "k": mem.settings.k,
+        "k": mem.search_k,
     }
 
 

@@ -3,6 +3,7 @@
     fit_memory(P, settings)      the retrieval space (PCA on the training queries) and every training row
     memory_columns(P, memory)    [N, K, 3] columns: training rows leave-one-out, all other rows against it
     select_settings(P)           k, kappa, tau, image weight and memory size, by routing on validation
+    select_sources(P, ...)       on a merge (`SOURCE/label` labels), k, kappa, tau per source (runtime.memory_sources)
 
 The memory holds the training rows (R_fit and R_cal): a memory of R_cal alone gave almost nothing
 (issue 21). Each training row is estimated without itself, so the network learns from columns like the
@@ -15,12 +16,14 @@ import numpy as np
 
 from ...runtime.features import HAS_IMAGE_COL, TEXT_DIM
 from ...runtime.memory import COLUMNS, Memory, MemorySettings, embed
+from ...runtime.memory_sources import Sources, source_of
 
 DIM = 128  # retrieval dimensions (<= runtime.memory.MAX_DIM)
 PCA_SEED = 20260308
 S_REF_QUANTILE = 0.10  # s_ref: a training query's mean neighbour similarity at this quantile counts fully
 GRID = {"image_weight": (0.5, 1.0, 2.0), "k": (16, 32, 64, 128, 256), "kappa": (1.0, 3.0, 10.0), "tau": (0.03, 0.1)}
 SIZES = (0.5, 1.0)  # share of the training rows the memory keeps (checked at the chosen settings)
+MIN_SOURCE_VAL = 100  # validation rows a source needs to choose its own setting
 
 
 def memory_rows(P) -> np.ndarray:
@@ -50,8 +53,15 @@ def reference_similarity(keys: np.ndarray, k: int, rng_seed: int = PCA_SEED) -> 
     return float(np.quantile(top.mean(axis=1), S_REF_QUANTILE))
 
 
-def fit_memory(P, settings: MemorySettings, size: float = 1.0, projection: np.ndarray | None = None) -> Memory:
-    """The memory of a run: training rows (a seeded share `size` of them) in the retrieval space; s_ref set here."""
+def fit_memory(
+    P,
+    settings: MemorySettings,
+    size: float = 1.0,
+    projection: np.ndarray | None = None,
+    per_source: dict[str, MemorySettings] | None = None,
+) -> Memory:
+    """The memory of a run: training rows (a seeded share `size` of them) in the retrieval space; s_ref set here.
+    `per_source`: a setting per source of a merge (`select_sources`; same image weight), each row's source kept."""
     rows = memory_rows(P)
     if size < 1.0:
         keep = max(1, int(round(size * len(rows))))
@@ -61,7 +71,16 @@ def fit_memory(P, settings: MemorySettings, size: float = 1.0, projection: np.nd
     outcomes = np.where(P.data.A[rows], P.data.Y[rows], np.nan).astype(np.float32)
     s_ref = reference_similarity(keys, settings.k)
     st = MemorySettings(settings.k, settings.kappa, settings.tau, settings.image_weight, s_ref)
-    mem = Memory(_f16(proj), _f16(keys), _f16(outcomes), P.data.model_names, st)
+    sources = None
+    if per_source:
+        names = list(per_source)
+        of_row = [names.index(x) if x in names else -1 for x in (source_of(P.data.dataset[i]) for i in rows)]
+        sts = [
+            MemorySettings(c.k, c.kappa, c.tau, c.image_weight, reference_similarity(keys, c.k))
+            for c in per_source.values()
+        ]
+        sources = Sources(names, sts, of_row)
+    mem = Memory(_f16(proj), _f16(keys), _f16(outcomes), P.data.model_names, st, sources)
     mem.rows = rows  # which data rows it holds (leave-one-out needs it)
     return mem
 
@@ -139,3 +158,34 @@ def select_settings(P, progress: bool = False) -> tuple[MemorySettings, float, l
         if s0 + na > best[0] + 1e-12:
             best, size = (s0 + na, st), frac
     return MemorySettings(st.k, st.kappa, st.tau, st.image_weight), size, trials
+
+
+def select_sources(P, settings: MemorySettings, size: float) -> tuple[dict[str, MemorySettings], list[dict]]:
+    """On a merge, the k, kappa and tau of each source with MIN_SOURCE_VAL validation rows, chosen on its own rows
+    (the image weight, hence the retrieval space, stays the one `select_settings` chose); {} unless two sources
+    qualify. A query reads with its source's setting by neighbour vote (runtime.memory_sources)."""
+    val = np.flatnonzero(P.masks["val"] & P.data.A.any(axis=1))
+    src = np.array([source_of(P.data.dataset[i]) or "" for i in val])
+    names = sorted(n for n in set(src) - {""} if (src == n).sum() >= MIN_SOURCE_VAL)
+    if len(names) < 2:
+        return {}, []
+    mem = fit_memory(P, MemorySettings(k=max(GRID["k"]), image_weight=settings.image_weight), size)
+    out: dict[str, MemorySettings] = {}
+    trials: list[dict] = []
+    for name in names:
+        rows = val[src == name]
+        e, best = mem.embed(P.q[rows]), None
+        for k in GRID["k"]:
+            s_ref = reference_similarity(mem.keys, k)
+            for kappa in GRID["kappa"]:
+                for tau in GRID["tau"]:
+                    st = MemorySettings(k, kappa, tau, settings.image_weight, s_ref)
+                    cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st).columns(
+                        P.q[rows], e=e, blas=True
+                    )
+                    s0, na = routing_value(estimate(cols), P, rows)
+                    trials.append({"source": name, **st.to_dict(), "val_score_at_lambda0": s0, "val_nauc": na})
+                    if best is None or s0 + na > best[0] + 1e-12:
+                        best = (s0 + na, MemorySettings(k, kappa, tau, settings.image_weight))
+        out[name] = best[1]  # type: ignore[index]
+    return out, trials

@@ -78,11 +78,11 @@ class TrainingSet:
     mem_cols: np.ndarray | None = None  # [N, K, 3] memory columns, training rows leave-one-out
     memory_size: float = 1.0
 
-    def attach_memory(self, settings, size: float = 1.0) -> None:
+    def attach_memory(self, settings, size: float = 1.0, per_source: dict | None = None) -> None:
         """Build the run's capability memory with these settings (`export.train.memory`) and every row's columns."""
         from .memory import fit_memory, memory_columns
 
-        self.memory = fit_memory(self, settings, size)
+        self.memory = fit_memory(self, settings, size, per_source=per_source)
         self.memory_size = size
         self.mem_cols = memory_columns(self, self.memory)
 
@@ -164,7 +164,8 @@ def attach_run_memory(P: TrainingSet, run_cfg: dict) -> TrainingSet:
     if mem:
         from ...runtime.memory import MemorySettings
 
-        P.attach_memory(MemorySettings.from_dict(mem["settings"]), float(mem.get("size", 1.0)))
+        per_source = {n: MemorySettings.from_dict(st) for n, st in (mem.get("per_source") or {}).items()}
+        P.attach_memory(MemorySettings.from_dict(mem["settings"]), float(mem.get("size", 1.0)), per_source)
     return P
 
 
@@ -202,10 +203,12 @@ def train(
     d = P.data
     selection = None
     if cfg.memory and P.memory is None:
-        from .memory import select_settings
+        from .memory import select_settings, select_sources
 
         settings, size, selection = select_settings(P)
-        P.attach_memory(settings, size)
+        per_source, source_trials = select_sources(P, settings, size)  # {} unless a merge of >= 2 sources
+        P.attach_memory(settings, size, per_source)
+        selection += source_trials
     elif not cfg.memory:
         P.memory, P.mem_cols = None, None
     torch.manual_seed(cfg.seed)
@@ -321,6 +324,8 @@ def train(
         if P.memory is None
         else {"settings": P.memory.settings.to_dict(), "size": P.memory_size, "rows": len(P.memory), "blend": blend}
     )
+    if memory is not None and P.memory.sources is not None:
+        memory["per_source"] = dict(zip(P.memory.sources.names, (st.to_dict() for st in P.memory.sources.settings)))
     run = RunDir(out)
     if selection is not None:
         run.write_json("memory_selection.json", selection, indent=1)
