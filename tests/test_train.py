@@ -665,3 +665,36 @@ def test_a_merge_gets_a_memory_setting_per_source(env, monkeypatch):
     Q.data = P.data
     attach_run_memory(Q, cfg)
     np.testing.assert_allclose(Q.mem_cols, P.mem_cols)  # the run's memory, rebuilt from its config
+
+
+@pytest.mark.slow
+def test_a_run_on_a_merge_exports_a_bundle_that_reads_with_a_setting_per_source(env, tmp_path, monkeypatch):
+    """End to end (runtime.memory_sources): train on a merge of two demo draws, export, route with the Router. The
+    bundle carries each memory row's source and a setting per source, memory.onnx searches the most any setting
+    reads, the export's parity holds, and --fused is refused (it bakes in one setting)."""
+    from lr_onnx.export.bundle.assemble import export_bundle
+    from lr_onnx.export.data.demo import build_demo
+    from lr_onnx.export.data.merge import merge_datasets
+    from lr_onnx.export.train import memory as TM
+    from lr_onnx.export.train.trainer import TrainConfig, train
+    from lr_onnx.runtime.errors import DataError
+    from lr_onnx.runtime.router import Router
+
+    monkeypatch.setenv("LR_ONNX_CACHE", str(env / "cache"))
+    monkeypatch.setattr(TM, "MIN_SOURCE_VAL", 10)  # two small draws: a handful of validation rows each
+    build_demo(tmp_path / "other", n=300, seed=2, workers=1, progress=False)
+    merge_datasets(tmp_path / "merged", [env / "demo", tmp_path / "other"], progress=False)
+    train(tmp_path / "merged", tmp_path / "run", TrainConfig(epochs=1, slices=2), progress=False)
+    per = json.loads((tmp_path / "run" / "config.json").read_text())["memory"]["per_source"]
+    assert sorted(per) == ["demo", "other"]
+    with pytest.raises(DataError, match="setting per source"):
+        export_bundle(tmp_path / "run", tmp_path / "fused", fused=True, progress=False)
+    parity = export_bundle(tmp_path / "run", tmp_path / "bundle", parity_queries=24, progress=False)
+    assert parity["passed"] is True and parity["memory"]["columns_max_abs_diff"] <= 1e-4
+    r = Router.load(tmp_path / "bundle")
+    mem = r.memory()
+    assert mem.sources is not None and mem.sources.names == ("demo", "other")
+    assert mem.search_k == max([mem.settings.k] + [p["k"] for p in per.values()]) == parity["memory"]["k"]
+    assert set(np.unique(mem.sources.of_row)) <= {-1, 0, 1} and (mem.sources.of_row >= 0).all()
+    d = r.route([], "What is 3 + 4?", lam=0.0)
+    assert d.model in r.names

@@ -34,12 +34,12 @@ def bundle_router(bundle: Path, manifest: Manifest):
 
 def bundle_memory(bundle: Path, manifest: Manifest):
     """The memory as the bundle being built stores it (fp16 files), or None."""
-    from ...runtime.memory import FILES, Memory
+    from ...runtime.memory import Memory
 
     entry = manifest.memory
     if entry is None:
         return None
-    return Memory.from_files({k: (bundle / entry.files[k]).read_bytes() for k in FILES}, entry, str(bundle))
+    return Memory.from_files({k: (bundle / f).read_bytes() for k, f in entry.files.items()}, entry, str(bundle))
 
 
 def bundle_model_feat(bundle: Path, manifest: Manifest, q: np.ndarray) -> np.ndarray:
