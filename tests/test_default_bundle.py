@@ -43,8 +43,9 @@ def test_everyday_queries_out_of_coverage_never_saturate():
     g = dict(zip(r.names, r.global_means()))
     far = [d for d in decisions if d.explain["memory"]["closeness"] < 0.1]
     assert len(far) >= 6  # the memory knows none of these
-    for d in far:  # so each model scores what it does on average
-        assert all(abs(c.mu_tilde - g[c.name]) < 0.03 for c in d.candidates)
+    for d in far:  # so each model scores about what it does on average (charts, closeness 0.02-0.04, move up to 0.055:
+        # per source of the merge the memory reads 32 neighbours with a lower s_ref; 0.03 with one setting for all)
+        assert all(abs(c.mu_tilde - g[c.name]) < 0.06 for c in d.candidates)
 
 
 @pytest.mark.shared_data("dcrouter")

@@ -110,17 +110,27 @@ def test_manifest_memory_entry_is_validated(tmp_path):
         (lambda e: e["settings"].update(tau=0), "memory.settings.tau"),
         (lambda e: e.update(models=["x", "x"]), "distinct"),
         (lambda e: e["files"].update(keys="other.npy"), "not listed"),
-        (lambda e: e.update(sources={"names": ["a"], "settings": [e["settings"]]}), "sources files"),
         (
             lambda e: (
-                e["files"].update(sources=e["files"]["keys"]),
+                e["files"].pop("sources", None),
+                e.update(sources={"names": ["a"], "settings": [e["settings"]]}),
+            ),
+            "sources files",
+        ),
+        (
+            lambda e: (e.pop("sources", None), e["files"].setdefault("sources", e["files"]["keys"])),
+            "memory.files must name the keys, outcomes, projection files",
+        ),
+        (
+            lambda e: (
+                e["files"].setdefault("sources", e["files"]["keys"]),
                 e.update(sources={"names": ["a", "a"], "settings": [e["settings"]] * 2}),
             ),
             "memory.sources must be",
         ),
         (
             lambda e: (
-                e["files"].update(sources=e["files"]["keys"]),
+                e["files"].setdefault("sources", e["files"]["keys"]),
                 e.update(sources={"names": ["a"], "settings": [{**e["settings"], "k": 0}]}),
             ),
             r"memory.sources.settings\[0\].k",
