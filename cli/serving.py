@@ -118,7 +118,9 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
         mem = d.explain.get("memory")
         if mem:
             click.echo(
-                f"memory: closeness {mem['closeness']:.2f} to its {mem['neighbours']} nearest labelled queries; "
+                f"memory: closeness {mem['closeness']:.2f} to its {mem['neighbours']} nearest labelled queries"
+                + (f" (read as {mem['source']}, the source most of them come from)" if mem.get("source") else "")
+                + "; "
                 + ", ".join(f"{k} {v['estimate']:.2f} ({v['evidence']:g} of them)" for k, v in mem["estimates"].items())
             )
         for m in d.explain["pairwise_margins"]:

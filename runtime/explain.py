@@ -66,8 +66,10 @@ def explain(
     if memory is not None:  # [K, 3]: estimate logit, log1p(evidence), closeness
         mem = router.memory()
         assert mem is not None  # memory columns come only from a bundle with a memory
+        source, st = mem.reading(router.memory_search(q[None]))[0]
         out["memory"] = {
-            "neighbours": mem.settings.k,
+            "neighbours": st.k,
+            **({"source": source} if source is not None else {}),
             "closeness": round(float(memory[0, 2]), 4),
             "estimates": {
                 c.name: {

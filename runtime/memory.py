@@ -156,15 +156,28 @@ class Memory:
         )
         if self.sources is None:
             return self._columns(*found, self.settings, cols, prior)
-        order = np.argsort(-found[0], axis=1, kind="stable")
-        sims, idx = np.take_along_axis(found[0], order, 1), np.take_along_axis(found[1], order, 1)
-        code = self.sources.vote(idx)
+        sims, idx, code = self._voted(found)
         out = np.zeros((len(idx), len(cols), COLUMNS), np.float32)
         for c in np.unique(code):
             st = self.sources.settings[c] if c >= 0 else self.settings
             b = code == c
             out[b] = self._columns(sims[b, : st.k], idx[b, : st.k], st, cols, prior)
         return out
+
+    def _voted(self, found: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(similarities, indices) nearest first, and each query's source by vote (-1: none; needs `sources`)."""
+        assert self.sources is not None
+        order = np.argsort(-found[0], axis=1, kind="stable")
+        sims, idx = np.take_along_axis(found[0], order, 1), np.take_along_axis(found[1], order, 1)
+        return sims, idx, self.sources.vote(idx)
+
+    def reading(self, found: tuple[np.ndarray, np.ndarray]) -> list[tuple[str | None, MemorySettings]]:
+        """Per query of the search result `found`: the source its neighbours vote for (None: none, or no sources)
+        and the setting it is read with (`--explain` says which)."""
+        if self.sources is None:
+            return [(None, self.settings)] * len(found[0])
+        src = self.sources
+        return [(src.names[c], src.settings[c]) if c >= 0 else (None, self.settings) for c in self._voted(found)[2]]
 
     def _columns(
         self, sims: np.ndarray, idx: np.ndarray, s: MemorySettings, cols: list[int], prior: Sequence[float] | None

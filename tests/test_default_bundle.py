@@ -172,3 +172,15 @@ def test_a_model_added_from_48_labels_gets_a_per_query_shape_where_it_was_not_la
     assert mem is not None
     flat = 1 / (1 + np.exp(-mem.columns(q, r2.names)[:, -1, 0]))  # the estimate with its global mean as the prior
     assert auc(mt) >= 0.65 and auc(mt) > auc(flat) + 0.05, (auc(mt), auc(flat))
+
+
+def test_explain_names_the_source_whose_memory_setting_read_the_query():
+    """runtime.memory_sources: the default bundle is a merge; blindtest's own kind of question about the line plot is
+    read with blindtest's setting, and --explain says which source and how many neighbours."""
+    r = Router.load()
+    mem = r.memory()
+    assert mem is not None and mem.sources is not None and set(mem.sources.names) == {"blindtest", "dynamath", "vqarad"}
+    d = r.route([EXAMPLES / "lines.png"], "How many times do the two lines intersect?", explain=True)
+    m = d.explain["memory"]
+    assert m["source"] == "blindtest" and m["closeness"] > 0.3
+    assert m["neighbours"] == mem.sources.settings[mem.sources.names.index("blindtest")].k
