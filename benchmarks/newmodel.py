@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lr_onnx.runtime.memory import LocalPrior, global_means, memory_estimates, untrained_answer
+from lr_onnx.runtime.added_models import LocalPrior, memory_estimates, untrained_answer
+from lr_onnx.runtime.memory import global_means
 from lr_onnx.runtime.profiles import assign_slices, new_model_profile
 from lr_onnx.export.evaluate import routing_metrics as M
 from lr_onnx.export.evaluate.report import sweep

@@ -31,7 +31,7 @@ import numpy as np
 from lr_onnx.export.files import atomic_write_text
 from lr_onnx.export.train.pool import spread_over_slices
 from lr_onnx.export.train.trainer import TrainConfig, load_training_set, predict
-from lr_onnx.runtime.memory import untrained_answer
+from lr_onnx.runtime.added_models import untrained_answer
 from lr_onnx.runtime.profiles import assign_slices
 
 from newmodel import (

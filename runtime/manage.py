@@ -21,7 +21,8 @@ from .bounds import MAX_PRICE_PER_MTOK
 from .bundle import MANIFEST, load_bundle
 from .costs import mean_output_tokens, rule_spec
 from .errors import BundleError, InputError, OptionError
-from .memory import LocalPrior, Memory
+from .added_models import LocalPrior
+from .memory import Memory
 from .files import atomic_write_text, staged_folder
 from .manifest import FileEntry, Manifest, MemoryEntry, PoolEntry
 from .validate import number, text

@@ -27,7 +27,8 @@ from .policy import choose, explore_rows
 from .prefetch import prefetched
 from .costs import query_costs
 from .preprocess import DEFAULT_MAX_IMAGE_BYTES, load_tokenizer, prepare_query, tokenize
-from .memory import COLUMNS, LocalPrior, Memory, global_means, memory_estimates, untrained_answer
+from .added_models import LocalPrior, memory_estimates, untrained_answer
+from .memory import COLUMNS, Memory, global_means
 from .profiles import model_features, pool_features
 from .sessions import BundleSessions, run
 from .decision import Candidate, Decision, Prepared, RouteOptions, ranked_candidates  # noqa: F401  (Router's API)

@@ -116,7 +116,7 @@ def test_a_model_added_from_24_perfect_outcomes_wins_its_own_queries(tmp_path, m
     won = sum(d.model == "newbie" for d in r2.route_many(queries, lam=0.0))
     assert won >= 20, (won, rep["pool_scores"])
     assert rep["predicted_score"] > 0.9
-    # the network never trained on it: the router hands its column to the memory (runtime.memory.untrained_answer)
+    # the network never trained on it: the router hands its column to the memory (runtime.added_models.untrained_answer)
     import lr_onnx.runtime.router as router_module
 
     seen = []
@@ -137,7 +137,7 @@ def test_a_model_added_from_48_labels_gets_a_per_query_shape_where_it_was_not_la
     its estimate is almost flat far from its 48 queries. The twin here repeats a trained model's real outcomes."""
     from lr_onnx.export.data.format import load_dataset
     from lr_onnx.export.data.splits import ensure_splits, split_masks
-    from lr_onnx.runtime.memory import LocalPrior
+    from lr_onnx.runtime.added_models import LocalPrior
 
     data = load_dataset(SHARED_DATA / "blindtest")
     test = np.flatnonzero(split_masks(data, ensure_splits(data))["test"])

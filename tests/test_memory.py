@@ -181,7 +181,7 @@ def test_the_search_graph_finds_what_numpy_finds(tmp_path):
 
 
 def test_models_added_after_training_get_the_memorys_estimate_and_no_correction():
-    from lr_onnx.runtime.memory import memory_estimates, untrained_answer
+    from lr_onnx.runtime.added_models import memory_estimates, untrained_answer
 
     mu = np.array([[0.9, 0.2, -1.0], [0.1, 0.8, 0.7]], np.float32)  # -1: unavailable
     mt, delta = mu + 0.01, np.full_like(mu, 0.01)
@@ -210,7 +210,7 @@ def _difficulty_cols(x: np.ndarray, g_new: float, evidence: float = 0.0) -> np.n
 def test_a_local_prior_gives_an_added_model_the_shape_of_the_local_difficulty():
     """LocalPrior (issue 21): an added model's outcomes that follow the trained models' local estimates are fitted as a
     line, which then replaces its global mean as its estimate's prior, per query; evidence of its own outweighs it."""
-    from lr_onnx.runtime.memory import LocalPrior, memory_estimates
+    from lr_onnx.runtime.added_models import LocalPrior, memory_estimates
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0.2, 0.8, 48)
@@ -236,7 +236,7 @@ def test_a_local_prior_gives_an_added_model_the_shape_of_the_local_difficulty():
 
 def test_a_local_prior_needs_a_spread_and_a_well_formed_manifest_entry():
     from lr_onnx.runtime.errors import BundleError
-    from lr_onnx.runtime.memory import LocalPrior
+    from lr_onnx.runtime.added_models import LocalPrior
 
     assert LocalPrior.fit(_difficulty_cols(np.full(30, 0.4), 0.5)[:, :2], np.ones(30), ["a", "b"], [False] * 2) is None
     assert (

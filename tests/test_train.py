@@ -311,7 +311,7 @@ def test_models_add_and_remove_without_retraining(env, run, tmp_path):
     mem = run_memory(run_dir)
     assert "NewVLM" in mem.models and int(np.isfinite(mem.outcomes[:, -1]).sum()) == 30
     from lr_onnx.export.bundle.assemble import export_bundle, pool_entries
-    from lr_onnx.runtime.memory import LocalPrior
+    from lr_onnx.runtime.added_models import LocalPrior
     from lr_onnx.runtime.profiles import ProfileSpace
 
     lp = LocalPrior.parse(prof["models"][-1]["added_with"]["local_prior"], "run")  # fitted, as runtime's add fits it

@@ -15,7 +15,8 @@ import numpy as np
 
 from ...runtime.errors import DataError
 from ...runtime.manage import write_proposal
-from ...runtime.memory import LocalPrior, global_means, memory_estimates, untrained_answer
+from ...runtime.added_models import LocalPrior, memory_estimates, untrained_answer
+from ...runtime.memory import global_means
 from ...runtime.profiles import ProfileSpace, new_model_profile
 from ..data.format import load_outcomes_for
 from .rundir import PER_MODEL, RunDir
@@ -192,7 +193,7 @@ def run_memory(run_dir: Path, prof: dict | None = None):
 
 def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
     """Mean mu_tilde of the newest model on its own labelled queries, with the whole pool available; a model added
-    after training gets the memory's estimate, as the Router answers for it (`runtime.memory.untrained_answer`)."""
+    after training gets the memory's estimate, as the Router answers for it (`runtime.added_models.untrained_answer`)."""
     import torch
 
     from ...runtime.profiles import model_features
