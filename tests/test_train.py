@@ -671,13 +671,12 @@ def test_a_merge_gets_a_memory_setting_per_source(env, monkeypatch):
 def test_a_run_on_a_merge_exports_a_bundle_that_reads_with_a_setting_per_source(env, tmp_path, monkeypatch):
     """End to end (runtime.memory_sources): train on a merge of two demo draws, export, route with the Router. The
     bundle carries each memory row's source and a setting per source, memory.onnx searches the most any setting
-    reads, the export's parity holds, and --fused is refused (it bakes in one setting)."""
+    reads, and the export's parity holds, the fused graph's (which votes in-graph) included."""
     from lr_onnx.export.bundle.assemble import export_bundle
     from lr_onnx.export.data.demo import build_demo
     from lr_onnx.export.data.merge import merge_datasets
     from lr_onnx.export.train import memory as TM
     from lr_onnx.export.train.trainer import TrainConfig, train
-    from lr_onnx.runtime.errors import DataError
     from lr_onnx.runtime.router import Router
 
     monkeypatch.setenv("LR_ONNX_CACHE", str(env / "cache"))
@@ -687,10 +686,9 @@ def test_a_run_on_a_merge_exports_a_bundle_that_reads_with_a_setting_per_source(
     train(tmp_path / "merged", tmp_path / "run", TrainConfig(epochs=1, slices=2), progress=False)
     per = json.loads((tmp_path / "run" / "config.json").read_text())["memory"]["per_source"]
     assert sorted(per) == ["demo", "other"]
-    with pytest.raises(DataError, match="setting per source"):
-        export_bundle(tmp_path / "run", tmp_path / "fused", fused=True, progress=False)
-    parity = export_bundle(tmp_path / "run", tmp_path / "bundle", parity_queries=24, progress=False)
+    parity = export_bundle(tmp_path / "run", tmp_path / "bundle", parity_queries=24, fused=True, progress=False)
     assert parity["passed"] is True and parity["memory"]["columns_max_abs_diff"] <= 1e-4
+    assert parity["fused"]["max_abs_diff_vs_separate_graphs"] <= 1e-4  # the in-graph vote reads as the runtime does
     r = Router.load(tmp_path / "bundle")
     mem = r.memory()
     assert mem.sources is not None and mem.sources.names == ("demo", "other")

@@ -76,11 +76,6 @@ def export_bundle(
             f"{run_dir}: --fused bakes in one answer for every model, but {', '.join(added)} joined after training "
             f"and the runtime answers for it with the memory's estimate instead; export without --fused, or retrain"
         )
-    if fused and (cfg.get("memory") or {}).get("per_source"):
-        raise DataError(
-            f"{run_dir}: --fused bakes in one memory setting, but this run's memory reads with a setting per source "
-            f"of its merge (runtime.memory_sources); export without --fused"
-        )
     t0 = time.perf_counter()
     with staged_output(out) as tmp:
         export_graphs(net, tmp, opset)

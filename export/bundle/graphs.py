@@ -135,6 +135,7 @@ class FusedRouter:
         from torch import nn
 
         from ...runtime.memory import P_CLIP, block_weights
+        from ...runtime.memory_sources import VOTE_K
         from ..train.encoders import load_image_encoder, load_text_encoder
 
         class Memory(nn.Module):
@@ -158,19 +159,42 @@ class FusedRouter:
                     ("g", g),
                 ):
                     self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(a, np.float32)))
-                self.k, self.kappa, self.tau, self.s_ref = min(st.k, len(memory)), st.kappa, st.tau, st.s_ref
-                self.has = torch.tensor([c >= 0 for c in cols])
+                self.k = min(memory.search_k, len(memory))
+                # the settings a query may read with: one per source (runtime.memory_sources), then the memory's own
+                src = memory.sources
+                sts = ([] if src is None else list(src.settings)) + [st]
+                onehot = np.zeros((len(memory), len(sts) - 1), np.float32)
+                if src is not None:
+                    rows = np.flatnonzero(src.of_row >= 0)
+                    onehot[rows, src.of_row[rows]] = 1.0
+                for name, a in (
+                    ("src_onehot", onehot),
+                    ("ks", np.array([min(x.k, self.k) for x in sts], np.float32)),
+                    ("kappas", np.array([x.kappa for x in sts], np.float32)),
+                    ("taus", np.array([x.tau for x in sts], np.float32)),
+                    ("s_refs", np.array([x.s_ref for x in sts], np.float32)),
+                ):
+                    self.register_buffer(name, torch.from_numpy(a))
+                self.n_src = len(sts) - 1
 
             def forward(self, q):  # q [B, D_q] -> [B, K, 3]
                 x = (q[:, : self.center.shape[0]] * self.weight - self.center) @ self.proj
                 e = x / torch.clamp(x.norm(dim=1, keepdim=True), min=1e-12)
-                sims, idx = torch.topk(e @ self.keys.T, self.k, dim=1)
-                w = torch.clamp(torch.exp((torch.clamp(sims, min=-1.0) - self.s_ref) / self.tau), max=1.0)
+                sims, idx = torch.topk(e @ self.keys.T, self.k, dim=1)  # nearest first
+                code = torch.full((q.shape[0],), self.n_src, dtype=torch.long)  # the memory's own setting
+                if self.n_src:  # the source most of the VOTE_K nearest rows come from (Sources.vote)
+                    votes = self.src_onehot[idx[:, :VOTE_K]].sum(1)  # [B, S]
+                    code = torch.where(votes.max(dim=1).values > 0, votes.argmax(dim=1), code)
+                k = self.ks[code].unsqueeze(1)
+                s_ref, tau, kappa = self.s_refs[code].unsqueeze(1), self.taus[code].unsqueeze(1), self.kappas[code]
+                read = (torch.arange(self.k).unsqueeze(0) < k).float()  # the first k of each query's neighbours
+                w = torch.clamp(torch.exp((torch.clamp(sims, min=-1.0) - s_ref) / tau), max=1.0) * read
                 ev = (w.unsqueeze(-1) * self.known[idx]).sum(1)  # [B, K]
                 ys = (w.unsqueeze(-1) * self.values[idx]).sum(1)
-                est = torch.clamp((ys + self.kappa * self.g) / (ev + self.kappa), P_CLIP, 1 - P_CLIP)
+                kappa = kappa.unsqueeze(1)
+                est = torch.clamp((ys + kappa * self.g) / (ev + kappa), P_CLIP, 1 - P_CLIP)
                 lg = torch.log(est) - torch.log1p(-est)
-                close = w.mean(dim=1, keepdim=True).expand(-1, est.shape[1])
+                close = (w.sum(dim=1, keepdim=True) / k).expand(-1, est.shape[1])
                 return torch.stack([lg, torch.log1p(ev), close], dim=-1)
 
         class Fused(nn.Module):
