@@ -115,7 +115,7 @@ def untrained_answer(
     the memory's estimate `est` `[B, K]` (`memory_estimates`) and no correction: the network never learned them, and
     its correction of a column read from a profile of a few dozen labels misleads (issue 21: holding out dynamath's
     strongest model and adding it back from 48 labels, routing recovered -67% of the gap with the network's column,
-    +40% with the memory's). Unavailable entries (-1) stay as they are."""
+    +40% with the memory's on that label draw; `newmodel_diagnosis.json`). Unavailable entries (-1) stay as they are."""
     swap = untrained[None, :] & (mu >= 0)
     return (
         np.where(swap, est, mu).astype(mu.dtype),

@@ -39,7 +39,11 @@ def coverage(
 
 
 def explain(
-    router: "Router", q: np.ndarray, cands: Sequence[Candidate], memory: np.ndarray | None = None
+    router: "Router",
+    q: np.ndarray,
+    cands: Sequence[Candidate],
+    memory: np.ndarray | None = None,
+    found: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """What drove the choice: the query's closest capability slices, what the capability memory's nearest
     labelled queries say about the top models, and the margins at the top."""
@@ -66,7 +70,8 @@ def explain(
     if memory is not None:  # [K, 3]: estimate logit, log1p(evidence), closeness
         mem = router.memory()
         assert mem is not None  # memory columns come only from a bundle with a memory
-        source, st = mem.reading(router.memory_search(q[None]))[0]
+        assert found is not None  # the row's neighbours, as the Router searched them (score_features)
+        source, st = mem.reading(found)[0]
         out["memory"] = {
             "neighbours": st.k,
             **({"source": source} if source is not None else {}),

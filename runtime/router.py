@@ -127,13 +127,15 @@ class Router:
         )
         return sims, idx
 
-    def memory_columns(self, q: np.ndarray) -> np.ndarray | None:
-        """`[B, K, COLUMNS]` the memory's columns for feature rows `q` and the pool: the k nearest labelled queries,
-        found by memory.onnx, their outcomes gathered in numpy (`Memory.columns`). None without a memory."""
+    def memory_columns(self, q: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
+        """`[B, K, COLUMNS]` the memory's columns for feature rows `q` and the pool: the k nearest labelled queries
+        (`found` by `memory_search`, searched here when not given), their outcomes gathered in numpy
+        (`Memory.columns`). None without a memory."""
         mem = self.memory()
         if mem is None:
             return None
-        return mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=self.memory_search(q))
+        found = self.memory_search(q) if found is None else found
+        return mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=found)
 
     def global_means(self) -> np.ndarray:
         """`[K]` each model's mean score over the labelled queries the router knows it from (`memory.global_means`)."""
@@ -209,7 +211,8 @@ class Router:
         B = q.shape[0]
         q = np.ascontiguousarray(q, np.float32)
         mem = self.memory()
-        cols = self.memory_columns(q)
+        found = None if mem is None else self.memory_search(q)  # kept for --explain (which setting read each row)
+        cols = self.memory_columns(q, found)
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
         mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
         if (
@@ -225,7 +228,7 @@ class Router:
                     f"{self.bundle.path}: the router produced a non-finite {label} for model "
                     f"{self.names[k]!r}; the bundle's graph or profiles are broken"
                 )
-        return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt, "memory": cols}
+        return {"mu": mu, "sigma": sigma, "delta": delta, "mu_tilde": mt, "memory": cols, "memory_found": found}
 
     def score(self, images: Any, question: str, models: str | Iterable[str] | None = None) -> dict[str, Any]:
         """Per-model mu, sigma, mu_tilde, expected cost and utility at the default lambda (available models only)."""
@@ -357,9 +360,20 @@ class Router:
         out = []
         for i, o in enumerate(opts):
             cands = ranked_candidates(
-                self.names, {k: v[i] for k, v in sc.items() if k != "memory"}, cost[i], c_hat[i], avail[i], o.lam
+                self.names, {k: sc[k][i] for k in ("mu", "sigma", "mu_tilde")}, cost[i], c_hat[i], avail[i], o.lam
             )
-            why = explain(self, q[i], cands, None if sc["memory"] is None else sc["memory"][i]) if o.explain else {}
+            found = sc["memory_found"]
+            why = (
+                explain(
+                    self,
+                    q[i],
+                    cands,
+                    None if sc["memory"] is None else sc["memory"][i],
+                    None if found is None else (found[0][i : i + 1], found[1][i : i + 1]),
+                )
+                if o.explain
+                else {}
+            )
             out.append(
                 Decision(
                     self.names[choice[i]] if choice[i] >= 0 else None,

@@ -131,22 +131,12 @@ def select_settings(P, progress: bool = False) -> tuple[MemorySettings, float, l
     val = np.flatnonzero(P.masks["val"] & P.data.A.any(axis=1))
     trials: list[dict] = []
     best = None
-    kmax = max(GRID["k"])
     for iw in GRID["image_weight"]:
-        mem = fit_memory(P, MemorySettings(k=kmax, image_weight=iw))
-        e = mem.embed(P.q[val])
-        for k in GRID["k"]:
-            s_ref = reference_similarity(mem.keys, k)
-            for kappa in GRID["kappa"]:
-                for tau in GRID["tau"]:
-                    st = MemorySettings(k, kappa, tau, iw, s_ref)
-                    cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st).columns(
-                        P.q[val], e=e, blas=True
-                    )
-                    s0, na = routing_value(estimate(cols), P, val)
-                    trials.append({**st.to_dict(), "size": 1.0, "val_score_at_lambda0": s0, "val_nauc": na})
-                    if best is None or s0 + na > best[0] + 1e-12:
-                        best = (s0 + na, st)
+        mem = fit_memory(P, MemorySettings(k=max(GRID["k"]), image_weight=iw))
+        found = best_on(P, mem, val, trials)
+        if best is None or found[0] > best[0] + 1e-12:
+            best = found
+    assert best is not None
     st = best[1]
     size = 1.0
     for frac in SIZES:
@@ -158,6 +148,29 @@ def select_settings(P, progress: bool = False) -> tuple[MemorySettings, float, l
         if s0 + na > best[0] + 1e-12:
             best, size = (s0 + na, st), frac
     return MemorySettings(st.k, st.kappa, st.tau, st.image_weight), size, trials
+
+
+def best_on(
+    P, mem: Memory, rows: np.ndarray, trials: list[dict], size: float = 1.0, **tag
+) -> tuple[float, MemorySettings]:
+    """(validation score at lambda 0 + nAUC, settings) of the best k, kappa, tau of GRID on `rows`, read from `mem`
+    (built at the grid's largest k, holding the share `size` of the training rows; its image weight is the one
+    tried). Every trial is appended to `trials`, with `tag`."""
+    e, best = mem.embed(P.q[rows]), None
+    for k in GRID["k"]:
+        s_ref = reference_similarity(mem.keys, k)
+        for kappa in GRID["kappa"]:
+            for tau in GRID["tau"]:
+                st = MemorySettings(k, kappa, tau, mem.settings.image_weight, s_ref)
+                cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st).columns(
+                    P.q[rows], e=e, blas=True
+                )
+                s0, na = routing_value(estimate(cols), P, rows)
+                trials.append({**tag, **st.to_dict(), "size": size, "val_score_at_lambda0": s0, "val_nauc": na})
+                if best is None or s0 + na > best[0] + 1e-12:
+                    best = (s0 + na, st)
+    assert best is not None
+    return best
 
 
 def select_sources(P, settings: MemorySettings, size: float) -> tuple[dict[str, MemorySettings], list[dict]]:
@@ -173,19 +186,6 @@ def select_sources(P, settings: MemorySettings, size: float) -> tuple[dict[str, 
     out: dict[str, MemorySettings] = {}
     trials: list[dict] = []
     for name in names:
-        rows = val[src == name]
-        e, best = mem.embed(P.q[rows]), None
-        for k in GRID["k"]:
-            s_ref = reference_similarity(mem.keys, k)
-            for kappa in GRID["kappa"]:
-                for tau in GRID["tau"]:
-                    st = MemorySettings(k, kappa, tau, settings.image_weight, s_ref)
-                    cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st).columns(
-                        P.q[rows], e=e, blas=True
-                    )
-                    s0, na = routing_value(estimate(cols), P, rows)
-                    trials.append({"source": name, **st.to_dict(), "val_score_at_lambda0": s0, "val_nauc": na})
-                    if best is None or s0 + na > best[0] + 1e-12:
-                        best = (s0 + na, MemorySettings(k, kappa, tau, settings.image_weight))
-        out[name] = best[1]  # type: ignore[index]
+        st = best_on(P, mem, val[src == name], trials, size, source=name)[1]
+        out[name] = MemorySettings(st.k, st.kappa, st.tau, st.image_weight)
     return out, trials

@@ -98,7 +98,10 @@ def add_model(
         lp = LocalPrior.fit(cols[:, :-1], y, names[:-1], added[:-1])  # as runtime.manage.add_model fits it
         if lp is not None:
             prof["models"][-1]["added_with"]["local_prior"] = lp.to_dict()
-    predicted = _predicted_mean(run_dir, prof, q)
+    grown = None  # the run's memory with the new rows, exactly as run_memory would rebuild it from profiles.json
+    if mem is not None:
+        grown = mem.with_rows(None, name, y, keys=np.asarray(prof["models"][-1]["memory"]["keys"]))
+    predicted = _predicted_mean(run_dir, prof, q, grown)
     RunDir.of(run_dir).write_profiles(prof)
     return {
         "name": name,
@@ -191,9 +194,10 @@ def run_memory(run_dir: Path, prof: dict | None = None):
     return mem.without_models([m for m in mem.models if m not in names])
 
 
-def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
+def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray, mem) -> float:
     """Mean mu_tilde of the newest model on its own labelled queries, with the whole pool available; a model added
-    after training gets the memory's estimate, as the Router answers for it (`runtime.added_models.untrained_answer`)."""
+    after training gets the memory's estimate, as the Router answers for it (`runtime.added_models.untrained_answer`).
+    `mem`: the run's memory with the new model's rows (None: the run has none)."""
     import torch
 
     from ...runtime.profiles import model_features
@@ -201,7 +205,6 @@ def _predicted_mean(run_dir: Path, prof: dict, q: np.ndarray) -> float:
 
     net, _ = load_router(run_dir)
     feat = ProfileSpace.from_dict(prof["space"]).model_feat(prof["raw_profiles"], prof["e_bar"])
-    mem = run_memory(run_dir, prof)
     names, priors = [m["name"] for m in prof["models"]], [r[0] for r in prof["raw_profiles"]]
     cols = None if mem is None else mem.columns(q, names, prior=priors, blas=True)
     mf = torch.from_numpy(model_features(feat, None, cols, rows=len(q)))
