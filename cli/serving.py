@@ -319,8 +319,9 @@ def feedback_cmd(log_dir, file, window_h):
 def refresh_cmd(bundle, log_dir, out, report, retrain_share):
     """Write OUT: BUNDLE updated from the feedback in LOG, without retraining (numpy, no torch).
 
-    Labelled decisions join the capability memory, and each model's profile moves
-    towards its observed scores (off-policy records weighted by inverse propensity).
+    Labelled decisions join the capability memory, which is then read with the
+    neighbours, pseudo-count and closeness scale that estimate the feedback best
+    (leave-one-out Brier), and each model's profile moves towards its observed scores (off-policy records weighted by inverse propensity).
     Only feedback newer than BUNDLE's last refresh is used. The report gives each
     model's predicted vs observed score, the out-of-coverage share, the chosen-model
     mix and a verdict: refresh is enough, or retrain.
@@ -335,6 +336,15 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
     for name, v in rep["models"].items():
         pred = "n/a" if v["predicted"] is None else f"{v['predicted']:.3f}"
         click.echo(f"  {name[:28]:28s} {v['labels']:>6d} labels, predicted {pred}, observed {v['observed']:.3f}")
+    rd = rep.get("memory_reading")
+    if rd:
+        b, a = rd["best"], rd["after"]
+        click.echo(
+            f"memory read from {a['k']} neighbours (pseudo-count {a['kappa']:g}, tau {a['tau']:g}): "
+            + ("chosen on the feedback" if rd["changed"] else "kept")
+            + f"; the best on the feedback ({b['k']}, {b['kappa']:g}, {b['tau']:g}) gains "
+            f"{rd['brier_before'] - rd['brier_best']:.4f} Brier, {rd['gain_standard_errors']:g} standard errors"
+        )
     click.echo(f"out of coverage: {rep['out_of_coverage_share']:.1%} of {rep['decisions']} decisions")
     click.echo(f"verdict: {rep['verdict']}")
     click.echo(f"report: {report or str(out) + '.report.json'}")

@@ -45,6 +45,14 @@ MAX_ROWS = 1 << 22
 FILES = {"projection": "memory_projection.npy", "keys": "memory_keys.npy", "outcomes": "memory_outcomes.npy"}
 P_CLIP = 1e-3  # estimates are kept inside [P_CLIP, 1 - P_CLIP] before the logit
 MIN_CLOSENESS = 0.1  # below it the query's neighbours count for little: its scores are the global means
+# how a memory is read, chosen on validation at training (with the image weight) and on feedback at refresh
+READING_GRID: dict[str, tuple[float, ...]] = {
+    "k": (16, 32, 64, 128, 256),
+    "kappa": (1.0, 3.0, 10.0),
+    "tau": (0.03, 0.1),
+}
+S_REF_QUANTILE = 0.10  # s_ref: a memory row's mean similarity to its k nearest others, at this quantile, counts fully
+S_REF_ROWS, S_REF_SEED = 2000, 20260308  # the rows s_ref is measured on (a seeded sample)
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,8 @@ class Memory:
             if models is None
             else [self.models.index(m) if m in self.models else -1 for m in models]
         )
-        if self.sources is None:
-            return self._columns(*found, self.settings, cols, prior)
+        if self.sources is None:  # a search may return more than k (memory.onnx keeps its k after a refresh)
+            return self._columns(*nearest(found, self.settings.k), self.settings, cols, prior)
         sims, idx, code = self._voted(found)
         out = np.zeros((len(idx), len(cols), COLUMNS), np.float32)
         for c in np.unique(code):
@@ -307,6 +315,29 @@ def global_means(mem: "Memory | None", names: Sequence[str], priors: Sequence[fl
     for k, n in enumerate(names):
         if mem is not None and n in mem.models:
             out[k] = mem.global_mean[mem.models.index(n)]
+    return out
+
+
+def nearest(found: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar of a search result (similarities, indices) `[B, k']`, nearest first when it had more."""
+    sims, idx = found
+    if sims.shape[1] <= k:
+        return sims, idx
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def reference_similarities(keys: np.ndarray, ks: Sequence[int], blas: bool = False) -> list[float]:
+    """s_ref for each k of `ks`: the S_REF_QUANTILE quantile of the memory rows' mean similarity to their k nearest
+    others (on a seeded sample of S_REF_ROWS rows). `blas` for training only."""
+    pick = np.random.default_rng(S_REF_SEED).choice(len(keys), min(S_REF_ROWS, len(keys)), replace=False)
+    sims = (keys[pick] @ keys.T) if blas else np.einsum("bd,nd->bn", keys[pick], keys)
+    sims[np.arange(len(pick)), pick] = -np.inf
+    out = []
+    for k in ks:
+        k = max(1, min(k, len(keys) - 1))
+        top = -np.partition(-sims, k - 1, axis=1)[:, :k]
+        out.append(float(np.quantile(top.mean(axis=1), S_REF_QUANTILE)))
     return out
 
 

@@ -8,6 +8,9 @@ Numpy and ONNX Runtime only, seconds for thousands of records. What it changes i
   it) with the observed outcome of each model that has feedback, NaN for the others. The memory estimates a model
   from the query's neighbours, so it is conditional on the query: which model was chosen does not bias it, and
   its rows are not reweighted.
+- **How the memory is read**: k, kappa and tau are chosen again on the feedback rows (runtime/memory_reading.py):
+  the setting validation chose at training fits the traffic of then, and after a shift a narrower reading lets
+  the new rows speak.
 - **Profiles**: each model's overall and per-slice scores move towards what the feedback observed, weighted by
   how much the bundle already knew (its profile's evidence, per slice n / S + the profile shrinkage). These are
   averages over queries, so the off-policy records are weighted by inverse propensity (self-normalised, the
@@ -39,6 +42,7 @@ from .errors import InputError
 from .feedback import labelled
 from .files import atomic_write_bytes, atomic_write_text
 from .manifest import PoolEntry
+from .memory_reading import reread
 from .profiles import KAPPA, ProfileSpace
 
 MAX_IPS_WEIGHT = 100.0  # 1 / propensity, capped: one lucky exploration must not outweigh a hundred choices
@@ -95,13 +99,16 @@ def refresh(
 
     pool, per_model = _update_profiles(m.pool, m.profile_space, use)
     mem = router.memory()
-    rows_added = 0
+    rows_added, feedback_rows, reading = 0, int(before.get("feedback_rows", 0)), None
     if mem is not None:
         keys, outcomes, models = _memory_rows(use, mem.dim)
         rows_added = len(keys)
         if rows_added:
             mem = mem.with_outcomes(keys, outcomes, models)
+            feedback_rows = min(len(mem), int(before.get("feedback_rows", 0)) + rows_added)
+            mem, reading = reread(mem, np.arange(len(mem) - feedback_rows, len(mem)), router.memory_breadth())
     rep = _report(use, traffic, per_model, skipped, retrain_ooc_share, rows_added)
+    rep["memory_reading"] = reading
     with edited_copy(router.bundle.path, out) as tmp:
         new_m = replace(
             m.with_pool(pool),
@@ -111,6 +118,7 @@ def refresh(
                 "decisions_through": max([float(d["time"]) for d in traffic], default=seen_since),
                 "records": len(use),
                 "memory_rows_added": rows_added,
+                "feedback_rows": feedback_rows,
                 "refreshes": int(before.get("refreshes", 0)) + 1,
             },
         )

@@ -127,6 +127,10 @@ class Router:
         )
         return sims, idx
 
+    def memory_breadth(self) -> int:
+        """How many neighbours memory.onnx returns: its k, fixed at export (at most the memory's rows). Needs a memory."""
+        return int(self.memory_search(np.zeros((1, QUERY_DIM), np.float32))[0].shape[1])
+
     def memory_columns(self, q: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
         """`[B, K, COLUMNS]` the memory's columns for feature rows `q` and the pool: the k nearest labelled queries
         (`found` by `memory_search`, searched here when not given), their outcomes gathered in numpy

@@ -293,6 +293,7 @@ def test_refresh_learns_from_feedback_into_a_new_closed_bundle(decided, tmp_path
     r2 = Router.load(tmp_path / "b2")  # every file hashed and verified
     assert len(r2.memory()) == len(r.memory()) + len(ds)
     assert rep["records_used"] == len(ds) and rep["memory_rows_added"] == len(ds)
+    assert rep["memory_reading"] is None  # fewer outcomes than MIN_OUTCOMES: the reading stays
     assert rep["models"][chosen]["observed"] == 0.0 and chosen in rep["calibration_drift"]
     assert rep["verdict"].startswith(("retrain", "refresh is enough"))
     assert (tmp_path / "b2.report.json").is_file() and (tmp_path / "b2.report.png").read_bytes()[:4] == b"\x89PNG"
@@ -308,6 +309,34 @@ def test_refresh_learns_from_feedback_into_a_new_closed_bundle(decided, tmp_path
     with pytest.raises(InputError, match="no new feedback"):
         refresh(tmp_path / "b2", tmp_path / "log", tmp_path / "b3")
     assert not (tmp_path / "b3").exists()
+
+
+def test_refresh_reads_the_memory_again_once_the_feedback_is_enough(tmp_path, features, runner):
+    """With MIN_OUTCOMES logged outcomes, refresh chooses the memory's k, kappa and tau again on the feedback rows
+    (runtime/memory_reading.py): the manifest carries the new reading, the report both, and routing works."""
+    from lr_onnx.runtime.memory_reading import MIN_OUTCOMES
+
+    q, meta = features
+    reps = -(-MIN_OUTCOMES // len(q))
+    r = logged_router(tmp_path / "log")
+    store = FeedbackStore(tmp_path / "log", log=r.log)
+    ds = r.decide(np.tile(q, (reps, 1)), [r.options(lam=0.0)] * (reps * len(q)), meta=meta * reps)
+    r.log.close()
+    _feedback_for_all(store, ds, lambda d: 1.0 if d.model.startswith("gpt") else 0.0)
+    res = runner.invoke(
+        main,
+        ["refresh", "--bundle", str(DEFAULT_BUNDLE), "--log", str(tmp_path / "log"), "--out", str(tmp_path / "b2")],
+    )
+    assert res.exit_code == 0, res.output
+    rd = json.loads((tmp_path / "b2.report.json").read_text())["memory_reading"]
+    assert f"memory read from {rd['after']['k']} neighbours" in res.output
+    assert rd is not None and rd["rows"] == len(ds) and rd["brier_best"] <= rd["brier_before"]
+    r2 = Router.load(tmp_path / "b2")
+    assert r2.memory().settings.to_dict() == rd["after"]
+    assert r2.bundle.manifest.refreshed["feedback_rows"] == len(ds)
+    assert rd["after"]["k"] <= r.memory_breadth() == r2.memory_breadth()  # memory.onnx is unchanged
+    again = r2.decide(q, [r2.options(lam=0.0)] * len(q), meta=meta)
+    assert len(again) == len(q) and all(d.model in r2.names for d in again)
 
 
 def test_a_model_added_and_explored_gets_a_real_profile(tmp_path, features):

@@ -15,13 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from ...runtime.features import HAS_IMAGE_COL, TEXT_DIM
-from ...runtime.memory import COLUMNS, Memory, MemorySettings, embed
+from ...runtime.memory import COLUMNS, READING_GRID, Memory, MemorySettings, embed, reference_similarities
 from ...runtime.memory_sources import Sources, source_of
 
 DIM = 128  # retrieval dimensions (<= runtime.memory.MAX_DIM)
 PCA_SEED = 20260308
-S_REF_QUANTILE = 0.10  # s_ref: a training query's mean neighbour similarity at this quantile counts fully
-GRID = {"image_weight": (0.5, 1.0, 2.0), "k": (16, 32, 64, 128, 256), "kappa": (1.0, 3.0, 10.0), "tau": (0.03, 0.1)}
+GRID = {"image_weight": (0.5, 1.0, 2.0), **READING_GRID}
 SIZES = (0.5, 1.0)  # share of the training rows the memory keeps (checked at the chosen settings)
 MIN_SOURCE_VAL = 100  # validation rows a source needs to choose its own setting
 
@@ -42,15 +41,9 @@ def fit_projection(q: np.ndarray, image_weight: float, dim: int = DIM) -> np.nda
     return np.concatenate([pca.mean_[:, None], pca.components_.T], axis=1).astype(np.float32)
 
 
-def reference_similarity(keys: np.ndarray, k: int, rng_seed: int = PCA_SEED) -> float:
-    """s_ref: the S_REF_QUANTILE quantile of training queries' mean similarity to their k nearest others."""
-    rng = np.random.default_rng(rng_seed)
-    pick = rng.choice(len(keys), min(2000, len(keys)), replace=False)
-    sims = keys[pick] @ keys.T
-    sims[np.arange(len(pick)), pick] = -np.inf
-    k = max(1, min(k, len(keys) - 1))
-    top = -np.partition(-sims, k - 1, axis=1)[:, :k]
-    return float(np.quantile(top.mean(axis=1), S_REF_QUANTILE))
+def reference_similarity(keys: np.ndarray, k: int) -> float:
+    """s_ref of a memory's keys read at k (`runtime.memory.reference_similarities`)."""
+    return reference_similarities(keys, [k], blas=True)[0]
 
 
 def fit_memory(
