@@ -14,7 +14,7 @@ from .costs import rule_spec
 from .errors import BundleError
 from .files import inside
 from .memory import FILES as MEMORY_FILES, MAX_DIM as MEMORY_MAX_DIM, MAX_ROWS as MEMORY_MAX_ROWS, MemorySettings
-from .memory_sources import MAX_SOURCES
+from .memory_sources import MAX_SOURCES, settings_entry
 from .validate import integer, number, text
 
 MANIFEST = "manifest.json"
@@ -254,16 +254,7 @@ class MemoryEntry:
             "dim": self.dim,
             "settings": self.settings.to_dict(),
             **({"blend": self.blend} if self.blend is not None else {}),
-            **(
-                {
-                    "sources": {
-                        "names": [n for n, _ in self.sources],
-                        "settings": [st.to_dict() for _, st in self.sources],
-                    }
-                }
-                if self.sources is not None
-                else {}
-            ),
+            **({"sources": settings_entry(self.sources)} if self.sources is not None else {}),
             **self.extra,
         }
 

@@ -11,7 +11,7 @@ query none of whose neighbours has one keeps the memory's own setting.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -54,8 +54,13 @@ class Sources:
         return self.of_row.astype(np.float16)[:, None]
 
     def entry(self) -> dict[str, Any]:
-        """The manifest's `memory.sources`: each source's name and settings (the file is in `memory.files`)."""
-        return {"names": list(self.names), "settings": [st.to_dict() for st in self.settings]}
+        return settings_entry(zip(self.names, self.settings))
+
+
+def settings_entry(pairs: Iterable[tuple[str, "MemorySettings"]]) -> dict[str, Any]:
+    """The manifest's `memory.sources`: each source's name and settings (the file is in `memory.files`)."""
+    pairs = list(pairs)
+    return {"names": [n for n, _ in pairs], "settings": [st.to_dict() for _, st in pairs]}
 
 
 def row_codes(values: np.ndarray, n_sources: int, where: str) -> np.ndarray:
