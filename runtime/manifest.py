@@ -200,9 +200,25 @@ class Manifest:
             coverage=coverage,
             training_metrics=m.get("training_metrics"),
             memory=memory,
-            refreshed=m.get("refreshed"),
+            refreshed=_parse_refreshed(m.get("refreshed"), c),
             extra=extra_keys(m, cls.KNOWN),
         )
+
+
+def _parse_refreshed(r: Any, c: Checker) -> Mapping[str, Any] | None:
+    """`refreshed` (what `lr-onnx refresh` has used, runtime/refresh.py): its times and counts checked, since the
+    next refresh reads them."""
+    if r is None:
+        return None
+    if not isinstance(r, dict):
+        raise c.fail("'refreshed' must be an object")
+    for key in ("feedback_through", "decisions_through"):
+        if key in r:
+            c.num(r[key], f"refreshed.{key}")
+    for key in ("records", "memory_rows_added", "feedback_rows", "refreshes"):
+        if key in r:
+            c.int_(r[key], f"refreshed.{key}", 0, 1 << 40)
+    return r
 
 
 def _parse_files(files: dict[str, Any], c: Checker) -> dict[str, FileEntry]:

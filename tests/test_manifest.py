@@ -54,6 +54,9 @@ def test_unknown_keys_survive_an_edit():
         (lambda d: d["files"]["router.onnx"].update(bytes=-1), r"files\['router.onnx'\]\.bytes"),
         (lambda d: d["lambda"]["presets"].update(cheap={"lambda": -1}), "lambda.presets.cheap.lambda"),
         (lambda d: d.update(coverage=[]), "'coverage' must be an object"),
+        (lambda d: d.update(refreshed=[]), "'refreshed' must be an object"),
+        (lambda d: d.update(refreshed={"feedback_rows": "many"}), "refreshed.feedback_rows"),
+        (lambda d: d.update(refreshed={"feedback_through": -1.0}), "refreshed.feedback_through"),
     ],
 )
 def test_a_bad_entry_is_one_line_naming_it(tmp_path, edit, match):
