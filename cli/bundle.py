@@ -238,6 +238,7 @@ def info_cmd(bundle, as_json):
 def info_lines(b) -> list[str]:
     """`lr-onnx info`'s text: one section per kind of fact (identity, pool, graphs, preprocessing, routing)."""
     from ..runtime.memory import MIN_CLOSENESS
+    from ..runtime.memory_sources import VOTE_K
 
     m = b.manifest
     out = [
@@ -300,7 +301,7 @@ def info_lines(b) -> list[str]:
             f"  memory    {mem.rows:,} labelled queries x {len(mem.models)} models in {mem.dim} dimensions; "
             f"estimates from the {st.k} nearest (pseudo-count {st.kappa:g})"
             + (
-                "; per source, by the vote of the 16 nearest: "
+                f"; per source, by the vote of the {VOTE_K} nearest: "
                 + ", ".join(f"{n} {s.k} (pseudo-count {s.kappa:g})" for n, s in mem.sources)
                 if mem.sources
                 else ""
@@ -308,6 +309,12 @@ def info_lines(b) -> list[str]:
             f"            network correction {blend} (0 = the memory alone); closeness < {MIN_CLOSENESS:g} "
             f"is flagged out of coverage too",
         ]
+    if m.refreshed:
+        r = m.refreshed
+        out.append(
+            f"  refreshed {r.get('refreshes', 1)} time(s) from logged feedback ({r.get('records', '?')} labelled "
+            f"decision(s) the last time; {r.get('feedback_rows', 0)} memory rows from feedback in all)"
+        )
     return out
 
 

@@ -335,6 +335,9 @@ def test_refresh_reads_the_memory_again_once_the_feedback_is_enough(tmp_path, fe
     assert r2.memory().settings.to_dict() == rd["after"]
     assert r2.bundle.manifest.refreshed["feedback_rows"] == len(ds)
     assert rd["after"]["k"] <= r.memory_breadth() == r2.memory_breadth()  # memory.onnx is unchanged
+    res = runner.invoke(main, ["info", "--bundle", str(tmp_path / "b2")])
+    assert res.exit_code == 0 and f"{len(ds)} memory rows from feedback" in res.output, res.output
+    assert f"estimates from the {rd['after']['k']} nearest" in res.output
     again = r2.decide(q, [r2.options(lam=0.0)] * len(q), meta=meta)
     assert len(again) == len(q) and all(d.model in r2.names for d in again)
 
