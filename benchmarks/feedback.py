@@ -8,7 +8,8 @@ chosen model's outcome is revealed (`POST /v1/feedback`'s store, fed from the re
 `--every` queries the refreshed router is `lr-onnx refresh` of the previous one over the decision log. The same
 code paths as production: `Router.decide` with its decision log, `FeedbackStore`, `runtime.refresh.refresh`.
 
-For each scenario, at lambda `--lam`, the mean realised score on the stream's second half of:
+For each scenario, at lambda `--lam`, the mean realised score on the stream's second half (and, with exploration,
+the share of its queries sent to a model other than the best-scored one) of:
 (a) `frozen`: the history bundle as it was; (b) `refresh`; (c) `ceiling`: a router retrained on the history plus
 the stream's first half with every model's outcome. Each without exploration and with `--explore`.
 Scenarios: `blindtest` and `merged` (blindtest + dynamath; in-domain streams), `shift` (history: dynamath without
@@ -89,7 +90,7 @@ def replay(
     work.mkdir(parents=True)
     log = work / "log"
     current, n_refresh, t_refresh = bundle, 0, 0.0
-    scores, chosen = np.zeros(len(q)), []
+    scores, chosen, explored = np.zeros(len(q)), [], np.zeros(len(q), bool)
     router = None
     for start in range(0, len(q), every):
         if learn or router is None:  # a frozen router is loaded once
@@ -109,6 +110,7 @@ def replay(
             k = names.index(d.model)
             scores[i] = Y[i, k]
             chosen.append(d.model)
+            explored[i] = bool(d.candidates) and d.model != d.candidates[0].name  # not the best-scored candidate
             items.append(
                 parse_feedback({"id": d.id, "score": float(Y[i, k]), "cost": float(C[i, k])}) if learn else None
             )
@@ -129,6 +131,7 @@ def replay(
         "score_second_half": round(float(scores[half:].mean()), 6),
         "score_all": round(float(scores.mean()), 6),
         "refreshes": n_refresh,
+        "explored_share_second_half": round(float(explored[half:].mean()), 4),
     }
     if n_refresh:
         out["seconds_per_refresh"] = round(t_refresh / n_refresh, 2)
