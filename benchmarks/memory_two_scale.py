@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_variants import KMAX, SEED, local_sums, shrunk, sorted_found  # noqa: E402
+from memory_variants import KMAX, SEED, local_sums, pool_halves, scored_result, shrunk, sorted_found  # noqa: E402
 
 from lr_onnx.export.files import atomic_write_text  # noqa: E402
 from lr_onnx.export.train.memory import GRID, fit_memory, reference_similarity, routing_value  # noqa: E402
@@ -68,15 +68,7 @@ def candidates(P, pool: np.ndarray) -> list[dict]:
 
 
 def cell(P, resplits: int) -> dict:
-    d = P.data
-    val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
-    test = np.flatnonzero(P.masks["test"] & d.A.any(axis=1))
-    pool = np.concatenate([val, test])
-    rng = np.random.default_rng(SEED)
-    halves = [(np.arange(len(val)), np.arange(len(val), len(pool)))]
-    for _ in range(resplits):
-        p = rng.permutation(len(pool))
-        halves.append((np.sort(p[: len(p) // 2]), np.sort(p[len(p) // 2 :])))
+    pool, halves = pool_halves(P, resplits, np.random.default_rng(SEED))
     cands = candidates(P, pool)
 
     def value(c, idx):
@@ -89,13 +81,7 @@ def cell(P, resplits: int) -> dict:
         for choose, score in halves:
             best = max(pick, key=lambda c: value(c, choose))
             scored.append((*routing_value(best["est"][score], P, pool[score]), list(best["settings"])))
-        out[family] = {
-            "test_split": {"score_at_lambda0": scored[0][0], "nauc": scored[0][1], "settings": scored[0][2]},
-            "resplit_mean": {
-                "score_at_lambda0": float(np.mean([s[0] for s in scored[1:]])),
-                "nauc": float(np.mean([s[1] for s in scored[1:]])),
-            },
-        }
+        out[family] = scored_result(scored)
     return out
 
 

@@ -138,16 +138,34 @@ def candidates(P, pool: np.ndarray, loo: np.ndarray) -> list[dict]:
     return out
 
 
-def cell(P, resplits: int) -> dict:
-    d = P.data
-    val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
-    test = np.flatnonzero(P.masks["test"] & d.A.any(axis=1))
+def pool_halves(P, resplits: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """The scored rows (validation, then test) and the (choose, score) index pairs into them: validation / test
+    first, then `resplits` random halvings of the two together."""
+    val = np.flatnonzero(P.masks["val"] & P.data.A.any(axis=1))
+    test = np.flatnonzero(P.masks["test"] & P.data.A.any(axis=1))
     pool = np.concatenate([val, test])
-    rng = np.random.default_rng(SEED)
     halves = [(np.arange(len(val)), np.arange(len(val), len(pool)))]
     for _ in range(resplits):
         p = rng.permutation(len(pool))
         halves.append((np.sort(p[: len(p) // 2]), np.sort(p[len(p) // 2 :])))
+    return pool, halves
+
+
+def scored_result(scored: list) -> dict:
+    """One rule's (score at lambda 0, nAUC, settings) per halving as the JSON's test-split and resplit-mean rows."""
+    return {
+        "test_split": {"score_at_lambda0": scored[0][0], "nauc": scored[0][1], "settings": scored[0][2]},
+        "resplit_mean": {
+            "score_at_lambda0": float(np.mean([s[0] for s in scored[1:]])),
+            "nauc": float(np.mean([s[1] for s in scored[1:]])),
+        },
+    }
+
+
+def cell(P, resplits: int) -> dict:
+    d = P.data
+    rng = np.random.default_rng(SEED)
+    pool, halves = pool_halves(P, resplits, rng)
     mrows = memory_rows(P)
     loo = np.sort(rng.choice(len(mrows), min(LOO_ROWS, len(mrows)), replace=False))
     cands = candidates(P, pool, loo)
@@ -187,13 +205,7 @@ def cell(P, resplits: int) -> dict:
                 pick = [c for c in cands if c["family"] == family]
                 best = max(pick, key=lambda c: crit(c, choose) if crit else value(c, score))
             scored.append(routing_value(best["est"][score], P, pool[score]) + (list(best["settings"]),))
-        result[name] = {
-            "test_split": {"score_at_lambda0": scored[0][0], "nauc": scored[0][1], "settings": scored[0][2]},
-            "resplit_mean": {
-                "score_at_lambda0": float(np.mean([s[0] for s in scored[1:]])),
-                "nauc": float(np.mean([s[1] for s in scored[1:]])),
-            },
-        }
+        result[name] = scored_result(scored)
     return result
 
 
