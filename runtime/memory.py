@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -173,8 +173,7 @@ class Memory:
     def _voted(self, found: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities, indices) nearest first, and each query's source by vote (-1: none; needs `sources`)."""
         assert self.sources is not None
-        order = np.argsort(-found[0], axis=1, kind="stable")
-        sims, idx = np.take_along_axis(found[0], order, 1), np.take_along_axis(found[1], order, 1)
+        sims, idx = nearest_first(found)
         return sims, idx, self.sources.vote(idx)
 
     def reading(self, found: tuple[np.ndarray, np.ndarray]) -> list[tuple[str | None, MemorySettings]]:
@@ -318,13 +317,18 @@ def global_means(mem: "Memory | None", names: Sequence[str], priors: Sequence[fl
     return out
 
 
+def nearest_first(found: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A search result (similarities, indices) `[B, k']` ordered by similarity, nearest first (ties: as found)."""
+    order = np.argsort(-found[0], axis=1, kind="stable")
+    return np.take_along_axis(found[0], order, 1), np.take_along_axis(found[1], order, 1)
+
+
 def nearest(found: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar of a search result (similarities, indices) `[B, k']`, nearest first when it had more."""
-    sims, idx = found
-    if sims.shape[1] <= k:
-        return sims, idx
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
+    """The k most similar of a search result `[B, k']`: as it is when it has no more than k, else nearest first."""
+    if found[0].shape[1] <= k:
+        return found
+    sims, idx = nearest_first(found)
+    return sims[:, :k], idx[:, :k]
 
 
 def reference_similarities(keys: np.ndarray, ks: Sequence[int], blas: bool = False) -> list[float]:
@@ -339,6 +343,20 @@ def reference_similarities(keys: np.ndarray, ks: Sequence[int], blas: bool = Fal
         top = -np.partition(-sims, k - 1, axis=1)[:, :k]
         out.append(float(np.quantile(top.mean(axis=1), S_REF_QUANTILE)))
     return out
+
+
+def grid_readings(
+    base: MemorySettings, keys: np.ndarray, ks: Sequence[int] | None = None, blas: bool = False
+) -> list[MemorySettings]:
+    """Every (k, kappa, tau) of READING_GRID (k among `ks`, default the grid's) as settings of the memory with `keys`,
+    s_ref following k; k outermost, then kappa, then tau. The image weight stays `base`'s."""
+    ks = [int(k) for k in READING_GRID["k"]] if ks is None else list(ks)
+    return [
+        replace(base, k=k, kappa=kappa, tau=tau, s_ref=s_ref)
+        for k, s_ref in zip(ks, reference_similarities(keys, ks, blas))
+        for kappa in READING_GRID["kappa"]
+        for tau in READING_GRID["tau"]
+    ]
 
 
 def block_weights(image_weight: float) -> np.ndarray:

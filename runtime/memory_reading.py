@@ -16,13 +16,11 @@ retrieval space and each merged source's own reading stay as they are.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from .memory import READING_GRID, Memory, MemorySettings, reference_similarities
+from .memory import READING_GRID, Memory, MemorySettings, grid_readings
 
 MIN_OUTCOMES = 100  # logged outcomes needed before the reading is chosen again
 MAX_ROWS = 2000  # the newest feedback rows it is chosen on (a search of each against every row)
@@ -40,7 +38,6 @@ def reread(mem: Memory, rows: np.ndarray, breadth: int) -> tuple[Memory, dict[st
         return mem, None
     found = mem.neighbours(mem.keys[rows], breadth, exclude=rows)
     ks = [int(k) for k in READING_GRID["k"] if k <= breadth] or [int(min(READING_GRID["k"]))]
-    s_refs = dict(zip(ks, reference_similarities(mem.keys, ks)))
 
     def errors(st: MemorySettings) -> np.ndarray:
         """The squared error of each logged outcome's leave-one-out estimate under reading `st`."""
@@ -50,8 +47,7 @@ def reread(mem: Memory, rows: np.ndarray, breadth: int) -> tuple[Memory, dict[st
 
     now = errors(mem.settings)
     best = (float(now.mean()), mem.settings, now)
-    for k, kappa, tau in itertools.product(ks, READING_GRID["kappa"], READING_GRID["tau"]):
-        st = replace(mem.settings, k=k, kappa=kappa, tau=tau, s_ref=s_refs[k])
+    for st in grid_readings(mem.settings, mem.keys, ks):
         e = errors(st)
         if e.mean() < best[0] - 1e-12:
             best = (float(e.mean()), st, e)

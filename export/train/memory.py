@@ -15,7 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from ...runtime.features import HAS_IMAGE_COL, TEXT_DIM
-from ...runtime.memory import COLUMNS, READING_GRID, Memory, MemorySettings, embed, reference_similarities
+from ...runtime.memory import (
+    COLUMNS,
+    READING_GRID,
+    Memory,
+    MemorySettings,
+    embed,
+    grid_readings,
+    reference_similarities,
+)
 from ...runtime.memory_sources import Sources, source_of
 
 DIM = 128  # retrieval dimensions (<= runtime.memory.MAX_DIM)
@@ -150,18 +158,12 @@ def best_on(
     (built at the grid's largest k, holding the share `size` of the training rows; its image weight is the one
     tried). Every trial is appended to `trials`, with `tag`."""
     e, best = mem.embed(P.q[rows]), None
-    for k in GRID["k"]:
-        s_ref = reference_similarity(mem.keys, k)
-        for kappa in GRID["kappa"]:
-            for tau in GRID["tau"]:
-                st = MemorySettings(k, kappa, tau, mem.settings.image_weight, s_ref)
-                cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st).columns(
-                    P.q[rows], e=e, blas=True
-                )
-                s0, na = routing_value(estimate(cols), P, rows)
-                trials.append({**tag, **st.to_dict(), "size": size, "val_score_at_lambda0": s0, "val_nauc": na})
-                if best is None or s0 + na > best[0] + 1e-12:
-                    best = (s0 + na, st)
+    for st in grid_readings(mem.settings, mem.keys, blas=True):
+        cols = Memory(mem.projection(), mem.keys, mem.outcomes, mem.models, st).columns(P.q[rows], e=e, blas=True)
+        s0, na = routing_value(estimate(cols), P, rows)
+        trials.append({**tag, **st.to_dict(), "size": size, "val_score_at_lambda0": s0, "val_nauc": na})
+        if best is None or s0 + na > best[0] + 1e-12:
+            best = (s0 + na, st)
     assert best is not None
     return best
 
