@@ -319,9 +319,10 @@ def feedback_cmd(log_dir, file, window_h):
 def refresh_cmd(bundle, log_dir, out, report, retrain_share):
     """Write OUT: BUNDLE updated from the feedback in LOG, without retraining (numpy, no torch).
 
-    Labelled decisions join the capability memory, which is then read with the
-    neighbours, pseudo-count and closeness scale that estimate the feedback best
-    (leave-one-out Brier), and each model's profile moves towards its observed scores (off-policy records weighted by inverse propensity).
+    Labelled decisions join the capability memory; its neighbours, pseudo-count and
+    closeness scale change to those that estimate the feedback best (leave-one-out
+    Brier), if they beat the current ones by two standard errors. Each model's profile
+    moves towards its observed scores (off-policy records weighted by inverse propensity).
     Only feedback newer than BUNDLE's last refresh is used. The report gives each
     model's predicted vs observed score, the out-of-coverage share, the chosen-model
     mix and a verdict: refresh is enough, or retrain.

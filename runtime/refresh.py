@@ -8,9 +8,10 @@ Numpy and ONNX Runtime only, seconds for thousands of records. What it changes i
   it) with the observed outcome of each model that has feedback, NaN for the others. The memory estimates a model
   from the query's neighbours, so it is conditional on the query: which model was chosen does not bias it, and
   its rows are not reweighted.
-- **How the memory is read**: k, kappa and tau are chosen again on the feedback rows (runtime/memory_reading.py):
-  the setting validation chose at training fits the traffic of then, and after a shift a narrower reading lets
-  the new rows speak.
+- **How the memory is read**: k, kappa and tau are chosen again on the feedback rows, and replace the current ones
+  only if they estimate the logged outcomes better by two standard errors (runtime/memory_reading.py): the setting
+  validation chose at training fits the traffic of then, and after a shift a narrower reading lets the new rows
+  speak.
 - **Profiles**: each model's overall and per-slice scores move towards what the feedback observed, weighted by
   how much the bundle already knew (its profile's evidence, per slice n / S + the profile shrinkage). These are
   averages over queries, so the off-policy records are weighted by inverse propensity (self-normalised, the
@@ -105,7 +106,7 @@ def refresh(
         rows_added = len(keys)
         if rows_added:
             mem = mem.with_outcomes(keys, outcomes, models)
-            feedback_rows = min(len(mem), int(before.get("feedback_rows", 0)) + rows_added)
+            feedback_rows = min(len(mem), feedback_rows + rows_added)
             mem, reading = reread(mem, np.arange(len(mem) - feedback_rows, len(mem)), router.memory_breadth())
     rep = _report(use, traffic, per_model, skipped, retrain_ooc_share, rows_added)
     rep["memory_reading"] = reading

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from ...runtime.bundle import load_bundle
+from ...runtime.memory_sources import VOTE_K
 from ..files import atomic_write_text
 from ..train.rundir import METRICS, RunDir
 
@@ -105,7 +106,7 @@ def card(run_dir: Path, bundle_dir: Path, sources: list[str]) -> str:
             f"shrunk mean outcome of the query's {st.k} nearest ones (pseudo-count {st.kappa:g} of the "
             f"model's global mean), weighted by closeness. Settings chosen on validation."
             + (
-                " Per source of the merge, by the source most of the query's 16 nearest come from: "
+                f" Per source of the merge, by the source most of the query's {VOTE_K} nearest come from: "
                 + ", ".join(f"{n} {s.k} nearest (pseudo-count {s.kappa:g})" for n, s in mem.sources)
                 + "."
                 if mem.sources
