@@ -213,8 +213,8 @@ EXPLORE_OPTION = click.option(
     "--explore",
     metavar="POLICY",
     help="Opt-in exploration, so feedback can teach the router about models it rarely picks: "
-    "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma / sqrt(1 + n), n the labelled "
-    "neighbours that speak for the model here) or epsilon:P (a random "
+    "off, thompson[:S] (choose by a draw from mu_tilde +/- S sigma / sqrt(1 + n), n the outcomes "
+    "the router holds for the model among the query's nearest labelled queries) or epsilon:P (a random "
     "candidate with probability P). The decision records its propensity.",
 )
 PROVIDER_OPTION = click.option(

@@ -176,6 +176,16 @@ class Memory:
         sims, idx = nearest_first(found)
         return sims, idx, self.sources.vote(idx)
 
+    def labelled(self, found: tuple[np.ndarray, np.ndarray], models: list[str]) -> np.ndarray:
+        """`[B, K]` how many rows of a search result hold an outcome for each pool model (0 for a model the memory
+        lacks): the data the router has on the model near this query, whatever reading weighs it (Thompson's n)."""
+        cols = [self.models.index(m) if m in self.models else -1 for m in models]
+        out = np.zeros((len(found[1]), len(cols)), np.float64)
+        have = [i for i, c in enumerate(cols) if c >= 0]
+        if have:
+            out[:, have] = self.known[found[1]][..., [cols[i] for i in have]].sum(axis=1)
+        return out
+
     def reading(self, found: tuple[np.ndarray, np.ndarray]) -> list[tuple[str | None, MemorySettings]]:
         """Per query of the search result `found`: the source its neighbours vote for (None: none, or no sources)
         and the setting it is read with (`--explain` says which)."""

@@ -43,11 +43,12 @@ THOMPSON_DRAWS = 256  # Monte Carlo draws behind a Thompson choice's propensity
 @dataclass(frozen=True)
 class Explore:
     """Opt-in exploration. `thompson[:S]` draws each candidate's score from N(mu_tilde, (S sigma / sqrt(1 + n))^2),
-    n the labelled neighbours that speak for the model on this query (the capability memory's evidence; 0 without a
-    memory), and picks the best draw: sigma is the spread of one outcome, sigma / sqrt(1 + n) that of the estimate,
-    so a model the router knows little about near this query (a model just added, a query of a new kind) is tried
-    more often, and one it knows well hardly. `epsilon:P` picks a uniformly random available candidate with
-    probability P, else the argmax."""
+    n the outcomes the capability memory holds for the model among the query's searched neighbours (`Router.labelled`;
+    0 without a memory), and picks the best draw: sigma is the spread of one outcome, sigma / sqrt(1 + n) that of the
+    estimate, so a model the router has little data on near this query (a model just added, a query of a new kind)
+    is tried more often, and one it has much on hardly. n counts data, not the reading's weights: a narrower reading
+    (refresh may choose one) uses fewer of the neighbours, but the router has not learned less. `epsilon:P` picks a
+    uniformly random available candidate with probability P, else the argmax."""
 
     kind: str  # "thompson" | "epsilon"
     value: float = 1.0  # thompson: the scale S on sigma; epsilon: P
@@ -96,7 +97,7 @@ def explore_choice(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(choice `[B]`, propensity `[B]`): the chosen index drawn from the explore policy's own probabilities, and the
     probability it had, which off-policy estimates divide by. Unavailable models are never drawn. `evidence` `[B, K]`:
-    the memory's neighbour count per model (Thompson's spread shrinks with it)."""
+    Thompson's n, the labelled outcomes per model near each query (its spread shrinks with it)."""
     avail = np.asarray(avail, bool)
     B, K = avail.shape
     if explore.kind == "epsilon":

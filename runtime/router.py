@@ -141,6 +141,12 @@ class Router:
         found = self.memory_search(q) if found is None else found
         return mem.columns(None, self.names, prior=[p.prior for p in self.pool], found=found)
 
+    def labelled(self, found: Any) -> np.ndarray | None:
+        """`[B, K]` labelled outcomes per pool model among the neighbours `found` by `memory_search` (Thompson's n);
+        None without a memory."""
+        mem = self.memory()
+        return None if mem is None or found is None else mem.labelled(found, self.names)
+
     def global_means(self) -> np.ndarray:
         """`[K]` each model's mean score over the labelled queries the router knows it from (`memory.global_means`)."""
         return global_means(self.memory(), self.names, [p.prior for p in self.pool])
@@ -359,7 +365,7 @@ class Router:
                     avail,
                     lam,
                     self._rng,
-                    None if sc["memory"] is None else np.expm1(sc["memory"][:, :, 1]),
+                    self.labelled(sc["memory_found"]),
                 )
         out = []
         for i, o in enumerate(opts):

@@ -93,6 +93,35 @@ def test_thompson_tries_what_the_memory_knows_little_about():
     assert p["thin"][0] > 0.25 and p["thin"][0] > 2 * p["thin"][1]
 
 
+def test_thompson_counts_the_data_near_a_query_not_the_reading_of_it(features, monkeypatch):
+    """Thompson's n is how many searched neighbours hold an outcome for the model: a narrower reading (refresh may
+    choose one) weighs them less for the estimate, but the router has not learned less, so it must not explore more
+    (a refreshed router weighing by the reading explored 60% of a shifted stream, against 22% frozen)."""
+    from dataclasses import replace
+
+    from lr_onnx.runtime import router as router_module
+
+    q, meta = features
+    r = Router.load()
+    mem = r.memory()
+    seen = []
+    real = router_module.explore_rows
+    monkeypatch.setattr(router_module, "explore_rows", lambda *a: seen.append(a[-1]) or real(*a))
+    r.decide(q, [r.options(lam=0.0, explore="thompson:0.5")] * len(q), meta=meta)
+    found = r.memory_search(q)
+    assert np.array_equal(seen[0], mem.labelled(found, r.names)) and seen[0].max() >= 1
+    assert np.all(seen[0] <= found[1].shape[1])
+    evidence = np.expm1(r.score_features(q, np.ones((len(q), len(r.names)), bool))["memory"][:, :, 1])
+    narrow = {"s_ref": 0.999, "tau": 0.01}
+    mem.settings = replace(mem.settings, **narrow)
+    if mem.sources is not None:
+        mem.sources.settings = tuple(replace(st, **narrow) for st in mem.sources.settings)
+    r.decide(q, [r.options(lam=0.0, explore="thompson:0.5")] * len(q), meta=meta)
+    thin = np.expm1(r.score_features(q, np.ones((len(q), len(r.names)), bool))["memory"][:, :, 1])
+    assert thin.sum() < 0.1 * evidence.sum()  # the narrow reading's evidence is nearly gone ...
+    assert np.array_equal(seen[1], seen[0])  # ... the data near each query is not
+
+
 def test_route_with_exploration_reports_its_propensity(features):
     q, meta = features
     r = Router.load()

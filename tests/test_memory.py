@@ -76,6 +76,27 @@ def test_rows_added_for_a_new_model_speak_for_it_at_once():
     assert back.models == ["a", "b"] and len(back) == len(mem)
 
 
+def test_labelled_counts_the_searched_rows_with_an_outcome_whatever_the_reading():
+    """Thompson's n: the outcomes the memory holds per model among a query's searched rows. A narrow reading (a
+    high s_ref, as refresh may choose) weighs them to almost no evidence; the count of data near the query stays."""
+    mem, q = _memory()
+    grown = mem.with_rows(q[:6], "c", np.ones(6))  # c known on 6 rows only, and not on a's and b's rows
+    found = grown.neighbours(grown.embed(q[:4]), 30)
+    n = grown.labelled(found, ["a", "c", "new"])
+    assert n.shape == (4, 3)
+    known_c = (found[1] >= len(mem)).sum(axis=1)  # the rows with_rows appended are c's
+    assert np.array_equal(n[:, 0], 30 - known_c) and np.array_equal(n[:, 1], known_c)
+    assert (n[:, 2] == 0).all()  # a model the memory lacks: no data
+    narrow = Memory(
+        grown.projection(), grown.keys, grown.outcomes, grown.models, MemorySettings(k=10, s_ref=0.999, tau=0.01)
+    )
+    assert np.array_equal(narrow.labelled(found, ["a", "c", "new"]), n)
+    assert (
+        np.expm1(narrow.columns(q[:4], ["a"], found=found)[:, 0, 1])
+        < np.expm1(grown.columns(q[:4], ["a"], found=found)[:, 0, 1])
+    ).all()  # while its weighted evidence shrinks
+
+
 def test_files_round_trip_and_refuse_bad_arrays(tmp_path):
     mem, q = _memory()
     entry = MemoryEntry.from_written(mem.write(tmp_path))
