@@ -346,6 +346,11 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
             + f"; the best on the feedback ({b['k']}, {b['kappa']:g}, {b['tau']:g}) gains "
             f"{rd['brier_before'] - rd['brier_best']:.4f} Brier, {rd['gain_standard_errors']:g} standard errors"
         )
+    for name, lp in rep.get("local_priors", {}).items():
+        a = lp["after"]
+        click.echo(
+            f"added model {name}: local prior fitted again, {a['intercept']:+.3f} {a['slope']:+.3f} x difficulty"
+        )
     click.echo(f"out of coverage: {rep['out_of_coverage_share']:.1%} of {rep['decisions']} decisions")
     click.echo(f"verdict: {rep['verdict']}")
     click.echo(f"report: {report or str(out) + '.report.json'}")

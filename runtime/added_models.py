@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .bounds import MAX_PRIOR_COEF
 from .errors import BundleError
 from .memory import P_CLIP
+from .memory_reading import MAX_ROWS
+
+if TYPE_CHECKING:  # annotations only
+    from .memory import Memory
 
 
 def sigmoid(x: Any) -> np.ndarray:
@@ -85,6 +89,19 @@ class LocalPrior:
             lp = added.get("local_prior") if isinstance(added, dict) else None
             out.append(None if lp is None else cls.parse(lp, f"{where}: pool model {name!r}"))
         return out
+
+
+def refit(
+    mem: "Memory", model: str, names: Sequence[str], added: Sequence[bool], prior: Sequence[float]
+) -> "LocalPrior | None":
+    """`model`'s local prior fitted again on every row the memory holds an outcome of it on (its `models add` labels
+    and the feedback since), each row's difficulty read from its neighbours without itself: a line set by a few dozen
+    labels must move once the model's feedback says otherwise (refresh). None if the memory lacks the model."""
+    if model not in mem.models:
+        return None
+    rows = np.flatnonzero(mem.known[:, mem.models.index(model)])[-MAX_ROWS:]  # the newest: a search of each
+    cols = mem.columns(None, list(names), prior=prior, e=mem.keys[rows], exclude=rows)
+    return LocalPrior.fit(cols, mem.outcomes[rows, mem.models.index(model)], names, added)
 
 
 def difficulty(cols: np.ndarray, over: Sequence[int]) -> np.ndarray:

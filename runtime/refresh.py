@@ -18,6 +18,9 @@ Numpy and ONNX Runtime only, seconds for thousands of records. What it changes i
   weight capped at `MAX_IPS_WEIGHT`): a model chosen mostly where it looked good would otherwise look better
   than it is. A model added with `models add` and then explored gets a real profile this way. Observed costs
   move the expected cost the same way.
+- **An added model's local prior** (the line in query difficulty its estimate falls back to, fitted on its few
+  `models add` labels) is fitted again on all its memory rows once feedback on it arrives (`added_models.refit`):
+  a line drawn through 24 labels must move when the stream says otherwise.
 
 Only records whose retrieval space matches the bundle's (`Router.log_ids`: the same memory projection and
 slices, which a refresh keeps) are used, and only feedback newer than the bundle's last refresh, so refreshing
@@ -43,6 +46,8 @@ from .errors import InputError
 from .feedback import labelled
 from .files import atomic_write_bytes, atomic_write_text
 from .manifest import PoolEntry
+from .added_models import refit
+from .memory import Memory
 from .memory_reading import reread
 from .profiles import KAPPA, ProfileSpace
 
@@ -101,6 +106,7 @@ def refresh(
     pool, per_model = _update_profiles(m.pool, m.profile_space, use)
     mem = router.memory()
     rows_added, feedback_rows, reading = 0, int(before.get("feedback_rows", 0)), None
+    priors: dict[str, Any] = {}
     if mem is not None:
         keys, outcomes, models = _memory_rows(use, mem.dim)
         rows_added = len(keys)
@@ -108,8 +114,10 @@ def refresh(
             mem = mem.with_outcomes(keys, outcomes, models)
             feedback_rows = min(len(mem), feedback_rows + rows_added)
             mem, reading = reread(mem, np.arange(len(mem) - feedback_rows, len(mem)), router.memory_breadth())
+            pool, priors = _refit_priors(pool, mem, set(models), router.trained)
     rep = _report(use, traffic, per_model, skipped, retrain_ooc_share, rows_added)
     rep["memory_reading"] = reading
+    rep["local_priors"] = priors
     with edited_copy(router.bundle.path, out) as tmp:
         new_m = replace(
             m.with_pool(pool),
@@ -182,6 +190,24 @@ def _update_profiles(
             "profile_evidence_before": round(n_old, 1),
         }
     return new_pool, out
+
+
+def _refit_priors(
+    pool: list[PoolEntry], mem: Memory, heard: set[str], trained: list[bool]
+) -> tuple[list[PoolEntry], dict[str, Any]]:
+    """The pool with the local prior of each added model that has new feedback (`heard`) fitted again on all its
+    memory rows (`added_models.refit`), and what changed per model."""
+    names, added, prior = [p.name for p in pool], [not t for t in trained], [p.prior for p in pool]
+    out, changed = list(pool), {}
+    for i, entry in enumerate(pool):
+        was = entry.extra.get("added_with")
+        if trained[i] or entry.name not in heard or not isinstance(was, dict):
+            continue
+        lp = refit(mem, entry.name, names, added, prior)
+        if lp is not None:
+            out[i] = replace(entry, extra={**entry.extra, "added_with": {**was, "local_prior": lp.to_dict()}})
+            changed[entry.name] = {"before": was.get("local_prior"), "after": lp.to_dict()}
+    return out, changed
 
 
 def _memory_rows(

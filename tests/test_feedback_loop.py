@@ -393,7 +393,7 @@ def test_a_model_added_and_explored_gets_a_real_profile(tmp_path, features):
     store = FeedbackStore(tmp_path / "log", log=r1.log)
     r1.seed(3)
     q, meta = features
-    ds = [d for _ in range(4) for d in r1.decide(q, [r1.options(lam=0.0, explore="epsilon:1")] * len(q), meta=meta)]
+    ds = [d for _ in range(16) for d in r1.decide(q, [r1.options(lam=0.0, explore="epsilon:1")] * len(q), meta=meta)]
     r1.log.close()
     newbie = [d for d in ds if d.model == "newbie"]
     assert newbie and all(d.propensity < 1 for d in newbie)
@@ -405,6 +405,16 @@ def test_a_model_added_and_explored_gets_a_real_profile(tmp_path, features):
     assert after[-1] > before[-1]  # more evidence
     n = len(newbie)  # 24 labels at 0.9, then n explored outcomes at 0.1 (the IPS weights are equal here)
     assert after[0] == pytest.approx((24 * 0.9 + n * 0.1) / (24 + n), abs=1e-6)
+    # its local prior (the line its estimate falls back to) is fitted again on its labels and its feedback
+    lp = rep["local_priors"]["newbie"]
+    assert lp["before"]["intercept"] == pytest.approx(0.9, abs=1e-6) and lp["before"]["slope"] == 0.0
+    mean_y = (24 * 0.9 + n * 0.1) / (24 + n)
+    assert abs(lp["after"]["intercept"] - mean_y) < 0.1 or lp["after"]["slope"] != 0.0
+    k1, k2 = r1.names.index("newbie"), Router.load(tmp_path / "b2").names.index("newbie")
+    mu1 = r1.score_features(q, np.ones((len(q), len(r1.names)), bool))["mu_tilde"][:, k1]
+    r2 = Router.load(tmp_path / "b2")
+    mu2 = r2.score_features(q, np.ones((len(q), len(r2.names)), bool))["mu_tilde"][:, k2]
+    assert mu2.mean() < mu1.mean() - 0.1  # the 24 labels said 0.9; the stream says 0.1
 
 
 def test_records_of_another_bundle_space_are_skipped(decided, tmp_path):
