@@ -321,8 +321,10 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
 
     Labelled decisions join the capability memory; its neighbours, pseudo-count and
     closeness scale change to those that estimate the feedback best (leave-one-out
-    Brier), if they beat the current ones by two standard errors. Each model's profile
-    moves towards its observed scores (off-policy records weighted by inverse propensity).
+    Brier), if they beat the current ones by a margin that allows for the 30 readings
+    tried (about 2.9 standard errors). Each model's profile moves towards its observed
+    scores (off-policy records weighted by inverse propensity); an added model's local
+    prior is fitted again on its labels and its feedback.
     Only feedback newer than BUNDLE's last refresh is used. The report gives each
     model's predicted vs observed score, the out-of-coverage share, the chosen-model
     mix and a verdict: refresh is enough, or retrain.
@@ -344,7 +346,8 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
             f"memory read from {a['k']} neighbours (pseudo-count {a['kappa']:g}, tau {a['tau']:g}): "
             + ("chosen on the feedback" if rd["changed"] else "kept")
             + f"; the best on the feedback ({b['k']}, {b['kappa']:g}, {b['tau']:g}) gains "
-            f"{rd['brier_before'] - rd['brier_best']:.4f} Brier, {rd['gain_standard_errors']:g} standard errors"
+            f"{rd['brier_before'] - rd['brier_best']:.4f} Brier, {rd['gain_standard_errors']:g} standard errors "
+            f"(needs {rd['needed_standard_errors']:g})"
         )
     for name, lp in rep.get("local_priors", {}).items():
         a = lp["after"]

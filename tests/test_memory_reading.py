@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lr_onnx.runtime.features import HAS_IMAGE_COL
 from lr_onnx.runtime.memory import Memory, MemorySettings, reference_similarities
@@ -77,3 +78,12 @@ def test_columns_read_the_k_nearest_of_a_wider_search():
     wide = mem.neighbours(q, 64)
     narrow = mem.neighbours(q, 16)
     assert np.allclose(mem.columns(None, found=wide), mem.columns(None, found=narrow), atol=1e-6)
+
+
+def test_the_margin_grows_with_the_readings_tried():
+    """The best of many near-equal readings is the luckiest of many: the margin is Bonferroni's, one-sided at ALPHA."""
+    from lr_onnx.runtime.memory_reading import ALPHA, margin
+
+    assert margin(1) == pytest.approx(1.645, abs=0.01)  # one candidate: a plain one-sided test at 5%
+    assert margin(30) == pytest.approx(2.935, abs=0.01) and ALPHA == 0.05
+    assert all(margin(m) < margin(m + 1) for m in range(1, 60))
