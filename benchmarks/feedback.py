@@ -82,9 +82,22 @@ def add_back(history: Path, out: Path, data, model: str, train_ids: list[str]) -
 
 
 def replay(
-    bundle: Path, q, Y, C, A, names: list[str], *, explore, lam: float, every: int, learn: bool, work: Path
+    bundle: Path,
+    q,
+    Y,
+    C,
+    A,
+    names: list[str],
+    *,
+    explore,
+    lam: float,
+    every: int,
+    learn: bool,
+    work: Path,
+    reveal_all: bool = False,
 ) -> dict:
-    """Route the stream block by block; with `learn`, feedback on the chosen model and a refresh after each block."""
+    """Route the stream block by block; with `learn`, feedback on the chosen model (`reveal_all`: on every candidate,
+    full information instead of a bandit's) and a refresh after each block."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -111,9 +124,14 @@ def replay(
             scores[i] = Y[i, k]
             chosen.append(d.model)
             explored[i] = bool(d.candidates) and d.model != d.candidates[0].name  # not the best-scored candidate
-            items.append(
-                parse_feedback({"id": d.id, "score": float(Y[i, k]), "cost": float(C[i, k])}) if learn else None
-            )
+            if learn:
+                items.append(parse_feedback({"id": d.id, "score": float(Y[i, k]), "cost": float(C[i, k])}))
+            for c in d.candidates if learn and reveal_all else []:  # full information: every other candidate too
+                j = names.index(c.name)
+                if c.name != d.model:
+                    items.append(
+                        parse_feedback({"id": d.id, "model": c.name, "score": float(Y[i, j]), "cost": float(C[i, j])})
+                    )
         if learn:
             router.log.flush()
             store.add(items)
