@@ -9,10 +9,10 @@ The feedback itself is labelled data from today's traffic, so `refresh` chooses 
 neighbours without itself, scored by the Brier score of the estimates on the logged outcomes (each row has the
 chosen model's outcome only, so a routing score cannot be measured; the estimate's calibration can). The
 current reading stays unless the best one beats it by `margin` standard errors of the paired per-outcome
-difference, a one-sided test at ALPHA corrected for the number of readings tried (Bonferroni: about 2.9 for 30): in
-domain, where training chose well, the luckiest of 30 near-equal readings must not move it (at a plain 2 standard
-errors it did, by 2.0-2.7 standard errors, on 5 of 6 in-domain `blindtest` stream orders looked at). s_ref follows k, as at training. The retrieval space and
-each merged source's own reading stay as they are.
+difference, a one-sided test at ALPHA corrected for the number of readings tried (Bonferroni: about 2.9 for 30):
+in domain, where training chose well, the luckiest of 30 near-equal readings must not move it (at a plain 2
+standard errors it did, by 2.0-2.7, on 5 of 6 in-domain `blindtest` stream orders looked at). s_ref follows k,
+as at training. The retrieval space and each merged source's own reading stay as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .memory import READING_GRID, Memory, MemorySettings, grid_readings
 
 MIN_OUTCOMES = 100  # logged outcomes needed before the reading is chosen again
 MAX_ROWS = 2000  # the newest feedback rows it is chosen on (a search of each against every row)
-ALPHA = 0.05  # how often feedback no better explained by another reading may still move it (one refresh)
+ALPHA = 0.05  # per refresh, the chance that feedback no reading explains better still moves the reading
 
 
 def margin(candidates: int) -> float:

@@ -10,9 +10,8 @@ Numpy and ONNX Runtime only, seconds for thousands of records. What it changes i
   its rows are not reweighted.
 - **How the memory is read**: k, kappa and tau are chosen again on the feedback rows, and replace the current ones
   only if they estimate the logged outcomes better by a margin corrected for the readings tried (about 2.9
-  standard errors; runtime/memory_reading.py): the setting
-  validation chose at training fits the traffic of then, and after a shift a narrower reading lets the new rows
-  speak.
+  standard errors; runtime/memory_reading.py): the setting validation chose at training fits the traffic of then,
+  and after a shift a narrower reading lets the new rows speak.
 - **Profiles**: each model's overall and per-slice scores move towards what the feedback observed, weighted by
   how much the bundle already knew (its profile's evidence, per slice n / S + the profile shrinkage). These are
   averages over queries, so the off-policy records are weighted by inverse propensity (self-normalised, the
@@ -41,13 +40,13 @@ from typing import Any
 
 import numpy as np
 
+from .added_models import refit
 from .bundle import load_bundle
 from .decisionlog import decode_key
 from .errors import InputError
 from .feedback import labelled
 from .files import atomic_write_bytes, atomic_write_text
 from .manifest import PoolEntry
-from .added_models import refit
 from .memory import Memory
 from .memory_reading import reread
 from .profiles import KAPPA, ProfileSpace
