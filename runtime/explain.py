@@ -72,6 +72,7 @@ def explain(
         assert mem is not None  # memory columns come only from a bundle with a memory
         assert found is not None  # the row's neighbours, as the Router searched them (score_features)
         source, st = mem.reading(found)[0]
+        labelled = mem.labelled(found, router.names)[0]  # Thompson's n: the data near this query, per model
         out["memory"] = {
             "neighbours": st.k,
             **({"source": source} if source is not None else {}),
@@ -80,6 +81,7 @@ def explain(
                 c.name: {
                     "estimate": round(float(1 / (1 + np.exp(-memory[k, 0]))), 4),
                     "evidence": round(float(np.expm1(memory[k, 1])), 2),
+                    "labelled_nearby": int(labelled[k]),
                 }
                 for c in cands[:3]
                 for k in [router.names.index(c.name)]

@@ -184,3 +184,8 @@ def test_explain_names_the_source_whose_memory_setting_read_the_query():
     m = d.explain["memory"]
     assert m["source"] == "blindtest" and m["closeness"] > 0.3
     assert m["neighbours"] == mem.sources.settings[mem.sources.names.index("blindtest")].k
+    # and, per candidate, the labelled outcomes among the searched neighbours (Thompson's n)
+    found = r.memory_search(r.features([([EXAMPLES / "lines.png"], "How many times do the two lines intersect?")]))
+    for name, e in m["estimates"].items():
+        assert e["labelled_nearby"] == int(mem.labelled(found, [name])[0, 0]) <= mem.search_k
+    assert max(e["labelled_nearby"] for e in m["estimates"].values()) > 0
