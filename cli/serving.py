@@ -321,8 +321,8 @@ def refresh_cmd(bundle, log_dir, out, report, retrain_share):
 
     Labelled decisions join the capability memory; its neighbours, pseudo-count and
     closeness scale change to those that estimate the feedback best (leave-one-out
-    Brier), if they beat the current ones by a margin that allows for the 30 readings
-    tried (about 2.9 standard errors). Each model's profile moves towards its observed
+    Brier), if they beat the current ones by a margin that allows for the readings
+    tried (2.4-2.9 standard errors). Each model's profile moves towards its observed
     scores (off-policy records weighted by inverse propensity); an added model's local
     prior is fitted again on its labels and its feedback.
     Only feedback newer than BUNDLE's last refresh is used. The report gives each

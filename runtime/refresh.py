@@ -9,7 +9,7 @@ Numpy and ONNX Runtime only, seconds for thousands of records. What it changes i
   from the query's neighbours, so it is conditional on the query: which model was chosen does not bias it, and
   its rows are not reweighted.
 - **How the memory is read**: k, kappa and tau are chosen again on the feedback rows, and replace the current ones
-  only if they estimate the logged outcomes better by a margin corrected for the readings tried (about 2.9
+  only if they estimate the logged outcomes better by a margin corrected for the readings tried (2.4-2.9
   standard errors; runtime/memory_reading.py): the setting validation chose at training fits the traffic of then,
   and after a shift a narrower reading lets the new rows speak.
 - **Profiles**: each model's overall and per-slice scores move towards what the feedback observed, weighted by
