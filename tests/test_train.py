@@ -696,3 +696,39 @@ def test_a_run_on_a_merge_exports_a_bundle_that_reads_with_a_setting_per_source(
     assert set(np.unique(mem.sources.of_row)) <= {-1, 0, 1} and (mem.sources.of_row >= 0).all()
     d = r.route([], "What is 3 + 4?", lam=0.0)
     assert d.model in r.names
+
+
+def test_exported_gelus_take_the_form_onnx_runtime_fuses(tmp_path):
+    """export.bundle.graphs.fusable_gelu: the exporter's exact GELU (Div, Erf, Add, Mul(0.5), Mul(x)) is written as
+    ... Mul(x), Mul(0.5), which ONNX Runtime fuses into one node at load time; the outputs do not move."""
+    import onnx
+    import torch
+
+    from lr_onnx.export.bundle.graphs import _export, fusable_gelu
+    from lr_onnx.runtime.sessions import ort
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4), torch.nn.GELU())
+    path = tmp_path / "g.onnx"
+    with torch.no_grad():
+        _export(net, (torch.randn(3, 8),), path, ["x"], ["y"], ({0: torch.export.Dim("batch")},), 18)
+    m = onnx.load(str(path))
+    assert fusable_gelu(m.graph) == 0  # already rewritten at export: nothing left to do
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("Erf") == 2
+    made = {o: n for n in m.graph.node for o in n.output}
+    used = {i: n for n in m.graph.node for i in n.input}  # each link here has one consumer
+    for erf in (n for n in m.graph.node if n.op_type == "Erf"):  # Erf -> Add -> Mul(x, .) -> Mul(., 0.5)
+        x = made[erf.input[0]].input[0]
+        times_x = used[used[erf.output[0]].output[0]]
+        assert times_x.op_type == "Mul" and x in times_x.input
+        assert used[times_x.output[0]].op_type == "Mul"
+    rt = ort()
+    so = rt.SessionOptions()
+    so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = rt.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    assert "Erf" not in [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]  # fused
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    with torch.no_grad():
+        assert np.abs(sess.run(None, {"x": x})[0] - net(torch.from_numpy(x)).numpy()).max() < 1e-5
