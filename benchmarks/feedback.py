@@ -124,14 +124,12 @@ def replay(
             scores[i] = Y[i, k]
             chosen.append(d.model)
             explored[i] = bool(d.candidates) and d.model != d.candidates[0].name  # not the best-scored candidate
-            if learn:
-                items.append(parse_feedback({"id": d.id, "score": float(Y[i, k]), "cost": float(C[i, k])}))
-            for c in d.candidates if learn and reveal_all else []:  # full information: every other candidate too
-                j = names.index(c.name)
-                if c.name != d.model:
-                    items.append(
-                        parse_feedback({"id": d.id, "model": c.name, "score": float(Y[i, j]), "cost": float(C[i, j])})
-                    )
+            if not learn:
+                continue
+            items.append(parse_feedback({"id": d.id, "score": float(Y[i, k]), "cost": float(C[i, k])}))
+            others = [c.name for c in d.candidates if c.name != d.model] if reveal_all else []  # full information
+            for m, j in ((m, names.index(m)) for m in others):
+                items.append(parse_feedback({"id": d.id, "model": m, "score": float(Y[i, j]), "cost": float(C[i, j])}))
         if learn:
             router.log.flush()
             store.add(items)

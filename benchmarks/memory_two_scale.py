@@ -15,8 +15,6 @@ the training grid, chosen on validation by score at lambda 0 + nAUC and scored o
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,11 +22,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_variants import KMAX, SEED, local_sums, pool_halves, scored_result, shrunk, sorted_found  # noqa: E402
+from memory_variants import (  # noqa: E402
+    KMAX,
+    SEED,
+    local_sums,
+    pool_halves,
+    run_cells,
+    scored_result,
+    shrunk,
+    sorted_found,
+)
 
-from lr_onnx.export.files import atomic_write_text  # noqa: E402
 from lr_onnx.export.train.memory import GRID, fit_memory, reference_similarity, routing_value  # noqa: E402
-from lr_onnx.export.train.trainer import load_training_set  # noqa: E402
 from lr_onnx.runtime.memory import MemorySettings  # noqa: E402
 
 KAPPA2 = (3.0, 10.0, 30.0)
@@ -86,16 +91,8 @@ def cell(P, resplits: int) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cells", nargs="+", metavar="NAME=DATA_DIR")
-    ap.add_argument("--resplits", type=int, default=6)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/memory_two_scale.json"))
-    a = ap.parse_args(argv)
-    res = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"cells": {}}
-    for spec in a.cells:
-        name, _, data_dir = spec.partition("=")
-        res["cells"][name] = cell(load_training_set(data_dir, progress=False), a.resplits)
-        diffs = {
+    def finish(res: dict) -> None:
+        res["two_scale_minus_current_mean_over_cells"] = {
             where: {
                 key: round(
                     float(
@@ -107,16 +104,9 @@ def main(argv=None) -> None:
             }
             for where in ("test_split", "resplit_mean")
         }
-        res["two_scale_minus_current_mean_over_cells"] = diffs
         res["kappa2"] = list(KAPPA2)
-        atomic_write_text(a.out, json.dumps(res, indent=2) + "\n")
-        for family, r in res["cells"][name].items():
-            t, m = r["test_split"], r["resplit_mean"]
-            print(
-                f"{name:16s} {family:10s} test {t['score_at_lambda0']:.4f} / {t['nauc']:.4f}   "
-                f"resplits {m['score_at_lambda0']:.4f} / {m['nauc']:.4f}",
-                flush=True,
-            )
+
+    res = run_cells(argv, __doc__, cell, "benchmarks/results/memory_two_scale.json", finish)
     print("two_scale - current, mean over cells:", res["two_scale_minus_current_mean_over_cells"])
 
 

@@ -226,27 +226,38 @@ def summary(cells: dict) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_cells(argv, doc: str, cell_fn, out: str, finish) -> dict:
+    """The experiments' driver: each `NAME=DATA_DIR` cell run by `cell_fn(training set, resplits)` into the JSON
+    `--out` (cells already there are kept, so cells can be added one run at a time), `finish(res)` adding the
+    summary after each cell, and each variant's test-split and resplit numbers printed."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("cells", nargs="+", metavar="NAME=DATA_DIR")
     ap.add_argument("--resplits", type=int, default=6)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/memory_variants.json"))
+    ap.add_argument("--out", type=Path, default=Path(out))
     a = ap.parse_args(argv)
     res = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"cells": {}}
     for spec in a.cells:
         name, _, data_dir = spec.partition("=")
-        res["cells"][name] = cell(load_training_set(data_dir, progress=False), a.resplits)
-        res["summary"] = summary(res["cells"])
-        res["cells_in_summary"] = len(res["cells"])
-        res["selection_grid"] = {key: list(v) for key, v in GRID.items()}  # the settings the rules choose among
+        res["cells"][name] = cell_fn(load_training_set(data_dir, progress=False), a.resplits)
+        finish(res)
         atomic_write_text(a.out, json.dumps(res, indent=2) + "\n")
-        for rule, r in res["cells"][name].items():
+        for variant, r in res["cells"][name].items():
             t, m = r["test_split"], r["resplit_mean"]
             print(
-                f"{name:16s} {rule:14s} test {t['score_at_lambda0']:.4f} / {t['nauc']:.4f}   "
+                f"{name:16s} {variant:14s} test {t['score_at_lambda0']:.4f} / {t['nauc']:.4f}   "
                 f"resplits {m['score_at_lambda0']:.4f} / {m['nauc']:.4f}",
                 flush=True,
             )
+    return res
+
+
+def main(argv=None) -> None:
+    def finish(res: dict) -> None:
+        res["summary"] = summary(res["cells"])
+        res["cells_in_summary"] = len(res["cells"])
+        res["selection_grid"] = {key: list(v) for key, v in GRID.items()}  # the settings the rules choose among
+
+    res = run_cells(argv, __doc__, cell, "benchmarks/results/memory_variants.json", finish)
     for rule, row in res["summary"].items():
         print(f"{rule:14s} against current, mean over {res['cells_in_summary']} cells: {row}")
 

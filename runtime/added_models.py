@@ -99,9 +99,10 @@ def refit(
     labels must move once the model's feedback says otherwise (refresh). None if the memory lacks the model."""
     if model not in mem.models:
         return None
-    rows = np.flatnonzero(mem.known[:, mem.models.index(model)])[-MAX_ROWS:]  # the newest: a search of each
+    j = mem.models.index(model)
+    rows = np.flatnonzero(mem.known[:, j])[-MAX_ROWS:]  # the newest: a search of each
     cols = mem.columns(None, list(names), prior=prior, e=mem.keys[rows], exclude=rows)
-    return LocalPrior.fit(cols, mem.outcomes[rows, mem.models.index(model)], names, added)
+    return LocalPrior.fit(cols, mem.outcomes[rows, j], names, added)
 
 
 def difficulty(cols: np.ndarray, over: Sequence[int]) -> np.ndarray:

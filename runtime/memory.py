@@ -155,11 +155,7 @@ class Memory:
         if found is None:
             emb = self.embed(q) if e is None else e  # type: ignore[arg-type]
             found = self.neighbours(emb, self.search_k, exclude, blas)
-        cols = (
-            list(range(len(self.models)))
-            if models is None
-            else [self.models.index(m) if m in self.models else -1 for m in models]
-        )
+        cols = list(range(len(self.models))) if models is None else self.pool_columns(models)
         if self.sources is None:  # a search may return more than k (memory.onnx keeps its k after a refresh)
             return self._columns(*nearest(found, self.settings.k), self.settings, cols, prior)
         sims, idx, code = self._voted(found)
@@ -176,10 +172,14 @@ class Memory:
         sims, idx = nearest_first(found)
         return sims, idx, self.sources.vote(idx)
 
+    def pool_columns(self, models: Sequence[str]) -> list[int]:
+        """Each pool model's column in the memory's outcomes, -1 for a model it holds no outcome of."""
+        return [self.models.index(m) if m in self.models else -1 for m in models]
+
     def labelled(self, found: tuple[np.ndarray, np.ndarray], models: list[str]) -> np.ndarray:
         """`[B, K]` how many rows of a search result hold an outcome for each pool model (0 for a model the memory
         lacks): the data the router has on the model near this query, whatever reading weighs it (Thompson's n)."""
-        cols = [self.models.index(m) if m in self.models else -1 for m in models]
+        cols = self.pool_columns(models)
         out = np.zeros((len(found[1]), len(cols)), np.float64)
         have = [i for i, c in enumerate(cols) if c >= 0]
         if have:
