@@ -24,6 +24,7 @@ import numpy as np
 
 from lr_onnx.export.evaluate.report import evaluate
 from lr_onnx.export.files import atomic_write_text
+from lr_onnx.export.train.modality import choose_modality
 from lr_onnx.export.train.trainer import TrainConfig, train
 from lr_onnx.export.train.rundir import RunDir
 
@@ -64,6 +65,7 @@ def run(
         cfg = TrainConfig(seed=BASE_SEED + i, slices=slices, epochs=epochs, setting=setting)
         if not RunDir(run_dir).trained:
             train(data_dir, run_dir, cfg)
+        choose_modality(data_dir, run_dir)  # as `lr-onnx train` does (a no-op once chosen)
         per_seed.append(evaluate(run_dir, ablations=i < ablation_seeds))
     methods = list(dict.fromkeys(m for s in per_seed for m in s["methods"]))
 

@@ -38,11 +38,18 @@ from .base import main, ANY_PATH, FOLDER
 )
 @click.option("--text-only", is_flag=True, help="Ablation: ignore the image part of the query features.")
 @click.option(
+    "--keep-images",
+    is_flag=True,
+    help="Train with the image features only: skip the text-only twin that validation would choose between.",
+)
+@click.option(
     "--no-memory",
     is_flag=True,
     help="Ablation: no capability memory (the k nearest labelled queries' outcomes per model).",
 )
-def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout, layers, text_only, no_memory):
+def train_cmd(
+    data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout, layers, text_only, keep_images, no_memory
+):
     """Train LatentRouter on DATA_DIR's train split with early stopping on validation.
 
     Writes OUT/weights.safetensors, config.json, profiles.json, preprocessing.json and
@@ -53,6 +60,12 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
     outcomes on the query's nearest labelled neighbours. Its settings (neighbours,
     shrinkage, image weight, size) and how far the network may correct it are chosen on
     validation and written to OUT/config.json and OUT/memory_selection.json.
+
+    On data with images the router is trained a second time on the questions alone, kept
+    instead only if it routes validation better by a paired test at 5% (--keep-images
+    skips this).
+    The other is kept as OUT/ablations/text_only or OUT/ablations/with_images; a bundle
+    exported from a text-only run never runs its image encoder.
     """
     from ..export.train.trainer import TrainConfig, train
 
@@ -68,6 +81,17 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
         f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
         f"best validation utility {summary['best_val_utility']:.4f}; wrote {out}"
     )
+    if not (text_only or keep_images):
+        from ..export.train.modality import choose_modality
+
+        choice = choose_modality(data_dir, out)
+        if choice is not None:
+            u = choice["val_utility"]
+            click.echo(
+                f"reads {'images and text' if choice['chosen'] == 'images' else 'text only'}: validation utility "
+                f"{u['images']:.4f} with images, {u['text']:.4f} without (paired z {choice['z']:.2f}; text only "
+                f"needs {choice['z_needed']:.2f})"
+            )
 
 
 @main.command("evaluate")
@@ -83,14 +107,14 @@ def train_cmd(data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout
 @click.option(
     "--no-ablations",
     is_flag=True,
-    help="Skip training the ablations (no_communication, text_only, no_memory, no_slice_prior).",
+    help="Skip training the ablations (no_communication, text_only / with_images, no_memory, no_slice_prior).",
 )
 def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     """Compare the trained router with the baselines; write metrics.json, frontier.png, report.md.
 
     Methods: latentrouter, its memory alone (memory_only) and its network alone
-    (network_only), the retrained ablations no_memory, no_slice_prior, no_communication
-    and text_only, and the baselines knn, mf, mlp, irt, task_lookup, random and
+    (network_only), the retrained ablations no_memory, no_slice_prior, no_communication,
+    text_only and with_images (the one the router reads is the router itself), and the baselines knn, mf, mlp, irt, task_lookup, random and
     best_single, all on the same features, split, expected costs and lambda grid.
     Lambda for the rank score is chosen on validation, never on the test split.
     Also written: per-dataset results, pool shift, the routing-collapse diagnostic,

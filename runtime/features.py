@@ -16,6 +16,7 @@ IMAGE_DIM = 1280
 SIDE_DIM = 3
 QUERY_DIM = TEXT_DIM + IMAGE_DIM + SIDE_DIM
 HAS_IMAGE_COL = TEXT_DIM + IMAGE_DIM  # index of the has_image flag in q
+TEXT_ONLY = "text"  # a manifest's `query_features` when its router reads no images (`without_images`)
 
 
 def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -43,6 +44,15 @@ def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images: Any,
     return np.concatenate(
         [l2_normalise(np.asarray(text_vecs, np.float32)), np.asarray(image_vecs, np.float32), side], axis=1
     ).astype(np.float32)
+
+
+def without_images(q: np.ndarray) -> np.ndarray:
+    """Features `q [B, D_q]` as a router that reads no images sees them: those of the same questions asked without
+    their images (image block, has_image and log1p(n_images) zeroed; text and log1p(n_words) kept). The runs
+    whose validation chose text only (`export.train.modality`) are trained and served on these."""
+    out = np.array(q, copy=True)
+    out[:, TEXT_DIM:-1] = 0.0
+    return out
 
 
 def encode_raw_queries(

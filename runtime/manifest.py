@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import BundleError
-from .features import HAS_IMAGE_COL
+from .features import HAS_IMAGE_COL, TEXT_ONLY
 from .files import inside
 from .memory import COLUMNS as MEMORY_COLUMNS
 from .preprocess import ImageSpec, TextSpec
@@ -71,6 +71,7 @@ class Manifest:
     setting: str | None = None
     encoder_version: str | None = None
     query_dim: int | None = None
+    query_features: str | None = None  # "text": the router reads no images (`features.without_images`); None: all
     model_dim: int | None = None
     cost_estimator: str | None = None
     lambdas: LambdaSpec = field(default_factory=LambdaSpec)
@@ -90,6 +91,7 @@ class Manifest:
         "graphs",
         "preprocessing",
         "query_dim",
+        "query_features",
         "model_dim",
         "pool",
         "profile_space",
@@ -101,6 +103,11 @@ class Manifest:
         "refreshed",
         "files",
     )
+
+    @property
+    def reads_images(self) -> bool:
+        """Whether the router reads the image features (False: validation chose text only at training)."""
+        return self.query_features != TEXT_ONLY
 
     @property
     def model_names(self) -> list[str]:
@@ -123,7 +130,8 @@ class Manifest:
         d["graphs"] = {k: g.to_dict() for k, g in self.graphs.items()}
         image = {k: list(v) if isinstance(v, tuple) else v for k, v in self.image.to_dict().items()}
         d["preprocessing"] = {"image": image, "text": self.text.to_dict()}
-        d.update({k: v for k, v in (("query_dim", self.query_dim), ("model_dim", self.model_dim)) if v is not None})
+        dims = (("query_dim", self.query_dim), ("query_features", self.query_features), ("model_dim", self.model_dim))
+        d.update({k: v for k, v in dims if v is not None})
         d.update(pool=[p.to_dict() for p in self.pool], profile_space=self.profile_space.to_dict())
         d.update({"cost_estimator": self.cost_estimator} if self.cost_estimator is not None else {})
         d["lambda"] = self.lambdas.to_dict()
@@ -170,6 +178,9 @@ class Manifest:
                 f"profiles of width {width} do not match model_dim {dim!r} (expected {width + 1 + extra_cols})"
             )
         space = _parse_space(c.need(m, "profile_space", dict), width, c)
+        reads = m.get("query_features")
+        if reads not in (None, TEXT_ONLY):
+            raise c.fail(f"'query_features' must be {TEXT_ONLY!r} or absent, got {reads!r}")
         cov = m.get("coverage")
         if cov is not None and not isinstance(cov, dict):
             raise c.fail("'coverage' must be an object with a 'threshold'")
@@ -194,6 +205,7 @@ class Manifest:
             setting=m.get("setting"),
             encoder_version=m.get("encoder_version"),
             query_dim=m.get("query_dim"),
+            query_features=reads,
             model_dim=dim,
             cost_estimator=m.get("cost_estimator"),
             lambdas=LambdaSpec.parse(m.get("lambda", {}), c),

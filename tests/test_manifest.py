@@ -55,6 +55,7 @@ def test_unknown_keys_survive_an_edit():
         (lambda d: d["lambda"]["presets"].update(cheap={"lambda": -1}), "lambda.presets.cheap.lambda"),
         (lambda d: d.update(coverage=[]), "'coverage' must be an object"),
         (lambda d: d.update(refreshed=[]), "'refreshed' must be an object"),
+        (lambda d: d.update(query_features="pixels"), "'query_features' must be 'text' or absent"),
         (lambda d: d.update(refreshed={"feedback_rows": "many"}), "refreshed.feedback_rows"),
         (lambda d: d.update(refreshed={"feedback_through": -1.0}), "refreshed.feedback_through"),
     ],
@@ -68,3 +69,27 @@ def test_a_bad_entry_is_one_line_naming_it(tmp_path, edit, match):
     with pytest.raises(BundleError, match=match) as e:
         load_bundle(b)
     assert "\n" not in str(e.value) and str(b / MANIFEST) in str(e.value)
+
+
+def test_a_router_that_reads_no_images_never_runs_the_image_encoder(tmp_path):
+    """`query_features: "text"` (validation chose text only, export.train.modality): each question is read as if
+    asked without its images, and the image encoder's session is never opened."""
+    import numpy as np
+
+    from lr_onnx.runtime.features import without_images
+    from lr_onnx.runtime.router import Router
+
+    b = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, b)
+    d = json.loads(_raw())
+    d["query_features"] = "text"
+    (b / MANIFEST).write_text(json.dumps(d), encoding="utf-8")
+    chart = DEFAULT_BUNDLE.parents[1] / "assets" / "examples" / "chart.png"
+    queries = [([chart], "What is the largest value?"), ([], "What is 12 * 13?")]
+    text_only, full = Router.load(b), Router.load(DEFAULT_BUNDLE)
+    q = text_only.features(queries)
+    assert load_bundle(b).manifest.reads_images is False and "image_encoder" not in text_only.sessions.loaded
+    np.testing.assert_allclose(q, without_images(full.features(queries)), atol=1e-6)
+    assert (q[0, 384:-1] == 0).all() and np.isclose(q[0, -1], np.log1p(5))  # five words
+    text_only.route([chart], "What is the largest value?")  # routes, costs still priced on the image
+    assert "image_encoder" not in text_only.sessions.loaded

@@ -141,9 +141,13 @@ def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
         main, ["train", str(env / "demo"), "--out", str(out), "--epochs", "1", "--no-few-shot", "--no-pool-dropout"]
     )
     assert res.exit_code == 0, res.output
-    assert "best validation utility" in res.output
-    cfg = json.loads((out / "config.json").read_text())["train"]
-    assert cfg["few_shot"] == 0.0 and cfg["pool_dropout"] == 0.0 and cfg["epochs"] == 1
+    assert "best validation utility" in res.output and " with images, " in res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["few_shot"] == 0.0 and cfg["train"]["pool_dropout"] == 0.0 and cfg["train"]["epochs"] == 1
+    # the demo has images: validation chose between the router with them and its text-only twin, which is kept
+    assert cfg["modality"]["chosen"] in ("images", "text") and set(cfg["modality"]["val_utility"]) == {"images", "text"}
+    other = "text_only" if cfg["modality"]["chosen"] == "images" else "with_images"
+    assert (out / "ablations" / other / "weights.safetensors").is_file()
 
 
 def test_evaluate_writes_metrics_plot_and_report(env, run):
@@ -151,7 +155,8 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
 
     out = evaluate(run[0], ablations=False, progress=False)
     m = json.loads((run[0] / "metrics.json").read_text())
-    assert set(m["methods"]) == set(METHODS) - {"no_communication", "text_only", "no_memory", "no_slice_prior"}
+    ablations = {"no_communication", "text_only", "with_images", "no_memory", "no_slice_prior"}
+    assert set(m["methods"]) == set(METHODS) - ablations
     for row in m["methods"].values():
         for key in (
             "nauc",
@@ -212,11 +217,10 @@ def test_spread_over_slices_takes_n_queries_spread_over_the_slices():
     assert len(got) == 24 and len({s for _, s in got}) == 24
 
 
-def test_text_only_runs_use_their_own_features_for_slices_and_cannot_be_exported(env, run, tmp_path, runner):
+def test_text_only_runs_use_their_own_features_for_slices(env, run, tmp_path):
     """A --text-only ablation's slices were fit on features without the image: propose must assign with those."""
     import shutil
 
-    from lr_onnx.cli import main
     from lr_onnx.export.data.format import load_dataset
     from lr_onnx.export.train.pool import propose_queries
     from lr_onnx.export.train.trainer import run_features
@@ -242,8 +246,45 @@ def test_text_only_runs_use_their_own_features_for_slices_and_cannot_be_exported
     rep = propose_queries(run_dir, tmp_path / "cal", n=24, progress=False)
     recs = [json.loads(ln) for ln in (tmp_path / "cal" / "queries.jsonl").read_text().splitlines()]
     assert rep["per_slice"][0] == 0 and {r["slice"] for r in recs} == {1}  # ... never for the text-only run
-    res = runner.invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "b")])
-    assert res.exit_code == 1 and "--text-only ablation" in res.output and not (tmp_path / "b").exists()
+
+
+def test_validation_chooses_whether_the_router_reads_images_and_keeps_the_other(env, run, tmp_path):
+    """export.train.modality: the text-only twin is trained once and wins only by the paired test on validation; a
+    text-only win swaps the run with its twin, keeping the router with images as an ablation."""
+    import shutil
+
+    from lr_onnx.export.train import modality
+    from lr_onnx.export.train.modality import RUN_FILES, choose_modality
+
+    first = tmp_path / "first"
+    shutil.copytree(run[0], first, ignore=shutil.ignore_patterns("ablations", "metrics.json"))
+    rec = choose_modality(env / "demo", first, progress=False)
+    assert rec["chosen"] == ("text" if rec["z"] > rec["z_needed"] else "images") and rec["z_needed"] > 1.6
+    assert set(rec["val_utility"]) == {"images", "text"} and rec["val_rows"] > 0
+    twin = (first / "ablations/text_only") if rec["chosen"] == "images" else (first / "ablations/with_images")
+    assert (twin / "weights.safetensors").is_file()
+    assert choose_modality(env / "demo", first, progress=False) == rec  # made once
+
+    # a run whose own validation utility is worse than its twin's is swapped with it
+    text_router = first / "ablations/text_only" if rec["chosen"] == "images" else first
+    lose = tmp_path / "lose"
+    shutil.copytree(run[0], lose, ignore=shutil.ignore_patterns("ablations"))
+    (lose / "ablations/no_memory").mkdir(parents=True)  # an ablation trained with images: stale after the swap
+    (lose / "metrics.json").write_text("{}")
+    (lose / "ablations/text_only").mkdir()
+    for name in RUN_FILES:
+        if (text_router / name).is_file():
+            shutil.copy(text_router / name, lose / "ablations/text_only" / name)
+    own = (run[0] / "weights.safetensors").read_bytes()
+    with pytest.MonkeyPatch.context() as mp:  # validation as if the text-only twin routed far better
+        mp.setattr(modality, "paired_validation", lambda *a: {"val_utility": {}, "val_rows": 1, "z": 9.0})
+        assert choose_modality(env / "demo", lose, progress=False)["chosen"] == "text"
+    after = json.loads((lose / "config.json").read_text())
+    assert after["train"]["text_only"] and after["modality"]["chosen"] == "text"
+    assert (lose / "weights.safetensors").read_bytes() == (text_router / "weights.safetensors").read_bytes()
+    assert (lose / "ablations/with_images/weights.safetensors").read_bytes() == own
+    assert not (lose / "ablations/text_only").exists() and not (lose / "ablations/no_memory").exists()
+    assert not (lose / "metrics.json").exists()
 
 
 def test_models_propose_then_add_round_trip(env, run, tmp_path, runner):
@@ -478,6 +519,33 @@ def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     q = r.features([(P.data.images[i], P.data.question[i]) for i in rows])
     onnx_mt = r.score_features(q, P.data.A[rows])["mu_tilde"]
     np.testing.assert_allclose(onnx_mt, torch_mt, atol=1e-4)
+
+
+def test_a_text_only_run_exports_a_bundle_that_never_runs_its_image_encoder(env, run, tmp_path):
+    """A run whose validation chose text only (export.train.modality) exports, says so in its manifest, and the
+    served router reads each question as if asked without its images, as the run was trained (parity holds)."""
+    from lr_onnx.export.bundle.assemble import export_bundle
+    from lr_onnx.export.train.trainer import TrainConfig, load_training_set, train
+    from lr_onnx.runtime.features import without_images
+    from lr_onnx.runtime.router import Router
+
+    cfg = TrainConfig(epochs=2, slices=2, text_only=True)
+    train(env / "demo", tmp_path / "run", cfg, progress=False)
+    parity = export_bundle(tmp_path / "run", tmp_path / "b", precision="fp32", parity_queries=24)
+    assert parity["passed"] and parity["held_out"]["decision_agreement_lambda0"] == 1.0
+    manifest = json.loads((tmp_path / "b/manifest.json").read_text())
+    assert manifest["query_features"] == "text"
+    P = load_training_set(env / "demo", slices=2, progress=False)
+    rows = np.flatnonzero(P.masks["test"] & np.array([bool(x) for x in P.data.images]))[:12]
+    r = Router.load(tmp_path / "b", provider="cpu")
+    q = r.features([(P.data.images[i], P.data.question[i]) for i in rows])
+    full = Router.load(run[0].parent / "bundle", provider="cpu").features(
+        [(P.data.images[i], P.data.question[i]) for i in rows]
+    )
+    np.testing.assert_allclose(q, without_images(full), atol=1e-5)
+    assert "image_encoder" not in r.sessions.loaded
+    # the router graph reads those features as PyTorch does (parity's held-out queries, without their images)
+    assert max(parity["held_out"]["max_abs_diff"].values()) <= 1e-4
 
 
 def test_int8_text_encoder_stays_close_to_fp32(env, bundle):

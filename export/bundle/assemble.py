@@ -31,6 +31,7 @@ from ...runtime.manifest import (
     Preset,
 )
 from ...runtime.errors import DataError
+from ...runtime.features import TEXT_ONLY
 from ...runtime.profiles import ProfileSpace
 from ...version import __version__
 from ..train.encoding import IMAGE_SPEC
@@ -62,10 +63,11 @@ def export_bundle(
         raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision}")
     run_dir = Path(run_dir)
     net, cfg = load_router(run_dir)
-    if cfg["train"].get("text_only"):
+    text_only = bool(cfg["train"].get("text_only"))  # validation chose text only (export.train.modality)
+    if fused and text_only:
         raise DataError(
-            f"{run_dir} is a --text-only ablation run: its router expects query features with the image "
-            f"removed, which the runtime never produces; export a run trained without --text-only"
+            f"{run_dir}: its router reads no images, and --fused takes pixels; export without --fused "
+            f"(the bundle then never runs its image encoder)"
         )
     from ..train.pool import read_profiles, run_memory
 
@@ -128,6 +130,7 @@ def export_bundle(
             image=IMAGE_SPEC,
             text=TEXT_SPEC,
             query_dim=net.cfg.query_dim,
+            query_features=TEXT_ONLY if text_only else None,
             model_dim=net.cfg.model_dim,
             pool=tuple(pool),
             profile_space=space,
@@ -210,7 +213,13 @@ def _held_out(cfg: dict, n: int, pool: list[str]) -> dict:
         if calib
         else np.zeros((1, 3, IMAGE_SPEC.size, IMAGE_SPEC.size), np.float32)
     )
-    return {"data": data, "rows": rows, "calib_pixels": pixels, "train_rows": np.flatnonzero(masks["train"])}
+    return {
+        "data": data,
+        "rows": rows,
+        "calib_pixels": pixels,
+        "train_rows": np.flatnonzero(masks["train"]),
+        "text_only": bool(cfg["train"].get("text_only")),
+    }
 
 
 COVERAGE_PERCENTILE = 1.0
@@ -252,10 +261,12 @@ def pool_entries(prof: dict, space: ProfileSpace) -> list[PoolEntry]:
 def coverage_threshold(held: dict, space: ProfileSpace) -> dict:
     """The out-of-coverage threshold: the 1st percentile of the training queries' best cosine similarity to
     the slice centroids (their own distribution; test rows never enter), with a few quantiles for the record."""
+    from ...runtime.features import without_images
     from ...runtime.profiles import slice_embedding
     from ..train.encoding import encode_dataset
 
     q = encode_dataset(held["data"], progress=False)[held["train_rows"]]
+    q = without_images(q) if held["text_only"] else q  # the features the router reads
     best = (slice_embedding(q) @ space.centroids.T).max(axis=1)
     return {
         "threshold": float(np.percentile(best, COVERAGE_PERCENTILE)),

@@ -29,6 +29,7 @@ METHODS = [
     "no_slice_prior",
     "no_communication",
     "text_only",
+    "with_images",
     "knn",
     "mf",
     "mlp",
@@ -42,6 +43,7 @@ USES_DATASET_LABEL = ("task_lookup",)
 ABLATIONS = (
     ("no_communication", {"layers": 0}),
     ("text_only", {"text_only": True}),
+    ("with_images", {"text_only": False}),
     ("no_memory", {"memory": False}),
     ("no_slice_prior", {"slice_prior": False}),
 )  # baselines that read metadata the router never sees
@@ -100,7 +102,11 @@ def evaluate(
     net, cfg = load_router(run_dir)
     tcfg = TrainConfig(**{k: v for k, v in cfg["train"].items() if k in TrainConfig.__dataclass_fields__})
     data_dir = Path(data_dir or cfg["data"])
-    P = attach_run_memory(load_training_set(data_dir, slices=tcfg.slices, progress=progress), cfg)
+    P = attach_run_memory(
+        load_training_set(data_dir, slices=tcfg.slices, text_only=tcfg.text_only, progress=progress), cfg
+    )
+    # the baselines read every feature, whatever the router reads (export.train.modality)
+    P_base = load_training_set(data_dir, slices=tcfg.slices, progress=False) if tcfg.text_only else P
     d = P.data
     rows = np.flatnonzero(P.masks[split] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
@@ -118,14 +124,17 @@ def evaluate(
         net.memory.blend.fill_(blend)
     if ablations:
         for name, over in ABLATIONS:
-            if name == "text_only" and not any(d.images):
-                continue  # text-only data: the ablation is the router itself
+            if "text_only" in over and not any(d.images):
+                continue  # text-only data: both modality ablations are the router itself
+            if over.get("text_only") == tcfg.text_only:
+                scores[name] = scores["latentrouter"]  # the modality the router reads: the router itself
+                continue
             if over.get("memory") is False and P.memory is None:
                 continue  # the router has no memory: it is this ablation
             sub = run_dir / "ablations" / name
             abl = TrainConfig(**{**cfg["train"], **over})
-            if abl.text_only:
-                Pa = load_training_set(data_dir, slices=tcfg.slices, text_only=True, progress=False)
+            if abl.text_only != tcfg.text_only:
+                Pa = load_training_set(data_dir, slices=tcfg.slices, text_only=abl.text_only, progress=False)
             else:
                 Pa = replace(P, memory=P.memory if abl.memory else None, mem_cols=P.mem_cols if abl.memory else None)
             if not RunDir(sub).trained:
@@ -136,12 +145,12 @@ def evaluate(
             scores[name] = predict(anet, Pa, both)[0]
     from .baselines import best_single_scores, irt_scores, knn_scores, linear_mf_scores, mlp_scores, task_lookup_scores
 
-    scores["knn"] = knn_scores(P, both)
-    scores["mf"] = linear_mf_scores(P, both)
-    scores["mlp"] = mlp_scores(P, both)  # the baselines' own seed: the bar does not move with the router's
-    scores["irt"] = irt_scores(P, both)
-    scores["task_lookup"] = task_lookup_scores(P, both)
-    scores["best_single"] = best_single_scores(P, both)
+    scores["knn"] = knn_scores(P_base, both)
+    scores["mf"] = linear_mf_scores(P_base, both)
+    scores["mlp"] = mlp_scores(P_base, both)  # the baselines' own seed: the bar does not move with the router's
+    scores["irt"] = irt_scores(P_base, both)
+    scores["task_lookup"] = task_lookup_scores(P_base, both)
+    scores["best_single"] = best_single_scores(P_base, both)
 
     Yv, Cv, Av = np.nan_to_num(d.Y[val]), np.nan_to_num(d.C[val]), d.A[val]
     Y, C, A = np.nan_to_num(d.Y[rows]), np.nan_to_num(d.C[rows]), d.A[rows]

@@ -186,7 +186,10 @@ def run_memory(run_dir: Path, prof: dict | None = None):
     from .trainer import attach_run_memory, load_training_set
 
     prof = prof or _read(run_dir)
-    mem = attach_run_memory(load_training_set(cfg["data"], slices=cfg["train"]["slices"], progress=False), cfg).memory
+    P = load_training_set(
+        cfg["data"], slices=cfg["train"]["slices"], text_only=cfg["train"].get("text_only", False), progress=False
+    )
+    mem = attach_run_memory(P, cfg).memory
     for m in prof["models"]:
         if m.get("memory"):
             mem = mem.with_rows(None, m["name"], m["memory"]["outcomes"], keys=np.asarray(m["memory"]["keys"]))

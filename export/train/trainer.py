@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...runtime.errors import DataError
-from ...runtime.features import HAS_IMAGE_COL, TEXT_DIM
+from ...runtime.features import HAS_IMAGE_COL, TEXT_DIM, without_images
 from ...runtime.memory import COLUMNS
 from ...version import __version__
 from ..data.format import RoutingData, load_dataset
@@ -111,17 +111,13 @@ class TrainingSet:
 
 
 def run_features(data: RoutingData, text_only: bool, *, progress: bool = True) -> np.ndarray:
-    """Query features `[N, D_q]` as a run's router sees them: the `--text-only` ablation zeroes everything
-    after the text vector (image, flag, side features) and keeps only log(1 + words) in the last column.
+    """Query features `[N, D_q]` as a run's router sees them: a text-only run (`--text-only`, or chosen by
+    `export.train.modality`) sees each question as if asked without its images (`runtime.features.without_images`).
     Training, `models propose` and `models add` all go through here, so their slices agree."""
     from .encoding import encode_dataset
 
     q = encode_dataset(data, progress=progress)
-    if text_only:
-        q = q.copy()
-        q[:, TEXT_DIM:] = 0.0
-        q[:, -1] = np.log1p([len(s.split()) for s in data.question])
-    return q
+    return without_images(q) if text_only else q
 
 
 def load_training_set(
@@ -433,9 +429,14 @@ def choose_blend(net, P: TrainingSet, val: np.ndarray) -> dict:
 
 def validation_utility(net, P: TrainingSet, rows: np.ndarray, U: np.ndarray, w_c: float) -> float:
     """V = mean utility of the routed model on validation rows (§4.3), cost term included."""
+    return float(routed_utility(net, P, rows, U, w_c).mean())
+
+
+def routed_utility(net, P: TrainingSet, rows: np.ndarray, U: np.ndarray, w_c: float) -> np.ndarray:
+    """Each row's utility `U` of the model the router picks at lambda = w_c (rows with no model available left out)."""
     from ...runtime.policy import choose
 
     mt, _ = predict(net, P, rows)
     choice = choose(mt, P.c_hat_rows(rows), P.data.A[rows], w_c)
     ok = choice >= 0
-    return float(U[rows[ok], choice[ok]].mean())
+    return U[rows[ok], choice[ok]]
