@@ -70,6 +70,7 @@ class Bundle:
             "pool": [{k: p.get(k) for k in keep} for p in m["pool"]],
             "graphs": {n: {**g, "bytes": self.file(g["file"]).stat().st_size} for n, g in m["graphs"].items()},
             "preprocessing": m["preprocessing"],
+            "reads_images": self.manifest.reads_images,
             "lambda": m["lambda"],
             "coverage": m.get("coverage"),
             "memory": {k: v for k, v in m["memory"].items() if k != "files"} if "memory" in m else None,

@@ -93,3 +93,10 @@ def test_a_router_that_reads_no_images_never_runs_the_image_encoder(tmp_path):
     assert (q[0, 384:-1] == 0).all() and np.isclose(q[0, -1], np.log1p(5))  # five words
     text_only.route([chart], "What is the largest value?")  # routes, costs still priced on the image
     assert "image_encoder" not in text_only.sessions.loaded
+    assert load_bundle(b).summary()["reads_images"] is False and load_bundle(DEFAULT_BUNDLE).summary()["reads_images"]
+    from click.testing import CliRunner
+
+    from lr_onnx.cli import main
+
+    res = CliRunner().invoke(main, ["info", "--bundle", str(b)])
+    assert res.exit_code == 0 and "the question only (validation chose text only)" in res.output

@@ -67,3 +67,19 @@ def test_summary_is_each_variant_against_current():
 def test_the_neighbour_vote_names_the_source_most_neighbours_come_from():
     near = np.array([["a"] * 10 + ["b"] * 6, ["b"] * 9 + ["a"] * 7, ["a"] * 8 + ["b"] * 8, ["c"] * 16])
     assert vote(near, ["a", "b"]).tolist() == ["a", "b", "a", "a"]  # a tie, or no known source: the first name
+
+
+def test_the_label_prior_is_each_labels_mean_shrunk_to_the_global_mean_and_the_label_is_voted():
+    from memory_label_prior import LABEL_ROWS, label_means, voted
+
+    outcomes = np.array([[1, 0], [1, 0], [0, 1], [0, np.nan]], np.float32)
+    mem = Memory(
+        np.zeros((HAS_IMAGE_COL, 3), np.float32), np.eye(4, 2, dtype=np.float32), outcomes, ["a", "b"], MemorySettings()
+    )
+    table = label_means(mem, np.array(["x", "x", "y", "y"]), ["x", "y"])
+    g = mem.global_mean  # a: 0.5 over 4 rows, b: 1/3 over 3
+    assert np.allclose(table[0], (np.array([2.0, 0.0]) + LABEL_ROWS * g) / (2 + LABEL_ROWS))
+    assert np.allclose(table[1], (np.array([0.0, 1.0]) + LABEL_ROWS * g) / (np.array([2, 1]) + LABEL_ROWS))
+    row_label = np.array([0, 0, 1, 1, 1])
+    idx = np.array([[0, 1, 2], [2, 3, 0]])  # nearest first: two of three say label 0, then label 1
+    assert voted(row_label, idx, 2).tolist() == [0, 1]
