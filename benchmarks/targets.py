@@ -2,6 +2,7 @@
 
     python benchmarks/targets.py DATA_DIR OUT_DIR [--seeds 3] [--slices S]     one dataset
     python benchmarks/targets.py --grid OUT_DIR [--cells a,b] [--shared DIR]   the README's grid
+    python benchmarks/targets.py --grid OUT_DIR --merge A.json B.json          cells run in other processes
 
 Each seed trains LatentRouter (seed 20260308 + i), evaluates it against every
 baseline on the test split, and the mean and standard deviation of each metric
@@ -58,14 +59,14 @@ def run(
 ) -> dict:
     """Train and evaluate `seeds` seeds; the retrained ablations on the first `ablation_seeds` of them (all by
     default); the memory-only and network-only halves and the baselines on every seed."""
-    per_seed = []
+    per_seed, modality = [], []
     ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
     for i in range(seeds):
         run_dir = out / f"seed{i}"
         cfg = TrainConfig(seed=BASE_SEED + i, slices=slices, epochs=epochs, setting=setting)
         if not RunDir(run_dir).trained:
             train(data_dir, run_dir, cfg)
-        choose_modality(data_dir, run_dir)  # as `lr-onnx train` does (a no-op once chosen)
+        modality.append(choose_modality(data_dir, run_dir))  # as `lr-onnx train` does (a no-op once chosen)
         per_seed.append(evaluate(run_dir, ablations=i < ablation_seeds))
     methods = list(dict.fromkeys(m for s in per_seed for m in s["methods"]))
 
@@ -119,6 +120,7 @@ def run(
         "misses": misses,
         "targets": checks,
         "rows": per_seed[0]["rows"],
+        "modality": modality,  # per seed: whether validation kept the router's images (export.train.modality)
         "per_dataset_seed0": per_seed[0]["per_dataset"],
     }
     atomic_write_text(out / "targets.json", json.dumps(clean(result), indent=2, allow_nan=False) + "\n")
@@ -157,6 +159,20 @@ def grid_data(spec: tuple, out: Path, shared: Path) -> Path:
 
             merge_datasets(target, [shared / name for name in spec[1:]], progress=False)
     return target
+
+
+def merge(results: Path, others: list[Path], out: Path) -> dict:
+    """Cells of other results files (grid runs split over processes) into `results`, each with its seeds' modality
+    choices read from their run folders under `out` (files written before `run` recorded them)."""
+    grid = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {"cells": {}}
+    for other in others:
+        for name, cell in json.loads(other.read_text(encoding="utf-8"))["cells"].items():
+            runs = [out / name / f"seed{i}" for i in range(len(cell["seeds"]))]
+            cell.setdefault("modality", [RunDir(r).config().get("modality") for r in runs])
+            grid["cells"][name] = cell
+    grid["all_targets_met"] = all(all(c["targets"].values()) for c in grid["cells"].values())
+    atomic_write_text(results, json.dumps(grid, indent=2, allow_nan=False) + "\n")
+    return grid
 
 
 def run_grid(
@@ -252,6 +268,13 @@ def main(argv=None) -> None:
         default="performance",
         help="training utility: score, or score - 0.03 x normalised realised cost (method.md §4.1)",
     )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS",
+        help="with --grid OUT_DIR: copy these results files' cells into --results and exit",
+    )
     a = ap.parse_args(argv)
     if a.table:
         print(grid_table(json.loads(a.results.read_text(encoding="utf-8"))))
@@ -260,6 +283,9 @@ def main(argv=None) -> None:
         ap.error("give OUT_DIR with --grid, DATA_DIR OUT_DIR without")
     a.data_dir, a.out_dir = (None, a.dirs[0]) if a.grid else a.dirs
     a.out_dir.mkdir(parents=True, exist_ok=True)
+    if a.grid and a.merge:
+        merge(a.results, a.merge, a.out_dir)
+        return
     if a.grid:
         unknown = [c for c in a.cells.split(",") if c not in GRID]
         if unknown:
