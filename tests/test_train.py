@@ -800,3 +800,23 @@ def test_exported_gelus_take_the_form_onnx_runtime_fuses(tmp_path):
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     with torch.no_grad():
         assert np.abs(sess.run(None, {"x": x})[0] - net(torch.from_numpy(x)).numpy()).max() < 1e-5
+
+
+def test_the_model_card_says_what_the_router_reads(env, run, bundle, tmp_path):
+    """The card's "How it decides" names the modality validation chose (export.train.modality), with its z."""
+    import shutil
+
+    from lr_onnx.export.bundle.card import card
+    from lr_onnx.export.evaluate.report import evaluate
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir, ignore=shutil.ignore_patterns("ablations"))
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["modality"] = {"chosen": "images", "val_utility": {}, "val_rows": 100, "z": -1.25, "z_needed": 1.6449}
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    evaluate(run_dir, ablations=False, progress=False)
+    text = card(run_dir, bundle[0], sources=[])
+    assert "- Reads the question and its images: validation compared" in text and "paired z -1.25" in text
+    del cfg["modality"]
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    assert "- Reads" not in card(run_dir, bundle[0], sources=[])  # a run trained before the choice existed

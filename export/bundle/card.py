@@ -98,6 +98,18 @@ def card(run_dir: Path, bundle_dir: Path, sources: list[str]) -> str:
             f"{r['best_single']['score']:.4f} | {r['oracle']:.4f} |"
         )
     lines += ["", "## How it decides", ""]
+    choice = cfg.get("modality")
+    if choice:  # export.train.modality
+        lines.append(
+            "- Reads "
+            + (
+                "the question and its images"
+                if man.reads_images
+                else "the question only, never running the image encoder"
+            )
+            + f": validation compared the router with images and its text-only twin (paired z {choice['z']:.2f}; "
+            f"text only needs {choice['z_needed']:.2f})."
+        )
     if mem:
         st = mem.settings
         blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
