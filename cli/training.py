@@ -40,7 +40,7 @@ from .base import main, ANY_PATH, FOLDER
 @click.option(
     "--keep-images",
     is_flag=True,
-    help="Train with the image features only: skip the text-only twin that validation would choose between.",
+    help="Always read images: do not train the text-only twin that validation would otherwise choose between.",
 )
 @click.option(
     "--no-memory",
@@ -69,6 +69,8 @@ def train_cmd(
     """
     from ..export.train.trainer import TrainConfig, train
 
+    if text_only and keep_images:
+        raise click.UsageError("--text-only and --keep-images contradict each other; give one")
     cfg = TrainConfig(
         setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only, memory=not no_memory
     )

@@ -198,3 +198,8 @@ def test_models_propose_works_from_a_bundle_and_your_own_queries(runner, tmp_pat
         runner.invoke(main, ["models", "propose", "--bundle", "assets/bundle", "--out", str(tmp_path / "x")]).exit_code
         == 2
     )
+
+
+def test_text_only_and_keep_images_together_are_a_usage_error(runner, tmp_path):
+    res = runner.invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--text-only", "--keep-images"])
+    assert res.exit_code == 2 and "contradict each other" in res.output and not (tmp_path / "run").exists()
