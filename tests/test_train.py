@@ -521,7 +521,7 @@ def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     np.testing.assert_allclose(onnx_mt, torch_mt, atol=1e-4)
 
 
-def test_a_text_only_run_exports_a_bundle_that_never_runs_its_image_encoder(env, run, tmp_path):
+def test_a_text_only_run_exports_a_bundle_that_never_runs_its_image_encoder(env, bundle, tmp_path):
     """A run whose validation chose text only (export.train.modality) exports, says so in its manifest, and the
     served router reads each question as if asked without its images, as the run was trained (parity holds)."""
     from lr_onnx.export.bundle.assemble import export_bundle
@@ -539,13 +539,15 @@ def test_a_text_only_run_exports_a_bundle_that_never_runs_its_image_encoder(env,
     rows = np.flatnonzero(P.masks["test"] & np.array([bool(x) for x in P.data.images]))[:12]
     r = Router.load(tmp_path / "b", provider="cpu")
     q = r.features([(P.data.images[i], P.data.question[i]) for i in rows])
-    full = Router.load(run[0].parent / "bundle", provider="cpu").features(
-        [(P.data.images[i], P.data.question[i]) for i in rows]
-    )
+    full = Router.load(bundle[0], provider="cpu").features([(P.data.images[i], P.data.question[i]) for i in rows])
     np.testing.assert_allclose(q, without_images(full), atol=1e-5)
     assert "image_encoder" not in r.sessions.loaded
     # the router graph reads those features as PyTorch does (parity's held-out queries, without their images)
     assert max(parity["held_out"]["max_abs_diff"].values()) <= 1e-4
+    from lr_onnx.export.evaluate.transfer import transfer_evaluate
+
+    t = transfer_evaluate(tmp_path / "run", env / "demo", progress=False)  # read as trained: without images
+    assert t["rows"] > 0 and 0.0 <= t["latentrouter"]["score_at_lambda0"] <= t["oracle"]["score"]
 
 
 def test_int8_text_encoder_stays_close_to_fp32(env, bundle):

@@ -30,8 +30,6 @@ def transfer_evaluate(
 ) -> dict:
     run_dir, other_dir = Path(run_dir), Path(other_dir)
     net, cfg = load_router(run_dir)
-    if cfg["train"].get("text_only"):
-        raise DataError(f"{run_dir} is a --text-only ablation run; transfer evaluation needs the full router")
     prof = RunDir.of(run_dir).profiles()
     data = load_dataset(other_dir)
     run_models = [m["name"] if isinstance(m, dict) else m for m in prof["models"]]
@@ -55,7 +53,7 @@ def transfer_evaluate(
     space = ProfileSpace.from_dict(prof["space"])
     e_bar = np.asarray(prof["e_bar"], float)[kr]
     model_feat = space.model_feat(np.asarray(prof["raw_profiles"], float)[kr], e_bar)
-    q = run_features(data, False, progress=progress)
+    q = run_features(data, bool(cfg["train"].get("text_only")), progress=progress)  # what the router reads
     view = SimpleNamespace(q=q, data=SimpleNamespace(A=A_all))
     cols = None
     if net.cfg.memory:  # the run's memory (its training queries), asked about the other dataset's queries
