@@ -401,16 +401,19 @@ def prepare_query(
     *,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     max_request_bytes: int | None = None,
+    tensors: bool = True,
 ) -> "Prepared":
     """A checked question and its images, each decoded (allow-listed decoders, pixel limit, decoded-byte budgets per
-    image and, when given, for the request's images together) and turned into its tensor."""
+    image and, when given, for the request's images together) and turned into its tensor (`tensors=False`: only
+    checked and measured, for a router that reads no images)."""
     budget = None if max_request_bytes is None else [int(max_request_bytes)]
-    tensors, sizes = [], []
+    made, sizes = [], []
     for img in images:
         pil = open_image(
             img, max_pixels=spec.max_pixels, draft_size=spec.size, max_bytes=max_image_bytes, budget=budget
         )
         sizes.append(pil.info.get(ORIGINAL_SIZE, pil.size))
-        tensors.append(image_tensor(pil, spec))
+        if tensors:
+            made.append(image_tensor(pil, spec))
         del pil  # one decoded image at a time: a request's peak memory is its largest image, not their sum
-    return Prepared(question, tuple(tensors), tuple(sizes))
+    return Prepared(question, tuple(made), tuple(sizes))

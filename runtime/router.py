@@ -173,27 +173,27 @@ class Router:
         max_request_bytes: int | None = None,
     ) -> "Prepared":
         """One query's CPU-side preprocessing, before any graph runs (`preprocess.prepare_query`). Separate from
-        `encode` so a server can decode requests as they arrive while the previous batch is in the encoders."""
+        `encode` so a server can decode requests as they arrive while the previous batch is in the encoders. A router
+        that reads no images (`Manifest.reads_images`) still decodes them (checks, sizes for costs) but makes no
+        tensors: `encode` then reads each question as asked without its images (`features.without_images`) and the
+        image encoder never runs."""
         return prepare_query(
             images,
             clean_question(question),
             self.image_spec,
             max_image_bytes=max_image_bytes,
             max_request_bytes=max_request_bytes,
+            tensors=self.bundle.manifest.reads_images,
         )
 
     def encode(self, prepared: list["Prepared"]) -> np.ndarray:
-        """Raw query features `[B, D_q]` of prepared queries: the text and image encoders once for the batch. A router
-        that reads no images (`Manifest.reads_images`) gets each question as asked without them
-        (`features.without_images`), and the image encoder never runs."""
-        reads = self.bundle.manifest.reads_images
-        text, image = self.encode_raw(prepared, images=reads)
-        n_images = [len(p.tensors) if reads else 0 for p in prepared]
-        return query_features(text, image, n_images, [n_words(p.question) for p in prepared])
+        """Raw query features `[B, D_q]` of prepared queries: the text and image encoders once for the batch."""
+        text, image = self.encode_raw(prepared)
+        return query_features(text, image, [len(p.tensors) for p in prepared], [n_words(p.question) for p in prepared])
 
-    def encode_raw(self, prepared: list["Prepared"], images: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def encode_raw(self, prepared: list["Prepared"]) -> tuple[np.ndarray, np.ndarray]:
         """(text vectors `[B, 384]`, pooled image vectors `[B, 1280]`): the encoders' outputs before `query_features`
-        (export parity compares them with PyTorch's); `images=False` encodes none (zeros)."""
+        (export parity compares them with PyTorch's)."""
 
         def text(questions: list[str]) -> np.ndarray:
             ids, mask = tokenize(self.tokenizer(), questions)
@@ -202,8 +202,7 @@ class Router:
         def image(tensors: Any) -> np.ndarray:
             return np.asarray(run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0])
 
-        pixels = [list(p.tensors) if images else [] for p in prepared]
-        return encode_raw_queries([p.question for p in prepared], pixels, text, image)
+        return encode_raw_queries([p.question for p in prepared], [list(p.tensors) for p in prepared], text, image)
 
     def features(self, queries: list[tuple[list[Any], str]], meta: list[Any] | None = None) -> np.ndarray:
         """Raw query features `[B, D_q]` for (images, question) pairs; `meta` (if given) collects each query's

@@ -91,6 +91,8 @@ def test_a_router_that_reads_no_images_never_runs_the_image_encoder(tmp_path):
     assert load_bundle(b).manifest.reads_images is False and "image_encoder" not in text_only.sessions.loaded
     np.testing.assert_allclose(q, without_images(full.features(queries)), atol=1e-6)
     assert (q[0, 384:-1] == 0).all() and np.isclose(q[0, -1], np.log1p(5))  # five words
+    prepared = text_only.prepare([chart], "What is the largest value?")  # decoded and measured, never tensored
+    assert prepared.tensors == () and prepared.meta == full.prepare([chart], "What is the largest value?").meta
     text_only.route([chart], "What is the largest value?")  # routes, costs still priced on the image
     assert "image_encoder" not in text_only.sessions.loaded
     assert load_bundle(b).summary()["reads_images"] is False and load_bundle(DEFAULT_BUNDLE).summary()["reads_images"]

@@ -83,3 +83,23 @@ def test_the_label_prior_is_each_labels_mean_shrunk_to_the_global_mean_and_the_l
     row_label = np.array([0, 0, 1, 1, 1])
     idx = np.array([[0, 1, 2], [2, 3, 0]])  # nearest first: two of three say label 0, then label 1
     assert voted(row_label, idx, 2).tolist() == [0, 1]
+
+
+def test_sums_at_reads_the_k_nearest_with_the_settings_train_would_use():
+    from lr_onnx.export.train.memory import reference_similarity
+    from memory_variants import current, local_sums, sums_at
+
+    rng = np.random.default_rng(3)
+    keys = rng.normal(size=(60, 4)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    outcomes = rng.integers(0, 2, (60, 2)).astype(np.float32)
+    mem = Memory(np.zeros((HAS_IMAGE_COL, 5), np.float32), keys, outcomes, ["a", "b"], MemorySettings(k=16))
+    sims = keys[:5] @ keys.T
+    order = np.argsort(-sims, axis=1)
+    found = (np.take_along_axis(sims, order, 1), order)
+    ev, ys = sums_at(mem, found, 1.0, 8, 0.1)
+    st = MemorySettings(8, 1.0, 0.1, 1.0, reference_similarity(keys, 8))
+    _, ev2, ys2 = local_sums(mem, (found[0][:, :8], found[1][:, :8]), st)
+    assert np.array_equal(ev, ev2) and np.array_equal(ys, ys2) and ev.shape == (5, 2)
+    c = current(ev, ys, mem, 1.0, 8, 0.1, 3.0)
+    assert c["settings"] == (1.0, 8, 0.1, 3.0) and np.allclose(c["est"], shrunk(ev, ys, 3.0, mem.global_mean))

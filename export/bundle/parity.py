@@ -150,7 +150,7 @@ def check_parity(net, bundle: Path, manifest: Manifest, held: dict, precision: s
         },
         "text_feature_cosine_min": float(_cos(text_t, text_o).min()),
         "image_feature_cosine_min": float(_cos(image_t[np.array(nimg) > 0], image_o[np.array(nimg) > 0]).min())
-        if any(nimg)
+        if any(nimg) and manifest.reads_images  # a router that reads no images never encodes them
         else None,
         "decision_agreement_lambda0": agree[0],
         "decision_agreement_min_over_grid": min(agree),

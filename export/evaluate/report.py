@@ -100,7 +100,7 @@ def evaluate(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     net, cfg = load_router(run_dir)
-    tcfg = TrainConfig(**{k: v for k, v in cfg["train"].items() if k in TrainConfig.__dataclass_fields__})
+    tcfg = TrainConfig.of_run(cfg["train"])
     data_dir = Path(data_dir or cfg["data"])
     P = attach_run_memory(
         load_training_set(data_dir, slices=tcfg.slices, text_only=tcfg.text_only, progress=progress), cfg

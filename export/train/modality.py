@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from statistics import NormalDist
 
 import numpy as np
 
 from ..data.format import load_dataset
 from .rundir import CONFIG, RunDir
+
+if TYPE_CHECKING:  # annotations only: the trainer imports torch lazily, and so does this module
+    from .trainer import TrainConfig
 
 Z = NormalDist().inv_cdf(0.95)  # text only must beat images by this many standard errors (one-sided, 5%)
 CHOICE = "modality"  # config.json: {"chosen": "images" | "text", "val_utility": {...}}
@@ -53,11 +58,10 @@ def choose_modality(data_dir: str | Path, run_dir: str | Path, progress: bool = 
     if cfg["train"].get("text_only") or not any(load_dataset(data_dir).images):
         return None
     twin = run.path / "ablations" / ABLATION["text"]
+    tcfg = TrainConfig.of_run(cfg["train"])
     if not RunDir(twin).trained:
-        fields = TrainConfig.__dataclass_fields__
-        tcfg = TrainConfig(**{**{k: v for k, v in cfg["train"].items() if k in fields}, "text_only": True})
-        train(data_dir, twin, tcfg, progress=progress)
-    record = paired_validation(data_dir, run.path, twin, cfg)
+        train(data_dir, twin, replace(tcfg, text_only=True), progress=progress)
+    record = paired_validation(data_dir, run.path, twin, tcfg)
     chosen = "text" if record["z"] > Z else "images"
     if chosen == "text":
         _swap(run.path, twin, run.path / "ablations" / ABLATION["images"])
@@ -66,7 +70,7 @@ def choose_modality(data_dir: str | Path, run_dir: str | Path, progress: bool = 
     return record
 
 
-def paired_validation(data_dir: str | Path, images: Path, text: Path, cfg: dict) -> dict:
+def paired_validation(data_dir: str | Path, images: Path, text: Path, tcfg: "TrainConfig") -> dict:
     """Each router's mean routed utility on the validation rows (`val_utility`), and the paired z of text minus
     images (`z`: the mean difference over its standard error; 0 where they never differ)."""
     from .trainer import attach_run_memory, load_router, load_training_set, routed_utility
@@ -74,12 +78,10 @@ def paired_validation(data_dir: str | Path, images: Path, text: Path, cfg: dict)
     got = {}
     for name, folder in (("images", images), ("text", text)):
         net, rcfg = load_router(folder)
-        P = load_training_set(data_dir, slices=cfg["train"]["slices"], text_only=name == "text", progress=False)
+        P = load_training_set(data_dir, slices=tcfg.slices, text_only=name == "text", progress=False)
         P = attach_run_memory(P, rcfg)
         val = np.flatnonzero(P.masks["val"] & P.data.A.any(axis=1))
-        w_c = 0.03 if cfg["train"]["setting"] == "cost" else 0.0  # TrainConfig.w_c
-        U = np.nan_to_num(P.data.Y) - w_c * np.nan_to_num(P.data.C) / P.space.cost_scale
-        got[name] = routed_utility(net, P, val, U, w_c)
+        got[name] = routed_utility(net, P, val, P.utility(tcfg.w_c), tcfg.w_c)
     d = got["text"] - got["images"]
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
     return {

@@ -59,6 +59,10 @@ class TrainConfig:
     def w_c(self) -> float:
         return 0.03 if self.setting == "cost" else 0.0
 
+    @classmethod
+    def of_run(cls, train: dict) -> "TrainConfig":  # config.json's `train` entry, keys it does not know left out
+        return cls(**{k: v for k, v in train.items() if k in cls.__dataclass_fields__})
+
 
 @dataclass
 class TrainingSet:
@@ -90,6 +94,11 @@ class TrainingSet:
     def cost_hat(self) -> np.ndarray:
         """[K] normalised expected cost c_hat = e_bar / s_c (the per-model constant)."""
         return self.e_bar / self.space.cost_scale
+
+    def utility(self, w_c: float) -> np.ndarray:
+        """[N, K] what routing a query to a model earns (§4.1): its score less w_c x its cost / the cost scale."""
+        Y, C = (np.nan_to_num(a).astype(np.float32) for a in (self.data.Y, self.data.C))
+        return Y - w_c * C / self.space.cost_scale
 
     def c_hat_rows(self, rows: np.ndarray) -> np.ndarray:
         """[n, K] normalised expected cost of each query: predicted per query where a model has a cost rule,
@@ -230,8 +239,7 @@ def train(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     Y = np.nan_to_num(d.Y).astype(np.float32)
-    C = np.nan_to_num(d.C).astype(np.float32)
-    U = Y - cfg.w_c * C / P.space.cost_scale
+    U = P.utility(cfg.w_c)
     fit = np.flatnonzero(P.masks["fit"] & d.A.any(axis=1))
     val = np.flatnonzero(P.masks["val"] & d.A.any(axis=1))
     boot = torch.from_numpy(few_shot_profiles(P, cfg.seed)) if cfg.few_shot > 0 else None
