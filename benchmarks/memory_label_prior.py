@@ -20,11 +20,11 @@ import itertools
 import numpy as np
 
 from lr_onnx.export.evaluate.baselines import task_lookup_scores
-from lr_onnx.export.train.memory import GRID, fit_memory, memory_rows, reference_similarity, routing_value
+from lr_onnx.export.train.memory import GRID, fit_memory, memory_rows, routing_value
 from lr_onnx.runtime.memory import MemorySettings
 from lr_onnx.runtime.memory_sources import VOTE_K
 
-from memory_variants import KMAX, local_sums, pool_halves, run_cells, scored_result, shrunk, sorted_found
+from memory_variants import KMAX, current, pool_halves, run_cells, scored_result, shrunk, sorted_found, sums_at
 
 LABEL_ROWS = 5.0  # pseudo-rows shrinking a label's mean to the model's global mean
 KAPPAS = (1.0, 3.0, 10.0, 30.0, 100.0)
@@ -66,16 +66,8 @@ def cell(P, resplits: int) -> dict:
         prior_vote = table[vote]
         prior_true = np.where((own >= 0)[:, None], table[np.maximum(own, 0)], mem.global_mean)
         for k, tau in itertools.product(GRID["k"], GRID["tau"]):
-            st = MemorySettings(k, 1.0, tau, iw, reference_similarity(mem.keys, k))
-            _, ev, ys = local_sums(mem, (F[0][:, :k], F[1][:, :k]), st)
-            for kappa in GRID["kappa"]:
-                cands.append(
-                    {
-                        "family": "current",
-                        "settings": (iw, k, tau, kappa),
-                        "est": shrunk(ev, ys, kappa, mem.global_mean),
-                    }
-                )
+            ev, ys = sums_at(mem, F, iw, k, tau)
+            cands += [current(ev, ys, mem, iw, k, tau, kappa) for kappa in GRID["kappa"]]
             for kappa in KAPPAS:
                 cands.append(
                     {"family": "label", "settings": (iw, k, tau, kappa), "est": shrunk(ev, ys, kappa, prior_vote)}

@@ -25,12 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_variants import (  # noqa: E402
     KMAX,
     SEED,
+    current,
     local_sums,
     pool_halves,
     run_cells,
     scored_result,
     shrunk,
     sorted_found,
+    sums_at,
 )
 
 from lr_onnx.export.train.memory import GRID, fit_memory, reference_similarity, routing_value  # noqa: E402
@@ -50,16 +52,9 @@ def candidates(P, pool: np.ndarray) -> list[dict]:
             _, evw, ysw = local_sums(mem, F, wide)
             priors = {k2: shrunk(evw, ysw, k2, mem.global_mean) for k2 in KAPPA2}
             for k in GRID["k"]:
-                st = MemorySettings(k, 1.0, tau, iw, reference_similarity(mem.keys, k))
-                _, ev, ys = local_sums(mem, (F[0][:, :k], F[1][:, :k]), st)
+                ev, ys = sums_at(mem, F, iw, k, tau)
                 for kappa in GRID["kappa"]:
-                    out.append(
-                        {
-                            "family": "current",
-                            "settings": (iw, k, tau, kappa),
-                            "est": shrunk(ev, ys, kappa, mem.global_mean),
-                        }
-                    )
+                    out.append(current(ev, ys, mem, iw, k, tau, kappa))
                     if k < KMAX:
                         for k2, prior in priors.items():
                             out.append(

@@ -47,6 +47,17 @@ def local_sums(mem: Memory, found, st: MemorySettings):
     return w, np.einsum("bk,bkm->bm", w, kn), np.einsum("bk,bkm->bm", w, mem.values[idx])
 
 
+def sums_at(mem: Memory, found, iw: float, k: int, tau: float):
+    """(evidence, weighted outcome sums) of the k nearest of `found` (sorted, nearest first) read with tau."""
+    st = MemorySettings(k, 1.0, tau, iw, reference_similarity(mem.keys, k))
+    return local_sums(mem, (found[0][:, :k], found[1][:, :k]), st)[1:]
+
+
+def current(ev, ys, mem: Memory, iw: float, k: int, tau: float, kappa: float) -> dict:
+    """One candidate of the `current` family: what `train` would read with these settings."""
+    return {"family": "current", "settings": (iw, k, tau, kappa), "est": shrunk(ev, ys, kappa, mem.global_mean)}
+
+
 def shrunk(ev, ys, kappa, prior) -> np.ndarray:
     return np.clip((ys + kappa * prior) / (ev + kappa), 1e-3, 1 - 1e-3)
 
