@@ -48,7 +48,7 @@ __all__ = [
     "Preset",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest schema this runtime reads; a bundle says the oldest that reads it right (needed_schema)
 GRAPHS = ("router", "image_encoder", "text_encoder")  # every bundle has these; `memory` and `fused` are optional
 RESAMPLE_NAMES = ("bilinear", "bicubic", "nearest")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -64,7 +64,7 @@ class Manifest:
     pool: tuple[PoolEntry, ...]
     profile_space: ProfileSpace
     files: Mapping[str, FileEntry] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1
     created_by: Mapping[str, Any] | None = None
     precision: str | None = None
     opset: int | None = None
@@ -110,6 +110,13 @@ class Manifest:
         return self.query_features != TEXT_ONLY
 
     @property
+    def needed_schema(self) -> int:
+        """The oldest schema whose readers route this bundle as meant, which `to_dict` writes: 2 for a router that
+        reads no images (a version-1 reader ignores `query_features` and would feed it images), else 1, so that an
+        older lr-onnx refuses what it would misread and keeps reading the rest."""
+        return 1 if self.reads_images else 2
+
+    @property
     def model_names(self) -> list[str]:
         return [p.name for p in self.pool]
 
@@ -118,7 +125,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, known keys in the exporter's order (optional ones only when set), then `extra`."""
-        d: dict[str, Any] = {"schema_version": self.schema_version}
+        d: dict[str, Any] = {"schema_version": max(self.schema_version, self.needed_schema)}
         opt = {
             "created_by": self.created_by,
             "precision": self.precision,

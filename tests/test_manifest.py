@@ -71,6 +71,21 @@ def test_a_bad_entry_is_one_line_naming_it(tmp_path, edit, match):
     assert "\n" not in str(e.value) and str(b / MANIFEST) in str(e.value)
 
 
+def test_a_router_that_reads_no_images_needs_schema_2_so_an_older_lr_onnx_refuses_it(monkeypatch):
+    """A version-1 reader ignores `query_features` and would feed such a router images: the manifest says 2, and a
+    bundle that every reader reads right keeps saying 1."""
+    from lr_onnx.runtime import manifest as man
+
+    d = json.loads(_raw())
+    assert d["schema_version"] == 1 and Manifest.from_dict(d, DEFAULT_BUNDLE).to_dict()["schema_version"] == 1
+    text_only = Manifest.from_dict({**d, "query_features": "text"}, DEFAULT_BUNDLE).to_dict()
+    assert text_only["schema_version"] == 2 == man.SCHEMA_VERSION
+    assert Manifest.from_dict(text_only, DEFAULT_BUNDLE).reads_images is False
+    monkeypatch.setattr(man, "SCHEMA_VERSION", 1)  # the lr-onnx before it
+    with pytest.raises(BundleError, match="schema version 2 is newer than this lr-onnx supports"):
+        Manifest.from_dict(text_only, DEFAULT_BUNDLE)
+
+
 def test_a_router_that_reads_no_images_never_runs_the_image_encoder(tmp_path):
     """`query_features: "text"` (validation chose text only, export.train.modality): each question is read as if
     asked without its images, and the image encoder's session is never opened."""

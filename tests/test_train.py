@@ -452,11 +452,11 @@ def test_exported_graphs_hold_no_local_paths(bundle):
 
 
 def test_manifest_schema(bundle):
-    from lr_onnx.runtime.bundle import SCHEMA_VERSION, load_bundle
+    from lr_onnx.runtime.bundle import load_bundle
 
     b = load_bundle(bundle[0])
     m = b.manifest.to_dict()
-    assert m["schema_version"] == SCHEMA_VERSION and m["precision"] == "fp32"
+    assert m["schema_version"] == 1 and m["precision"] == "fp32"  # it reads images: every lr-onnx reads it right
     for key in ("graphs", "preprocessing", "pool", "profile_space", "lambda", "created_by", "files"):
         assert key in m
     assert m["graphs"]["router"]["inputs"] == {
@@ -534,7 +534,7 @@ def test_a_text_only_run_exports_a_bundle_that_never_runs_its_image_encoder(env,
     parity = export_bundle(tmp_path / "run", tmp_path / "b", precision="fp32", parity_queries=24)
     assert parity["passed"] and parity["held_out"]["decision_agreement_lambda0"] == 1.0
     manifest = json.loads((tmp_path / "b/manifest.json").read_text())
-    assert manifest["query_features"] == "text"
+    assert manifest["query_features"] == "text" and manifest["schema_version"] == 2  # a version-1 reader refuses it
     P = load_training_set(env / "demo", slices=2, progress=False)
     rows = np.flatnonzero(P.masks["test"] & np.array([bool(x) for x in P.data.images]))[:12]
     r = Router.load(tmp_path / "b", provider="cpu")
