@@ -46,10 +46,25 @@ __all__ = [
     "MemoryEntry",
     "PoolEntry",
     "Preset",
+    "needed_graphs",
 ]
 
 SCHEMA_VERSION = 2  # the newest schema this runtime reads; a bundle says the oldest that reads it right (needed_schema)
-GRAPHS = ("router", "image_encoder", "text_encoder")  # every bundle has these; `memory` and `fused` are optional
+GRAPHS = (
+    "router",
+    "image_encoder",
+    "text_encoder",
+)  # the graphs a bundle must have (`needed_graphs`); `memory`, `fused`
+# are optional
+IMAGE_ENCODER = "image_encoder"
+
+
+def needed_graphs(reads_images: bool) -> tuple[str, ...]:
+    """The graphs a bundle must have: a router that reads no images needs no image encoder, and its export ships
+    none (13 MB less); one kept from an older export is allowed and never run."""
+    return GRAPHS if reads_images else tuple(g for g in GRAPHS if g != IMAGE_ENCODER)
+
+
 RESAMPLE_NAMES = ("bilinear", "bicubic", "nearest")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -173,7 +188,10 @@ class Manifest:
                 f"({SCHEMA_VERSION}); upgrade lr-onnx"
             )
         files = _parse_files(c.need(m, "files", dict), c)
-        graphs = _parse_graphs(c.need(m, "graphs", dict), files, c)
+        reads = m.get("query_features")
+        if reads not in (None, TEXT_ONLY):
+            raise c.fail(f"'query_features' must be {TEXT_ONLY!r} or absent, got {reads!r}")
+        graphs = _parse_graphs(c.need(m, "graphs", dict), files, c, needed_graphs(reads != TEXT_ONLY))
         image, text_spec = _parse_preprocessing(c.need(m, "preprocessing", dict), files, c)
         pool = _parse_pool(c.need(m, "pool", list), c)
         memory = None if m.get("memory") is None else MemoryEntry.parse(m["memory"], graphs, files, c)
@@ -185,9 +203,6 @@ class Manifest:
                 f"profiles of width {width} do not match model_dim {dim!r} (expected {width + 1 + extra_cols})"
             )
         space = _parse_space(c.need(m, "profile_space", dict), width, c)
-        reads = m.get("query_features")
-        if reads not in (None, TEXT_ONLY):
-            raise c.fail(f"'query_features' must be {TEXT_ONLY!r} or absent, got {reads!r}")
         cov = m.get("coverage")
         if cov is not None and not isinstance(cov, dict):
             raise c.fail("'coverage' must be an object with a 'threshold'")
@@ -259,9 +274,11 @@ def _parse_files(files: dict[str, Any], c: Checker) -> dict[str, FileEntry]:
     return out
 
 
-def _parse_graphs(graphs: dict[str, Any], files: Mapping[str, FileEntry], c: Checker) -> dict[str, GraphEntry]:
+def _parse_graphs(
+    graphs: dict[str, Any], files: Mapping[str, FileEntry], c: Checker, needed: tuple[str, ...]
+) -> dict[str, GraphEntry]:
     out = {}
-    for g in GRAPHS:
+    for g in needed:
         c.need(graphs, g, dict, "graphs.")
     for g, entry in graphs.items():
         if g not in GRAPHS and not isinstance(entry, dict):

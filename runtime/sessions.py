@@ -269,7 +269,9 @@ class BundleSessions:
         return full
 
     def bound_providers(self) -> dict[str, list[str]]:
-        return {n: self.get(n).get_providers() for n in ("router", "image_encoder", "text_encoder")}
+        from .manifest import needed_graphs
+
+        return {n: self.get(n).get_providers() for n in needed_graphs(self.bundle.manifest.reads_images)}
 
     def check(self, name: str, sess: Any) -> None:
         """A graph must have the inputs and outputs its manifest entry lists (names, ranks, fixed sizes) and the

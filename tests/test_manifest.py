@@ -81,6 +81,10 @@ def test_a_router_that_reads_no_images_needs_schema_2_so_an_older_lr_onnx_refuse
     text_only = Manifest.from_dict({**d, "query_features": "text"}, DEFAULT_BUNDLE).to_dict()
     assert text_only["schema_version"] == 2 == man.SCHEMA_VERSION
     assert Manifest.from_dict(text_only, DEFAULT_BUNDLE).reads_images is False
+    del text_only["graphs"]["image_encoder"]  # its export ships none: it is never run
+    assert "image_encoder" not in Manifest.from_dict(text_only, DEFAULT_BUNDLE).graphs
+    with pytest.raises(BundleError, match="graphs.image_encoder"):  # a router that reads images needs one
+        Manifest.from_dict({**text_only, "query_features": None}, DEFAULT_BUNDLE)
     monkeypatch.setattr(man, "SCHEMA_VERSION", 1)  # the lr-onnx before it
     with pytest.raises(BundleError, match="schema version 2 is newer than this lr-onnx supports"):
         Manifest.from_dict(text_only, DEFAULT_BUNDLE)

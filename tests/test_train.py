@@ -521,8 +521,9 @@ def test_runtime_scores_equal_training_side_scores(env, run, bundle):
     np.testing.assert_allclose(onnx_mt, torch_mt, atol=1e-4)
 
 
-def test_a_text_only_run_exports_a_bundle_that_never_runs_its_image_encoder(env, bundle, tmp_path):
-    """A run whose validation chose text only (export.train.modality) exports, says so in its manifest, and the
+def test_a_text_only_run_exports_a_bundle_without_an_image_encoder(env, bundle, tmp_path):
+    """A run whose validation chose text only (export.train.modality) exports with no image encoder (13 MB less),
+    says so in its manifest, and the
     served router reads each question as if asked without its images, as the run was trained (parity holds)."""
     from lr_onnx.export.bundle.assemble import export_bundle
     from lr_onnx.export.train.trainer import TrainConfig, load_training_set, train
@@ -535,13 +536,14 @@ def test_a_text_only_run_exports_a_bundle_that_never_runs_its_image_encoder(env,
     assert parity["passed"] and parity["held_out"]["decision_agreement_lambda0"] == 1.0
     manifest = json.loads((tmp_path / "b/manifest.json").read_text())
     assert manifest["query_features"] == "text" and manifest["schema_version"] == 2  # a version-1 reader refuses it
+    assert "image_encoder" not in manifest["graphs"] and not (tmp_path / "b/image_encoder.onnx").exists()
     P = load_training_set(env / "demo", slices=2, progress=False)
     rows = np.flatnonzero(P.masks["test"] & np.array([bool(x) for x in P.data.images]))[:12]
     r = Router.load(tmp_path / "b", provider="cpu")
     q = r.features([(P.data.images[i], P.data.question[i]) for i in rows])
     full = Router.load(bundle[0], provider="cpu").features([(P.data.images[i], P.data.question[i]) for i in rows])
     np.testing.assert_allclose(q, without_images(full), atol=1e-5)
-    assert "image_encoder" not in r.sessions.loaded
+    assert "image_encoder" not in r.sessions.loaded and set(r.bound_providers()) == {"router", "text_encoder"}
     # the router graph reads those features as PyTorch does (parity's held-out queries, without their images)
     assert max(parity["held_out"]["max_abs_diff"].values()) <= 1e-4
     from lr_onnx.export.evaluate.transfer import transfer_evaluate

@@ -1,7 +1,7 @@
 """`lr-onnx export`: a trained run becomes an ONNX bundle the slim runtime can serve.
 
-A bundle is a plain folder: `image_encoder.onnx`, `text_encoder.onnx`, `router.onnx`
-(capsules + communication + heads, dynamic batch B and candidate count K),
+A bundle is a plain folder: `image_encoder.onnx` (none when validation chose a router that reads no images),
+`text_encoder.onnx`, `router.onnx` (capsules + communication + heads, dynamic batch B and candidate count K),
 `tokenizer.json`, `manifest.json` (schema, sha256 of every file, graph inputs and
 outputs, preprocessing, pool with prices / expected costs / standardised profiles,
 lambda presets, training metrics, tool versions) and `parity.json`, the checks the
@@ -29,6 +29,7 @@ from ...runtime.manifest import (
     MemoryEntry,
     PoolEntry,
     Preset,
+    needed_graphs,
 )
 from ...runtime.errors import DataError
 from ...runtime.features import TEXT_ONLY
@@ -80,7 +81,7 @@ def export_bundle(
         )
     t0 = time.perf_counter()
     with staged_output(out) as tmp:
-        export_graphs(net, tmp, opset)
+        export_graphs(net, tmp, opset, image=not text_only)
         memory = run_memory(run_dir, prof) if net.cfg.memory else None  # rebuilt once, for every graph below
         if fused:
             FusedRouter.export(
@@ -93,16 +94,16 @@ def export_bundle(
             )
         held_out = _held_out(cfg, parity_queries, [m["name"] for m in prof["models"]])
         if precision in ("int8", "int8-full"):
-            quantize_encoders(tmp, held_out["calib_pixels"], image=precision == "int8-full")
+            quantize_encoders(tmp, held_out["calib_pixels"], image=precision == "int8-full" and not text_only)
         elif precision == "fp16":
-            to_fp16(tmp)
+            to_fp16(tmp, image=not text_only)
         shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
         if memory is not None:
             from .memory_graph import build_memory_graph
 
             build_memory_graph(memory, tmp / "memory.onnx", opset)
         graph_files = (
-            ["router.onnx", "image_encoder.onnx", "text_encoder.onnx"]
+            [f"{g}.onnx" for g in needed_graphs(not text_only)]
             + (["fused.onnx"] if fused else [])
             + (["memory.onnx"] if memory is not None else [])
         )

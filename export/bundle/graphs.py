@@ -110,8 +110,9 @@ def optimize_offline(path: Path) -> None:
     tmp.replace(path)
 
 
-def export_graphs(net, out: Path, opset: int = OPSET) -> None:
-    """Write the three fp32 graphs; assert that B (and K, T) stayed symbolic."""
+def export_graphs(net, out: Path, opset: int = OPSET, *, image: bool = True) -> None:
+    """Write the fp32 graphs (the image encoder only if `image`: a router that reads no images needs none);
+    assert that B (and K, T) stayed symbolic."""
     import torch
     from torch.export import Dim
 
@@ -129,15 +130,16 @@ def export_graphs(net, out: Path, opset: int = OPSET) -> None:
             ({0: B}, {0: B, 1: K}, {0: B, 1: K}),
             opset,
         )
-        _export(
-            load_image_encoder(),
-            (torch.randn(2, 3, IMAGE_SPEC.size, IMAGE_SPEC.size),),
-            out / "image_encoder.onnx",
-            ["pixels"],
-            ["image_features"],
-            ({0: B},),
-            opset,
-        )
+        if image:
+            _export(
+                load_image_encoder(),
+                (torch.randn(2, 3, IMAGE_SPEC.size, IMAGE_SPEC.size),),
+                out / "image_encoder.onnx",
+                ["pixels"],
+                ["image_features"],
+                ({0: B},),
+                opset,
+            )
         T = Dim("tokens", min=2, max=512)
         ids = torch.randint(0, 1000, (2, 7))
         _export(
@@ -149,13 +151,15 @@ def export_graphs(net, out: Path, opset: int = OPSET) -> None:
             ({0: B, 1: T}, {0: B, 1: T}),
             opset,
         )
-    for name in ("router.onnx", "image_encoder.onnx", "text_encoder.onnx"):
+    symbolic = {
+        "router.onnx": {"query": [0], "model_feat": [0, 1], "avail": [0, 1]},
+        "image_encoder.onnx": {"pixels": [0]},
+        "text_encoder.onnx": {"input_ids": [0, 1], "attention_mask": [0, 1]},
+    }
+    for name, sym in symbolic.items():
+        if name == "image_encoder.onnx" and not image:
+            continue
         optimize_offline(out / name)
-    for name, sym in (
-        ("router.onnx", {"query": [0], "model_feat": [0, 1], "avail": [0, 1]}),
-        ("image_encoder.onnx", {"pixels": [0]}),
-        ("text_encoder.onnx", {"input_ids": [0, 1], "attention_mask": [0, 1]}),
-    ):
         dims = graph_dims(out / name)["inputs"]
         for inp, axes in sym.items():
             for ax in axes:

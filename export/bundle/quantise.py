@@ -112,7 +112,7 @@ def quantize_encoders(out: Path, calib_pixels: np.ndarray, *, image: bool = True
     pre.unlink()
 
 
-def to_fp16(out: Path) -> None:
+def to_fp16(out: Path, *, image: bool = True) -> None:
     """fp16 encoders for GPU serving (the router stays fp32, as for int8); LayerNorm, Softmax, Sigmoid and
     the softplus/GELU pieces stay fp32. The converter appends its input casts after their consumers, so
     the nodes are put back in topological order before saving (`onnx.checker` rejects the graph otherwise)."""
@@ -120,7 +120,7 @@ def to_fp16(out: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    for name in ("image_encoder.onnx", "text_encoder.onnx"):
+    for name in ("image_encoder.onnx", "text_encoder.onnx")[0 if image else 1 :]:
         m = onnx.load(str(out / name))
         m16 = convert_float_to_float16(
             m,
