@@ -113,7 +113,7 @@ def export_bundle(
         metrics = _metrics_summary(run_dir)
         presets = metrics.pop("presets", {})
         pool = pool_entries(prof, space)
-        cov = coverage_threshold(held_out, space)
+        cov = coverage_threshold(held_out, space, text_only)
         blend = (cfg.get("memory") or {}).get("blend", {}).get("chosen")
         manifest = Manifest(
             created_by={
@@ -219,7 +219,6 @@ def _held_out(cfg: dict, n: int, pool: list[str]) -> dict:
         "rows": rows,
         "calib_pixels": pixels,
         "train_rows": np.flatnonzero(masks["train"]),
-        "text_only": bool(cfg["train"].get("text_only")),
     }
 
 
@@ -259,15 +258,14 @@ def pool_entries(prof: dict, space: ProfileSpace) -> list[PoolEntry]:
     ]
 
 
-def coverage_threshold(held: dict, space: ProfileSpace) -> dict:
+def coverage_threshold(held: dict, space: ProfileSpace, text_only: bool) -> dict:
     """The out-of-coverage threshold: the 1st percentile of the training queries' best cosine similarity to
-    the slice centroids (their own distribution; test rows never enter), with a few quantiles for the record."""
-    from ...runtime.features import without_images
+    the slice centroids (their own distribution; test rows never enter), with a few quantiles for the record;
+    on the features the run's router reads (`text_only`: without images)."""
     from ...runtime.profiles import slice_embedding
-    from ..train.encoding import encode_dataset
+    from ..train.trainer import run_features
 
-    q = encode_dataset(held["data"], progress=False)[held["train_rows"]]
-    q = without_images(q) if held["text_only"] else q  # the features the router reads
+    q = run_features(held["data"], text_only, progress=False)[held["train_rows"]]
     best = (slice_embedding(q) @ space.centroids.T).max(axis=1)
     return {
         "threshold": float(np.percentile(best, COVERAGE_PERCENTILE)),
