@@ -5,19 +5,23 @@ other), train with the model excluded (no column, no profile), add it back from 
 of its labelled R_cal queries (spread over the slices as `models propose` picks them, profiled by
 the same code as `models add`), and route the full test pool. The router trained with the
 model is the upper reference, the one without it (routing the pool minus the model) the lower.
-Each size is drawn `--draws` times (which queries a user happens to label moves the result a lot);
-the recovery recorded is the draws' mean, each draw's numbers beside it.
+Each size is drawn `--draws` times (which queries a user happens to label moves the result a lot),
+and the whole protocol runs for `--seeds` training seeds (both routers retrained per seed; the label
+draws are the same); the recovery recorded is the mean over seeds of each seed's mean over draws, each
+seed's and each draw's numbers beside it.
 
     python benchmarks/newmodel.py DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96] [--draws 5]
-                                      [--which strongest] [--into benchmarks/results/newmodel_real.json]
+                [--seeds 3] [--which strongest] [--into benchmarks/results/newmodel_real.json]
 
-Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR and reused on a rerun.
+Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR (training seed i > 0 in OUT_DIR/seed{i})
+and reused on a rerun.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,7 @@ SIZES = (24, 48, 96)
 PICK_SEED = 20260308
 RULES = ("added", "added_global_mean_prior", "added_line_unshrunk")  # the Router's rule, then its ablations
 DRAWS = 5  # label draws per size (seeds PICK_SEED + 0..4): one draw of 48 labels swings recovery by +-0.15
+SEEDS = 3  # training seeds (TrainConfig.seed + 0..2), as the grid's real cells
 
 
 def held_out_models(P: TrainingSet, seed: int = PICK_SEED) -> dict[str, str]:
@@ -137,6 +142,21 @@ def mean_over_draws(per_draw: list[dict]) -> dict:
     return out
 
 
+def mean_of(parts: list[dict]) -> dict:
+    """Key by key, the mean of every number of `parts` (dicts of one shape: one per training seed); None where a
+    part has None (no gap to close); strings kept, lists (each seed's draws) left to the parts themselves."""
+    out: dict = {}
+    for key, v in parts[0].items():
+        vals = [p[key] for p in parts]
+        if isinstance(v, dict):
+            out[key] = mean_of(vals)
+        elif isinstance(v, str):
+            out[key] = v
+        elif isinstance(v, (int, float)) or v is None:
+            out[key] = None if any(x is None for x in vals) else round(float(np.mean(vals)), 4)
+    return out
+
+
 def recovery(lower: dict, added: dict, upper: dict) -> dict:
     """Share of the gap between the router without the model and the one trained with it that adding it back closes."""
     out = {}
@@ -155,9 +175,46 @@ def run(
     cfg: TrainConfig | None = None,
     which: tuple[str, ...] = ("strongest", "cheapest", "random"),
     draws: int = DRAWS,
+    seeds: int = SEEDS,
     progress: bool = True,
 ) -> dict:
+    """The protocol for training seeds cfg.seed + 0..seeds-1 (seed i > 0's routers in out/seed{i}), averaged."""
     cfg = cfg or TrainConfig()
+    parts = [
+        run_seed(
+            data_dir,
+            out if i == 0 else out / f"seed{i}",
+            full_run=full_run if i == 0 else None,
+            sizes=sizes,
+            cfg=replace(cfg, seed=cfg.seed + i),
+            which=which,
+            draws=draws,
+            progress=progress,
+        )
+        for i in range(seeds)
+    ]
+    first = parts[0]
+    result = {k: first[k] for k in ("data", "test_rows", "sizes", "label_draws", "full_run")}
+    result.update(training_seeds=seeds, upper_all_models=mean_of([p["upper_all_models"] for p in parts]), models={})
+    for name in parts[0]["models"]:
+        entry = mean_of([p["models"][name] for p in parts])
+        result["models"][name] = {**entry, "per_seed": [p["models"][name] for p in parts]}
+    atomic_write_text(out / "newmodel.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_seed(
+    data_dir: Path,
+    out: Path,
+    *,
+    full_run: Path | None,
+    sizes,
+    cfg: TrainConfig,
+    which: tuple[str, ...],
+    draws: int,
+    progress: bool,
+) -> dict:
+    """The protocol for one training seed (`cfg.seed`), its routers trained into (or reused from) `out`."""
     full = load_training_set(data_dir, slices=cfg.slices, progress=progress)
     d = full.data
     test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
@@ -169,6 +226,7 @@ def run(
         "test_rows": int(len(test)),
         "sizes": list(sizes),
         "label_draws": draws,
+        "training_seed": cfg.seed,
         "full_run": str(full_run),
         "upper_all_models": _summary(upper),
         "models": {},
@@ -218,7 +276,6 @@ def run(
             for key, draws_of in per_draw.items():
                 entry.setdefault(key, {})[str(n)] = mean_over_draws(draws_of)
         result["models"][name] = entry
-    atomic_write_text(out / "newmodel.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -235,6 +292,7 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--draws", type=int, default=DRAWS, help="label draws per size; recovery is their mean")
+    ap.add_argument("--seeds", type=int, default=SEEDS, help="training seeds; recovery is the mean over them")
     ap.add_argument(
         "--which",
         nargs="+",
@@ -251,7 +309,7 @@ def main(argv=None) -> None:
     )
     a = ap.parse_args(argv)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes, which=tuple(a.which), draws=a.draws)
+    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes, which=tuple(a.which), draws=a.draws, seeds=a.seeds)
     if a.into is not None:
         into = json.loads(a.into.read_text(encoding="utf-8")) if a.into.is_file() else {}
         into[a.data_dir.resolve().name] = res

@@ -88,7 +88,11 @@ def diagnose(data_dir: Path, out: Path) -> dict:
         columns[f"ridge_on_others_{alpha:g}"] = np.clip(y.mean() + Xt @ b, 0, 1)
     net_full = _trained(data_dir, Path(prior["full_run"]), cfg, full, False)
     columns["trained_with_column"] = predict(net_full, full, test)[0][:, k]
-    result = {"model": name, "labelled": int(len(rows)), "lower_without": prior["models"][name]["lower_without"]}
+    result = {
+        "model": name,
+        "labelled": int(len(rows)),
+        "lower_without": prior["models"][name].get("per_seed", [prior["models"][name]])[0]["lower_without"],
+    }
     result["upper"] = upper
     for label, col in columns.items():
         m = mt.copy()

@@ -650,6 +650,7 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
         sizes=(24,),
         cfg=TrainConfig(epochs=1, slices=2),
         draws=2,
+        seeds=1,
         progress=False,
     )
     assert json.loads((tmp_path / "newmodel.json").read_text())["sizes"] == [24]
@@ -666,14 +667,32 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
         added = e["added"]["24"]
         assert 0 < added["queries"] <= 24 and 0.0 <= added["share_routed_to_model_at_lambda0"] <= 1.0
         assert set(added["recovery"]) == {"score_at_lambda0", "nauc"}
-        assert added["draws"] == 2 and len(added["per_draw"]) == 2  # two label draws, their mean recorded
-        rec = [r["recovery"]["nauc"] for r in added["per_draw"] if r["recovery"]["nauc"] is not None]
+        one = e["per_seed"][0]["added"]["24"]  # the one training seed's: its draws beside their mean
+        assert added["draws"] == 2 and len(one["per_draw"]) == 2  # two label draws, their mean recorded
+        rec = [r["recovery"]["nauc"] for r in one["per_draw"] if r["recovery"]["nauc"] is not None]
         assert added["recovery"]["nauc"] == (pytest.approx(np.mean(rec), abs=1e-4) if rec else None)
         for rule in ("added_global_mean_prior", "added_line_unshrunk"):  # the ablations
             assert set(e[rule]["24"]["recovery"]) == {"score_at_lambda0", "nauc"}
         assert 0.0 <= e["lower_without"]["score_at_lambda0"] <= e["upper"]["score_at_lambda0"] + 0.5
-    # the added model's profile is built from its own outcomes on the chosen rows (overall score = their mean)
+    # a second training seed: its routers in seed1/, the recovery the mean of the seeds' (seed 0's routers reused)
     name = why["cheapest"]
+    two = protocol(
+        env / "demo",
+        tmp_path,
+        full_run=run[0],
+        sizes=(24,),
+        cfg=TrainConfig(epochs=1, slices=2),
+        which=("cheapest",),
+        draws=2,
+        seeds=2,
+        progress=False,
+    )
+    e2 = two["models"][name]
+    assert two["training_seeds"] == 2 and len(e2["per_seed"]) == 2 and (tmp_path / "seed1" / f"without_{name}").is_dir()
+    assert e2["per_seed"][0]["added"]["24"] == res["models"][name]["per_seed"][0]["added"]["24"]  # seed 0 as before
+    seed_means = [p["added"]["24"]["score_at_lambda0"] for p in e2["per_seed"]]
+    assert e2["added"]["24"]["score_at_lambda0"] == pytest.approx(np.mean(seed_means), abs=1e-4)
+    # the added model's profile is built from its own outcomes on the chosen rows (overall score = their mean)
     k = d.model_names.index(name)
     P_wo = load_training_set(env / "demo", slices=2, progress=False, exclude=(name,))
     rows = np.flatnonzero(cal & d.A[:, k])[:30]
