@@ -640,19 +640,15 @@ def test_doctor_on_the_exported_bundle(runner, bundle):
 def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
     """§8.8: each held-out model is absent from its training run, then added back from n R_cal queries."""
     from lr_onnx.export.evaluate import routing_metrics as M
+    import functools
+
     from newmodel import added_model_feat, run as protocol
     from lr_onnx.export.train.trainer import TrainConfig, load_training_set
 
-    res = protocol(
-        env / "demo",
-        tmp_path,
-        full_run=run[0],
-        sizes=(24,),
-        cfg=TrainConfig(epochs=1, slices=2),
-        draws=2,
-        seeds=1,
-        progress=False,
+    call = functools.partial(
+        protocol, env / "demo", tmp_path, full_run=run[0], sizes=(24,), cfg=TrainConfig(epochs=1, slices=2), draws=2
     )
+    res = call(seeds=1, progress=False)
     assert json.loads((tmp_path / "newmodel.json").read_text())["sizes"] == [24]
     full = load_training_set(env / "demo", slices=2, progress=False)
     d, cal = full.data, full.masks["cal"]
@@ -676,17 +672,7 @@ def test_new_model_protocol_excludes_then_adds_back(env, run, tmp_path):
         assert 0.0 <= e["lower_without"]["score_at_lambda0"] <= e["upper"]["score_at_lambda0"] + 0.5
     # a second training seed: its routers in seed1/, the recovery the mean of the seeds' (seed 0's routers reused)
     name = why["cheapest"]
-    two = protocol(
-        env / "demo",
-        tmp_path,
-        full_run=run[0],
-        sizes=(24,),
-        cfg=TrainConfig(epochs=1, slices=2),
-        which=("cheapest",),
-        draws=2,
-        seeds=2,
-        progress=False,
-    )
+    two = call(which=("cheapest",), seeds=2, progress=False)
     e2 = two["models"][name]
     assert two["training_seeds"] == 2 and len(e2["per_seed"]) == 2 and (tmp_path / "seed1" / f"without_{name}").is_dir()
     assert e2["per_seed"][0]["added"]["24"] == res["models"][name]["per_seed"][0]["added"]["24"]  # seed 0 as before
