@@ -150,7 +150,7 @@ def mean_of(parts: list[dict]) -> dict:
         vals = [p[key] for p in parts]
         if isinstance(v, dict):
             out[key] = mean_of(vals)
-        elif isinstance(v, str):
+        elif isinstance(v, str) or all(x == v for x in vals):  # a count every seed shares stays as it is
             out[key] = v
         elif isinstance(v, (int, float)) or v is None:
             out[key] = None if any(x is None for x in vals) else round(float(np.mean(vals)), 4)
