@@ -14,7 +14,9 @@ memory estimate (the model's own labelled neighbours still weigh in), on the rou
   own least, each shifted by that mean difference;
 - `network_offset` (not a prior: the Router's estimate moved): the Router's estimate plus, in logits, the mean over
   the trained models of how far the network's mu_tilde lies from their memory estimate on that query (puts the
-  added model on the network's scale).
+  added model on the network's scale);
+- `memory_for_every_model` (not a prior either): every model, trained or added, answered by the memory's estimate
+  alone, so that one estimator ranks them all.
 
     python benchmarks/newmodel_alternatives.py DATA_DIR NEWMODEL_OUT_DIR [--into FILE]
 
@@ -138,6 +140,7 @@ def one_seed(data_dir: Path, out: Path, cfg: TrainConfig, draws: int) -> dict:
         )
         answers["network_offset"] = answers["added"].copy()
         answers["network_offset"][:, -1] = sigmoid(logit(est[:, -1]) + moved)
+        answers["memory_for_every_model"] = np.where(A[:, order], est, -1.0)
         for rule, mt in answers.items():
             per_rule.setdefault(rule, []).append(
                 recovery(lower, _route(mt, Y[:, order], C[:, order], A[:, order], c_hat), upper)

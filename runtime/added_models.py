@@ -32,8 +32,9 @@ class LocalPrior:
     """An added model's expected score as a line in the query's local difficulty: the mean memory estimate of the
     trained models `over`. Fitted on its labelled queries at `models add` (`fit`), it replaces the model's global mean
     as the pseudo-count prior of its memory estimate (`memory_estimates`), so a few dozen labels give a per-query
-    shape (issue 21: dynamath's strongest model held out and added back from 48 labels recovers 48% / 51% of the gap,
-    score / nAUC, against 35% / 27% with the global mean; `benchmarks/newmodel.py`, 5 label draws)."""
+    shape (issue 21: dynamath's strongest model held out and added back from 48 labels recovers 33% / 36% of the gap,
+    score / nAUC, against 16% / 18% with the global mean; `benchmarks/newmodel.py`, 3 training seeds x 5 label
+    draws)."""
 
     over: tuple[str, ...]
     intercept: float
