@@ -103,3 +103,15 @@ def test_sums_at_reads_the_k_nearest_with_the_settings_train_would_use():
     assert np.array_equal(ev, ev2) and np.array_equal(ys, ys2) and ev.shape == (5, 2)
     c = current(ev, ys, mem, 1.0, 8, 0.1, 3.0)
     assert c["settings"] == (1.0, 8, 0.1, 3.0) and np.allclose(c["est"], shrunk(ev, ys, 3.0, mem.global_mean))
+
+
+def test_the_added_model_alternatives_fit_what_their_docstrings_say():
+    """benchmarks/newmodel_alternatives.py: the leave-one-out ridge keeps a real signal and shrinks pure noise."""
+    from newmodel_alternatives import ridge_loo
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 4))
+    w, b = ridge_loo(X, X @ np.array([1.0, -0.5, 0.0, 0.0]) + 0.2 + rng.normal(scale=0.05, size=200))
+    assert np.allclose(w, [1.0, -0.5, 0.0, 0.0], atol=0.05) and abs(b - 0.2) < 0.05
+    w, b = ridge_loo(X, rng.normal(size=200) + 3.0)  # nothing to explain: small weights, about the mean
+    assert np.abs(w).max() < 0.15 and abs(b - 3.0) < 0.3
