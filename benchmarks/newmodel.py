@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +64,60 @@ def held_out_models(P: TrainingSet, seed: int = PICK_SEED) -> dict[str, str]:
     if rest:
         pick[d.model_names[int(np.random.default_rng(seed).choice(rest))]] = "random"
     return pick
+
+
+def seed_dir(out: Path, i: int) -> Path:
+    """Where training seed i's routers live: OUT_DIR itself for the first, OUT_DIR/seed{i} for the others."""
+    return out if i == 0 else out / f"seed{i}"
+
+
+def test_split(full: TrainingSet) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(test rows with any outcome, their scores, costs and availability `[T, K]`) of the full pool."""
+    d = full.data
+    test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
+    return test, np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
+
+
+@dataclass
+class HeldOut:
+    """One held-out model on one training seed: the router trained without it (`net` on `P_wo`) and the R_cal
+    rows it answered, from which its labelled queries are drawn (`labelled`)."""
+
+    full: TrainingSet
+    P_wo: TrainingSet
+    net: Any
+    name: str
+    cal: np.ndarray
+    slices: np.ndarray
+
+    @classmethod
+    def of(cls, data_dir: Path, out: Path, cfg: TrainConfig, full: TrainingSet, name: str, progress: bool):
+        """`name` held out: its router trained into (or reused from) out/without_{name}."""
+        P_wo = load_training_set(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
+        net = _trained(data_dir, out / f"without_{name}", cfg, P_wo, progress)
+        cal = np.flatnonzero(full.masks["cal"] & full.data.A[:, full.data.model_names.index(name)])
+        return cls(full, P_wo, net, name, cal, assign_slices(full.q[cal], P_wo.space.centroids))
+
+    @property
+    def k(self) -> int:  # its column in the full pool
+        return self.full.data.model_names.index(self.name)
+
+    @property
+    def keep(self) -> list[int]:  # the trained pool's columns
+        return [j for j in range(self.full.data.k) if j != self.k]
+
+    @property
+    def order(self) -> list[int]:  # the pool with the model added back, last
+        return self.keep + [self.k]
+
+    @property
+    def names(self) -> list[str]:
+        return [self.full.data.model_names[j] for j in self.order]
+
+    def labelled(self, n: int, draw: int) -> np.ndarray:
+        """The n R_cal rows a user labels on label draw `draw`, spread over the slices as `models propose` does."""
+        picked = spread_over_slices(self.cal, self.slices, self.P_wo.space.S, n, PICK_SEED + draw)
+        return np.array([i for i, _ in picked])
 
 
 def _route(mt: np.ndarray, Y, C, A, c_hat) -> dict:
@@ -183,7 +239,7 @@ def run(
     parts = [
         run_seed(
             data_dir,
-            out if i == 0 else out / f"seed{i}",
+            seed_dir(out, i),
             full_run=full_run if i == 0 else None,
             sizes=sizes,
             cfg=replace(cfg, seed=cfg.seed + i),
@@ -217,8 +273,7 @@ def run_seed(
     """The protocol for one training seed (`cfg.seed`), its routers trained into (or reused from) `out`."""
     full = load_training_set(data_dir, slices=cfg.slices, progress=progress)
     d = full.data
-    test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
-    Y, C, A = np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
+    test, Y, C, A = test_split(full)
     full_run = full_run or out / "full"
     upper = _route(predict(_trained(data_dir, full_run, cfg, full, progress), full, test)[0], Y, C, A, full.cost_hat)
     result = {
@@ -234,21 +289,16 @@ def run_seed(
     for name, why in held_out_models(full).items():
         if why not in which:
             continue
-        k = d.model_names.index(name)
-        keep = [j for j in range(d.k) if j != k]
-        P_wo = load_training_set(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
-        net = _trained(data_dir, out / f"without_{name}", cfg, P_wo, progress)
+        h = HeldOut.of(data_dir, out, cfg, full, name, progress)
+        k, keep, order, P_wo, net = h.k, h.keep, h.order, h.P_wo, h.net
         lower = _route(predict(net, P_wo, test)[0], Y[:, keep], C[:, keep], A[:, keep], P_wo.cost_hat)
-        order = keep + [k]  # the added model is the last column
-        cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])  # R_cal rows the held-out model answered
-        slices = assign_slices(full.q[cal], P_wo.space.centroids)
         entry = {"why": why, "upper": _summary(upper, share_of=k), "lower_without": _summary(lower)}
         for n in sizes:
             per_draw: dict[str, list] = {rule: [] for rule in RULES}
             for draw in range(draws):  # label draws: which n queries the user happened to label
-                rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, n, PICK_SEED + draw)])
+                rows = h.labelled(n, draw)
                 feat, c_hat = added_model_feat(P_wo, full, k, rows)
-                names, ok = [d.model_names[j] for j in order], rows[d.A[rows, k]]
+                names, ok = h.names, rows[d.A[rows, k]]
                 rules = dict.fromkeys(RULES)
                 cols = None
                 if P_wo.memory is not None:  # as `models add` does: its labelled queries join the memory

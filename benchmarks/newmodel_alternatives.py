@@ -9,7 +9,8 @@ memory estimate (the model's own labelled neighbours still weigh in), on the rou
 - `own_neighbours`: the model's own 16 nearest labelled queries (a search of its labels alone: in the shared
   search few of them are ever among a query's neighbours), weighted as the memory weighs rows;
 - `ridge_on_network`: a ridge regression of its labels on the trained models' network mu_tilde logits, the
-  strength chosen by leave-one-out on the labels (which trained models it resembles, per query);
+  strength chosen by leave-one-out on the labels (which trained models it resembles, per query; the diagnosis's
+  `ridge_on_others`, there with fixed strengths on one seed and one draw, `newmodel_diagnose.py`);
 - `relative_to_similar`: the mean of the 3 trained models whose outcomes on the labelled queries differ from its
   own least, each shifted by that mean difference;
 - `network_offset` (not a prior: the Router's estimate moved): the Router's estimate plus, in logits, the mean over
@@ -27,17 +28,28 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from lr_onnx.export.files import atomic_write_text
-from lr_onnx.export.train.pool import spread_over_slices
 from lr_onnx.export.train.trainer import TrainConfig, load_training_set, predict
 from lr_onnx.runtime.added_models import sigmoid, untrained_answer
 from lr_onnx.runtime.memory import P_CLIP, global_means
-from lr_onnx.runtime.profiles import assign_slices
-from newmodel import DRAWS, PICK_SEED, _route, _trained, added_estimates, added_model_feat, held_out_models, recovery
+from newmodel import (
+    DRAWS,
+    SEEDS,
+    HeldOut,
+    _route,
+    _trained,
+    added_estimates,
+    added_model_feat,
+    held_out_models,
+    recovery,
+    seed_dir,
+    test_split,
+)
 
 LABELS = 48
 OWN_K = 16  # own_neighbours: how many of the model's labelled queries a query reads
@@ -93,24 +105,19 @@ def priors(mem, q_lab, y, q_test, mt_lab, mt_test, Y_lab, A_lab) -> dict[str, np
 def one_seed(data_dir: Path, out: Path, cfg: TrainConfig, draws: int) -> dict:
     full = load_training_set(data_dir, slices=cfg.slices, progress=False)
     d = full.data
-    test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
-    Y, C, A = np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
+    test, Y, C, A = test_split(full)
     upper = _route(predict(_trained(data_dir, out / "full", cfg, full, False), full, test)[0], Y, C, A, full.cost_hat)
-    name = next(n for n, why in held_out_models(full).items() if why == "strongest")
-    k = d.model_names.index(name)
-    keep = [j for j in range(d.k) if j != k]
-    P_wo = load_training_set(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
-    net = _trained(data_dir, out / f"without_{name}", cfg, P_wo, False)
+    h = HeldOut.of(
+        data_dir, out, cfg, full, next(n for n, w in held_out_models(full).items() if w == "strongest"), False
+    )
+    name, k, keep, order, names, P_wo, net = h.name, h.k, h.keep, h.order, h.names, h.P_wo, h.net
     mt_wo = predict(net, P_wo, test)[0]
     lower = _route(mt_wo, Y[:, keep], C[:, keep], A[:, keep], P_wo.cost_hat)
-    order, mem = keep + [k], P_wo.memory
-    names = [d.model_names[j] for j in order]
-    cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])
-    slices = assign_slices(full.q[cal], P_wo.space.centroids)
+    mem = P_wo.memory
     added = np.arange(len(order)) == len(keep)
     per_rule: dict[str, list] = {}
     for draw in range(draws):
-        rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, LABELS, PICK_SEED + draw)])
+        rows = h.labelled(LABELS, draw)
         feat, c_hat = added_model_feat(P_wo, full, k, rows)
         ok = rows[d.A[rows, k]]
         y = d.Y[ok, k]
@@ -159,12 +166,13 @@ def main(argv=None) -> None:
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("out_dir", type=Path, help="a finished benchmarks/newmodel.py run (its routers are reused)")
     ap.add_argument("--draws", type=int, default=DRAWS)
-    ap.add_argument("--seeds", type=int, default=None, help="training seeds to read (default: every one the run has)")
+    ap.add_argument("--seeds", type=int, default=SEEDS, help="training seeds of the run to read (as newmodel.py's)")
     ap.add_argument("--into", type=Path, default=None, help="record the result under the dataset's name in this JSON")
     a = ap.parse_args(argv)
-    seeds = ([a.out_dir] + sorted(p for p in a.out_dir.glob("seed*") if p.is_dir()))[: a.seeds]
     base = TrainConfig()
-    parts = [one_seed(a.data_dir, out, TrainConfig(seed=base.seed + i), a.draws) for i, out in enumerate(seeds)]
+    parts = [
+        one_seed(a.data_dir, seed_dir(a.out_dir, i), replace(base, seed=base.seed + i), a.draws) for i in range(a.seeds)
+    ]
     rules = list(parts[0]["recovery"])
     res = {
         "data": str(a.data_dir),

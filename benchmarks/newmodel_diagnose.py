@@ -29,19 +29,18 @@ from pathlib import Path
 import numpy as np
 
 from lr_onnx.export.files import atomic_write_text
-from lr_onnx.export.train.pool import spread_over_slices
 from lr_onnx.export.train.trainer import TrainConfig, load_training_set, predict
 from lr_onnx.runtime.added_models import untrained_answer
-from lr_onnx.runtime.profiles import assign_slices
 
 from newmodel import (
-    PICK_SEED,
+    HeldOut,
     _route,
     _trained,
     added_estimates,
     added_model_feat,
     held_out_models,
     recovery,
+    test_split,
 )  # benchmarks/newmodel.py
 
 N = 48
@@ -49,23 +48,18 @@ N = 48
 
 def diagnose(data_dir: Path, out: Path) -> dict:
     prior = json.loads((out / "newmodel.json").read_text(encoding="utf-8"))
-    cfg = TrainConfig()
+    cfg = TrainConfig()  # the first training seed's routers (OUT_DIR itself)
     full = load_training_set(data_dir, slices=cfg.slices, progress=False)
     d = full.data
-    test = np.flatnonzero(full.masks["test"] & d.A.any(axis=1))
-    Y, C, A = np.nan_to_num(d.Y[test]), np.nan_to_num(d.C[test]), d.A[test]
-    upper = prior["upper_all_models"]
-    name = next(n for n, why in held_out_models(full).items() if why == "strongest")
-    k = d.model_names.index(name)
-    keep = [j for j in range(d.k) if j != k]
-    order = keep + [k]
-    P_wo = load_training_set(data_dir, slices=cfg.slices, progress=False, exclude=(name,))
-    net = _trained(data_dir, out / f"without_{name}", cfg, P_wo, False)
-    cal = np.flatnonzero(full.masks["cal"] & d.A[:, k])
-    slices = assign_slices(full.q[cal], P_wo.space.centroids)
-    rows = np.array([i for i, _ in spread_over_slices(cal, slices, P_wo.space.S, N, PICK_SEED)])
+    test, Y, C, A = test_split(full)
+    h = HeldOut.of(
+        data_dir, out, cfg, full, next(n for n, w in held_out_models(full).items() if w == "strongest"), False
+    )
+    name, k, keep, order, names, P_wo, net = h.name, h.k, h.keep, h.order, h.names, h.P_wo, h.net
+    seed0 = prior["models"][name].get("per_seed", [prior["models"][name]])[0]  # the same seed's references
+    upper, lower = seed0["upper"], seed0["lower_without"]
+    rows = h.labelled(N, 0)
     feat, c_hat = added_model_feat(P_wo, full, k, rows)
-    names = [d.model_names[j] for j in order]
     est, cols = added_estimates(P_wo.memory, full.q[rows], d.Y[rows, k], full.q[test], names)
     est_mean_prior = added_estimates(
         P_wo.memory, full.q[rows], d.Y[rows, k], full.q[test], names, "added_global_mean_prior"
@@ -91,7 +85,7 @@ def diagnose(data_dir: Path, out: Path) -> dict:
     result = {
         "model": name,
         "labelled": int(len(rows)),
-        "lower_without": prior["models"][name].get("per_seed", [prior["models"][name]])[0]["lower_without"],
+        "lower_without": lower,
     }
     result["upper"] = upper
     for label, col in columns.items():
