@@ -50,12 +50,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2  # the newest schema this runtime reads; a bundle says the oldest that reads it right (needed_schema)
-GRAPHS = (
-    "router",
-    "image_encoder",
-    "text_encoder",
-)  # the graphs a bundle must have (`needed_graphs`); `memory`, `fused`
-# are optional
+# the graphs a bundle must have (`needed_graphs`: all but the image encoder for a router that reads no images);
+# `memory` and `fused` are optional
+GRAPHS = ("router", "image_encoder", "text_encoder")
 IMAGE_ENCODER = "image_encoder"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import BundleError, LrOnnxWarning, MissingDependencyError, ProviderError
+from .manifest import needed_graphs
 
 if TYPE_CHECKING:  # annotations only
     from .bundle import Bundle
@@ -269,8 +270,6 @@ class BundleSessions:
         return full
 
     def bound_providers(self) -> dict[str, list[str]]:
-        from .manifest import needed_graphs
-
         return {n: self.get(n).get_providers() for n in needed_graphs(self.bundle.manifest.reads_images)}
 
     def check(self, name: str, sess: Any) -> None:

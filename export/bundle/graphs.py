@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...runtime.manifest import needed_graphs
 from ..train.encoding import IMAGE_SPEC
 
 OPSET = 18  # the torch 2.13 dynamo exporter implements >= 18; 17 needs a lossy down-conversion
@@ -151,14 +152,13 @@ def export_graphs(net, out: Path, opset: int = OPSET, *, image: bool = True) -> 
             ({0: B, 1: T}, {0: B, 1: T}),
             opset,
         )
-    symbolic = {
-        "router.onnx": {"query": [0], "model_feat": [0, 1], "avail": [0, 1]},
-        "image_encoder.onnx": {"pixels": [0]},
-        "text_encoder.onnx": {"input_ids": [0, 1], "attention_mask": [0, 1]},
+    symbolic = {  # the axes of each graph's inputs that must stay dynamic
+        "router": {"query": [0], "model_feat": [0, 1], "avail": [0, 1]},
+        "image_encoder": {"pixels": [0]},
+        "text_encoder": {"input_ids": [0, 1], "attention_mask": [0, 1]},
     }
-    for name, sym in symbolic.items():
-        if name == "image_encoder.onnx" and not image:
-            continue
+    for graph in needed_graphs(image):
+        name, sym = f"{graph}.onnx", symbolic[graph]
         optimize_offline(out / name)
         dims = graph_dims(out / name)["inputs"]
         for inp, axes in sym.items():

@@ -120,7 +120,7 @@ def to_fp16(out: Path, *, image: bool = True) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    for name in ("image_encoder.onnx", "text_encoder.onnx")[0 if image else 1 :]:
+    for name in (["image_encoder.onnx"] if image else []) + ["text_encoder.onnx"]:
         m = onnx.load(str(out / name))
         m16 = convert_float_to_float16(
             m,
