@@ -135,7 +135,7 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
         click.echo(
             f"transfer to {data_dir} ({t['rows']} queries, {t['split']}; shared models: "
             f"{', '.join(t['shared_models'])}): latentrouter {lr['score_at_lambda0']:.4f} at lambda 0, nAUC "
-            f"{lr['nauc']}; best single {b['name']} {b['score']:.4f}; oracle {t['oracle']['score']:.4f}; "
+            f"{_nauc(lr['nauc'])}; best single {b['name']} {b['score']:.4f}; oracle {t['oracle']['score']:.4f}; "
             f"wrote {run_dir}/transfer_{Path(data_dir).resolve().name}.json"
         )
         return
@@ -144,9 +144,13 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
     b = out["best_single"]
     click.echo(
         f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single {b['name']} "
-        f"{b['score']:.4f}), nAUC {m['nauc']}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, "
+        f"{b['score']:.4f}), nAUC {_nauc(m['nauc'])}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, "
         f"frontier.png, report.md"
     )
+
+
+def _nauc(x) -> str:
+    return "n/a (the frontier is one point)" if x is None else f"{x:.4f}"
 
 
 @main.command("export")

@@ -43,6 +43,7 @@ def test_three_point_example_and_degenerate_cases():
     assert np.isnan(nauc([(1, 0.5)]))
     assert nauc_ref([(1, 0.5)]) == 0.5
     assert qnc(HAND, 0.9, 4) == float("inf")
+    assert np.isnan(cpt(pts, (1, 0.5), (1, 0.9), 0.5))  # weak and strong cost the same: no cost axis
 
 
 @pytest.mark.parametrize("acc,cost,expected", [(0.9, 0.009, 0.27817), (0.5, 0.001, 0.51641), (0.9, 0.001, 0.88623)])

@@ -103,3 +103,19 @@ def test_dataset_labels_only_stratify(tmp_path):
     t1, _ = make_splits(_dataset(tmp_path, name="x"))
     t2, _ = make_splits(_dataset(tmp_path, name="y"))
     assert t1 == t2
+
+
+def test_a_model_with_no_outcome_on_the_calibration_rows_is_refused_by_name(tmp_path):
+    """Its profile and expected cost are fitted on R_cal: with no outcome there, training would ship NaN costs."""
+    from lr_onnx.export.data.splits import check_trainable
+
+    data = _dataset(tmp_path)
+    table, _ = make_splits(data)
+    check_trainable(data, split_masks(data, table), "d")  # every model is on R_cal: accepted
+    rows = [rec(i, dataset=f"ds{i % 3}") for i in range(60)]
+    for r in rows:
+        if table[r["id"]][1] == "cal":
+            del r["outcomes"]["b"]
+    thin = load_dataset(write_native(tmp_path / "thin", rows))
+    with pytest.raises(DataError, match=r"no calibration query .* for b \(\d+ training outcomes\)"):
+        check_trainable(thin, split_masks(thin, ensure_splits(thin)), "thin")

@@ -201,6 +201,55 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
     assert out["rows"] == m["rows"] > 0
 
 
+def _derived(env, name: str, keep: list[str], drop_on_test: str | None = None):
+    """A copy of the demo whose pool is `keep` (its images linked); `drop_on_test` loses its test outcomes."""
+    from lr_onnx.export.data.format import load_dataset
+    from lr_onnx.export.data.splits import make_splits
+
+    root = env / name
+    root.mkdir()
+    (root / "images").symlink_to(env / "demo" / "images")
+    models = [m for m in json.loads((env / "demo" / "models.json").read_text()) if m["name"] in keep]
+    (root / "models.json").write_text(json.dumps(models))
+    recs = [json.loads(ln) for ln in (env / "demo" / "queries.jsonl").read_text().splitlines() if ln.strip()]
+    for r in recs:
+        r["outcomes"] = {m: o for m, o in r["outcomes"].items() if m in keep}
+    (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    if drop_on_test:
+        table, _ = make_splits(load_dataset(root))
+        for r in recs:
+            if table[r["id"]][0] == "test":
+                r["outcomes"].pop(drop_on_test)
+        (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return root
+
+
+def test_evaluate_takes_a_pool_of_one_and_a_model_with_no_test_outcome(env):
+    """A pool of one has nothing to drop (pool shift keeps `full` only, the cost axis is undefined: nan, not a
+    ZeroDivisionError); a model with no test outcome is left off the frontier plot (it crashed matplotlib)."""
+    from lr_onnx.export.evaluate.report import evaluate
+    from lr_onnx.export.train.trainer import TrainConfig, train
+
+    names = [m["name"] for m in json.loads((env / "demo" / "models.json").read_text())]
+    one = _derived(env, "one_model", names[:1])
+    train(one, env / "run_one", TrainConfig(epochs=1, slices=2), progress=False)
+    evaluate(env / "run_one", ablations=False, progress=False)
+    m = json.loads((env / "run_one" / "metrics.json").read_text())
+    assert set(m["pool_shift"]) == {
+        "full",
+        "drop_30pct_mean_gain_over_best_single",
+        "drop_50pct_mean_gain_over_best_single",
+    }
+    assert m["methods"]["latentrouter"]["cpt50"] is None and (env / "run_one" / "frontier.png").stat().st_size > 0
+
+    ragged = _derived(env, "no_test_outcome", names[:3], drop_on_test=names[1])
+    train(ragged, env / "run_ragged", TrainConfig(epochs=1, slices=2), progress=False)
+    evaluate(env / "run_ragged", ablations=False, progress=False)
+    m = json.loads((env / "run_ragged" / "metrics.json").read_text())
+    assert m["single_models"][names[1]]["score"] is None and m["single_models"][names[0]]["score"] is not None
+    assert (env / "run_ragged" / "frontier.png").stat().st_size > 0
+
+
 def test_spread_over_slices_takes_n_queries_spread_over_the_slices():
     """ceil(n/S) per slice; a thin slice gives what it has; more slices than n: n rows from n different slices."""
     from lr_onnx.export.train.pool import spread_over_slices

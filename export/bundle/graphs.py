@@ -6,6 +6,7 @@ level."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,10 @@ OPSET = 18  # the torch 2.13 dynamo exporter implements >= 18; 17 needs a lossy 
 def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int) -> None:
     import torch
 
+    # the exporter's own notes (a torchvision op it cannot register, a Split it leaves unfolded) are not the user's
+    # business: no graph here uses torchvision, and ONNX Runtime folds what is left at load time
+    for name in ("torch.onnx._internal.exporter._registration", "onnxscript.optimizer._constant_folding"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     prog = torch.onnx.export(
         module,
         args,

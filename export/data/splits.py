@@ -182,3 +182,21 @@ def split_masks(data: RoutingData, table: dict[str, tuple[str, str]]) -> dict[st
     s = np.array([table[i][0] for i in data.ids])
     p = np.array([table[i][1] for i in data.ids])
     return {"train": s == "train", "val": s == "val", "test": s == "test", "fit": p == "fit", "cal": p == "cal"}
+
+
+def check_trainable(data: RoutingData, masks: dict[str, np.ndarray], where: str | Path) -> None:
+    """Refuse, with one line, a split a router cannot be trained on: an empty fit, cal or val part, or a model with
+    no outcome on the calibration rows (R_cal, a seeded CAL_FRACTION of train), where its profile and expected cost
+    are fitted: a model with none would have neither. Only a model with a handful of training outcomes can miss
+    R_cal (with n of them, the chance is 0.65^n)."""
+    for name in ("fit", "cal", "val"):
+        if not masks[name].any():
+            raise DataError(f"{where}: the split has no '{name}' rows; the dataset is too small to train on")
+    n_train, n_cal = data.A[masks["train"]].sum(axis=0), data.A[masks["cal"]].sum(axis=0)
+    lacking = [f"{m} ({n} training outcomes)" for m, n, c in zip(data.model_names, n_train, n_cal) if c == 0]
+    if lacking:
+        raise DataError(
+            f"{where}: no calibration query (R_cal, {CAL_FRACTION:.0%} of train) has an outcome for "
+            f"{', '.join(lacking)}; its profile and cost are fitted there: give it more training outcomes, or leave "
+            "it out of models.json and add it to the bundle later (lr-onnx models add)"
+        )

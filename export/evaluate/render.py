@@ -22,6 +22,8 @@ def plot_frontier(path: Path, curves: dict, out: dict) -> None:
             label=name,
         )
     for name, s in out["single_models"].items():
+        if s["score"] is None or s["cost"] is None:  # a model with no outcome on this split
+            continue
         ax.scatter(s["cost"], s["score"], marker="x", color="gray")
         ax.annotate(name, (s["cost"], s["score"]), fontsize=6, color="gray")
     r = out["methods"]["random"]

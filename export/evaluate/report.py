@@ -322,22 +322,23 @@ def per_dataset(P: TrainingSet, rows, curves: dict, j_val) -> dict:
 
 
 def pool_shift(net, P: TrainingSet, rows, single_cal) -> dict:
-    """Mask models out of the pool (never slice columns) and re-route; specs use R_cal statistics (§8.8)."""
+    """Mask models out of the pool (never slice columns) and re-route; specs use R_cal statistics (§8.8). Every spec
+    keeps at least one model (a pool of one has only `full`; random drops need three)."""
     d = P.data
     K = d.k
     specs = {"full": np.ones(K, bool)}
     strongest = int(np.nanargmax([s["score"] for s in single_cal]))
     cheapest = int(np.nanargmin([s["cost"] for s in single_cal]))
-    for label, k in (("drop_strongest", strongest), ("drop_cheapest", cheapest)):
+    for label, k in (("drop_strongest", strongest), ("drop_cheapest", cheapest)) if K >= 2 else ():
         keep = np.ones(K, bool)
         keep[k] = False
         specs[label] = keep
-    for k, n in enumerate(d.model_names):
+    for k, n in enumerate(d.model_names if K >= 2 else ()):
         keep = np.ones(K, bool)
         keep[k] = False
         specs[f"leave_one_out:{n}"] = keep
     rng = np.random.default_rng(20260308)
-    for frac in (0.3, 0.5):
+    for frac in (0.3, 0.5) if K >= 3 else ():
         for draw in range(5):
             drop = max(1, int(round(frac * K)))
             drop = min(drop, K - 2)
@@ -364,7 +365,7 @@ def pool_shift(net, P: TrainingSet, rows, single_cal) -> dict:
         }
     for prefix in ("drop_30pct", "drop_50pct"):
         vals = [v["score_at_lambda0"] - v["best_single"] for k, v in out.items() if k.startswith(prefix)]
-        out[f"{prefix}_mean_gain_over_best_single"] = _f(float(np.mean(vals)))
+        out[f"{prefix}_mean_gain_over_best_single"] = _f(float(np.mean(vals))) if vals else None
     return out
 
 

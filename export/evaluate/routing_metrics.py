@@ -139,6 +139,8 @@ def apgr(points, weak: tuple[float, float], strong: tuple[float, float]) -> floa
 def cpt(points, weak: tuple[float, float], strong: tuple[float, float], p: float) -> float:
     """Percent of normalised cost at which the frontier first reaches Q_w + p (Q_s - Q_w)."""
     (cw, qw), (cs, qs) = weak, strong
+    if cs == cw:  # one model, or weak and strong cost the same: there is no cost axis to normalise
+        return float("nan")
     target = qw + p * (qs - qw)
     F = [((c - cw) / (cs - cw), q) for c, q in pareto_frontier(points)]
     if not F:

@@ -22,7 +22,7 @@ from ...version import __version__
 from ..data.format import RoutingData, load_dataset
 from ...runtime.profiles import ProfileSpace, model_features
 from .slices import FEW_SHOT_DRAWS, SLICES, build_profiles, few_shot_profiles
-from ..data.splits import SPLIT_SEED, ensure_splits, split_masks
+from ..data.splits import SPLIT_SEED, check_trainable, ensure_splits, split_masks
 from .rundir import CONFIG, RunDir, WEIGHTS
 from .losses import losses, WeightAverage
 
@@ -143,9 +143,7 @@ def load_training_set(
         data = data.without(exclude)
     table = ensure_splits(data)
     masks = split_masks(data, table)
-    for name in ("fit", "cal", "val"):
-        if not masks[name].any():
-            raise DataError(f"{data_dir}: the split has no '{name}' rows; the dataset is too small to train on")
+    check_trainable(data, masks, data_dir)
     q = run_features(data, text_only, progress=progress)
     fit, cal = np.flatnonzero(masks["fit"]), np.flatnonzero(masks["cal"])
     assert not set(fit) & set(cal), "R_cal and R_fit must be disjoint"
