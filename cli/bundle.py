@@ -417,14 +417,15 @@ def calibrate_cmd(bundle, data_dir, max_avg_cost, max_share, split):
         max_share=share,
     )
     click.echo(
-        f"{'lambda':>10s} {'mean score':>10s} {'mean cost $':>12s}"
+        f"{'lambda':>18s} {'mean score':>10s} {'mean cost $':>12s}"
         + (f" {'share':>6s}" if share else "")
         + "  meets the target"
     )
     for p in tradeoff(res["points"]):
-        mark = "*" if p["lambda"] == res["lambda"] else " "
+        chosen = res["lambda"] is not None and p["lambda"] <= res["lambda"] <= p["lambda_to"]
+        span = f"{p['lambda']:.4g}" + (f"..{p['lambda_to']:.4g}" if p["lambda_to"] != p["lambda"] else "")
         click.echo(
-            f"{mark}{p['lambda']:>9.4g} {p['score']:>10.4f} {p['cost']:>12.4g}"
+            f"{'*' if chosen else ' '}{span:>17s} {p['score']:>10.4f} {p['cost']:>12.4g}"
             + (f" {p['share']:>6.3f}" if share else "")
             + f"  {'yes' if p['feasible'] else 'no'}"
         )

@@ -353,15 +353,17 @@ def calibrate(
 
 
 def tradeoff(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The distinct operating points of a lambda sweep (consecutive lambdas that choose alike are one row)."""
+    """The distinct operating points of a lambda sweep: consecutive lambdas that choose alike are one row, its
+    `lambda` the first of them and `lambda_to` the last (calibration's tie rule may pick any of them)."""
     out: list[dict[str, Any]] = []
     for p in points:
         if out and (round(out[-1]["score"], 6), round(out[-1]["cost"], 12)) == (
             round(p["score"], 6),
             round(p["cost"], 12),
         ):
+            out[-1]["lambda_to"] = p["lambda"]
             continue
-        out.append(p)
+        out.append({**p, "lambda_to": p["lambda"]})
     return out
 
 

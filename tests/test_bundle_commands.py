@@ -151,6 +151,8 @@ def test_calibrate_records_lambda_atomically(runner, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((b / "manifest.json").read_text())
     cal = m["lambda"]["calibrated"]
+    marked = [ln for ln in res.output.splitlines() if ln.startswith("*")]  # the table marks the recorded point
+    assert len(marked) == 1 and f"{cal['operating_point']['score']:.4f}" in marked[0]
     assert cal["operating_point"]["cost"] <= budget and m["lambda"]["default"] == cal["operating_point"]["lambda"]
     assert Router.load(b).default_lambda == m["lambda"]["default"]
     # the recorded operating point is what `route` then does: same choices, so the same mean cost and score
