@@ -33,6 +33,24 @@ def test_check_table_is_readable(runner):
     assert "every model has an outcome on every query" in res.output
 
 
+def test_check_flags_a_dataset_train_would_refuse(runner, tmp_path):
+    """Model b's outcomes have no cost (null cost: no outcome), so it has nothing to be profiled on: the data is valid,
+    `train` would refuse it, and `check` says so up front (`trainable` in --json)."""
+    rows = [rec(i, outcomes={"a": {"score": 1.0, "cost": 0.1}, "b": {"score": 1.0, "cost": None}}) for i in range(30)]
+    d = write_native(tmp_path / "d", rows)
+    res = runner.invoke(main, ["data", "check", str(d)])
+    assert res.exit_code == 0 and "note: lr-onnx train would refuse this dataset" in res.output
+    assert "outcome for b (0 training outcomes)" in res.output
+    rep = json.loads(runner.invoke(main, ["data", "check", str(d), "--json"]).output)
+    assert rep["trainable"]["ok"] is False
+    good = json.loads(
+        runner.invoke(
+            main, ["data", "check", str(write_native(tmp_path / "g", [rec(i) for i in range(30)])), "--json"]
+        ).output
+    )
+    assert good["trainable"] == {"ok": True, "reason": None}
+
+
 @pytest.mark.parametrize(
     "make,pattern",
     [

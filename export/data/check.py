@@ -13,7 +13,8 @@ import numpy as np
 
 from .format import RoutingData
 from ..evaluate.routing_metrics import best_single, oracle_choice, random_router, routed_means, single_models
-from .splits import SPLITS_FILE, make_splits, read_splits, split_masks
+from ...runtime.errors import DataError
+from .splits import SPLITS_FILE, check_trainable, make_splits, read_splits, split_masks
 
 # Thresholds of a fair multimodal routing benchmark (issue: demo benchmark properties).
 MIN_ORACLE_GAP = 0.15
@@ -80,6 +81,11 @@ def summarize(data: RoutingData) -> dict:
         name: {ds: _r(float(data.A[ds_arr == ds, k].mean())) for ds in out["datasets"]}
         for k, name in enumerate(data.model_names)
     }
+    try:  # the same check `train` makes, so a dataset it would refuse is flagged here first
+        check_trainable(data, masks, data.root)
+        out["trainable"] = {"ok": True, "reason": None}
+    except DataError as e:
+        out["trainable"] = {"ok": False, "reason": str(e)}
     if any(m is not None for m in data.meta):
         out["properties"] = demo_properties(data)
     return out
@@ -208,6 +214,9 @@ def format_report(s: dict) -> str:
         lines.append(f"  {'model':30s} " + " ".join(f"{d[:10]:>10s}" for d in dss))
         for name, row in s["coverage"].items():
             lines.append(f"  {name[:30]:30s} " + " ".join(f"{row[d]:>10.2f}" for d in dss))
+    if not s["trainable"]["ok"]:
+        lines.append("")
+        lines.append(f"note: lr-onnx train would refuse this dataset: {s['trainable']['reason']}")
     if "properties" in s:
         lines.append("")
         lines.append("routing-benchmark properties:")
