@@ -52,8 +52,8 @@ __all__ = [
 SCHEMA_VERSION = 2  # the newest schema this runtime reads; a bundle says the oldest that reads it right (needed_schema)
 # the graphs a bundle must have (`needed_graphs`: all but the image encoder for a router that reads no images);
 # `memory` and `fused` are optional
-GRAPHS = ("router", "image_encoder", "text_encoder")
-IMAGE_ENCODER = "image_encoder"
+ROUTER, IMAGE_ENCODER, TEXT_ENCODER = "router", "image_encoder", "text_encoder"
+GRAPHS = (ROUTER, IMAGE_ENCODER, TEXT_ENCODER)
 
 
 def needed_graphs(reads_images: bool) -> tuple[str, ...]:

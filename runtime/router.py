@@ -29,6 +29,7 @@ from .costs import query_costs
 from .preprocess import DEFAULT_MAX_IMAGE_BYTES, load_tokenizer, prepare_query, tokenize
 from .added_models import LocalPrior, memory_estimates, untrained_answer
 from .memory import COLUMNS, Memory, global_means
+from .manifest import IMAGE_ENCODER, ROUTER, TEXT_ENCODER
 from .profiles import model_features, pool_features
 from .sessions import BundleSessions, run
 from .decision import Candidate, Decision, Prepared, RouteOptions, ranked_candidates  # noqa: F401  (Router's API)
@@ -197,10 +198,10 @@ class Router:
 
         def text(questions: list[str]) -> np.ndarray:
             ids, mask = tokenize(self.tokenizer(), questions)
-            return np.asarray(run(self.session("text_encoder"), {"input_ids": ids, "attention_mask": mask})[0])
+            return np.asarray(run(self.session(TEXT_ENCODER), {"input_ids": ids, "attention_mask": mask})[0])
 
         def image(tensors: Any) -> np.ndarray:
-            return np.asarray(run(self.session("image_encoder"), {"pixels": np.stack(tensors)})[0])
+            return np.asarray(run(self.session(IMAGE_ENCODER), {"pixels": np.stack(tensors)})[0])
 
         return encode_raw_queries([p.question for p in prepared], [list(p.tensors) for p in prepared], text, image)
 
@@ -228,7 +229,7 @@ class Router:
         found = None if mem is None else self.memory_search(q)  # kept for --explain (which setting read each row)
         cols = self.memory_columns(q, found)
         mf = model_features(self.model_feat, c_hat, cols, rows=B)
-        mu, sigma, delta, mt = run(self._session_for("router", B), {"query": q, "model_feat": mf, "avail": avail})
+        mu, sigma, delta, mt = run(self._session_for(ROUTER, B), {"query": q, "model_feat": mf, "avail": avail})
         if (
             mem is not None and cols is not None and self._added.any()
         ):  # models the network never trained on: the memory's answer
