@@ -66,7 +66,12 @@ def train_cmd(
     skips this).
     The other is kept as OUT/ablations/text_only or OUT/ablations/with_images; a bundle
     exported from a text-only run never runs its image encoder.
+
+    OUT must be new (or an empty folder): the run is written to a temporary folder that
+    becomes OUT only when training has finished, so an interrupted run leaves nothing and
+    an earlier run is never overwritten or mixed with this one.
     """
+    from ..export.files import staged_output
     from ..export.train.trainer import TrainConfig, train
 
     if text_only and keep_images:
@@ -78,22 +83,25 @@ def train_cmd(
         cfg.few_shot = 0.0
     if no_pool_dropout:
         cfg.pool_dropout = 0.0
-    summary = train(data_dir, out, cfg)
-    click.echo(
-        f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
-        f"best validation utility {summary['best_val_utility']:.4f}; wrote {out}"
-    )
-    if not (text_only or keep_images):
-        from ..export.train.modality import choose_modality
+    with staged_output(out) as work:
+        summary = train(data_dir, work, cfg)
+        click.echo(
+            f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
+            f"best validation utility {summary['best_val_utility']:.4f}"
+        )
+        choice = None
+        if not (text_only or keep_images):
+            from ..export.train.modality import choose_modality
 
-        choice = choose_modality(data_dir, out)
-        if choice is not None:
-            u = choice["val_utility"]
-            click.echo(
-                f"reads {'images and text' if choice['chosen'] == 'images' else 'text only'}: validation utility "
-                f"{u['images']:.4f} with images, {u['text']:.4f} without (paired z {choice['z']:.2f}; text only "
-                f"needs {choice['z_needed']:.2f})"
-            )
+            choice = choose_modality(data_dir, work)
+    click.echo(f"wrote {out}")
+    if choice is not None:
+        u = choice["val_utility"]
+        click.echo(
+            f"reads {'images and text' if choice['chosen'] == 'images' else 'text only'}: validation utility "
+            f"{u['images']:.4f} with images, {u['text']:.4f} without (paired z {choice['z']:.2f}; text only "
+            f"needs {choice['z_needed']:.2f})"
+        )
 
 
 @main.command("evaluate")

@@ -148,6 +148,11 @@ def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
     assert cfg["modality"]["chosen"] in ("images", "text") and set(cfg["modality"]["val_utility"]) == {"images", "text"}
     other = "text_only" if cfg["modality"]["chosen"] == "images" else "with_images"
     assert (out / "ablations" / other / "weights.safetensors").is_file()
+    # a second run into the same folder is refused before it starts: the first is neither overwritten nor mixed
+    before = _snapshot(out)
+    again = runner.invoke(main, ["train", str(env / "demo"), "--out", str(out), "--epochs", "1"])
+    assert again.exit_code == 1 and "already exists" in again.output and _snapshot(out) == before
+    assert not [p for p in env.iterdir() if p.name.startswith(".run_cli.tmp-")]
 
 
 def test_evaluate_writes_metrics_plot_and_report(env, run):
