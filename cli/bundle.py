@@ -246,7 +246,7 @@ def info_lines(b) -> list[str]:
         f"        schema {m.schema_version}, {m.precision or '?'}, opset {m.opset or '?'}, "
         f"setting {m.setting or '?'}, encoders {m.encoder_version or '?'}, digest {b.digest[:16]}",
         "",
-        f"pool ({len(m.pool)} models)",
+        f"pool ({len(m.pool)} model{'' if len(m.pool) == 1 else 's'})",
         f"  {'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost",
     ]
     for p in m.pool:
