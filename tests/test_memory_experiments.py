@@ -3,12 +3,18 @@ docs/results.md, so each must do what its docstring says on data where the answe
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
+
+from conftest import DYNAMATH
 
 from lr_onnx.runtime.features import HAS_IMAGE_COL
 from lr_onnx.runtime.memory import Memory, MemorySettings
 from memory_per_source import vote
 from memory_variants import eb_kappa, ridge, shrunk, summary
+from resplit import grouped_split, resplit
 
 
 def test_ridge_recovers_a_linear_outcome_per_model_on_its_own_rows():
@@ -115,3 +121,19 @@ def test_the_added_model_alternatives_fit_what_their_docstrings_say():
     assert np.allclose(w, [1.0, -0.5, 0.0, 0.0], atol=0.05) and abs(b - 0.2) < 0.05
     w, b = ridge_loo(X, rng.normal(size=200) + 3.0)  # nothing to explain: small weights, about the mean
     assert np.abs(w).max() < 0.15 and abs(b - 3.0) < 0.3
+
+
+@pytest.mark.shared_data("dynamath")
+def test_resplit_reproduces_dynamaths_official_split_with_its_seed_and_never_splits_a_group(tmp_path):
+    """benchmarks/resplit.py redraws a split by the dataset README's procedure: with the README's seed it must give
+    the official split row for row, or a resplit diagnostic would measure the procedure rather than the luck."""
+    official = [json.loads(ln) for ln in (DYNAMATH / "queries.jsonl").read_text().splitlines() if ln.strip()]
+    assert grouped_split(official, 20261202) == {r["meta"]["group"]: r["split"] for r in official}
+    counts = resplit(DYNAMATH, tmp_path / "s1", seed=1)
+    again = [json.loads(ln) for ln in (tmp_path / "s1" / "queries.jsonl").read_text().splitlines()]
+    by_group: dict[str, set] = {}
+    for r in again:
+        by_group.setdefault(r["meta"]["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_group.values()) and sum(counts.values()) == len(official)
+    assert [r["split"] for r in again] != [r["split"] for r in official]  # another seed, another split
+    assert (tmp_path / "s1" / "images").resolve() == (DYNAMATH / "images").resolve()
