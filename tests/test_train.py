@@ -839,7 +839,7 @@ def test_exported_gelus_take_the_form_onnx_runtime_fuses(tmp_path):
     from lr_onnx.runtime.sessions import ort
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4), torch.nn.GELU())
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4), torch.nn.GELU()).eval()
     path = tmp_path / "g.onnx"
     with torch.no_grad():
         _export(net, (torch.randn(3, 8),), path, ["x"], ["y"], ({0: torch.export.Dim("batch")},), 18)
