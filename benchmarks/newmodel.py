@@ -11,9 +11,12 @@ draws are the same); the recovery recorded is the mean over seeds of each seed's
 seed's and each draw's numbers beside it.
 
     python benchmarks/newmodel.py DATA_DIR OUT_DIR [--run FULL_RUN] [--sizes 24 48 96] [--draws 5]
-                [--seeds 3] [--which strongest] [--into benchmarks/results/newmodel_real.json]
+                [--seeds 3] [--which strongest] [--pick slices|difficulty] [--into benchmarks/results/newmodel_real.json]
 
-Writes OUT_DIR/newmodel.json; trained routers are kept in OUT_DIR (training seed i > 0 in OUT_DIR/seed{i})
+`--pick difficulty` draws the labels at spaced quantiles of the trained models' mean outcome within each slice
+(`spread_over_slices(..., difficulty)`) instead of at random, on the same routers and draw seeds.
+
+Writes OUT_DIR/newmodel.json (newmodel_difficulty.json with --pick difficulty); trained routers are kept in OUT_DIR (training seed i > 0 in OUT_DIR/seed{i})
 and reused on a rerun.
 """
 
@@ -51,6 +54,7 @@ PICK_SEED = 20260308
 RULES = ("added", "added_global_mean_prior", "added_line_unshrunk")  # the Router's rule, then its ablations
 DRAWS = 5  # label draws per size (seeds PICK_SEED + 0..4): one draw of 48 labels swings recovery by +-0.15
 SEEDS = 3  # training seeds (TrainConfig.seed + 0..2), as the grid's real cells
+PICK = "slices"  # how the labelled queries are picked: "slices" (models propose) or "difficulty" (its variant)
 
 
 def held_out_models(P: TrainingSet, seed: int = PICK_SEED) -> dict[str, str]:
@@ -114,9 +118,15 @@ class HeldOut:
     def names(self) -> list[str]:
         return [self.full.data.model_names[j] for j in self.order]
 
-    def labelled(self, n: int, draw: int) -> np.ndarray:
-        """The n R_cal rows a user labels on label draw `draw`, spread over the slices as `models propose` does."""
-        picked = spread_over_slices(self.cal, self.slices, self.P_wo.space.S, n, PICK_SEED + draw)
+    def labelled(self, n: int, draw: int, pick: str = PICK) -> np.ndarray:
+        """The n R_cal rows a user labels on label draw `draw`, spread over the slices as `models propose` does
+        (`pick` "difficulty": at spaced quantiles of the trained models' mean outcome within each slice)."""
+        d = self.full.data
+        diff = None
+        if pick == "difficulty":
+            Y, A = np.nan_to_num(d.Y[self.cal][:, self.keep]), d.A[self.cal][:, self.keep]
+            diff = (Y * A).sum(axis=1) / np.maximum(A.sum(axis=1), 1)
+        picked = spread_over_slices(self.cal, self.slices, self.P_wo.space.S, n, PICK_SEED + draw, diff)
         return np.array([i for i, _ in picked])
 
 
@@ -233,8 +243,10 @@ def run(
     draws: int = DRAWS,
     seeds: int = SEEDS,
     progress: bool = True,
+    pick: str = PICK,
 ) -> dict:
-    """The protocol for training seeds cfg.seed + 0..seeds-1 (seed i > 0's routers in out/seed{i}), averaged."""
+    """The protocol for training seeds cfg.seed + 0..seeds-1 (seed i > 0's routers in out/seed{i}), averaged; written
+    to out/newmodel.json (out/newmodel_{pick}.json for another pick rule, so both can share the routers)."""
     cfg = cfg or TrainConfig()
     parts = [
         run_seed(
@@ -246,16 +258,20 @@ def run(
             which=which,
             draws=draws,
             progress=progress,
+            pick=pick,
         )
         for i in range(seeds)
     ]
     first = parts[0]
     result = {k: first[k] for k in ("data", "test_rows", "sizes", "label_draws", "full_run")}
-    result.update(training_seeds=seeds, upper_all_models=mean_of([p["upper_all_models"] for p in parts]), models={})
+    result.update(
+        pick=pick, training_seeds=seeds, upper_all_models=mean_of([p["upper_all_models"] for p in parts]), models={}
+    )
     for name in parts[0]["models"]:
         entry = mean_of([p["models"][name] for p in parts])
         result["models"][name] = {**entry, "per_seed": [p["models"][name] for p in parts]}
-    atomic_write_text(out / "newmodel.json", json.dumps(result, indent=2) + "\n")
+    name = "newmodel.json" if pick == PICK else f"newmodel_{pick}.json"
+    atomic_write_text(out / name, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -269,6 +285,7 @@ def run_seed(
     which: tuple[str, ...],
     draws: int,
     progress: bool,
+    pick: str = PICK,
 ) -> dict:
     """The protocol for one training seed (`cfg.seed`), its routers trained into (or reused from) `out`."""
     full = load_training_set(data_dir, slices=cfg.slices, progress=progress)
@@ -296,7 +313,7 @@ def run_seed(
         for n in sizes:
             per_draw: dict[str, list] = {rule: [] for rule in RULES}
             for draw in range(draws):  # label draws: which n queries the user happened to label
-                rows = h.labelled(n, draw)
+                rows = h.labelled(n, draw, pick)
                 feat, c_hat = added_model_feat(P_wo, full, k, rows)
                 names, ok = h.names, rows[d.A[rows, k]]
                 rules = dict.fromkeys(RULES)
@@ -351,6 +368,13 @@ def main(argv=None) -> None:
         help="which held-out models to measure",
     )
     ap.add_argument(
+        "--pick",
+        choices=["slices", "difficulty"],
+        default=PICK,
+        help="how the labelled queries are picked: spread over the slices at random (models propose), or at spaced "
+        "quantiles of the trained models' mean outcome within each slice",
+    )
+    ap.add_argument(
         "--into",
         type=Path,
         default=None,
@@ -359,7 +383,16 @@ def main(argv=None) -> None:
     )
     a = ap.parse_args(argv)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    res = run(a.data_dir, a.out_dir, full_run=a.run, sizes=a.sizes, which=tuple(a.which), draws=a.draws, seeds=a.seeds)
+    res = run(
+        a.data_dir,
+        a.out_dir,
+        full_run=a.run,
+        sizes=a.sizes,
+        which=tuple(a.which),
+        draws=a.draws,
+        seeds=a.seeds,
+        pick=a.pick,
+    )
     if a.into is not None:
         into = json.loads(a.into.read_text(encoding="utf-8")) if a.into.is_file() else {}
         into[a.data_dir.resolve().name] = res
