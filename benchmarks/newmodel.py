@@ -14,7 +14,7 @@ seed's and each draw's numbers beside it.
                 [--seeds 3] [--which strongest] [--pick slices|difficulty] [--into benchmarks/results/newmodel_real.json]
 
 `--pick difficulty` draws the labels at spaced quantiles of the trained models' mean outcome within each slice
-(`spread_over_slices(..., difficulty)`) instead of at random, on the same routers and draw seeds.
+(`spread_by_difficulty`) instead of at random, on the same routers and draw seeds.
 
 Writes OUT_DIR/newmodel.json (newmodel_difficulty.json with --pick difficulty); trained routers are kept in OUT_DIR (training seed i > 0 in OUT_DIR/seed{i})
 and reused on a rerun.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -121,13 +122,36 @@ class HeldOut:
     def labelled(self, n: int, draw: int, pick: str = PICK) -> np.ndarray:
         """The n R_cal rows a user labels on label draw `draw`, spread over the slices as `models propose` does
         (`pick` "difficulty": at spaced quantiles of the trained models' mean outcome within each slice)."""
-        d = self.full.data
-        diff = None
+        S, seed = self.P_wo.space.S, PICK_SEED + draw
         if pick == "difficulty":
-            Y, A = np.nan_to_num(d.Y[self.cal][:, self.keep]), d.A[self.cal][:, self.keep]
+            Y, A = np.nan_to_num(self.full.data.Y[self.cal][:, self.keep]), self.full.data.A[self.cal][:, self.keep]
             diff = (Y * A).sum(axis=1) / np.maximum(A.sum(axis=1), 1)
-        picked = spread_over_slices(self.cal, self.slices, self.P_wo.space.S, n, PICK_SEED + draw, diff)
-        return np.array([i for i, _ in picked])
+            return np.array([i for i, _ in spread_by_difficulty(self.cal, self.slices, S, n, seed, diff)])
+        return np.array([i for i, _ in spread_over_slices(self.cal, self.slices, S, n, seed)])
+
+
+def spread_by_difficulty(
+    rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int, difficulty: np.ndarray
+) -> list[tuple[int, int]]:
+    """`models propose`'s `spread_over_slices` (ceil(n / S) rows per slice, a seeded draw of n when that is more),
+    but a slice's rows taken at evenly spaced quantiles of `difficulty` (the trained models' mean outcome on each
+    row) from a seeded offset instead of at random, so that they span its easy and hard queries. Not adopted
+    (`newmodel_pick_difficulty.json`)."""
+    per, rng = math.ceil(n / S), np.random.default_rng(seed)
+    picked = []
+    for s in range(S):
+        members = rows[slices == s]
+        if len(members) <= per:
+            picked += [(int(i), s) for i in np.sort(members)]
+            continue
+        order = members[
+            np.lexsort((rng.random(len(members)), difficulty[slices == s]))
+        ]  # hardest first, ties at random
+        at = ((np.arange(per) + rng.random()) * len(order) / per).astype(int)
+        picked += [(int(i), s) for i in np.sort(order[at])]
+    if len(picked) > n:
+        picked = [picked[j] for j in np.sort(rng.choice(len(picked), n, replace=False))]
+    return picked
 
 
 def _route(mt: np.ndarray, Y, C, A, c_hat) -> dict:

@@ -14,6 +14,7 @@ from lr_onnx.runtime.features import HAS_IMAGE_COL
 from lr_onnx.runtime.memory import Memory, MemorySettings
 from memory_per_source import vote
 from memory_variants import eb_kappa, ridge, shrunk, summary
+from newmodel import spread_by_difficulty
 from resplit import grouped_split, resplit
 
 
@@ -137,3 +138,18 @@ def test_resplit_reproduces_dynamaths_official_split_with_its_seed_and_never_spl
     assert all(len(s) == 1 for s in by_group.values()) and sum(counts.values()) == len(official)
     assert [r["split"] for r in again] != [r["split"] for r in official]  # another seed, another split
     assert (tmp_path / "s1" / "images").resolve() == (DYNAMATH / "images").resolve()
+
+
+def test_spread_by_difficulty_spans_each_slices_easy_and_hard_rows():
+    """benchmarks/newmodel.py's pick variant: a slice's picks sit at spaced quantiles of the trained models' mean
+    outcome per row: of 30 rows and 3 picks, one from each third, however the seed falls."""
+    slices = np.repeat(np.arange(4), 30)
+    rows = np.arange(120)
+    difficulty = np.random.default_rng(0).random(120)  # distinct, independent of the slices
+    for seed in range(5):
+        got = spread_by_difficulty(rows, slices, 4, 12, seed, difficulty)
+        assert len(got) == 12 and got == spread_by_difficulty(rows, slices, 4, 12, seed, difficulty)
+        for s in range(4):
+            mine = sorted(difficulty[r] for r, t in got if t == s)
+            ranks = [np.mean(difficulty[slices == s] < d) for d in mine]  # the picks' quantiles within their slice
+            assert len(mine) == 3 and ranks[0] < 1 / 3 <= ranks[1] < 2 / 3 <= ranks[2]

@@ -271,23 +271,6 @@ def test_spread_over_slices_takes_n_queries_spread_over_the_slices():
     assert len(got) == 24 and len({s for _, s in got}) == 24
 
 
-def test_spread_over_slices_by_difficulty_spans_each_slices_easy_and_hard_rows():
-    """With the trained models' mean outcome per row, a slice's picks sit at spaced quantiles of it: of 30 rows and 3
-    picks, one from each third, however the seed falls; without it the draw is the random one (the test above)."""
-    from lr_onnx.export.train.pool import spread_over_slices
-
-    slices = np.repeat(np.arange(4), 30)
-    rows = np.arange(120)
-    difficulty = np.random.default_rng(0).random(120)  # distinct, independent of the slices
-    for seed in range(5):
-        got = spread_over_slices(rows, slices, 4, 12, seed=seed, difficulty=difficulty)
-        assert len(got) == 12 and got == spread_over_slices(rows, slices, 4, 12, seed=seed, difficulty=difficulty)
-        for s in range(4):
-            mine = sorted(difficulty[r] for r, t in got if t == s)
-            ranks = [np.mean(difficulty[slices == s] < d) for d in mine]  # the picks' quantiles within their slice
-            assert len(mine) == 3 and ranks[0] < 1 / 3 <= ranks[1] < 2 / 3 <= ranks[2]
-
-
 def test_text_only_runs_use_their_own_features_for_slices(env, run, tmp_path):
     """A --text-only ablation's slices were fit on features without the image: propose must assign with those."""
     import shutil

@@ -116,28 +116,13 @@ def add_model(
     }
 
 
-def spread_over_slices(
-    rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int, difficulty: np.ndarray | None = None
-) -> list[tuple[int, int]]:
+def spread_over_slices(rows: np.ndarray, slices: np.ndarray, S: int, n: int, seed: int) -> list[tuple[int, int]]:
     """(row, slice) pairs: ceil(n / S) rows drawn (seeded) from each slice (all of a slice's rows if it has
-    fewer); when that makes more than n (S does not divide n, or S > n), a seeded draw keeps n of them.
-
-    With `difficulty` (one number per row: the trained models' mean outcome on it), a slice's rows are not drawn
-    at random but at evenly spaced quantiles of their difficulty, from a seeded offset: the labels then span the
-    slice's easy and hard queries, where a random draw of two or three may all be easy ones."""
+    fewer); when that makes more than n (S does not divide n, or S > n), a seeded draw keeps n of them."""
     per, rng = math.ceil(n / S), np.random.default_rng(seed)
     picked = []
     for s in range(S):
-        members = rows[slices == s]
-        if difficulty is None:
-            picked += [(int(i), s) for i in np.sort(rng.permutation(members)[:per])]
-            continue
-        if len(members) <= per:
-            picked += [(int(i), s) for i in np.sort(members)]
-            continue
-        order = members[np.lexsort((rng.random(len(members)), difficulty[slices == s]))]  # easy last, ties at random
-        at = ((np.arange(per) + rng.random()) * len(order) / per).astype(int)
-        picked += [(int(i), s) for i in np.sort(order[at])]
+        picked += [(int(i), s) for i in np.sort(rng.permutation(rows[slices == s])[:per])]
     if len(picked) > n:
         picked = [picked[j] for j in np.sort(rng.choice(len(picked), n, replace=False))]
     return picked
