@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import struct
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .decision import Prepared
 from .errors import BundleError, InputError
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # an image 'path' that is a URL (http://, s3://, ...)
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb limit, checked per image (global PIL state untouched)
 # What one decoded image may hold in memory (width x height x bands x bytes per sample, from its header,
 # before any pixel is decoded): 80 MP of RGBA. The gateway's default is lower (serve/config.py).
@@ -141,6 +143,11 @@ def open_image(
         try:
             st = path.stat()
         except OSError:
+            text = str(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
+            if _URL.match(text):  # never fetched: lr-onnx reads local files only
+                raise InputError(
+                    f"{text[:200]}: a URL; lr-onnx never downloads, so save the image and give its path"
+                ) from None
             raise InputError(f"{path}: no such image file") from None
         if path.is_dir():
             raise InputError(f"{path}: is a directory, not an image")

@@ -169,6 +169,17 @@ def test_bad_images_are_one_line_errors(router, runner, tmp_path, name, pattern)
     assert len(res.output.strip().splitlines()) == 1 and res.output.startswith("Error: ")
 
 
+@pytest.mark.parametrize("url", ["https://example.com/cat.png", "s3://bucket/cat.png"])
+def test_an_image_url_is_refused_with_what_to_do_never_fetched(router, runner, url):
+    with pytest.raises(InputError, match="a URL; lr-onnx never downloads"):
+        router.route([url], "What is this?")
+    res = runner.invoke(main, ["route", url, "What is this?"])
+    assert (
+        res.exit_code == 1
+        and res.output.strip() == f"Error: {url}: a URL; lr-onnx never downloads, so save the image and give its path"
+    )
+
+
 def test_odd_but_valid_images(router, tmp_path):
     Image.new("RGB", (1, 1), "blue").save(tmp_path / "one.png")
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8))
