@@ -64,7 +64,8 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
     Prints every candidate sorted by utility with predicted quality mu +/- sigma,
     expected cost for THIS query (the model's image-token rule and prices, where the
     bundle has them) and utility; the chosen model is marked with '*'. A query unlike
-    the bundle's training queries gets a one-line out-of-coverage note.
+    the bundle's training queries gets a one-line out-of-coverage note; images given to a
+    bundle that reads the question only get a note that they set costs, not quality.
     """
     *images, question = args
     if not question.strip():
@@ -97,6 +98,11 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
     )
     if d.id:
         click.echo(f"decision id: {d.id} (logged to {log_dir}; lr-onnx feedback attaches its outcome)")
+    if images and not router.bundle.manifest.reads_images:
+        click.echo(
+            "note: this bundle reads the question only (validation chose text only): the image sets each model's "
+            "expected cost (its image tokens), not the predicted quality"
+        )
     if d.coverage and d.coverage["out_of_coverage"]:
         c = d.coverage
         if c["similarity"] < c["threshold"]:

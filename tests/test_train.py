@@ -604,6 +604,15 @@ def test_a_text_only_run_exports_a_bundle_without_an_image_encoder(env, bundle, 
 
     t = transfer_evaluate(tmp_path / "run", env / "demo", progress=False)  # read as trained: without images
     assert t["rows"] > 0 and 0.0 <= t["latentrouter"]["score_at_lambda0"] <= t["oracle"]["score"]
+    from click.testing import CliRunner
+
+    from lr_onnx.cli import main
+
+    image = P.data.images[rows[0]][0]  # `route` says the picture sets costs only, and says nothing without one
+    said = CliRunner().invoke(main, ["route", "--bundle", str(tmp_path / "b"), str(image), "What is shown?"])
+    assert said.exit_code == 0 and "note: this bundle reads the question only" in said.output
+    plain = CliRunner().invoke(main, ["route", "--bundle", str(tmp_path / "b"), "What is 6 * 7?"])
+    assert plain.exit_code == 0 and "reads the question only" not in plain.output
 
 
 def test_int8_text_encoder_stays_close_to_fp32(env, bundle):
