@@ -46,6 +46,8 @@ def staged_folder(out: str | os.PathLike[str], err: type[Exception]) -> Iterator
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise err(f"{out}: already exists; choose a new output folder (nothing was overwritten)")
+    if out.exists() and out.resolve() == Path.cwd().resolve():  # it would be removed and replaced under the shell
+        raise err(f"{out}: is the current folder; name a new folder (the output is built beside it, then renamed)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

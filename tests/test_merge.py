@@ -52,6 +52,12 @@ def test_merge_refuses_conflicting_prices_and_an_existing_out(tmp_path):
     with pytest.raises(DataError, match="already exists"):
         merge_datasets(tmp_path / "x", [a, b])
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    (tmp_path / "here").mkdir()  # an empty current folder as OUT would be removed and replaced under the shell
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path / "here")
+        with pytest.raises(DataError, match="is the current folder"):
+            merge_datasets(".", [a, b])
+    assert (tmp_path / "here").is_dir() and not any((tmp_path / "here").iterdir())
 
 
 def test_cli_merge_one_line_errors(runner, tmp_path):
