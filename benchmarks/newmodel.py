@@ -144,9 +144,8 @@ def spread_by_difficulty(
         if len(members) <= per:
             picked += [(int(i), s) for i in np.sort(members)]
             continue
-        order = members[
-            np.lexsort((rng.random(len(members)), difficulty[slices == s]))
-        ]  # hardest first, ties at random
+        ties = rng.random(len(members))
+        order = members[np.lexsort((ties, difficulty[slices == s]))]  # hardest first, ties at random
         at = ((np.arange(per) + rng.random()) * len(order) / per).astype(int)
         picked += [(int(i), s) for i in np.sort(order[at])]
     if len(picked) > n:

@@ -327,16 +327,13 @@ def pool_shift(net, P: TrainingSet, rows, single_cal) -> dict:
     d = P.data
     K = d.k
     specs = {"full": np.ones(K, bool)}
-    strongest = int(np.nanargmax([s["score"] for s in single_cal]))
-    cheapest = int(np.nanargmin([s["cost"] for s in single_cal]))
-    for label, k in (("drop_strongest", strongest), ("drop_cheapest", cheapest)) if K >= 2 else ():
-        keep = np.ones(K, bool)
-        keep[k] = False
-        specs[label] = keep
-    for k, n in enumerate(d.model_names if K >= 2 else ()):
-        keep = np.ones(K, bool)
-        keep[k] = False
-        specs[f"leave_one_out:{n}"] = keep
+    if K >= 2:  # one model out at a time: the strongest, the cheapest, then each in turn
+        strongest = int(np.nanargmax([s["score"] for s in single_cal]))
+        cheapest = int(np.nanargmin([s["cost"] for s in single_cal]))
+        drop = {"drop_strongest": strongest, "drop_cheapest": cheapest}
+        drop.update({f"leave_one_out:{n}": k for k, n in enumerate(d.model_names)})
+        for label, k in drop.items():
+            specs[label] = np.arange(K) != k
     rng = np.random.default_rng(20260308)
     for frac in (0.3, 0.5) if K >= 3 else ():
         for draw in range(5):
