@@ -167,14 +167,14 @@ def create_app(router: Router, config: ServeConfig, *, api_key: str | None = Non
 
     @endpoint("chat_completions")
     async def chat(request: Request) -> Response:
-        if not config.models:
+        req = chat_request(await body_json(request), config.limits, list(router.presets), upstream_names)
+        if not config.models:  # after the body is checked: a malformed request is the client's 4xx, not a 503
             raise HTTPError(
                 503,
                 "no upstream is configured (serve --config FILE with [models.NAME] tables); /v1/route still answers",
                 type="server_error",
                 code="no_upstream",
             )
-        req = chat_request(await body_json(request), config.limits, list(router.presets), upstream_names)
         if req.route is None:  # a real upstream model name: no routing, no routing slot
             return await upstreams.forward(
                 req.body, [(req.passthrough, None)], stream=req.stream, headers={"x-lr-onnx-routed": "false"}

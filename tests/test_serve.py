@@ -256,6 +256,19 @@ def test_passthrough_models_and_unknown_models(router, server):
     assert "lr-onnx/auto" in ids and "lr-onnx/budget_25" in ids and f"up-{FIRST.lower()}" in ids
 
 
+def test_without_upstreams_a_malformed_chat_request_is_still_the_clients_4xx(router):
+    """No [models.NAME] tables: a well-formed chat request is a 503 (nothing to forward to), a malformed one a 400."""
+    config = ServeConfig(limits=Limits(), batching=Batching(), upstream=UpstreamPolicy(), models={})
+    served, _ = served_router(router, config)
+    with BackgroundServer(create_app(served, config)) as s:
+        url = f"{s.url}/v1/chat/completions"
+        for body in ({"model": "lr-onnx/auto", "messages": []}, {"model": "lr-onnx/auto", "messages": "x"}, {}):
+            res = httpx.post(url, json=body)
+            assert res.status_code == 400 and res.json()["error"]["type"] == "invalid_request_error", (body, res.text)
+        res = httpx.post(url, json=chat("hi"))
+        assert res.status_code == 503 and res.json()["error"]["code"] == "no_upstream"
+
+
 def test_client_disconnect_mid_stream_cancels_the_upstream(router, upstream):
     top = ranked(router, "Stream forever?")[0]
     with make_server(router, upstream, {top: "slowstream"}) as s:
