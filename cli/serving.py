@@ -197,8 +197,9 @@ def route_batch_cmd(
     already in OUT are skipped, so an interrupted run resumes where it stopped, and a
     torn last line (a crash, a full disk) is cut off first. OUT is locked while a run
     writes it. Bad records (malformed JSON or CSV, invalid UTF-8, wrong types, an
-    unreadable image) and duplicate ids are reported with their line numbers and
-    skipped; the rest is processed, and the exit status is then 1.
+    unreadable image, a misspelt field such as "image") and duplicate ids are reported
+    with their line numbers and skipped; the rest is processed, and the exit status is
+    then 1. Fields of your own are ignored.
 
     --engine ray runs the same routing on Ray Data (local, or a cluster with --address):
     every record needs an id there, image paths must be readable by the actors (shared

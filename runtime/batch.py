@@ -33,7 +33,7 @@ from .errors import InputError, LrOnnxError
 from .files import atomic_write_bytes
 from .prefetch import prefetched
 from .validate import loads_json, read_regular_file
-from .records import parse_record, prepare_records, route_records
+from .records import misspelt_field, parse_record, prepare_records, route_records
 
 if TYPE_CHECKING:  # annotations only: no import cycle at run time
     from .decision import RouteOptions
@@ -132,6 +132,9 @@ def _read_csv(fh: BinaryIO, base: Path, name: str) -> Iterator[Any]:
         return
     except csv.Error as e:
         raise InputError(f"{name}: malformed CSV header ({e})") from None
+    typo = misspelt_field(header)
+    if typo:
+        raise InputError(f"{name}: CSV header: {typo}")
     if "question" not in header:
         raise InputError(f"{name}: a CSV input needs a 'question' column (optional: id, images)")
     while True:

@@ -3,6 +3,7 @@ one (a bad image fails alone), then routed in one batch."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -15,8 +16,27 @@ if TYPE_CHECKING:  # annotations only: no import cycle at run time
     from .router import Router
 
 
+FIELDS = ("id", "question", "images")  # what a record is read for; any other field is the user's own, kept out
+
+
+def misspelt_field(names: Any) -> str | None:
+    """The first of `names` that is a near miss of 'question' or 'images' ('image', 'Question', 'imgs'), said with
+    what it should be; None if there is none. Other fields (the user's own metadata, '_id', 'question_type') are
+    fine: they are not read, but a misspelt 'images' must not route the query as text only without a word."""
+    for name in names:
+        if not isinstance(name, str) or name in FIELDS:
+            continue
+        close = difflib.get_close_matches(name.strip().lower(), FIELDS[1:], n=1, cutoff=0.8)  # not 'id': '_id', 'uid'
+        if close:
+            return f"field {name!r} is not read: did you mean {close[0]!r}? (fields: {', '.join(FIELDS)})"
+    return None
+
+
 def parse_record(rec: dict[str, Any], lineno: int, base: Path, *, id_given: bool) -> dict[str, Any]:
     """One validated query; raises `InputError` naming the field."""
+    typo = misspelt_field(rec)
+    if typo:
+        raise InputError(typo)
     question = text(rec.get("question"), "'question'")
     if not id_given:
         qid = f"line-{lineno}"

@@ -283,6 +283,30 @@ def test_route_batch_bad_records_cost_nothing_else(runner, tmp_path):
     assert sorted(d["id"] for d in _decisions(out2)) == ["c1", "c3"]
 
 
+def test_route_batch_refuses_a_misspelt_images_field_and_keeps_the_users_own(runner, tmp_path):
+    """`"image": "a.png"` (or an 'image' CSV column) was ignored: the query routed as text only without a word.
+    A near miss of 'images' or 'question' fails its record (the header, for a CSV); other fields stay the user's."""
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"id": "typo", "question": "What is shown?", "image": "chart.png"},
+        {"id": "case", "Question": "What is shown?"},
+        {"id": "meta", "question": "What is 2 + 2?", "_id": 7, "question_type": "math", "label": 1},
+    ]
+    inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out.jsonl"
+    res = runner.invoke(main, ["route-batch", str(inp), "--out", str(out)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "in.jsonl:1: field 'image' is not read: did you mean 'images'?" in res.output
+    assert "in.jsonl:2: field 'Question' is not read: did you mean 'question'?" in res.output
+    assert [d["id"] for d in _decisions(out)] == ["meta"]
+
+    csv_in = tmp_path / "in.csv"
+    csv_in.write_text("id,question,image\nc1,What is shown?,chart.png\n")
+    res = runner.invoke(main, ["route-batch", str(csv_in), "--out", str(tmp_path / "c.jsonl")])
+    assert res.exit_code != 0 and "CSV header: field 'image' is not read: did you mean 'images'?" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "c.jsonl").read_text()
+
+
 def test_route_batch_ids_duplicates_falsy_and_bom(runner, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text(
