@@ -22,6 +22,7 @@ from .base import (
     FILE,
     FOLDER,
 )
+from ..runtime.validate import model_name
 
 
 @main.group("models", cls=Group)
@@ -99,7 +100,7 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
     short = rep["short_slices"]
     click.echo(
         f"wrote {out}: {rep['queries']} queries from {covered} of {rep['slices']} slices "
-        f"(at most {rep['target_per_slice']} per slice)"
+        f"(at most {max(rep['per_slice'])} per slice)"  # a bundle's round robin may go past ceil(n / S) to reach n
         + (f"; slices {short} have fewer candidate queries" if short else "")
         + f"; fill in outcomes[NAME], then: lr-onnx models add {target} --name NAME --outcomes {out}"
     )
@@ -137,6 +138,7 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
     fused.onnx is left out of the new bundle (it bakes in the old pool).
     """
     _pool_target(run_dir, bundle, out)
+    name = model_name(name)  # before the outcomes are read for it
     if image_tokens and image_tokens.lstrip().startswith("{"):
         try:
             image_tokens = json.loads(image_tokens)

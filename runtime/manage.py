@@ -25,7 +25,7 @@ from .added_models import LocalPrior
 from .memory import Memory
 from .files import atomic_write_text, staged_folder
 from .manifest import FileEntry, Manifest, MemoryEntry, PoolEntry
-from .validate import number, text
+from .validate import model_name, number
 from .policy import LAMBDA_GRID, choose
 from .profiles import new_model_profile
 
@@ -94,11 +94,11 @@ def add_model(
 ) -> dict[str, Any]:
     """A copy of the router's bundle with `name` appended to the pool (method.md §3.5)."""
     m = router.bundle.manifest
+    name = model_name(name)
     if name in router.names:
         raise InputError(f"model '{name}' is already in the pool; remove it first or pick another name")
     if len(queries) == 0:
         raise InputError(f"no labelled query for '{name}'")
-    name = text(name, "model name").strip()
     price_in = None if price_in is None else number(price_in, "price_in (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
     price_out = None if price_out is None else number(price_out, "price_out (USD per 1M tokens)", hi=MAX_PRICE_PER_MTOK)
     space = m.profile_space

@@ -60,6 +60,25 @@ def text(value: Any, field: str, *, empty_ok: bool = False, err: type[LrOnnxErro
     return value
 
 
+MAX_MODEL_NAME = 200
+
+
+def model_name(value: Any, field: str = "model name", *, err: type[LrOnnxError] = InputError) -> str:
+    """A name for a new pool model: text as it will be matched everywhere (outcome keys, --models, logs, metrics),
+    so no leading or trailing space, no control character (a newline breaks every table and log line) and no
+    comma (--models and --exclude take comma-separated names)."""
+    name = text(value, field, err=err)
+    if name != name.strip():
+        raise err(f"{field} {name!r} has leading or trailing spaces")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise err(f"{field} {name!r} holds a control character")
+    if "," in name:
+        raise err(f"{field} {name!r} holds a comma (--models and --exclude take comma-separated names)")
+    if len(name) > MAX_MODEL_NAME:
+        raise err(f"{field} is {len(name)} characters long (at most {MAX_MODEL_NAME})")
+    return name
+
+
 def names(value: Any, field: str, *, err: type[LrOnnxError] = InputError) -> list[str] | None:
     """None, or a non-empty list of model names (a bare string is one name)."""
     if value is None:

@@ -128,6 +128,19 @@ def test_models_add_and_remove_on_a_bundle_copy(runner, tmp_path):
     )
 
 
+@pytest.mark.parametrize("name", ["a,b", " NewVLM", "New\nVLM", "gpt-4o"])
+def test_models_add_refuses_a_name_that_would_not_match_everywhere(runner, tmp_path, name):
+    """A comma (--models splits on it), outer spaces (stripped, ' gpt-4o' became a second 'gpt-4o') or a control
+    character (a newline broke every table) in a new model's name: one line, exit non-zero, nothing written."""
+    first = load_bundle(DEFAULT_BUNDLE).model_names[0]
+    name = first if name == "gpt-4o" else name
+    res = runner.invoke(
+        main, models_add_args(DEFAULT_BUNDLE, tmp_path / "b2", name, "--outcomes", str(_labelled(tmp_path, name)))
+    )
+    assert res.exit_code != 0 and "Traceback" not in res.output and not (tmp_path / "b2").exists()
+    assert res.output.strip().startswith("Error:") and len(res.output.strip().splitlines()) == 1, res.output
+
+
 def test_calibrate_records_lambda_atomically(runner, tmp_path):
     b = tmp_path / "b"
     shutil.copytree(DEFAULT_BUNDLE, b)

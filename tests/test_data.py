@@ -108,3 +108,7 @@ def test_folder_level_faults(tmp_path):
     (root / "models.json").write_text(json.dumps([{"name": "a"}, {"name": "a"}]))
     with pytest.raises(DataError, match="duplicate model name 'a'"):
         load_dataset(root)
+    for bad, why in (("a,b", "comma"), (" a", "leading or trailing spaces"), ("a\nb", "control character")):
+        (root / "models.json").write_text(json.dumps([{"name": bad}]))
+        with pytest.raises(DataError, match=why):
+            load_dataset(root)

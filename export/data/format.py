@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ...runtime.errors import DataError
-from ...runtime.validate import loads_json, text
+from ...runtime.validate import loads_json, model_name, text
 
 QUERIES_FILE = "queries.jsonl"
 MODELS_FILE = "models.json"
@@ -110,7 +110,7 @@ def load_models(path: Path) -> list[dict]:
     for j, m in enumerate(models):
         if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"].strip():
             raise DataError(f"{path}: entry {j} needs a non-empty string 'name'")
-        text(m["name"], f"{path}: entry {j} 'name'", err=DataError)
+        model_name(m["name"], f"{path}: entry {j} 'name'", err=DataError)
         if m["name"] in seen:
             raise DataError(f"{path}: duplicate model name '{m['name']}'")
         seen.add(m["name"])

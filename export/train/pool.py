@@ -18,6 +18,7 @@ from ...runtime.manage import write_proposal
 from ...runtime.added_models import LocalPrior, memory_estimates, untrained_answer
 from ...runtime.memory import global_means
 from ...runtime.profiles import ProfileSpace, new_model_profile
+from ...runtime.validate import model_name
 from ..data.format import load_outcomes_for
 from .rundir import PER_MODEL, RunDir
 
@@ -47,6 +48,7 @@ def add_model(
     from .trainer import run_features
 
     run_dir = Path(run_dir)
+    name = model_name(name, err=DataError)
     prof = _read(run_dir)
     text_only = _run_config(run_dir)["train"].get("text_only", False)
     if any(m["name"] == name for m in prof["models"]):
