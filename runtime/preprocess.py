@@ -112,7 +112,7 @@ def open_image(
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     budget: list[int] | None = None,
 ) -> Image.Image:
-    """Open a path, bytes, PIL image or HxW(x3/4) array as an upright RGB image held in memory.
+    """Open a path, bytes, a binary file object, a PIL image or an HxW(x3/4) array as an upright RGB image in memory.
 
     Only the ALLOWED_FORMATS decoders run. Applies EXIF orientation, converts P/L/LA/RGBA/CMYK/I;16
     to RGB, keeps the first frame of animations, refuses empty images and images above `max_pixels`,
@@ -129,10 +129,11 @@ def open_image(
         name = "image"
     elif isinstance(src, np.ndarray):
         img, name = _from_array(src, max_pixels), "image array"
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        if not len(src):
+    elif isinstance(src, (bytes, bytearray, memoryview)) or callable(getattr(src, "read", None)):
+        data = src if isinstance(src, (bytes, bytearray, memoryview)) else _read_file_object(src, max_bytes)
+        if not len(data):
             raise InputError("image: empty bytes")
-        return _decode(io.BytesIO(bytes(src)), "<bytes>", max_pixels, draft_size, max_bytes, budget)
+        return _decode(io.BytesIO(bytes(data)), "<bytes>", max_pixels, draft_size, max_bytes, budget)
     elif isinstance(src, (str, os.PathLike)):
         raw = os.fspath(src)
         if isinstance(src, str) and not src:
@@ -162,8 +163,24 @@ def open_image(
         with fh:
             return _decode(fh, str(path), max_pixels, draft_size, max_bytes, budget)
     else:
-        raise InputError(f"an image must be a path, bytes, a PIL image or a numpy array, got {type(src).__name__}")
+        raise InputError(
+            f"an image must be a path, bytes, a binary file object, a PIL image or a numpy array, got {type(src).__name__}"
+        )
     return _finish(img, name, max_pixels, img.size)
+
+
+def _read_file_object(fh: Any, max_bytes: int) -> bytes:
+    """The bytes of a binary file object (an upload, `io.BytesIO`, `open(path, "rb")`), read from where it stands
+    and never more than `max_bytes` + 1 of them: a larger image is refused, as a path's would be."""
+    try:
+        data = fh.read(max_bytes + 1)
+    except Exception as e:  # whatever the object raises is the caller's input, said in one line
+        raise InputError(f"image: the file object cannot be read ({type(e).__name__}: {str(e)[:100]})") from None
+    if not isinstance(data, (bytes, bytearray)):
+        raise InputError(f"image: the file object gave {type(data).__name__}, not bytes (open it in binary mode)")
+    if len(data) > max_bytes:
+        raise InputError(f"image: the file object holds more than {max_bytes:,} bytes")
+    return bytes(data)
 
 
 def decoded_bytes(img: Image.Image) -> int:
@@ -303,9 +320,12 @@ def _from_array(a: np.ndarray, max_pixels: int) -> Image.Image:
         raise InputError(f"image array must hold integers or floats, got dtype {a.dtype}")
     if a.dtype != np.uint8:
         a = a.astype(np.float64)
-        if a.size and float(np.nanmax(a)) <= 1.0:
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:  # a caller's broken pipeline, not a picture: never routed as a black or white image
+            raise InputError(f"image array holds {bad:,} non-finite values (NaN or infinity)")
+        if a.size and float(a.max()) <= 1.0:
             a = a * 255.0
-        a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
+        a = np.clip(a, 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(a[..., :3]))
 
 

@@ -180,6 +180,30 @@ def test_an_image_url_is_refused_with_what_to_do_never_fetched(router, runner, u
     )
 
 
+def test_a_binary_file_object_routes_as_its_path_and_a_non_finite_array_is_refused(router, tmp_path):
+    """An upload or `open(path, "rb")` is an image like its bytes (it was refused as 'got BytesIO'); a text-mode file
+    is refused with what to do. A float array holding NaN or infinity is a broken pipeline: it was silently routed as
+    a black (or white) picture."""
+    path = EXAMPLES / "chart.png"
+    want = router.route([path], "What is the largest value?").candidates
+    with open(path, "rb") as fh:
+        got = router.route([fh], "What is the largest value?").candidates
+    assert [(c.name, c.mu_tilde) for c in got] == [(c.name, c.mu_tilde) for c in want]
+    buf = io.BytesIO(path.read_bytes())
+    assert (
+        router.route(buf, "What is the largest value?").model == router.route(path, "What is the largest value?").model
+    )
+    with open(path, encoding="latin-1") as fh, pytest.raises(InputError, match="open it in binary mode"):
+        router.route([fh], "What is this?")
+    with pytest.raises(InputError, match="empty bytes"):
+        router.route([io.BytesIO(b"")], "What is this?")
+    for bad in (np.nan, np.inf):
+        a = np.zeros((20, 30, 3), np.float32)
+        a[3, 4, 1] = bad
+        with pytest.raises(InputError, match="1 non-finite values"):
+            router.route([a], "What is this?")
+
+
 def test_odd_but_valid_images(router, tmp_path):
     Image.new("RGB", (1, 1), "blue").save(tmp_path / "one.png")
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8))
