@@ -189,5 +189,7 @@ def chat_request(doc, limits: Limits, presets: list[str], upstream_names: dict[s
                 raise _bad(f"content part {i} of the last user message must be a text or image_url part")
     else:
         raise _bad("the last user message needs content (a string or a list of parts)")
+    if not "".join(texts).strip():  # an image alone: the router reads the question, so say where it goes
+        raise _bad("the last user message has no text: lr-onnx routes on the question, so add a text part")
     route = RouteRequest(_question("\n".join(texts), limits), _images(images, limits), lam)
     return ChatRequest(doc, stream, route)

@@ -267,6 +267,8 @@ def test_without_upstreams_a_malformed_chat_request_is_still_the_clients_4xx(rou
             assert res.status_code == 400 and res.json()["error"]["type"] == "invalid_request_error", (body, res.text)
         res = httpx.post(url, json=chat("hi"))
         assert res.status_code == 503 and res.json()["error"]["code"] == "no_upstream"
+        res = httpx.post(url, json=chat(" ", images=[TINY]))  # an image alone: nothing to route on, said so
+        assert res.status_code == 400 and "has no text" in res.json()["error"]["message"], res.text
 
 
 def test_client_disconnect_mid_stream_cancels_the_upstream(router, upstream):
