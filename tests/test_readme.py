@@ -89,3 +89,37 @@ def test_readme_command_table_matches_the_cli(runner):
     commands = runner.invoke(main, ["--help"]).output.split("Commands:", 1)[1]
     helped = set(re.findall(r"^  ([a-z][a-z-]*)\s", commands, re.M))
     assert listed == helped, listed ^ helped
+
+
+ROW = re.compile(r"^([* ]) (\S+)\s+([\d.]+) \+/- ([\d.]+)\s+(\S+)\s+(\S+)$")
+
+
+def test_readme_sample_output_is_what_the_command_prints(runner):
+    """Each `$ lr-onnx route ...` sample in the README shows what that command prints today: every row it shows in
+    the same order (numbers within a rounding step, for another CPU's float noise), `...` for the rows left out, and
+    the chosen and note lines as printed (the quick start once showed an older bundle's lambda)."""
+    import shlex
+
+    from lr_onnx.cli import main
+
+    samples = [code for kind, code in BLOCKS if not kind and code.startswith("$ lr-onnx route ")]
+    assert samples, "the README shows a sample of route's output"
+    for code in samples:
+        first, *shown = code.rstrip("\n").splitlines()
+        res = runner.invoke(main, shlex.split(first[2:])[1:])
+        assert res.exit_code == 0, res.output
+        printed = [line.rstrip() for line in res.output.splitlines() if line.strip()]
+        at = 0
+        for want in shown:
+            if want.strip() == "...":
+                continue
+            rows = [i for i in range(at, len(printed)) if printed[i].split()[:2] == want.split()[:2]]
+            assert rows, f"README line {want!r} is not printed (after line {at}):\n{res.output}"
+            got, at = printed[rows[0]], rows[0] + 1
+            w, g = ROW.match(want), ROW.match(got)
+            if w and g:  # a candidate row: marker and name exact, numbers within a step of their last digit
+                assert w.group(1, 2) == g.group(1, 2), (want, got)
+                for a, b in zip(w.groups()[2:], g.groups()[2:]):
+                    assert abs(float(a) - float(b)) <= max(2e-3, 0.01 * abs(float(b))), (want, got)
+            else:
+                assert want.rstrip() == got, (want, got)
