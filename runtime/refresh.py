@@ -31,6 +31,7 @@ predicted against observed score, the share of out-of-coverage traffic, the chos
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -232,6 +233,17 @@ def _memory_rows(
     return np.stack(keys).astype(np.float32), np.stack(outcomes), models
 
 
+def _labels(m: dict[str, Any]) -> str:
+    n = int(m.get("labels", 0))
+    return f"{n} outcome" + ("" if n == 1 else "s")
+
+
+def _within_noise(drift: float, m: dict[str, Any]) -> bool:
+    """Whether a drift is within two standard errors of a mean of the model's outcomes: a score in [0, 1] has a
+    variance of at most 1/4, so 2 x 0.5 / sqrt(n) bounds what n outcomes can show by chance."""
+    return abs(drift) < 1.0 / math.sqrt(max(int(m.get("labels", 0)), 1))
+
+
 def _report(
     use: list[tuple[dict[str, Any], dict[str, Any]]],
     traffic: list[dict[str, Any]],
@@ -250,7 +262,13 @@ def _report(
         f"router is seeing queries unlike its training data"
         if share > retrain_share
         else f"refresh is enough: {share:.0%} of the traffic is out of coverage (threshold {retrain_share:.0%})"
-        + (f"; the largest calibration drift is {worst[1]:+.3f} for {worst[0]}" if worst else "")
+        + (
+            f"; the largest calibration drift is {worst[1]:+.3f} for {worst[0]} "
+            f"(from {_labels(per_model[worst[0]])}"
+            f"{', within what that many can show by chance' if _within_noise(worst[1], per_model[worst[0]]) else ''})"
+            if worst
+            else ""
+        )
     )
     return {
         "records_used": len(use),

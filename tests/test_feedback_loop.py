@@ -325,6 +325,9 @@ def test_refresh_learns_from_feedback_into_a_new_closed_bundle(decided, tmp_path
     assert rep["memory_reading"] is None  # fewer outcomes than MIN_OUTCOMES: the reading stays
     assert rep["models"][chosen]["observed"] == 0.0 and chosen in rep["calibration_drift"]
     assert rep["verdict"].startswith(("retrain", "refresh is enough"))
+    worst = max(rep["calibration_drift"], key=lambda m: abs(rep["calibration_drift"][m]))
+    n = rep["models"][worst]["labels"]  # the verdict says how many outcomes its largest drift rests on
+    assert "retrain" in rep["verdict"] or f"for {worst} (from {n} outcome" in rep["verdict"], rep["verdict"]
     assert (tmp_path / "b2.report.json").is_file() and (tmp_path / "b2.report.png").read_bytes()[:4] == b"\x89PNG"
     p_old = next(p for p in r.bundle.pool if p.name == chosen)
     p_new = next(p for p in r2.bundle.pool if p.name == chosen)
@@ -448,6 +451,8 @@ def test_cli_route_log_feedback_refresh(tmp_path, runner):
     )
     assert res.exit_code == 0, res.output
     assert "verdict:" in res.output and Router.load(tmp_path / "b2").bundle.manifest.refreshed["records"] == 1
+    if "calibration drift" in res.output:  # one outcome: whatever drift it shows is within chance, and said so
+        assert "(from 1 outcome, within what that many can show by chance)" in res.output, res.output
     res = runner.invoke(main, ["route", "What is 2 + 2?", "--log-content"])
     assert res.exit_code == 2 and "--log-content needs --log" in res.output
 
