@@ -110,7 +110,11 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
 @click.argument("run_dir", required=False, type=FOLDER)
 @click.option("--bundle", type=FOLDER, help="Bundle to extend.")
 @click.option("--out", type=ANY_PATH, help="Where to write the extended copy of --bundle.")
-@click.option("--name", required=True, help="Name of the new model.")
+@click.option(
+    "--name",
+    required=True,
+    help="Name of the new model, as --models will name it: no comma, control character or outer space.",
+)
 @click.option("--price-in", type=PRICE, help="USD per 1M input tokens.")
 @click.option("--price-out", type=PRICE, help="USD per 1M output tokens.")
 @click.option(
