@@ -10,6 +10,9 @@ arithmetic), the seeds' query projection folded to a constant, and broadcasts in
 with the shipped bundle's dimensions and seeded random weights, are exported the way `lr-onnx export` exports the
 router (dynamo, opset 18, offline BASIC optimisation) and timed in turns on one ONNX Runtime CPU thread (the
 runtime's small-batch session). Not adopted: see the JSON.
+
+What is left is the network's size, so the same export is also timed with 0, 1 and 2 communication layers
+(`layers_b1`; 2 is method.md's L and the shipped router's).
 """
 
 from __future__ import annotations
@@ -130,6 +133,40 @@ def feeds(cfg: RouterConfig, B: int, K: int, rng) -> dict:
     return {"query": q, "model_feat": mf, "avail": av}
 
 
+def layers_timing(cfg: RouterConfig, K: int, sample: dict, tmp: str, rounds: int, rng) -> dict:
+    """B=1 time of the exported router with 0, 1 and 2 communication layers (seeded random weights), in turns."""
+    from dataclasses import replace
+
+    from torch.export import Dim
+
+    B, Kd = Dim("batch"), Dim("models")
+    sessions = {}
+    for layers in (0, 1, 2):
+        net = LatentRouter(replace(cfg, layers=layers)).eval()
+        path = Path(tmp) / f"layers{layers}.onnx"
+        with torch.no_grad():
+            _export(
+                net, tuple(sample.values()), path, list(sample), OUTPUTS, ({0: B}, {0: B, 1: Kd}, {0: B, 1: Kd}), OPSET
+            )
+        optimize_offline(path)
+        sessions[layers] = ort().InferenceSession(
+            str(path), session_options(threads=1), providers=["CPUExecutionProvider"]
+        )
+    f = feeds(cfg, 1, K, rng)
+    ts: dict[int, list[float]] = {n: [] for n in sessions}
+    for _ in range(rounds):
+        for n, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, f)
+            ts[n].append(time.perf_counter() - t)
+    med = {n: float(np.median(v[rounds // 10 :])) * 1000 for n, v in ts.items()}
+    return {
+        "models": K,
+        **{f"layers_{n}_ms": round(m, 4) for n, m in med.items()},
+        **{f"layers_{n}_over_2": round(med[n] / med[2], 3) for n in (0, 1)},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "router_graph_compact.json"))
@@ -200,6 +237,7 @@ def main() -> None:
                     "onnx_max_abs_diff": diff,
                 }
             )
+        report["layers_b1"] = layers_timing(cfg, K, sample, tmp, args.rounds, rng)
     atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
