@@ -153,3 +153,26 @@ def test_spread_by_difficulty_spans_each_slices_easy_and_hard_rows():
             mine = sorted(difficulty[r] for r, t in got if t == s)
             ranks = [np.mean(difficulty[slices == s] < d) for d in mine]  # the picks' quantiles within their slice
             assert len(mine) == 3 and ranks[0] < 1 / 3 <= ranks[1] < 2 / 3 <= ranks[2]
+
+
+def test_the_compact_router_computes_what_latentrouter_computes():
+    """benchmarks/router_graph_compact.py times `Compact` against the exported LatentRouter as the same function:
+    it must be, on every output, with models masked out and with the memory blend and slice prior in play."""
+    torch = pytest.importorskip("torch")
+    from router_graph_compact import Compact, feeds
+
+    from lr_onnx.export.train.model import LatentRouter, RouterConfig
+
+    torch.manual_seed(3)
+    for cfg in (RouterConfig(model_dim=75, memory=3), RouterConfig(model_dim=75, slices=8), RouterConfig(layers=1)):
+        net = LatentRouter(cfg).eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+            if cfg.memory:
+                net.memory.blend.fill_(0.6)
+        f = {k: torch.from_numpy(v) for k, v in feeds(cfg, 4, 7, np.random.default_rng(0)).items()}
+        assert not f["avail"].all()  # some models masked out
+        with torch.no_grad():
+            for a, b in zip(net(*f.values()), Compact(net)(*f.values())):
+                assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
