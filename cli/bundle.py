@@ -251,6 +251,7 @@ def info_lines(b) -> list[str]:
         f"bundle  {b.path}",
         f"        schema {m.schema_version}, {m.precision or '?'}, opset {m.opset or '?'}, "
         f"setting {m.setting or '?'}, encoders {m.encoder_version or '?'}, digest {b.digest[:16]}",
+        *([f"        warning: {failed}"] if (failed := b.parity_failure()) else []),
         "",
         f"pool ({len(m.pool)} model{'' if len(m.pool) == 1 else 's'})",
         f"  {'model':28s} {'$/M in':>8s} {'$/M out':>8s} {'exp. cost $':>12s}  per-query cost",

@@ -25,6 +25,7 @@ from .validate import loads_json
 
 __all__ = ["Bundle", "MANIFEST", "SCHEMA_VERSION", "inside", "load_bundle", "self_contained", "sha256_file"]
 MAX_MANIFEST_BYTES = 64 << 20
+PARITY = "parity.json"  # export's check of the graphs against PyTorch (`export.bundle.parity`)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,25 @@ class Bundle:
 
     def read_json(self, name: str) -> Any:
         return loads_json(self.read(name), f"{self.path / name}", err=BundleError)
+
+    def parity_failure(self) -> str | None:
+        """Why the bundle failed its export check (`parity.json`, written by `lr-onnx export`), or None if it passed
+        or holds no record. `export` says so and exits 1 but leaves the bundle for inspection (int8-full does, by
+        design); a router loaded from it must say so too, not route in silence."""
+        if PARITY not in self.manifest.files:
+            return None
+        rec = self.read_json(PARITY)
+        if not isinstance(rec, dict) or rec.get("passed") is not False:
+            return None
+        held, bars = rec.get("held_out"), rec.get("bars")
+        agree = held.get("decision_agreement_lambda0") if isinstance(held, dict) else None
+        bar = bars.get("agreement") if isinstance(bars, dict) else None
+        numbers = isinstance(agree, (int, float)) and isinstance(bar, (int, float))
+        why = f": decision agreement {agree:.1%} at lambda 0, the bar is {bar:.0%}" if numbers else ""
+        return (
+            f"{self.path}: this bundle failed its export parity check{why} ({PARITY}); its decisions may differ "
+            f"from the trained router's"
+        )
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

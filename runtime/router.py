@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Unpack
 
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import BundleError, LrOnnxError, OptionError
+from .errors import BundleError, LrOnnxError, LrOnnxWarning, OptionError
 from .features import QUERY_DIM, encode_raw_queries, n_words, query_features
 from .options import RouteArgs, resolve_lambda, resolve_options
 from .policy import choose, explore_rows
@@ -69,6 +70,8 @@ class Router:
         self._lock = threading.Lock()
         self.log: DecisionLog | None = None  # every decision appended to it (`start_log`)
         self._rng = np.random.default_rng()
+        if (failed := bundle.parity_failure()) is not None:
+            warnings.warn(failed, LrOnnxWarning, stacklevel=3)
 
     @classmethod
     def load(

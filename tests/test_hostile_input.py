@@ -128,6 +128,35 @@ def test_a_bundle_must_list_every_file_it_opens(tmp_path, runner, what):
     assert res.exit_code == 1 and "verified" not in res.output and one_error_line(res)
 
 
+def test_a_bundle_that_failed_its_export_parity_check_says_so_when_loaded(tmp_path, runner):
+    """`export` exits 1 on a parity failure but leaves the bundle (int8-full does, by design); loaded, it routed in
+    silence. Its Router, `route` and `info` now say it failed and by how much; the default bundle says nothing."""
+    import hashlib
+
+    from lr_onnx.runtime.errors import LrOnnxWarning
+
+    record = json.loads((DEFAULT_BUNDLE / "parity.json").read_text())
+    record["passed"], record["held_out"]["decision_agreement_lambda0"] = False, 0.9
+    data = json.dumps(record).encode()
+
+    def edit(m):
+        m["files"]["parity.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        return m
+
+    b = linked_bundle(tmp_path / "b", edit)
+    (b / "parity.json").unlink()  # a hard link to the shipped file: replaced, never written through
+    (b / "parity.json").write_bytes(data)
+    want = "failed its export parity check: decision agreement 90.0% at lambda 0, the bar is 98%"
+    with pytest.warns(LrOnnxWarning, match=want):
+        Router.load(b)
+    res = runner.invoke(main, ["route", "What is 2 + 2?", "--bundle", str(b)])
+    assert res.exit_code == 0 and f"warning: {b}: this bundle {want}" in res.output, res.output
+    assert want in runner.invoke(main, ["info", "--bundle", str(b)]).output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LrOnnxWarning)
+        Router.load()  # passed at export: no word
+
+
 def test_parity_and_golden_are_listed_and_verified(tmp_path):
     m = load_bundle(DEFAULT_BUNDLE).manifest
     assert {"parity.json", "golden.json", "tokenizer.json", "router.onnx"} <= set(m.files)
