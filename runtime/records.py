@@ -3,7 +3,6 @@ one (a bad image fails alone), then routed in one batch."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from pathlib import Path
@@ -20,16 +19,28 @@ FIELDS = ("id", "question", "images")  # what a record is read for; any other fi
 
 
 def misspelt_field(names: Any) -> str | None:
-    """The first of `names` that is a near miss of 'question' or 'images' ('image', 'Question', 'imgs'), said with
-    what it should be; None if there is none. Other fields (the user's own metadata, '_id', 'question_type') are
-    fine: they are not read, but a misspelt 'images' must not route the query as text only without a word."""
+    """The first of `names` that is a typo of 'question' or 'images' (a case variant, or at most two letters
+    inserted, dropped or changed: 'image', 'imgs', 'Question', 'questoin'), said with what it should be; None if
+    there is none. Other fields (the user's own metadata: 'question_id', 'question_type', '_id') are fine: they are
+    not read, but a misspelt 'images' must not route the query as text only without a word."""
     for name in names:
         if not isinstance(name, str) or name in FIELDS:
             continue
-        close = difflib.get_close_matches(name.strip().lower(), FIELDS[1:], n=1, cutoff=0.8)  # not 'id': '_id', 'uid'
-        if close:
-            return f"field {name!r} is not read: did you mean {close[0]!r}? (fields: {', '.join(FIELDS)})"
+        low = name.strip().lower()
+        for field in FIELDS[1:]:  # not 'id': '_id', 'uid' and 'idx' are everyday metadata
+            if _edits(low, field) <= 2:
+                return f"field {name!r} is not read: did you mean {field!r}? (fields: {', '.join(FIELDS)})"
     return None
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions) between two short strings."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
 
 
 def parse_record(rec: dict[str, Any], lineno: int, base: Path, *, id_given: bool) -> dict[str, Any]:

@@ -314,12 +314,14 @@ def test_route_batch_bad_records_cost_nothing_else(runner, tmp_path):
 
 def test_route_batch_refuses_a_misspelt_images_field_and_keeps_the_users_own(runner, tmp_path):
     """`"image": "a.png"` (or an 'image' CSV column) was ignored: the query routed as text only without a word.
-    A near miss of 'images' or 'question' fails its record (the header, for a CSV); other fields stay the user's."""
+    A typo of 'images' or 'question' fails its record (the header, for a CSV); other fields stay the user's, even
+    'question_id' (a near miss by letters, not a typo)."""
     inp = tmp_path / "in.jsonl"
     rows = [
         {"id": "typo", "question": "What is shown?", "image": "chart.png"},
         {"id": "case", "Question": "What is shown?"},
-        {"id": "meta", "question": "What is 2 + 2?", "_id": 7, "question_type": "math", "label": 1},
+        {"id": "meta", "question": "What is 2 + 2?", "_id": 7, "question_id": 3, "question_type": "math", "label": 1},
+        {"id": "typo2", "questoin": "What is shown?"},
     ]
     inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out.jsonl"
@@ -327,6 +329,7 @@ def test_route_batch_refuses_a_misspelt_images_field_and_keeps_the_users_own(run
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "in.jsonl:1: field 'image' is not read: did you mean 'images'?" in res.output
     assert "in.jsonl:2: field 'Question' is not read: did you mean 'question'?" in res.output
+    assert "in.jsonl:4: field 'questoin' is not read: did you mean 'question'?" in res.output
     assert [d["id"] for d in _decisions(out)] == ["meta"]
 
     csv_in = tmp_path / "in.csv"
