@@ -176,6 +176,7 @@ def printable(value) -> str:
 LAMBDA = Number(MAX_LAMBDA, presets=True)
 USD = Number(MAX_COST_USD)
 PRICE = Number(MAX_PRICE_PER_MTOK)
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators take (a negative one was a traceback)
 
 
 def check_bundle_path(ctx, param, value):

@@ -16,6 +16,7 @@ from .base import (
     printable,
     USD,
     PRICE,
+    SEED,
     BUNDLE_OPTION,
     PROVIDER_OPTION,
     ANY_PATH,
@@ -65,7 +66,7 @@ def _pool_target(run_dir, bundle, out):
     help="Queries to propose (at least 24): ceil(n / slices) from each capability slice, then a seeded draw "
     "of n of them when that is more.",
 )
-@click.option("--seed", type=int, default=20260308, show_default=True, help="Seed of the draw.")
+@click.option("--seed", type=SEED, default=20260308, show_default=True, help="Seed of the draw.")
 def models_propose(run_dir, out, bundle, from_file, n, seed):
     """Pick calibration queries for a new model, spread over the router's capability slices.
 

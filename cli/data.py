@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .base import Group, echo_json, main, ANY_PATH, FILE_PATH, FOLDER, FOLDER_PATH
+from .base import Group, echo_json, main, ANY_PATH, FILE_PATH, FOLDER, FOLDER_PATH, SEED
 
 
 @main.group(cls=Group)
@@ -84,7 +84,7 @@ def convert_vl(src, out):
 @data.command("demo")
 @click.argument("out", type=ANY_PATH)
 @click.option("--n", "n", type=click.IntRange(min=50), default=12000, show_default=True, help="Number of queries.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for images, questions and outcomes.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for images, questions and outcomes.")
 @click.option("--workers", type=click.IntRange(min=1), help="Rendering processes (default: CPU count).")
 @click.option(
     "--skills",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import main, ANY_PATH, FOLDER
+from .base import main, ANY_PATH, FOLDER, SEED
 
 
 @main.command("train")
@@ -26,7 +26,7 @@ from .base import main, ANY_PATH, FOLDER
     show_default=True,
     help="At most this many epochs; early stopping (patience 5) on the validation utility.",
 )
-@click.option("--seed", type=int, default=20260308, show_default=True)
+@click.option("--seed", type=SEED, default=20260308, show_default=True)
 @click.option("--no-few-shot", is_flag=True, help="Ablation: no few-shot profile simulation (method.md 3.4).")
 @click.option("--no-pool-dropout", is_flag=True, help="Ablation: no random sub-pools in training (method.md 3.4).")
 @click.option(

@@ -203,3 +203,16 @@ def test_models_propose_works_from_a_bundle_and_your_own_queries(runner, tmp_pat
 def test_text_only_and_keep_images_together_are_a_usage_error(runner, tmp_path):
     res = runner.invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--text-only", "--keep-images"])
     assert res.exit_code == 2 and "contradict each other" in res.output and not (tmp_path / "run").exists()
+
+
+def test_a_seed_the_generators_cannot_take_is_a_usage_error(runner, tmp_path):
+    """`train --seed -5` and `--seed 99999999999999999999` ended in a numpy / torch traceback after the data loaded."""
+    for args in (
+        ["train", str(tmp_path), "--out", str(tmp_path / "run")],
+        ["data", "demo", str(tmp_path / "demo")],
+        ["models", "propose", "--bundle", str(tmp_path), "--out", str(tmp_path / "p")],
+    ):
+        for seed in ("-5", str(2**64)):
+            res = runner.invoke(main, [*args, "--seed", seed])
+            assert res.exit_code == 2 and "'--seed'" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
