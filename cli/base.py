@@ -140,13 +140,13 @@ def close_log(log) -> None:
 
 
 class Number(click.ParamType):
-    """A finite float in [0, hi] (click's FloatRange lets nan, inf and 400-digit numbers through), or a preset
+    """A finite float in [lo, hi] (click's FloatRange lets nan, inf and 400-digit numbers through), or a preset
     name when `presets` is set. The bounds are the library's own, so CLI and API refuse the same values."""
 
     name = "number"
 
-    def __init__(self, hi: float, presets: bool = False):
-        self.hi, self.presets = hi, presets
+    def __init__(self, hi: float, presets: bool = False, lo: float = 0.0):
+        self.hi, self.presets, self.lo = hi, presets, lo
 
     def convert(self, value, param, ctx):
         if isinstance(value, float):
@@ -157,8 +157,10 @@ class Number(click.ParamType):
             if self.presets and isinstance(value, str) and value.replace("_", "").isalnum() and value.isascii():
                 return value  # checked against the bundle's presets when it is loaded
             self.fail(f"{printable(value)!r} is not a number", param, ctx)
-        if not math.isfinite(v) or not 0 <= v <= self.hi:
-            self.fail(f"{printable(value)[:40]!r} must be a finite number between 0 and {self.hi:g}", param, ctx)
+        if not math.isfinite(v) or not self.lo <= v <= self.hi:
+            self.fail(
+                f"{printable(value)[:40]!r} must be a finite number between {self.lo:g} and {self.hi:g}", param, ctx
+            )
         return v
 
 

@@ -19,6 +19,7 @@ from .base import (
     printable,
     LAMBDA,
     USD,
+    Number,
     IMAGE_SUFFIXES,
     BUNDLE_OPTION,
     LOG_OPTION,
@@ -269,7 +270,7 @@ def route_batch_cmd(
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=False, path_type=str))
 @click.option(
     "--window-h",
-    type=click.FloatRange(min=0.001, max=24 * 3650),
+    type=Number(24 * 3650, lo=0.001),
     default=24 * 7,
     show_default=True,
     help="Accept feedback for decisions at most this many hours old.",
@@ -318,7 +319,7 @@ def feedback_cmd(log_dir, file, window_h):
 )
 @click.option(
     "--retrain-share",
-    type=click.FloatRange(0, 1),
+    type=Number(1.0),
     default=0.25,
     show_default=True,
     help="Verdict: retrain when more of the traffic than this is out of coverage.",

@@ -216,3 +216,18 @@ def test_a_seed_the_generators_cannot_take_is_a_usage_error(runner, tmp_path):
             res = runner.invoke(main, [*args, "--seed", seed])
             assert res.exit_code == 2 and "'--seed'" in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+
+
+def test_feedback_and_refresh_refuse_a_nan_window_or_share(runner, tmp_path):
+    """click's FloatRange let `nan` through: `refresh --retrain-share nan` wrote a bundle whose verdict read
+    'threshold nan%'. Both options now take the project's finite Number, with their own bounds."""
+    (tmp_path / "fb.jsonl").write_text("{}\n")
+    feedback = ["feedback", str(tmp_path), str(tmp_path / "fb.jsonl"), "--window-h"]
+    for v in ("nan", "inf", "0", "-1"):
+        res = runner.invoke(main, [*feedback, v])
+        assert res.exit_code == 2 and "must be a finite number between 0.001 and" in res.output, res.output
+    refresh = ["refresh", "--bundle", str(tmp_path), "--log", str(tmp_path), "--out", str(tmp_path / "b")]
+    for v in ("nan", "1.5", "-0.1"):
+        res = runner.invoke(main, [*refresh, "--retrain-share", v])
+        assert res.exit_code == 2 and "must be a finite number between 0 and 1" in res.output, res.output
+    assert not (tmp_path / "b").exists()
