@@ -85,7 +85,7 @@ def convert_vl(src, out):
 @click.argument("out", type=ANY_PATH)
 @click.option("--n", "n", type=click.IntRange(min=50), default=12000, show_default=True, help="Number of queries.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for images, questions and outcomes.")
-@click.option("--workers", type=click.IntRange(min=1), help="Rendering processes (default: CPU count).")
+@click.option("--workers", type=click.IntRange(1, 256), help="Rendering processes (default: CPU count; at most 256).")
 @click.option(
     "--skills",
     type=FILE_PATH,
