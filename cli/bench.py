@@ -15,7 +15,7 @@ from .base import Group, main, BUNDLE_OPTION, FILE_PATH
     type=FILE_PATH,
     help="JSON output (default: benchmarks/results/<host>.json); a .md table is written beside it.",
 )
-@click.option("--threads", type=click.IntRange(min=1), help="Threads per engine (default: all cores).")
+@click.option("--threads", type=click.IntRange(1, 256), help="Threads per engine (default: all cores; at most 256).")
 @click.pass_context
 def bench_cmd(ctx, quick, out, threads):
     """Latency, throughput, memory and cold start: ONNX Runtime fp32 / int8 vs PyTorch eager, side by side.
