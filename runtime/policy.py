@@ -72,8 +72,8 @@ def parse_explore(value: Any) -> Explore | None:
     v = value.strip().lower()
     if v in ("", "off", "none", "greedy"):
         return None
-    kind, _, arg = v.partition(":")
-    if kind not in ("thompson", "epsilon") or (kind == "epsilon" and not arg):
+    kind, colon, arg = v.partition(":")
+    if kind not in ("thompson", "epsilon") or (colon and not arg) or (kind == "epsilon" and not arg):
         raise OptionError(f"explore must be {EXPLORE_HELP}; got {value!r}")
     try:
         x = float(arg) if arg else 1.0

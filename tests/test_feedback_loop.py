@@ -51,7 +51,18 @@ def test_explore_settings_are_parsed_once_with_clear_errors():
     assert parse_explore("thompson") == Explore("thompson", 1.0)
     assert parse_explore("thompson:0.25") == Explore("thompson", 0.25)
     assert parse_explore("epsilon:0.05") == Explore("epsilon", 0.05)
-    for bad in ("epsilon", "epsilon:0", "epsilon:1.5", "epsilon:nan", "thompson:-1", "ucb", 0.1, True):
+    for bad in (
+        "epsilon",
+        "epsilon:",
+        "thompson:",
+        "epsilon:0",
+        "epsilon:1.5",
+        "epsilon:nan",
+        "thompson:-1",
+        "ucb",
+        0.1,
+        True,
+    ):
         with pytest.raises(OptionError):
             parse_explore(bad)
 
