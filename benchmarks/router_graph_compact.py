@@ -133,33 +133,43 @@ def feeds(cfg: RouterConfig, B: int, K: int, rng) -> dict:
     return {"query": q, "model_feat": mf, "avail": av}
 
 
+def exported_session(module, sample: dict, path: Path):
+    """`module` exported as `lr-onnx export` exports the router (dynamo, dynamic B and K, offline BASIC
+    optimisation), as the runtime's single-threaded small-batch session."""
+    from torch.export import Dim
+
+    B, K = Dim("batch"), Dim("models")
+    with torch.no_grad():
+        _export(
+            module, tuple(sample.values()), path, list(sample), OUTPUTS, ({0: B}, {0: B, 1: K}, {0: B, 1: K}), OPSET
+        )
+    optimize_offline(path)
+    return ort().InferenceSession(str(path), session_options(threads=1), providers=["CPUExecutionProvider"])
+
+
+def medians_in_turns(sessions: dict, feed: dict, rounds: int) -> dict:
+    """Median ms per run of each session on `feed`, the sessions timed in turns (a host that drifts slows all
+    alike), the first tenth of the rounds left out as warm-up."""
+    ts: dict = {n: [] for n in sessions}
+    for _ in range(rounds):
+        for n, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feed)
+            ts[n].append(time.perf_counter() - t)
+    return {n: float(np.median(v[rounds // 10 :])) * 1000 for n, v in ts.items()}
+
+
 def layers_timing(cfg: RouterConfig, K: int, sample: dict, tmp: str, rounds: int, rng) -> dict:
     """B=1 time of the exported router with 0, 1 and 2 communication layers (seeded random weights), in turns."""
     from dataclasses import replace
 
-    from torch.export import Dim
-
-    B, Kd = Dim("batch"), Dim("models")
-    sessions = {}
-    for layers in (0, 1, 2):
-        net = LatentRouter(replace(cfg, layers=layers)).eval()
-        path = Path(tmp) / f"layers{layers}.onnx"
-        with torch.no_grad():
-            _export(
-                net, tuple(sample.values()), path, list(sample), OUTPUTS, ({0: B}, {0: B, 1: Kd}, {0: B, 1: Kd}), OPSET
-            )
-        optimize_offline(path)
-        sessions[layers] = ort().InferenceSession(
-            str(path), session_options(threads=1), providers=["CPUExecutionProvider"]
+    sessions = {
+        layers: exported_session(
+            LatentRouter(replace(cfg, layers=layers)).eval(), sample, Path(tmp) / f"L{layers}.onnx"
         )
-    f = feeds(cfg, 1, K, rng)
-    ts: dict[int, list[float]] = {n: [] for n in sessions}
-    for _ in range(rounds):
-        for n, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, f)
-            ts[n].append(time.perf_counter() - t)
-    med = {n: float(np.median(v[rounds // 10 :])) * 1000 for n, v in ts.items()}
+        for layers in (0, 1, 2)
+    }
+    med = medians_in_turns(sessions, feeds(cfg, 1, K, rng), rounds)
     return {
         "models": K,
         **{f"layers_{n}_ms": round(m, 4) for n, m in med.items()},
@@ -168,6 +178,8 @@ def layers_timing(cfg: RouterConfig, K: int, sample: dict, tmp: str, rounds: int
 
 
 def main() -> None:
+    import onnx
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "router_graph_compact.json"))
     ap.add_argument("--rounds", type=int, default=400)
@@ -188,45 +200,18 @@ def main() -> None:
     sample = {k: torch.from_numpy(v) for k, v in feeds(cfg, 3, 5, rng).items()}
     with torch.no_grad():
         torch_diff = max(float((a - b).abs().max()) for a, b in zip(net(*sample.values()), compact(*sample.values())))
-    from torch.export import Dim
-
-    B, Kd = Dim("batch"), Dim("models")
     report: dict = {"bundle_dims": {"query_dim": m.query_dim, "model_dim": m.model_dim, "pool": K}}
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {}
         for name, module in (("exported", net), ("compact", compact)):
-            path = Path(tmp) / f"{name}.onnx"
-            with torch.no_grad():
-                _export(
-                    module,
-                    tuple(sample.values()),
-                    path,
-                    list(sample),
-                    OUTPUTS,
-                    ({0: B}, {0: B, 1: Kd}, {0: B, 1: Kd}),
-                    OPSET,
-                )
-            optimize_offline(path)
-            import onnx
-
-            report[f"{name}_nodes_in_file"] = len(onnx.load(str(path)).graph.node)
-            sessions[name] = ort().InferenceSession(
-                str(path), session_options(threads=1), providers=["CPUExecutionProvider"]
-            )
+            sessions[name] = exported_session(module, sample, Path(tmp) / f"{name}.onnx")
+            report[f"{name}_nodes_in_file"] = len(onnx.load(str(Path(tmp) / f"{name}.onnx")).graph.node)
         report["torch_max_abs_diff"] = torch_diff
         report["timings"] = []
         for b, k in ((1, K), (1, 16), (64, K)):
             f = feeds(cfg, b, k, rng)
             outs = {n: s.run(None, f) for n, s in sessions.items()}
-            diff = max(float(np.abs(x - y).max()) for x, y in zip(outs["exported"], outs["compact"]))
-            ts: dict[str, list[float]] = {n: [] for n in sessions}
-            rounds = args.rounds if b == 1 else max(20, args.rounds // 10)
-            for _ in range(rounds):  # in turns: a host that drifts slows both alike
-                for n, s in sessions.items():
-                    t = time.perf_counter()
-                    s.run(None, f)
-                    ts[n].append(time.perf_counter() - t)
-            med = {n: float(np.median(v[rounds // 10 :])) * 1000 for n, v in ts.items()}
+            med = medians_in_turns(sessions, f, args.rounds if b == 1 else max(20, args.rounds // 10))
             report["timings"].append(
                 {
                     "batch": b,
@@ -234,7 +219,7 @@ def main() -> None:
                     "exported_ms": round(med["exported"], 4),
                     "compact_ms": round(med["compact"], 4),
                     "compact_over_exported": round(med["compact"] / med["exported"], 3),
-                    "onnx_max_abs_diff": diff,
+                    "onnx_max_abs_diff": max(float(np.abs(x - y).max()) for x, y in zip(*outs.values())),
                 }
             )
         report["layers_b1"] = layers_timing(cfg, K, sample, tmp, args.rounds, rng)
