@@ -233,15 +233,11 @@ def _memory_rows(
     return np.stack(keys).astype(np.float32), np.stack(outcomes), models
 
 
-def _labels(m: dict[str, Any]) -> str:
-    n = int(m.get("labels", 0))
-    return f"{n} outcome" + ("" if n == 1 else "s")
-
-
-def _within_noise(drift: float, m: dict[str, Any]) -> bool:
-    """Whether a drift is within two standard errors of a mean of the model's outcomes: a score in [0, 1] has a
-    variance of at most 1/4, so 2 x 0.5 / sqrt(n) bounds what n outcomes can show by chance."""
-    return abs(drift) < 1.0 / math.sqrt(max(int(m.get("labels", 0)), 1))
+def _drift_note(model: str, drift: float, labels: int) -> str:
+    """The verdict's word on the largest drift, with the outcomes it rests on and whether it is within two standard
+    errors of a mean of them (a score in [0, 1] has a variance of at most 1/4: 2 x 0.5 / sqrt(n))."""
+    chance = ", within what that many can show by chance" if abs(drift) < 1.0 / math.sqrt(max(labels, 1)) else ""
+    return f"; the largest calibration drift is {drift:+.3f} for {model} (from {labels} outcome{'s' * (labels != 1)}{chance})"
 
 
 def _report(
@@ -262,13 +258,7 @@ def _report(
         f"router is seeing queries unlike its training data"
         if share > retrain_share
         else f"refresh is enough: {share:.0%} of the traffic is out of coverage (threshold {retrain_share:.0%})"
-        + (
-            f"; the largest calibration drift is {worst[1]:+.3f} for {worst[0]} "
-            f"(from {_labels(per_model[worst[0]])}"
-            f"{', within what that many can show by chance' if _within_noise(worst[1], per_model[worst[0]]) else ''})"
-            if worst
-            else ""
-        )
+        + (_drift_note(worst[0], worst[1], int(per_model[worst[0]].get("labels", 0))) if worst else "")
     )
     return {
         "records_used": len(use),
