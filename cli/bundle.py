@@ -280,7 +280,7 @@ def info_lines(b) -> list[str]:
         f"std {' '.join(f'{x:g}' for x in im.std)}",
         f"  text   {m.text.tokenizer_file}, at most {m.text.max_tokens} tokens",
         "  reads  "
-        + ("the question and its images" if m.reads_images else "the question only (validation chose text only)"),
+        + ("the question and its images" if m.reads_images else "the question only (trained on text alone)"),
         "",
         "routing",
     ]

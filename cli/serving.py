@@ -101,7 +101,7 @@ def route_cmd(args, as_json, models, exclude, lam, max_cost, explain, log_dir, l
         click.echo(f"decision id: {d.id} (logged to {log_dir}; lr-onnx feedback attaches its outcome)")
     if images and not router.bundle.manifest.reads_images:
         click.echo(
-            "note: this bundle reads the question only (validation chose text only): the image sets each model's "
+            "note: this bundle reads the question only (its router was trained on text alone): the image sets each model's "
             "expected cost (its image tokens), not the predicted quality"
         )
     if d.coverage and d.coverage["out_of_coverage"]:

@@ -118,7 +118,8 @@ class Manifest:
 
     @property
     def reads_images(self) -> bool:
-        """Whether the router reads the image features (False: validation chose text only at training)."""
+        """Whether the router reads the image features (False: it was trained on text alone, by `train --text-only`
+        or because validation chose text)."""
         return self.query_features != TEXT_ONLY
 
     @property

@@ -120,4 +120,4 @@ def test_a_router_that_reads_no_images_never_runs_the_image_encoder(tmp_path):
     from lr_onnx.cli import main
 
     res = CliRunner().invoke(main, ["info", "--bundle", str(b)])
-    assert res.exit_code == 0 and "the question only (validation chose text only)" in res.output
+    assert res.exit_code == 0 and "the question only (trained on text alone)" in res.output

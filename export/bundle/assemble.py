@@ -64,7 +64,7 @@ def export_bundle(
         raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision}")
     run_dir = Path(run_dir)
     net, cfg = load_router(run_dir)
-    text_only = bool(cfg["train"].get("text_only"))  # validation chose text only (export.train.modality)
+    text_only = bool(cfg["train"].get("text_only"))  # --text-only, or validation chose text
     if fused and text_only:
         raise DataError(
             f"{run_dir}: its router reads no images, and --fused takes pixels; export without --fused "
