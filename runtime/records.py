@@ -3,6 +3,7 @@ one (a bad image fails alone), then routed in one batch."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -24,12 +25,20 @@ def misspelt_field(names: Any) -> str | None:
     there is none. Other fields (the user's own metadata: 'question_id', 'question_type', '_id') are fine: they are
     not read, but a misspelt 'images' must not route the query as text only without a word."""
     for name in names:
-        if not isinstance(name, str) or name in FIELDS:
-            continue
-        low = name.strip().lower()
-        for field in FIELDS[1:]:  # not 'id': '_id', 'uid' and 'idx' are everyday metadata
-            if _edits(low, field) <= 2:
+        if isinstance(name, str) and name not in FIELDS:
+            field = _typo_of(name)
+            if field:
                 return f"field {name!r} is not read: did you mean {field!r}? (fields: {', '.join(FIELDS)})"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _typo_of(name: str) -> str | None:
+    """The field `name` is a typo of, or None; cached, since every record of a file repeats its field names."""
+    low = name.strip().lower()
+    for field in FIELDS[1:]:  # not 'id': '_id', 'uid' and 'idx' are everyday metadata
+        if _edits(low, field) <= 2:
+            return field
     return None
 
 
