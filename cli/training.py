@@ -149,11 +149,12 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
         return
     out = evaluate(run_dir, data_dir=data_dir, split=split, ablations=not no_ablations)
     m = out["methods"]["latentrouter"]
-    b = out["best_single"]
+    b, picked = out["best_single"], out["methods"].get("best_single", {}).get("score_at_lambda0")
     click.echo(
-        f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single {b['name']} "
-        f"{b['score']:.4f}), nAUC {_nauc(m['nauc'])}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, "
-        f"frontier.png, report.md"
+        f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single model in hindsight: {b['name']} "
+        f"{b['score']:.4f}"
+        + (f"; validation's best single model: {picked:.4f}" if picked is not None else "")
+        + f"), nAUC {_nauc(m['nauc'])}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, frontier.png, report.md"
     )
 
 

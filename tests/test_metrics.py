@@ -79,3 +79,24 @@ def test_uncertainty_quality_by_hand():
     assert u["coverage_1.96sigma"] == 0.75  # 0.85 > 1.96 x 0.2
     assert u["spearman_sigma_abs_error"] == pytest.approx(-1 / 3)  # ranks [.5 2 .5 3] vs [1.5 3 1.5 0]
     assert u["gaussian_nll"] == pytest.approx(2.35019, abs=1e-5)
+
+
+def test_per_dataset_lists_sources_only_for_merged_labels():
+    """A merge's `source/task` labels get a row per source too; plain labels (the demo's: 'charts', 'math') are
+    their own sources and are listed once, not again as `source:charts`."""
+    from types import SimpleNamespace
+
+    from lr_onnx.export.evaluate.report import per_dataset
+
+    def run(labels):
+        n = len(labels)
+        Y = np.array([[1.0, 0.0], [0.0, 1.0]] * (n // 2))
+        d = SimpleNamespace(dataset=labels, Y=Y, C=np.ones_like(Y), A=np.ones_like(Y, bool), model_names=["a", "b"])
+        curve = [{"choice": np.zeros(n, int)}]
+        return per_dataset(SimpleNamespace(data=d), np.arange(n), {"latentrouter": curve}, 0)
+
+    plain = run(["charts", "math", "charts", "math"])
+    assert sorted(plain) == ["charts", "math"]
+    merged = run(["x/t1", "y/t2", "x/t3", "y/t2"])
+    assert sorted(merged) == ["source:x", "source:y", "x/t1", "x/t3", "y/t2"]
+    assert merged["source:x"]["rows"] == 2 and merged["source:x"]["latentrouter_score_lambda0"] == 1.0

@@ -59,8 +59,9 @@ def report(out: dict) -> str:
     lines = [
         f"# Evaluation on the {out['split']} split ({out['rows']} queries, {out['data']})",
         "",
-        f"Best single: {out['best_single']['name']} {out['best_single']['score']:.4f} at "
-        f"{out['best_single']['cost']:.4g}; oracle {out['oracle']['score']:.4f} at {out['oracle']['cost']:.4g}. "
+        f"Best single model on these rows (in hindsight): {out['best_single']['name']} "
+        f"{out['best_single']['score']:.4f} at {out['best_single']['cost']:.4g}; oracle {out['oracle']['score']:.4f} "
+        f"at {out['oracle']['cost']:.4g}. The `best_single` row routes every query to the model best on validation. "
         "Lambda for the rank score is chosen on validation.",
         "",
         "| method | " + " | ".join(cols) + " |",

@@ -291,12 +291,13 @@ def uncertainty_quality(net, P: TrainingSet, rows) -> dict:
 
 def per_dataset(P: TrainingSet, rows, curves: dict, j_val) -> dict:
     """Per `dataset` label and, for merged data (labels `source/task` from several sources), per source:
-    best single, oracle, LatentRouter at lambda 0 and at the validation lambda, every method at lambda 0."""
+    best single, oracle, LatentRouter at lambda 0 and at the validation lambda, every method at lambda 0. Sources
+    that are the labels themselves (no `source/task` labels) are not listed twice."""
     d = P.data
     ds = np.array(d.dataset)[rows]
     sources = np.array([lab.split("/", 1)[0] for lab in ds])
     groups = {name: ds == name for name in sorted(set(ds))}
-    if len(set(sources)) > 1:
+    if len(set(sources)) > 1 and set(sources) != set(ds):
         groups.update({f"source:{src}": sources == src for src in sorted(set(sources))})
     curve = curves["latentrouter"]
     res = {}
