@@ -196,6 +196,7 @@ FILE_PATH = click.Path(dir_okay=False, path_type=str)  # a file, existing or to 
 ANY_PATH = click.Path(path_type=str)
 
 BUNDLE_OPTION = click.option(
+    "-b",
     "--bundle",
     type=ANY_PATH,
     callback=check_bundle_path,

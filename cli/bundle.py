@@ -47,6 +47,7 @@ def _pool_target(run_dir, bundle, out):
     help="Folder to write (must not exist): queries.jsonl and images/.",
 )
 @click.option(
+    "-b",
     "--bundle",
     type=FOLDER,
     help="Propose from your own queries (--from) for this bundle instead of a training run's rows.",
@@ -109,7 +110,7 @@ def models_propose(run_dir, out, bundle, from_file, n, seed):
 
 @models.command("add")
 @click.argument("run_dir", required=False, type=FOLDER)
-@click.option("--bundle", type=FOLDER, help="Bundle to extend.")
+@click.option("-b", "--bundle", type=FOLDER, help="Bundle to extend.")
 @click.option("--out", type=ANY_PATH, help="Where to write the extended copy of --bundle.")
 @click.option(
     "--name",
@@ -197,6 +198,7 @@ def models_add(run_dir, bundle, out, name, price_in, price_out, outcomes, image_
 @models.command("remove")
 @click.argument("run_dir", required=False, type=FOLDER)
 @click.option(
+    "-b",
     "--bundle",
     type=FOLDER,
     help="A bundle to remove the model from (it is copied to --out, never changed).",
@@ -363,7 +365,7 @@ def doctor_cmd(bundle, provider):
 
 
 @main.command("calibrate")
-@click.option("--bundle", required=True, type=FOLDER)
+@click.option("-b", "--bundle", required=True, type=FOLDER)
 @click.option(
     "--data",
     "data_dir",

@@ -298,6 +298,7 @@ def feedback_cmd(log_dir, file, window_h):
 
 @main.command("refresh")
 @click.option(
+    "-b",
     "--bundle",
     "bundle",
     required=True,

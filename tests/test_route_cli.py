@@ -29,6 +29,9 @@ def test_cli_table_json_and_usage_errors(runner):
     ):
         assert runner.invoke(main, bad).exit_code == 2
     assert runner.invoke(main, ["route", "q", "--models", "nope"]).exit_code == 2  # a usage error
+    short = runner.invoke(main, ["route", "What is 2 + 2?", "-b", str(DEFAULT_BUNDLE), "--json"])  # -b: --bundle
+    assert short.exit_code == 0 and json.loads(short.output)["model"] == js["model"]
+    assert runner.invoke(main, ["route", "q", "-b", str(EXAMPLES)]).exit_code != 0  # and it is read: not a bundle
 
 
 def test_corrupted_and_newer_bundles(tmp_path, runner):
