@@ -3,6 +3,7 @@
     python benchmarks/targets.py DATA_DIR OUT_DIR [--seeds 3] [--slices S]     one dataset
     python benchmarks/targets.py --grid OUT_DIR [--cells a,b] [--shared DIR]   the README's grid
     python benchmarks/targets.py --grid OUT_DIR --merge A.json B.json          cells run in other processes
+    python benchmarks/targets.py --grid OUT_DIR --cells C --ablations NAME    add one ablation's row to cell C
 
 Each seed trains LatentRouter (seed 20260308 + i), evaluates it against every
 baseline on the test split, and the mean and standard deviation of each metric
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lr_onnx.export.evaluate.report import evaluate
+from lr_onnx.export.evaluate.report import ABLATIONS, evaluate
 from lr_onnx.export.files import atomic_write_text
 from lr_onnx.export.train.modality import choose_modality
 from lr_onnx.export.train.trainer import TrainConfig, train
@@ -56,9 +57,13 @@ def run(
     epochs: int,
     setting: str = "performance",
     ablation_seeds: int | None = None,
+    ablations: tuple[str, ...] | None = None,
+    earlier: dict | None = None,
 ) -> dict:
-    """Train and evaluate `seeds` seeds; the retrained ablations on the first `ablation_seeds` of them (all by
-    default); the memory-only and network-only halves and the baselines on every seed."""
+    """Train and evaluate `seeds` seeds; the retrained ablations (all, or the named `ablations`) on the first
+    `ablation_seeds` of them (all by default); the memory-only and network-only halves and the baselines on every
+    seed. `earlier`: a cell of an earlier run whose method rows stand where this run computes none (a run that
+    retrains one new ablation adds its row to the cell instead of retraining every other)."""
     per_seed, modality = [], []
     ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
     for i in range(seeds):
@@ -67,7 +72,7 @@ def run(
         if not RunDir(run_dir).trained:
             train(data_dir, run_dir, cfg)
         modality.append(choose_modality(data_dir, run_dir))  # as `lr-onnx train` does (a no-op once chosen)
-        per_seed.append(evaluate(run_dir, ablations=i < ablation_seeds))
+        per_seed.append(evaluate(run_dir, ablations=(ablations or True) if i < ablation_seeds else False))
     methods = list(dict.fromkeys(m for s in per_seed for m in s["methods"]))
 
     def stat(m, k):
@@ -75,6 +80,9 @@ def run(
         return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
 
     agg = {m: {k: stat(m, k) for k in KEYS} for m in methods}
+    if earlier:
+        agg = {**{m: v for m, v in earlier["methods"].items() if m not in agg}, **agg}
+        methods = list(agg)
     bs = per_seed[0]["best_single"]
     lr = agg["latentrouter"]
     has_images = bool(per_seed[0].get("has_images", True))
@@ -183,12 +191,22 @@ def run_grid(
     slices: int,
     epochs: int,
     ablation_seeds: int | None = None,
+    ablations: tuple[str, ...] | None = None,
 ) -> dict:
     grid = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {"cells": {}}
     for name in cells:
         spec, seeds = GRID[name]
         t0 = time.perf_counter()
-        res = run(grid_data(spec, out, shared), out / name, seeds, slices, epochs, ablation_seeds=ablation_seeds)
+        res = run(
+            grid_data(spec, out, shared),
+            out / name,
+            seeds,
+            slices,
+            epochs,
+            ablation_seeds=ablation_seeds,
+            ablations=ablations,
+            earlier=grid["cells"].get(name) if ablations else None,
+        )
         res["seconds"] = round(time.perf_counter() - t0, 1)
         res["real_outcomes"] = spec[0] != "demo"
         if name == "real_merged":
@@ -263,6 +281,12 @@ def main(argv=None) -> None:
         help="retrain the ablations on only the first N seeds of each cell (default: every seed)",
     )
     ap.add_argument(
+        "--ablations",
+        default=None,
+        help="comma-separated: retrain only these ablations (default: all); with --grid, every other row of the "
+        "cell is kept from --results, so a new ablation is added to the grid without retraining the rest",
+    )
+    ap.add_argument(
         "--setting",
         choices=["performance", "cost"],
         default="performance",
@@ -282,6 +306,10 @@ def main(argv=None) -> None:
     if len(a.dirs) != (1 if a.grid else 2):
         ap.error("give OUT_DIR with --grid, DATA_DIR OUT_DIR without")
     a.data_dir, a.out_dir = (None, a.dirs[0]) if a.grid else a.dirs
+    named = tuple(a.ablations.split(",")) if a.ablations else None
+    unknown = [n for n in named or () if n not in dict(ABLATIONS)]
+    if unknown:
+        ap.error(f"unknown ablation(s) {', '.join(unknown)}; ablations: {', '.join(dict(ABLATIONS))}")
     a.out_dir.mkdir(parents=True, exist_ok=True)
     if a.grid and a.merge:
         merge(a.results, a.merge, a.out_dir)
@@ -290,9 +318,9 @@ def main(argv=None) -> None:
         unknown = [c for c in a.cells.split(",") if c not in GRID]
         if unknown:
             ap.error(f"unknown cell(s) {', '.join(unknown)}; cells: {', '.join(GRID)}")
-        run_grid(a.out_dir, a.cells.split(","), a.shared, a.results, a.slices, a.epochs, a.ablation_seeds)
+        run_grid(a.out_dir, a.cells.split(","), a.shared, a.results, a.slices, a.epochs, a.ablation_seeds, named)
         return
-    res = run(a.data_dir, a.out_dir, a.seeds, a.slices, a.epochs, a.setting, a.ablation_seeds)
+    res = run(a.data_dir, a.out_dir, a.seeds, a.slices, a.epochs, a.setting, a.ablation_seeds, named)
     for name, m in res["methods"].items():
         print(
             f"{name:18s} nAUC {m['nauc']['mean']:.4f} ± {m['nauc']['std']:.4f}   "

@@ -47,8 +47,25 @@ from .base import main, ANY_PATH, FOLDER, SEED
     is_flag=True,
     help="Ablation: no capability memory (the k nearest labelled queries' outcomes per model).",
 )
+@click.option(
+    "--one-memory-setting",
+    is_flag=True,
+    help="Ablation: on merged data, read the memory with one setting for every source (default: a setting per "
+    "source with enough validation rows, chosen on its own rows).",
+)
 def train_cmd(
-    data_dir, out, setting, epochs, seed, no_few_shot, no_pool_dropout, layers, text_only, keep_images, no_memory
+    data_dir,
+    out,
+    setting,
+    epochs,
+    seed,
+    no_few_shot,
+    no_pool_dropout,
+    layers,
+    text_only,
+    keep_images,
+    no_memory,
+    one_memory_setting,
 ):
     """Train LatentRouter on DATA_DIR's train split with early stopping on validation.
 
@@ -77,7 +94,13 @@ def train_cmd(
     if text_only and keep_images:
         raise click.UsageError("--text-only and --keep-images contradict each other; give one")
     cfg = TrainConfig(
-        setting=setting, epochs=epochs, seed=seed, layers=layers, text_only=text_only, memory=not no_memory
+        setting=setting,
+        epochs=epochs,
+        seed=seed,
+        layers=layers,
+        text_only=text_only,
+        memory=not no_memory,
+        memory_per_source=not one_memory_setting,
     )
     if no_few_shot:
         cfg.few_shot = 0.0

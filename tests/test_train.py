@@ -138,12 +138,15 @@ def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
 
     out = env / "run_cli"
     res = runner.invoke(
-        main, ["train", str(env / "demo"), "--out", str(out), "--epochs", "1", "--no-few-shot", "--no-pool-dropout"]
+        main,
+        ["train", str(env / "demo"), "--out", str(out), "--epochs", "1", "--no-few-shot", "--no-pool-dropout"]
+        + ["--one-memory-setting"],
     )
     assert res.exit_code == 0, res.output
     assert "best validation utility" in res.output and " with images, " in res.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["few_shot"] == 0.0 and cfg["train"]["pool_dropout"] == 0.0 and cfg["train"]["epochs"] == 1
+    assert cfg["train"]["memory_per_source"] is False and "per_source" not in cfg["memory"]
     # the demo has images: validation chose between the router with them and its text-only twin, which is kept
     assert cfg["modality"]["chosen"] in ("images", "text") and set(cfg["modality"]["val_utility"]) == {"images", "text"}
     other = "text_only" if cfg["modality"]["chosen"] == "images" else "with_images"
@@ -160,7 +163,7 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
 
     out = evaluate(run[0], ablations=False, progress=False)
     m = json.loads((run[0] / "metrics.json").read_text())
-    ablations = {"no_communication", "text_only", "with_images", "no_memory", "no_slice_prior"}
+    ablations = {"no_communication", "text_only", "with_images", "no_memory", "no_slice_prior", "one_memory_setting"}
     assert set(m["methods"]) == set(METHODS) - ablations
     for row in m["methods"].values():
         for key in (
@@ -836,6 +839,14 @@ def test_a_run_on_a_merge_exports_a_bundle_that_reads_with_a_setting_per_source(
     assert set(np.unique(mem.sources.of_row)) <= {-1, 0, 1} and (mem.sources.of_row >= 0).all()
     d = r.route([], "What is 3 + 4?", lam=0.0)
     assert d.model in r.names
+    # the grid's ablation of the per-source settings: retrained with the run's one setting for every source
+    from lr_onnx.export.evaluate.report import evaluate
+
+    m = evaluate(tmp_path / "run", ablations=("one_memory_setting",), progress=False)["methods"]
+    abl = json.loads((tmp_path / "run" / "ablations" / "one_memory_setting" / "config.json").read_text())
+    own = json.loads((tmp_path / "run" / "config.json").read_text())["memory"]["settings"]
+    assert abl["train"]["memory_per_source"] is False and "per_source" not in abl["memory"]
+    assert abl["memory"]["settings"] == own and "one_memory_setting" in m and "no_memory" not in m
 
 
 def test_exported_gelus_take_the_form_onnx_runtime_fuses(tmp_path):

@@ -28,6 +28,7 @@ METHODS = [
     "no_memory",
     "no_slice_prior",
     "no_communication",
+    "one_memory_setting",
     "text_only",
     "with_images",
     "knn",
@@ -46,6 +47,7 @@ ABLATIONS = (
     ("with_images", {"text_only": False}),
     ("no_memory", {"memory": False}),
     ("no_slice_prior", {"slice_prior": False}),
+    ("one_memory_setting", {"memory_per_source": False}),  # only where the memory reads a merge per source
 )  # baselines that read metadata the router never sees
 
 
@@ -94,9 +96,11 @@ def evaluate(
     *,
     data_dir: str | Path | None = None,
     split: str = "test",
-    ablations: bool = True,
+    ablations: bool | tuple[str, ...] = True,
     progress: bool = True,
 ) -> dict:
+    """The run against every baseline and, with `ablations` (True: all of ABLATIONS; or a tuple of their names),
+    its retrained ablations, on `split`; writes metrics.json, frontier.png and report.md into the run."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     net, cfg = load_router(run_dir)
@@ -124,6 +128,8 @@ def evaluate(
         net.memory.blend.fill_(blend)
     if ablations:
         for name, over in ABLATIONS:
+            if ablations is not True and name not in ablations:
+                continue
             if "text_only" in over and not any(d.images):
                 continue  # text-only data: both modality ablations are the router itself
             if over.get("text_only") == tcfg.text_only:
@@ -131,10 +137,15 @@ def evaluate(
                 continue
             if over.get("memory") is False and P.memory is None:
                 continue  # the router has no memory: it is this ablation
+            if "memory_per_source" in over and (P.memory is None or P.memory.sources is None):
+                continue  # one setting for the whole memory already: the router is this ablation
             sub = run_dir / "ablations" / name
             abl = TrainConfig(**{**cfg["train"], **over})
             if abl.text_only != tcfg.text_only:
                 Pa = load_training_set(data_dir, slices=tcfg.slices, text_only=abl.text_only, progress=False)
+            elif not abl.memory_per_source:  # the run's own setting, chosen on validation, for every source
+                Pa = replace(P, memory=None, mem_cols=None)
+                Pa.attach_memory(P.memory.settings, P.memory_size)
             else:
                 Pa = replace(P, memory=P.memory if abl.memory else None, mem_cols=P.mem_cols if abl.memory else None)
             if not RunDir(sub).trained:

@@ -40,6 +40,7 @@ class TrainConfig:
     slices: int = SLICES  # k-means slices; capped at |R_cal| / 50 (method.md says 8, see `SlicePrior`)
     slice_prior: bool = True  # give the network each model's score on the query's slices (lr-onnx addition)
     memory: bool = True  # the capability memory (runtime/memory.py, issue 21); settings chosen on validation
+    memory_per_source: bool = True  # on a merge, the memory's k, kappa, tau per source (export.train.memory)
     pool_dropout: float = 0.5  # §3.4: share of rows that get a random sub-pool
     few_shot: float = 0.25  # §3.4: per-batch chance that a model's profile is a small-sample bootstrap
     text_only: bool = False  # ablation: zero the image part of the query features
@@ -209,7 +210,8 @@ def train(
         from .memory import select_settings, select_sources
 
         settings, size, selection = select_settings(P)
-        per_source, source_trials = select_sources(P, settings, size)  # {} unless a merge of >= 2 sources
+        per_source, source_trials = select_sources(P, settings, size) if cfg.memory_per_source else ({}, [])
+        # ({} unless a merge of >= 2 sources)
         P.attach_memory(settings, size, per_source)
         selection += source_trials
     elif not cfg.memory:
