@@ -8,6 +8,7 @@ that name something the bundle does not have (`OptionError`), exit 2.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from pathlib import Path
@@ -40,12 +41,20 @@ class Group(click.Group):
             raise OneLine(str(e), exit_code=2) from None
         except LrOnnxError as e:
             raise OneLine(str(e)) from None
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise  # a bug: its traceback is wanted
+            raise OneLine(f"{e.filename or 'writing'}: {e.strerror}") from None  # a full disk, no permission
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in EXPORT_MODULES:
                 raise click.ClickException(
                     f"this command needs the training extra ({e.name} is not installed): pip install -e '.[export]'"
                 ) from None
             raise
+
+
+# the machine's state, not the user's input nor a bug: said in one line (what was written before is kept: staged)
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class OneLine(click.ClickException):

@@ -48,8 +48,14 @@ def staged_folder(out: str | os.PathLike[str], err: type[Exception]) -> Iterator
         raise err(f"{out}: already exists; choose a new output folder (nothing was overwritten)")
     if out.exists() and out.resolve() == Path.cwd().resolve():  # it would be removed and replaced under the shell
         raise err(f"{out}: is the current folder; name a new folder (the output is built beside it, then renamed)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    nearest = next((p for p in out.parents if p.exists()), None)
+    if nearest is not None and not nearest.is_dir():
+        raise err(f"{out}: cannot be written ({nearest} is a file, not a folder)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:  # a read-only or virtual file system, a file where a folder should be
+        raise err(f"{out}: cannot be written ({e.strerror or type(e).__name__})") from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700

@@ -231,3 +231,28 @@ def test_feedback_and_refresh_refuse_a_nan_window_or_share(runner, tmp_path):
         res = runner.invoke(main, [*refresh, "--retrain-share", v])
         assert res.exit_code == 2 and "must be a finite number between 0 and 1" in res.output, res.output
     assert not (tmp_path / "b").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_leaves_nothing(runner, tmp_path, monkeypatch):
+    """An output folder under a file or a virtual file system, and a full disk mid-way, are the machine's state,
+    not bugs: one line each, exit 1, and nothing half-written where the output was to go."""
+    import errno
+
+    (tmp_path / "a.txt").write_text("x")
+    under_file = runner.invoke(main, ["data", "demo", str(tmp_path / "a.txt" / "out"), "--n", "50"])
+    assert under_file.exit_code == 1 and "a.txt is a file, not a folder" in under_file.output
+    assert "Traceback" not in under_file.output and (tmp_path / "a.txt").read_text() == "x"
+    proc = runner.invoke(main, ["data", "demo", "/proc/lr-onnx-out", "--n", "50"])
+    assert proc.exit_code == 1 and proc.output.startswith("Error: /proc/lr-onnx-out: cannot be written")
+
+    def full(out, **kwargs):  # build_demo's own staging, the disk full half-way through
+        from lr_onnx.export.files import staged_output
+
+        with staged_output(out) as tmp:
+            (tmp / "half.jsonl").write_text("{")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "half.jsonl"))
+
+    monkeypatch.setattr("lr_onnx.export.data.demo.build_demo", full)
+    res = runner.invoke(main, ["data", "demo", str(tmp_path / "demo"), "--n", "50"])
+    assert res.exit_code == 1 and "No space left on device" in res.output and len(res.output.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # the staged folder is gone, no 'demo'
