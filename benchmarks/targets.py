@@ -208,6 +208,10 @@ def run_grid(
             earlier=grid["cells"].get(name) if ablations else None,
         )
         res["seconds"] = round(time.perf_counter() - t0, 1)
+        if ablations and name in grid["cells"]:  # rows added to an earlier cell: its own time stands
+            earlier = grid["cells"][name]
+            res["rows_added"] = sorted(set(earlier.get("rows_added", [])) | set(ablations))
+            res["seconds"] = earlier.get("seconds", res["seconds"])
         res["real_outcomes"] = spec[0] != "demo"
         if name == "real_merged":
             lr, tl = res["methods"]["latentrouter"], res["methods"]["task_lookup"]
