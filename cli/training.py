@@ -177,8 +177,15 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
         f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single model in hindsight: {b['name']} "
         f"{b['score']:.4f}"
         + (f"; validation's best single model: {picked:.4f}" if picked is not None else "")
-        + f"), nAUC {_nauc(m['nauc'])}, QNC {m['qnc']}; wrote {run_dir}/metrics.json, frontier.png, report.md"
+        + f"), nAUC {_nauc(m['nauc'])}, QNC {_qnc(m['qnc'])}; wrote {run_dir}/metrics.json, frontier.png, report.md"
     )
+
+
+def _qnc(x) -> str:
+    """QNC: the cheapest cost at which the router matches the best single model's quality, over that model's cost."""
+    if x == "inf":
+        return "inf (never matches the best single model's quality)"
+    return "n/a" if x is None else f"{x:.3g} (matches the best single model's quality at {x:.0%} of its cost)"
 
 
 def _nauc(x) -> str:

@@ -187,6 +187,10 @@ def test_evaluate_writes_metrics_plot_and_report(env, run):
     u = m["uncertainty"]  # §8.8 uncertainty quality on the binary test entries
     assert u["entries"] == sum(u["bin_counts"]) > 0 and 0 <= u["ece"] <= 1 and 0 <= u["coverage_1.96sigma"] <= 1
     assert "Uncertainty (" in (run[0] / "report.md").read_text()
+    from lr_onnx.cli.training import _qnc
+
+    assert _qnc("inf").startswith("inf (never matches") and "at 45% of its cost" in _qnc(0.45) and _qnc(None) == "n/a"
+    assert "(in hindsight)" in (run[0] / "report.md").read_text()  # which best single the headline names
     presets = m["methods"]["latentrouter"]["presets"]
     assert (
         presets["quality"]["lambda"] == 0.0
