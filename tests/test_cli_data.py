@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import DCROUTER, rec, write_native
+from conftest import DCROUTER, SHARED_DATA, rec, write_native
 from lr_onnx.cli import main
 
 
@@ -23,6 +23,15 @@ def test_check_json_has_the_documented_keys(runner):
     assert rep["queries"] == 6108 and rep["per_split"]["test"]["best_single"]["score"] == pytest.approx(0.5626, 1e-4)
     assert set(rep["best_single"]) == {"name", "score", "cost"}
     assert "properties" not in rep  # dcrouter has no difficulty metadata
+
+
+@pytest.mark.shared_data("vqarad")
+def test_check_measures_the_demo_design_properties_only_where_there_is_difficulty_metadata(runner):
+    """vqarad's queries carry metadata (organ, answer type) but no difficulty level: the demo's design checks
+    (difficulty gap, generic questions, text-only share) do not apply and must not print as FAIL."""
+    res = runner.invoke(main, ["data", "check", str(SHARED_DATA / "vqarad")])
+    assert res.exit_code == 0 and "[test] best single gpt-4o" in res.output
+    assert "routing-benchmark properties" not in res.output and "FAIL" not in res.output
 
 
 @pytest.mark.shared_data("dcrouter")

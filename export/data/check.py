@@ -86,7 +86,7 @@ def summarize(data: RoutingData) -> dict:
         out["trainable"] = {"ok": True, "reason": None}
     except DataError as e:
         out["trainable"] = {"ok": False, "reason": str(e)}
-    if any(m is not None for m in data.meta):
+    if any(isinstance(m, dict) and "level" in m for m in data.meta):  # difficulty metadata: the demo's design
         out["properties"] = demo_properties(data)
     return out
 
