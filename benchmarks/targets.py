@@ -31,6 +31,7 @@ from lr_onnx.export.train.trainer import TrainConfig, train
 from lr_onnx.export.train.rundir import RunDir
 
 BASE_SEED = 20260308
+BASELINES = ("knn", "mf", "mlp", "irt", "task_lookup", "best_single", "random")  # after the router's rows, in order
 KEYS = ("nauc", "score_at_lambda0", "cost_at_lambda0", "qnc", "rank_score", "apgr", "peak_score")
 
 
@@ -80,9 +81,11 @@ def run(
         return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
 
     agg = {m: {k: stat(m, k) for k in KEYS} for m in methods}
-    if earlier:
-        agg = {**{m: v for m, v in earlier["methods"].items() if m not in agg}, **agg}
-        methods = list(agg)
+    if earlier:  # the earlier cell's rows where this run has none, in the order evaluate computes them
+        rows = {**earlier["methods"], **agg}
+        order = ["latentrouter", "memory_only", "network_only", *dict(ABLATIONS), *BASELINES]
+        methods = sorted(rows, key=lambda m: order.index(m) if m in order else len(order))
+        agg = {m: rows[m] for m in methods}
     bs = per_seed[0]["best_single"]
     lr = agg["latentrouter"]
     has_images = bool(per_seed[0].get("has_images", True))
