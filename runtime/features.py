@@ -48,8 +48,8 @@ def query_features(text_vecs: np.ndarray, image_vecs: np.ndarray, n_images: Any,
 
 def without_images(q: np.ndarray) -> np.ndarray:
     """Features `q [B, D_q]` as a router that reads no images sees them: those of the same questions asked without
-    their images (image block, has_image and log1p(n_images) zeroed; text and log1p(n_words) kept). The runs
-    whose validation chose text only (`export.train.modality`) are trained and served on these."""
+    their images (image block, has_image and log1p(n_images) zeroed; text and log1p(n_words) kept). Text-only runs
+    (`train --text-only`, or validation chose text: `export.train.modality`) are trained and served on these."""
     out = np.array(q, copy=True)
     out[:, TEXT_DIM:-1] = 0.0
     return out

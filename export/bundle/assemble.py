@@ -1,6 +1,6 @@
 """`lr-onnx export`: a trained run becomes an ONNX bundle the slim runtime can serve.
 
-A bundle is a plain folder: `image_encoder.onnx` (none when validation chose a router that reads no images),
+A bundle is a plain folder: `image_encoder.onnx` (none for a text-only router: `train --text-only`, or validation chose text),
 `text_encoder.onnx`, `router.onnx` (capsules + communication + heads, dynamic batch B and candidate count K),
 `tokenizer.json`, `manifest.json` (schema, sha256 of every file, graph inputs and
 outputs, preprocessing, pool with prices / expected costs / standardised profiles,
