@@ -108,9 +108,16 @@ def train_cmd(
         cfg.pool_dropout = 0.0
     with staged_output(out) as work:
         summary = train(data_dir, work, cfg)
+        blend = summary.get("blend")
         click.echo(
             f"trained in {summary['seconds']:.1f} s ({summary['epochs_run']} epochs): "
-            f"best validation utility {summary['best_val_utility']:.4f}"
+            + (
+                f"validation utility {summary['best_val_utility']:.4f} for the network alone, "
+                f"{summary['val_utility_routed']:.4f} as it routes: its capability memory corrected by the network "
+                f"at strength {blend:g} (chosen on validation; 0 = the memory alone)"
+                if blend is not None
+                else f"best validation utility {summary['best_val_utility']:.4f}"
+            )
         )
         choice = None
         if not (text_only or keep_images):

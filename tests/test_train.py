@@ -143,7 +143,11 @@ def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
         + ["--one-memory-setting"],
     )
     assert res.exit_code == 0, res.output
-    assert "best validation utility" in res.output and " with images, " in res.output
+    assert (
+        "for the network alone, " in res.output and " as it routes: " in res.output and " with images, " in res.output
+    )
+    cfg_summary = json.loads((out / "config.json").read_text())["summary"]
+    assert cfg_summary["blend"] in (0.0, 0.25, 0.5, 0.75, 1.0) and 0 <= cfg_summary["val_utility_routed"] <= 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["few_shot"] == 0.0 and cfg["train"]["pool_dropout"] == 0.0 and cfg["train"]["epochs"] == 1
     assert cfg["train"]["memory_per_source"] is False and "per_source" not in cfg["memory"]

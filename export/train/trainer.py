@@ -322,12 +322,12 @@ def train(
         "seconds": time.perf_counter() - t0,
         "train_rows": int(len(fit)),
         "val_rows": int(len(val)),
+        "blend": blend["chosen"] if blend else None,  # and what the router routes validation at with it:
+        "val_utility_routed": validation_utility(net, P, val, U, cfg.w_c) if blend else best,
     }
-    memory = (
-        None
-        if P.memory is None
-        else {"settings": P.memory.settings.to_dict(), "size": P.memory_size, "rows": len(P.memory), "blend": blend}
-    )
+    memory = None if P.memory is None else {"settings": P.memory.settings.to_dict(), "size": P.memory_size}
+    if memory is not None:
+        memory.update(rows=len(P.memory), blend=blend)
     if memory is not None and P.memory.sources is not None:
         memory["per_source"] = dict(zip(P.memory.sources.names, (st.to_dict() for st in P.memory.sources.settings)))
     run = RunDir(out)
