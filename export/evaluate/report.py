@@ -154,14 +154,22 @@ def evaluate(
             if abl.memory and Pa.memory is None:
                 attach_run_memory(Pa, acfg)
             scores[name] = predict(anet, Pa, both)[0]
+    from tqdm import tqdm
+
     from .baselines import best_single_scores, irt_scores, knn_scores, linear_mf_scores, mlp_scores, task_lookup_scores
 
-    scores["knn"] = knn_scores(P_base, both)
-    scores["mf"] = linear_mf_scores(P_base, both)
-    scores["mlp"] = mlp_scores(P_base, both)  # the baselines' own seed: the bar does not move with the router's
-    scores["irt"] = irt_scores(P_base, both)
-    scores["task_lookup"] = task_lookup_scores(P_base, both)
-    scores["best_single"] = best_single_scores(P_base, both)
+    baselines = {  # the MLP and IRT have their own seed: the bar does not move with the router's
+        "knn": knn_scores,
+        "mf": linear_mf_scores,
+        "mlp": mlp_scores,
+        "irt": irt_scores,
+        "task_lookup": task_lookup_scores,
+        "best_single": best_single_scores,
+    }
+    bar = tqdm(baselines.items(), desc="baselines", total=len(baselines), disable=not progress, leave=False)
+    for name, fit in bar:  # minutes on ten thousand queries: say which one is running
+        bar.set_postfix_str(name)
+        scores[name] = fit(P_base, both)
 
     Yv, Cv, Av = np.nan_to_num(d.Y[val]), np.nan_to_num(d.C[val]), d.A[val]
     Y, C, A = np.nan_to_num(d.Y[rows]), np.nan_to_num(d.C[rows]), d.A[rows]
