@@ -7,6 +7,8 @@ argmax(score - lambda x c_hat) over the available models.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ...runtime.features import l2_normalise
@@ -88,6 +90,25 @@ def linear_mf_scores(P: TrainingSet, rows: np.ndarray) -> np.ndarray:
 BASELINE_SEED = 20260308  # the baselines' own seed: the bar must not move with the router's training seed
 
 
+def single_threaded(fit):
+    """Run a torch-trained baseline on one thread: summed in another order, its weights (and the bar it sets) would
+    move with the machine's thread count (the MLP's score at lambda 0 moved by 0.02 on a 400-query demo run)."""
+
+    @functools.wraps(fit)
+    def run(*args, **kwargs):
+        import torch
+
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fit(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n)
+
+    return run
+
+
+@single_threaded
 def mlp_scores(P: TrainingSet, rows: np.ndarray, *, epochs: int = 50, seed: int = BASELINE_SEED) -> np.ndarray:
     """D_q -> 256 -> 128 -> K ReLU MLP with masked MSE, Adam 1e-3, batch 32 (MMR-Bench `mlp`)."""
     import torch
@@ -119,6 +140,7 @@ def mlp_scores(P: TrainingSet, rows: np.ndarray, *, epochs: int = 50, seed: int 
         return net(X[torch.from_numpy(rows)]).numpy().astype(np.float64)
 
 
+@single_threaded
 def irt_scores(
     P: TrainingSet, rows: np.ndarray, *, dim: int = 16, epochs: int = 60, patience: int = 5, seed: int = BASELINE_SEED
 ) -> np.ndarray:
