@@ -71,7 +71,8 @@ def train_cmd(
 
     Writes OUT/weights.safetensors, config.json, profiles.json, preprocessing.json and
     curves.json. Query features are computed once by the frozen encoders and cached
-    (see LR_ONNX_CACHE). Same seed, same result.
+    (see LR_ONNX_CACHE). Same seed and thread count, same result (OMP_NUM_THREADS: torch sums
+    in another order on another count of threads; the README's grid ran on one).
 
     The router reads a capability memory of the training queries: for each model, its
     outcomes on the query's nearest labelled neighbours. Its settings (neighbours,
