@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lr_onnx.export.evaluate.report import ABLATIONS, evaluate
+from lr_onnx.export.evaluate.report import ABLATIONS, METHODS, evaluate
 from lr_onnx.export.files import atomic_write_text
 from lr_onnx.export.train.modality import choose_modality
 from lr_onnx.export.train.trainer import TrainConfig, train
 from lr_onnx.export.train.rundir import RunDir
 
 BASE_SEED = 20260308
-BASELINES = ("knn", "mf", "mlp", "irt", "task_lookup", "best_single", "random")  # after the router's rows, in order
 KEYS = ("nauc", "score_at_lambda0", "cost_at_lambda0", "qnc", "rank_score", "apgr", "peak_score")
 
 
@@ -83,8 +82,7 @@ def run(
     agg = {m: {k: stat(m, k) for k in KEYS} for m in methods}
     if earlier:  # the earlier cell's rows where this run has none, in the order evaluate computes them
         rows = {**earlier["methods"], **agg}
-        order = ["latentrouter", "memory_only", "network_only", *dict(ABLATIONS), *BASELINES]
-        methods = sorted(rows, key=lambda m: order.index(m) if m in order else len(order))
+        methods = sorted(rows, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
         agg = {m: rows[m] for m in methods}
     bs = per_seed[0]["best_single"]
     lr = agg["latentrouter"]

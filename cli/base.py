@@ -44,7 +44,8 @@ class Group(click.Group):
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS:
                 raise  # a bug: its traceback is wanted
-            raise OneLine(f"{e.filename or 'writing'}: {e.strerror}") from None  # a full disk, no permission
+            where = f"{e.filename}: " if e.filename else ""
+            raise OneLine(f"{where}{e.strerror}") from None  # a full disk, no permission
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] in EXPORT_MODULES:
                 raise click.ClickException(

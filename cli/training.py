@@ -180,7 +180,7 @@ def evaluate_cmd(run_dir, data_dir, split, no_ablations):
         return
     out = evaluate(run_dir, data_dir=data_dir, split=split, ablations=not no_ablations)
     m = out["methods"]["latentrouter"]
-    b, picked = out["best_single"], out["methods"].get("best_single", {}).get("score_at_lambda0")
+    b, picked = out["best_single"], out["methods"]["best_single"]["score_at_lambda0"]  # hindsight; validation's
     click.echo(
         f"latentrouter: score {m['score_at_lambda0']:.4f} at lambda 0 (best single model in hindsight: {b['name']} "
         f"{b['score']:.4f}"

@@ -73,7 +73,7 @@ def parse_explore(value: Any) -> Explore | None:
     if v in ("", "off", "none", "greedy"):
         return None
     kind, colon, arg = v.partition(":")
-    if kind not in ("thompson", "epsilon") or (colon and not arg) or (kind == "epsilon" and not arg):
+    if kind not in ("thompson", "epsilon") or (not arg and (colon or kind == "epsilon")):
         raise OptionError(f"explore must be {EXPLORE_HELP}; got {value!r}")
     try:
         x = float(arg) if arg else 1.0

@@ -21,23 +21,23 @@ from ..train.trainer import TrainingSet, TrainConfig, attach_run_memory, load_ro
 from ..train.rundir import METRICS, RunDir
 from .render import plot_frontier, report
 
-METHODS = [
+METHODS = [  # in the order evaluate computes them, metrics.json's order
     "latentrouter",
     "memory_only",
     "network_only",
-    "no_memory",
-    "no_slice_prior",
     "no_communication",
-    "one_memory_setting",
     "text_only",
     "with_images",
+    "no_memory",
+    "no_slice_prior",
+    "one_memory_setting",
     "knn",
     "mf",
     "mlp",
     "irt",
     "task_lookup",
-    "random",
     "best_single",
+    "random",
 ]
 USES_DATASET_LABEL = ("task_lookup",)
 # ablations retrained from the run's own config with one change each (A0 of method.md, and each lr-onnx addition)

@@ -211,7 +211,6 @@ def train(
 
         settings, size, selection = select_settings(P)
         per_source, source_trials = select_sources(P, settings, size) if cfg.memory_per_source else ({}, [])
-        # ({} unless a merge of >= 2 sources)
         P.attach_memory(settings, size, per_source)
         selection += source_trials
     elif not cfg.memory:
@@ -322,14 +321,14 @@ def train(
         "seconds": time.perf_counter() - t0,
         "train_rows": int(len(fit)),
         "val_rows": int(len(val)),
-        "blend": blend["chosen"] if blend else None,  # and what the router routes validation at with it:
+        "blend": blend["chosen"] if blend else None,  # the network's strength, and validation as the router routes it
         "val_utility_routed": validation_utility(net, P, val, U, cfg.w_c) if blend else best,
     }
-    memory = None if P.memory is None else {"settings": P.memory.settings.to_dict(), "size": P.memory_size}
-    if memory is not None:
-        memory.update(rows=len(P.memory), blend=blend)
-    if memory is not None and P.memory.sources is not None:
-        memory["per_source"] = dict(zip(P.memory.sources.names, (st.to_dict() for st in P.memory.sources.settings)))
+    memory = None
+    if (mem := P.memory) is not None:
+        memory = {"settings": mem.settings.to_dict(), "size": P.memory_size, "rows": len(mem), "blend": blend}
+        if mem.sources is not None:
+            memory["per_source"] = dict(zip(mem.sources.names, (st.to_dict() for st in mem.sources.settings)))
     run = RunDir(out)
     if selection is not None:
         run.write_json("memory_selection.json", selection, indent=1)
