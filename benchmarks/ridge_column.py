@@ -67,8 +67,8 @@ def ridge_column(P, mem) -> np.ndarray:
 _attach = trainer.TrainingSet.attach_memory
 
 
-def attach_with_ridge(self, settings, size: float = 1.0) -> None:
-    _attach(self, settings, size)
+def attach_with_ridge(self, settings, size: float = 1.0, *rest, **named) -> None:
+    _attach(self, settings, size, *rest, **named)
     self.mem_cols = np.concatenate([self.mem_cols, ridge_column(self, self.memory)[..., None]], axis=-1)
 
 

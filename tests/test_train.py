@@ -140,7 +140,7 @@ def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
     res = runner.invoke(
         main,
         ["train", str(env / "demo"), "--out", str(out), "--epochs", "1", "--no-few-shot", "--no-pool-dropout"]
-        + ["--one-memory-setting"],
+        + ["--one-memory-setting", "--pca-space"],
     )
     assert res.exit_code == 0, res.output
     assert (
@@ -151,6 +151,7 @@ def test_cli_train_ablation_flags_reach_the_run_config(env, runner):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["few_shot"] == 0.0 and cfg["train"]["pool_dropout"] == 0.0 and cfg["train"]["epochs"] == 1
     assert cfg["train"]["memory_per_source"] is False and "per_source" not in cfg["memory"]
+    assert cfg["train"]["memory_align"] is False and cfg["memory"]["align"] == 0.0
     # the demo has images: validation chose between the router with them and its text-only twin, which is kept
     assert cfg["modality"]["chosen"] in ("images", "text") and set(cfg["modality"]["val_utility"]) == {"images", "text"}
     other = "text_only" if cfg["modality"]["chosen"] == "images" else "with_images"
@@ -816,6 +817,78 @@ def test_a_merge_gets_a_memory_setting_per_source(env, monkeypatch):
     Q.data = P.data
     attach_run_memory(Q, cfg)
     np.testing.assert_allclose(Q.mem_cols, P.mem_cols)  # the run's memory, rebuilt from its config
+
+
+def test_an_aligned_space_finds_neighbours_that_share_outcomes():
+    """export.train.memory.aligned_projection: where the outcomes follow a direction of little variance, the PCA space
+    finds neighbours by the loud directions; stretched along what predicts the outcomes, it finds neighbours that
+    share them. Still one linear map of the same shape, the centre unchanged."""
+    from lr_onnx.export.train.memory import aligned_projection
+    from lr_onnx.runtime.features import l2_normalise
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, 16)) * np.r_[np.full(8, 3.0), np.full(8, 0.3)]
+    y = (x[:, 12] > 0).astype(np.float64)
+    Y, A = np.stack([y, 1 - y], axis=1), np.ones((800, 2), bool)
+    proj = np.concatenate([rng.normal(size=(16, 1)), np.eye(16)], axis=1).astype(np.float32)
+
+    def agreement(p):
+        keys = l2_normalise((x - p[:, 0]) @ p[:, 1:])  # the runtime's embed, without the image block
+        sims = keys @ keys.T
+        np.fill_diagonal(sims, -np.inf)
+        near = np.argsort(-sims, axis=1)[:, :10]
+        return float((y[near] == y[:, None]).mean())
+
+    keys = l2_normalise((x - proj[:, 0]) @ proj[:, 1:]).astype(np.float32)
+    stretched = aligned_projection(proj, keys, Y, A, 4.0)
+    assert stretched.shape == proj.shape and np.array_equal(stretched[:, 0], proj[:, 0])
+    assert agreement(proj) < 0.65 and agreement(stretched) > agreement(proj) + 0.2
+
+
+def test_the_memory_space_is_stretched_only_past_the_paired_test(env):
+    """export.train.memory.select_settings: the aligned space is tried on validation and kept only where its paired
+    z (recorded) passes modality.Z; `align=False` tries the PCA space alone. An aligned memory is rebuilt from the
+    run's config entry exactly (attach_run_memory)."""
+    import lr_onnx.export.train.memory as TM
+    from lr_onnx.export.train.modality import Z
+    from lr_onnx.export.train.trainer import attach_run_memory, load_training_set
+
+    P = load_training_set(env / "demo", slices=2, progress=False)
+    st, size, align, trials = TM.select_settings(P)
+    (test,) = [t["aligned_against_pca"] for t in trials if "aligned_against_pca" in t]
+    assert test["align"] in TM.ALIGN and (align > 0) == (test["z"] > Z) and align in (0.0, test["align"])
+    assert {t["align"] for t in trials if "align" in t} >= {0.0, *TM.ALIGN}
+    st0, _, align0, trials0 = TM.select_settings(P, align=False)
+    assert align0 == 0.0 and {t.get("align") for t in trials0} <= {0.0, None}
+    P.attach_memory(st0, 1.0, None, 2.0)
+    Q = attach_run_memory(
+        load_training_set(env / "demo", slices=2, progress=False), {"memory": TM.config_entry(P, None)}
+    )
+    assert Q.memory_align == 2.0 and np.array_equal(Q.memory.keys, P.memory.keys)
+    np.testing.assert_allclose(Q.mem_cols, P.mem_cols)
+    R = attach_run_memory(
+        load_training_set(env / "demo", slices=2, progress=False), {"memory": {"settings": st0.to_dict()}}
+    )
+    assert R.memory_align == 0.0 and not np.allclose(R.memory.keys, P.memory.keys)  # a run from before: PCA alone
+
+
+def test_the_pca_space_ablation_retrains_with_the_space_unstretched(env, tmp_path, monkeypatch):
+    """evaluate's `pca_space` row: only where the run's memory space is stretched, retrained with its settings chosen
+    again in the PCA space (`train --pca-space`); a run in the PCA space has no such row (it is the ablation)."""
+    import lr_onnx.export.train.memory as TM
+    from lr_onnx.export.evaluate.report import evaluate
+    from lr_onnx.export.train.trainer import TrainConfig, train
+
+    monkeypatch.setenv("LR_ONNX_CACHE", str(env / "cache"))
+    monkeypatch.setattr(TM, "aligned_wins", lambda *a: True)  # the demo's validation is small: force the stretch
+    train(env / "demo", tmp_path / "run", TrainConfig(epochs=1, slices=2), progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["memory"]["align"] in TM.ALIGN
+    m = evaluate(tmp_path / "run", ablations=("pca_space",), progress=False)["methods"]
+    abl = json.loads((tmp_path / "run" / "ablations" / "pca_space" / "config.json").read_text())
+    assert abl["train"]["memory_align"] is False and abl["memory"]["align"] == 0.0 and "pca_space" in m
+    monkeypatch.setattr(TM, "aligned_wins", lambda *a: False)
+    train(env / "demo", tmp_path / "plain", TrainConfig(epochs=1, slices=2), progress=False)
+    assert "pca_space" not in evaluate(tmp_path / "plain", ablations=("pca_space",), progress=False)["methods"]
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ METHODS = [  # in the order evaluate computes them, metrics.json's order
     "no_memory",
     "no_slice_prior",
     "one_memory_setting",
+    "pca_space",
     "knn",
     "mf",
     "mlp",
@@ -48,6 +49,7 @@ ABLATIONS = (
     ("no_memory", {"memory": False}),
     ("no_slice_prior", {"slice_prior": False}),
     ("one_memory_setting", {"memory_per_source": False}),  # only where the memory reads a merge per source
+    ("pca_space", {"memory_align": False}),  # only where the memory's space was stretched toward the outcomes
 )  # baselines that read metadata the router never sees
 
 
@@ -139,13 +141,17 @@ def evaluate(
                 continue  # the router has no memory: it is this ablation
             if "memory_per_source" in over and (P.memory is None or P.memory.sources is None):
                 continue  # one setting for the whole memory already: the router is this ablation
+            if "memory_align" in over and (P.memory is None or not P.memory_align):
+                continue  # the PCA space already: the router is this ablation
             sub = run_dir / "ablations" / name
             abl = TrainConfig(**{**cfg["train"], **over})
             if abl.text_only != tcfg.text_only:
                 Pa = load_training_set(data_dir, slices=tcfg.slices, text_only=abl.text_only, progress=False)
             elif not abl.memory_per_source:  # the run's own setting, chosen on validation, for every source
                 Pa = replace(P, memory=None, mem_cols=None)
-                Pa.attach_memory(P.memory.settings, P.memory_size)
+                Pa.attach_memory(P.memory.settings, P.memory_size, align=P.memory_align)
+            elif not abl.memory_align:  # the memory's settings chosen again on validation, in the PCA space
+                Pa = replace(P, memory=None, mem_cols=None)
             else:
                 Pa = replace(P, memory=P.memory if abl.memory else None, mem_cols=P.mem_cols if abl.memory else None)
             if not RunDir(sub).trained:

@@ -83,12 +83,17 @@ def paired_validation(data_dir: str | Path, images: Path, text: Path, tcfg: "Tra
         val = np.flatnonzero(P.masks["val"] & P.data.A.any(axis=1))
         got[name] = routed_utility(net, P, val, P.utility(tcfg.w_c), tcfg.w_c)
     d = got["text"] - got["images"]
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
     return {
         "val_utility": {k: round(float(v.mean()), 6) for k, v in got.items()},
         "val_rows": int(len(d)),
-        "z": round(float(d.mean()) / se, 4) if se > 0 else 0.0,
+        "z": round(paired_z(d), 4),
     }
+
+
+def paired_z(d: np.ndarray) -> float:
+    """The paired z of per-query differences `d`: their mean over its standard error (0 where they never differ)."""
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()) / se if se > 0 else 0.0
 
 
 def _swap(run: Path, twin: Path, keep: Path) -> None:

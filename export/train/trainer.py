@@ -41,6 +41,7 @@ class TrainConfig:
     slice_prior: bool = True  # give the network each model's score on the query's slices (lr-onnx addition)
     memory: bool = True  # the capability memory (runtime/memory.py, issue 21); settings chosen on validation
     memory_per_source: bool = True  # on a merge, the memory's k, kappa, tau per source (export.train.memory)
+    memory_align: bool = True  # may stretch the memory's space toward the outcomes, if validation's test says so
     pool_dropout: float = 0.5  # §3.4: share of rows that get a random sub-pool
     few_shot: float = 0.25  # §3.4: per-batch chance that a model's profile is a small-sample bootstrap
     text_only: bool = False  # ablation: zero the image part of the query features
@@ -82,13 +83,14 @@ class TrainingSet:
     memory: object | None = None  # runtime.memory.Memory of the training rows (None: no memory)
     mem_cols: np.ndarray | None = None  # [N, K, 3] memory columns, training rows leave-one-out
     memory_size: float = 1.0
+    memory_align: float = 0.0  # strength of the memory space's outcome-aligned stretch (0: PCA alone)
 
-    def attach_memory(self, settings, size: float = 1.0, per_source: dict | None = None) -> None:
+    def attach_memory(self, settings, size: float = 1.0, per_source: dict | None = None, align: float = 0.0) -> None:
         """Build the run's capability memory with these settings (`export.train.memory`) and every row's columns."""
         from .memory import fit_memory, memory_columns
 
-        self.memory = fit_memory(self, settings, size, per_source=per_source)
-        self.memory_size = size
+        self.memory = fit_memory(self, settings, size, per_source=per_source, align=align)
+        self.memory_size, self.memory_align = size, align
         self.mem_cols = memory_columns(self, self.memory)
 
     @property
@@ -169,7 +171,8 @@ def attach_run_memory(P: TrainingSet, run_cfg: dict) -> TrainingSet:
         from ...runtime.memory import MemorySettings
 
         per_source = {n: MemorySettings.from_dict(st) for n, st in (mem.get("per_source") or {}).items()}
-        P.attach_memory(MemorySettings.from_dict(mem["settings"]), float(mem.get("size", 1.0)), per_source)
+        settings, size, align = MemorySettings.from_dict(mem["settings"]), float(mem.get("size", 1.0)), mem.get("align")
+        P.attach_memory(settings, size, per_source, float(align or 0.0))
     return P
 
 
@@ -207,12 +210,9 @@ def train(
     d = P.data
     selection = None
     if cfg.memory and P.memory is None:
-        from .memory import select_settings, select_sources
+        from .memory import choose_memory
 
-        settings, size, selection = select_settings(P)
-        per_source, source_trials = select_sources(P, settings, size) if cfg.memory_per_source else ({}, [])
-        P.attach_memory(settings, size, per_source)
-        selection += source_trials
+        selection = choose_memory(P, per_source=cfg.memory_per_source, align=cfg.memory_align)
     elif not cfg.memory:
         P.memory, P.mem_cols = None, None
     torch.manual_seed(cfg.seed)
@@ -323,12 +323,11 @@ def train(
         "val_rows": int(len(val)),
         "blend": blend["chosen"] if blend else None,  # the network's strength, and validation as the router routes it
         "val_utility_routed": validation_utility(net, P, val, U, cfg.w_c) if blend else best,
+        "memory_align": P.memory_align if P.memory is not None else None,
     }
-    memory = None
-    if (mem := P.memory) is not None:
-        memory = {"settings": mem.settings.to_dict(), "size": P.memory_size, "rows": len(mem), "blend": blend}
-        if mem.sources is not None:
-            memory["per_source"] = dict(zip(mem.sources.names, (st.to_dict() for st in mem.sources.settings)))
+    from .memory import config_entry
+
+    memory = config_entry(P, blend) if P.memory is not None else None
     run = RunDir(out)
     if selection is not None:
         run.write_json("memory_selection.json", selection, indent=1)
