@@ -15,10 +15,12 @@ and `closeness` tells the graph to trust its own correction as little (`export.t
 
 Retrieval is cosine in a reduced space: the text and image vectors of `q` (the side features, mostly
 question length, are left out: they dominated the squared norm), the image block weighted, centred and
-projected (PCA fitted on training queries) to `dim` <= 256 dimensions. Written with MatMul, TopK and
-Gather only, so a graph can carry it; here it is numpy with `einsum` loops, never a BLAS call, for the
-same reason as `profiles.centroid_similarity`: a woken OpenBLAS thread spins and takes a core from ONNX
-Runtime. The bundle stores it in three `.npy` files (fp16), read through `Bundle.read` like every file.
+projected (PCA fitted on training queries, possibly stretched toward the outcomes:
+`export.train.memory.aligned_projection`; one matrix either way) to `dim` <= 256 dimensions. Written
+with MatMul, TopK and Gather only, so a graph can carry it; here it is numpy with `einsum` loops, never a
+BLAS call, for the same reason as `profiles.centroid_similarity`: a woken OpenBLAS thread spins and takes a
+core from ONNX Runtime. The bundle stores it in three `.npy` files (fp16), read through `Bundle.read` like
+every file.
 """
 
 from __future__ import annotations
