@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from memory_variants import KMAX, local_sums, pool_halves, run_cells, scored_result, shrunk, sorted_found
+from memory_variants import KMAX, local_sums, pool_halves, run_cells, scored_result, shrunk, sorted_found, summary
 
 from lr_onnx.export.train.memory import (
     ALIGN,
@@ -132,22 +132,6 @@ def cell(P, resplits: int) -> dict:
             scored.append(routing_value(best["est"][score], P, pool[score]) + (list(best["settings"]),))
         result[f"{name}_gated"] = scored_result(scored)
     return result
-
-
-def summary(cells: dict) -> dict:
-    out = {}
-    for rule in next(iter(cells.values())):
-        if rule == "current":
-            continue
-        row = {}
-        for where in ("test_split", "resplit_mean"):
-            for key in ("score_at_lambda0", "nauc"):
-                diff = [c[rule][where][key] - c["current"][where][key] for c in cells.values()]
-                row[f"{where}_{key}_mean_diff"] = round(float(np.mean(diff)), 4)
-                row[f"{where}_{key}_cells_ahead"] = int(sum(x > 1e-9 for x in diff))
-                row[f"{where}_{key}_cells_behind"] = int(sum(x < -1e-9 for x in diff))
-        out[rule] = row
-    return out
 
 
 def main(argv=None) -> None:

@@ -222,7 +222,7 @@ def cell(P, resplits: int) -> dict:
 
 def summary(cells: dict) -> dict:
     """Per variant: its mean difference from `current` over the cells (test split, and the resplits' means), and in
-    how many cells it is ahead."""
+    how many cells it is ahead and behind."""
     out = {}
     for rule in next(iter(cells.values())):
         if rule == "current":
@@ -233,6 +233,7 @@ def summary(cells: dict) -> dict:
                 diff = [c[rule][where][key] - c["current"][where][key] for c in cells.values()]
                 row[f"{where}_{key}_mean_diff"] = round(float(np.mean(diff)), 4)
                 row[f"{where}_{key}_cells_ahead"] = int(sum(x > 1e-9 for x in diff))
+                row[f"{where}_{key}_cells_behind"] = int(sum(x < -1e-9 for x in diff))
         out[rule] = row
     return out
 
