@@ -225,8 +225,13 @@ def choose_memory(P, per_source: bool = True, align: bool = True) -> list[dict]:
 def config_entry(P, blend: dict | None) -> dict:
     """config.json's `memory` entry for `P`'s memory: what `trainer.attach_run_memory` rebuilds it from."""
     mem = P.memory
-    entry = {"settings": mem.settings.to_dict(), "size": P.memory_size, "align": P.memory_align}
-    entry |= {"rows": len(mem), "blend": blend}
+    entry = {
+        "settings": mem.settings.to_dict(),
+        "size": P.memory_size,
+        "align": P.memory_align,
+        "rows": len(mem),
+        "blend": blend,
+    }
     if mem.sources is not None:
         entry["per_source"] = dict(zip(mem.sources.names, (st.to_dict() for st in mem.sources.settings)))
     return entry
@@ -241,8 +246,8 @@ def aligned_wins(P, val: np.ndarray, pca: tuple, aligned: tuple, trials: list[di
     got = []
     for _, st, align in (pca, aligned):
         est = estimate(fit_memory(P, st, align=align).columns(P.q[val], blas=True))
-        pick = choose(est, P.c_hat_rows(val), P.data.A[val], 0.0)
-        got.append(np.nan_to_num(P.data.Y[val])[np.arange(len(val)), np.maximum(pick, 0)] * (pick >= 0))
+        pick = choose(est, P.c_hat_rows(val), P.data.A[val], 0.0)  # every validation row has a model available
+        got.append(np.nan_to_num(P.data.Y[val])[np.arange(len(val)), pick])
     z = paired_z(got[1] - got[0])
     trials.append({"aligned_against_pca": {"align": aligned[2], "z": round(z, 4), "z_needed": round(Z, 4)}})
     return z > Z
